@@ -1,0 +1,37 @@
+# hvdump: `make demo` and `make test` work on a fresh Debian machine as root.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.hvdump-installed
+SRC    := pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
+
+.PHONY: all setup system-deps demo test lint bench clean
+
+all: setup
+
+system-deps:
+	@sh scripts/install-system-deps.sh
+
+$(STAMP): $(SRC)
+	@sh scripts/install-system-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" sh scripts/demo.sh
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo-work bench/out
+	find . -name __pycache__ -prune -exec rm -rf {} +

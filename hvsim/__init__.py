@@ -1,0 +1,1 @@
+"""hvsim: a simulated POWER6 LPAR with hypervisor-assisted dump."""

@@ -1,0 +1,20 @@
+#!/bin/sh
+# Installs the Debian packages hvdump's tests and demo use, only those missing.
+# fuse3: FUSE capture roots; elfutils: eu-readelf; gdb-multiarch: register checks on
+# our ppc64 cores; zstd/lz4: benchmark baselines; python3-venv: the project venv.
+set -eu
+PKGS="fuse3 elfutils binutils gdb-multiarch zstd lz4 python3-venv"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "hvdump: missing Debian packages:$missing; install them as root (apt-get install$missing)" >&2
+    exit 1
+fi
+echo "hvdump: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,5 @@
+"""Build hook: setuptools needs `cffi_modules` here to compile native/ at install time."""
+
+from setuptools import setup
+
+setup(cffi_modules=["native/build_native.py:ffibuilder"])

@@ -1,0 +1,202 @@
+"""hvdump's hot loops in C: page generation, zero/duplicate page scans, hashes.
+
+The same API as :mod:`drgn_hvdump.native_ref`, which defines every result and
+owns the shared pieces (page kinds, :class:`PageMix`, :data:`BUSY_MIX`); this
+module re-exports those and runs the loops in ``drgn_hvdump._native``, the
+cffi build of ``native/hvnative.c``. Arguments are checked here, in Python,
+by the same checks as the twins; the C trusts them. The C calls release the
+GIL, so threads can scan or generate different buffers in parallel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from drgn_hvdump.native_ref import (
+    BUSY_MIX,
+    MAX_PAGE_SIZE,
+    MIN_PAGE_SIZE,
+    PAGE_KIND_NAMES,
+    PAGE_POINTER,
+    PAGE_RANDOM,
+    PAGE_TEXT,
+    PAGE_ZERO,
+    PageMix,
+    PageMixError,
+    byte_view,
+    check_gen_args,
+    check_hpte_args,
+    check_kind,
+    check_mix,
+    check_page_size,
+    check_pages,
+    check_u64,
+    hash_list,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+try:
+    from drgn_hvdump._native import ffi, lib
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "drgn_hvdump._native (hvdump's C extension) is not built: reinstall with "
+        "`pip install -e .` or build it in place with `python native/build_native.py`"
+    ) from exc
+
+__all__ = [
+    "BUSY_MIX",
+    "MAX_PAGE_SIZE",
+    "MIN_PAGE_SIZE",
+    "PAGE_KIND_NAMES",
+    "PAGE_POINTER",
+    "PAGE_RANDOM",
+    "PAGE_TEXT",
+    "PAGE_ZERO",
+    "PageMix",
+    "PageMixError",
+    "dup_pages",
+    "gen_page",
+    "gen_pages_into",
+    "hash64",
+    "hpte_hash",
+    "hpte_hashes",
+    "page_hashes",
+    "page_kind",
+    "vsid_scramble_256m",
+    "zero_pages",
+]
+
+
+def page_kind(seed: int, pfn: int, mix: PageMix) -> int:
+    """The kind of page ``pfn`` in memory generated from ``seed`` with ``mix``."""
+    check_u64("seed", seed)
+    check_u64("pfn", pfn)
+    check_mix(mix)
+    return int(lib.hv_page_kind(seed, pfn, *mix.thresholds()))
+
+
+def gen_page(seed: int, pfn: int, kind: int, page_size: int, big_endian: bool) -> bytes:
+    """The content of page ``pfn`` as a page of ``kind`` (whatever the mix says)."""
+    check_u64("seed", seed)
+    check_u64("pfn", pfn)
+    check_kind(kind)
+    check_page_size(page_size)
+    out = ffi.new("uint8_t[]", page_size)
+    lib.hv_gen_page(out, seed, pfn, kind, page_size, int(bool(big_endian)))
+    return bytes(ffi.buffer(out))
+
+
+def gen_pages_into(
+    buf: Buffer,
+    seed: int,
+    pfn: int,
+    npages: int,
+    page_size: int,
+    mix: PageMix,
+    big_endian: bool,
+) -> None:
+    """Fill ``buf`` (exactly ``npages * page_size`` writable bytes) with pages pfn, pfn+1, ..."""
+    with byte_view(buf, writable=True) as view:
+        check_gen_args(view.nbytes, seed, pfn, npages, page_size, mix)
+        if npages == 0:
+            return
+        c_buf = ffi.from_buffer("uint8_t[]", view, require_writable=True)
+        try:
+            lib.hv_gen_pages(
+                c_buf, seed, pfn, npages, page_size, *mix.thresholds(), int(bool(big_endian))
+            )
+        finally:
+            ffi.release(c_buf)
+
+
+def zero_pages(buf: Buffer, page_size: int) -> bytes:
+    """One byte per page of ``buf``: 1 if the page is all zero bytes, else 0."""
+    with byte_view(buf) as view:
+        npages = check_pages(view.nbytes, page_size)
+        if npages == 0:
+            return b""
+        out = ffi.new("uint8_t[]", npages)
+        c_buf = ffi.from_buffer("uint8_t[]", view)
+        try:
+            lib.hv_zero_pages(c_buf, npages, page_size, out)
+        finally:
+            ffi.release(c_buf)
+        return bytes(ffi.buffer(out))
+
+
+def hash64(buf: Buffer, seed: int = 0) -> int:
+    """XXH64 of ``buf`` (any length) with ``seed``; see :mod:`drgn_hvdump.native_ref`."""
+    check_u64("seed", seed)
+    with byte_view(buf) as view:
+        c_buf = ffi.from_buffer("uint8_t[]", view)
+        try:
+            return int(lib.hv_hash64(c_buf, view.nbytes, seed))
+        finally:
+            ffi.release(c_buf)
+
+
+def page_hashes(buf: Buffer, page_size: int) -> list[int]:
+    """``hash64(page, 0)`` of each page of ``buf``."""
+    with byte_view(buf) as view:
+        npages = check_pages(view.nbytes, page_size)
+        if npages == 0:
+            return []
+        out = ffi.new("uint64_t[]", npages)
+        c_buf = ffi.from_buffer("uint8_t[]", view)
+        try:
+            lib.hv_page_hashes(c_buf, npages, page_size, out)
+        finally:
+            ffi.release(c_buf)
+        return list(ffi.unpack(out, npages))
+
+
+def _u64_array(name: str, values: Sequence[int]) -> tuple[object, int]:
+    """A C uint64_t[] copy of values and its length (cffi checks each value)."""
+    items = values if isinstance(values, list | tuple) else list(values)
+    try:
+        return ffi.new("uint64_t[]", items), len(items)
+    except (OverflowError, TypeError):
+        hash_list(name, items)  # raises the twin's TypeError or ValueError
+        raise
+
+
+def dup_pages(hashes: Sequence[int]) -> list[int]:
+    """For each hash, the index of its first occurrence if that is earlier, else -1."""
+    c_hashes, n = _u64_array("hash", hashes)
+    if n == 0:
+        return []
+    out = ffi.new("int64_t[]", n)
+    if lib.hv_dup_pages(c_hashes, n, out) != 0:
+        raise MemoryError(f"dup_pages: no memory for a hash table of {n} pages")
+    return list(ffi.unpack(out, n))
+
+
+def vsid_scramble_256m(proto_vsid: int) -> int:
+    """``proto_vsid * 200730139 mod (2**36 - 1)``: the kernel's VSID for 256 MiB segments."""
+    check_u64("proto_vsid", proto_vsid)
+    return int(lib.hv_vsid_scramble_256m(proto_vsid))
+
+
+def hpte_hash(vsid: int, ea: int, page_shift: int, ssize: int) -> int:
+    """Primary hash-table hash (39 bits) of ``ea`` in segment ``vsid``; see the twin."""
+    check_u64("vsid", vsid)
+    check_u64("ea", ea)
+    check_hpte_args(page_shift, ssize)
+    return int(lib.hv_hpte_hash(vsid, ea, page_shift, ssize))
+
+
+def hpte_hashes(vsids: Sequence[int], eas: Sequence[int], page_shift: int, ssize: int) -> list[int]:
+    """``hpte_hash`` of each pair ``(vsids[i], eas[i])``."""
+    check_hpte_args(page_shift, ssize)
+    c_vsids, n = _u64_array("vsid", vsids)
+    c_eas, n_eas = _u64_array("ea", eas)
+    if n != n_eas:
+        raise ValueError(f"vsids and eas must have the same length, got {n} and {n_eas}")
+    if n == 0:
+        return []
+    out = ffi.new("uint64_t[]", n)
+    lib.hv_hpte_hashes(c_vsids, c_eas, n, page_shift, ssize, out)
+    return list(ffi.unpack(out, n))

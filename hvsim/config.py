@@ -1,0 +1,211 @@
+"""The fixed description of a simulated LPAR (:class:`LparConfig`) and its JSON form.
+
+What a configuration fixes never changes for the life of the LPAR: the
+machine (memory, CPUs), the kernel it runs (byte order, page size, release),
+the seed its memory content is generated from, and how the firmware and the
+kernel behave (dump support, ``phyp_dump=``, the reserve size, the release
+quirks). Everything that changes (life-cycle state, dump header, released
+ranges) lives in the LPAR's ``state.json``, see :mod:`hvsim.store`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from drgn_hvdump.native import BUSY_MIX, PageMix
+
+__all__ = [
+    "DEFAULT_RESERVE_SIZE",
+    "MAX_CPUS",
+    "MAX_MEMORY",
+    "MIN_MEMORY",
+    "MEMORY_GRANULE",
+    "QUIRKS",
+    "LparConfig",
+    "auto_reserve_size",
+    "format_size",
+    "parse_size",
+]
+
+MEMORY_GRANULE = 256 << 20
+"""RAM comes in multiples of 256 MiB (an LPAR's logical memory block)."""
+MIN_MEMORY = 512 << 20
+MAX_MEMORY = 16 << 40
+"""16 TiB: far beyond a POWER6 LPAR, and still a few MiB of state on disk."""
+MAX_CPUS = 1024
+DEFAULT_RESERVE_SIZE = 256 << 20
+"""What the capture kernel keeps for itself (the first kernels' fixed 256 MiB)."""
+
+QUIRKS = ("faithful", "corrected")
+Quirks = Literal["faithful", "corrected"]
+Endian = Literal["big", "little"]
+
+_SIZE_RE = re.compile(r"\s*(0[xX][0-9a-fA-F]+|[0-9]+)\s*([kKmMgGtTpP]?)(?:i?[bB])?\s*")
+_SHIFTS = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
+
+
+def parse_size(text: str | int) -> int:
+    """Read a size like the kernel's ``memparse``: ``4G``, ``512M``, ``64K``, ``1T``, ``0x1000``.
+
+    Suffixes are binary (K = 1024); ``KiB``/``GB`` spellings are accepted too.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"size must not be negative, got {text}")
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"size must be a number like 4G or 512M, got {text!r}")
+    m = _SIZE_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"size {text!r} is not a number with an optional K/M/G/T suffix (e.g. 4G)")
+    number, suffix = m.groups()
+    value = int(number, 16) if number[:2] in ("0x", "0X") else int(number)
+    return value << _SHIFTS[suffix.lower()]
+
+
+def format_size(n: int) -> str:
+    """``n`` bytes in the largest binary unit that divides it exactly (``4G``, ``64K``, ``4100``)."""
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+def auto_reserve_size(memory: int) -> int:
+    """The later kernels' default: 5 % of RAM rounded down to 256 MiB, at least 256 MiB."""
+    return max(DEFAULT_RESERVE_SIZE, (memory // 20) // MEMORY_GRANULE * MEMORY_GRANULE)
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class LparConfig:
+    """What an LPAR is: machine, kernel, seed, firmware and kernel options.
+
+    ``memory``
+        bytes of RAM: a multiple of 256 MiB from 512 MiB to 16 TiB.
+    ``cpus``
+        logical CPUs (the register save area holds one entry list each).
+    ``endian``
+        the kernel's byte order, ``"big"`` (POWER6) or ``"little"``; the
+        hypervisor's own structures are big-endian either way.
+    ``page_size``
+        the kernel's base page size, 65536 or 4096.
+    ``seed``
+        memory content is a function of the seed; two LPARs with the same
+        configuration hold the same bytes.
+    ``mix``
+        shares of zero, text, pointer and random pages.
+    ``firmware_dump``
+        the firmware offers ``ibm,configure-kernel-dump`` (dump support).
+    ``dump_enabled``
+        the kernel was booted with ``phyp_dump=1`` and registers for a dump.
+    ``reserve_size``
+        ``phyp_dump_reserve_size=``: the memory the capture kernel runs in
+        (from address 0), and the third part of the scratch area.
+    ``quirks``
+        ``"faithful"`` reproduces the 2.6-era release_region code (inclusive
+        end page, naive counters, clamping); ``"corrected"`` is what that
+        code should have done.
+    ``literal_release_map``
+        reading release_region prints the kernel's own unrelocated header
+        (bare offsets, zero lengths) instead of the meaningful values.
+    ``osrelease``
+        the kernel release shown in VMCOREINFO and ``/proc/version``.
+    ``name``
+        the LPAR's host name (``init_uts_ns``' nodename).
+    """
+
+    memory: int
+    cpus: int = 4
+    endian: Endian = "big"
+    page_size: int = 65536
+    seed: int = 0
+    mix: PageMix = field(default=BUSY_MIX)
+    firmware_dump: bool = True
+    dump_enabled: bool = True
+    reserve_size: int = DEFAULT_RESERVE_SIZE
+    quirks: Quirks = "faithful"
+    literal_release_map: bool = False
+    osrelease: str = "2.6.32-hvsim"
+    name: str = "hvsim-lpar"
+
+    def __post_init__(self) -> None:
+        memory = _check_int("memory", self.memory)
+        if memory % MEMORY_GRANULE or not MIN_MEMORY <= memory <= MAX_MEMORY:
+            raise ValueError(
+                f"memory must be a multiple of 256 MiB from 512M to 16T, got {memory} "
+                f"({format_size(memory)})"
+            )
+        cpus = _check_int("cpus", self.cpus)
+        if not 1 <= cpus <= MAX_CPUS:
+            raise ValueError(f"cpus must be from 1 to {MAX_CPUS}, got {cpus}")
+        if self.endian not in ("big", "little"):
+            raise ValueError(f"endian must be 'big' or 'little', got {self.endian!r}")
+        if _check_int("page_size", self.page_size) not in (4096, 65536):
+            raise ValueError(f"page_size must be 4096 or 65536 (4K or 64K), got {self.page_size}")
+        seed = _check_int("seed", self.seed)
+        if not 0 <= seed < 1 << 64:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        if not isinstance(self.mix, PageMix):
+            raise ValueError(f"mix must be a PageMix, got {self.mix!r}")
+        reserve = _check_int("reserve_size", self.reserve_size)
+        # The low-memory copy is always 256 MiB; a smaller reserve would make
+        # the scratch area too small for it and run the copy off the end of RAM.
+        if reserve < DEFAULT_RESERVE_SIZE or reserve % self.page_size:
+            raise ValueError(
+                f"reserve_size must be at least 256M and a multiple of the page size, got "
+                f"{format_size(reserve)}"
+            )
+        if reserve >= memory:
+            raise ValueError(
+                f"reserve_size {format_size(reserve)} leaves no memory to reserve in a "
+                f"{format_size(memory)} LPAR"
+            )
+        if self.quirks not in QUIRKS:
+            raise ValueError(f"quirks must be 'faithful' or 'corrected', got {self.quirks!r}")
+        for name in ("osrelease", "name"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.isascii() or not value.isprintable():
+                raise ValueError(f"{name} must be printable ASCII, got {value!r}")
+            # new_utsname fields are 65 bytes with the NUL.
+            if not 0 < len(value) <= 64 or " " in value:
+                raise ValueError(f"{name} must be 1 to 64 characters without spaces, got {value!r}")
+        for name in ("firmware_dump", "dump_enabled", "literal_release_map"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false")
+
+    @property
+    def big_endian(self) -> bool:
+        """Whether the kernel is big-endian."""
+        return self.endian == "big"
+
+    @property
+    def page_shift(self) -> int:
+        """log2 of the page size."""
+        return self.page_size.bit_length() - 1
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the mix in its text form)."""
+        out = asdict(self)
+        out["mix"] = str(self.mix)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LparConfig:
+        """The inverse of :meth:`to_json`; unknown keys are refused, missing ones defaulted."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        if "mix" in values and isinstance(values["mix"], str):
+            values["mix"] = PageMix.parse(values["mix"])
+        return cls(**values)

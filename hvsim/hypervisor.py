@@ -1,0 +1,300 @@
+"""The POWER hypervisor's side of phyp dump: sizes, registration, the crash-time save.
+
+What the firmware tells the kernel (``/rtas`` properties), where the kernel
+puts its scratch area, the header it registers, and what the hypervisor
+does when the registered partition crashes: fill in the dump header. The
+bytes it saves (register save area, HPTEs, the low-memory copy) are laid
+into memory by :mod:`hvsim.lpar` as memory layers.
+
+Sizes follow real firmware: the CPU state size is the register save area's
+exact size (header, count, one entry list per CPU), **not** page aligned, so
+the HPTE and low-memory destinations that follow it are unaligned, as in the
+kernel documentation's example (``CPU:0x177fee000-0x10000:
+HPTE:0x177ffe020-...``). The HPTE region is the hash table's size: RAM/128
+rounded up to a power of two, at least 256 KiB.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from drgn_hvdump.formats.dump_header import (
+    DUMP_ERROR_FLAG,
+    DUMP_PERFORMED,
+    DUMP_REQUEST_FLAG,
+    DUMP_TRIGGERED,
+    RMO_SIZE,
+    DumpHeader,
+    DumpSection,
+    build_dump_header,
+    parse_dump_header,
+    registration_header,
+)
+from drgn_hvdump.formats.regsave import regsave_size
+
+from .config import LparConfig, format_size
+from .kernel import REGISTERS
+
+__all__ = [
+    "MIN_HPT_SIZE",
+    "RTAS_CONFIGURE_KERNEL_DUMP_TOKEN",
+    "SECTION_NAMES",
+    "Hypervisor",
+    "ScratchLayout",
+    "cpu_state_size",
+    "hpt_size",
+    "perform_dump",
+    "scratch_layout",
+    "sizes_property",
+]
+
+RTAS_CONFIGURE_KERNEL_DUMP_TOKEN = 0x2C
+"""The RTAS token in ``/rtas/ibm,configure-kernel-dump`` (any value; presence matters)."""
+MIN_HPT_SIZE = 256 << 10
+SECTION_NAMES = ("cpu", "hpte", "rmo")
+
+
+def hpt_size(memory: int) -> int:
+    """The hash page table's size: RAM/128 rounded up to a power of two, at least 256 KiB."""
+    want = max(memory // 128, 1)
+    return max(MIN_HPT_SIZE, 1 << (want - 1).bit_length())
+
+
+def cpu_state_size(cpus: int) -> int:
+    """Bytes of the register save area for ``cpus`` CPUs (the firmware's type-1 size)."""
+    return regsave_size(cpus, len(REGISTERS))
+
+
+def sizes_property(cpu_size: int, hpte_size: int) -> bytes:
+    """``ibm,configure-kernel-dump-sizes``: (u32 type, u64 size as two cells) records."""
+    return struct.pack(">IQIQ", 1, cpu_size, 2, hpte_size)
+
+
+@dataclass(frozen=True)
+class ScratchLayout:
+    """Where a kernel that registers for a dump puts its scratch area.
+
+    The kernel reserves ``total = cpu + hpte + reserve_size`` bytes at the
+    very top of RAM, starting at ``reserve_start = memory - total`` (not page
+    aligned), and registers destinations from ``base``, that address rounded
+    down to a page: CPU state, then HPTEs, then the 256 MiB low-memory copy.
+    """
+
+    memory: int
+    page_size: int
+    cpu_size: int
+    hpte_size: int
+    reserve_size: int
+    rmo_size: int = RMO_SIZE
+
+    @property
+    def total(self) -> int:
+        """Bytes the kernel reserves at boot (its ``init_reserve_size``)."""
+        return self.cpu_size + self.hpte_size + self.reserve_size
+
+    @property
+    def reserve_start(self) -> int:
+        """``init_reserve_start``: the top ``total`` bytes of RAM begin here."""
+        return self.memory - self.total
+
+    @property
+    def base(self) -> int:
+        """The scratch area's registered start: ``reserve_start`` rounded down to a page."""
+        return self.reserve_start & ~(self.page_size - 1)
+
+    @property
+    def cpu_dest(self) -> int:
+        return self.base
+
+    @property
+    def hpte_dest(self) -> int:
+        return self.base + self.cpu_size
+
+    @property
+    def rmo_dest(self) -> int:
+        return self.base + self.cpu_size + self.hpte_size
+
+    @property
+    def registered_size(self) -> int:
+        """The three sections' lengths added up (the capture kernel's ``reserved_scratch_size``)."""
+        return self.cpu_size + self.hpte_size + self.rmo_size
+
+    def problem(self) -> str | None:
+        """Why a dump could not work with this layout, or None.
+
+        The scratch area must lie above the memory the capture kernel boots
+        in (``[0, reserve_size)``), or the capture kernel would overwrite the
+        saved data; the real kernel did not check, so a 512 MiB LPAR would
+        register a dump it could never use. hvsim refuses to register instead.
+        """
+        if self.base < self.reserve_size:
+            need = self.reserve_size + self.total + self.page_size
+            need = -(-need // (256 << 20)) * (256 << 20)
+            return (
+                f"not registered: {format_size(self.memory)} of RAM cannot hold the "
+                f"{format_size(self.reserve_size)} capture region plus a "
+                f"{self.total:#x}-byte scratch area above it (needs at least {format_size(need)})"
+            )
+        return None
+
+    def registration(self) -> DumpHeader:
+        """The header the kernel registers for this layout."""
+        return registration_header(self.cpu_size, self.hpte_size, self.rmo_size, self.base)
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "memory": self.memory,
+            "page_size": self.page_size,
+            "cpu_size": self.cpu_size,
+            "hpte_size": self.hpte_size,
+            "reserve_size": self.reserve_size,
+            "rmo_size": self.rmo_size,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ScratchLayout:
+        return cls(**{k: int(v) for k, v in data.items()})
+
+
+def scratch_layout(config: LparConfig) -> ScratchLayout:
+    """The scratch area a kernel of ``config`` reserves when no dump is waiting."""
+    return ScratchLayout(
+        memory=config.memory,
+        page_size=config.page_size,
+        cpu_size=cpu_state_size(config.cpus),
+        hpte_size=hpt_size(config.memory),
+        reserve_size=config.reserve_size,
+    )
+
+
+def perform_dump(
+    registered: DumpHeader,
+    *,
+    copied: Mapping[str, int] | None = None,
+    errors: Mapping[str, int] | None = None,
+    hv_error: bool = False,
+) -> DumpHeader:
+    """The header as the hypervisor fills it in after saving the registered sections.
+
+    ``copied`` overrides a section's bytes copied (a partial copy);
+    ``errors`` sets a section's error flags (such a section copies nothing
+    unless ``copied`` says otherwise); ``hv_error`` sets the header's error
+    flag. Sections the kernel did not request are skipped.
+    """
+    copied = dict(copied or {})
+    errors = dict(errors or {})
+    for name in (*copied, *errors):
+        if name not in SECTION_NAMES:
+            raise ValueError(f"unknown dump section {name!r}; the sections are cpu, hpte, rmo")
+    sections: dict[str, DumpSection] = {}
+    for name in SECTION_NAMES:
+        s: DumpSection = getattr(registered, name)
+        if not s.dump_flags & DUMP_REQUEST_FLAG:
+            sections[name] = s
+            continue
+        err = errors.get(name, 0)
+        length = copied.get(name, 0 if err else s.source_length)
+        if not 0 <= length <= s.source_length:
+            raise ValueError(
+                f"{name} section: cannot copy {length:#x} bytes of a {s.source_length:#x}-byte source"
+            )
+        flags = s.dump_flags | (DUMP_PERFORMED if length else 0)
+        sections[name] = replace(s, error_flags=err, length_copied=length, dump_flags=flags)
+    status = DUMP_TRIGGERED | DUMP_PERFORMED | (DUMP_ERROR_FLAG if hv_error else 0)
+    return replace(registered, status=status, **sections)
+
+
+class Hypervisor:
+    """The firmware's dump state for one LPAR, kept in ``state["hv"]``.
+
+    ``registered``: the header the running kernel registered (None when
+    unprotected). ``dump``: the filled header of a dump that is waiting
+    (``ibm,kernel-dump``), None when there is none. Like QEMU's pseries
+    firmware, registering while a dump waits is refused: the kernel must
+    invalidate the old dump first.
+    """
+
+    def __init__(self, config: LparConfig, hv_state: dict[str, Any]) -> None:
+        self.config = config
+        self._state = hv_state
+        hv_state.setdefault("registered", None)
+        hv_state.setdefault("dump", None)
+
+    @property
+    def supported(self) -> bool:
+        """Whether the firmware offers ``ibm,configure-kernel-dump``."""
+        return self.config.firmware_dump
+
+    @staticmethod
+    def _header(value: str | None) -> DumpHeader | None:
+        return None if value is None else parse_dump_header(bytes.fromhex(value))
+
+    @property
+    def registered(self) -> DumpHeader | None:
+        return self._header(self._state["registered"])
+
+    @property
+    def dump(self) -> DumpHeader | None:
+        return self._header(self._state["dump"])
+
+    @property
+    def dump_bytes(self) -> bytes | None:
+        """The waiting dump's header as ``/rtas/ibm,kernel-dump`` holds it."""
+        value = self._state["dump"]
+        return None if value is None else bytes.fromhex(value)
+
+    def register(self, header: DumpHeader) -> None:
+        """RTAS ``ibm,configure-kernel-dump`` request 1."""
+        if not self.supported:
+            raise RuntimeError("firmware has no dump support")
+        if self._state["dump"] is not None:
+            raise RuntimeError("a dump is waiting: invalidate it before registering")
+        self._state["registered"] = build_dump_header(header).hex()
+
+    def unregister(self) -> None:
+        """Request 2: forget the registration (phyp_dump called this "invalidate")."""
+        self._state["registered"] = None
+
+    def invalidate(self) -> None:
+        """Forget the waiting dump; the next boot is an ordinary one."""
+        self._state["dump"] = None
+
+    def crash(
+        self,
+        *,
+        copied: Mapping[str, int] | None = None,
+        errors: Mapping[str, int] | None = None,
+        hv_error: bool = False,
+    ) -> DumpHeader | None:
+        """The partition crashed: save the registered sections, or do nothing if none.
+
+        Returns the filled header (the registration is consumed), or None
+        when nothing was registered.
+        """
+        registered = self.registered
+        if registered is None:
+            return None
+        header = perform_dump(registered, copied=copied, errors=errors, hv_error=hv_error)
+        self._state["registered"] = None
+        self._state["dump"] = build_dump_header(header).hex()
+        return header
+
+    def rtas_properties(self, *, dump_kernel: bool, kernel_dump: bytes | None) -> dict[str, bytes]:
+        """The ``/rtas`` properties of a boot: support token, sizes, and a waiting dump."""
+        if not self.supported:
+            return {}
+        layout = scratch_layout(self.config)
+        props = {
+            "rtas/ibm,configure-kernel-dump": struct.pack(">I", RTAS_CONFIGURE_KERNEL_DUMP_TOKEN),
+            "rtas/ibm,configure-kernel-dump-sizes": sizes_property(
+                layout.cpu_size, layout.hpte_size
+            ),
+        }
+        if dump_kernel:
+            props["rtas/ibm,dump-kernel"] = b""
+        if kernel_dump is not None:
+            props["rtas/ibm,kernel-dump"] = kernel_dump
+        return props

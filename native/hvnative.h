@@ -1,0 +1,65 @@
+/*
+ * hvnative.h - the C hot loops of hvdump.
+ *
+ * Every function here has a pure-Python twin in drgn_hvdump/native_ref.py
+ * that defines its exact results; drgn_hvdump/native.py wraps these with
+ * argument checks. Callers (the Python wrappers) guarantee the preconditions
+ * noted below, so the C does no validation of its own.
+ *
+ * The block between the cffi-cdef markers is handed verbatim to cffi's
+ * cdef() by native/build_native.py, so it must stay plain declarations with
+ * <stdint.h> types and integer #defines only: no includes, no expressions.
+ */
+#ifndef HVNATIVE_H
+#define HVNATIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* cffi-cdef-begin */
+#define HV_PAGE_ZERO 0
+#define HV_PAGE_TEXT 1
+#define HV_PAGE_POINTER 2
+#define HV_PAGE_RANDOM 3
+
+/* Kind of page `pfn`: thresholds t0 <= t1 <= t2 <= 65536 are the cumulative
+ * shares of zero, text and pointer pages out of 65536. */
+int hv_page_kind(uint64_t seed, uint64_t pfn, uint32_t t0, uint32_t t1, uint32_t t2);
+
+/* Write one page of the given kind; page_size is a power of two in
+ * [512, 1 MiB]. */
+void hv_gen_page(uint8_t *dst, uint64_t seed, uint64_t pfn, int kind,
+                 size_t page_size, int big_endian);
+
+/* Write npages consecutive pages starting at pfn, kinds from the thresholds. */
+void hv_gen_pages(uint8_t *dst, uint64_t seed, uint64_t pfn, size_t npages,
+                  size_t page_size, uint32_t t0, uint32_t t1, uint32_t t2,
+                  int big_endian);
+
+/* out[i] = 1 if page i is all zero bytes, else 0; page_size is a multiple
+ * of 256. */
+void hv_zero_pages(const uint8_t *buf, size_t npages, size_t page_size, uint8_t *out);
+
+/* XXH64 of len bytes with the given seed. */
+uint64_t hv_hash64(const uint8_t *buf, size_t len, uint64_t seed);
+
+/* out[i] = XXH64 (seed 0) of page i. */
+void hv_page_hashes(const uint8_t *buf, size_t npages, size_t page_size, uint64_t *out);
+
+/* out[i] = index of the first j with hashes[j] == hashes[i] if that j < i,
+ * else -1. Returns 0, or -1 if the hash table could not be allocated. */
+int hv_dup_pages(const uint64_t *hashes, size_t n, int64_t *out);
+
+/* (proto_vsid * 200730139) mod (2**36 - 1), the kernel's 256 MiB scramble. */
+uint64_t hv_vsid_scramble_256m(uint64_t proto_vsid);
+
+/* Primary HPTE group hash (39 bits); ssize 0 = 256 MiB, 1 = 1 TiB segment;
+ * page_shift < 64. */
+uint64_t hv_hpte_hash(uint64_t vsid, uint64_t ea, unsigned int page_shift, int ssize);
+
+/* out[i] = hv_hpte_hash(vsids[i], eas[i], page_shift, ssize). */
+void hv_hpte_hashes(const uint64_t *vsids, const uint64_t *eas, size_t n,
+                    unsigned int page_shift, int ssize, uint64_t *out);
+/* cffi-cdef-end */
+
+#endif /* HVNATIVE_H */

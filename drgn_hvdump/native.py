@@ -10,6 +10,7 @@ GIL, so threads can scan or generate different buffers in parallel.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -153,25 +154,31 @@ def page_hashes(buf: Buffer, page_size: int) -> list[int]:
         return list(ffi.unpack(out, npages))
 
 
-def _u64_array(name: str, values: Sequence[int]) -> tuple[object, int]:
-    """A C uint64_t[] copy of values and its length (cffi checks each value)."""
-    items = values if isinstance(values, list | tuple) else list(values)
+def _u64_array(name: str, values: Sequence[int]) -> array[int]:
+    """values as a machine array of uint64 (array() converts twice as fast as ffi.new)."""
     try:
-        return ffi.new("uint64_t[]", items), len(items)
+        return array("Q", values)
     except (OverflowError, TypeError):
-        hash_list(name, items)  # raises the twin's TypeError or ValueError
+        hash_list(name, values)  # raises the twin's TypeError or ValueError
         raise
 
 
 def dup_pages(hashes: Sequence[int]) -> list[int]:
     """For each hash, the index of its first occurrence if that is earlier, else -1."""
-    c_hashes, n = _u64_array("hash", hashes)
+    table = _u64_array("hash", hashes)
+    n = len(table)
     if n == 0:
         return []
-    out = ffi.new("int64_t[]", n)
-    if lib.hv_dup_pages(c_hashes, n, out) != 0:
-        raise MemoryError(f"dup_pages: no memory for a hash table of {n} pages")
-    return list(ffi.unpack(out, n))
+    out = array("q", bytes(8 * n))
+    c_in = ffi.from_buffer("uint64_t[]", table)
+    c_out = ffi.from_buffer("int64_t[]", out, require_writable=True)
+    try:
+        if lib.hv_dup_pages(c_in, n, c_out) != 0:
+            raise MemoryError(f"dup_pages: no memory for a hash table of {n} pages")
+    finally:
+        ffi.release(c_in)
+        ffi.release(c_out)
+    return out.tolist()
 
 
 def vsid_scramble_256m(proto_vsid: int) -> int:
@@ -191,12 +198,20 @@ def hpte_hash(vsid: int, ea: int, page_shift: int, ssize: int) -> int:
 def hpte_hashes(vsids: Sequence[int], eas: Sequence[int], page_shift: int, ssize: int) -> list[int]:
     """``hpte_hash`` of each pair ``(vsids[i], eas[i])``."""
     check_hpte_args(page_shift, ssize)
-    c_vsids, n = _u64_array("vsid", vsids)
-    c_eas, n_eas = _u64_array("ea", eas)
-    if n != n_eas:
-        raise ValueError(f"vsids and eas must have the same length, got {n} and {n_eas}")
+    c_vsids = _u64_array("vsid", vsids)
+    c_eas = _u64_array("ea", eas)
+    n = len(c_vsids)
+    if n != len(c_eas):
+        raise ValueError(f"vsids and eas must have the same length, got {n} and {len(c_eas)}")
     if n == 0:
         return []
-    out = ffi.new("uint64_t[]", n)
-    lib.hv_hpte_hashes(c_vsids, c_eas, n, page_shift, ssize, out)
-    return list(ffi.unpack(out, n))
+    out = array("Q", bytes(8 * n))
+    c_v = ffi.from_buffer("uint64_t[]", c_vsids)
+    c_e = ffi.from_buffer("uint64_t[]", c_eas)
+    c_out = ffi.from_buffer("uint64_t[]", out, require_writable=True)
+    try:
+        lib.hv_hpte_hashes(c_v, c_e, n, page_shift, ssize, c_out)
+    finally:
+        for c in (c_v, c_e, c_out):
+            ffi.release(c)
+    return out.tolist()

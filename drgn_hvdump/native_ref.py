@@ -3,7 +3,8 @@
 :mod:`drgn_hvdump.native` has the same API backed by C (``native/hvnative.c``);
 this module is the specification it is tested against, and it owns the
 shared pieces: the page-kind constants, :class:`PageMix`, :data:`BUSY_MIX` and
-argument checks. It is slow (a few MB/s): use it to read or test, not to run.
+argument checks. It is 30 to 900 times slower than the C: read it, test against
+it, do not run on it.
 
 Definitions (all arithmetic on unsigned 64-bit integers, wrapping):
 
@@ -29,7 +30,8 @@ Page content
     see :func:`_gen_pointer`; only POINTER pages depend on ``big_endian``.
 
 Hash
-    :func:`hash64` is XXH64 (xxHash's 64-bit hash, as ``xxhsum -H1`` prints it):
+    :func:`hash64` is XXH64 (xxHash's 64-bit hash, as ``xxhsum -H1`` prints it;
+    P1..P5 are its primes, ``_P1``.. ``_P5`` below):
     four lanes ``acc = rotl(acc + word * P2, 31) * P1`` over little-endian
     64-bit words of each 32-byte stripe, started at ``seed + P1 + P2``,
     ``seed + P2``, ``seed``, ``seed - P1``; merged as ``rotl(v1,1) + rotl(v2,7) +

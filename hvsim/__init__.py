@@ -1,1 +1,29 @@
-"""hvsim: a simulated POWER6 LPAR with hypervisor-assisted dump."""
+"""hvsim: a simulated POWER6 LPAR with hypervisor-assisted dump.
+
+:class:`Lpar` is the machine (life cycle, capture-kernel views, ground
+truth), :class:`LparConfig` what it is made of. See ``hvsim --help`` and
+:mod:`hvsim.lpar` for the model.
+"""
+
+from .config import LparConfig, parse_size
+from .lpar import (
+    HvsimError,
+    Lpar,
+    LparStateError,
+    ReleaseError,
+    ReleaseResult,
+    ViewUnavailable,
+)
+from .store import StoreError
+
+__all__ = [
+    "HvsimError",
+    "Lpar",
+    "LparConfig",
+    "LparStateError",
+    "ReleaseError",
+    "ReleaseResult",
+    "StoreError",
+    "ViewUnavailable",
+    "parse_size",
+]

@@ -204,7 +204,13 @@ def perform_dump(
         flags = s.dump_flags | (DUMP_PERFORMED if length else 0)
         sections[name] = replace(s, error_flags=err, length_copied=length, dump_flags=flags)
     status = DUMP_TRIGGERED | DUMP_PERFORMED | (DUMP_ERROR_FLAG if hv_error else 0)
-    return replace(registered, status=status, **sections)
+    return replace(
+        registered,
+        status=status,
+        cpu=sections["cpu"],
+        hpte=sections["hpte"],
+        rmo=sections["rmo"],
+    )
 
 
 class Hypervisor:

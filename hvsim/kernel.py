@@ -154,9 +154,7 @@ SCENARIOS: dict[str, Scenario] = {
             dar=0x0,
             dsisr=0x42000000,
         ),
-        Scenario(
-            "machine-check", "uncorrectable memory error", "machine_check_exception", 0x200
-        ),
+        Scenario("machine-check", "uncorrectable memory error", "machine_check_exception", 0x200),
         Scenario("hang", "soft lockup detected, panic on lockup", "softlockup_tick", 0x900),
         Scenario(
             "partial-copy",
@@ -232,8 +230,14 @@ class KernelImage:
     def _uts_ns(self) -> bytes:
         # struct uts_namespace { struct kref kref; struct new_utsname name; }:
         # a 4-byte count, then six 65-byte NUL-padded strings.
-        fields = ("Linux", self.config.name, self.config.osrelease,
-                  "#1 SMP Tue Jun 15 10:19:54 EDT 2010", "ppc64", "(none)")  # fmt: skip
+        fields = (
+            "Linux",
+            self.config.name,
+            self.config.osrelease,
+            "#1 SMP Tue Jun 15 10:19:54 EDT 2010",
+            "ppc64",
+            "(none)",
+        )
         count = (1).to_bytes(4, self.config.endian)
         return count + b"".join(f.encode().ljust(65, b"\0") for f in fields)
 

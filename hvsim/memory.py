@@ -172,7 +172,9 @@ class IntervalSet:
         return i < len(self._starts) and self._starts[i] < end
 
 
-def _subtract(pieces: list[tuple[int, int]], covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _subtract(
+    pieces: list[tuple[int, int]], covered: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
     """``pieces`` minus ``covered`` (both sorted, disjoint)."""
     out: list[tuple[int, int]] = []
     j = 0

@@ -226,14 +226,14 @@ class LparStore:
         return self.path / _DATA / name
 
     def write_data(self, name: str, pieces: Iterable[tuple[int, bytes]]) -> None:
-        """Publish a new, never-modified data file holding ``data`` at each ``offset``.
+        """Publish a new, never-modified data file holding each piece's bytes at its offset.
 
         Holes between pieces stay sparse. The file is complete and fsynced
         before it appears under its name.
         """
+        # A leftover of a change that failed before publishing its state may
+        # hold this name; nothing refers to it, so replacing it is safe.
         final = self.data_path(name)
-        if final.exists():
-            raise RuntimeError(f"data file {name} already exists")
         tmp = final.with_name(f".{name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:

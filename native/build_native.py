@@ -57,6 +57,8 @@ ffibuilder.set_source(
     include_dirs=[_rel(_HERE)],
     depends=[_rel(_HEADER)],
     extra_compile_args=["-O3", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+    # The stable ABI, as pip builds it (cffi's default under setuptools).
+    py_limited_api=True,
 )
 
 
@@ -66,6 +68,12 @@ def main() -> int:
     tmpdir.mkdir(parents=True, exist_ok=True)
     built = Path(ffibuilder.compile(tmpdir=str(tmpdir), verbose="-q" not in sys.argv[1:]))
     dest = _ROOT / "drgn_hvdump" / built.name
+    # Same name as pip's build (stable ABI, .abi3.so), so whichever ran last
+    # is what Python imports; an older differently named copy would shadow it.
+    for stale in dest.parent.glob("_native.*.so"):
+        if stale.name != dest.name:
+            stale.unlink()
+            print(f"removed stale {stale.relative_to(_ROOT)}")
     # Copy then rename: overwriting a loaded .so in place can crash its users.
     partial = dest.with_name(dest.name + ".tmp")
     shutil.copy2(built, partial)

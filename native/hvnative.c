@@ -179,7 +179,7 @@ static void gen_text(uint8_t *dst, uint64_t state, size_t page_size)
         uint64_t r = next64(&state);
         for (unsigned int k = 0; k < 7; k++)
             memcpy(dst + off + 8 * k, TEXT_WORDS[(r >> (6 * k)) & 63], 8);
-        memcpy(dst + off + 56, TEXT_ENDS[(r >> 43) & 7], 8);
+        memcpy(dst + off + 56, TEXT_ENDS[(r >> 42) & 7], 8);
     }
 }
 
@@ -398,18 +398,23 @@ void hv_page_hashes(const uint8_t *buf, size_t npages, size_t page_size, uint64_
 
 /* -------------------------------------------------------- duplicate pages */
 
+struct dup_slot {
+    uint64_t hash;
+    uint64_t first; /* 1 + index of the first page with this hash; 0 = empty */
+};
+
 int hv_dup_pages(const uint64_t *hashes, size_t n, int64_t *out)
 {
     /* Open addressing with linear probing, at most half full so probes stay
-     * short. A slot holds 1 + the index of the first page with its hash
-     * (0 = empty), so a hash of 0 needs no special case. Hashes are spread
-     * with a Fibonacci multiply because callers may pass structured values. */
+     * short. A slot keeps the hash next to the index, so a probe costs one
+     * cache miss, and "index + 1" makes an all-zero slot empty, so a hash of
+     * 0 needs no special case. Hashes are spread with a Fibonacci multiply
+     * because callers may pass structured values rather than page hashes. */
     unsigned int bits = 4;
     while (((size_t)1 << bits) < 2 * n)
         bits++;
-    size_t cap = (size_t)1 << bits;
-    size_t mask = cap - 1;
-    uint64_t *slots = calloc(cap, sizeof(*slots));
+    size_t mask = ((size_t)1 << bits) - 1;
+    struct dup_slot *slots = calloc(mask + 1, sizeof(*slots));
     if (slots == NULL)
         return -1;
 
@@ -417,14 +422,15 @@ int hv_dup_pages(const uint64_t *hashes, size_t n, int64_t *out)
         uint64_t h = hashes[i];
         size_t s = (size_t)((h * GOLDEN) >> (64 - bits));
         for (;;) {
-            uint64_t first = slots[s];
-            if (first == 0) {
-                slots[s] = (uint64_t)i + 1;
+            struct dup_slot *slot = &slots[s];
+            if (slot->first == 0) {
+                slot->hash = h;
+                slot->first = (uint64_t)i + 1;
                 out[i] = -1;
                 break;
             }
-            if (hashes[first - 1] == h) {
-                out[i] = (int64_t)(first - 1);
+            if (slot->hash == h) {
+                out[i] = (int64_t)(slot->first - 1);
                 break;
             }
             s = (s + 1) & mask;

@@ -504,7 +504,7 @@ def test_page_mix_checks() -> None:
     with pytest.raises(ValueError, match="outside"):
         PageMix(1.5, -0.5, 0, 0)
     with pytest.raises(ValueError, match="number"):
-        PageMix(True, 0, 0, 0)  # type: ignore[arg-type]
+        PageMix(True, 0, 0, 0)
     with pytest.raises(ValueError, match="number"):
         PageMix("0.5", 0.5, 0, 0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="outside"):

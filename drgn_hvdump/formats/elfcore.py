@@ -325,7 +325,8 @@ def parse_notes(
         raw_name = data[name_at : name_at + hdr.n_namesz]
         if raw_name and raw_name[-1] != 0:
             raise FormatError("note name is not NUL-terminated", path=path, offset=offset + name_at)
-        name_bytes = raw_name[:-1]
+        # Some producers count padding NULs in n_namesz; the name ends at the first.
+        name_bytes = raw_name.rstrip(b"\0")
         if not (name_bytes.isascii() and name_bytes.decode("ascii").isprintable()):
             raise FormatError(
                 "note name is not printable ASCII", path=path, offset=offset + name_at
@@ -563,6 +564,8 @@ class ElfCore:
         return self._f.tell()
 
     def _pread(self, offset: int, size: int) -> bytes:
+        if size == 0:
+            return b""
         if self._fd is not None:
             data = os.pread(self._fd, size, offset)
         else:
@@ -612,10 +615,15 @@ class ElfCore:
         self.header = ehdr
         where = ELF64_EHDR.offset_of
         if ehdr.e_type != ET_CORE:
+            other = "little" if order == "big" else "big"
+            swapped = int.from_bytes(ehdr.e_type.to_bytes(2, order), other) == ET_CORE
             raise FormatError(
                 f"ELF type {ehdr.e_type} is not a core file (ET_CORE)",
                 path=self.path,
                 offset=where("e_type"),
+                hint=f"e_ident says {order}-endian but the header reads as {other}-endian"
+                if swapped
+                else None,
             )
         if machine is not None and ehdr.e_machine != machine:
             raise FormatError(
@@ -644,6 +652,12 @@ class ElfCore:
             ph_at = ehdr.e_phoff + index * ELF64_PHDR.size
             if ph.p_type not in (PT_LOAD, PT_NOTE):
                 continue
+            if ph.p_type == PT_LOAD and ph.p_filesz > ph.p_memsz:
+                raise FormatError(
+                    f"load segment {index} has filesz {ph.p_filesz:#x} > memsz {ph.p_memsz:#x}",
+                    path=self.path,
+                    offset=ph_at,
+                )
             if ph.p_filesz:
                 self._need(ph.p_offset, ph.p_filesz, f"program header {index}'s data")
             if ph.p_type == PT_NOTE:
@@ -651,12 +665,6 @@ class ElfCore:
                     self._pread(ph.p_offset, ph.p_filesz), order, self.path, ph.p_offset
                 )
                 continue
-            if ph.p_filesz > ph.p_memsz:
-                raise FormatError(
-                    f"load segment {index} has filesz {ph.p_filesz:#x} > memsz {ph.p_memsz:#x}",
-                    path=self.path,
-                    offset=ph_at,
-                )
             if ph.p_paddr + ph.p_memsz > _U64_LIMIT:
                 raise FormatError(
                     f"load segment {index} runs past the end of the physical address space",

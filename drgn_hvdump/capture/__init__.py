@@ -1,0 +1,34 @@
+"""How a capture kernel offers a waiting dump, one implementation per kernel generation.
+
+The collector, the drgn plugin and the Ansible modules ask :func:`open_capture`
+for the interface of the system under ``root`` (``/`` on a real LPAR, a FUSE
+mount of a simulated one in tests) and use only :class:`CaptureInterface`.
+Today there is one generation, hypervisor-assisted dump
+(:mod:`drgn_hvdump.capture.phyp`); firmware-assisted dump (``/sys/kernel/fadump/``)
+will be a sibling module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from drgn_hvdump.capture.base import CaptureInterface, DumpState, NoDumpError
+from drgn_hvdump.capture.phyp import PhypDump
+
+__all__ = ["CaptureInterface", "DumpState", "NoDumpError", "PhypDump", "open_capture"]
+
+# Newer generations first: a kernel offers at most one of them.
+_GENERATIONS: tuple[type[PhypDump], ...] = (PhypDump,)
+
+
+def open_capture(root: str | Path = "/") -> CaptureInterface:
+    """The capture interface of the system mounted at ``root``.
+
+    Always returns an interface, so callers can ask whether firmware supports
+    dumps at all; :meth:`CaptureInterface.state` says whether one is waiting.
+    """
+    root = Path(root)
+    for generation in _GENERATIONS:
+        if generation.detect(root):
+            return generation(root)
+    return PhypDump(root)

@@ -1,0 +1,175 @@
+"""The ``hvdump`` command: look at a capture kernel's waiting dump and at dump files.
+
+``hvdump status`` reads what the capture kernel under ``--root`` offers (firmware
+support, whether a dump waits, the hypervisor's header, the release map) and
+``hvdump inspect`` decodes one file of any format hvdump knows. Collection
+(``hvdump collect``) builds on the same pieces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from drgn_hvdump.capture import open_capture
+from drgn_hvdump.clitools import print_json, run_main
+from drgn_hvdump.errors import FormatError, HvdumpError
+from drgn_hvdump.formats.dump_header import HEADER_SIZE, describe_dump_header, parse_dump_header
+from drgn_hvdump.formats.elfcore import ElfCore
+from drgn_hvdump.formats.hpte import parse_hpte_table
+from drgn_hvdump.formats.regsave import REGSAVE_MAGIC, parse_regsave
+from drgn_hvdump.formats.release_region import format_release_map, parse_release_map
+
+__all__ = ["main"]
+
+_DESCRIPTION = """\
+Tools for POWER hypervisor-assisted dump.
+
+After a crash the hypervisor saves the low 256 MiB of RAM, every CPU's registers
+and the hashed page table into a scratch area, and reboots the LPAR into a
+capture kernel that keeps the rest of memory reserved. That kernel offers the
+old memory as /proc/vmcore and takes ranges back through
+/sys/kernel/release_region. --root points every command at another root (a
+FUSE-mounted simulated LPAR from `hvsim mount`, for example).
+"""
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    capture = open_capture(args.root)
+    state = capture.state()
+    if args.json:
+        print_json(dataclasses.asdict(state))
+        return 0
+    print(f"root:                {state.root}")
+    print(f"interface:           {state.interface}")
+    print(f"firmware support:    {'yes' if state.firmware_supported else 'no'}")
+    if state.dump_enabled is not None:
+        print(f"dump enabled:        {'yes' if state.dump_enabled else 'no'}")
+    print(f"dump waiting:        {'yes' if state.dump_waiting else 'no'}")
+    if state.header is not None:
+        print("hypervisor header:")
+        for line in describe_dump_header(state.header):
+            print(f"  {line}")
+    if state.release_map is not None:
+        print("release map:")
+        for name, extent in state.release_map.extents():
+            print(f"  {name:<9} {extent.addr:#018x} {extent.size:#14x} bytes")
+        print(f"reserved:            {state.reserved_bytes / (1 << 30):.2f} GiB")
+    if state.dump_waiting:
+        print(f"dump usable:         {'yes' if state.valid else 'no'} ({state.reason})")
+    else:
+        print(f"reason:              {state.reason}")
+    for warning in state.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _inspect_kind(data: bytes) -> str:
+    if data[:4] == b"\x7fELF":
+        return "elf"
+    if data[:8] == REGSAVE_MAGIC.to_bytes(8, "big") or data[:8] == REGSAVE_MAGIC.to_bytes(8, "little"):
+        return "regsave"
+    if data[:4] == b"CPU:":
+        return "release-map"
+    if len(data) == HEADER_SIZE:
+        return "header"
+    if len(data) % 16 == 0:
+        return "hpte"
+    raise FormatError(
+        "cannot tell the format of this file",
+        offset=0,
+        hint="give --kind elf|header|regsave|hpte|release-map",
+    )
+
+
+def _inspect_elf(path: Path) -> None:
+    with ElfCore.open(path, machine=None) as core:
+        print(f"ELF core, {core.byteorder}-endian, machine {core.machine}, {len(core.segments)} PT_LOAD")
+        for seg in core.segments:
+            print(
+                f"  PT_LOAD paddr {seg.paddr:#018x} memsz {seg.memsz:#14x} "
+                f"filesz {seg.filesz:#14x} offset {seg.offset:#x}"
+            )
+        for note in core.notes:
+            print(f"  note {note.name!r} type {note.type} {len(note.desc)} bytes")
+        for index, (regs, pid) in enumerate(core.prstatus):
+            print(f"  CPU note {index}: pid {pid} nip {regs.nip:#018x} lr {regs.link:#018x} r1 {regs.gpr[1]:#018x}")
+        if core.vmcoreinfo is not None:
+            for key in ("OSRELEASE", "PAGESIZE", "CRASHTIME"):
+                if key in core.vmcoreinfo:
+                    print(f"  VMCOREINFO {key}={core.vmcoreinfo[key]}")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    try:
+        data = path.read_bytes() if args.kind != "elf" else path.open("rb").read(64)
+    except OSError as error:
+        raise HvdumpError(f"{path}: cannot read: {error.strerror}") from None
+    kind = args.kind or _inspect_kind(data)
+    try:
+        if kind == "elf":
+            _inspect_elf(path)
+        elif kind == "header":
+            for line in describe_dump_header(parse_dump_header(data, path=str(path))):
+                print(line)
+        elif kind == "regsave":
+            for cpu in parse_regsave(data, path=str(path)):
+                regs = " ".join(f"{k}={v:#x}" for k, v in cpu.regs.items() if k in ("NIA", "LR", "MSR", "GPR01"))
+                print(f"CPU {cpu.cpu}: {len(cpu.regs)} registers {regs}")
+        elif kind == "hpte":
+            entries = parse_hpte_table(data, path=str(path))
+            valid = [e for e in entries if e.valid]
+            print(f"{len(entries)} HPTEs in {len(entries) // 8} groups, {len(valid)} valid")
+            for hpte in valid[: args.limit]:
+                print(f"  v {hpte.v:#018x} r {hpte.r:#018x} bolted={hpte.bolted} large={hpte.large}")
+        else:
+            print(format_release_map(parse_release_map(data.decode("ascii", "replace"), path=str(path))), end="")
+    except FormatError as error:
+        raise error.at(path=str(path)) from None
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hvdump", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = sub.add_parser(
+        "status",
+        help="is a dump waiting? its sections, flags and release map",
+        description="Show what the capture kernel under --root says about dumps: firmware "
+        "support, whether a dump waits, the hypervisor's dump header (status and per-section "
+        "flags), the release map cross-checked against the header, and reserved memory.",
+    )
+    status.add_argument("--root", type=Path, default=Path("/"), help="root of the capture kernel's filesystem (default /)")
+    status.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    status.set_defaults(func=_cmd_status)
+    inspect = sub.add_parser(
+        "inspect",
+        help="decode a dump header, register save area, HPTE table, release map or ELF core",
+        description="Decode one file in any format hvdump knows; the kind is guessed from "
+        "the content unless --kind is given. Errors name the offset of the first bad byte.",
+    )
+    inspect.add_argument("file", type=Path)
+    inspect.add_argument("--kind", choices=["elf", "header", "regsave", "hpte", "release-map"])
+    inspect.add_argument("--limit", type=int, default=16, help="HPTEs to list (default 16)")
+    inspect.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("hvdump", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

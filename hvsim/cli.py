@@ -1,0 +1,578 @@
+"""The ``hvsim`` command: create, boot, crash and inspect simulated POWER6 LPARs.
+
+Every subcommand takes the LPAR's directory; state lives there, so commands
+in different shells (and a FUSE root mounted with ``hvsim mount``) see one
+machine. User errors print one line ``hvsim: error: ...`` and exit 2 for
+bad usage, 1 otherwise; a verification that finds differences exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn, cast
+
+from drgn_hvdump.errors import HvdumpError
+from drgn_hvdump.formats.dump_header import section_error_names, status_names
+
+from .config import QUIRKS, auto_reserve_size, format_size, parse_size
+from .kernel import SCENARIOS
+from .lpar import Lpar
+from .verify import verify_dump, verify_sections
+
+__all__ = ["build_parser", "main"]
+
+_TOP_HELP = """\
+hvsim simulates a POWER6 LPAR with hypervisor-assisted dump ("phyp dump"),
+the way Linux 2.6.26-3.3 implemented it, so dump tools can be developed and
+tested without POWER hardware. An LPAR is a small directory; its memory is
+generated from a seed on demand, so even a 4 TiB LPAR costs a few MiB.
+
+The model:
+  boot     The kernel (booted with phyp_dump=1 on firmware that offers
+           ibm,configure-kernel-dump) reserves a *scratch area* at the top of
+           RAM: CPU state size + HPTE region size + reserve size (256 MiB by
+           default, phyp_dump_reserve_size=). It registers a dump header
+           naming three destinations in it: the register save area, the
+           hashed page table, and a copy of the low 256 MiB. The LPAR is
+           "protected".
+  crash    The hypervisor saves the CPU registers, the HPTEs and the low
+           256 MiB into the scratch area, fills in the dump header, resets I/O
+           and boots the LPAR again without clearing RAM.
+  capture  The capture kernel sees rtas/ibm,dump-kernel, runs in the low
+           reserve size (overwriting it: that is why it was saved), keeps
+           everything above reserved, and offers /proc/vmcore and
+           /sys/kernel/release_region. Userspace copies the dump and writes
+           "ADDR SIZE" (hex) to release_region for each range it has stored;
+           released memory is reused at once.
+  release  When the released bytes add up, the kernel invalidates the dump
+           and registers a new one: running and protected again.
+
+Release quirks: by default (--quirks faithful) hvsim reproduces the real
+kernel: a release frees one page past its end; the start is clamped up to
+the reserved area without shortening the length; released bytes are counted
+unclamped into two counters compared for exact equality, so a range
+released twice means the LPAR is never re-registered, and hitting the sum
+early re-registers it before everything was released. --quirks corrected
+gives what the code should have done.
+
+Typical session:
+  hvsim create /tmp/lpar --memory 4G --cpus 8 --seed 7
+  hvsim boot /tmp/lpar
+  hvsim crash /tmp/lpar          # ... capture kernel is running
+  hvsim status /tmp/lpar
+  hvsim mount /tmp/lpar /tmp/root   # /tmp/root/proc/vmcore, .../release_region
+  hvsim verify /tmp/lpar
+"""
+
+_CREATE_HELP = """\
+Create a new LPAR directory (mode 0700), powered off unless --boot.
+
+Memory is a multiple of 256 MiB from 512M to 16T; its content is a function
+of --seed and --mix (shares of zero, text, pointer and random pages), so
+size costs no disk. The kernel's byte order (--endian) and page size
+(--page-size) shape memory and the ELF core; the hypervisor's structures are
+big-endian either way. The scratch area needs room above the capture region:
+with the default 256 MiB reserve an LPAR needs at least 768M to be protected.
+"""
+
+_BOOT_HELP = """\
+Boot an LPAR that is off or crashed. With a dump waiting in the firmware this
+is a capture boot: the capture kernel runs in [0, reserve size) and reserves
+the rest (state "capture"); if the hypervisor flagged the dump in error, the
+kernel invalidates it and registers again instead. Otherwise an ordinary boot
+that reserves the scratch area and registers a dump header if it can.
+"""
+
+_CRASH_HELP = """\
+Crash the running kernel. If it registered a dump, the hypervisor saves the
+register save area, the HPTEs and the low 256 MiB into the scratch area and
+fills in the dump header; then (unless --no-reboot) the LPAR boots the
+capture kernel. Crashing the capture kernel before the dump is collected
+keeps the dump waiting, but memory released so far was reused and is lost.
+
+Scenarios:
+"""
+
+_REBOOT_HELP = """\
+Reboot without a crash. A running ordinary kernel reboots and registers
+again; no dump is taken. A capture kernel reboots into capture again, since
+the firmware still holds the dump: released ranges were reused and are lost.
+"""
+
+_INVALIDATE_HELP = """\
+Give up the waiting dump. In a capture kernel: invalidate it, register a new
+dump at the scratch area and free all other reserved memory (the LPAR is
+protected again; uncollected data is gone). In a crashed LPAR: the firmware
+forgets the dump and the next boot is ordinary.
+"""
+
+_STATUS_HELP = """\
+Show the LPAR's state: the life-cycle state, whether it is protected, the
+dump header's flags, destinations and lengths, what is still reserved, what
+was released or lost, the release counters, and the recent events.
+"""
+
+_RELEASE_HELP = """\
+Release a range as writing "ADDR SIZE" to /sys/kernel/release_region does
+(ADDR and SIZE in hex, "0x" optional). Faithful quirks: the start is clamped
+up to the reserved area (the length is kept), the size clamped to its end,
+page frame numbers rounded down, and one page past the end is freed too; the
+counters add the unclamped size. Corrected: a page is freed once all of its
+bytes have been released, and out-of-range writes fail with EINVAL.
+"""
+
+_VERIFY_HELP = """\
+Without DUMPFILE: check the hypervisor's saved sections in the LPAR against
+ground truth (low-memory copy, register save area, HPTEs).
+
+With DUMPFILE (ELF): compare it page by page with the crashed kernel's
+memory. A collected dump holds the crashed memory at physical addresses; a
+raw copy of /proc/vmcore is recognised and its low 256 MiB taken from the
+hypervisor's copy in the scratch area. Reports wrong, missing, lost and
+excluded zero pages; exits 1 on any mismatch.
+"""
+
+_CAT_HELP = """\
+Print a file of the capture kernel's root without mounting it:
+/proc/version, /proc/meminfo, /sys/kernel/release_region,
+/sys/kernel/phyp_dump_active, or /proc/device-tree/PATH (binary properties
+are shown in hex). Without PATH, list the device tree's properties.
+"""
+
+_VMCORE_HELP = """\
+Copy /proc/vmcore to OUTPUT (mode 0600), as 'dd if=ROOT/proc/vmcore' would.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``hvsim: error: ...`` and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"hvsim: error: {message} (see '{self.prog} --help')\n")
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _page_size_arg(text: str) -> int:
+    value = _size_arg(text)
+    if value not in (4096, 65536):
+        raise argparse.ArgumentTypeError(f"page size must be 4K or 64K, got {text!r}")
+    return value
+
+
+def _hex_arg(text: str) -> int:
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a hex number") from None
+
+
+def _section_value(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or name not in ("cpu", "hpte", "rmo"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected SECTION=VALUE with SECTION cpu, hpte or rmo (e.g. rmo=64M)"
+        )
+    try:
+        return name, parse_size(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hvsim`` argument parser (subcommands set ``func``)."""
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="hvsim", description=_TOP_HELP, formatter_class=raw)
+    # Subparsers are _Parser too (argparse uses the parent's class), typed as the base.
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND"),
+    )
+    sub.required = True
+
+    def add(name: str, help_: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description, formatter_class=raw)
+        p.add_argument("lpar", metavar="LPAR", help="the LPAR directory")
+        return p
+
+    p = add("create", "create a new LPAR", _CREATE_HELP)
+    p.add_argument("--memory", type=_size_arg, required=True, help="RAM, e.g. 4G or 1T")
+    p.add_argument("--cpus", type=int, default=4, help="logical CPUs (default 4)")
+    p.add_argument("--endian", choices=("big", "little"), default="big", help="kernel byte order")
+    p.add_argument("--page-size", type=_page_size_arg, default=65536, help="4K or 64K (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the memory content")
+    p.add_argument("--mix", help="page mix, e.g. zero=0.3,text=0.3,pointer=0.3,random=0.1")
+    p.add_argument("--no-firmware", action="store_true", help="firmware without dump support")
+    p.add_argument(
+        "--no-dump", action="store_true", help="kernel booted with phyp_dump=0 (never registers)"
+    )
+    p.add_argument(
+        "--reserve-size",
+        default="256M",
+        help="phyp_dump_reserve_size=: capture region and third part of the scratch area; "
+        "'auto' for 5%% of RAM (at least 256M)",
+    )
+    p.add_argument("--quirks", choices=QUIRKS, default="faithful", help="release semantics")
+    p.add_argument(
+        "--literal-release-map",
+        action="store_true",
+        help="release_region prints the kernel's literal unrelocated header (quirk)",
+    )
+    p.add_argument("--osrelease", default="2.6.32-hvsim", help="kernel release string")
+    p.add_argument("--boot", action="store_true", help="boot it right away")
+    p.set_defaults(func=_cmd_create)
+
+    add("boot", "boot an LPAR that is off or crashed", _BOOT_HELP).set_defaults(func=_cmd_boot)
+
+    scen = "".join(f"  {s.name:<14} {s.description}\n" for s in SCENARIOS.values())
+    p = add("crash", "crash the running kernel", _CRASH_HELP + scen)
+    p.add_argument("--scenario", choices=tuple(SCENARIOS), help="how it crashes (default panic)")
+    p.add_argument("--no-reboot", action="store_true", help="stay crashed; boot later")
+    p.add_argument(
+        "--partial",
+        type=_section_value,
+        action="append",
+        default=[],
+        metavar="SECTION=SIZE",
+        help="the hypervisor copies only SIZE bytes of a section (cpu, hpte, rmo); repeatable",
+    )
+    p.add_argument(
+        "--error",
+        type=_section_value,
+        action="append",
+        default=[],
+        metavar="SECTION=FLAGS",
+        help="set a section's error flags, e.g. rmo=0x1000 (that section copies nothing "
+        "unless --partial says otherwise)",
+    )
+    p.set_defaults(func=_cmd_crash)
+
+    add("reboot", "reboot without a crash", _REBOOT_HELP).set_defaults(func=_cmd_reboot)
+    add("invalidate", "give up the waiting dump", _INVALIDATE_HELP).set_defaults(
+        func=_cmd_invalidate
+    )
+
+    p = add("status", "show state, dump header, reserved and released memory", _STATUS_HELP)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_status)
+
+    p = add("release", "release a range (like a write to release_region)", _RELEASE_HELP)
+    p.add_argument("addr", metavar="ADDR", help="start address (hex)")
+    p.add_argument("size", metavar="SIZE", help="size in bytes (hex)")
+    p.set_defaults(func=_cmd_release)
+
+    p = add("verify", "check saved sections or a dump file against ground truth", _VERIFY_HELP)
+    p.add_argument("dumpfile", metavar="DUMPFILE", nargs="?", help="an ELF dump to check")
+    p.add_argument(
+        "--as",
+        dest="kind",
+        choices=("auto", "collected", "vmcore"),
+        default="auto",
+        help="what DUMPFILE is (default: recognise it)",
+    )
+    p.set_defaults(func=_cmd_verify)
+
+    p = add("cat", "print a file of the capture kernel's root", _CAT_HELP)
+    p.add_argument("file", metavar="PATH", nargs="?", help="e.g. /sys/kernel/release_region")
+    p.set_defaults(func=_cmd_cat)
+
+    p = add("vmcore", "copy /proc/vmcore to a file", _VMCORE_HELP)
+    p.add_argument("output", metavar="OUTPUT", help="file to write (created 0600)")
+    p.set_defaults(func=_cmd_vmcore)
+
+    try:
+        from .fuse_root import add_subcommands
+    except ImportError as exc:  # mfusepy or libfuse missing: the rest still works
+        _fuse_missing(sub, str(exc))
+    else:
+        add_subcommands(sub)
+    return parser
+
+
+def _fuse_missing(sub: argparse._SubParsersAction[argparse.ArgumentParser], why: str) -> None:
+    for name in ("mount", "umount"):
+        p = sub.add_parser(name, help=f"{name} a FUSE capture root (unavailable: {why})")
+        p.add_argument("args", nargs="*")
+        p.set_defaults(func=lambda args, why=why: _fail(f"FUSE support is unavailable: {why}"))
+
+
+def _fail(message: str) -> int:
+    print(f"hvsim: error: {message}", file=sys.stderr)
+    return 1
+
+
+# ----------------------------------------------------------------- commands
+
+
+def _cmd_create(args: argparse.Namespace) -> int:
+    reserve = args.reserve_size
+    if reserve == "auto":
+        reserve = auto_reserve_size(args.memory)
+    lpar = Lpar.create(
+        args.lpar,
+        memory=args.memory,
+        cpus=args.cpus,
+        endian=args.endian,
+        page_size=args.page_size,
+        seed=args.seed,
+        mix=args.mix,
+        firmware_dump=not args.no_firmware,
+        dump_enabled=not args.no_dump,
+        reserve_size=reserve,
+        quirks=args.quirks,
+        literal_release_map=args.literal_release_map,
+        osrelease=args.osrelease,
+        boot=args.boot,
+    )
+    cfg = lpar.config
+    print(
+        f"created {lpar.path}: {format_size(cfg.memory)} RAM, {cfg.cpus} CPUs, {cfg.endian}-endian, "
+        f"{format_size(cfg.page_size)} pages, seed {cfg.seed}; state {lpar.state}"
+    )
+    return 0
+
+
+def _last_event(lpar: Lpar) -> str:
+    events = lpar.status()["events"]
+    return str(events[-1][1]) if events else ""
+
+
+def _cmd_boot(args: argparse.Namespace) -> int:
+    lpar = Lpar.open(args.lpar)
+    state = lpar.boot()
+    print(f"{lpar.path}: {state}: {_last_event(lpar)}")
+    return 0
+
+
+def _cmd_crash(args: argparse.Namespace) -> int:
+    lpar = Lpar.open(args.lpar)
+    before = len(lpar.status()["events"])
+    state = lpar.crash(
+        args.scenario,
+        reboot=not args.no_reboot,
+        partial=dict(args.partial),
+        errors=dict(args.error),
+    )
+    for _, text in lpar.status()["events"][before:]:
+        print(f"{lpar.path}: {text}")
+    print(f"{lpar.path}: now {state}")
+    return 0
+
+
+def _cmd_reboot(args: argparse.Namespace) -> int:
+    lpar = Lpar.open(args.lpar)
+    state = lpar.reboot()
+    print(f"{lpar.path}: {state}: {_last_event(lpar)}")
+    return 0
+
+
+def _cmd_invalidate(args: argparse.Namespace) -> int:
+    lpar = Lpar.open(args.lpar)
+    state = lpar.invalidate()
+    print(f"{lpar.path}: {state}: {_last_event(lpar)}")
+    return 0
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    lpar = Lpar.open(args.lpar)
+    result = lpar.release_text(f"{args.addr} {args.size}".encode())
+    line = f"released {result.freed_bytes:#x} bytes"
+    if result.freed:
+        line += f" ({', '.join(f'{s:#x}-{e:#x}' for s, e in result.freed)})"
+    if result.clamped:
+        line += "; the range was clamped to the reserved area"
+    if result.note:
+        line += f"; {result.note}"
+    if result.reregistered:
+        line += "; dump invalidated and registered again: the LPAR is protected"
+    print(line)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    lpar = Lpar.open(args.lpar)
+    if args.dumpfile is None:
+        report = verify_sections(lpar)
+    else:
+        report = verify_dump(lpar, args.dumpfile, kind=args.kind)
+    sys.stdout.write(report.text())
+    return 0 if report.ok else 1
+
+
+def _cmd_cat(args: argparse.Namespace) -> int:
+    lpar = Lpar.open(args.lpar)
+    path = (args.file or "").strip()
+    texts = {
+        "/proc/version": lpar.proc_version,
+        "/proc/meminfo": lpar.meminfo_text,
+        "/sys/kernel/release_region": lpar.release_region_text,
+        "/sys/kernel/phyp_dump_active": lpar.phyp_dump_active_text,
+    }
+    if path in texts:
+        sys.stdout.write(texts[path]())
+        return 0
+    tree = lpar.device_tree()
+    for prefix in ("/proc/device-tree/", "/sys/firmware/devicetree/base/", ""):
+        if path.startswith(prefix) and path[len(prefix) :] in tree:
+            value = tree[path[len(prefix) :]]
+            printable = value.rstrip(b"\0")
+            if printable and all(32 <= b < 127 or b == 0 for b in printable):
+                print(printable.replace(b"\0", b" ").decode())
+            else:
+                print(value.hex())
+            return 0
+    if not path:
+        for name, value in sorted(tree.items()):
+            print(f"{name} ({len(value)} bytes)")
+        return 0
+    return _fail(f"{path}: no such file in the capture root (try without PATH for a list)")
+
+
+def _cmd_vmcore(args: argparse.Namespace) -> int:
+    lpar = Lpar.open(args.lpar)
+    size = lpar.vmcore_size()
+    fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        offset = 0
+        chunk = 4 << 20
+        while offset < size:
+            data = lpar.read_vmcore(offset, chunk)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            offset += len(data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    print(f"wrote {size} bytes of /proc/vmcore to {args.output}")
+    return 0
+
+
+# ------------------------------------------------------------------- status
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    lpar = Lpar.open(args.lpar)
+    st = lpar.status()
+    if args.json:
+        json.dump(st, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_status(st))
+    return 0
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _ranges(ranges: Sequence[Sequence[Any]]) -> str:
+    if not ranges:
+        return "none"
+    return ", ".join(f"{r[0]:#x}-{r[1]:#x}" for r in ranges)
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """The text ``hvsim status`` prints for :meth:`Lpar.status` data."""
+    cfg = st["config"]
+    out = [
+        f"LPAR {st['path']}: {st['state']} (boot generation {st['generation']})",
+        f"  machine: {format_size(cfg['memory'])} RAM, {cfg['cpus']} CPUs, {cfg['endian']}-endian, "
+        f"{format_size(cfg['page_size'])} pages, seed {cfg['seed']}, quirks {cfg['quirks']}, "
+        f"reserve size {format_size(cfg['reserve_size'])}",
+        "  firmware: "
+        + (
+            "dump support (ibm,configure-kernel-dump)"
+            if cfg["firmware_dump"]
+            else "no dump support"
+        )
+        + ("" if cfg["dump_enabled"] else "; kernel booted with phyp_dump=0"),
+    ]
+    kernel = st.get("kernel")
+    if st["protected"]:
+        prot = "protected: a dump header is registered"
+    elif st["state"] == "capture":
+        prot = "not protected: the capture kernel holds the dump (release it all to re-register)"
+    else:
+        prot = "NOT protected"
+        if kernel and kernel.get("not_registered_reason"):
+            prot += f": {kernel['not_registered_reason']}"
+    out.append(f"  protection: {prot}")
+    for key, title in (("registered_header", "registered header"), ("dump_header", "dump header")):
+        h = st.get(key)
+        if not h:
+            continue
+        flags = ", ".join(status_names(h["status"])) or "none"
+        out.append(f"  {title}: status {h['status']:#06x} ({flags})")
+        for name, s in h["sections"].items():
+            errs = ", ".join(section_error_names(s["error_flags"])) or "none"
+            out.append(
+                f"    {name.upper():<5} dest {s['destination_address']:#x} "
+                f"length {s['source_length']:#x} copied {s['length_copied']:#x} "
+                f"flags {s['dump_flags']:#x} errors {errs}"
+            )
+    if kernel:
+        out.append(
+            f"  kernel: {kernel['kind']} (generation {kernel['generation']}), reserved "
+            f"{_ranges(kernel['reserved'])} ({kernel['reserved_bytes']:#x} bytes)"
+        )
+        rel = kernel.get("release")
+        if rel:
+            out.append(
+                f"  released: {_ranges(rel['released'])} ({rel['released_bytes']:#x} bytes in "
+                f"{rel['writes']} writes)"
+            )
+            out.append(
+                f"  release counters: reserved {rel['reserved_counter']:#x} of "
+                f"{rel['reserved_target']:#x}, scratch {rel['scratch_counter']:#x} of "
+                f"{rel['scratch_target']:#x} (re-registers when both are equal)"
+            )
+    dump = st.get("dump")
+    if dump:
+        out.append(
+            f"  last dump: generation {dump['generation']}, crashed {_when(dump['crash_time'])} "
+            f"on CPU {dump['crash_cpu']} ({dump['scenario']}); {dump['status']}; "
+            f"capture boots {dump['capture_boots']}"
+        )
+        for start, end, why in dump["lost"]:
+            out.append(f"    lost {start:#x}-{end:#x} ({end - start:#x} bytes): {why}")
+    c = st["counters"]
+    out.append("  counters: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+    out.append("  events:")
+    for t, text in st["events"][-12:]:
+        out.append(f"    {_when(t)}  {text}")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hvsim``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except (HvdumpError, ValueError) as exc:
+        return _fail(str(exc).replace("\n", " "))
+    except BrokenPipeError:
+        # stdout's reader went away (hvsim status | head): not an error worth a line.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}")
+    except KeyboardInterrupt:
+        return 130
+    return status

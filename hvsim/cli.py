@@ -20,6 +20,7 @@ from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.dump_header import section_error_names, status_names
 
 from .config import QUIRKS, auto_reserve_size, format_size, parse_size
+from .fuse_root import add_subcommands
 from .kernel import SCENARIOS
 from .lpar import Lpar
 from .verify import verify_dump, verify_sections
@@ -290,20 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUTPUT", help="file to write (created 0600)")
     p.set_defaults(func=_cmd_vmcore)
 
-    try:
-        from .fuse_root import add_subcommands
-    except ImportError as exc:  # mfusepy or libfuse missing: the rest still works
-        _fuse_missing(sub, str(exc))
-    else:
-        add_subcommands(sub)
+    add_subcommands(sub)
     return parser
-
-
-def _fuse_missing(sub: argparse._SubParsersAction[argparse.ArgumentParser], why: str) -> None:
-    for name in ("mount", "umount"):
-        p = sub.add_parser(name, help=f"{name} a FUSE capture root (unavailable: {why})")
-        p.add_argument("args", nargs="*")
-        p.set_defaults(func=lambda args, why=why: _fail(f"FUSE support is unavailable: {why}"))
 
 
 def _fail(message: str) -> int:

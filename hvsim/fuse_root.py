@@ -13,15 +13,29 @@ exactly as it runs on a real POWER LPAR with ``--root /``::
     ROOT/sys/kernel/phyp_dump_active      0600, read-only: dump enabled at boot
 
 Everything is computed from the LPAR's live state on every access, nothing
-is cached by the kernel (zero attribute and entry timeouts, ``direct_io``),
-so a release made by another process (``hvsim release``) shows at once, and
-``release_region`` and ``vmcore`` disappear when the last release
-re-registers the dump, as they do on the real kernel. Reads of
-``proc/vmcore`` go to :meth:`Lpar.read_vmcore` in 1 MiB requests (FUSE
-``max_pages`` 256, ``st_blksize`` 1 MiB so ``cat`` asks for 1 MiB too).
-Writes to ``release_region`` go to :meth:`Lpar.release_text`; a refused
-write fails with the errno the error carries (``EINVAL`` for junk), so
+is cached by the kernel (zero attribute, entry and negative timeouts;
+``direct_io`` on every file), so a release made by another process
+(``hvsim release``) shows at once, and ``release_region`` and ``vmcore``
+disappear when the last release re-registers the dump, as they do on the
+real kernel. While no kernel runs (LPAR off, or crashed and not rebooted)
+the root is empty. Text files are snapshots taken at open (like sysfs), and
+their ``st_size`` is their current length.
+
+Reads of ``proc/vmcore`` are one :meth:`Lpar.read_vmcore` call per FUSE
+request, and requests are 1 MiB (libfuse's ``max_write``-derived
+``max_pages`` of 256 under ``direct_io``; ``st_blksize`` 1 MiB makes ``cat``
+and ``cp`` ask for 1 MiB too). The daemon raises glibc's mmap and trim
+thresholds (:func:`tune_malloc`), which more than triples throughput. It is
+single-threaded: ``Lpar`` serialises its calls with a lock anyway.
+
+Writes to ``release_region`` go to :meth:`Lpar.release_text`, one write(2)
+per request as on sysfs (``>``'s ``O_TRUNC`` is accepted and ignored); a
+refused write fails with the errno the error carries, so
 ``echo junk > ROOT/sys/kernel/release_region`` says "Invalid argument".
+Once the dump is gone, an already open ``release_region`` answers writes with
+ENODEV (as kernfs does) and an open ``vmcore`` answers reads with EIO (as
+procfs does). Other files refuse writes with EACCES, and the tree refuses
+changes (create: EACCES; unlink, rename, chmod: EPERM).
 
 One difference from the real kernel: ``/proc/device-tree`` is a *relative*
 symlink, so that it resolves inside ``ROOT`` rather than on the host.
@@ -55,9 +69,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import mfusepy as fuse
-
 from drgn_hvdump.errors import HvdumpError
+
+try:
+    import mfusepy as fuse
+except OSError as _exc:  # mfusepy looks for libfuse at import time
+    raise ImportError(f"libfuse3 not found ({_exc}); install the fuse3 package") from _exc
 
 __all__ = [
     "DEVICE_TREE_LINK",
@@ -147,6 +164,8 @@ class CaptureViews(Protocol):
 class _Dir:
     mode: int
     children: tuple[str, ...]
+    #: How many children are directories (st_nlink is 2 + subdirs, as find expects).
+    subdirs: int = 0
 
 
 @dataclass(frozen=True)
@@ -175,6 +194,20 @@ class _Handle:
 def _errno_of(exc: BaseException, default: int = errno.EIO) -> int:
     code = getattr(exc, "errno", None)
     return code if isinstance(code, int) and code > 0 else default
+
+
+def _os_error(path: str, exc: Exception, default: int = errno.EIO) -> fuse.FuseOSError:
+    """The error a failed view call gives the caller (the errno it carries).
+
+    Expected answers (a file that does not exist in this state, a refused
+    write) pass silently; anything else (EIO, a bug) is logged.
+    """
+    if isinstance(exc, fuse.FuseOSError):
+        return exc
+    code = _errno_of(exc, 0)
+    if code in (0, errno.EIO):
+        log.warning("%s: %s: %s", path, type(exc).__name__, exc)
+    return fuse.FuseOSError(code or default)
 
 
 def _dt_property_mode(name: str) -> int:
@@ -213,7 +246,7 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
         """The node at ``path`` in the current state, or None."""
         v = self._views
         if path == "/":
-            return _Dir(0o755, ("proc", "sys") if self._kernel_runs() else ())
+            return _Dir(0o755, ("proc", "sys"), 2) if self._kernel_runs() else _Dir(0o755, ())
         if not self._kernel_runs():
             return None  # off or crashed: nothing is mounted on this "/"
         if path == "/proc":
@@ -230,7 +263,7 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
         if path == _VMCORE:
             return _File(0o400, None) if self._dump_waiting() else None
         if path == "/sys":
-            return _Dir(0o555, ("firmware", "kernel"))
+            return _Dir(0o555, ("firmware", "kernel"), 2)
         if path == "/sys/kernel":
             names = ["phyp_dump_active"]
             if self._dump_waiting():
@@ -243,9 +276,9 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
                 return None
             return _File(0o600, self._text(v.release_region_text), writable=True)
         if path == "/sys/firmware":
-            return _Dir(0o755, ("devicetree",))
+            return _Dir(0o755, ("devicetree",), 1)
         if path == "/sys/firmware/devicetree":
-            return _Dir(0o755, ("base",))
+            return _Dir(0o755, ("base",), 1)
         if path == _DT_BASE or path.startswith(_DT_BASE + "/"):
             return self._dt_node(path[len(_DT_BASE) :].strip("/"))
         return None
@@ -256,20 +289,23 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
             value = tree[rel]
             return _File(_dt_property_mode(rel.rsplit("/", 1)[-1]), lambda: value)
         prefix = rel + "/" if rel else ""
-        children = {k[len(prefix) :].split("/", 1)[0] for k in tree if k.startswith(prefix)}
-        children.discard("")
+        children: set[str] = set()
+        subdirs: set[str] = set()
+        for key in tree:
+            if key.startswith(prefix):
+                name, sep, _ = key[len(prefix) :].partition("/")
+                children.add(name)
+                if sep:
+                    subdirs.add(name)
         if not children:
             return None if rel else _Dir(0o755, ())
-        return _Dir(0o755, tuple(sorted(children)))
+        return _Dir(0o755, tuple(sorted(children)), len(subdirs))
 
     def _lookup(self, path: str) -> _Node:
         try:
             node = self._node(path)
-        except fuse.FuseOSError:
-            raise
         except Exception as exc:
-            log.warning("%s: %s", path, exc)
-            raise fuse.FuseOSError(_errno_of(exc)) from exc
+            raise _os_error(path, exc) from exc
         if node is None:
             raise fuse.FuseOSError(errno.ENOENT)
         return node
@@ -283,7 +319,7 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
             "st_ctime": self._time_ns,
         }
         if isinstance(node, _Dir):
-            st.update(st_mode=stat.S_IFDIR | node.mode, st_nlink=2, st_size=0)
+            st.update(st_mode=stat.S_IFDIR | node.mode, st_nlink=2 + node.subdirs, st_size=0)
         elif isinstance(node, _Link):
             st.update(st_mode=stat.S_IFLNK | 0o777, st_nlink=1, st_size=len(node.target))
         elif node.content is None:
@@ -326,12 +362,10 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
         node = self._lookup(path)
         try:
             return self._stat(node)
-        except fuse.FuseOSError:
-            raise
         except Exception as exc:
-            # The node vanished between lookup and size (a concurrent state change).
-            log.warning("%s: %s", path, exc)
-            raise fuse.FuseOSError(errno.ENOENT) from exc
+            # ENOENT: the file does not exist in this state (no phyp_dump_active
+            # without firmware support) or vanished since the lookup.
+            raise _os_error(path, exc) from exc
 
     def readdir(self, path: str, fh: int) -> list[str | tuple[str, dict[str, int], int]]:
         """The directory's entries with their types (for d_type)."""
@@ -375,8 +409,7 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
             try:
                 data = node.content()
             except Exception as exc:
-                log.warning("%s: %s", path, exc)
-                raise fuse.FuseOSError(_errno_of(exc)) from exc
+                raise _os_error(path, exc) from exc
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _Handle(path, data)
@@ -399,8 +432,12 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
         try:
             return self._views.read_vmcore(offset, size)
         except Exception as exc:
-            log.warning("%s: read %#x+%#x: %s", path, offset, size, exc)
-            raise fuse.FuseOSError(_errno_of(exc)) from exc
+            err = _os_error(f"{path} at {offset:#x}+{size:#x}", exc)
+            if err.errno == errno.ENOENT:
+                # The dump is gone (re-registered) while the file was open: procfs
+                # answers reads of a removed entry with EIO.
+                err = fuse.FuseOSError(errno.EIO)
+            raise err from exc
 
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
         """One write(2) to ``release_region`` is one release request (offset ignored, as sysfs)."""
@@ -412,14 +449,12 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
         try:
             self._views.release_text(data)
         except Exception as exc:
-            code = _errno_of(exc, errno.EINVAL)
-            if code == errno.ENOENT:
+            err = _os_error(path, exc)
+            if err.errno == errno.ENOENT:
                 # The dump is gone (re-registered) while this file was open:
                 # kernfs answers writes to a removed attribute with ENODEV.
-                code = errno.ENODEV
-            elif code != errno.EINVAL:
-                log.warning("%s: write %r: %s", path, data[:64], exc)
-            raise fuse.FuseOSError(code) from exc
+                err = fuse.FuseOSError(errno.ENODEV)
+            raise err from exc
         return len(data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
@@ -729,7 +764,8 @@ def mount(
     mnt = _mountpoint_path(root)
     from hvsim.lpar import Lpar
 
-    Lpar.open(lpar)  # a missing or corrupt LPAR fails here, in the caller
+    with Lpar.open(lpar):  # a missing or corrupt LPAR fails here, in the caller
+        pass
     _prepare_mountpoint(mnt)
     if foreground:
         _serve_lpar(lpar, mnt)
@@ -761,10 +797,12 @@ def mount(
             raise HvdumpError(f"{mnt}: the FUSE daemon failed to mount {lpar}: {detail}")
         if is_mounted(mnt):
             with contextlib.suppress(OSError):
-                os.stat(os.path.join(mnt, "proc"))  # answered: the init handshake is done
+                os.stat(mnt)  # answered: the init handshake is done
                 return child.pid
         if time.monotonic() > deadline:
-            child.terminate()
+            child.terminate()  # libfuse's handler unmounts if it got that far
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(_EXIT_TIMEOUT)
             raise HvdumpError(f"{mnt}: the FUSE daemon did not mount within {_MOUNT_TIMEOUT:.0f} s")
         time.sleep(0.01)
 
@@ -860,13 +898,16 @@ ROOT then holds:
 
 Release a range from a shell once its bytes are safely stored:
   echo 0x10000000 0x1000000 > ROOT/sys/kernel/release_region
-Like the real kernel (faithful quirks), a release also frees the page after
-its end, and malformed input fails with "Invalid argument". When everything
-is released the dump is re-registered: release_region and proc/vmcore vanish.
+Like the real kernel (with the default faithful quirks), a release also
+frees the page after its end: release a range only once the page after it is
+stored too (working from the top of memory down does that). Malformed input
+fails with "Invalid argument" and changes nothing. When everything is
+released the dump is re-registered: release_region and proc/vmcore vanish.
 
 Changes made by other processes (hvsim release, hvsim crash) show at once.
-By default the command returns once the root is mounted; the daemon logs to
-.ROOTNAME.hvsim-fuse.log beside ROOT. Unmount with: hvsim umount ROOT
+By default the command returns once the root is mounted; the daemon records
+its pid in .ROOTNAME.hvsim-fuse.pid and logs to .ROOTNAME.hvsim-fuse.log
+beside ROOT. Unmount with: hvsim umount ROOT
 """
 
 _UMOUNT_HELP = """\

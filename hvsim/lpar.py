@@ -62,7 +62,7 @@ from drgn_hvdump.formats.release_region import (
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.native import PageMix
 
-from .config import DEFAULT_RESERVE_SIZE, LparConfig, format_size
+from .config import DEFAULT_RESERVE_SIZE, LparConfig, format_size, parse_size
 from .hypervisor import Hypervisor, ScratchLayout, hpt_size, scratch_layout
 from .kernel import SCENARIOS, KernelImage, Scenario
 from .memory import IntervalSet, Layer, MemoryReader, derive_seed, pack_hpte_records
@@ -83,9 +83,9 @@ STATES = ("off", "running", "crashed", "capture")
 _U64 = (1 << 64) - 1
 _MAX_EVENTS = 100
 _RMO_SIZE = 256 << 20
-# Memory the simulated kernel keeps for itself (text, data, page structs):
-# only used to make /proc/meminfo's MemTotal plausible.
-_KERNEL_OVERHEAD_SHIFT = 6  # 1/64 of RAM, about what struct page costs with 4K pages
+# Memory the simulated kernel keeps for itself (text, data, page structs) out
+# of what it may use: only makes /proc/meminfo's MemTotal plausible.
+_KERNEL_OVERHEAD_SHIFT = 6  # 1/64, about what struct page costs with 4K pages
 
 
 class HvsimError(HvdumpError):
@@ -176,8 +176,11 @@ def _page_up(x: int, ps: int) -> int:
     return -(-x // ps) * ps
 
 
-def _ranges_text(ranges: Sequence[Sequence[int]]) -> str:
-    return ", ".join(f"{r[0]:#x}-{r[1]:#x}" for r in ranges) or "none"
+def _host_name(path: str | os.PathLike[str]) -> str:
+    """A utsname-safe host name from the LPAR directory's name."""
+    base = os.path.basename(os.path.normpath(os.fspath(path)))
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "-" for c in base)
+    return name[:64] or "lpar"
 
 
 class Lpar:
@@ -228,8 +231,6 @@ class Lpar:
         Sizes may be strings such as ``"4G"``; see :class:`LparConfig` for
         the meaning of each option. Bad values raise ``ValueError``.
         """
-        from .config import parse_size
-
         if isinstance(mix, str):
             mix = PageMix.parse(mix)
         values: dict[str, Any] = {
@@ -244,7 +245,7 @@ class Lpar:
             "quirks": quirks,
             "literal_release_map": literal_release_map,
             "osrelease": osrelease,
-            "name": name if name is not None else (os.path.basename(os.fspath(path)) or "lpar"),
+            "name": name if name is not None else _host_name(path),
         }
         if mix is not None:
             values["mix"] = mix
@@ -369,26 +370,57 @@ class Lpar:
 
     @staticmethod
     def _collect_garbage(work: dict[str, Any]) -> None:
-        """Drop layers and snapshots nothing can read any more."""
+        """Drop layers and snapshots nothing can read any more.
+
+        A layer stays only where it shows: in the current stack (read
+        anywhere), in the ground-truth snapshot (read anywhere), or in a
+        snapshot a live copy layer reads, within the range it copies. Layers
+        hidden there by layers above them are dropped, so a long-lived LPAR
+        that crashes again and again keeps only what its last dump needs.
+        """
         layers: dict[str, Layer] = work["layers"]
-        snapshots: dict[str, list[str]] = work["snapshots"]
-        live_layers: set[str] = set()
-        live_snaps: set[str] = set()
-        todo: list[str] = list(work["stack"])
+        memory = max((b for layer in layers.values() for _, b in layer.extents), default=0)
+        needs: dict[str, IntervalSet] = {}
+        live: set[str] = set()
+
+        def visit(stack: list[str], ranges: IntervalSet) -> list[str]:
+            covered = IntervalSet()
+            kept: list[str] = []
+            for lid in reversed(stack):
+                layer = layers[lid]
+                shown = IntervalSet()
+                for a, b in ranges:
+                    for c, d in layer.extents.intersect(a, b):
+                        shown.add(c, d)
+                for c, d in covered:
+                    shown.remove(c, d)
+                if not shown:
+                    continue
+                kept.append(lid)
+                live.add(lid)
+                for c, d in shown:
+                    covered.add(c, d)
+                    if layer.kind == "copy":
+                        need = needs.setdefault(layer.snapshot, IntervalSet())
+                        need.add(c - layer.delta, d - layer.delta)
+            kept.reverse()
+            return kept
+
+        everything = IntervalSet([(0, memory)])
+        work["stack"] = visit(work["stack"], everything)
         if work["truth"]:
-            live_snaps.add(work["truth"])
-            todo.extend(snapshots[work["truth"]])
-        while todo:
-            lid = todo.pop()
-            if lid in live_layers:
-                continue
-            live_layers.add(lid)
-            snap = layers[lid].snapshot
-            if snap and snap not in live_snaps:
-                live_snaps.add(snap)
-                todo.extend(snapshots[snap])
-        work["layers"] = {k: v for k, v in layers.items() if k in live_layers}
-        work["snapshots"] = {k: v for k, v in snapshots.items() if k in live_snaps}
+            needs.setdefault(work["truth"], IntervalSet()).add(0, memory)
+        snapshots: dict[str, list[str]] = work["snapshots"]
+        kept_snaps: dict[str, list[str]] = {}
+        done: dict[str, IntervalSet] = {}
+        # Copies only refer to older snapshots, so this settles in a few rounds.
+        while any(done.get(name) != need for name, need in needs.items()):
+            for name, need in list(needs.items()):
+                if done.get(name) != need:
+                    done[name] = need.copy()
+                    kept_snaps[name] = visit(snapshots[name], need)
+        work["snapshots"] = kept_snaps
+        work["layers"] = {k: v for k, v in layers.items() if k in live}
 
     @staticmethod
     def _event(work: dict[str, Any], text: str) -> None:
@@ -1097,6 +1129,13 @@ class Lpar:
             stack = self._snapshots[st["truth"]] if st["truth"] else st["stack"]
             return bytes(self._reader.read(stack, paddr, size))
 
+    def expected_into(self, paddr: int, out: memoryview) -> None:
+        """Like :meth:`expected`, into a caller's writable buffer (no copies: for big scans)."""
+        with self._reading() as st:
+            self._check_range(paddr, len(out))
+            stack = self._snapshots[st["truth"]] if st["truth"] else st["stack"]
+            self._reader.read_into(stack, paddr, out)
+
     def _check_range(self, paddr: int, size: int) -> None:
         if paddr < 0 or size < 0 or paddr + size > self.config.memory:
             raise ValueError(
@@ -1240,7 +1279,8 @@ class Lpar:
         with self._reading() as st:
             kernel = self._need_running(st, "/proc/meminfo")
             reserved = IntervalSet(kernel["reserved"]).total()
-            total = self.config.memory - reserved - (self.config.memory >> _KERNEL_OVERHEAD_SHIFT)
+            available = self.config.memory - reserved
+            total = available - (available >> _KERNEL_OVERHEAD_SHIFT)
             if kernel["kind"] == "capture" and st["state"] == "capture":
                 used = 96 << 20
             else:

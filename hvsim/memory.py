@@ -290,6 +290,7 @@ class MemoryReader:
         self.big_endian = big_endian
         self._hpte_cache: dict[str, _HpteTable] = {}
         self._edge_page = bytearray(page_size)
+        self._zeros = b""
 
     def read(self, stack: Sequence[str], paddr: int, size: int) -> bytearray:
         """``size`` bytes of physical memory at ``paddr`` as the layer stack shows it."""
@@ -313,7 +314,7 @@ class MemoryReader:
                 self._fill(layer, out[a - paddr : b - paddr], a)
             pending = _subtract(pending, covered)
         for a, b in pending:
-            out[a - paddr : b - paddr] = bytes(b - a)
+            self._zero(out[a - paddr : b - paddr])
 
     def resolve(self, stack: Sequence[str], paddr: int, size: int) -> list[tuple[int, int, str]]:
         """Which layer supplies each piece of ``[paddr, paddr+size)``: (start, end, layer id)."""
@@ -376,7 +377,7 @@ class MemoryReader:
         got = os.preadv(fd, [out], paddr - layer.base)
         if got < len(out):
             # Sparse overlays end at their last written byte; beyond is zero.
-            out[got:] = bytes(len(out) - got)
+            self._zero(out[got:])
 
     def _hpte_table(self, name: str) -> _HpteTable:
         table = self._hpte_cache.get(name)
@@ -385,8 +386,15 @@ class MemoryReader:
             self._hpte_cache[name] = table
         return table
 
+    def _zero(self, out: memoryview) -> None:
+        # One shared zero buffer: allocating a fresh one per call costs more
+        # than the copy when scanning a table of many GiB.
+        if len(self._zeros) < len(out):
+            self._zeros = bytes(len(out))
+        out[:] = memoryview(self._zeros)[: len(out)]
+
     def _fill_hpte(self, layer: Layer, out: memoryview, paddr: int) -> None:
-        out[:] = bytes(len(out))
+        self._zero(out)
         table = self._hpte_table(layer.file)
         end = paddr + len(out)
         first_slot = max(0, (paddr - layer.base) // 16)

@@ -153,11 +153,15 @@ def _check_hpte(
 
     want = {(s, v, r) for s, v, r in lpar.expected_hptes() if 16 * s + 16 <= copied and kept(s)}
     got: set[tuple[int, int, int]] = set()
+    buf = bytearray(_CHUNK)
     for off in range(0, copied, _CHUNK):
         n = min(_CHUNK, copied - off)
         if released.contains(dest + off, dest + off + n):
             continue
-        got.update(e for e in _hptes_in(lpar.read_phys(dest + off, n), off) if kept(e[0]))
+        if len(buf) != n:
+            buf = bytearray(n)
+        lpar.read_phys_into(dest + off, memoryview(buf))
+        got.update(e for e in _hptes_in(buf, off) if kept(e[0]))
     missing = want - got
     extra = got - want
     if missing or extra:
@@ -169,11 +173,16 @@ def _check_hpte(
         report.note(f"HPTEs: {len(got)} valid entries match")
 
 
-def _hptes_in(data: bytes, offset: int) -> Iterator[tuple[int, int, int]]:
+def _hptes_in(data: bytes | bytearray, offset: int) -> Iterator[tuple[int, int, int]]:
     """(slot, v, r) of the non-zero entries of an HPTE region chunk at ``offset``."""
     whole = len(data) - len(data) % _HPTE_BLOCK
     flags = native.zero_pages(memoryview(data)[:whole], _HPTE_BLOCK) if whole else b""
-    blocks = [i for i, z in enumerate(flags) if not z]
+    # Only the few non-zero blocks matter: find them without a Python loop over all.
+    blocks = []
+    pos = flags.find(0)
+    while pos >= 0:
+        blocks.append(pos)
+        pos = flags.find(0, pos + 1)
     if whole < len(data):
         blocks.append(whole // _HPTE_BLOCK)
     for b in blocks:
@@ -190,12 +199,15 @@ def _check_rmo(
     ps = lpar.config.page_size
     wrong: list[int] = []
     compared = 0
+    got, want = bytearray(_CHUNK), bytearray(_CHUNK)
     for off in range(0, copied, _CHUNK):
         n = min(_CHUNK, copied - off)
         if released.contains(dest + off, dest + off + n):
             continue
-        got = lpar.read_phys(dest + off, n)
-        want = lpar.expected(off, n)
+        if len(got) != n:
+            got, want = bytearray(n), bytearray(n)
+        lpar.read_phys_into(dest + off, memoryview(got))
+        lpar.expected_into(off, memoryview(want))
         compared += n
         if got == want:
             continue
@@ -416,9 +428,14 @@ def _compare_pages(lpar: Lpar, info: DumpInfo, mem: _FileMemory, kind: DumpKind)
     scratch = IntervalSet([(scratch_start - scratch_start % ps, -(-scratch_end // ps) * ps)])
     released = IntervalSet(lpar.released_ranges())
     rmo_dest = info.sections["rmo"][0]
+    want = bytearray(_CHUNK)
     for base in range(0, cfg.memory, _CHUNK):
         n = min(_CHUNK, cfg.memory - base)
-        want = lpar.expected(base, n)
+        if len(want) != n:
+            want = bytearray(n)
+        # Into a reused bytearray: comparing bytes with a bytearray is a memcmp,
+        # with a memoryview it is element by element.
+        lpar.expected_into(base, memoryview(want))
         # Where in the file each page of this chunk comes from.
         src = base
         if kind == "vmcore" and base < _RMO:
@@ -439,7 +456,7 @@ def _compare_pages(lpar: Lpar, info: DumpInfo, mem: _FileMemory, kind: DumpKind)
 def _compare_chunk(
     lpar: Lpar,
     counts: _Counts,
-    want: bytes,
+    want: bytearray,
     base: int,
     src: int,
     mem: _FileMemory,

@@ -154,7 +154,7 @@ def test_truncated() -> None:
     ],
 )
 def test_header_field_errors(field: str, value: int, offset: int, message: str) -> None:
-    bad = dataclasses.replace(REGISTERED, **{field: value})
+    bad = dataclasses.replace(REGISTERED, **{field: value})  # type: ignore[arg-type]
     with pytest.raises(FormatError) as e:
         parse_dump_header(build_dump_header(bad), path=PATH)
     assert str(e.value) == f"{PATH}: offset {offset:#x}: {message}"

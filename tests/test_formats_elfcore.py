@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import stat
 import time
@@ -39,6 +41,7 @@ from drgn_hvdump.formats.elfcore import (
     parse_prstatus,
     write_core,
 )
+from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.vmcoreinfo import build_vmcoreinfo
 from tests.fuzz import FUZZ_EXAMPLES
 from tests.test_formats_strategies import BYTEORDERS, expect_format_error, mutated
@@ -84,7 +87,10 @@ VMCOREINFO = build_vmcoreinfo(
 
 
 def sample_notes(order: Any, ncpus: int = 3) -> list[Note]:
-    notes = [Note("CORE", NT_PRSTATUS, build_prstatus(cpu_regs(c), order, pid=c + 1)) for c in range(ncpus)]
+    notes = [
+        Note("CORE", NT_PRSTATUS, build_prstatus(cpu_regs(c), order, pid=c + 1))
+        for c in range(ncpus)
+    ]
     return [*notes, Note("VMCOREINFO", 0, VMCOREINFO)]
 
 
@@ -164,13 +170,15 @@ def test_note_encoding(order: Any) -> None:
 
 
 names = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
-notes_st = st.lists(st.builds(Note, names, st.integers(0, 2**32 - 1), st.binary(max_size=40)), max_size=6)
+notes_st = st.lists(
+    st.builds(Note, names, st.integers(0, 2**32 - 1), st.binary(max_size=40)), max_size=6
+)
 
 
 @given(notes_st, orders, st.integers(0, 3))
 def test_notes_round_trip(notes: list[Note], order: Any, zero_tail: int) -> None:
     # an empty last note would be indistinguishable from padding
-    if notes and notes[-1] == Note("", 0, b""):
+    while notes and notes[-1] == Note("", 0, b""):
         notes = notes[:-1]
     data = build_notes(notes, order)
     assert len(data) % 4 == 0
@@ -220,11 +228,15 @@ def test_header_layout(order: Any) -> None:
     phdrs = list(ELF64_PHDR.iter_unpack(lay.header[64 : 64 + 4 * 56], order))
     note_ph = phdrs[0]
     assert note_ph.p_type == PT_NOTE and note_ph.p_offset == 64 + 4 * 56
-    assert lay.header[note_ph.p_offset : note_ph.p_offset + note_ph.p_filesz] == build_notes(notes, order)
+    assert lay.header[note_ph.p_offset : note_ph.p_offset + note_ph.p_filesz] == build_notes(
+        notes, order
+    )
     assert tuple(phdrs[1:]) == lay.segments
     assert lay.data_start == len(lay.header) == 0x1000
     assert [p.p_offset for p in lay.segments] == [0x1000, 0x4000, 0x4800]
-    assert [p.p_vaddr for p in lay.segments] == [PAGE_OFFSET_PPC64 + p.p_paddr for p in lay.segments]
+    assert [p.p_vaddr for p in lay.segments] == [
+        PAGE_OFFSET_PPC64 + p.p_paddr for p in lay.segments
+    ]
     assert lay.segments[1].p_filesz == 0x800 and lay.segments[1].p_memsz == 0x2000
     assert lay.file_size == 0x5800
     assert all(p.p_type == PT_LOAD and p.p_flags == 7 for p in lay.segments)
@@ -304,7 +316,9 @@ def test_read_back(order: Any, tmp_path: Path) -> None:
             "PAGESIZE": "4096",
             "SYMBOL(_stext)": "c000000000000000",
         }
-        assert [(p.pr_pid, p.pr_reg) for p in core.prstatus] == [(c + 1, cpu_regs(c)) for c in range(3)]
+        assert [(p.pr_pid, p.pr_reg) for p in core.prstatus] == [
+            (c + 1, cpu_regs(c)) for c in range(3)
+        ]
         assert [n.name for n in core.notes] == ["CORE"] * 3 + ["VMCOREINFO"]
         assert [s.p_paddr for s in core.segments] == [0, 0x10000, 0x12000]
         data0 = sample_segments()[0][1]
@@ -336,7 +350,9 @@ def test_iter_pages_unaligned() -> None:
 
 
 def test_other_machine() -> None:
-    lay = build_core_header(sample_notes("little"), [LoadSegment(0, 16)], "little", machine=EM_X86_64)
+    lay = build_core_header(
+        sample_notes("little"), [LoadSegment(0, 16)], "little", machine=EM_X86_64
+    )
     data = lay.header + bytes(16)
     with pytest.raises(FormatError, match="machine 62, expected PowerPC64"):
         ElfCore.from_bytes(data, "x")
@@ -370,13 +386,37 @@ def test_reader_errors_name_file_and_offset(order: Any) -> None:
         (good[:4] + b"\x01" + good[5:], 4, "ELF class 1: only 64-bit"),
         (good[:5] + b"\x03" + good[6:], 5, "unknown ELF data encoding 3"),
         (good[:6] + b"\x02" + good[7:], 6, "ELF version 2"),
-        (good[:e_type_at] + (2).to_bytes(2, order) + good[e_type_at + 2 :], e_type_at, "ELF type 2 is not a core"),
-        (good[:0x38] + (0x7FFF).to_bytes(2, order) + good[0x3A:], 0x40, "32767 program headers needs bytes up to"),
+        (
+            good[:e_type_at] + (2).to_bytes(2, order) + good[e_type_at + 2 :],
+            e_type_at,
+            "ELF type 2 is not a core",
+        ),
+        (
+            good[:0x38] + (0x7FFF).to_bytes(2, order) + good[0x3A:],
+            0x40,
+            "32767 program headers needs bytes up to",
+        ),
         (good[:0x36] + (40).to_bytes(2, order) + good[0x38:], 0x36, "program header size 40"),
-        (good[: lay.file_size - 1], 0x4800, "program header 3's data needs bytes up to 0x5800 but the file ends at 0x57ff"),
-        (_with_phdr(good, order, 2, p_filesz=0x2001), 64 + 2 * 56, "load segment 2 has filesz 0x2001 > memsz 0x2000"),
-        (_with_phdr(good, order, 3, p_paddr=0x11000), 64, "load segments overlap at physical address 0x11000"),
-        (_with_phdr(good, order, 3, p_paddr=2**64 - 8), 64 + 3 * 56, "load segment 3 runs past the end of the physical"),
+        (
+            good[: lay.file_size - 1],
+            0x4800,
+            "program header 3's data needs bytes up to 0x5800 but the file ends at 0x57ff",
+        ),
+        (
+            _with_phdr(good, order, 2, p_filesz=0x2001),
+            64 + 2 * 56,
+            "load segment 2 has filesz 0x2001 > memsz 0x2000",
+        ),
+        (
+            _with_phdr(good, order, 3, p_paddr=0x11000),
+            64,
+            "load segments overlap at physical address 0x11000",
+        ),
+        (
+            _with_phdr(good, order, 3, p_paddr=2**64 - 8),
+            64 + 3 * 56,
+            "load segment 3 runs past the end of the physical",
+        ),
         (_with_phdr(good, order, 0, p_filesz=0x10), 64 + 4 * 56, "note of 5+504 bytes runs past"),
     ]
     # the other byte order's machine number is nonsense
@@ -415,10 +455,10 @@ def test_open_closes_on_error(tmp_path: Path) -> None:
 
 
 @given(notes_st, st.lists(st.integers(0, 3000), min_size=0, max_size=4), orders)
-def test_round_trip(notes: list[Note], sizes: list[int], order: Any) -> None:
+def test_round_trip(notes: list[Note], sizes: list[int], order: ByteOrder) -> None:
     notes = [n for n in notes if not (n.name == "CORE" and n.type == NT_PRSTATUS)]
     notes = [n for n in notes if not (n.name == "VMCOREINFO" and n.type == 0)]
-    if notes and notes[-1] == Note("", 0, b""):
+    while notes and notes[-1] == Note("", 0, b""):
         notes = notes[:-1]
     segs = []
     addr = 0
@@ -457,19 +497,21 @@ _SMALL = {
 def test_fuzz_reader(data: bytes, addr: int, size: int) -> None:
     def run(buf: bytes) -> None:
         core = ElfCore.from_bytes(buf, "fuzz")
-        try:
+        with contextlib.suppress(FormatError):
             core.read_phys(addr, size)
-        except FormatError:
-            pass
-        for _ in core.iter_pages(64):
+        # a segment may claim up to 2**64 bytes of zeros: look at the first pieces only
+        for _ in itertools.islice(core.iter_pages(64), 8):
             pass
 
     expect_format_error(run, data)
 
 
 @settings(max_examples=FUZZ_EXAMPLES)
-@given(orders, st.binary(max_size=200) | orders.flatmap(lambda o: mutated(build_notes(sample_notes(o, 1), o))))
-def test_fuzz_notes(order: Any, data: bytes) -> None:
+@given(
+    orders,
+    st.binary(max_size=200) | orders.flatmap(lambda o: mutated(build_notes(sample_notes(o, 1), o))),
+)
+def test_fuzz_notes(order: ByteOrder, data: bytes) -> None:
     def run(buf: bytes) -> None:
         for note in parse_notes(buf, order):
             if note.type == NT_PRSTATUS:

@@ -59,7 +59,15 @@ def test_every_r_field() -> None:
         changed=True,
         key=0b11010,
     )
-    assert (e.pp, e.pp0, e.wimg, e.n, e.referenced, e.changed, e.key) == (3, True, 15, True, True, True, 26)
+    assert (e.pp, e.pp0, e.wimg, e.n, e.referenced, e.changed, e.key) == (
+        3,
+        True,
+        15,
+        True,
+        True,
+        True,
+        26,
+    )
     assert e.rpn() == 0x123456789
     assert e.r == 0x8000000000000000 | 0x3 << 60 | 0x123456789000 | 0b010 << 9 | 0x1FF
     assert not e.large and e.valid
@@ -150,7 +158,10 @@ def test_decode_ea_refuses_1t() -> None:
         decode_ea(encode_hpte(0, 0, ssize=SSIZE_1T), 0, 2047, 12)
 
 
-@pytest.mark.parametrize(("mem", "table", "shift"), [(256 << 20, 1 << 18, 24), (8 << 20, 1 << 18, 12), (1 << 30, 1 << 18, 16)])
+@pytest.mark.parametrize(
+    ("mem", "table", "shift"),
+    [(256 << 20, 1 << 18, 24), (8 << 20, 1 << 18, 12), (1 << 30, 1 << 18, 16)],
+)
 def test_linear_map(mem: int, table: int, shift: int) -> None:
     entries = linear_map_hptes(mem, table, shift, penc=1 if shift == 16 else 0)
     assert len(entries) == mem >> shift

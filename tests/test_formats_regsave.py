@@ -112,7 +112,9 @@ def _entries(*pairs: tuple[str, int]) -> bytes:
 
 
 def _area(count: int, body: bytes) -> bytes:
-    return REGSAVE_HEADER.pack(RegsaveHeader(REGSAVE_MAGIC, 1, 16)) + count.to_bytes(4, "big") + body
+    return (
+        REGSAVE_HEADER.pack(RegsaveHeader(REGSAVE_MAGIC, 1, 16)) + count.to_bytes(4, "big") + body
+    )
 
 
 @pytest.mark.parametrize(
@@ -120,10 +122,22 @@ def _area(count: int, body: bytes) -> bytes:
     [
         (b"REGSAVE\0", 0, "truncated register save area"),
         (b"REGSAVX\0" + bytes(12), 0, "bad register save area magic 0x5245475341565800"),
-        (REGSAVE_HEADER.pack(RegsaveHeader(REGSAVE_MAGIC, 1, 0x100)), 0xC, "CPU count offset 0x100"),
-        (REGSAVE_HEADER.pack(RegsaveHeader(REGSAVE_MAGIC, 1, 8)) + bytes(8), 0xC, "CPU count offset 0x8"),
+        (
+            REGSAVE_HEADER.pack(RegsaveHeader(REGSAVE_MAGIC, 1, 0x100)),
+            0xC,
+            "CPU count offset 0x100",
+        ),
+        (
+            REGSAVE_HEADER.pack(RegsaveHeader(REGSAVE_MAGIC, 1, 8)) + bytes(8),
+            0xC,
+            "CPU count offset 0x8",
+        ),
         (_area(3, _entries(("CPUSTRT", 0), ("CPUEND", 0))), 0x10, "3 CPUs cannot fit"),
-        (_area(1, _entries(("NIA", 0), ("CPUEND", 0))), 0x14, "expected CPUSTRT for CPU 0 of 1, found NIA"),
+        (
+            _area(1, _entries(("NIA", 0), ("CPUEND", 0))),
+            0x14,
+            "expected CPUSTRT for CPU 0 of 1, found NIA",
+        ),
         (
             _area(1, _entries(("CPUSTRT", 0), ("NIA", 1), ("CPUSTRT", 1), ("CPUEND", 1))),
             0x34,
@@ -190,7 +204,20 @@ def test_unknown_registers_kept_but_not_mapped() -> None:
 
 def test_power6_list() -> None:
     assert POWER6_REGISTERS[:32] == tuple(f"GPR{n:02d}" for n in range(32))
-    for name in ("NIA", "MSR", "CTR", "LR", "XER", "CR", "DAR", "DSISR", "SRR0", "SRR1", "PVR", "PIR"):
+    for name in (
+        "NIA",
+        "MSR",
+        "CTR",
+        "LR",
+        "XER",
+        "CR",
+        "DAR",
+        "DSISR",
+        "SRR0",
+        "SRR1",
+        "PVR",
+        "PIR",
+    ):
         assert name in POWER6_REGISTERS
     assert len(set(POWER6_REGISTERS)) == len(POWER6_REGISTERS)
 

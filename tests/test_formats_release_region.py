@@ -72,7 +72,7 @@ def test_doc_example_numbers_overlap_and_are_refused() -> None:
         "CPU:0x177fee000-0x10000: HPTE:0x177ffe020-0x1000: "
         "DUMP:0x177fff020-0x10000000, 0x10000000-0x16F1D370A"
     )
-    with pytest.raises(FormatError, match="RESERVED .* overlaps CPU"):
+    with pytest.raises(FormatError, match=r"RESERVED .* overlaps CPU"):
         parse_release_map(doc, path=PATH)
 
 
@@ -116,7 +116,12 @@ def test_number_overflow_and_range_overflow() -> None:
 
 @pytest.mark.parametrize("pair", [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)])
 def test_overlaps_are_refused(pair: tuple[int, int]) -> None:
-    extents = [Extent(0x1000, 0x1000), Extent(0x3000, 0x1000), Extent(0x5000, 0x1000), Extent(0x7000, 0x1000)]
+    extents = [
+        Extent(0x1000, 0x1000),
+        Extent(0x3000, 0x1000),
+        Extent(0x5000, 0x1000),
+        Extent(0x7000, 0x1000),
+    ]
     extents[pair[1]] = Extent(extents[pair[0]].addr + 0xFFF, 0x10)
     text = format_release_map(ReleaseMap(*extents))
     with pytest.raises(FormatError, match="overlaps") as e:

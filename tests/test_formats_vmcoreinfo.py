@@ -90,7 +90,11 @@ def test_errors_name_file_and_offset(data: bytes, offset: int, message: str) -> 
     assert str(e.value).startswith(f"{PATH}: offset {0x1000 + offset:#x}: VMCOREINFO: {message}")
 
 
-keys = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="="), min_size=1, max_size=30)
+keys = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="="),
+    min_size=1,
+    max_size=30,
+)
 values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
 
 

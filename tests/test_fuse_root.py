@@ -19,6 +19,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,11 @@ from typing import Any
 import pytest
 
 from hvsim import Lpar
-from hvsim import fuse_root as fr
+
+try:
+    from hvsim import fuse_root as fr
+except ImportError as exc:  # libfuse3 (package fuse3) or mfusepy missing
+    pytest.skip(f"FUSE support is unavailable: {exc}", allow_module_level=True)
 
 _FUSE_MISSING = (
     "/dev/fuse is missing"
@@ -395,13 +400,20 @@ def test_release_by_another_process_is_seen(make_root: Any) -> None:
 def test_dump_gone_while_release_region_is_open(make_root: Any) -> None:
     lpar, root = make_root()
     plan = _plan_release(lpar.release_region_text(), lpar.config.page_size)
-    with open(root / "sys/kernel/release_region", "wb", buffering=0) as rr:
+    with (
+        open(root / "sys/kernel/release_region", "wb", buffering=0) as rr,
+        open(root / "proc/vmcore", "rb", buffering=0) as vmcore,
+    ):
+        assert len(vmcore.read(4096)) == 4096
         for addr, size in plan:
             lpar.release(addr, size)
         assert lpar.state == "running"
         with pytest.raises(OSError) as info:
             rr.write(b"0x10000000 0x10000\n")
-    assert info.value.errno == errno.ENODEV
+        assert info.value.errno == errno.ENODEV  # as kernfs for a removed attribute
+        with pytest.raises(OSError) as info:
+            vmcore.read(4096)
+        assert info.value.errno == errno.EIO  # as procfs for a removed entry
 
 
 @needs_fuse
@@ -430,6 +442,31 @@ def test_root_follows_the_life_cycle(make_root: Any) -> None:
     assert sorted(os.listdir(root)) == ["proc", "sys"]
     assert (root / "sys/kernel/release_region").read_text() == lpar.release_region_text()
     assert (root / "proc/vmcore").stat().st_size == lpar.vmcore_size()
+
+
+@needs_fuse
+def test_mount_without_a_dump_waiting(tmp_path: Path) -> None:
+    lpar = Lpar.create(tmp_path / "lpar", memory="1G", seed=8, boot=True)
+    crashed = Lpar.create(tmp_path / "crashed", memory="1G", seed=8, boot=True)
+    crashed.crash(reboot=False)
+    try:
+        fr.mount(lpar.path, tmp_path / "root")
+        fr.mount(crashed.path, tmp_path / "croot")
+        root = tmp_path / "root"
+        assert os.listdir(tmp_path / "croot") == []
+        assert sorted(os.listdir(root / "proc")) == ["device-tree", "meminfo", "version"]
+        assert os.listdir(root / "sys/kernel") == ["phyp_dump_active"]
+        assert "ibm,dump-kernel" not in os.listdir(root / "proc/device-tree/rtas")
+        assert (root / "proc/device-tree/rtas/ibm,configure-kernel-dump").exists()
+        assert os.stat(root / "sys").st_nlink == 4  # firmware and kernel
+        assert os.stat(root / "proc").st_nlink == 2  # device-tree is a symlink
+        # The hvsim command crashes the LPAR: the capture kernel's files appear.
+        _hvsim("crash", lpar.path)
+        assert (root / "proc/vmcore").stat().st_size == lpar.vmcore_size()
+        assert (root / "sys/kernel/release_region").read_text() == lpar.release_region_text()
+    finally:
+        for point in _hvsim_mounts_under(tmp_path):
+            _force_unmount(point)
 
 
 # ------------------------------------------------------------- mount and umount
@@ -517,6 +554,41 @@ def test_hvsim_command_mounts_and_unmounts(tmp_path: Path) -> None:
         res = _hvsim("umount", str(root), check=False)
         assert res.returncode != 0 and "not mounted" in res.stderr
     finally:
+        for point in _hvsim_mounts_under(tmp_path):
+            _force_unmount(point)
+
+
+@needs_fuse
+def test_foreground_mount_ends_on_ctrl_c(tmp_path: Path) -> None:
+    lpar = Lpar.create(tmp_path / "lpar", memory="1G", seed=6, boot=True)
+    lpar.crash()
+    root = tmp_path / "root"
+    env = dict(os.environ, PYTHONPATH=str(PROJECT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hvsim", "mount", "--foreground", lpar.path, str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not fr.is_mounted(root):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no mount within 30 s"
+            time.sleep(0.02)
+        assert (root / "proc/vmcore").stat().st_size == lpar.vmcore_size()
+        daemon = fr._read_pidfile(str(root))
+        assert daemon is not None and daemon.pid == proc.pid
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        assert not fr.is_mounted(root)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         for point in _hvsim_mounts_under(tmp_path):
             _force_unmount(point)
 

@@ -136,7 +136,11 @@ def test_save_needs_the_exclusive_lock(tmp_path: Path) -> None:
     s = LparStore.create(tmp_path / "l", {})
     with pytest.raises(RuntimeError):
         s.save_state({})
-    with s.locked(exclusive=False), pytest.raises(RuntimeError, match="upgrade"), s.locked(exclusive=True):
+    with (
+        s.locked(exclusive=False),
+        pytest.raises(RuntimeError, match="upgrade"),
+        s.locked(exclusive=True),
+    ):
         pass
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ G = 1 << 30
 M = 1 << 20
 
 
-def _lpar(tmp_path: Path, name: str = "lpar", **kw: object) -> Lpar:
+def _lpar(tmp_path: Path, name: str = "lpar", **kw: Any) -> Lpar:
     opts: dict[str, object] = {"memory": G, "cpus": 4, "seed": 5}
     opts.update(kw)
     return Lpar.create(tmp_path / name, **opts)  # type: ignore[arg-type]
@@ -87,7 +88,9 @@ def test_normal_reboot_takes_no_dump(tmp_path: Path) -> None:
         ({"memory": 512 * M}, "cannot hold"),
     ],
 )
-def test_crash_without_registration_just_reboots(tmp_path: Path, kw: dict[str, object], reason: str) -> None:
+def test_crash_without_registration_just_reboots(
+    tmp_path: Path, kw: dict[str, Any], reason: str
+) -> None:
     lpar = _lpar(tmp_path, **kw)
     lpar.boot()
     assert not lpar.protected
@@ -204,7 +207,7 @@ def test_invalidate_in_capture_frees_all_but_the_scratch_area(tmp_path: Path) ->
     assert header is not None
     assert lpar.invalidate() == "running"
     assert lpar.protected and not lpar.dump_waiting
-    (start, end), = lpar.reserved_ranges()
+    ((start, end),) = lpar.reserved_ranges()
     assert start == header.cpu.destination_address
     assert end >= header.rmo.destination_address + header.rmo.source_length
     with pytest.raises(LparStateError, match="nothing to invalidate"):

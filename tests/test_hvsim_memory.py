@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 from pathlib import Path
 
@@ -22,7 +23,9 @@ _ops = st.lists(
 
 
 @given(_ops, st.integers(0, 220), st.integers(0, 60))
-def test_interval_set_matches_a_set_of_integers(ops: list[tuple[bool, int, int]], a: int, n: int) -> None:
+def test_interval_set_matches_a_set_of_integers(
+    ops: list[tuple[bool, int, int]], a: int, n: int
+) -> None:
     model: set[int] = set()
     s = IntervalSet()
     for add, start, length in ops:
@@ -34,7 +37,7 @@ def test_interval_set_matches_a_set_of_integers(ops: list[tuple[bool, int, int]]
             model -= set(range(start, start + length))
     ranges = list(s)
     # Sorted, disjoint and never touching (merged).
-    for (s1, e1), (s2, e2) in zip(ranges, ranges[1:], strict=False):
+    for (s1, e1), (s2, e2) in itertools.pairwise(ranges):
         assert s1 < e1 < s2 < e2
     assert {x for lo, hi in ranges for x in range(lo, hi)} == model
     assert s.total() == len(model)
@@ -56,7 +59,17 @@ def test_interval_set_copy_is_independent() -> None:
 def test_derive_seed_differs_by_path_and_is_stable() -> None:
     a = derive_seed(7, "capture", 2)
     assert a == derive_seed(7, "capture", 2)
-    assert len({a, derive_seed(7, "capture", 3), derive_seed(7, "reuse", 2), derive_seed(8, "capture", 2)}) == 4
+    assert (
+        len(
+            {
+                a,
+                derive_seed(7, "capture", 3),
+                derive_seed(7, "reuse", 2),
+                derive_seed(8, "capture", 2),
+            }
+        )
+        == 4
+    )
     assert 0 <= a < 1 << 64
 
 
@@ -73,11 +86,15 @@ def _gen(seed: int) -> bytearray:
 
 
 @pytest.fixture(scope="module")
-def model_memory(tmp_path_factory: pytest.TempPathFactory) -> tuple[MemoryReader, list[str], bytearray]:
+def model_memory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[MemoryReader, list[str], bytearray]:
     """A reader over five kinds of layers and the bytes it must give, built naively."""
     store = LparStore.create(tmp_path_factory.mktemp("mem") / "lpar", {"x": 1})
     base = Layer("A", "generated", IntervalSet([(0, MEM)]), seed=11)
-    top = Layer("B", "generated", IntervalSet([(5 * PS + 100, 9 * PS + 7), (40 * PS, 41 * PS)]), seed=22)
+    top = Layer(
+        "B", "generated", IntervalSet([(5 * PS + 100, 9 * PS + 7), (40 * PS, 41 * PS)]), seed=22
+    )
     overlay_data = bytes(range(256)) * 3
     store.write_data("C.ovl", [(0, overlay_data), (5000, b"tail")])
     overlay = Layer("C", "overlay", IntervalSet([(3 * PS + 10, 3 * PS + 10 + len(overlay_data)),
@@ -86,10 +103,14 @@ def model_memory(tmp_path_factory: pytest.TempPathFactory) -> tuple[MemoryReader
     hpte_base = 20 * PS + 8
     entries = [(0, 0x1111, 0x2222), (3, 0xAAAA, 0xBBBB), (200, 5, 6)]
     store.write_data("D.hpt", [(0, pack_hpte_records(entries))])
-    hpte = Layer("D", "hpte", IntervalSet([(hpte_base, hpte_base + 16 * 201)]), file="D.hpt", base=hpte_base)
+    hpte = Layer(
+        "D", "hpte", IntervalSet([(hpte_base, hpte_base + 16 * 201)]), file="D.hpt", base=hpte_base
+    )
     # A copy of [0, 4 pages) of the snapshot {A, B, C} placed at 50 pages + 3.
     copy_dest = 50 * PS + 3
-    copy = Layer("E", "copy", IntervalSet([(copy_dest, copy_dest + 4 * PS)]), snapshot="S", delta=copy_dest)
+    copy = Layer(
+        "E", "copy", IntervalSet([(copy_dest, copy_dest + 4 * PS)]), snapshot="S", delta=copy_dest
+    )
     layers = {layer.id: layer for layer in (base, top, overlay, hpte, copy)}
     snaps = {"S": ["A", "B", "C"]}
     reader = MemoryReader(store, layers, snaps, page_size=PS, mix=BUSY_MIX, big_endian=True)
@@ -118,7 +139,9 @@ def test_reads_match_the_naive_model(
     assert reader.read(stack, addr, size) == want[addr : addr + size]
 
 
-def test_resolve_names_the_topmost_layer(model_memory: tuple[MemoryReader, list[str], bytearray]) -> None:
+def test_resolve_names_the_topmost_layer(
+    model_memory: tuple[MemoryReader, list[str], bytearray],
+) -> None:
     reader, stack, _ = model_memory
     pieces = reader.resolve(stack, 5 * PS, 5 * PS)
     assert pieces[0] == (5 * PS, 5 * PS + 100, "A")

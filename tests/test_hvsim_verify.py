@@ -59,11 +59,13 @@ def _write_collected(
     notes = [Note(VMCOREINFO_NOTE_NAME, 0, vmcoreinfo or image.vmcoreinfo())]
     segs = [LoadSegment(a, b - a) for a, b in ranges]
     layout = build_core_header(notes, segs, lpar.config.endian, page_size=lpar.config.page_size)
+    buf = bytearray(CHUNK)
     with open(path, "wb") as f:
         f.write(layout.header)
         for a, b in ranges:
             for pos in range(a, b, CHUNK):
-                data = bytearray(lpar.expected(pos, min(CHUNK, b - pos)))
+                data = memoryview(buf)[: min(CHUNK, b - pos)]
+                lpar.expected_into(pos, data)
                 for c in corrupt:
                     if pos <= c < pos + len(data):
                         data[c - pos] ^= 0xFF
@@ -173,7 +175,9 @@ def test_raw_vmcore_copy_is_recognised_and_checked(tmp_path: Path) -> None:
     seg = lpar.vmcore_layout().segments[1]
     src = 100 * M + 7
     bad = tmp_path / "vmcore.bad"
-    _write_vmcore(lpar, bad, corrupt_offset=seg.p_offset + info.sections["rmo"][0] + src - seg.p_paddr)
+    _write_vmcore(
+        lpar, bad, corrupt_offset=seg.p_offset + info.sections["rmo"][0] + src - seg.p_paddr
+    )
     report = verify_dump(lpar, bad)
     assert not report.ok and report.counts["wrong"] == 1
     assert f"{100 * M:#x}" in report.text()

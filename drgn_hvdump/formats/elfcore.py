@@ -615,7 +615,7 @@ class ElfCore:
         self.header = ehdr
         where = ELF64_EHDR.offset_of
         if ehdr.e_type != ET_CORE:
-            other = "little" if order == "big" else "big"
+            other: ByteOrder = "little" if order == "big" else "big"
             swapped = int.from_bytes(ehdr.e_type.to_bytes(2, order), other) == ET_CORE
             raise FormatError(
                 f"ELF type {ehdr.e_type} is not a core file (ET_CORE)",

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages hvdump's tests and demo use, only those missing.
 # fuse3: FUSE capture roots; elfutils: eu-readelf; gdb-multiarch: register checks on
-# our ppc64 cores; xxhash: xxhsum checks our XXH64 checksums;
-# our ppc64 cores; zstd/lz4: benchmark baselines; python3-venv: the project venv.
+# our ppc64 cores; xxhash: xxhsum checks our XXH64 checksums; zstd/lz4: benchmark
+# baselines; python3-venv: the project venv.
 set -eu
 PKGS="fuse3 elfutils binutils gdb-multiarch zstd lz4 xxhash python3-venv"
 missing=""

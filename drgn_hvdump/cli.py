@@ -70,7 +70,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _inspect_kind(data: bytes) -> str:
     if data[:4] == b"\x7fELF":
         return "elf"
-    if data[:8] == REGSAVE_MAGIC.to_bytes(8, "big") or data[:8] == REGSAVE_MAGIC.to_bytes(8, "little"):
+    if data[:8] == REGSAVE_MAGIC.to_bytes(8, "big") or data[:8] == REGSAVE_MAGIC.to_bytes(
+        8, "little"
+    ):
         return "regsave"
     if data[:4] == b"CPU:":
         return "release-map"
@@ -87,16 +89,22 @@ def _inspect_kind(data: bytes) -> str:
 
 def _inspect_elf(path: Path) -> None:
     with ElfCore.open(path, machine=None) as core:
-        print(f"ELF core, {core.byteorder}-endian, machine {core.machine}, {len(core.segments)} PT_LOAD")
+        print(
+            f"ELF core, {core.byteorder}-endian, machine {core.machine}, {len(core.segments)} PT_LOAD"
+        )
         for seg in core.segments:
             print(
-                f"  PT_LOAD paddr {seg.paddr:#018x} memsz {seg.memsz:#14x} "
-                f"filesz {seg.filesz:#14x} offset {seg.offset:#x}"
+                f"  PT_LOAD paddr {seg.p_paddr:#018x} memsz {seg.p_memsz:#14x} "
+                f"filesz {seg.p_filesz:#14x} offset {seg.p_offset:#x}"
             )
         for note in core.notes:
             print(f"  note {note.name!r} type {note.type} {len(note.desc)} bytes")
-        for index, (regs, pid) in enumerate(core.prstatus):
-            print(f"  CPU note {index}: pid {pid} nip {regs.nip:#018x} lr {regs.link:#018x} r1 {regs.gpr[1]:#018x}")
+        for index, status in enumerate(core.prstatus):
+            regs = status.pr_reg
+            print(
+                f"  CPU note {index}: pid {status.pr_pid} nip {regs.nip:#018x} "
+                f"lr {regs.link:#018x} r1 {regs.gpr[1]:#018x}"
+            )
         if core.vmcoreinfo is not None:
             for key in ("OSRELEASE", "PAGESIZE", "CRASHTIME"):
                 if key in core.vmcoreinfo:
@@ -118,16 +126,25 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 print(line)
         elif kind == "regsave":
             for cpu in parse_regsave(data, path=str(path)):
-                regs = " ".join(f"{k}={v:#x}" for k, v in cpu.regs.items() if k in ("NIA", "LR", "MSR", "GPR01"))
+                regs = " ".join(
+                    f"{k}={v:#x}" for k, v in cpu.regs.items() if k in ("NIA", "LR", "MSR", "GPR01")
+                )
                 print(f"CPU {cpu.cpu}: {len(cpu.regs)} registers {regs}")
         elif kind == "hpte":
             entries = parse_hpte_table(data, path=str(path))
             valid = [e for e in entries if e.valid]
             print(f"{len(entries)} HPTEs in {len(entries) // 8} groups, {len(valid)} valid")
             for hpte in valid[: args.limit]:
-                print(f"  v {hpte.v:#018x} r {hpte.r:#018x} bolted={hpte.bolted} large={hpte.large}")
+                print(
+                    f"  v {hpte.v:#018x} r {hpte.r:#018x} bolted={hpte.bolted} large={hpte.large}"
+                )
         else:
-            print(format_release_map(parse_release_map(data.decode("ascii", "replace"), path=str(path))), end="")
+            print(
+                format_release_map(
+                    parse_release_map(data.decode("ascii", "replace"), path=str(path))
+                ),
+                end="",
+            )
     except FormatError as error:
         raise error.at(path=str(path)) from None
     return 0
@@ -135,7 +152,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hvdump", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="hvdump",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status = sub.add_parser(
@@ -145,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         "support, whether a dump waits, the hypervisor's dump header (status and per-section "
         "flags), the release map cross-checked against the header, and reserved memory.",
     )
-    status.add_argument("--root", type=Path, default=Path("/"), help="root of the capture kernel's filesystem (default /)")
+    status.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="root of the capture kernel's filesystem (default /)",
+    )
     status.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     status.set_defaults(func=_cmd_status)
     inspect = sub.add_parser(

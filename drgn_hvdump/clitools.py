@@ -26,7 +26,11 @@ def parse_size(text: str) -> int:
             return int(raw, 16)
         suffix = raw[-1:] if raw[-1:] in _SUFFIXES and raw[-1:] != "" else ""
         number = raw[: len(raw) - len(suffix)]
-        return int(float(number) * _SUFFIXES[suffix]) if "." in number else int(number) * _SUFFIXES[suffix]
+        return (
+            int(float(number) * _SUFFIXES[suffix])
+            if "." in number
+            else int(number) * _SUFFIXES[suffix]
+        )
     except (ValueError, IndexError):
         raise argparse.ArgumentTypeError(
             f"invalid size {text!r}: use bytes or a K/M/G/T suffix, e.g. 4G or 64K"

@@ -7,6 +7,7 @@ truth), :class:`LparConfig` what it is made of. See ``hvsim --help`` and
 
 from .config import LparConfig, parse_size
 from .lpar import (
+    DumpInfo,
     HvsimError,
     Lpar,
     LparStateError,
@@ -17,6 +18,7 @@ from .lpar import (
 from .store import StoreError
 
 __all__ = [
+    "DumpInfo",
     "HvsimError",
     "Lpar",
     "LparConfig",

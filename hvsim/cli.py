@@ -520,7 +520,8 @@ def format_status(st: dict[str, Any]) -> str:
         if rel:
             out.append(
                 f"  released: {_ranges(rel['released'])} ({rel['released_bytes']:#x} bytes in "
-                f"{rel['writes']} writes)"
+                f"{rel['writes']} writes); dump data still reserved: "
+                f"{rel['unreleased_dump_bytes']:#x} bytes"
             )
             out.append(
                 f"  release counters: reserved {rel['reserved_counter']:#x} of "

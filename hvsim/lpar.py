@@ -34,7 +34,38 @@ last dump the hypervisor took; before any dump, the running kernel's memory),
 :meth:`Lpar.expected_cpu_states`, :meth:`Lpar.expected_hptes`.
 
 Every method works on the LPAR's directory (see :mod:`hvsim.store`) and
-notices changes made by other processes before it runs.
+notices changes made by other processes before it runs. Memory is a stack of
+layers (:mod:`hvsim.memory`): each boot, crash, hypervisor save and release
+pushes or grows one, and the ground truth is a frozen copy of the stack
+taken at the crash, so nothing the size of RAM is ever stored.
+
+Where the real kernel left a choice open, hvsim decides so:
+
+- The capture kernel reserves ``[reserve_size, RAM)`` (256 MiB by default,
+  ``reserve_size=`` as ``phyp_dump_reserve_size=``) and overwrites what is
+  below. With a reserve larger than 256 MiB the crashed memory in
+  ``[256 MiB, reserve_size)`` is lost (only 256 MiB are copied); it is
+  listed in the dump's lost ranges.
+- An LPAR too small to hold the scratch area above the capture region
+  (512 MiB with the default reserve) does not register; the real kernel
+  registered a dump it could not use.
+- When the last release re-registers, the dump is gone and state is
+  ``running``: ``/proc/vmcore`` and ``release_region`` disappear (as
+  fadump's release does). The 2.6 kernel kept both files until the next
+  boot; an early re-registration here makes the rest of the dump unreadable,
+  which a collector must never cause.
+- In faithful mode a release whose start is past the end of the reserved
+  area counts but frees nothing (the kernel's length underflows); a size
+  that overflows 64 bits is clamped to the end.
+- The device tree shows ``rtas/ibm,dump-kernel`` and ``ibm,kernel-dump``
+  only while the dump waits (Linux kept its boot-time tree).
+- A crash of the capture kernel, or a reboot of it, leaves the dump waiting
+  in the firmware: the next boot is a capture boot again, with everything
+  reserved again; what was released before is lost (``lost_ranges``).
+- A dump the hypervisor flagged in error is invalidated at the capture boot
+  and the area registered again at ``reserve_size`` (the kernel's
+  ``dump_area_start`` in that path); faithful mode keeps all memory above
+  the capture region reserved, as the kernel did, corrected mode frees it.
 """
 
 from __future__ import annotations
@@ -335,7 +366,9 @@ class Lpar:
         self._layers.update({k: Layer.from_json(v) for k, v in state["layers"].items()})
         self._snapshots.clear()
         self._snapshots.update({k: list(v) for k, v in state["snapshots"].items()})
-        self._store.forget_data(layer.file for layer in self._layers.values() if layer.file)
+        files = [layer.file for layer in self._layers.values() if layer.file]
+        self._store.forget_data(files)
+        self._reader.forget(files)
         self._vmcore_cache = None
 
     @contextlib.contextmanager
@@ -541,8 +574,6 @@ class Lpar:
             "generation": gen,
             "reserved": [],
             "reason": "",
-            "dt_dump_kernel": False,
-            "dt_kernel_dump": None,
             "capture": None,
             "boot_time": round(time.time(), 3),
         }
@@ -591,8 +622,6 @@ class Lpar:
             "generation": gen,
             "reserved": [[cfg.reserve_size, cfg.memory]],
             "reason": "",
-            "dt_dump_kernel": True,
-            "dt_kernel_dump": hv.dump_bytes.hex() if hv.dump_bytes else None,
             "capture": None,
             "boot_time": round(time.time(), 3),
         }
@@ -670,7 +699,8 @@ class Lpar:
 
     @staticmethod
     def _add_lost(dump: dict[str, Any], start: int, end: int, reason: str) -> None:
-        if end > start:
+        # A range lost again (released in two capture boots) is listed once.
+        if end > start and [start, end, reason] not in dump["lost"]:
             dump["lost"].append([start, end, reason])
 
     def crash(
@@ -1227,11 +1257,14 @@ class Lpar:
     def device_tree(self) -> dict[str, bytes]:
         """The running kernel's device tree properties, by path (``rtas/ibm,kernel-dump`` ...).
 
-        As on Linux, it is the tree the firmware passed at boot: it does not
-        change when the kernel later invalidates or registers a dump.
+        ``rtas/ibm,dump-kernel`` and ``rtas/ibm,kernel-dump`` are there only
+        while the dump waits: when the last release re-registers they go,
+        with ``/proc/vmcore`` and ``release_region`` (Linux's
+        ``/proc/device-tree`` kept the boot-time tree; hvsim shows the
+        firmware's present state, so a tool never sees a dump that is gone).
         """
         with self._reading() as st:
-            kernel = self._need_running(st, "/proc/device-tree")
+            self._need_running(st, "/proc/device-tree")
             cfg = self.config
             tree: dict[str, bytes] = {
                 "model": b"IBM,9117-MMA\0",
@@ -1244,11 +1277,11 @@ class Lpar:
                 "cpus/PowerPC,POWER6@0/ibm,pft-size": (0).to_bytes(4, "big")
                 + (hpt_size(cfg.memory).bit_length() - 1).to_bytes(4, "big"),
             }
-            dumped = kernel["dt_kernel_dump"]
+            waiting = st["state"] == "capture"
+            hv = self._hv(dict(st))
             tree.update(
-                self._hv(dict(st)).rtas_properties(
-                    dump_kernel=kernel["dt_dump_kernel"],
-                    kernel_dump=bytes.fromhex(dumped) if dumped else None,
+                hv.rtas_properties(
+                    dump_kernel=waiting, kernel_dump=hv.dump_bytes if waiting else None
                 )
             )
             return tree
@@ -1468,7 +1501,7 @@ class Lpar:
                     "status": dump["status"],
                     "capture_boots": dump["captures"],
                     "lost": sorted(dump["lost"]),
-                    "lost_bytes": sum(e - s for s, e, _ in dump["lost"]),
+                    "lost_bytes": IntervalSet((s, e) for s, e, _ in dump["lost"]).total(),
                 }
             out["counters"] = dict(st["counters"])
             out["events"] = list(st["events"])

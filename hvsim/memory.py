@@ -409,6 +409,12 @@ class MemoryReader:
             out[lo - paddr : hi - paddr] = data[lo - entry_addr : hi - entry_addr]
             i += 1
 
+    def forget(self, keep: Iterable[str]) -> None:
+        """Drop cached HPTE tables of data files not in ``keep`` (their layers are gone)."""
+        keep_set = set(keep)
+        for name in [n for n in self._hpte_cache if n not in keep_set]:
+            del self._hpte_cache[name]
+
     def hpte_entries(self, layer: Layer) -> list[tuple[int, int, int]]:
         """The (slot, v, r) records of an ``hpte`` layer."""
         table = self._hpte_table(layer.file)

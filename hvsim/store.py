@@ -88,6 +88,7 @@ class LparStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._state_path = os.fspath(self.path / _STATE)  # stat()ed before every operation
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self._lock_exclusive = False
@@ -170,7 +171,7 @@ class LparStore:
 
     def _stat_state(self) -> os.stat_result | None:
         try:
-            return os.stat(self.path / _STATE)
+            return os.stat(self._state_path)
         except FileNotFoundError:
             return None
 

@@ -126,7 +126,9 @@ def test_cli_status_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert data["dump_waiting"] is True and data["header"]["rmo"]["length_copied"] == RMO
 
 
-def test_cli_inspect_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_inspect_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "header.bin"
     bad.write_bytes(b"\x01\x00\x00\x00" + bytes(156))
     assert cli.main(["inspect", str(bad), "--kind", "header"]) == 1

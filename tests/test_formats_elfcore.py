@@ -44,7 +44,7 @@ from drgn_hvdump.formats.elfcore import (
 from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.vmcoreinfo import build_vmcoreinfo
 from tests.fuzz import FUZZ_EXAMPLES
-from tests.test_formats_strategies import BYTEORDERS, expect_format_error, mutated
+from tests.test_formats_strategies import BYTEORDERS, Fuzzed, expect_format_error, fuzz_cases
 
 u64s = st.integers(0, 2**64 - 1)
 pt_regs = st.builds(
@@ -474,10 +474,9 @@ def test_round_trip(notes: list[Note], sizes: list[int], order: ByteOrder) -> No
         assert core.read_phys(ph.p_paddr, seg.memsz) == data + bytes(seg.memsz - len(data))
 
 
-_FUZZ_CORES = {order: _core_bytes(order, page_size=8)[1] for order in BYTEORDERS}
-# keep the fuzzed cores small: shrink the segments' data
-_SMALL = {
-    order: build_core_header(
+# Small cores keep each fuzz example fast: two tiny segments, two CPUs.
+_SMALL = [
+    build_core_header(
         sample_notes(order, ncpus=2),
         [LoadSegment(0, 64), LoadSegment(0x100, 64, filesz=16)],
         order,
@@ -485,36 +484,33 @@ _SMALL = {
     ).header
     + bytes(range(80))
     for order in BYTEORDERS
-}
+]
+_WINDOWS = ((0, 0x40), (0x3C, 8), (0x100, 0x40), (0x130, 0x20), (0x1000, 1))
 
 
-@settings(max_examples=FUZZ_EXAMPLES)
-@given(
-    st.binary(max_size=256) | orders.flatmap(lambda o: mutated(_SMALL[o])),
-    st.integers(0, 0x200),
-    st.integers(0, 0x80),
-)
-def test_fuzz_reader(data: bytes, addr: int, size: int) -> None:
-    def run(buf: bytes) -> None:
-        core = ElfCore.from_bytes(buf, "fuzz")
+_NOTES = [build_notes(sample_notes(o, 1), o) for o in BYTEORDERS]
+
+
+def _read_core(buf: bytes) -> None:
+    core = ElfCore.from_bytes(buf, "fuzz")
+    for addr, size in _WINDOWS:
         with contextlib.suppress(FormatError):
             core.read_phys(addr, size)
-        # a segment may claim up to 2**64 bytes of zeros: look at the first pieces only
-        for _ in itertools.islice(core.iter_pages(64), 8):
-            pass
+    # a segment may claim up to 2**64 bytes of zeros: look at the first pieces only
+    for _ in itertools.islice(core.iter_pages(64), 8):
+        pass
 
-    expect_format_error(run, data)
+
+def _read_notes(buf: bytes, order: ByteOrder) -> None:
+    for note in parse_notes(buf, order):
+        if note.type == NT_PRSTATUS:
+            parse_prstatus(note.desc, order)
 
 
 @settings(max_examples=FUZZ_EXAMPLES)
-@given(
-    orders,
-    st.binary(max_size=200) | orders.flatmap(lambda o: mutated(build_notes(sample_notes(o, 1), o))),
-)
-def test_fuzz_notes(order: ByteOrder, data: bytes) -> None:
-    def run(buf: bytes) -> None:
-        for note in parse_notes(buf, order):
-            if note.type == NT_PRSTATUS:
-                parse_prstatus(note.desc, order)
-
-    expect_format_error(run, data)
+@given(fuzz_cases([*_SMALL, *_NOTES], max_size=256))
+def test_fuzz(case: Fuzzed) -> None:
+    """Mutated cores and mutated notes, each also junk to the other parser."""
+    order = BYTEORDERS[case.variant % 2]
+    expect_format_error(_read_core, case.data)
+    expect_format_error(lambda buf: _read_notes(buf, order), case.data)

@@ -229,7 +229,10 @@ def test_build_refuses_bad_input() -> None:
         build_regsave([CpuState(2**32, {})])
 
 
-_VALID = build_regsave([full_cpu(0), CpuState(1, {"NIA": 1, "XYZ": 2})])
+# Small on purpose: depth comes from the mutations, not from the number of registers.
+_VALID = build_regsave(
+    [CpuState(0, {"GPR01": 1, "NIA": 2, "MSR": 3}), CpuState(1, {"NIA": 1, "XYZ": 2})]
+)
 
 
 @settings(max_examples=FUZZ_EXAMPLES)

@@ -1,16 +1,20 @@
 """Hypothesis strategies shared by the format tests: fuzz inputs and mutations.
 
-``fuzz_bytes(valid)`` draws either arbitrary bytes or a valid input with a
-few mutations (bytes set, interesting integers written in either byte
-order, truncation, insertion, deletion), which reaches much deeper into a
-parser than random bytes alone. ``expect_format_error`` runs a parser and
-lets only :class:`FormatError` through.
+A fuzz example is one drawn byte string, which keeps hypothesis's cost per
+example low (each extra draw costs about as much as running a parser many
+times). Its first byte picks the mode and the variant: arbitrary bytes, or
+one of the valid inputs edited by a small program read from the remaining
+bytes (bytes set, interesting integers written in either byte order,
+truncation, insertion, deletion, bit flips). Mutating valid input reaches
+much deeper into a parser than random bytes alone, and hypothesis still
+shrinks a failure to a short program.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import given, settings
@@ -20,47 +24,68 @@ from drgn_hvdump.errors import FormatError
 from drgn_hvdump.formats.layout import ByteOrder
 from tests.fuzz import FUZZ_EXAMPLES
 
-__all__ = ["BYTEORDERS", "expect_format_error", "fuzz_bytes", "mutated"]
+__all__ = ["BYTEORDERS", "Fuzzed", "expect_format_error", "fuzz_bytes", "mutate"]
 
 BYTEORDERS: tuple[ByteOrder, ByteOrder] = ("big", "little")
 
-_INTERESTING = (0, 1, 2, 3, 4, 0x10, 0x28, 0x7F, 0x80, 0xFF, 0xFFFF, 0xFFFFFFFF, 2**63, 2**64 - 1)
+_INTERESTING = (0, 1, 2, 3, 4, 8, 0x10, 0x28, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF)
+_WIDTHS = (1, 2, 4, 8)
 
 
-@st.composite
-def mutated(draw: st.DrawFn, valid: bytes | st.SearchStrategy[bytes], max_ops: int = 3) -> bytes:
-    """``valid`` (or a draw from it) with 1..max_ops random edits."""
-    base = draw(valid) if isinstance(valid, st.SearchStrategy) else valid
-    data = bytearray(base)
-    for _ in range(draw(st.integers(1, max_ops))):
-        op = draw(st.integers(0, 5))
-        pos = draw(st.integers(0, len(data))) if data else 0
-        if op == 0 and pos < len(data):
-            data[pos] = draw(st.integers(0, 255))
-        elif op == 1:
-            width = draw(st.sampled_from((1, 2, 4, 8)))
-            value = draw(st.sampled_from(_INTERESTING) | st.integers(0, 2**64 - 1))
-            order = draw(st.sampled_from(BYTEORDERS))
-            chunk = (value % (1 << (8 * width))).to_bytes(width, order)
-            data[pos : pos + width] = chunk
-        elif op == 2:
-            del data[pos:]
-        elif op == 3:
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
-        elif op == 4:
-            del data[pos : pos + draw(st.integers(1, 32))]
-        else:
-            # Bit flips keep lengths and most structure intact.
+def mutate(valid: bytes, program: bytes) -> bytes:
+    """``valid`` edited by ``program``: 4-byte instructions (op, position hi, lo, argument)."""
+    data = bytearray(valid)
+    for i in range(0, len(program) - 3, 4):
+        op, hi, lo, arg = program[i : i + 4]
+        pos = ((hi << 8) | lo) % (len(data) + 1)
+        kind = op % 6
+        if kind == 0:
             if pos < len(data):
-                data[pos] ^= 1 << draw(st.integers(0, 7))
+                data[pos] = arg
+        elif kind == 1:
+            width = _WIDTHS[(op >> 3) & 3]
+            value = _INTERESTING[arg % len(_INTERESTING)]
+            if arg >= 0xF0:
+                value = -1 - (arg & 0xF)  # all ones, or nearly
+            order: ByteOrder = "big" if op & 0x20 else "little"
+            data[pos : pos + width] = (value % (1 << (8 * width))).to_bytes(width, order)
+        elif kind == 2:
+            del data[pos:]
+        elif kind == 3:
+            data[pos:pos] = bytes([arg]) * (op // 6 % 16 + 1)
+        elif kind == 4:
+            del data[pos : pos + arg % 32 + 1]
+        elif pos < len(data):
+            data[pos] ^= 1 << (arg % 8)
     return bytes(data)
 
 
-def fuzz_bytes(
-    valid: bytes | st.SearchStrategy[bytes], max_size: int = 512
-) -> st.SearchStrategy[bytes]:
+@dataclass(frozen=True)
+class Fuzzed:
+    """A fuzz input and the variant it was derived from (index into the valid inputs)."""
+
+    data: bytes
+    variant: int
+
+
+def _decode(valids: Sequence[bytes], raw: bytes) -> Fuzzed:
+    if not raw:
+        return Fuzzed(b"", 0)
+    head, rest = raw[0], raw[1:]
+    variant = (head >> 1) % len(valids)
+    if head & 1:
+        return Fuzzed(mutate(valids[variant], rest[:32]), variant)
+    return Fuzzed(rest, variant)
+
+
+def fuzz_cases(valids: Sequence[bytes], max_size: int = 512) -> st.SearchStrategy[Fuzzed]:
+    """Arbitrary bytes or a mutated valid input, with the variant chosen."""
+    return st.binary(max_size=max_size + 1).map(lambda raw: _decode(valids, raw))
+
+
+def fuzz_bytes(valid: bytes, max_size: int = 512) -> st.SearchStrategy[bytes]:
     """Arbitrary bytes, or ``valid`` mutated."""
-    return st.binary(max_size=max_size) | mutated(valid)
+    return fuzz_cases([valid], max_size).map(lambda f: f.data)
 
 
 def expect_format_error(parse: Callable[[bytes], Any], data: bytes) -> None:
@@ -69,9 +94,21 @@ def expect_format_error(parse: Callable[[bytes], Any], data: bytes) -> None:
         parse(data)
 
 
-@settings(max_examples=min(FUZZ_EXAMPLES, 200))
-@given(st.binary(min_size=1, max_size=64), st.data())
-def test_mutated_differs_or_is_valid(valid: bytes, data: st.DataObject) -> None:
-    """The mutation strategy produces bytes (sanity check of the helper itself)."""
-    out = data.draw(mutated(valid))
-    assert isinstance(out, bytes)
+def test_mutate_programs() -> None:
+    valid = bytes(range(16))
+    assert mutate(valid, b"") == valid
+    assert mutate(valid, bytes([0, 0, 3, 0xAA])) == valid[:3] + b"\xaa" + valid[4:]
+    assert mutate(valid, bytes([2, 0, 5, 0])) == valid[:5]
+    assert mutate(valid, bytes([4, 0, 0, 1])) == valid[2:]
+    assert mutate(valid, bytes([5, 0, 0, 0])) == b"\x01" + valid[1:]
+    assert mutate(valid, bytes([3, 0, 16, 7])) == valid + b"\x07"
+    # width 4, big-endian, 0xffffffff at offset 2
+    assert (
+        mutate(valid, bytes([1 | 2 << 3 | 0x20, 0, 2, 13])) == valid[:2] + b"\xff" * 4 + valid[6:]
+    )
+
+
+@settings(max_examples=min(FUZZ_EXAMPLES, 300))
+@given(fuzz_cases([b"abc", b"defgh"], max_size=40))
+def test_fuzz_cases_are_bytes(case: Fuzzed) -> None:
+    assert isinstance(case.data, bytes) and case.variant in (0, 1)

@@ -323,11 +323,6 @@ def test_release_range_by_range_from_a_shell(make_root: Any, endian: str, page_s
 
 
 @needs_fuse
-@pytest.mark.xfail(
-    strict=True,
-    reason="hvsim.lpar keeps the boot-time device tree after re-registration "
-    "(as Linux did); the brief expects rtas/ibm,dump-kernel to disappear",
-)
 def test_reregistered_device_tree_has_no_dump_kernel(make_root: Any) -> None:
     lpar, root = make_root()
     for addr, size in _plan_release(lpar.release_region_text(), lpar.config.page_size):

@@ -137,6 +137,8 @@ def test_crash_capture_release_all_reregisters(
     assert reg is not None and reg.cpu.destination_address == header.cpu.destination_address
     with pytest.raises(ViewUnavailable):
         lpar.release_region_text()
+    tree = lpar.device_tree()
+    assert "rtas/ibm,dump-kernel" not in tree and "rtas/ibm,kernel-dump" not in tree
     with pytest.raises(ReleaseError) as exc:
         lpar.release_text(b"10000000 10000")
     assert exc.value.errno == errno.ENOENT

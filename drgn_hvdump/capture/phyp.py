@@ -135,12 +135,15 @@ class PhypDump(CaptureInterface):
         except OSError as error:
             hint = "the kernel refused the range" if error.errno == errno.EINVAL else ""
             raise HvdumpError(
-                f"{path}: release of {extent} failed: {error.strerror}" + (f"; {hint}" if hint else "")
+                f"{path}: release of {extent} failed: {error.strerror}"
+                + (f"; {hint}" if hint else "")
             ) from None
         finally:
             os.close(fd)
         if written != len(request):
-            raise HvdumpError(f"{path}: short write releasing {extent} ({written} of {len(request)} bytes)")
+            raise HvdumpError(
+                f"{path}: short write releasing {extent} ({written} of {len(request)} bytes)"
+            )
 
 
 def _describe_difference(shown: ReleaseMap, meant: ReleaseMap) -> str:

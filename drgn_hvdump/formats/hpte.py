@@ -29,6 +29,7 @@ __all__ = [
     "HPTE_R_I",
     "HPTE_R_KEY_HI",
     "HPTE_R_KEY_LO",
+    "HPTE_R_LP_SHIFT",
     "HPTE_R_M",
     "HPTE_R_N",
     "HPTE_R_PP",
@@ -38,10 +39,12 @@ __all__ = [
     "HPTE_R_W",
     "HPTE_SIZE",
     "HPTE_V_AVPN",
+    "HPTE_V_AVPN_SHIFT",
     "HPTE_V_BOLTED",
     "HPTE_V_LARGE",
     "HPTE_V_LOCK",
     "HPTE_V_SECONDARY",
+    "HPTE_V_SSIZE_SHIFT",
     "HPTE_V_VALID",
     "KERNEL_BASE",
     "SSIZE_1T",
@@ -257,6 +260,12 @@ def parse_hpte_table(
     buf: bytes | bytearray | memoryview, path: str | None = None, offset: int = 0
 ) -> list[Hpte]:
     """All entries from ``offset`` to the end of ``buf`` (a whole number of 16-byte entries)."""
+    if not 0 <= offset <= len(buf):
+        raise FormatError(
+            f"HPTE table offset {offset:#x} is outside the {len(buf):#x}-byte buffer",
+            path=path,
+            offset=offset,
+        )
     view = memoryview(buf).cast("B")[offset:]
     extra = len(view) % HPTE_SIZE
     if extra:

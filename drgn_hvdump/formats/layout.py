@@ -210,7 +210,11 @@ def array(elem: Scalar, count: int) -> tuple[int, ...]:
 
 
 def nested(layout: Layout[T]) -> T:
-    """Declare a nested structure (default: the structure with all defaults)."""
+    """Declare a nested structure (default: the structure with all defaults).
+
+    The default is a ``default_factory``, never a shared instance; ruff's
+    RUF009 cannot tell, hence the ``noqa`` comments where it is used.
+    """
     result: T = dataclasses.field(
         default_factory=layout.default, metadata={_META_KEY: Nested(layout)}
     )

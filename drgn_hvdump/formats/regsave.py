@@ -13,6 +13,7 @@ commands show them); :func:`cpu_state_to_pt_regs` uses the ones fadump uses.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -82,6 +83,7 @@ def reg_id(name: str) -> int:
     return int.from_bytes(name.encode("ascii").ljust(_ID_LEN, b"\0"), "big")
 
 
+@functools.lru_cache(maxsize=4096)
 def reg_name(id_: int) -> str:
     """The name packed in ``id_``; other ids come back as ``0x`` and 16 hex digits.
 

@@ -117,9 +117,9 @@ class DumpHeader:
     num_of_blocks_dd: int = u64()
     offset_dd: int = u32()
     maxtime_to_auto: int = u32()
-    cpu: DumpSection = nested(DUMP_SECTION)  # noqa: RUF009
-    hpte: DumpSection = nested(DUMP_SECTION)  # noqa: RUF009
-    rmo: DumpSection = nested(DUMP_SECTION)  # noqa: RUF009
+    cpu: DumpSection = nested(DUMP_SECTION)
+    hpte: DumpSection = nested(DUMP_SECTION)
+    rmo: DumpSection = nested(DUMP_SECTION)
 
     def sections(self) -> tuple[DumpSection, DumpSection, DumpSection]:
         """The sections in the order the header holds them."""

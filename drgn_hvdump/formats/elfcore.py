@@ -228,7 +228,7 @@ _TIMEVAL = Layout(Timeval, size=16, name="timeval")
 class ElfPrstatus:
     """ppc64 ``struct elf_prstatus``: ``pr_reg`` is 48 words, pt_regs then 4 zero words."""
 
-    pr_info: ElfSiginfo = nested(_SIGINFO)  # noqa: RUF009
+    pr_info: ElfSiginfo = nested(_SIGINFO)
     pr_cursig: int = i16()
     pr_sigpend: int = u64()
     pr_sighold: int = u64()
@@ -236,11 +236,11 @@ class ElfPrstatus:
     pr_ppid: int = i32()
     pr_pgrp: int = i32()
     pr_sid: int = i32()
-    pr_utime: Timeval = nested(_TIMEVAL)  # noqa: RUF009
-    pr_stime: Timeval = nested(_TIMEVAL)  # noqa: RUF009
-    pr_cutime: Timeval = nested(_TIMEVAL)  # noqa: RUF009
-    pr_cstime: Timeval = nested(_TIMEVAL)  # noqa: RUF009
-    pr_reg: PtRegs = nested(PT_REGS_PPC64)  # noqa: RUF009
+    pr_utime: Timeval = nested(_TIMEVAL)
+    pr_stime: Timeval = nested(_TIMEVAL)
+    pr_cutime: Timeval = nested(_TIMEVAL)
+    pr_cstime: Timeval = nested(_TIMEVAL)
+    pr_reg: PtRegs = nested(PT_REGS_PPC64)
     pr_reg_tail: tuple[int, ...] = array(U64, 4)
     pr_fpvalid: int = i32()
 

@@ -1,0 +1,272 @@
+"""The files a collection writes: the dump (ELF or kdump-compressed) and metadata files.
+
+Each writer puts one chunk at a place fixed by the plan (so a rerun after a
+crash rewrites the same bytes in the same place), syncs it, and reads it back
+from the disk (page cache dropped first) to rebuild the chunk's raw bytes for
+the checksum comparison.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from drgn_hvdump.collect.codecs import Codec, decompress_page
+from drgn_hvdump.errors import HvdumpError
+from drgn_hvdump.formats.elfcore import CoreLayout
+from drgn_hvdump.formats.kdump import (
+    DUMP_DH_COMPRESSED_INCOMPLETE,
+    PAGE_DESC,
+    KdumpLayout,
+    PageDesc,
+)
+
+__all__ = ["ChunkWrite", "ElfOutput", "KdumpOutput", "SidecarOutput", "create_file", "disk_error"]
+
+_PIECE = 1 << 20
+
+
+def disk_error(path: str, exc: OSError, what: str, need: int | None = None) -> HvdumpError:
+    """One clear line for an output error; nothing not yet saved has been released."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        more = f"; about {need / (1 << 20):.0f} MiB more is needed" if need else ""
+        return HvdumpError(
+            f"{path}: {what}: no space left on the output device{more}; nothing that is not "
+            "saved was released: free space and run the same command again to resume"
+        )
+    if exc.errno == errno.EROFS:
+        return HvdumpError(f"{path}: {what}: the output file system is read-only")
+    if exc.errno == errno.ENOENT:
+        return HvdumpError(f"{path}: {what}: the output directory vanished")
+    return HvdumpError(f"{path}: {what}: {exc.strerror or exc}")
+
+
+def create_file(path: str, size: int | None = None) -> int:
+    """Open (creating 0600) ``path`` for reading and writing; never truncates."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    if size is not None and os.fstat(fd).st_size < size:
+        os.ftruncate(fd, size)
+    return fd
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view.nbytes:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _pread_exact(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise OSError(errno.EIO, f"short read at {offset:#x}")
+    return data
+
+
+def _drop_cache(fd: int, offset: int, size: int) -> None:
+    try:
+        os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+
+
+def _write_nonzero(
+    fd: int, buf: memoryview, zero: bytes, page_size: int, offset: int
+) -> int:
+    """Write the non-zero pages of ``buf`` (runs at a time) at ``offset``; zero pages stay holes."""
+    written = 0
+    n = len(zero)
+    i = 0
+    while i < n:
+        if zero[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and not zero[j]:
+            j += 1
+        _pwrite_all(fd, buf[i * page_size : j * page_size], offset + i * page_size)
+        written += (j - i) * page_size
+        i = j
+    return written
+
+
+@dataclass
+class ChunkWrite:
+    """Where a chunk's bytes went: file offset and length of its stored bytes."""
+
+    offset: int
+    length: int
+
+
+class SidecarOutput:
+    """A metadata file (the HPTE section, the register save area) stored as read, sparse."""
+
+    def __init__(self, path: str, size: int, page_size: int) -> None:
+        self.path = path
+        self.size = size
+        self.page_size = page_size
+        self.fd = create_file(path, size)
+
+    def write(self, offset: int, buf: memoryview, zero: bytes) -> ChunkWrite:
+        ps = self.page_size
+        whole = len(zero) * ps
+        _write_nonzero(self.fd, buf[:whole], zero, ps, offset)
+        if whole < buf.nbytes:
+            _pwrite_all(self.fd, buf[whole:], offset + whole)
+        return ChunkWrite(offset, buf.nbytes)
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def read_back(self, offset: int, size: int) -> bytes:
+        _drop_cache(self.fd, offset, size)
+        return _pread_exact(self.fd, size, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class ElfOutput:
+    """A sparse ELF core: headers first, each segment at its final offset, zero pages as holes."""
+
+    def __init__(self, path: str, layout: CoreLayout, page_size: int, resume: bool) -> None:
+        self.path = path
+        self.layout = layout
+        self.page_size = page_size
+        self.fd = create_file(path, layout.file_size)
+        if not resume or _pread_exact(self.fd, len(layout.header), 0) != layout.header:
+            _pwrite_all(self.fd, layout.header, 0)
+            os.fdatasync(self.fd)
+
+    def file_offset(self, paddr: int, size: int) -> int:
+        for ph in self.layout.segments:
+            if ph.p_paddr <= paddr and paddr + size <= ph.p_paddr + ph.p_filesz:
+                return int(ph.p_offset + paddr - ph.p_paddr)
+        raise ValueError(f"{paddr:#x}+{size:#x} is in no segment of {self.path}")
+
+    def write(self, paddr: int, buf: memoryview, zero: bytes) -> ChunkWrite:
+        offset = self.file_offset(paddr, buf.nbytes)
+        stored = _write_nonzero(self.fd, buf, zero, self.page_size, offset)
+        return ChunkWrite(offset, stored)
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def read_back(self, paddr: int, size: int) -> bytes:
+        offset = self.file_offset(paddr, size)
+        _drop_cache(self.fd, offset, size)
+        return _pread_exact(self.fd, size, offset)
+
+    def finish(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class KdumpOutput:
+    """A kdump-compressed file: fixed header, bitmaps and descriptor table; data appended.
+
+    ``data_end`` is where the next chunk's stored pages go; a resumed
+    collection sets it from the journal, so a chunk cut short by a crash is
+    simply written again after the last journaled one.
+    """
+
+    def __init__(self, path: str, layout: KdumpLayout, codec: Codec, resume: bool) -> None:
+        self.path = path
+        self.layout = layout
+        self.codec = codec
+        self.page_size = layout.page_size
+        self.fd = create_file(path)
+        self.data_end = layout.data_start
+        first = layout.first_blocks(layout.header.status | DUMP_DH_COMPRESSED_INCOMPLETE)
+        if resume and os.fstat(self.fd).st_size >= layout.data_start:
+            have = _pread_exact(self.fd, len(first), 0)
+            if have in (first, layout.first_blocks()):
+                return
+        # Header blocks last: a file whose header is there has its bitmaps and table.
+        for offset, data in layout.bitmap_pieces():
+            _pwrite_all(self.fd, data, offset)
+        table = PAGE_DESC.size * layout.npages
+        zero = bytes(min(table, _PIECE))
+        for off in range(0, table, len(zero) or 1):
+            _pwrite_all(self.fd, zero[: min(len(zero), table - off)], layout.desc_offset + off)
+        _pwrite_all(self.fd, bytes(self.page_size), layout.zero_page_offset)
+        os.fdatasync(self.fd)
+        _pwrite_all(self.fd, first, 0)
+        os.fdatasync(self.fd)
+
+    def set_data_end(self, end: int) -> None:
+        self.data_end = max(end, self.layout.data_start)
+        os.ftruncate(self.fd, self.data_end)
+
+    def write(
+        self, paddr: int, pages: Sequence[tuple[int, bytes] | None]
+    ) -> ChunkWrite:
+        """Store a chunk's pages (``None`` = zero page, else (codec flag, stored bytes))."""
+        ps = self.page_size
+        lay = self.layout
+        blob = bytearray()
+        descs = bytearray()
+        order = lay.byteorder
+        start = self.data_end
+        for item in pages:
+            if item is None:
+                desc = PageDesc(lay.zero_page_offset, ps, 0, 0)
+            else:
+                flag, data = item
+                desc = PageDesc(start + len(blob), len(data), flag, 0)
+                blob += data
+            descs += PAGE_DESC.pack(desc, order)
+        _pwrite_all(self.fd, blob, start)
+        _pwrite_all(self.fd, descs, lay.desc_file_offset(paddr // ps))
+        self.data_end = start + len(blob)
+        return ChunkWrite(start, len(blob))
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def read_back(self, paddr: int, size: int) -> bytes:
+        """The raw bytes of ``[paddr, paddr + size)`` (page aligned) rebuilt from the disk."""
+        ps = self.page_size
+        lay = self.layout
+        n = size // ps
+        doff = lay.desc_file_offset(paddr // ps)
+        _drop_cache(self.fd, doff, n * PAGE_DESC.size)
+        descs = list(PAGE_DESC.iter_unpack(_pread_exact(self.fd, n * PAGE_DESC.size, doff), lay.byteorder))
+        stored = [d for d in descs if d.offset != lay.zero_page_offset]
+        lo = min((d.offset for d in stored), default=0)
+        hi = max((d.offset + d.size for d in stored), default=0)
+        blob = b""
+        if stored:
+            _drop_cache(self.fd, lo, hi - lo)
+            blob = _pread_exact(self.fd, hi - lo, lo)
+        out = bytearray(size)
+        zero_page = bytes(ps)
+        for i, d in enumerate(descs):
+            if d.offset == lay.zero_page_offset and d.size == ps and not d.flags:
+                continue
+            if d.offset < lay.data_start:
+                raise HvdumpError(f"{self.path}: page {paddr // ps + i:#x} has no data (descriptor offset {d.offset:#x})")
+            data = blob[d.offset - lo : d.offset - lo + d.size]
+            page = data if not d.flags else decompress_page(data, d.flags, ps)
+            if len(page) != ps:
+                raise HvdumpError(f"{self.path}: page {paddr // ps + i:#x} decodes to {len(page)} bytes")
+            if page != zero_page:
+                out[i * ps : (i + 1) * ps] = page
+        return bytes(out)
+
+    def finish(self, eraseinfo: bytes = b"") -> None:
+        """Mark the file complete (clear INCOMPLETE) and sync it."""
+        lay = self.layout
+        if eraseinfo:
+            _pwrite_all(self.fd, eraseinfo, lay.sub_header.offset_eraseinfo)
+        _pwrite_all(self.fd, lay.first_blocks()[: self.page_size], 0)
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--kind", choices=["elf", "header", "regsave", "hpte", "release-map"])
     inspect.add_argument("--limit", type=int, default=16, help="HPTEs to list (default 16)")
     inspect.set_defaults(func=_cmd_inspect)
+    from drgn_hvdump.collect.cli import add_subcommands as add_collect
+
+    add_collect(sub)
     return parser
 
 

@@ -46,7 +46,7 @@ class Mixed:
     s: int = i16()
     q: int = u64()
     tag: bytes = raw(3)
-    inner: Inner = nested(INNER)  # noqa: RUF009
+    inner: Inner = nested(INNER)
     words: tuple[int, ...] = array(U32, 3)
     signed: tuple[int, ...] = array(I16, 2)
     last: int = i8()

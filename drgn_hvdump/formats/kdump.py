@@ -313,12 +313,13 @@ class KdumpFile:
         order: ByteOrder | None = None
         for candidate in ("big", "little"):
             h = DISK_DUMP_HEADER.unpack_from(head, 0, candidate, path=path)  # type: ignore[arg-type]
-            if 0 < h.block_size <= (1 << 20) and h.block_size & (h.block_size - 1) == 0:
+            sane_size = 0 < h.block_size <= (1 << 20) and h.block_size & (h.block_size - 1) == 0
+            if sane_size and 0 < h.header_version < 64:
                 order = candidate  # type: ignore[assignment]
                 break
         if order is None:
             raise FormatError(
-                "block size is not a power of two in either byte order",
+                "no sane header version and block size in either byte order",
                 path=path,
                 offset=DISK_DUMP_HEADER.offset_of("block_size"),
             )

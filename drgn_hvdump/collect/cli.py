@@ -1,0 +1,108 @@
+"""The ``hvdump collect`` and ``hvdump verify`` subcommands (registered by :mod:`drgn_hvdump.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from drgn_hvdump.clitools import parse_size
+
+__all__ = ["add_subcommands"]
+
+_COLLECT = """\
+Copy the waiting dump under --root into DIR: the crashed kernel's memory (the
+saved low 256 MiB back at physical address 0), its CPUs' registers as
+PRSTATUS notes, VMCOREINFO, the HPTE section (DIR/hpte.bin) and the register
+save area (DIR/regsave.bin), a manifest with per-chunk checksums, and a
+journal. Memory is released only after its bytes are written, synced and
+read back with the right checksum. Run the same command again after any
+interruption: it resumes where it stopped.
+"""
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from drgn_hvdump.collect.collector import CollectOptions, collect
+
+    opts = CollectOptions(
+        root=args.root,
+        output=args.output,
+        format=args.format,
+        compress=args.compress,
+        level=args.level,
+        release=args.release,
+        threads=args.threads,
+        chunk_size=args.chunk_size,
+        dry_run=args.dry_run,
+        json=args.json,
+        progress=False if args.no_progress else None,
+        scrub=args.scrub,
+        accept_partial=args.accept_partial,
+    )
+    result = collect(opts)
+    if args.dry_run:
+        for line in result.plan_text:
+            print(line)
+        return 0
+    m = result.manifest
+    if args.json:
+        print(json.dumps({"event": "done", "output": str(result.output), "dump": str(result.dump_file),
+                          "already_done": result.already_done, "resumed": result.resumed}))
+        return 0
+    if result.already_done:
+        print(f"{result.output}: already collected ({result.dump_file})")
+        return 0
+    read = sum(c["size"] for c in m["chunks"])
+    t = m["timings"]["elapsed_s"]
+    print(
+        f"collected {read / (1 << 30):.2f} GiB into {result.dump_file} "
+        f"({m['dump']['allocated'] / (1 << 30):.2f} GiB on disk) in {t:.1f} s"
+        + (" (resumed)" if result.resumed else "")
+    )
+    released = sum(w["size"] for w in m["release"]["writes"] if w["done"])
+    print(f"released {released / (1 << 30):.2f} GiB ({m['release']['policy']})")
+    for w in m["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from drgn_hvdump.collect.verify import verify_dir
+
+    ok, lines = verify_dir(args.dir)
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
+def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "collect",
+        help="copy the waiting dump out and release memory as it is saved",
+        description=_COLLECT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--root", type=Path, default=Path("/"), help="root of the capture kernel's filesystem (default /)")
+    p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="output directory (created 0700)")
+    p.add_argument("--format", choices=["kdump", "elf"], default="kdump", help="dump file format (default kdump)")
+    p.add_argument("--compress", default="zstd", help="kdump page codec: zstd (default), zlib, lzo, snappy")
+    p.add_argument("--level", type=int, help="compression level (zstd default 1, zlib default 1)")
+    p.add_argument("--release", choices=["progressive", "at-end", "never"], default="progressive",
+                   help="when to give memory back (default progressive)")
+    p.add_argument("--threads", type=int, default=1, help="compression threads (default 1)")
+    p.add_argument("--chunk-size", type=parse_size, default=16 << 20, help="unit of read, sync and release (default 16M)")
+    p.add_argument("--dry-run", action="store_true", help="show the plan and the releases; change nothing")
+    p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
+    p.add_argument("--scrub", type=Path, metavar="FILTER", help="zero the data named in FILTER (erase SYMBOL size N)")
+    p.add_argument("--accept-partial", action="store_true", help="collect a dump the hypervisor copied only in part")
+    p.set_defaults(func=_cmd_collect)
+    v = sub.add_parser(
+        "verify",
+        help="check a collected dump against its manifest",
+        description="Recompute every chunk's XXH64 from DIR's dump and metadata files and compare "
+        "with the manifest; works on a copy of DIR anywhere.",
+    )
+    v.add_argument("dir", type=Path)
+    v.set_defaults(func=_cmd_verify)

@@ -1,0 +1,878 @@
+"""``hvdump collect``: copy a waiting dump out, durably, and give memory back as it goes.
+
+One pass over the plan's chunks (:mod:`drgn_hvdump.collect.plan`): read a
+chunk from ``/proc/vmcore``, scan zero pages and take its XXH64 (native code),
+compress its pages in worker threads, write it where the plan puts it, sync,
+drop it from the page cache, read it back, rebuild the raw bytes and compare
+checksums; only then is the chunk journaled as durable and are the release
+writes whose pages are now all durable made (``--release progressive``).
+The journal (``DIR/journal.jsonl``, one fsynced JSON line per event) makes a
+killed collection resumable: chunks it lists are never read again, and a
+release that was started but not confirmed is resolved by comparing the
+memory with the saved copy before anything is written again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drgn_hvdump import native
+from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
+from drgn_hvdump.collect.codecs import Codec, get_codec
+from drgn_hvdump.collect.output import (
+    ElfOutput,
+    KdumpOutput,
+    SidecarOutput,
+    create_file,
+    disk_error,
+)
+from drgn_hvdump.collect.plan import Chunk, Intervals, Plan, ReleaseWrite, make_plan
+from drgn_hvdump.collect.progress import Progress
+from drgn_hvdump.collect.scrub import ScrubRange, apply_scrub, load_filter
+from drgn_hvdump.errors import FormatError, HvdumpError
+from drgn_hvdump.formats.dump_header import build_dump_header
+from drgn_hvdump.formats.elfcore import (
+    NT_PRSTATUS,
+    PAGE_OFFSET_PPC64,
+    ElfCore,
+    LoadSegment,
+    Note,
+    build_core_header,
+    build_notes,
+    build_prstatus,
+)
+from drgn_hvdump.formats.kdump import plan_kdump
+from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, parse_regsave
+from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
+
+__all__ = [
+    "DUMP_NAMES",
+    "HVDUMP_NOTE_NAME",
+    "CollectOptions",
+    "CollectResult",
+    "collect",
+]
+
+HVDUMP_NOTE_NAME = "HVDUMP"
+NOTE_DUMP_HEADER = 1
+NOTE_REGSAVE = 2
+DUMP_NAMES = {"kdump": "dump.kdump", "elf": "dump.elf"}
+JOURNAL = "journal.jsonl"
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class CollectOptions:
+    """Everything ``hvdump collect`` takes."""
+
+    root: Path
+    output: Path
+    format: str = "kdump"
+    compress: str = "zstd"
+    level: int | None = None
+    release: str = "progressive"
+    threads: int = 1
+    chunk_size: int = 16 << 20
+    dry_run: bool = False
+    json: bool = False
+    progress: bool | None = None
+    scrub: Path | None = None
+    accept_partial: bool = False
+    # Test and benchmark hook: called with an event name ("chunk", "release").
+    hook: Callable[[str, int], None] | None = None
+
+
+@dataclass
+class CollectResult:
+    output: Path
+    dump_file: Path
+    manifest: dict[str, Any]
+    resumed: bool
+    already_done: bool = False
+    plan_text: list[str] = field(default_factory=list)
+
+
+class Journal:
+    """Append-only, fsynced JSON lines; a torn last line (killed mid-write) is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        if path.exists():
+            lines = path.read_bytes().split(b"\n")
+            for n, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                try:
+                    self.records.append(json.loads(line))
+                except ValueError:
+                    if n < len(lines) - 2:
+                        raise FormatError("journal line is not JSON", path=str(path)) from None
+        self._fd = -1
+
+    def open(self) -> None:
+        self._fd = create_file(str(self.path))
+        size = os.fstat(self._fd).st_size
+        if size:
+            data = os.pread(self._fd, 1, size - 1)
+            if data != b"\n":
+                # A torn line: cut it so the next record starts on its own line.
+                text = os.pread(self._fd, size, 0)
+                os.ftruncate(self._fd, text.rfind(b"\n") + 1)
+        os.lseek(self._fd, 0, os.SEEK_END)
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        os.write(self._fd, line)
+        os.fdatasync(self._fd)
+        self.records.append(record)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = create_file(str(tmp))
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class _Vmcore:
+    """``/proc/vmcore``: physical reads through its PT_LOADs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.core = ElfCore.open(path)
+        except OSError as exc:
+            raise HvdumpError(f"{path}: cannot open: {exc.strerror}") from None
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def file_offset(self, paddr: int, size: int) -> int:
+        for ph in self.core.segments:
+            if ph.p_paddr <= paddr and paddr + size <= ph.p_paddr + ph.p_filesz:
+                return int(ph.p_offset + paddr - ph.p_paddr)
+        raise FormatError(
+            f"physical range {paddr:#x}+{size:#x} is in no PT_LOAD with file data",
+            path=str(self.path),
+            hint="the vmcore does not match the dump header",
+        )
+
+    def read_into(self, paddr: int, buf: bytearray) -> None:
+        offset = self.file_offset(paddr, len(buf))
+        view = memoryview(buf)
+        done = 0
+        while done < len(buf):
+            n = os.preadv(self.fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise FormatError(
+                    f"short read: {done} of {len(buf)} bytes", path=str(self.path), offset=offset + done
+                )
+            done += n
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.core.close()
+
+
+def _dump_state(capture: CaptureInterface, accept_partial: bool) -> tuple[DumpState, list[str]]:
+    state = capture.state()
+    warnings = list(state.warnings)
+    if not state.dump_waiting:
+        raise HvdumpError(f"{capture.root}: no dump to collect: {state.reason}")
+    if state.header is None or state.release_map is None:
+        raise HvdumpError(f"{capture.root}: the waiting dump cannot be read: {state.reason}")
+    if not state.valid:
+        partial = "incomplete" in state.reason and state.header.cpu.length_copied
+        if not (partial and accept_partial):
+            hint = " (collect what was copied with --accept-partial)" if partial else ""
+            raise HvdumpError(f"{capture.root}: {state.reason}{hint}")
+        warnings.append(f"the hypervisor reported a partial copy: {state.reason}")
+    return state, warnings
+
+
+def _notes(
+    cpu_raw: bytes, header_raw: bytes, vmcoreinfo_desc: bytes | None, byteorder: Any
+) -> tuple[list[Note], int]:
+    states = parse_regsave(cpu_raw, "register save area")
+    notes = [
+        Note("CORE", NT_PRSTATUS, build_prstatus(cpu_state_to_pt_regs(s), byteorder, pid=s.cpu + 1))
+        for s in states
+    ]
+    if vmcoreinfo_desc is not None:
+        notes.append(Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, vmcoreinfo_desc))
+    notes.append(Note(HVDUMP_NOTE_NAME, NOTE_DUMP_HEADER, header_raw))
+    notes.append(Note(HVDUMP_NOTE_NAME, NOTE_REGSAVE, cpu_raw))
+    return notes, len(states)
+
+
+def _vmcoreinfo_offset(notes: list[Note], byteorder: Any) -> tuple[int, int] | None:
+    for i, note in enumerate(notes):
+        if note.name == VMCOREINFO_NOTE_NAME:
+            before = len(build_notes(notes[:i], byteorder))
+            name_len = len(note.name) + 1
+            return before + 12 + (-(-name_len // 4) * 4), len(note.desc)
+    return None
+
+
+class _Collection:
+    def __init__(self, opts: CollectOptions) -> None:
+        self.opts = opts
+        self.out_dir = opts.output
+        self.progress = Progress(json_lines=opts.json, tty=opts.progress)
+        self.t0 = time.monotonic()
+        self.samples: list[tuple[float, int]] = []
+        self.events: list[dict[str, Any]] = []
+        self.freed = Intervals()
+
+    # -- small helpers ---------------------------------------------------------
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 4)
+
+    def reserved_now(self, plan: Plan) -> int:
+        span = self.freed.intersect(plan.reserved.addr, plan.memory)
+        return plan.reserved_bytes - sum(b - a for a, b in span)
+
+    def sample(self, plan: Plan) -> None:
+        self.samples.append((self.now(), self.reserved_now(plan)))
+
+    def hook(self, event: str, n: int) -> None:
+        if self.opts.hook is not None:
+            self.opts.hook(event, n)
+
+
+def _plan_lines(plan: Plan, opts: CollectOptions, dump_file: Path) -> list[str]:
+    gib = 1 << 30
+    kinds: dict[str, int] = {}
+    for c in plan.chunks:
+        kinds[c.kind] = kinds.get(c.kind, 0) + c.size
+    lines = [
+        f"output: {dump_file} ({opts.format}"
+        + (f", {opts.compress} pages" if opts.format == "kdump" else ", sparse")
+        + f"), metadata and manifest in {opts.output}",
+        f"read: {plan.read_bytes() / gib:.2f} GiB in {len(plan.chunks)} chunks of up to "
+        f"{opts.chunk_size >> 20} MiB: "
+        + ", ".join(f"{k} {v / gib:.3f} GiB" for k, v in kinds.items()),
+        "memory: " + ", ".join(f"{a:#x}+{s:#x}" for a, s in plan.segments)
+        + f" (low memory from the copy at {plan.copied['rmo'].addr:#x})",
+        f"release ({opts.release}): {len(plan.writes)} writes, "
+        f"{plan.reserved_bytes / gib:.2f} GiB reserved now",
+    ]
+    if opts.release != "never":
+        for w in plan.writes:
+            lines.append(f"  release {w.addr:#x} {w.size:#x}{' (scratch)' if w.scratch else ''}")
+    lines.extend(f"warning: {w}" for w in plan.warnings)
+    return lines
+
+
+def collect(opts: CollectOptions) -> CollectResult:
+    """Collect the dump under ``opts.root`` into ``opts.output`` (resuming if it holds a journal)."""
+    if opts.format not in DUMP_NAMES:
+        raise HvdumpError(f"unknown format {opts.format!r}: choose kdump or elf")
+    if opts.release not in ("progressive", "at-end", "never"):
+        raise HvdumpError(f"unknown release policy {opts.release!r}")
+    codec = get_codec(opts.compress, opts.level) if opts.format == "kdump" else None
+    threads = max(1, opts.threads)
+    c = _Collection(opts)
+    out = opts.output
+    journal_path = out / JOURNAL
+    journal = Journal(journal_path) if journal_path.exists() else None
+    if journal is not None and any(r.get("t") == "done" for r in journal.records):
+        manifest = json.loads((out / MANIFEST).read_text())
+        return CollectResult(out, out / manifest["dump"]["file"], manifest, True, already_done=True)
+
+    capture = open_capture(opts.root)
+    state, warnings = _dump_state(capture, opts.accept_partial)
+    assert state.header is not None
+    vm = _Vmcore(capture.vmcore_path)
+    try:
+        return _collect(c, opts, codec, threads, capture, state, warnings, vm, journal)
+    finally:
+        vm.close()
+        c.progress.close()
+
+
+def _collect(
+    c: _Collection,
+    opts: CollectOptions,
+    codec: Codec | None,
+    threads: int,
+    capture: CaptureInterface,
+    state: DumpState,
+    warnings: list[str],
+    vm: _Vmcore,
+    journal: Journal | None,
+) -> CollectResult:
+    assert state.header is not None
+    core = vm.core
+    byteorder = core.byteorder
+    info = core.vmcoreinfo or {}
+    try:
+        ps = int(info["PAGESIZE"])
+    except (KeyError, ValueError):
+        raise FormatError(
+            "VMCOREINFO has no PAGESIZE", path=str(vm.path), hint="cannot tell the page size"
+        ) from None
+    memory = max((ph.p_paddr + ph.p_memsz for ph in core.segments), default=0)
+    plan = make_plan(state, page_size=ps, memory=memory, chunk_size=opts.chunk_size)
+    for ch in plan.chunks:
+        vm.file_offset(ch.src, ch.size)
+    warnings += plan.warnings
+    out = opts.output
+    dump_file = out / DUMP_NAMES[opts.format]
+    if opts.dry_run:
+        return CollectResult(out, dump_file, {}, False, plan_text=_plan_lines(plan, opts, dump_file))
+
+    header_raw = build_dump_header(state.header)
+    fingerprint = {
+        "header": header_raw.hex(),
+        "format": opts.format,
+        "compress": codec.name if codec else None,
+        "level": opts.level,
+        "chunk_size": opts.chunk_size,
+        "page_size": ps,
+        "memory": memory,
+        "reserved": [plan.reserved.addr, plan.reserved.size],
+        "scrub": str(opts.scrub) if opts.scrub else None,
+    }
+    try:
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(out, 0o700)
+    except OSError as exc:
+        raise disk_error(str(out), exc, "cannot create the output directory") from None
+    resumed = journal is not None and bool(journal.records)
+    if journal is None:
+        journal = Journal(out / JOURNAL)
+    if resumed and journal.records[0].get("fingerprint") != fingerprint:
+        raise HvdumpError(
+            f"{out}: holds a journal of another collection (different dump or options); "
+            "use another --output directory"
+        )
+    if resumed:
+        uts = list(journal.records[0].get("utsname") or [])
+    else:
+        uts = _utsname(vm, plan, info)
+    try:
+        journal.open()
+        if not resumed:
+            journal.append(
+                {"t": "start", "fingerprint": fingerprint, "utsname": uts, "time": time.time()}
+            )
+    except OSError as exc:
+        raise disk_error(str(out / JOURNAL), exc, "cannot write the journal") from None
+
+    durable = Intervals()
+    done_chunks: dict[int, dict[str, Any]] = {}
+    writes_done: set[int] = set()
+    intents: set[int] = set()
+    for rec in journal.records:
+        if rec.get("t") == "chunk":
+            done_chunks[rec["i"]] = rec
+            ch = plan.chunks[rec["i"]]
+            durable.add(ch.src, ch.src_end)
+        elif rec.get("t") == "rel":
+            (writes_done if rec["s"] == "done" else intents).add(rec["w"])
+    for w in plan.writes:
+        if w.index in writes_done:
+            c.freed.add(*w.span)
+    c.sample(plan)
+
+    # Metadata first: the register save area makes the PRSTATUS notes.
+    cpu_chunk = next((ch for ch in plan.chunks if ch.kind == "cpu"), None)
+    regsave = SidecarOutput(str(out / "regsave.bin"), plan.copied["cpu"].size, ps)
+    hpte = SidecarOutput(str(out / "hpte.bin"), plan.copied["hpte"].size, ps)
+    if cpu_chunk is None:
+        raise HvdumpError(f"{opts.root}: the hypervisor saved no CPU state")
+    if cpu_chunk.index in done_chunks:
+        cpu_raw = regsave.read_back(0, cpu_chunk.size)
+        if native.hash64(cpu_raw) != done_chunks[cpu_chunk.index]["xxh64"]:
+            raise HvdumpError(f"{out}/regsave.bin: does not match its journaled checksum")
+    else:
+        buf = bytearray(cpu_chunk.size)
+        vm.read_into(cpu_chunk.src, buf)
+        cpu_raw = bytes(buf)
+    notes, ncpus = _notes(cpu_raw, header_raw, _vmcoreinfo_raw(core), byteorder)
+    scrub: list[ScrubRange] = load_filter(opts.scrub, info, memory) if opts.scrub else []
+    eraseinfo = "".join(r.eraseinfo_line() for r in scrub).encode()
+
+    output: ElfOutput | KdumpOutput
+    try:
+        if opts.format == "elf":
+            layout = build_core_header(
+                notes, [LoadSegment(a, s) for a, s in plan.segments], byteorder, page_size=ps
+            )
+            output = ElfOutput(str(dump_file), layout, ps, resumed)
+        else:
+            assert codec is not None
+            machine = "ppc64" if byteorder == "big" else "ppc64le"
+            klayout = plan_kdump(
+                byteorder=byteorder,
+                page_size=ps,
+                max_mapnr=memory // ps,
+                ranges=[(a // ps, (a + s) // ps) for a, s in plan.segments],
+                notes=build_notes(notes, byteorder),
+                vmcoreinfo=_vmcoreinfo_offset(notes, byteorder),
+                nr_cpus=ncpus,
+                utsname=uts[:4] + [machine] + uts[5:],
+                timestamp=int(info.get("CRASHTIME", "0") or 0),
+                codec_flag=codec.flag,
+                eraseinfo_size=len(eraseinfo),
+            )
+            output = KdumpOutput(str(dump_file), klayout, codec, resumed)
+            ends = [r["off"] + r["len"] for r in done_chunks.values() if r["kind"] in ("rmo", "mem")]
+            output.set_data_end(max(ends, default=klayout.data_start))
+    except OSError as exc:
+        raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
+
+    runner = _Runner(c, opts, plan, vm, capture, journal, output, regsave, hpte, codec, threads, scrub)
+    runner.durable = durable
+    runner.done_chunks = done_chunks
+    runner.writes_done = writes_done
+    try:
+        runner.resolve_intents(intents - writes_done)
+        runner.run()
+        if opts.release == "at-end":
+            runner.release_ready(final=True)
+        if isinstance(output, KdumpOutput):
+            output.finish(eraseinfo)
+        else:
+            output.finish()
+    except OSError as exc:
+        need = runner.space_needed()
+        raise disk_error(str(dump_file), exc, "write failed", need) from None
+    finally:
+        output.close()
+        regsave.close()
+        hpte.close()
+
+    manifest = runner.manifest(state, warnings, dump_file, notes, ncpus, scrub, resumed)
+    try:
+        write_json_atomic(out / MANIFEST, manifest)
+        journal.append({"t": "done", "time": time.time()})
+    except OSError as exc:
+        raise disk_error(str(out / MANIFEST), exc, "cannot write the manifest") from None
+    finally:
+        journal.close()
+    return CollectResult(out, dump_file, manifest, resumed)
+
+
+def _utsname(vm: _Vmcore, plan: Plan, info: dict[str, str]) -> list[str]:
+    """The crashed kernel's ``init_uts_ns.name``, read as makedumpfile reads it.
+
+    Called before anything is released (the journal keeps it for a rerun).
+    """
+    fallback = ["Linux", "unknown", info.get("OSRELEASE", ""), "unknown", "", "(none)"]
+    try:
+        vaddr = int(info["SYMBOL(init_uts_ns)"], 16)
+    except (KeyError, ValueError):
+        return fallback
+    paddr = vaddr - PAGE_OFFSET_PPC64 + 4  # struct uts_namespace: a 4-byte kref first
+    size = 6 * 65
+    rmo = plan.copied["rmo"]
+    base = plan.chunks and next((ch for ch in plan.chunks if ch.kind == "rmo"), None)
+    if base and 0 <= paddr and paddr + size <= rmo.size:
+        src = rmo.addr + paddr
+    elif plan.reserved.addr <= paddr and paddr + size <= plan.scratch.addr:
+        src = paddr
+    else:
+        return fallback
+    buf = bytearray(size)
+    vm.read_into(src, buf)
+    fields = [bytes(buf[i * 65 : (i + 1) * 65]).split(b"\0", 1)[0] for i in range(6)]
+    if fields[0] != b"Linux" or not all(f.isascii() for f in fields):
+        return fallback
+    return [f.decode("ascii") for f in fields]
+
+
+def _vmcoreinfo_raw(core: ElfCore) -> bytes | None:
+    for note in core.notes:
+        if note.name == VMCOREINFO_NOTE_NAME and note.type == VMCOREINFO_NOTE_TYPE:
+            return note.desc
+    return None
+
+
+@dataclass
+class _InFlight:
+    chunk: Chunk
+    buf: bytearray
+    zero: bytes
+    xxh64: int
+    prepared: list[Future[list[tuple[int, bytes] | None]]]
+    read_s: float
+    written: Any = None
+    verify: Future[int] | None = None
+
+
+class _Runner:
+    """The chunk pipeline and the release bookkeeping of one collection run."""
+
+    def __init__(
+        self,
+        c: _Collection,
+        opts: CollectOptions,
+        plan: Plan,
+        vm: _Vmcore,
+        capture: CaptureInterface,
+        journal: Journal,
+        output: ElfOutput | KdumpOutput,
+        regsave: SidecarOutput,
+        hpte: SidecarOutput,
+        codec: Codec | None,
+        threads: int,
+        scrub: list[ScrubRange],
+    ) -> None:
+        self.c = c
+        self.opts = opts
+        self.plan = plan
+        self.vm = vm
+        self.capture = capture
+        self.journal = journal
+        self.output = output
+        self.regsave = regsave
+        self.hpte = hpte
+        self.codec = codec
+        self.threads = threads
+        self.scrub = scrub
+        self.durable = Intervals()
+        self.done_chunks: dict[int, dict[str, Any]] = {}
+        self.writes_done: set[int] = set()
+        self.stored_bytes = 0
+        self.read_bytes = 0
+        self.timings = {"read": 0.0, "compress_wait": 0.0, "write": 0.0, "verify_wait": 0.0, "release": 0.0}
+        self.start = time.monotonic()
+
+    # -- space estimate for a full disk ----------------------------------------
+
+    def space_needed(self) -> int:
+        left = sum(ch.size for ch in self.plan.chunks if ch.index not in self.done_chunks)
+        ratio = self.stored_bytes / self.read_bytes if self.read_bytes else 1.0
+        return int(left * min(1.0, ratio + 0.05))
+
+    # -- the pipeline -----------------------------------------------------------
+
+    def _prepare(self, view: memoryview, zero: bytes) -> list[tuple[int, bytes] | None]:
+        assert self.codec is not None
+        compress = _thread_compressor(self.codec)
+        ps = self.plan.page_size
+        flag = self.codec.flag
+        out: list[tuple[int, bytes] | None] = []
+        for i, z in enumerate(zero):
+            if z:
+                out.append(None)
+                continue
+            page = view[i * ps : (i + 1) * ps]
+            data = compress(page)
+            out.append((flag, data) if len(data) < ps else (0, bytes(page)))
+        return out
+
+    def _write(self, item: _InFlight) -> None:
+        ch = item.chunk
+        view = memoryview(item.buf)
+        t = time.monotonic()
+        if ch.kind == "cpu":
+            item.written = self.regsave.write(ch.dst, view, b"")
+            self.regsave.sync()
+        elif ch.kind == "hpte":
+            item.written = self.hpte.write(ch.dst, view, item.zero)
+            self.hpte.sync()
+        elif isinstance(self.output, KdumpOutput):
+            pages: list[tuple[int, bytes] | None] = []
+            for fut in item.prepared:
+                t1 = time.monotonic()
+                pages.extend(fut.result())
+                self.timings["compress_wait"] += time.monotonic() - t1
+            item.written = self.output.write(ch.dst, pages)
+            self.output.sync()
+        else:
+            item.written = self.output.write(ch.dst, view, item.zero)
+            self.output.sync()
+        self.timings["write"] += time.monotonic() - t
+        self.stored_bytes += item.written.length
+        self.read_bytes += ch.size
+
+    def read_back(self, ch: Chunk) -> bytes:
+        if ch.kind == "cpu":
+            return self.regsave.read_back(ch.dst, ch.size)
+        if ch.kind == "hpte":
+            return self.hpte.read_back(ch.dst, ch.size)
+        return self.output.read_back(ch.dst, ch.size)
+
+    def _verify(self, ch: Chunk) -> int:
+        return native.hash64(self.read_back(ch))
+
+    def _finish(self, item: _InFlight) -> None:
+        ch = item.chunk
+        assert item.verify is not None
+        t = time.monotonic()
+        got = item.verify.result()
+        self.timings["verify_wait"] += time.monotonic() - t
+        if got != item.xxh64:
+            raise HvdumpError(
+                f"{self.output.path}: chunk {ch.index} ({ch.kind} {ch.src:#x}+{ch.size:#x}) "
+                f"reads back with checksum {got:#018x}, expected {item.xxh64:#018x}; "
+                "nothing of it was released"
+            )
+        rec = {
+            "t": "chunk",
+            "i": ch.index,
+            "kind": ch.kind,
+            "xxh64": item.xxh64,
+            "off": item.written.offset,
+            "len": item.written.length,
+            "zero": sum(item.zero),
+        }
+        self.journal.append(rec)
+        self.done_chunks[ch.index] = rec
+        self.durable.add(ch.src, ch.src_end)
+        self.c.hook("chunk", ch.index)
+        if self.opts.release == "progressive":
+            self.release_ready()
+        self.c.sample(self.plan)
+        self._report()
+
+    def _report(self) -> None:
+        total = self.plan.read_bytes()
+        done = sum(self.plan.chunks[i].size for i in self.done_chunks)
+        released = self.plan.reserved_bytes - self.c.reserved_now(self.plan)
+        self.c.progress.update(done, total, released, self.c.reserved_now(self.plan), self.stored_bytes)
+
+    def run(self) -> None:
+        todo = [ch for ch in self.plan.chunks if ch.index not in self.done_chunks]
+        depth = self.threads + 2
+        ps = self.plan.page_size
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hvdump") as pool:
+            waiting: deque[_InFlight] = deque()
+            written: deque[_InFlight] = deque()
+            for ch in todo:
+                t = time.monotonic()
+                buf = bytearray(ch.size)
+                self.vm.read_into(ch.src, buf)
+                if self.scrub and ch.kind in ("rmo", "mem"):
+                    apply_scrub(buf, ch.dst, self.scrub)
+                whole = ch.size // ps * ps
+                zero = native.zero_pages(memoryview(buf)[:whole], ps) if ch.kind != "cpu" else b""
+                item = _InFlight(ch, buf, zero, native.hash64(buf), [], time.monotonic() - t)
+                self.timings["read"] += item.read_s
+                if self.codec is not None and ch.kind in ("rmo", "mem"):
+                    view = memoryview(buf)
+                    step = 64
+                    for i in range(0, len(zero), step):
+                        sub = zero[i : i + step]
+                        item.prepared.append(
+                            pool.submit(self._prepare, view[i * ps : (i + len(sub)) * ps], sub)
+                        )
+                waiting.append(item)
+                while len(waiting) + len(written) >= depth:
+                    self._advance(pool, waiting, written)
+            while waiting or written:
+                self._advance(pool, waiting, written)
+
+    def _advance(
+        self, pool: ThreadPoolExecutor, waiting: deque[_InFlight], written: deque[_InFlight]
+    ) -> None:
+        if written and (written[0].verify is not None and written[0].verify.done() or not waiting):
+            self._finish(written.popleft())
+            return
+        if waiting:
+            item = waiting.popleft()
+            self._write(item)
+            item.prepared = []
+            item.verify = pool.submit(self._verify, item.chunk)
+            written.append(item)
+            return
+        self._finish(written.popleft())
+
+    # -- releases ----------------------------------------------------------------
+
+    def release_ready(self, final: bool = False) -> None:
+        if self.opts.release == "never":
+            return
+        for w in self.plan.writes:
+            if w.index in self.writes_done:
+                continue
+            if not self.plan.write_is_safe(w, self.durable):
+                if final:
+                    raise HvdumpError(f"internal error: release {w.extent} is not safe at the end")
+                continue
+            self._release(w)
+
+    def _release(self, w: ReleaseWrite) -> None:
+        t = time.monotonic()
+        self.journal.append({"t": "rel", "w": w.index, "s": "intent", "addr": w.addr, "size": w.size})
+        self.c.hook("release-intent", w.index)
+        self.capture.release(w.extent)
+        self.c.hook("release", w.index)
+        self.journal.append({"t": "rel", "w": w.index, "s": "done", "time": self.c.now()})
+        self.writes_done.add(w.index)
+        self.c.freed.add(*w.span)
+        self.c.events.append({"t": self.c.now(), "release": [w.addr, w.size]})
+        self.timings["release"] += time.monotonic() - t
+        self.c.sample(self.plan)
+
+    def resolve_intents(self, pending: set[int]) -> None:
+        """A release was started but not confirmed: did the kernel take it?
+
+        Released memory is reused: compare pages of the range with the saved
+        copy. Memory that still matches was not released, so writing again is
+        right; memory that differs was. Both are safe for the data (the range
+        was durable before the write); the choice only keeps the counters exact.
+        """
+        for index in sorted(pending):
+            w = self.plan.writes[index]
+            released = self._probe(w)
+            if released is None:
+                released = True
+                self.c.events.append(
+                    {"t": self.c.now(), "warning": f"could not tell whether {w.extent} was released; assuming it was"}
+                )
+            if released:
+                self.journal.append({"t": "rel", "w": index, "s": "done", "probe": True})
+                self.writes_done.add(index)
+                self.c.freed.add(*w.span)
+
+    def _probe(self, w: ReleaseWrite) -> bool | None:
+        ps = self.plan.page_size
+        first = -(-w.addr // ps) * ps
+        last = (w.addr + w.size) // ps * ps
+        for page in range(first, last, ps):
+            for ch in self.plan.chunks:
+                if ch.kind in ("rmo", "mem") and ch.src <= page and page + ps <= ch.src_end:
+                    if ch.index not in self.done_chunks:
+                        break
+                    saved = self.output.read_back(ch.dst + page - ch.src, ps)
+                    if not any(saved):
+                        break
+                    now = bytearray(ps)
+                    self.vm.read_into(page, now)
+                    return bytes(now) != saved
+        return None
+
+    # -- the manifest --------------------------------------------------------------
+
+    def manifest(
+        self,
+        state: DumpState,
+        warnings: list[str],
+        dump_file: Path,
+        notes: list[Note],
+        ncpus: int,
+        scrub: list[ScrubRange],
+        resumed: bool,
+    ) -> dict[str, Any]:
+        plan = self.plan
+        assert state.header is not None
+        elapsed = time.monotonic() - self.start
+        chunks = []
+        for ch in plan.chunks:
+            rec = self.done_chunks[ch.index]
+            chunks.append(
+                {
+                    "index": ch.index,
+                    "kind": ch.kind,
+                    "src": ch.src,
+                    "dst": ch.dst,
+                    "size": ch.size,
+                    "xxh64": f"{rec['xxh64']:016x}",
+                    "stored_offset": rec["off"],
+                    "stored_bytes": rec["len"],
+                    "zero_pages": rec["zero"],
+                }
+            )
+        st = os.stat(dump_file)
+        return {
+            "version": MANIFEST_VERSION,
+            "tool": "hvdump collect",
+            "source": {
+                "root": str(self.opts.root),
+                "interface": state.interface,
+                "vmcore": str(self.vm.path),
+                "byteorder": self.vm.core.byteorder,
+                "page_size": plan.page_size,
+                "memory": plan.memory,
+                "dump_header": build_dump_header(state.header).hex(),
+                "valid": state.valid,
+                "reason": state.reason,
+                "vmcoreinfo": {k: v for k, v in (self.vm.core.vmcoreinfo or {}).items() if k in ("OSRELEASE", "PAGESIZE", "CRASHTIME")},
+                "cpus": ncpus,
+            },
+            "dump": {
+                "file": dump_file.name,
+                "format": self.opts.format,
+                "compression": self.codec.name if self.codec else None,
+                "level": self.opts.level,
+                "size": st.st_size,
+                "allocated": st.st_blocks * 512,
+                "segments": [[a, s] for a, s in plan.segments],
+            },
+            "metadata": {
+                "regsave": {"file": "regsave.bin", "src": plan.copied["cpu"].addr, "size": plan.copied["cpu"].size},
+                "hpte": {"file": "hpte.bin", "src": plan.copied["hpte"].addr, "size": plan.copied["hpte"].size},
+                "dump_header_note": HVDUMP_NOTE_NAME,
+            },
+            "release": {
+                "policy": self.opts.release,
+                "reserved_start": plan.reserved.addr,
+                "reserved_bytes": plan.reserved_bytes,
+                "scratch": [plan.scratch.addr, plan.scratch.size],
+                "writes": [
+                    {"addr": w.addr, "size": w.size, "scratch": w.scratch, "done": w.index in self.writes_done}
+                    for w in plan.writes
+                ],
+                "reserved_over_time": self.c.samples,
+                "events": self.c.events,
+            },
+            "chunks": chunks,
+            "scrub": [r.to_json() for r in scrub],
+            "timings": {
+                "elapsed_s": round(elapsed, 4),
+                "threads": self.threads,
+                "resumed": resumed,
+                **{k: round(v, 4) for k, v in self.timings.items()},
+            },
+            "warnings": warnings,
+        }
+
+
+_tls_codec: dict[tuple[int, str], Any] = {}
+
+
+def _thread_compressor(codec: Codec) -> Callable[[memoryview], bytes]:
+    import threading
+
+    key = (threading.get_ident(), f"{codec.name}:{codec.level}")
+    fn = _tls_codec.get(key)
+    if fn is None:
+        fn = _tls_codec[key] = codec.compressor()
+    return fn  # type: ignore[no-any-return]
+
+
+def print_plan(lines: list[str]) -> None:
+    for line in lines:
+        print(line)

@@ -1,0 +1,152 @@
+"""Shared helpers of the collector tests: LPARs, FUSE mounts, ground-truth checks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from drgn_hvdump.collect.codecs import decompress_page
+from drgn_hvdump.collect.plan import Intervals
+from drgn_hvdump.formats.kdump import KdumpFile
+from hvsim import Lpar
+
+PROJECT = Path(__file__).resolve().parent.parent
+FUSE_MISSING = (
+    "/dev/fuse is missing"
+    if not os.path.exists("/dev/fuse")
+    else "fusermount3 is missing (apt-get install fuse3)"
+    if shutil.which("fusermount3") is None
+    else ""
+)
+# Mostly zero pages: fast collections, every codec path still exercised.
+FAST_MIX = "zero=0.7,text=0.1,pointer=0.15,random=0.05"
+
+
+def make_lpar(path: Path, **kw: Any) -> Lpar:
+    kw.setdefault("memory", "1G")
+    kw.setdefault("mix", FAST_MIX)
+    lpar = Lpar.create(path, boot=True, **kw)
+    lpar.crash()
+    assert lpar.state == "capture"
+    return lpar
+
+
+@contextlib.contextmanager
+def mounted(lpar: Lpar, root: Path) -> Iterator[Path]:
+    from hvsim import fuse_root
+
+    root.mkdir(exist_ok=True)
+    fuse_root.mount(lpar.path, str(root))
+    try:
+        yield root
+    finally:
+        fuse_root.umount(str(root))
+
+
+def hvdump(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(PROJECT))
+    return subprocess.run(
+        [sys.executable, "-m", "drgn_hvdump.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def manifest(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "manifest.json").read_text())
+    return data
+
+
+def compare_with_truth(lpar: Lpar, out: Path) -> list[str]:
+    """Every page the dump holds against the crashed kernel's memory; problems as lines."""
+    m = manifest(out)
+    ps = m["source"]["page_size"]
+    dump = out / m["dump"]["file"]
+    problems = []
+    if m["dump"]["format"] == "kdump":
+        kd = KdumpFile.open(dump, decompress_page)
+        try:
+            for addr, size in m["dump"]["segments"]:
+                step = 4 << 20
+                for off in range(0, size, step):
+                    n = min(step, size - off)
+                    want = lpar.expected(addr + off, n)
+                    pfn = (addr + off) // ps
+                    got = b"".join(
+                        kd.decode(d, pfn + i) for i, d in enumerate(kd.descriptors(pfn, n // ps))
+                    )
+                    if got != want:
+                        problems.append(f"kdump {addr + off:#x}+{n:#x} differs")
+        finally:
+            kd.close()
+    else:
+        from hvsim.verify import verify_dump
+
+        report = verify_dump(lpar, dump)
+        if not report.ok:
+            problems.append(report.text())
+    return problems
+
+
+def released_before_durable(lpar: Lpar, out: Path, page_size: int) -> list[str]:
+    """Pages hvsim freed whose dump data the journal does not list as saved."""
+    journal = out / "journal.jsonl"
+    if not journal.exists():
+        return [f"released {r}" for r in lpar.released_ranges()]
+    from drgn_hvdump.capture import open_capture  # noqa: F401 (import check only)
+
+    recs = [json.loads(line) for line in journal.read_text().splitlines() if line.strip().endswith("}")]
+    start = recs[0]["fingerprint"]
+    header = bytes.fromhex(start["header"])
+    from drgn_hvdump.formats.dump_header import parse_dump_header
+
+    h = parse_dump_header(header)
+    needed = Intervals()
+    for s in h.sections():
+        needed.add(s.destination_address, s.destination_address + s.length_copied)
+    r0 = start["reserved"][0]
+    needed.add(r0, h.cpu.destination_address)
+    # the chunk table is the plan's: rebuild it from the chunk records
+    durable = Intervals()
+    chunks = {}
+    for rec in recs:
+        if rec.get("t") == "chunk":
+            chunks[rec["i"]] = rec
+    plan_chunks = _plan_chunks(lpar, start)
+    for i in chunks:
+        c = plan_chunks[i]
+        durable.add(c.src, c.src_end)
+    problems = []
+    for a, b in lpar.released_ranges():
+        for x, y in needed.intersect(a, b):
+            if not durable.contains(x, y):
+                problems.append(f"{x:#x}-{y:#x} released but not journaled as saved")
+    return problems
+
+
+def _plan_chunks(lpar: Lpar, start: dict[str, Any]) -> list[Any]:
+    from drgn_hvdump.capture.base import DumpState
+    from drgn_hvdump.collect.plan import make_plan
+    from drgn_hvdump.formats.dump_header import parse_dump_header
+    from drgn_hvdump.formats.release_region import Extent, ReleaseMap
+
+    h = parse_dump_header(bytes.fromhex(start["header"]))
+    r = Extent(*start["reserved"])
+    rmap = ReleaseMap(
+        Extent(h.cpu.destination_address, h.cpu.length_copied),
+        Extent(h.hpte.destination_address, h.hpte.length_copied),
+        Extent(h.rmo.destination_address, h.rmo.length_copied),
+        r,
+    )
+    state = DumpState("", "phyp-dump", True, True, True, header=h, release_map=rmap, valid=True)
+    plan = make_plan(state, page_size=start["page_size"], memory=start["memory"], chunk_size=start["chunk_size"])
+    return plan.chunks

@@ -117,8 +117,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         data = path.read_bytes() if args.kind != "elf" else path.open("rb").read(64)
     except OSError as error:
         raise HvdumpError(f"{path}: cannot read: {error.strerror}") from None
-    kind = args.kind or _inspect_kind(data)
     try:
+        kind = args.kind or _inspect_kind(data)
         if kind == "elf":
             _inspect_elf(path)
         elif kind == "header":

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from drgn_hvdump import units
 from drgn_hvdump.errors import HvdumpError
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "parse_size", "print_json", "run_main"]
@@ -15,26 +16,12 @@ __all__ = ["EXIT_ERROR", "EXIT_USAGE", "parse_size", "print_json", "run_main"]
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
-_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-
-
 def parse_size(text: str) -> int:
-    """``4G``, ``512M``, ``64K``, ``0x10000`` or plain bytes; argparse type for sizes."""
-    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    """argparse type for sizes: ``4G``, ``512M``, ``64K``, ``0x10000`` or plain bytes."""
     try:
-        if raw.startswith("0X"):
-            return int(raw, 16)
-        suffix = raw[-1:] if raw[-1:] in _SUFFIXES and raw[-1:] != "" else ""
-        number = raw[: len(raw) - len(suffix)]
-        return (
-            int(float(number) * _SUFFIXES[suffix])
-            if "." in number
-            else int(number) * _SUFFIXES[suffix]
-        )
-    except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(
-            f"invalid size {text!r}: use bytes or a K/M/G/T suffix, e.g. 4G or 64K"
-        ) from None
+        return units.parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def print_json(value: Any) -> None:

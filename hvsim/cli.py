@@ -20,6 +20,7 @@ from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.dump_header import section_error_names, status_names
 
 from .config import QUIRKS, auto_reserve_size, format_size, parse_size
+from .fleet import add_subcommands as add_fleet_subcommands
 from .fuse_root import add_subcommands
 from .kernel import SCENARIOS
 from .lpar import Lpar
@@ -292,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_vmcore)
 
     add_subcommands(sub)
+    add_fleet_subcommands(sub)
     return parser
 
 

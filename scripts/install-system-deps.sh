@@ -2,9 +2,10 @@
 # Installs the Debian packages hvdump's tests and demo use, only those missing.
 # fuse3: FUSE capture roots; elfutils: eu-readelf; gdb-multiarch: register checks on
 # our ppc64 cores; xxhash: xxhsum checks our XXH64 checksums; zstd/lz4: benchmark
-# baselines; python3-venv: the project venv.
+# baselines; python3-venv: the project venv; gcc-powerpc64*-linux-gnu: rebuilding
+# hvsim's kernel image (hvsim/kernel_image).
 set -eu
-PKGS="fuse3 elfutils binutils gdb-multiarch zstd lz4 xxhash python3-venv"
+PKGS="fuse3 elfutils binutils gdb-multiarch zstd lz4 xxhash python3-venv gcc-powerpc64-linux-gnu gcc-powerpc64le-linux-gnu"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

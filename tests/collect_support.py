@@ -104,7 +104,9 @@ def released_before_durable(lpar: Lpar, out: Path, page_size: int) -> list[str]:
         return [f"released {r}" for r in lpar.released_ranges()]
     from drgn_hvdump.capture import open_capture  # noqa: F401 (import check only)
 
-    recs = [json.loads(line) for line in journal.read_text().splitlines() if line.strip().endswith("}")]
+    recs = [
+        json.loads(line) for line in journal.read_text().splitlines() if line.strip().endswith("}")
+    ]
     start = recs[0]["fingerprint"]
     header = bytes.fromhex(start["header"])
     from drgn_hvdump.formats.dump_header import parse_dump_header
@@ -148,5 +150,7 @@ def _plan_chunks(lpar: Lpar, start: dict[str, Any]) -> list[Any]:
         r,
     )
     state = DumpState("", "phyp-dump", True, True, True, header=h, release_map=rmap, valid=True)
-    plan = make_plan(state, page_size=start["page_size"], memory=start["memory"], chunk_size=start["chunk_size"])
+    plan = make_plan(
+        state, page_size=start["page_size"], memory=start["memory"], chunk_size=start["chunk_size"]
+    )
     return plan.chunks

@@ -96,8 +96,19 @@ def test_collect_from_fuse_root(
     out = tmp_path / "out"
     with mounted(lpar, tmp_path / "root") as root:
         res = hvdump(
-            "collect", "--root", str(root), "-o", str(out), "--format", fmt,
-            "--compress", codec, "--threads", str(threads), "--chunk-size", "32M",
+            "collect",
+            "--root",
+            str(root),
+            "-o",
+            str(out),
+            "--format",
+            fmt,
+            "--compress",
+            codec,
+            "--threads",
+            str(threads),
+            "--chunk-size",
+            "32M",
         )
         assert res.returncode == 0, res.stderr
     # Everything released exactly: the LPAR is protected again, nothing lost.
@@ -153,14 +164,28 @@ def test_progressive_release_gives_memory_back_early(tmp_path: Path) -> None:
 def test_release_never_and_at_end(tmp_path: Path) -> None:
     lpar = make_lpar(tmp_path / "lpar")
     with mounted(lpar, tmp_path / "root") as root:
-        res = hvdump("collect", "--root", str(root), "-o", str(tmp_path / "a"), "--release", "never", "--format", "elf")
+        res = hvdump(
+            "collect",
+            "--root",
+            str(root),
+            "-o",
+            str(tmp_path / "a"),
+            "--release",
+            "never",
+            "--format",
+            "elf",
+        )
         assert res.returncode == 0, res.stderr
         assert lpar.released_ranges() == [] and lpar.state == "capture"
         seen: list[int] = []
         collect(
             CollectOptions(
-                root=root, output=tmp_path / "b", release="at-end",
-                hook=lambda e, n: seen.append(len(lpar.released_ranges())) if e == "chunk" else None,
+                root=root,
+                output=tmp_path / "b",
+                release="at-end",
+                hook=lambda e, n: (
+                    seen.append(len(lpar.released_ranges())) if e == "chunk" else None
+                ),
             )
         )
     assert set(seen) == {0}
@@ -181,12 +206,16 @@ def test_verify_detects_a_changed_byte_and_works_on_a_copy(tmp_path: Path) -> No
     assert verify_dir(copy)[0]
     m = manifest(copy)
     dump = copy / m["dump"]["file"]
-    chunk = next(c for c in m["chunks"] if c["kind"] == "mem" and c["zero_pages"] < c["size"] // 65536)
+    chunk = next(
+        c for c in m["chunks"] if c["kind"] == "mem" and c["zero_pages"] < c["size"] // 65536
+    )
     with open(dump, "r+b") as f:
         from drgn_hvdump.formats.elfcore import ElfCore
 
         with ElfCore.open(dump) as core:
-            seg = next(s for s in core.segments if s.p_paddr <= chunk["dst"] < s.p_paddr + s.p_filesz)
+            seg = next(
+                s for s in core.segments if s.p_paddr <= chunk["dst"] < s.p_paddr + s.p_filesz
+            )
         pos = seg.p_offset + chunk["dst"] - seg.p_paddr
         data = bytearray(os.pread(f.fileno(), chunk["size"], pos))
         i = next(i for i, b in enumerate(data) if b)

@@ -47,8 +47,17 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         return 0
     m = result.manifest
     if args.json:
-        print(json.dumps({"event": "done", "output": str(result.output), "dump": str(result.dump_file),
-                          "already_done": result.already_done, "resumed": result.resumed}))
+        print(
+            json.dumps(
+                {
+                    "event": "done",
+                    "output": str(result.output),
+                    "dump": str(result.dump_file),
+                    "already_done": result.already_done,
+                    "resumed": result.resumed,
+                }
+            )
+        )
         return 0
     if result.already_done:
         print(f"{result.output}: already collected ({result.dump_file})")
@@ -83,20 +92,59 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=_COLLECT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--root", type=Path, default=Path("/"), help="root of the capture kernel's filesystem (default /)")
-    p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="output directory (created 0700)")
-    p.add_argument("--format", choices=["kdump", "elf"], default="kdump", help="dump file format (default kdump)")
-    p.add_argument("--compress", default="zstd", help="kdump page codec: zstd (default), zlib, lzo, snappy")
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="root of the capture kernel's filesystem (default /)",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output directory (created 0700)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["kdump", "elf"],
+        default="kdump",
+        help="dump file format (default kdump)",
+    )
+    p.add_argument(
+        "--compress", default="zstd", help="kdump page codec: zstd (default), zlib, lzo, snappy"
+    )
     p.add_argument("--level", type=int, help="compression level (zstd default 1, zlib default 1)")
-    p.add_argument("--release", choices=["progressive", "at-end", "never"], default="progressive",
-                   help="when to give memory back (default progressive)")
+    p.add_argument(
+        "--release",
+        choices=["progressive", "at-end", "never"],
+        default="progressive",
+        help="when to give memory back (default progressive)",
+    )
     p.add_argument("--threads", type=int, default=1, help="compression threads (default 1)")
-    p.add_argument("--chunk-size", type=parse_size, default=16 << 20, help="unit of read, sync and release (default 16M)")
-    p.add_argument("--dry-run", action="store_true", help="show the plan and the releases; change nothing")
+    p.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        default=16 << 20,
+        help="unit of read, sync and release (default 16M)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="show the plan and the releases; change nothing"
+    )
     p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
-    p.add_argument("--scrub", type=Path, metavar="FILTER", help="zero the data named in FILTER (erase SYMBOL size N)")
-    p.add_argument("--accept-partial", action="store_true", help="collect a dump the hypervisor copied only in part")
+    p.add_argument(
+        "--scrub",
+        type=Path,
+        metavar="FILTER",
+        help="zero the data named in FILTER (erase SYMBOL size N)",
+    )
+    p.add_argument(
+        "--accept-partial",
+        action="store_true",
+        help="collect a dump the hypervisor copied only in part",
+    )
     p.set_defaults(func=_cmd_collect)
     v = sub.add_parser(
         "verify",

@@ -192,7 +192,9 @@ class _Vmcore:
             n = os.preadv(self.fd, [view[done:]], offset + done)
             if n <= 0:
                 raise FormatError(
-                    f"short read: {done} of {len(buf)} bytes", path=str(self.path), offset=offset + done
+                    f"short read: {done} of {len(buf)} bytes",
+                    path=str(self.path),
+                    offset=offset + done,
                 )
             done += n
 
@@ -280,7 +282,8 @@ def _plan_lines(plan: Plan, opts: CollectOptions, dump_file: Path) -> list[str]:
         f"read: {plan.read_bytes() / gib:.2f} GiB in {len(plan.chunks)} chunks of up to "
         f"{opts.chunk_size >> 20} MiB: "
         + ", ".join(f"{k} {v / gib:.3f} GiB" for k, v in kinds.items()),
-        "memory: " + ", ".join(f"{a:#x}+{s:#x}" for a, s in plan.segments)
+        "memory: "
+        + ", ".join(f"{a:#x}+{s:#x}" for a, s in plan.segments)
         + f" (low memory from the copy at {plan.copied['rmo'].addr:#x})",
         f"release ({opts.release}): {len(plan.writes)} writes, "
         f"{plan.reserved_bytes / gib:.2f} GiB reserved now",
@@ -348,7 +351,9 @@ def _collect(
     out = opts.output
     dump_file = out / DUMP_NAMES[opts.format]
     if opts.dry_run:
-        return CollectResult(out, dump_file, {}, False, plan_text=_plan_lines(plan, opts, dump_file))
+        return CollectResult(
+            out, dump_file, {}, False, plan_text=_plan_lines(plan, opts, dump_file)
+        )
 
     header_raw = build_dump_header(state.header)
     fingerprint = {
@@ -375,10 +380,7 @@ def _collect(
             f"{out}: holds a journal of another collection (different dump or options); "
             "use another --output directory"
         )
-    if resumed:
-        uts = list(journal.records[0].get("utsname") or [])
-    else:
-        uts = _utsname(vm, plan, info)
+    uts = list(journal.records[0].get("utsname") or []) if resumed else _utsname(vm, plan, info)
     try:
         journal.open()
         if not resumed:
@@ -440,18 +442,22 @@ def _collect(
                 notes=build_notes(notes, byteorder),
                 vmcoreinfo=_vmcoreinfo_offset(notes, byteorder),
                 nr_cpus=ncpus,
-                utsname=uts[:4] + [machine] + uts[5:],
+                utsname=[*uts[:4], machine, *uts[5:]],
                 timestamp=int(info.get("CRASHTIME", "0") or 0),
                 codec_flag=codec.flag,
                 eraseinfo_size=len(eraseinfo),
             )
             output = KdumpOutput(str(dump_file), klayout, codec, resumed)
-            ends = [r["off"] + r["len"] for r in done_chunks.values() if r["kind"] in ("rmo", "mem")]
+            ends = [
+                r["off"] + r["len"] for r in done_chunks.values() if r["kind"] in ("rmo", "mem")
+            ]
             output.set_data_end(max(ends, default=klayout.data_start))
     except OSError as exc:
         raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
 
-    runner = _Runner(c, opts, plan, vm, capture, journal, output, regsave, hpte, codec, threads, scrub)
+    runner = _Runner(
+        c, opts, plan, vm, capture, journal, output, regsave, hpte, codec, threads, scrub
+    )
     runner.durable = durable
     runner.done_chunks = done_chunks
     runner.writes_done = writes_done
@@ -496,8 +502,8 @@ def _utsname(vm: _Vmcore, plan: Plan, info: dict[str, str]) -> list[str]:
     paddr = vaddr - PAGE_OFFSET_PPC64 + 4  # struct uts_namespace: a 4-byte kref first
     size = 6 * 65
     rmo = plan.copied["rmo"]
-    base = plan.chunks and next((ch for ch in plan.chunks if ch.kind == "rmo"), None)
-    if base and 0 <= paddr and paddr + size <= rmo.size:
+    has_rmo = any(ch.kind == "rmo" for ch in plan.chunks)
+    if has_rmo and paddr >= 0 and paddr + size <= rmo.size:
         src = rmo.addr + paddr
     elif plan.reserved.addr <= paddr and paddr + size <= plan.scratch.addr:
         src = paddr
@@ -565,7 +571,13 @@ class _Runner:
         self.writes_done: set[int] = set()
         self.stored_bytes = 0
         self.read_bytes = 0
-        self.timings = {"read": 0.0, "compress_wait": 0.0, "write": 0.0, "verify_wait": 0.0, "release": 0.0}
+        self.timings = {
+            "read": 0.0,
+            "compress_wait": 0.0,
+            "write": 0.0,
+            "verify_wait": 0.0,
+            "release": 0.0,
+        }
         self.start = time.monotonic()
 
     # -- space estimate for a full disk ----------------------------------------
@@ -661,7 +673,9 @@ class _Runner:
         total = self.plan.read_bytes()
         done = sum(self.plan.chunks[i].size for i in self.done_chunks)
         released = self.plan.reserved_bytes - self.c.reserved_now(self.plan)
-        self.c.progress.update(done, total, released, self.c.reserved_now(self.plan), self.stored_bytes)
+        self.c.progress.update(
+            done, total, released, self.c.reserved_now(self.plan), self.stored_bytes
+        )
 
     def run(self) -> None:
         todo = [ch for ch in self.plan.chunks if ch.index not in self.done_chunks]
@@ -697,7 +711,9 @@ class _Runner:
     def _advance(
         self, pool: ThreadPoolExecutor, waiting: deque[_InFlight], written: deque[_InFlight]
     ) -> None:
-        if written and (written[0].verify is not None and written[0].verify.done() or not waiting):
+        if written and (
+            (written[0].verify is not None and written[0].verify.done()) or not waiting
+        ):
             self._finish(written.popleft())
             return
         if waiting:
@@ -725,7 +741,9 @@ class _Runner:
 
     def _release(self, w: ReleaseWrite) -> None:
         t = time.monotonic()
-        self.journal.append({"t": "rel", "w": w.index, "s": "intent", "addr": w.addr, "size": w.size})
+        self.journal.append(
+            {"t": "rel", "w": w.index, "s": "intent", "addr": w.addr, "size": w.size}
+        )
         self.c.hook("release-intent", w.index)
         self.capture.release(w.extent)
         self.c.hook("release", w.index)
@@ -750,28 +768,50 @@ class _Runner:
             if released is None:
                 released = True
                 self.c.events.append(
-                    {"t": self.c.now(), "warning": f"could not tell whether {w.extent} was released; assuming it was"}
+                    {
+                        "t": self.c.now(),
+                        "warning": f"could not tell whether {w.extent} was released; assuming it was",
+                    }
                 )
             if released:
                 self.journal.append({"t": "rel", "w": index, "s": "done", "probe": True})
                 self.writes_done.add(index)
                 self.c.freed.add(*w.span)
 
+    def _saved(self, ch: Chunk, src: int, size: int) -> bytes:
+        """The saved copy of ``[src, src + size)`` (inside chunk ``ch``), from the output."""
+        dst = ch.dst + src - ch.src
+        if ch.kind in ("cpu", "hpte"):
+            return self.read_back(Chunk(ch.index, ch.kind, src, dst, size))
+        ps = self.plan.page_size
+        lo, hi = dst // ps * ps, -(-(dst + size) // ps) * ps
+        data = self.output.read_back(lo, hi - lo)
+        return data[dst - lo : dst - lo + size]
+
     def _probe(self, w: ReleaseWrite) -> bool | None:
         ps = self.plan.page_size
-        first = -(-w.addr // ps) * ps
-        last = (w.addr + w.size) // ps * ps
-        for page in range(first, last, ps):
-            for ch in self.plan.chunks:
-                if ch.kind in ("rmo", "mem") and ch.src <= page and page + ps <= ch.src_end:
-                    if ch.index not in self.done_chunks:
-                        break
-                    saved = self.output.read_back(ch.dst + page - ch.src, ps)
-                    if not any(saved):
-                        break
-                    now = bytearray(ps)
-                    self.vm.read_into(page, now)
-                    return bytes(now) != saved
+        # Bytes of the write that the faithful kernel frees (it may stop short of the end).
+        end = min(
+            w.addr + w.size,
+            max(w.addr, self.plan.reserved.addr) // ps * ps + (w.size // ps + 1) * ps,
+        )
+        # Pages another (done) write may have freed (one page past its end) prove nothing.
+        others = Intervals(self.plan.writes[i].span for i in self.writes_done if i != w.index)
+        candidates = Intervals([(w.addr, end)])
+        for a, b in list(others):
+            for x, y in candidates.intersect(a, b):
+                candidates.remove(x, y)
+        for ch in self.plan.chunks:
+            if ch.index not in self.done_chunks:
+                continue
+            for a, b in candidates.intersect(ch.src, ch.src_end):
+                b = min(b, a + (256 << 10))
+                saved = self._saved(ch, a, b - a)
+                if not any(saved):
+                    continue
+                now = bytearray(b - a)
+                self.vm.read_into(a, now)
+                return bytes(now) != saved
         return None
 
     # -- the manifest --------------------------------------------------------------
@@ -819,7 +859,11 @@ class _Runner:
                 "dump_header": build_dump_header(state.header).hex(),
                 "valid": state.valid,
                 "reason": state.reason,
-                "vmcoreinfo": {k: v for k, v in (self.vm.core.vmcoreinfo or {}).items() if k in ("OSRELEASE", "PAGESIZE", "CRASHTIME")},
+                "vmcoreinfo": {
+                    k: v
+                    for k, v in (self.vm.core.vmcoreinfo or {}).items()
+                    if k in ("OSRELEASE", "PAGESIZE", "CRASHTIME")
+                },
                 "cpus": ncpus,
             },
             "dump": {
@@ -832,8 +876,16 @@ class _Runner:
                 "segments": [[a, s] for a, s in plan.segments],
             },
             "metadata": {
-                "regsave": {"file": "regsave.bin", "src": plan.copied["cpu"].addr, "size": plan.copied["cpu"].size},
-                "hpte": {"file": "hpte.bin", "src": plan.copied["hpte"].addr, "size": plan.copied["hpte"].size},
+                "regsave": {
+                    "file": "regsave.bin",
+                    "src": plan.copied["cpu"].addr,
+                    "size": plan.copied["cpu"].size,
+                },
+                "hpte": {
+                    "file": "hpte.bin",
+                    "src": plan.copied["hpte"].addr,
+                    "size": plan.copied["hpte"].size,
+                },
                 "dump_header_note": HVDUMP_NOTE_NAME,
             },
             "release": {
@@ -842,7 +894,12 @@ class _Runner:
                 "reserved_bytes": plan.reserved_bytes,
                 "scratch": [plan.scratch.addr, plan.scratch.size],
                 "writes": [
-                    {"addr": w.addr, "size": w.size, "scratch": w.scratch, "done": w.index in self.writes_done}
+                    {
+                        "addr": w.addr,
+                        "size": w.size,
+                        "scratch": w.scratch,
+                        "done": w.index in self.writes_done,
+                    }
                     for w in plan.writes
                 ],
                 "reserved_over_time": self.c.samples,
@@ -860,19 +917,15 @@ class _Runner:
         }
 
 
-_tls_codec: dict[tuple[int, str], Any] = {}
+_tls_codec: dict[tuple[int, str], Callable[[memoryview], bytes]] = {}
 
 
 def _thread_compressor(codec: Codec) -> Callable[[memoryview], bytes]:
+    """One compressor per worker thread (zstd contexts must not be shared)."""
     import threading
 
     key = (threading.get_ident(), f"{codec.name}:{codec.level}")
     fn = _tls_codec.get(key)
     if fn is None:
         fn = _tls_codec[key] = codec.compressor()
-    return fn  # type: ignore[no-any-return]
-
-
-def print_plan(lines: list[str]) -> None:
-    for line in lines:
-        print(line)
+    return fn

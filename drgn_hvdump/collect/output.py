@@ -8,6 +8,7 @@ the checksum comparison.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Sequence
@@ -68,15 +69,11 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
 
 
 def _drop_cache(fd: int, offset: int, size: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
-    except OSError:
-        pass
 
 
-def _write_nonzero(
-    fd: int, buf: memoryview, zero: bytes, page_size: int, offset: int
-) -> int:
+def _write_nonzero(fd: int, buf: memoryview, zero: bytes, page_size: int, offset: int) -> int:
     """Write the non-zero pages of ``buf`` (runs at a time) at ``offset``; zero pages stay holes."""
     written = 0
     n = len(zero)
@@ -204,9 +201,7 @@ class KdumpOutput:
         self.data_end = max(end, self.layout.data_start)
         os.ftruncate(self.fd, self.data_end)
 
-    def write(
-        self, paddr: int, pages: Sequence[tuple[int, bytes] | None]
-    ) -> ChunkWrite:
+    def write(self, paddr: int, pages: Sequence[tuple[int, bytes] | None]) -> ChunkWrite:
         """Store a chunk's pages (``None`` = zero page, else (codec flag, stored bytes))."""
         ps = self.page_size
         lay = self.layout
@@ -237,7 +232,9 @@ class KdumpOutput:
         n = size // ps
         doff = lay.desc_file_offset(paddr // ps)
         _drop_cache(self.fd, doff, n * PAGE_DESC.size)
-        descs = list(PAGE_DESC.iter_unpack(_pread_exact(self.fd, n * PAGE_DESC.size, doff), lay.byteorder))
+        descs = list(
+            PAGE_DESC.iter_unpack(_pread_exact(self.fd, n * PAGE_DESC.size, doff), lay.byteorder)
+        )
         stored = [d for d in descs if d.offset != lay.zero_page_offset]
         lo = min((d.offset for d in stored), default=0)
         hi = max((d.offset + d.size for d in stored), default=0)
@@ -251,11 +248,15 @@ class KdumpOutput:
             if d.offset == lay.zero_page_offset and d.size == ps and not d.flags:
                 continue
             if d.offset < lay.data_start:
-                raise HvdumpError(f"{self.path}: page {paddr // ps + i:#x} has no data (descriptor offset {d.offset:#x})")
+                raise HvdumpError(
+                    f"{self.path}: page {paddr // ps + i:#x} has no data (descriptor offset {d.offset:#x})"
+                )
             data = blob[d.offset - lo : d.offset - lo + d.size]
             page = data if not d.flags else decompress_page(data, d.flags, ps)
             if len(page) != ps:
-                raise HvdumpError(f"{self.path}: page {paddr // ps + i:#x} decodes to {len(page)} bytes")
+                raise HvdumpError(
+                    f"{self.path}: page {paddr // ps + i:#x} decodes to {len(page)} bytes"
+                )
             if page != zero_page:
                 out[i * ps : (i + 1) * ps] = page
         return bytes(out)

@@ -19,6 +19,7 @@ data. See ``docs/collect.md``.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -54,6 +55,17 @@ class Intervals:
             b = max(b, self._ends[j - 1])
         self._starts[i:j] = [a]
         self._ends[i:j] = [b]
+
+    def remove(self, a: int, b: int) -> None:
+        pieces = [(x, y) for x, y in self if y <= a or x >= b]
+        for x, y in self:
+            if x < a < y:
+                pieces.append((x, a))
+            if x < b < y:
+                pieces.append((b, y))
+        self._starts, self._ends = [], []
+        for x, y in sorted(pieces):
+            self.add(x, y)
 
     def intersect(self, a: int, b: int) -> list[tuple[int, int]]:
         out = []
@@ -249,7 +261,7 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
     mem_chunks = [c for c in chunks if c.kind == "mem"]
     if mem_chunks:
         bounds = [c.src for c in mem_chunks] + [reserved.end]
-        for a, b in zip(bounds, bounds[1:], strict=False):
+        for a, b in itertools.pairwise(bounds):
             write(a, b - a, False)
     else:
         write(r0, reserved.size, False)

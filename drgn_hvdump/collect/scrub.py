@@ -71,7 +71,9 @@ def load_filter(path: Path, vmcoreinfo: Mapping[str, str], memory: int) -> list[
         try:
             size = _size(size_text)
         except ValueError:
-            raise FormatError(f"line {lineno}: bad size {size_text!r}", path=str(path), offset=here) from None
+            raise FormatError(
+                f"line {lineno}: bad size {size_text!r}", path=str(path), offset=here
+            ) from None
         value = vmcoreinfo.get(f"SYMBOL({name})")
         if value is None:
             raise FormatError(
@@ -83,7 +85,9 @@ def load_filter(path: Path, vmcoreinfo: Mapping[str, str], memory: int) -> list[
         paddr = vaddr - PAGE_OFFSET_PPC64 if vaddr >= PAGE_OFFSET_PPC64 else vaddr
         if size <= 0 or paddr < 0 or paddr + size > memory:
             raise FormatError(
-                f"line {lineno}: {name} at {paddr:#x}+{size:#x} is not in RAM", path=str(path), offset=here
+                f"line {lineno}: {name} at {paddr:#x}+{size:#x} is not in RAM",
+                path=str(path),
+                offset=here,
             )
         out.append(ScrubRange(name, vaddr, paddr, size))
     return out

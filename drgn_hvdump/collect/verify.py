@@ -24,7 +24,9 @@ def _load(path: Path) -> dict[str, Any]:
             f"{path}/manifest.json: missing (is the collection finished? rerun hvdump collect)"
         ) from None
     except ValueError as exc:
-        raise FormatError(f"manifest is not JSON ({exc})", path=str(path / "manifest.json")) from None
+        raise FormatError(
+            f"manifest is not JSON ({exc})", path=str(path / "manifest.json")
+        ) from None
     if data.get("version") != 1:
         raise FormatError("unknown manifest version", path=str(path / "manifest.json"))
     return data
@@ -75,9 +77,13 @@ def verify_dir(path: Path) -> tuple[bool, list[str]]:
             kind = ch["kind"]
             try:
                 if kind == "cpu":
-                    data = _read_sidecar(path / m["metadata"]["regsave"]["file"], ch["dst"], ch["size"])
+                    data = _read_sidecar(
+                        path / m["metadata"]["regsave"]["file"], ch["dst"], ch["size"]
+                    )
                 elif kind == "hpte":
-                    data = _read_sidecar(path / m["metadata"]["hpte"]["file"], ch["dst"], ch["size"])
+                    data = _read_sidecar(
+                        path / m["metadata"]["hpte"]["file"], ch["dst"], ch["size"]
+                    )
                 else:
                     data = read_mem(ch["dst"], ch["size"])
             except (OSError, FormatError) as exc:

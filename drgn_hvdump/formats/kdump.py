@@ -17,6 +17,7 @@ as makedumpfile writes them. See ``shared/reference/kdump-format-and-speeds.md``
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -238,7 +239,7 @@ def plan_kdump(
     if ps <= 0 or ps & (ps - 1):
         raise ValueError(f"page size {ps} is not a power of two")
     rs = tuple((int(a), int(b)) for a, b in ranges if b > a)
-    for (_, b), (c, _) in zip(rs, rs[1:], strict=False):
+    for (_, b), (c, _) in itertools.pairwise(rs):
         if c < b:
             raise ValueError("PFN ranges must be ascending and disjoint")
     if rs and rs[-1][1] > max_mapnr:
@@ -309,13 +310,15 @@ class KdumpFile:
         self.file_size = os.fstat(f.fileno()).st_size
         head = self._pread(0, DISK_DUMP_HEADER.size, "disk_dump_header")
         if head[:8] != KDUMP_SIGNATURE:
-            raise FormatError("not a kdump-compressed file (no 'KDUMP   ' signature)", path=path, offset=0)
+            raise FormatError(
+                "not a kdump-compressed file (no 'KDUMP   ' signature)", path=path, offset=0
+            )
         order: ByteOrder | None = None
         for candidate in ("big", "little"):
-            h = DISK_DUMP_HEADER.unpack_from(head, 0, candidate, path=path)  # type: ignore[arg-type]
+            h = DISK_DUMP_HEADER.unpack_from(head, 0, candidate, path=path)
             sane_size = 0 < h.block_size <= (1 << 20) and h.block_size & (h.block_size - 1) == 0
             if sane_size and 0 < h.header_version < 64:
-                order = candidate  # type: ignore[assignment]
+                order = candidate
                 break
         if order is None:
             raise FormatError(
@@ -390,7 +393,9 @@ class KdumpFile:
                 rank, start = self._ranks[b], b
                 break
         for b in range(start, block):
-            data = self._pread(self._bitmap2_offset + b * self._rank_block, self._rank_block, "bitmap")
+            data = self._pread(
+                self._bitmap2_offset + b * self._rank_block, self._rank_block, "bitmap"
+            )
             rank += int.from_bytes(data, "little").bit_count()
             self._ranks[b + 1] = rank
         self._ranks.setdefault(block, rank)
@@ -410,7 +415,9 @@ class KdumpFile:
         if not self.has_page(pfn):
             raise FormatError(f"PFN {pfn:#x} is not in the dump", path=self.path)
         at = self.desc_offset + PAGE_DESC.size * self._rank(pfn)
-        return PAGE_DESC.unpack_from(self._pread(at, PAGE_DESC.size, "page descriptor"), 0, self.byteorder)
+        return PAGE_DESC.unpack_from(
+            self._pread(at, PAGE_DESC.size, "page descriptor"), 0, self.byteorder
+        )
 
     def decode(self, desc: PageDesc, pfn: int) -> bytes:
         """The page a descriptor points at, checked as readers check it."""
@@ -420,7 +427,9 @@ class KdumpFile:
         if not codec:
             if desc.size != ps:
                 raise FormatError(
-                    f"raw page {pfn:#x} is {desc.size} bytes, not {ps}", path=self.path, offset=desc.offset
+                    f"raw page {pfn:#x} is {desc.size} bytes, not {ps}",
+                    path=self.path,
+                    offset=desc.offset,
                 )
             return data
         try:

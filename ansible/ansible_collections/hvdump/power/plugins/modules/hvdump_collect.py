@@ -1,0 +1,276 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hvdump developers
+# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/gpl-2.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: hvdump_collect
+short_description: Collect a waiting hypervisor-assisted dump and give memory back as it is saved
+version_added: "0.1.0"
+description:
+  - Runs the hvdump collector (C(hvdump collect)) on the host. It copies the waiting dump under
+    O(root) into O(dump_dir)/DUMP_ID, where DUMP_ID is C(HOST-YYYYmmdd-HHMMSS) of the crash.
+  - Memory is released only after its bytes are written, synced and read back with the right
+    checksum (O(release)).
+  - Resumes an interrupted collection from the collector journal in the output directory; run it
+    again after a kill, a reboot of the capture kernel or a full disk.
+  - Writes the latest progress to O(dump_dir)/DUMP_ID.progress.json, which
+    M(hvdump.power.hvdump_facts) reports; run it with C(async) for long collections.
+  - Nothing to do (no dump waiting, or this dump already collected) reports C(changed=false).
+options:
+  root:
+    description: Root of the capture kernel's filesystem (V(/) on a real LPAR).
+    type: path
+    default: /
+  dump_dir:
+    description: Directory for this host's dumps; the dump goes to a subdirectory named by its id.
+    type: path
+    required: true
+  host_name:
+    description: Name used in the dump id; defaults to the host's name.
+    type: str
+  release:
+    description:
+      - When memory goes back to the LPAR. V(progressive) releases each range once saved,
+        V(at-end) after the whole dump is saved, V(never) keeps it reserved
+        (release later with M(hvdump.power.hvdump_release)).
+    type: str
+    choices: [progressive, at-end, never]
+    default: progressive
+  format:
+    description: Dump file format.
+    type: str
+    choices: [kdump, elf]
+    default: kdump
+  compress:
+    description: Page codec of kdump files.
+    type: str
+    choices: [zstd, zlib, lzo, snappy]
+    default: zstd
+  threads:
+    description: Compression threads.
+    type: int
+    default: 1
+  accept_partial:
+    description: Collect a dump the hypervisor copied only in part.
+    type: bool
+    default: false
+  scrub:
+    description: A filter file naming data to erase from the dump (C(erase SYMBOL size N)).
+    type: path
+  extra_args:
+    description: More arguments for C(hvdump collect).
+    type: list
+    elements: str
+    default: []
+requirements:
+  - hvdump (the C(drgn_hvdump) Python package) on the managed host
+attributes:
+  check_mode:
+    support: full
+    details: Reports whether a collection would run; reads nothing from the dump.
+  diff_mode:
+    support: none
+  async:
+    support: full
+author:
+  - hvdump developers
+"""
+
+EXAMPLES = r"""
+- name: Collect the waiting dump, releasing memory as it is saved
+  hvdump.power.hvdump_collect:
+    dump_dir: /var/crash/hvdump
+  async: 43200
+  poll: 10
+
+- name: Collect but keep memory reserved
+  hvdump.power.hvdump_collect:
+    dump_dir: /var/crash/hvdump
+    release: never
+"""
+
+RETURN = r"""
+collected:
+  description: Whether a dump is (now) collected in RV(output).
+  returned: always
+  type: bool
+dump_id:
+  description: The dump's id (the output directory's name).
+  returned: when a dump was waiting
+  type: str
+output:
+  description: The output directory (dump file, metadata, manifest, journal).
+  returned: when a dump was waiting
+  type: str
+dump_file:
+  description: The dump file, for C(drgn -c).
+  returned: when collected
+  type: str
+dump_size:
+  description: Bytes of the dump file.
+  returned: when collected
+  type: int
+bytes_read:
+  description: Bytes of memory read from the dump.
+  returned: when collected
+  type: int
+elapsed_s:
+  description: Seconds the collector ran (this run).
+  returned: when collected
+  type: float
+released_bytes:
+  description: Bytes of memory given back to the LPAR.
+  returned: always
+  type: int
+resumed:
+  description: Whether this run resumed an interrupted collection.
+  returned: when collected
+  type: bool
+warnings_collector:
+  description: Warnings of the collector.
+  returned: when collected
+  type: list
+  elements: str
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import (
+    PROGRESS_SUFFIX,
+    HvdumpError,
+    dump_facts,
+    journal_state,
+    read_json,
+    require_hvdump,
+)
+
+
+def _write_progress(path, value):
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
+
+
+def _summary(output):
+    m = read_json(os.path.join(output, "manifest.json")) or {}
+    released = sum(w["size"] for w in m.get("release", {}).get("writes", []) if w.get("done"))
+    return {
+        "dump_file": os.path.join(output, m["dump"]["file"]) if m else None,
+        "dump_size": m.get("dump", {}).get("size"),
+        "bytes_read": sum(c["size"] for c in m.get("chunks", [])),
+        "elapsed_s": m.get("timings", {}).get("elapsed_s"),
+        "released_bytes": released,
+        "warnings_collector": m.get("warnings", []),
+    }
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            root=dict(type="path", default="/"),
+            dump_dir=dict(type="path", required=True),
+            host_name=dict(type="str"),
+            release=dict(type="str", choices=["progressive", "at-end", "never"], default="progressive"),
+            format=dict(type="str", choices=["kdump", "elf"], default="kdump"),
+            compress=dict(type="str", choices=["zstd", "zlib", "lzo", "snappy"], default="zstd"),
+            threads=dict(type="int", default=1),
+            accept_partial=dict(type="bool", default=False),
+            scrub=dict(type="path"),
+            extra_args=dict(type="list", elements="str", default=[]),
+        ),
+        supports_check_mode=True,
+    )
+    require_hvdump(module)
+    p = module.params
+    host = p["host_name"] or socket.gethostname().split(".")[0]
+    try:
+        facts = dump_facts(p["root"], host, p["dump_dir"])
+    except (HvdumpError, OSError) as exc:
+        module.fail_json(msg="%s: cannot read the dump state: %s" % (p["root"], exc), released_bytes=0)
+    if not facts["dump_waiting"]:
+        module.exit_json(changed=False, collected=False, released_bytes=0,
+                         msg="no dump to collect: %s" % facts["reason"])
+    output = facts["output"]
+    result = dict(dump_id=facts["dump_id"], output=output, released_bytes=0)
+    started, done, chunks = journal_state(output)
+    if done:
+        result.update(_summary(output))
+        module.exit_json(changed=False, collected=True, resumed=False,
+                         msg="already collected in %s" % output, **result)
+    if facts["header"] is None or (not facts["dump_valid"] and not p["accept_partial"]):
+        module.fail_json(
+            msg="%s: the waiting dump cannot be collected: %s; its memory stays reserved"
+            % (p["root"], facts["reason"]),
+            collected=False, **result)
+    if module.check_mode:
+        module.exit_json(changed=True, collected=False,
+                         msg="would %s the dump into %s" % ("resume" if started else "collect", output),
+                         **result)
+    if not os.path.isdir(p["dump_dir"]):
+        os.makedirs(p["dump_dir"], 0o700)
+    cmd = [sys.executable, "-m", "drgn_hvdump.cli", "collect", "--root", p["root"],
+           "--output", output, "--json", "--no-progress", "--release", p["release"],
+           "--format", p["format"], "--compress", p["compress"], "--threads", str(p["threads"])]
+    if p["accept_partial"]:
+        cmd.append("--accept-partial")
+    if p["scrub"]:
+        cmd += ["--scrub", p["scrub"]]
+    cmd += p["extra_args"]
+    progress_path = output + PROGRESS_SUFFIX
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    last = {"event": "start", "pid": proc.pid, "started": t0, "resumed_from_chunks": chunks}
+    _write_progress(progress_path, last)
+    written = 0.0
+    for line in proc.stdout:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("event") == "progress":
+            last = dict(ev, pid=proc.pid, started=t0, resumed_from_chunks=chunks)
+            if time.time() - written > 0.5:
+                _write_progress(progress_path, last)
+                written = time.time()
+    err = proc.stderr.read()
+    rc = proc.wait()
+    last["rc"] = rc
+    last["event"] = "finished" if rc == 0 else "failed"
+    _write_progress(progress_path, last)
+    released = last.get("released_bytes", 0)
+    if rc != 0:
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        if rc < 0:
+            why = "the collector was killed by signal %s" % signal.Signals(-rc).name
+        else:
+            why = lines[-1] if lines else "the collector exited with status %d" % rc
+        module.fail_json(
+            msg="%s (after %d of %d bytes); rerun to resume from the journal in %s; "
+            "memory not yet saved stays reserved"
+            % (why, last.get("bytes_done", 0), last.get("bytes_total", 0), output),
+            collected=False, rc=rc, stderr=err, released_bytes=released, dump_id=facts["dump_id"],
+            output=output,
+        )
+    result.update(_summary(output))
+    result["elapsed_s"] = round(time.time() - t0, 3)
+    module.exit_json(changed=True, collected=True, resumed=started, **result)
+
+
+if __name__ == "__main__":
+    main()

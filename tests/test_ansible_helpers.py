@@ -49,7 +49,6 @@ def ansible_env(home: Path) -> dict[str, str]:
         ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
         ANSIBLE_NOCOLOR="1",
         ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_CALLBACKS_ENABLED="",
     )
     return env
 

@@ -59,7 +59,7 @@ noinline int hvdemo_read_stats(struct file *file, char *buf, size_t count)
 
 	printk("\0017hvdemo: read %lu\n", count);
 	/* The faulting load, recorded like an exception-table entry. */
-	__asm__ __volatile__("1: ld %0,8(%1)\n"
+	__asm__ __volatile__("1: ld %0,0(%1)\n"
 			     ".pushsection __hvsim_fault_sites,\"a\"\n"
 			     ".balign 8\n.quad 1b\n.popsection"
 			     : "=r"(v) : "b"(stats));

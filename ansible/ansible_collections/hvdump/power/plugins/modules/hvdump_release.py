@@ -75,6 +75,7 @@ dump_waiting:
 
 import json
 import os
+from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import (
@@ -137,7 +138,7 @@ def main():
                 if p["verify"]:
                     from drgn_hvdump.collect.verify import verify_dir
 
-                    ok, lines = verify_dir(p["output"])
+                    ok, lines = verify_dir(Path(p["output"]))
                     if not ok and not p["force"]:
                         module.fail_json(msg="the saved copy does not match its manifest: %s; "
                                          "refusing to release" % lines[-1], report=lines)

@@ -51,6 +51,8 @@ report:
   elements: str
 """
 
+from pathlib import Path
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import (
     HvdumpError,
@@ -67,7 +69,7 @@ def main():
     from drgn_hvdump.collect.verify import verify_dir
 
     try:
-        ok, lines = verify_dir(module.params["path"])
+        ok, lines = verify_dir(Path(module.params["path"]))
     except (HvdumpError, OSError) as exc:
         module.fail_json(msg=str(exc), ok=False, report=[])
     if not ok:

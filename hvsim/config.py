@@ -43,6 +43,7 @@ QUIRKS = ("faithful", "corrected")
 Quirks = Literal["faithful", "corrected"]
 Endian = Literal["big", "little"]
 
+
 def auto_reserve_size(memory: int) -> int:
     """The later kernels' default: 5 % of RAM rounded down to 256 MiB, at least 256 MiB."""
     return max(DEFAULT_RESERVE_SIZE, (memory // 20) // MEMORY_GRANULE * MEMORY_GRANULE)
@@ -90,6 +91,9 @@ class LparConfig:
         the kernel release shown in VMCOREINFO and ``/proc/version``.
     ``name``
         the LPAR's host name (``init_uts_ns``' nodename).
+    ``tasks``
+        the crashed kernel's user processes, ``"comm[:pid],..."`` (empty: a
+        default set; see :func:`hvsim.kernel.parse_tasks`).
     """
 
     memory: int
@@ -105,6 +109,7 @@ class LparConfig:
     literal_release_map: bool = False
     osrelease: str = "2.6.32-hvsim"
     name: str = "hvsim-lpar"
+    tasks: str = ""
 
     def __post_init__(self) -> None:
         memory = _check_int("memory", self.memory)
@@ -147,6 +152,12 @@ class LparConfig:
             # new_utsname fields are 65 bytes with the NUL.
             if not 0 < len(value) <= 64 or " " in value:
                 raise ValueError(f"{name} must be 1 to 64 characters without spaces, got {value!r}")
+        if not isinstance(self.tasks, str):
+            raise ValueError(f"tasks must be a string like 'sshd,bash:1234', got {self.tasks!r}")
+        if self.tasks:
+            from .kernel import parse_tasks  # the kernel defines what a task list is
+
+            parse_tasks(self.tasks)
         for name in ("firmware_dump", "dump_enabled", "literal_release_map"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false")

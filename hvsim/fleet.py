@@ -78,7 +78,9 @@ def _kinds(count: int, seed: int, kinds: list[str] | None) -> list[tuple[str, st
             if kind not in KINDS:
                 raise ValueError(f"unknown fleet kind {kind!r}; known: {', '.join(KINDS)}")
             if scenario and scenario not in SCENARIOS:
-                raise ValueError(f"unknown crash scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+                raise ValueError(
+                    f"unknown crash scenario {scenario!r}; known: {', '.join(SCENARIOS)}"
+                )
             if kind in ("crashed", "corrupt-header"):
                 out.append((kind, scenario or MIX_SCENARIOS[i % len(MIX_SCENARIOS)]))
             else:
@@ -229,7 +231,9 @@ def fleet_up(
         raise
     inv = _inventory(d, hosts)
     text = "# Written by hvsim fleet up: simulated LPARs, each a local host with its own capture root.\n"
-    (d / INVENTORY).write_text(text + yaml.safe_dump(inv, sort_keys=False, default_flow_style=False))
+    (d / INVENTORY).write_text(
+        text + yaml.safe_dump(inv, sort_keys=False, default_flow_style=False)
+    )
     return hosts
 
 
@@ -296,7 +300,11 @@ hvdump_dump_dir per host). Try:
 def _cmd_up(args: argparse.Namespace) -> int:
     kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
     hosts = fleet_up(
-        args.dir, args.count, seed=args.seed, memory=args.memory, kinds=kinds,
+        args.dir,
+        args.count,
+        seed=args.seed,
+        memory=args.memory,
+        kinds=kinds,
         endian_mix=not args.big_endian_only,
     )
     for h in hosts:
@@ -332,19 +340,25 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Register ``hvsim fleet up|down|status``."""
     raw = argparse.RawDescriptionHelpFormatter
     fleet = sub.add_parser(
-        "fleet", help="a fleet of simulated LPARs and its Ansible inventory",
-        description=__doc__, formatter_class=raw,
+        "fleet",
+        help="a fleet of simulated LPARs and its Ansible inventory",
+        description=__doc__,
+        formatter_class=raw,
     )
     fsub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND")
     fsub.required = True
-    p = fsub.add_parser("up", help="create, crash and mount a fleet", description=_UP_HELP,
-                        formatter_class=raw)
+    p = fsub.add_parser(
+        "up", help="create, crash and mount a fleet", description=_UP_HELP, formatter_class=raw
+    )
     p.add_argument("--count", type=int, required=True, help="number of LPARs")
     p.add_argument("--dir", required=True, help="fleet directory (created 0700)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mix and of memory (default 0)")
     p.add_argument("--memory", default="1G", help="RAM per LPAR (default 1G)")
-    p.add_argument("--kinds", help="comma list of kinds, cycled: crashed[:SCENARIO], healthy, "
-                   "no-firmware, corrupt-header (default: the seeded mix)")
+    p.add_argument(
+        "--kinds",
+        help="comma list of kinds, cycled: crashed[:SCENARIO], healthy, "
+        "no-firmware, corrupt-header (default: the seeded mix)",
+    )
     p.add_argument("--big-endian-only", action="store_true", help="no little-endian LPARs")
     p.set_defaults(func=_cmd_up)
     p = fsub.add_parser("down", help="unmount the roots and delete the fleet directory")

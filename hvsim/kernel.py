@@ -1,34 +1,52 @@
-"""The crashed kernel's image: what a simulated ppc64 kernel leaves in memory at a crash.
+"""The crashed kernel's image: a real ppc64 vmlinux laid into memory, and its state at the crash.
 
-A minimal stand-in for a real compiled kernel (a later version replaces this
-module with a real ppc64 vmlinux laid into memory); the interface the rest
-of hvsim uses is :class:`KernelImage`:
+hvsim's kernel is a small image compiled from C with debug info
+(:mod:`hvsim.kernel_image`: ``vmlinux-be``, ELFv1, and ``vmlinux-le``,
+ELFv2, with the same addresses). :class:`KernelImage` lays its loadable
+sections at their physical addresses (the kernel is linked at ``KERNELBASE``
+and loaded at 0) and fills in what the kernel held when it crashed, so that
+``drgn -c DUMP -s VMLINUX`` gives the usual first look:
 
-- :meth:`KernelImage.overlays`: ``(physical address, bytes)`` pieces written
-  into memory at the crash: the ``VMCOREINFO`` ELF note (with
-  ``CRASHTIME``), ``linux_banner``, ``init_uts_ns``, and each CPU's ``paca``
-  with the registers it saved;
-- :meth:`KernelImage.cpu_states`: every CPU's registers at the crash, by the
-  names of the register save area (:data:`REGISTERS`);
-- :meth:`KernelImage.hash_page_table`: the hashed page table the kernel had
-  built (bolted 16 MiB linear-map entries for all of RAM plus some 64 KiB
-  vmalloc entries), as sparse ``(slot, v, r)`` records;
-- :meth:`KernelImage.vmcoreinfo_note` and :meth:`KernelImage.banner`.
+- ``init_uts_ns`` and ``linux_banner`` with the LPAR's release and host name;
+- the task list (``init_task.tasks``), each task with its ``struct pid`` in
+  ``pid_hash``, its kernel stack, and for tasks that sleep a switch frame
+  (``thread.ksp``) from which drgn unwinds them;
+- per-CPU areas (``__per_cpu_offset``) with ``runqueues`` (``curr``,
+  ``idle``) and ``crash_notes`` (an ``NT_PRSTATUS`` note per CPU, as
+  ``crash_save_cpu`` leaves it);
+- the printk ring buffer (``prb``) with boot lines and the scenario's lines,
+  ending with the panic message; ``panic_cpu``;
+- the VMCOREINFO note (with ``BUILD-ID`` of the vmlinux and ``CRASHTIME``).
 
-The kernel is linked at ``KERNELBASE`` (0xc000000000000000) and loaded at
-physical 0, so a symbol's physical address is its address minus KERNELBASE.
-Everything is a pure function of the configuration, the boot generation, the
-crash time and the scenario.
+Every CPU's stack holds frames that agree with the image's call frame
+information (``.debug_frame``): each return address is a real ``bl`` call
+site in the caller, each frame as big as the CFI says, so an unwinder walks
+``panic`` ← handler ← … ← system call. The registers the hypervisor saves
+(:meth:`KernelImage.cpu_states`) and the ``crash_notes`` agree with them.
+
+Interface used by the rest of hvsim: :meth:`KernelImage.overlays`,
+:meth:`KernelImage.cpu_states`, :meth:`KernelImage.hash_page_table`,
+:meth:`KernelImage.vmcoreinfo_note`, :meth:`KernelImage.banner`, and
+:data:`SCENARIOS`. Everything is a pure function of the configuration, the
+boot generation, the crash time and the scenario.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from drgn_hvdump import native
-from drgn_hvdump.formats.elfcore import PT_REGS_PPC64, Note, PtRegs, build_notes
+from drgn_hvdump.formats.elfcore import (
+    NT_PRSTATUS,
+    Note,
+    PtRegs,
+    build_notes,
+    build_prstatus,
+)
 from drgn_hvdump.formats.hpte import (
     HPTE_R_C,
     HPTE_R_M,
@@ -51,6 +69,7 @@ from drgn_hvdump.formats.vmcoreinfo import (
 )
 
 from .config import LparConfig
+from .kernel_image import KERNELBASE, Vmlinux, image_path, load_vmlinux
 from .memory import derive_seed
 
 __all__ = [
@@ -60,45 +79,37 @@ __all__ = [
     "REGISTERS",
     "SCENARIOS",
     "SYMBOLS",
+    "Frame",
     "KernelImage",
     "Scenario",
+    "TaskInfo",
     "kernel_symbol",
+    "parse_tasks",
+    "vmlinux_path",
 ]
 
-KERNELBASE = 0xC000000000000000
 LINEAR_PAGE_SHIFT = 24
 """The linear map uses 16 MiB pages on POWER5+ and POWER6."""
 VMALLOC_BASE = 0xD000000000000000
 REGISTERS: tuple[str, ...] = POWER6_REGISTERS
 """Registers saved per CPU, in save-area order."""
-
-# Physical addresses of the simulated kernel's objects (the image starts at 0).
-# Offsets are in the range a 2.6.32 ppc64 vmlinux uses: text up to ~8 MiB,
-# then read-only data, data and bss.
-SYMBOLS: dict[str, int] = {
-    "_stext": 0x0,
-    "panic": 0x0007A3D0,
-    "sysrq_handle_crash": 0x003C4A10,
-    "do_page_fault": 0x0003B8E0,
-    "machine_check_exception": 0x0001F2C0,
-    "softlockup_tick": 0x000E5B40,
-    "cpu_idle": 0x00011C80,
-    "smp_call_function_single": 0x000C2E30,
-    "_etext": 0x00800000,
-    "linux_banner": 0x00810000,
-    "init_uts_ns": 0x00A00000,
-    "node_online_map": 0x00A01000,
-    "vmlist": 0x00A01100,
-    "swapper_pg_dir": 0x00B00000,
-    "vmcoreinfo_note": 0x00C00000,
-    "paca": 0x00D00000,
-    "__toc_start": 0x00E08000,
-}
 PACA_SIZE = 0x400
-"""Bytes per CPU of the simulated ``paca`` array (R13 points at the CPU's own)."""
-_PACA_REGS = 0x100  # where each paca holds the pt_regs the CPU saved at the crash
-_VMCOREINFO_BYTES = 4096
-_STACK_SIZE = 0x4000  # THREAD_SIZE on ppc64
+"""Bytes per CPU of the ``paca`` array (R13 points at the CPU's own)."""
+
+_U64 = (1 << 64) - 1
+_THREAD_SIZE = 0x4000
+_STACK_FRAME_OVERHEAD = 112
+_PT_REGS_SIZE = 352
+# Where the kernel's run-time allocations live (physical; all in the low 256 MiB).
+_PERCPU_BASE = 0x0100_0000
+_PIDHASH_BASE = 0x0180_0000
+_PIDHASH_SHIFT = 10
+_TASK_BASE = 0x0200_0000
+_TASK_SLOT = 0x1000
+_STACK_BASE = 0x0400_0000
+_MAX_TASKS = (_STACK_BASE - _TASK_BASE) // _TASK_SLOT
+_STACK_END_MAGIC = 0x57AC6E9D
+_GOLDEN_RATIO_PRIME_64 = 0x9E37FFFFFFFC0001
 
 _MSR_SF = 1 << 63
 _MSR_EE = 1 << 15
@@ -111,6 +122,34 @@ _MSR_LE = 1
 _PVR_POWER6 = 0x003E0301
 
 
+def vmlinux_path(endian: str) -> str:
+    """The debug-info image matching an LPAR of byte order ``endian`` (give it to ``drgn -s``)."""
+    return str(image_path(endian))
+
+
+class _Symbols(Mapping[str, int]):
+    """Physical addresses of the image's symbols (the same in both images), read on first use."""
+
+    @functools.cached_property
+    def _table(self) -> dict[str, int]:
+        return {
+            n: a - KERNELBASE for n, a in load_vmlinux("big").symbols.items() if a >= KERNELBASE
+        }
+
+    def __getitem__(self, name: str) -> int:
+        return self._table[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+SYMBOLS: Mapping[str, int] = _Symbols()
+"""Physical address of each symbol of the kernel image (``panic``, ``init_uts_ns``, ...)."""
+
+
 def kernel_symbol(name: str) -> int:
     """A symbol's kernel virtual address."""
     return KERNELBASE + SYMBOLS[name]
@@ -118,8 +157,13 @@ def kernel_symbol(name: str) -> int:
 
 @dataclass(frozen=True)
 class Scenario:
-    """How a crash happens: where the crashing CPU stopped, and what the hypervisor does.
+    """How a crash happens: what the crashing CPU ran into, and what the hypervisor does.
 
+    ``kind`` chooses the panic path and its log lines: ``sysrq`` (``echo c >
+    /proc/sysrq-trigger``), ``oops`` (a NULL pointer dereference in a named
+    task, then ``panic("Fatal exception")``), ``hung-task`` (khungtaskd
+    panics over a task blocked in D state), ``machine-check``, or ``random``
+    (one of the first three, chosen by the LPAR's seed and generation).
     ``rmo_fraction`` < 1 makes the hypervisor copy only that share of low
     memory; ``hv_error`` makes it set the dump header's error flag.
     """
@@ -132,46 +176,304 @@ class Scenario:
     dsisr: int = 0
     rmo_fraction: float = 1.0
     hv_error: bool = False
+    kind: str = "oops"
 
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
-        Scenario("panic", "panic() after an oops (the default)", "panic", 0x700),
+        Scenario("panic", "panic() after an oops (the default)", "panic", 0x300, dsisr=0x40000000),
         Scenario(
             "oops",
-            "NULL pointer dereference in kernel mode (data storage interrupt)",
-            "do_page_fault",
+            "NULL pointer dereference in a named task, then panic (data storage interrupt)",
+            "panic",
             0x300,
             dar=0x0,
             dsisr=0x40000000,
         ),
         Scenario(
             "sysrq",
-            "echo c > /proc/sysrq-trigger (a deliberate NULL store)",
-            "sysrq_handle_crash",
-            0x300,
-            dar=0x0,
-            dsisr=0x42000000,
+            'echo c > /proc/sysrq-trigger: panic("sysrq triggered crash")',
+            "panic",
+            0x700,
+            kind="sysrq",
         ),
-        Scenario("machine-check", "uncorrectable memory error", "machine_check_exception", 0x200),
-        Scenario("hang", "soft lockup detected, panic on lockup", "softlockup_tick", 0x900),
+        Scenario(
+            "hung-task",
+            "khungtaskd finds a task blocked for 120 s and panics (hung_task_panic=1)",
+            "panic",
+            0x700,
+            kind="hung-task",
+        ),
+        Scenario(
+            "machine-check",
+            "uncorrectable memory error",
+            "panic",
+            0x200,
+            kind="machine-check",
+        ),
+        Scenario("hang", "the same as hung-task (older name)", "panic", 0x700, kind="hung-task"),
+        Scenario(
+            "random",
+            "sysrq, oops or hung-task, chosen by the LPAR's seed (a fleet shows different crashes)",
+            "panic",
+            0x700,
+            kind="random",
+        ),
         Scenario(
             "partial-copy",
             "panic; the hypervisor copies only half of low memory",
             "panic",
-            0x700,
+            0x300,
+            dsisr=0x40000000,
             rmo_fraction=0.5,
         ),
         Scenario(
             "hv-error",
             "panic; the hypervisor fails to save and flags the dump in error",
             "panic",
-            0x700,
+            0x300,
+            dsisr=0x40000000,
             hv_error=True,
         ),
     )
 }
+
+# Call chains, innermost first. A running CPU's top frame has just returned
+# from a call to the "callee" (so NIA == LR == the return address); a
+# sleeping task's top frame is __switch_to, just back from _switch.
+_SYSCALL = ["system_call_exception", "system_call_common"]
+_KTHREAD = ["kthread", "ret_from_kernel_thread"]
+_SLEEP_HEAD = ["__switch_to", "__schedule", "schedule"]
+_SLEEPS: dict[str, list[str]] = {
+    "smpboot": [*_SLEEP_HEAD, "smpboot_thread_fn", *_KTHREAD],
+    "worker": [*_SLEEP_HEAD, "worker_thread", *_KTHREAD],
+    "rcu": [*_SLEEP_HEAD, "schedule_timeout", "rcu_gp_kthread", *_KTHREAD],
+    "kswapd": [*_SLEEP_HEAD, "kswapd", *_KTHREAD],
+    "khungtaskd": [*_SLEEP_HEAD, "schedule_timeout", "watchdog", *_KTHREAD],
+    "jbd2": [*_SLEEP_HEAD, "kjournald2", *_KTHREAD],
+    "jbd2-blocked": [
+        *_SLEEP_HEAD,
+        "io_schedule",
+        "__wait_on_buffer",
+        "jbd2_journal_commit_transaction",
+        "kjournald2",
+        *_KTHREAD,
+    ],
+    "kthreadd": [*_SLEEP_HEAD, "kthreadd", "ret_from_kernel_thread"],
+    "epoll": [
+        *_SLEEP_HEAD,
+        "schedule_hrtimeout_range",
+        "do_epoll_wait",
+        "sys_epoll_wait",
+        *_SYSCALL,
+    ],
+    "poll": [*_SLEEP_HEAD, "schedule_hrtimeout_range", "do_sys_poll", "sys_poll", *_SYSCALL],
+    "nanosleep": [*_SLEEP_HEAD, "do_nanosleep", "sys_nanosleep", *_SYSCALL],
+    "futex": [*_SLEEP_HEAD, "futex_wait_queue", "futex_wait", "do_futex", "sys_futex", *_SYSCALL],
+    "wait4": [*_SLEEP_HEAD, "kernel_wait4", "sys_wait4", *_SYSCALL],
+    "tty": [
+        *_SLEEP_HEAD,
+        "schedule_timeout",
+        "n_tty_read",
+        "vfs_read",
+        "ksys_read",
+        "sys_read",
+        *_SYSCALL,
+    ],
+    "pipe": [*_SLEEP_HEAD, "pipe_read", "vfs_read", "ksys_read", "sys_read", *_SYSCALL],
+}
+_IDLE = ["cede_processor", "pseries_lpar_idle", "arch_cpu_idle", "do_idle", "cpu_startup_entry"]
+_IDLE_BOOT = [*_IDLE, "rest_init", "arch_call_rest_init", "start_kernel", "start_here_common"]
+_IDLE_SECONDARY = [*_IDLE, "start_secondary", "start_secondary_prolog"]
+_PANIC_PATHS: dict[str, list[str]] = {
+    "sysrq": [
+        "panic",
+        "sysrq_handle_crash",
+        "__handle_sysrq",
+        "write_sysrq_trigger",
+        "proc_reg_write",
+        "vfs_write",
+        "ksys_write",
+        "sys_write",
+        *_SYSCALL,
+    ],
+    # After data_access_common comes the interrupted function, at the fault.
+    "oops": [
+        "panic",
+        "oops_end",
+        "die",
+        "bad_page_fault",
+        "do_page_fault",
+        "data_access_common",
+        "hvdemo_read_stats",
+        "proc_reg_read",
+        "vfs_read",
+        "ksys_read",
+        "sys_read",
+        *_SYSCALL,
+    ],
+    "hung-task": [
+        "panic",
+        "check_hung_task",
+        "check_hung_uninterruptible_tasks",
+        "watchdog",
+        *_KTHREAD,
+    ],
+    "machine-check": [
+        "panic",
+        "oops_end",
+        "die",
+        "machine_check_exception",
+        "machine_check_common",
+    ],
+}
+_PANIC_CALLEE = "__crash_kexec"
+_OOPS_TASKS = ("dbwriter", "java", "postgres", "httpd", "collectd", "ntpd")
+_USER_DEFAULT = (
+    ("udevd", "epoll"),
+    ("rsyslogd", "poll"),
+    ("irqbalance", "nanosleep"),
+    ("sshd", "poll"),
+    ("crond", "nanosleep"),
+    ("nscd", "futex"),
+    ("agetty", "tty"),
+    ("sshd", "poll"),
+    ("bash", "wait4"),
+)
+
+
+def parse_tasks(text: str) -> list[tuple[str, int | None]]:
+    """``"sshd,bash:1234,db:2000"`` → ``[("sshd", None), ("bash", 1234), ...]`` (user processes).
+
+    Raises ValueError for a bad entry (empty name, name longer than 15
+    characters, a pid outside 2..4194304).
+    """
+    out: list[tuple[str, int | None]] = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        comm, sep, pid_text = item.partition(":")
+        if not comm or len(comm) > 15 or not comm.isprintable():
+            raise ValueError(f"task name must be 1 to 15 printable characters, got {comm!r}")
+        pid: int | None = None
+        if sep:
+            try:
+                pid = int(pid_text)
+            except ValueError:
+                raise ValueError(
+                    f"task {comm!r}: pid must be an integer, got {pid_text!r}"
+                ) from None
+            if not 2 <= pid <= 4194304:
+                raise ValueError(f"task {comm!r}: pid must be from 2 to 4194304, got {pid}")
+        out.append((comm, pid))
+    return out
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One stack frame: the function, its PC (a return address except at the top) and SP."""
+
+    function: str
+    pc: int
+    sp: int
+
+
+@dataclass
+class TaskInfo:
+    """One simulated task and where it lives."""
+
+    comm: str
+    pid: int
+    tgid: int
+    ppid: int
+    user: bool
+    chain: list[str]
+    state: int = 1  # TASK_INTERRUPTIBLE
+    cpu: int = 0
+    running: bool = False
+    idle: bool = False
+    slot: int = -1  # -1: init_task (static)
+    frames: list[Frame] = field(default_factory=list)
+    address: int = 0
+    stack: int = 0
+    pid_struct: int = 0
+    signal: int = 0
+    mm: int = 0
+
+    @property
+    def is_kthread(self) -> bool:
+        return not self.user
+
+
+class _Mem:
+    """Zeroed blocks of kernel memory, written through the image's types."""
+
+    def __init__(self, vm: Vmlinux, order: Literal["big", "little"]) -> None:
+        self.vm = vm
+        self.order = order
+        self.blocks: dict[int, bytearray] = {}
+
+    def alloc(self, paddr: int, size: int, fill: bytes | None = None) -> None:
+        self.blocks[paddr] = bytearray(fill if fill is not None else bytes(size))
+
+    def _find(self, paddr: int, size: int) -> tuple[bytearray, int]:
+        for start, buf in self.blocks.items():
+            if start <= paddr and paddr + size <= start + len(buf):
+                return buf, paddr - start
+        raise KeyError(f"no block holds {paddr:#x}+{size:#x}")
+
+    def write(self, vaddr: int, data: bytes) -> None:
+        buf, off = self._find(vaddr - KERNELBASE, len(data))
+        buf[off : off + len(data)] = data
+
+    def put_int(self, vaddr: int, size: int, value: int) -> None:
+        self.write(vaddr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, self.order))
+
+    def put(self, base: int, struct_name: str, path: str, value: int | bytes) -> None:
+        off, size = self.vm.field(struct_name, path)
+        if isinstance(value, bytes):
+            self.write(base + off, value[:size].ljust(size, b"\0"))
+        else:
+            self.put_int(base + off, size, value)
+
+    def list_init(self, addr: int) -> None:
+        self.put_int(addr, 8, addr)
+        self.put_int(addr + 8, 8, addr)
+
+    def list_add_tail(self, node: int, head: int) -> None:
+        prev = self.get_u64(head + 8)
+        self.put_int(node, 8, head)
+        self.put_int(node + 8, 8, prev)
+        self.put_int(prev, 8, node)
+        self.put_int(head + 8, 8, node)
+
+    def get_u64(self, vaddr: int) -> int:
+        buf, off = self._find(vaddr - KERNELBASE, 8)
+        return int.from_bytes(buf[off : off + 8], self.order)
+
+    def pieces(self) -> list[tuple[int, bytes]]:
+        return [(p, bytes(b)) for p, b in sorted(self.blocks.items())]
+
+
+@dataclass
+class _State:
+    """Everything the kernel held at the crash (computed once per image)."""
+
+    tasks: list[TaskInfo]
+    running: list[TaskInfo]  # per CPU
+    regs: list[dict[str, int]]  # per CPU, by register name
+    pieces: list[tuple[int, bytes]]
+    log: list[tuple[int, int, str, int]]  # (ts_nsec, level, text, caller_id)
+    uptime_ns: int
+
+
+def _fn_offset(vm: Vmlinux, pc: int) -> str:
+    name = vm.function_at(pc) or vm.function_at(pc - 4)
+    if name is None:
+        return f"{pc:#x}"
+    low, high = vm.functions[name]
+    return f"{name}+{pc - low:#x}/{high - low:#x}"
 
 
 @dataclass(frozen=True)
@@ -192,6 +494,21 @@ class KernelImage:
         """The CPU that panicked (the others were stopped where they were)."""
         return derive_seed(self._seed, "crash-cpu") % self.config.cpus
 
+    @property
+    def kind(self) -> str:
+        """The panic path: ``sysrq``, ``oops``, ``hung-task`` or ``machine-check``."""
+        if self.scenario.kind == "random":
+            return ("sysrq", "oops", "hung-task")[self._draws("kind") % 3]
+        return self.scenario.kind
+
+    @property
+    def vmlinux(self) -> Vmlinux:
+        """The debug-info image this kernel runs (by the LPAR's byte order)."""
+        return load_vmlinux(self.config.endian)
+
+    def _draws(self, *labels: str | int) -> int:
+        return derive_seed(self._seed, *labels)
+
     # ------------------------------------------------------------- text
 
     def banner(self) -> str:
@@ -204,21 +521,43 @@ class KernelImage:
 
     def vmcoreinfo(self) -> bytes:
         """The VMCOREINFO text as the kernel left it at the crash."""
-        sym = {name: f"{kernel_symbol(name):x}" for name in SYMBOLS}
-        return build_vmcoreinfo(
-            [
-                ("OSRELEASE", self.config.osrelease),
-                ("PAGESIZE", str(self.config.page_size)),
-                ("SYMBOL(init_uts_ns)", sym["init_uts_ns"]),
-                ("SYMBOL(node_online_map)", sym["node_online_map"]),
-                ("SYMBOL(swapper_pg_dir)", sym["swapper_pg_dir"]),
-                ("SYMBOL(_stext)", sym["_stext"]),
-                ("SYMBOL(vmlist)", sym["vmlist"]),
-                ("KERNELOFFSET", "0"),
-                ("NUMBER(RADIX_MMU)", "0"),
-                ("CRASHTIME", str(self.crash_time)),
-            ]
-        )
+        vm = self.vmlinux
+        entries: list[tuple[str, str]] = [
+            ("OSRELEASE", self.config.osrelease),
+            ("BUILD-ID", vm.build_id),
+            ("PAGESIZE", str(self.config.page_size)),
+            ("SYMBOL(init_uts_ns)", f"{kernel_symbol('init_uts_ns'):x}"),
+            ("OFFSET(uts_namespace.name)", str(vm.offsetof("uts_namespace", "name"))),
+            ("SYMBOL(swapper_pg_dir)", f"{kernel_symbol('swapper_pg_dir'):x}"),
+            ("SYMBOL(_stext)", f"{kernel_symbol('_stext'):x}"),
+            ("SYMBOL(prb)", f"{kernel_symbol('prb'):x}"),
+            ("SYMBOL(printk_rb_static)", f"{kernel_symbol('printk_rb_static'):x}"),
+        ]
+        for struct_name, members in (
+            ("printk_ringbuffer", ("desc_ring", "text_data_ring", "fail")),
+            ("prb_desc_ring", ("count_bits", "descs", "infos", "head_id", "tail_id")),
+            ("prb_desc", ("state_var", "text_blk_lpos")),
+            ("prb_data_blk_lpos", ("begin", "next")),
+            ("printk_info", ("seq", "ts_nsec", "text_len", "caller_id", "dev_info")),
+            ("dev_printk_info", ("subsystem", "device")),
+            ("prb_data_ring", ("size_bits", "data", "head_lpos", "tail_lpos")),
+            ("list_head", ("next", "prev")),
+        ):
+            entries.append((f"SIZE({struct_name})", str(vm.sizeof(struct_name))))
+            entries.extend(
+                (f"OFFSET({struct_name}.{m})", str(vm.offsetof(struct_name, m))) for m in members
+            )
+        entries += [
+            ("LENGTH(printk_info_subsystem)", "16"),
+            ("LENGTH(printk_info_device)", "48"),
+            ("SIZE(atomic_long_t)", "8"),
+            ("OFFSET(atomic_long_t.counter)", "0"),
+            ("SYMBOL(paca)", f"{kernel_symbol('paca'):x}"),
+            ("KERNELOFFSET", "0"),
+            ("NUMBER(RADIX_MMU)", "0"),
+            ("CRASHTIME", str(self.crash_time)),
+        ]
+        return build_vmcoreinfo(entries)
 
     def vmcoreinfo_note(self) -> bytes:
         """The VMCOREINFO ELF note in the kernel's byte order (what /proc/vmcore's PT_NOTE holds)."""
@@ -227,10 +566,8 @@ class KernelImage:
             self.config.endian,
         )
 
-    def _uts_ns(self) -> bytes:
-        # struct uts_namespace { struct kref kref; struct new_utsname name; }:
-        # a 4-byte count, then six 65-byte NUL-padded strings.
-        fields = (
+    def _uts_fields(self) -> tuple[str, ...]:
+        return (
             "Linux",
             self.config.name,
             self.config.osrelease,
@@ -238,78 +575,53 @@ class KernelImage:
             "ppc64",
             "(none)",
         )
-        count = (1).to_bytes(4, self.config.endian)
-        return count + b"".join(f.encode().ljust(65, b"\0") for f in fields)
+
+    def _uts_ns(self) -> bytes:
+        # struct uts_namespace { struct kref kref; struct new_utsname name; ... }:
+        # a 4-byte count, then six 65-byte NUL-padded strings.
+        count = (2).to_bytes(4, self.config.endian)
+        return count + b"".join(f.encode().ljust(65, b"\0") for f in self._uts_fields())
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def _state(self) -> _State:
+        return _build_state(self)
+
+    def tasks(self) -> list[TaskInfo]:
+        """The simulated tasks: init_task, the other CPUs' idle tasks, kernel threads, processes."""
+        return self._state.tasks
+
+    def crashed_task(self) -> TaskInfo:
+        """The task running on the crashing CPU."""
+        return self._state.running[self.crash_cpu]
+
+    def running_task(self, cpu: int) -> TaskInfo:
+        """The task running on ``cpu`` at the crash (``runqueues.curr``)."""
+        return self._state.running[cpu]
+
+    def backtrace(self, cpu: int | None = None) -> list[str]:
+        """Function names of a CPU's stack at the crash, innermost first (default: the crashing CPU)."""
+        task = self.running_task(self.crash_cpu if cpu is None else cpu)
+        return [f.function for f in task.frames]
+
+    def log_lines(self) -> list[str]:
+        """The kernel log's lines, oldest first (the panic message is last)."""
+        return [text for _, _, text, _ in self._state.log]
+
+    def panic_message(self) -> str:
+        """The last log line: ``Kernel panic - not syncing: ...``."""
+        return self._state.log[-1][2]
 
     # -------------------------------------------------------- registers
 
-    def _draws(self, *labels: str | int) -> int:
-        return derive_seed(self._seed, *labels)
-
     def cpu_states(self) -> list[CpuState]:
         """Each CPU's registers at the crash, in :data:`REGISTERS` order."""
-        return [CpuState(cpu, self._registers(cpu)) for cpu in range(self.config.cpus)]
-
-    def _registers(self, cpu: int) -> dict[str, int]:
-        cfg = self.config
-        crashing = cpu == self.crash_cpu
-        regs: dict[str, int] = {}
-        for n in range(32):
-            regs[f"GPR{n:02d}"] = self._draws("gpr", cpu, n)
-        # A kernel stack in the linear map: 16 KiB aligned, below the top of RAM.
-        stack_page = self._draws("stack", cpu) % (cfg.memory // _STACK_SIZE - 1) + 1
-        sp = KERNELBASE + stack_page * _STACK_SIZE + 0x3D00 - 0x70 * (1 + (cpu & 3))
-        regs["GPR01"] = sp
-        regs["GPR02"] = kernel_symbol("__toc_start") + 0x8000
-        regs["GPR13"] = kernel_symbol("paca") + cpu * PACA_SIZE
-        msr = _MSR_SF | _MSR_ME | _MSR_IR | _MSR_DR | _MSR_RI
-        if cfg.endian == "little":
-            msr |= _MSR_LE
-        if crashing:
-            s = self.scenario
-            nia = kernel_symbol(s.function) + 4 * (self._draws("nia", cpu) % 64)
-            lr = kernel_symbol(s.function) + 4 * (64 + self._draws("lr", cpu) % 64)
-            dar, dsisr = s.dar, s.dsisr
-        else:
-            # Stopped by the hypervisor in the idle loop or waiting for an IPI.
-            where = "cpu_idle" if self._draws("idle", cpu) % 4 else "smp_call_function_single"
-            nia = kernel_symbol(where) + 4 * (self._draws("nia", cpu) % 32)
-            lr = kernel_symbol(where) + 4 * (32 + self._draws("lr", cpu) % 32)
-            msr |= _MSR_EE
-            dar = KERNELBASE + (self._draws("dar", cpu) % cfg.memory & ~7)
-            dsisr = 0
-        regs.update(
-            NIA=nia,
-            MSR=msr,
-            CTR=kernel_symbol("_stext") + 4 * (self._draws("ctr", cpu) % 0x200000),
-            LR=lr,
-            XER=self._draws("xer", cpu) & 0xE000007F,
-            CR=self._draws("cr", cpu) & 0xFFFFFFFF,
-            DAR=dar,
-            DSISR=dsisr,
-            SRR0=nia,
-            SRR1=msr,
-            PVR=_PVR_POWER6,
-            PIR=cpu,
-            DABR=0,
-            DABRX=0,
-            DSCR=0,
-            SPRG0=0,
-            SPRG1=self._draws("sprg1", cpu),
-            SPRG2=0,
-            SPRG3=regs["GPR13"],
-            FPSCR=0,
-            VRSAVE=0,
-            VSCR=0x10000,
-        )
-        missing = set(REGISTERS) - set(regs)
-        if missing:  # pragma: no cover - guards a change to the register list
-            raise AssertionError(f"no value for registers {sorted(missing)}")
-        return {name: regs[name] & ((1 << 64) - 1) for name in REGISTERS}
+        return [CpuState(cpu, dict(self._state.regs[cpu])) for cpu in range(self.config.cpus)]
 
     def pt_regs(self, cpu: int) -> PtRegs:
-        """The ``pt_regs`` CPU ``cpu`` saved in its paca at the crash."""
-        regs = self._registers(cpu)
+        """CPU ``cpu``'s registers as a ``struct pt_regs`` (what ``crash_notes`` holds)."""
+        regs = self._state.regs[cpu]
         crashing = cpu == self.crash_cpu
         return PtRegs(
             gpr=tuple(regs[f"GPR{n:02d}"] for n in range(32)),
@@ -326,23 +638,141 @@ class KernelImage:
             dsisr=regs["DSISR"],
         )
 
+    def prstatus(self, cpu: int, pid: int | None = None) -> bytes:
+        """CPU ``cpu``'s ``NT_PRSTATUS`` descriptor (``pr_pid`` defaults to its task's pid)."""
+        if pid is None:
+            pid = self.running_task(cpu).pid
+        sig = 11 if cpu == self.crash_cpu and self.kind == "oops" else 0
+        return build_prstatus(self.pt_regs(cpu), self.config.endian, pid=pid, cursig=sig)
+
     # ---------------------------------------------------------- overlays
 
     def overlays(self) -> list[tuple[int, bytes]]:
-        """What the kernel writes into its memory at the crash, by physical address."""
+        """What the kernel holds in memory at the crash, by physical address.
+
+        The image's sections (``.bss`` without the unused part of ``paca``),
+        the per-CPU areas, ``pid_hash``, the tasks and the used part of their
+        stacks; then, repeated as small pieces with the same bytes, the
+        banner, ``init_uts_ns``, the VMCOREINFO note and each CPU's ``paca``
+        head.
+        """
+        pieces = list(self._state.pieces)
         order = self.config.endian
-        pieces = [
-            (SYMBOLS["linux_banner"], self.banner().encode() + b"\0"),
-            (SYMBOLS["init_uts_ns"], self._uts_ns()),
-            (SYMBOLS["vmcoreinfo_note"], self.vmcoreinfo_note().ljust(_VMCOREINFO_BYTES, b"\0")),
-        ]
+        pieces.append((SYMBOLS["linux_banner"], self.banner().encode() + b"\0"))
+        pieces.append((SYMBOLS["init_uts_ns"], self._uts_ns()))
+        pieces.append((SYMBOLS["vmcoreinfo_note"], self.vmcoreinfo_note()))
+        head = ("<" if order == "little" else ">") + "HxxxxxxH"
         for cpu in range(self.config.cpus):
-            paca = SYMBOLS["paca"] + cpu * PACA_SIZE
-            # lock_token 0x8000 and paca_index, as in struct paca_struct's head.
-            head = struct.pack(("<" if order == "little" else ">") + "HxxxxxxH", 0x8000, cpu)
-            pieces.append((paca, head))
-            pieces.append((paca + _PACA_REGS, PT_REGS_PPC64.pack(self.pt_regs(cpu), order)))
+            pieces.append((SYMBOLS["paca"] + cpu * PACA_SIZE, struct.pack(head, 0x8000, cpu)))
         return pieces
+
+    # --------------------------------------------------------- planning
+
+    def _plan_tasks(self) -> list[TaskInfo]:
+        cfg = self.config
+        kind = self.kind
+        crash = self.crash_cpu
+        tasks: list[TaskInfo] = []
+        idle0 = TaskInfo("swapper/0", 0, 0, 0, False, [], state=0, cpu=0, idle=True)
+        tasks.append(idle0)
+        for cpu in range(1, cfg.cpus):
+            tasks.append(
+                TaskInfo(f"swapper/{cpu}", 0, 0, 0, False, [], state=0, cpu=cpu, idle=True)
+            )
+        pid = 1
+        user_pid_next = 280 + self._draws("pid-base") % 200
+
+        def kthread(comm: str, chain: str, cpu: int = 0) -> TaskInfo:
+            nonlocal pid
+            pid += 1
+            t = TaskInfo(comm, pid, pid, 2, False, _SLEEPS[chain], cpu=cpu)
+            tasks.append(t)
+            return t
+
+        init = TaskInfo("init", 1, 1, 0, True, _SLEEPS["epoll"], cpu=0)
+        tasks.append(init)
+        pid = 1
+        kthread("kthreadd", "kthreadd").ppid = 0
+        for cpu in range(cfg.cpus):
+            kthread(f"migration/{cpu}", "smpboot", cpu)
+            kthread(f"ksoftirqd/{cpu}", "smpboot", cpu)
+            kthread(f"kworker/{cpu}:0", "worker", cpu)
+        kthread("rcu_sched", "rcu")
+        hung = kthread("khungtaskd", "khungtaskd")
+        kthread("kswapd0", "kswapd")
+        jbd2 = kthread("jbd2/sda2-8", "jbd2")
+        kthread(f"kworker/u{2 * cfg.cpus}:1", "worker")
+
+        def user(comm: str, chain: str, want: int | None = None) -> TaskInfo:
+            nonlocal user_pid_next
+            if want is None:
+                want = user_pid_next
+                user_pid_next += 1 + self._draws("pid-gap", comm, user_pid_next) % 40
+            t = TaskInfo(
+                comm,
+                want,
+                want,
+                1,
+                True,
+                _SLEEPS[chain],
+                cpu=self._draws("cpu", comm, want) % cfg.cpus,
+            )
+            tasks.append(t)
+            return t
+
+        if cfg.tasks:
+            chains = [c for _, c in _USER_DEFAULT]
+            for i, (comm, want) in enumerate(parse_tasks(cfg.tasks)):
+                user(comm, chains[i % len(chains)], want)
+        else:
+            for comm, chain in _USER_DEFAULT:
+                user(comm, chain)
+        # The task on the crashing CPU, and what the scenario adds.
+        if kind == "sysrq":
+            crasher = user("bash", "wait4")
+        elif kind == "oops":
+            names = [t.comm for t in tasks if t.user and t.comm not in ("init", "bash", "agetty")]
+            comm = _OOPS_TASKS[self._draws("oops-task") % len(_OOPS_TASKS)]
+            crasher = (
+                user(comm, "futex")
+                if comm not in names
+                else next(t for t in tasks if t.comm == comm)
+            )
+        elif kind == "hung-task":
+            crasher = hung
+            jbd2.chain = _SLEEPS["jbd2-blocked"]
+            jbd2.state = 2  # TASK_UNINTERRUPTIBLE
+        else:
+            crasher = tasks[crash]  # machine check: the CPU's idle task
+        used = {t.pid for t in tasks if t.pid}
+        if len(used) != len([t for t in tasks if t.pid]):
+            raise ValueError("two tasks have the same pid (check --tasks)")
+        if len(tasks) > _MAX_TASKS:
+            raise ValueError(f"too many tasks ({len(tasks)}); hvsim lays out at most {_MAX_TASKS}")
+        crasher.cpu = crash
+        crasher.running = True
+        crasher.state = 0
+        if kind in _PANIC_PATHS:
+            path = list(_PANIC_PATHS[kind])
+            if kind == "machine-check":
+                path += _IDLE_BOOT if crash == 0 else _IDLE_SECONDARY
+            crasher.chain = path
+        for t in tasks:
+            if t.idle:
+                if t.cpu != crash:
+                    t.running = True
+                    t.chain = _IDLE_BOOT if t.cpu == 0 else _IDLE_SECONDARY
+                elif not t.running:
+                    t.state = 0
+                    tail = _IDLE_BOOT if t.cpu == 0 else _IDLE_SECONDARY
+                    t.chain = [*_SLEEP_HEAD, *tail[tail.index("do_idle") :]]
+        slot = 0
+        for t in tasks:
+            if t.pid == 0 and t.cpu == 0:
+                continue  # init_task is static
+            t.slot = slot
+            slot += 1
+        return tasks
 
     # ------------------------------------------------------- page table
 
@@ -420,3 +850,641 @@ class KernelImage:
                     )
                     yield group * HPTES_PER_GROUP + n, e.v, e.r
                     break
+
+
+def _frames(
+    vm: Vmlinux, chain: list[str], top_pc: int, base_sp: int, interrupted: dict[int, int]
+) -> tuple[list[Frame], list[int]]:
+    """Frames for a call chain; the outermost (an assembly entry point) has its SP at ``base_sp``.
+
+    Returns the frames, innermost first, and for each but the outermost the
+    offset from its CFA (its caller's SP) where it saved its return address.
+    """
+    pcs = [top_pc]
+    for i in range(1, len(chain)):
+        pcs.append(interrupted[i] if i in interrupted else vm.call_site(chain[i], chain[i - 1]))
+    if vm.has_cfi(pcs[-1]):
+        raise ValueError(f"{chain[-1]} has CFI: the outermost frame must be an assembly entry")
+    sizes: list[int] = []
+    lr_offs: list[int] = []
+    for i, pc in enumerate(pcs[:-1]):
+        row = vm.cfi_row(pc if i == 0 or i in interrupted else pc - 4)
+        if row.lr_offset is None:
+            raise ValueError(f"{chain[i]} at {pc:#x} has not saved LR: not a frame hvsim can lay")
+        sizes.append(row.cfa_offset)
+        lr_offs.append(row.lr_offset)
+    sps = [0] * len(chain)
+    sps[-1] = base_sp
+    for i in reversed(range(len(chain) - 1)):
+        sps[i] = sps[i + 1] - sizes[i]
+    return [Frame(chain[i], pcs[i], sps[i]) for i in range(len(chain))], lr_offs
+
+
+@functools.lru_cache(maxsize=8)
+def _build_state(image: KernelImage) -> _State:
+    cfg = image.config
+    vm = image.vmlinux
+    order = cfg.endian
+    mem = _Mem(vm, order)
+    sym = vm.symbol
+    tasks = image._plan_tasks()
+    crash = image.crash_cpu
+
+    # The image's sections at their physical addresses; .bss without unused pacas.
+    paca0 = sym("paca")
+    paca_end = paca0 + cfg.cpus * PACA_SIZE
+    full_paca_end = paca0 + vm.variable_size("paca")
+    for s in vm.sections:
+        if s.data is not None:
+            mem.alloc(s.paddr, s.size, s.data)
+        elif s.addr <= paca0 < s.addr + s.size:
+            mem.alloc(s.paddr, paca_end - s.addr)
+            if s.addr + s.size > full_paca_end:
+                mem.alloc(full_paca_end - KERNELBASE, s.addr + s.size - full_paca_end)
+        else:
+            mem.alloc(s.paddr, s.size)
+
+    # Per-CPU areas, one unit per CPU, each a copy of .data..percpu.
+    pcpu = next(s for s in vm.sections if s.name == ".data..percpu")
+    assert pcpu.data is not None
+    offsets = []
+    for cpu in range(cfg.cpus):
+        area = _PERCPU_BASE + cpu * pcpu.size
+        mem.alloc(area, pcpu.size, pcpu.data)
+        offsets.append(KERNELBASE + area - pcpu.addr)
+    for cpu, off in enumerate(offsets):
+        mem.put_int(sym("__per_cpu_offset") + 8 * cpu, 8, off)
+    words = (cfg.cpus + 63) // 64
+    for mask in (
+        "__cpu_possible_mask",
+        "__cpu_online_mask",
+        "__cpu_present_mask",
+        "__cpu_active_mask",
+    ):
+        for w in range(words):
+            n = min(64, cfg.cpus - 64 * w)
+            mem.put_int(sym(mask) + 8 * w, 8, (1 << n) - 1)
+    mem.put_int(sym("nr_cpu_ids"), 4, cfg.cpus)
+
+    uptime_ns = (2 * 3600 + image._draws("uptime") % (200 * 86400)) * 10**9 + image._draws(
+        "uptime-ns"
+    ) % 10**9
+    hz = 250
+    mem.put_int(sym("jiffies"), 8, (uptime_ns // (10**9 // hz) + 0xFFFB6C20) & _U64)
+    mem.put_int(sym("panic_cpu"), 4, crash)
+
+    # Strings: banner, utsname, command line.
+    mem.write(
+        sym("linux_banner"),
+        image.banner().encode().ljust(vm.variable_size("linux_banner"), b"\0")[:256],
+    )
+    mem.write(sym("init_uts_ns"), image._uts_ns())
+    cmdline_pa = _PIDHASH_BASE + 0x10000
+    cmdline = b"root=/dev/sda2 ro phyp_dump=1 console=hvc0\0"
+    mem.alloc(cmdline_pa, len(cmdline), cmdline)
+    mem.put_int(sym("saved_command_line"), 8, KERNELBASE + cmdline_pa)
+
+    # pid_hash (2.6.32's struct upid hash), sized at boot.
+    buckets = 1 << _PIDHASH_SHIFT
+    mem.alloc(_PIDHASH_BASE, 8 * buckets)
+    mem.put_int(sym("pid_hash"), 8, KERNELBASE + _PIDHASH_BASE)
+    mem.put_int(sym("pidhash_shift"), 4, _PIDHASH_SHIFT)
+
+    ts = "task_struct"
+    t_size = vm.sizeof(ts)
+    pid_off = (t_size + 63) & ~63
+    sig_off = pid_off + ((vm.sizeof("pid") + 63) & ~63)
+    mm_off = sig_off + ((vm.sizeof("signal_struct") + 63) & ~63)
+    if mm_off + vm.sizeof("mm_struct") > _TASK_SLOT:  # pragma: no cover - guards a struct change
+        raise AssertionError("task slot too small")
+    init_task = sym("init_task")
+    init_ns = sym("init_pid_ns")
+    by_pid: dict[int, TaskInfo] = {}
+    for t in tasks:
+        if t.slot < 0:
+            t.address = init_task
+            t.stack = sym("init_thread_union")
+            t.signal = sym("init_signals")
+        else:
+            base = _TASK_BASE + t.slot * _TASK_SLOT
+            mem.alloc(base, _TASK_SLOT)
+            t.address = KERNELBASE + base
+            t.stack = KERNELBASE + _STACK_BASE + t.slot * _THREAD_SIZE
+            t.pid_struct = t.address + pid_off
+            t.signal = t.address + sig_off
+            if t.user:
+                t.mm = t.address + mm_off
+        if t.pid:
+            by_pid[t.pid] = t
+
+    # Each task's frames; running tasks' top frame just returned from a call.
+    fault = vm.fault_sites()[0]
+    cfa_top_off = _THREAD_SIZE - _STACK_FRAME_OVERHEAD - _PT_REGS_SIZE - 16
+    switch_frame = _STACK_FRAME_OVERHEAD + vm.sizeof("pt_regs")
+    for t in tasks:
+        chain = t.chain
+        if t.running:
+            top_callee = _PANIC_CALLEE if chain[0] == "panic" else "plpar_hcall_norets"
+        else:
+            top_callee = "_switch"
+        interrupted: dict[int, int] = {}
+        if "data_access_common" in chain:
+            interrupted[chain.index("data_access_common") + 1] = fault
+        if "machine_check_common" in chain:
+            i = chain.index("machine_check_common") + 1
+            interrupted[i] = vm.call_site(chain[i], "plpar_hcall_norets")
+        top_pc = vm.call_site(chain[0], top_callee)
+        frames, lr_offs = _frames(vm, chain, top_pc, t.stack + cfa_top_off, interrupted)
+        t.frames = frames
+        low = frames[0].sp - switch_frame - 288
+        mem.alloc(low - KERNELBASE, t.stack + _THREAD_SIZE - low)
+        if t.slot >= 0:
+            mem.alloc(t.stack - KERNELBASE, 8)
+        mem.put_int(t.stack, 8, _STACK_END_MAGIC)
+        for i, f in enumerate(frames[:-1]):
+            caller_sp = frames[i + 1].sp
+            mem.put_int(f.sp, 8, caller_sp)
+            mem.put_int(caller_sp + lr_offs[i], 8, frames[i + 1].pc)
+        cfa = t.stack + cfa_top_off
+        mem.put_int(cfa, 8, 0)  # the entry frame: a zero back chain ends the stack
+        # The user's registers above the outermost frame, as the system call saved them.
+        uregs = cfa + _STACK_FRAME_OVERHEAD
+        if t.user:
+            user_sp = 0x7FFFF0000000 + (image._draws("usp", t.pid) % 0x10000000 & ~0xF)
+            user_pc = 0x10000000 + (image._draws("upc", t.pid) % 0x100000 & ~3)
+            mem.put_int(uregs + 8, 8, user_sp)
+            mem.put_int(uregs + 8 * 32, 8, user_pc)
+            mem.put_int(
+                uregs + 8 * 33,
+                8,
+                _MSR_SF
+                | _MSR_EE
+                | _MSR_PR
+                | _MSR_ME
+                | _MSR_IR
+                | _MSR_DR
+                | _MSR_RI
+                | (_MSR_LE if order == "little" else 0),
+            )
+            mem.put_int(uregs + 8 * 40, 8, 0xC00)
+        # A sleeping task's switch frame: what _switch saved, ksp points at it.
+        ksp = frames[0].sp - switch_frame
+        if not t.running:
+            mem.put_int(ksp, 8, frames[0].sp)
+            regs_at = frames[0].sp - vm.sizeof("pt_regs")
+            for n in range(14, 32):
+                mem.put_int(regs_at + 8 * n, 8, image._draws("nvgpr", t.pid, t.slot + 1, n))
+            mem.put_int(regs_at + 8 * 32, 8, frames[0].pc)  # nip
+            mem.put_int(regs_at + 8 * 36, 8, frames[0].pc)  # link
+            mem.put_int(regs_at + 8 * 38, 8, image._draws("ccr", t.slot + 1) & 0xFFFFFFFF)
+
+        # struct task_struct
+        a = t.address
+        put = mem.put
+        flags = (0x00200000 if not t.user else 0x00400100) | (0x2 if t.idle else 0)
+        put(a, ts, "state", t.state)
+        put(a, ts, "stack", t.stack)
+        put(a, ts, "usage", 2)
+        put(a, ts, "flags", flags)
+        put(a, ts, "on_cpu", 1 if t.running else 0)
+        put(a, ts, "cpu", t.cpu)
+        put(a, ts, "on_rq", 1 if t.running else 0)
+        prio = (
+            0
+            if t.comm.startswith("migration/")
+            else 120
+            if not t.comm.startswith("kworker")
+            else 100
+        )
+        put(a, ts, "prio", prio)
+        put(a, ts, "static_prio", 120)
+        put(a, ts, "normal_prio", prio)
+        put(a, ts, "policy", 1 if prio == 0 else 0)
+        put(a, ts, "mm", t.mm)
+        put(a, ts, "active_mm", t.mm or sym("init_mm"))
+        put(a, ts, "exit_signal", 17 if t.user else -1 if t.idle else 17)
+        put(a, ts, "pid", t.pid)
+        put(a, ts, "tgid", t.tgid)
+        put(a, ts, "group_leader", a)
+        put(a, ts, "comm", t.comm.encode())
+        put(a, ts, "signal", t.signal)
+        put(a, ts, "thread.ksp", ksp if not t.running else ksp - 0x400)
+        put(a, ts, "thread.regs", uregs if t.user else 0)
+        put(
+            a,
+            ts,
+            "start_time",
+            uptime_ns // 1000 * (t.pid % 97 + 1) // 4000 if t.pid > 30 else t.pid * 10**7,
+        )
+        put(a, ts, "utime", image._draws("utime", t.pid, t.slot + 1) % 10**12 if t.user else 0)
+        put(a, ts, "stime", image._draws("stime", t.pid, t.slot + 1) % 10**11)
+        put(a, ts, "nvcsw", image._draws("nvcsw", t.pid, t.slot + 1) % 10**6)
+        put(a, ts, "nivcsw", image._draws("nivcsw", t.pid, t.slot + 1) % 10**4)
+        put(a, ts, "last_switch_time", 0)
+        for lst in ("children", "sibling", "thread_group"):
+            mem.list_init(a + vm.offsetof(ts, lst))
+        if t.slot >= 0:
+            sig = t.signal
+            put(sig, "signal_struct", "sigcnt", 1)
+            put(sig, "signal_struct", "live", 1)
+            put(sig, "signal_struct", "nr_threads", 1)
+            put(sig, "signal_struct", "leader", 1)
+            head = sig + vm.offsetof("signal_struct", "thread_head")
+            mem.list_init(head)
+            mem.list_add_tail(a + vm.offsetof(ts, "thread_node"), head)
+        if t.mm:
+            m = t.mm
+            for name, value in (
+                ("mm_users", 1),
+                ("mm_count", 1),
+                ("map_count", 20 + t.pid % 40),
+                ("total_vm", 1000 + image._draws("vm", t.pid) % 100000),
+                ("start_stack", 0x7FFFFFFF0000),
+                ("mmap_base", 0x7FFF80000000),
+                ("task_size", 0x400000000000),
+                ("owner", a),
+            ):
+                put(m, "mm_struct", name, value)
+        # struct pid, hashed into pid_hash, and the task's pid link
+        if t.pid:
+            p = t.pid_struct
+            put(p, "pid", "count", 1)
+            put(p, "pid", "level", 0)
+            put(p, "pid", "numbers[0].nr", t.pid)
+            put(p, "pid", "numbers[0].ns", init_ns)
+            node = a + vm.offsetof(ts, "pids[0].node")
+            first = p + vm.offsetof("pid", "tasks[0]")
+            mem.put_int(first, 8, node)
+            mem.put_int(node, 8, 0)
+            mem.put_int(node + 8, 8, first)
+            put(a, ts, "pids[0].pid", p)
+            chain_node = p + vm.offsetof("pid", "numbers[0].pid_chain")
+            h = ((t.pid + init_ns) * _GOLDEN_RATIO_PRIME_64 & _U64) >> (64 - _PIDHASH_SHIFT)
+            bucket = KERNELBASE + _PIDHASH_BASE + 8 * h
+            old = mem.get_u64(bucket)
+            mem.put_int(chain_node, 8, old)
+            mem.put_int(chain_node + 8, 8, bucket)
+            if old:
+                mem.put_int(old + 8, 8, chain_node)
+            mem.put_int(bucket, 8, chain_node)
+
+    # The task list (init_task is its head) and the family tree.
+    head = init_task + vm.offsetof(ts, "tasks")
+    mem.list_init(head)
+    mem.list_init(init_task + vm.offsetof(ts, "children"))
+    swapper = tasks[0]
+    for t in tasks:
+        parent = swapper if t.pid == 0 else by_pid.get(t.ppid, swapper)
+        put(t.address, ts, "real_parent", parent.address)
+        put(t.address, ts, "parent", parent.address)
+        if t.pid:
+            mem.list_add_tail(t.address + vm.offsetof(ts, "tasks"), head)
+            mem.list_add_tail(
+                t.address + vm.offsetof(ts, "sibling"), parent.address + vm.offsetof(ts, "children")
+            )
+
+    # Per-CPU: runqueues, paca, the registers and crash_notes.
+    running: list[TaskInfo] = []
+    regs_all: list[dict[str, int]] = []
+    rq_sym = sym("runqueues")
+    notes_sym = sym("crash_notes_percpu")
+    mem.put_int(sym("crash_notes"), 8, notes_sym)
+    toc = vm.symbols.get("__toc_start", KERNELBASE + 0x10000) + 0x8000
+    for cpu in range(cfg.cpus):
+        run = next(t for t in tasks if t.running and t.cpu == cpu)
+        idle = next(t for t in tasks if t.idle and t.cpu == cpu)
+        running.append(run)
+        rq = rq_sym + offsets[cpu]
+        put = mem.put
+        put(rq, "rq", "curr", run.address)
+        put(rq, "rq", "idle", idle.address)
+        put(rq, "rq", "cpu", cpu)
+        put(rq, "rq", "online", 1)
+        put(rq, "rq", "nr_running", 0 if run.idle else 1)
+        put(rq, "rq", "clock", uptime_ns)
+        put(rq, "rq", "clock_task", uptime_ns - image._draws("irqtime", cpu) % 10**9)
+        put(rq, "rq", "nr_switches", image._draws("switches", cpu) % 10**9)
+        pa = paca0 + cpu * PACA_SIZE
+        put(pa, "paca_struct", "lock_token", 0x8000)
+        put(pa, "paca_struct", "paca_index", cpu)
+        put(pa, "paca_struct", "kernel_toc", toc)
+        put(pa, "paca_struct", "kernelbase", KERNELBASE)
+        put(pa, "paca_struct", "hw_cpu_id", cpu)
+        put(pa, "paca_struct", "cpu_start", 1)
+        put(pa, "paca_struct", "kexec_state", 2 if cpu == crash else 1)
+        put(pa, "paca_struct", "__current", run.address)
+        put(pa, "paca_struct", "kstack", run.stack + cfa_top_off)
+        regs = _registers(image, cpu, run, toc)
+        regs_all.append(regs)
+    for cpu in range(cfg.cpus):
+        desc = build_prstatus(
+            _pt_regs_of(regs_all[cpu], cpu == crash, image.scenario.trap),
+            order,
+            pid=running[cpu].pid,
+        )
+        note = build_notes([Note("CORE", NT_PRSTATUS, desc)], order) + bytes(12)  # final_note
+        mem.write(notes_sym + offsets[cpu], note)
+
+    log = _log(image, tasks, running, uptime_ns)
+    _write_printk(mem, vm, log)
+    note = image.vmcoreinfo_note()
+    mem.write(sym("vmcoreinfo_note"), note)
+    text = image.vmcoreinfo()
+    mem.write(sym("vmcoreinfo_data"), text[: vm.variable_size("vmcoreinfo_data")])
+    mem.put_int(sym("vmcoreinfo_size"), 8, len(text))
+    return _State(tasks, running, regs_all, mem.pieces(), log, uptime_ns)
+
+
+def _pt_regs_of(regs: Mapping[str, int], crashing: bool, trap: int) -> PtRegs:
+    return PtRegs(
+        gpr=tuple(regs[f"GPR{n:02d}"] for n in range(32)),
+        nip=regs["NIA"],
+        msr=regs["MSR"],
+        orig_gpr3=regs["GPR03"],
+        ctr=regs["CTR"],
+        link=regs["LR"],
+        xer=regs["XER"],
+        ccr=regs["CR"],
+        softe=0 if crashing else 1,
+        trap=trap if crashing else 0x500,
+        dar=regs["DAR"],
+        dsisr=regs["DSISR"],
+    )
+
+
+def _registers(image: KernelImage, cpu: int, task: TaskInfo, toc: int) -> dict[str, int]:
+    """CPU ``cpu``'s registers: stopped in its top frame, just back from a call (NIA == LR)."""
+    cfg = image.config
+    d = image._draws
+    crashing = cpu == image.crash_cpu
+    top = task.frames[0]
+    regs: dict[str, int] = {f"GPR{n:02d}": d("gpr", cpu, n) for n in range(32)}
+    regs["GPR01"] = top.sp
+    regs["GPR02"] = toc
+    regs["GPR13"] = kernel_symbol("paca") + cpu * PACA_SIZE
+    msr = _MSR_SF | _MSR_ME | _MSR_IR | _MSR_DR | _MSR_RI
+    if cfg.endian == "little":
+        msr |= _MSR_LE
+    if crashing:
+        dar, dsisr = image.scenario.dar, image.scenario.dsisr
+    else:
+        msr |= _MSR_EE
+        dar = KERNELBASE + (d("dar", cpu) % cfg.memory & ~7)
+        dsisr = 0
+    nia = top.pc
+    regs.update(
+        NIA=nia,
+        MSR=msr,
+        CTR=kernel_symbol("_stext") + 4 * (d("ctr", cpu) % 0x2000),
+        LR=nia,
+        XER=d("xer", cpu) & 0xE000007F,
+        CR=d("cr", cpu) & 0xFFFFFFFF,
+        DAR=dar,
+        DSISR=dsisr,
+        SRR0=nia,
+        SRR1=msr,
+        PVR=_PVR_POWER6,
+        PIR=cpu,
+        DABR=0,
+        DABRX=0,
+        DSCR=0,
+        SPRG0=0,
+        SPRG1=d("sprg1", cpu),
+        SPRG2=0,
+        SPRG3=regs["GPR13"],
+        FPSCR=0,
+        VRSAVE=0,
+        VSCR=0x10000,
+    )
+    missing = set(REGISTERS) - set(regs)
+    if missing:  # pragma: no cover - guards a change to the register list
+        raise AssertionError(f"no value for registers {sorted(missing)}")
+    return {name: regs[name] & _U64 for name in REGISTERS}
+
+
+# ------------------------------------------------------------------ the log
+
+_BOOT_LOG = (
+    "Using pSeries machine description",
+    "Page sizes from device-tree:",
+    "base_shift=12: shift=12, sllp=0x0000, avpnm=0x00000000, tlbiel=1, penc=0",
+    "base_shift=16: shift=16, sllp=0x0110, avpnm=0x00000000, tlbiel=1, penc=1",
+    "base_shift=24: shift=24, sllp=0x0100, avpnm=0x00000001, tlbiel=0, penc=0",
+    "Using 1TB segments",
+    "Found initrd at 0xc000000002a00000:0xc000000003263000",
+    "Partition configured for {cpus} cpus.",
+    "CPU maps initialized for 2 threads per core",
+    "Starting Linux PPC64 {version}",
+    "-----------------------------------------------------",
+    "ppc64_pft_size                = 0x{pft:x}",
+    "physicalMemorySize            = 0x{memory:x}",
+    "htab_hash_mask                = 0x{hmask:x}",
+    "-----------------------------------------------------",
+    "Initializing cgroup subsys cpuset",
+    "Initializing cgroup subsys cpu",
+    "Linux version {release} (hvsim@build.hvdump) (gcc version 4.4.4 20100726 (Red Hat 4.4.4-13) (GCC) ) {version}",
+    "[boot]0012 Setup Arch",
+    "Phyp-dump: {dump}",
+    "Zone PFN ranges:",
+    "  DMA      0x00000000 -> 0x{pfns:08x}",
+    "  Normal   0x{pfns:08x} -> 0x{pfns:08x}",
+    "[boot]0015 Setup Done",
+    "Built 1 zonelists in Node order, mobility grouping on.  Total pages: {pages}",
+    "Kernel command line: root=/dev/sda2 ro phyp_dump=1 console=hvc0",
+    "PID hash table entries: 4096 (order: -1, 32768 bytes)",
+    "freeing bootmem node 0",
+    "Memory: {kb}k/{kb}k available (9472k kernel code, 0k reserved, 1408k data, 1271k bss, 2240k init)",
+    "SLUB: Genslabs=19, HWalign=128, Order=0-3, MinObjects=0, CPUs={cpus}, Nodes=256",
+    "Hierarchical RCU implementation.",
+    "NR_IRQS:512",
+    "clocksource: timebase mult[7d0000] shift[22] registered",
+    "Console: colour dummy device 80x25",
+    "console [hvc0] enabled",
+    "Security Framework initialized",
+    "Mount-cache hash table entries: 4096",
+    "Brought up {cpus} CPUs",
+    "NET: Registered protocol family 16",
+    "IBM eBus Device Driver",
+    "PCI: Probing PCI hardware",
+    "bio: create slab <bio-0> at 0",
+    "vgaarb: loaded",
+    "SCSI subsystem initialized",
+    "NET: Registered protocol family 2",
+    "IP route cache hash table entries: 32768 (order: 2, 262144 bytes)",
+    "TCP established hash table entries: 131072 (order: 4, 1048576 bytes)",
+    "Unpacking initramfs...",
+    "Freeing initrd memory: 8612k freed",
+    "IOMMU table initialized, virtual merging enabled",
+    "audit: initializing netlink socket (disabled)",
+    "HugeTLB registered 16 MB page size, pre-allocated 0 pages",
+    "ibmvscsi 30000002: SRP_VERSION: 16.a",
+    "scsi0 : IBM POWER Virtual SCSI Adapter 1.5.8",
+    "sd 0:0:1:0: [sda] 146800640 512-byte logical blocks: (75.1 GB/70.0 GiB)",
+    " sda: sda1 sda2 sda3",
+    "sd 0:0:1:0: [sda] Attached SCSI disk",
+    "Freeing unused kernel memory: 2240k freed",
+    "EXT4-fs (sda2): mounted filesystem with ordered data mode. Opts: (null)",
+    "udev: starting version 147",
+    "ibmveth: IBM i/pSeries Virtual Ethernet Driver 1.03",
+    "Adding 4194240k swap on /dev/sda3.  Priority:-1 extents:1 across:4194240k",
+    "NET: Registered protocol family 10",
+    "hvdemo: module loaded, /proc/hvdemo/stats ready",
+)
+
+
+def _log(
+    image: KernelImage, tasks: list[TaskInfo], running: list[TaskInfo], uptime_ns: int
+) -> list[tuple[int, int, str, int]]:
+    cfg = image.config
+    vm = image.vmlinux
+    d = image._draws
+    values = {
+        "cpus": cfg.cpus,
+        "version": "#1 SMP Tue Jun 15 10:19:54 EDT 2010",
+        "release": cfg.osrelease,
+        "pft": 18 + (cfg.memory.bit_length() - 31),
+        "memory": cfg.memory,
+        "hmask": (1 << (cfg.memory.bit_length() - 12)) - 1,
+        "dump": f"{256} MiB boot memory will be saved, scratch area at 0x{cfg.memory - cfg.reserve_size:x}",
+        "pfns": cfg.memory >> cfg.page_shift,
+        "pages": cfg.memory >> cfg.page_shift,
+        "kb": cfg.memory >> 10,
+    }
+    out: list[tuple[int, int, str, int]] = []
+    ts = 0
+    for i, line in enumerate(_BOOT_LOG):
+        ts += 1000 + d("boot-ts", i) % (120_000_000 if i > 45 else 8_000_000)
+        level = 4 if line.startswith("Phyp") else 6
+        out.append((ts, level, line.format(**values), 0x80000000))
+    crash = image.crash_cpu
+    task = running[crash]
+    caller = task.pid if task.pid else 0x80000000 | crash
+    t = uptime_ns - 5_000_000_000
+    kind = image.kind
+    tail: list[tuple[int, str]] = []
+    tainted = f"CPU: {crash} PID: {task.pid} Comm: {task.comm} Not tainted {cfg.osrelease} #1"
+    bo = "BE" if cfg.endian == "big" else "LE"
+    platform = f"{bo} PAGE_SIZE={cfg.page_size >> 10}K MMU=Hash SMP NR_CPUS=1024 NUMA pSeries"
+    frames = task.frames
+
+    def call_trace(fr: list[Frame]) -> list[tuple[int, str]]:
+        lines = [(4, "Call Trace:")]
+        lines += [(4, f"[{f.sp:016x}] [{f.pc:016x}] {_fn_offset(vm, f.pc)}") for f in fr[1:]]
+        return lines
+
+    if kind == "sysrq":
+        tail.append((6, "sysrq: Trigger a crash"))
+        tail.append((0, "Kernel panic - not syncing: sysrq triggered crash"))
+    elif kind == "oops":
+        site = next(f for f in frames if f.function == "hvdemo_read_stats")
+        link = frames[frames.index(site) + 1].pc
+        tail += [
+            (1, f"BUG: Kernel NULL pointer dereference on read at 0x{image.scenario.dar:08x}"),
+            (1, f"Faulting instruction address: 0x{site.pc:016x}"),
+            (0, "Oops: Kernel access of bad area, sig: 11 [#1]"),
+            (0, platform),
+            (4, "Modules linked in: hvdemo(O) ibmveth sg ext4 jbd2 mbcache sd_mod ibmvscsi"),
+            (4, tainted),
+            (4, f"NIP:  {site.pc:016x} LR: {link:016x} CTR: 0000000000000000"),
+            (4, f"REGS: {site.sp - 0x200:016x} TRAP: 0300   Not tainted  ({cfg.osrelease})"),
+            (4, f"DAR: {image.scenario.dar:016x} DSISR: {image.scenario.dsisr:08x}"),
+            (4, f"NIP [{site.pc:016x}] {_fn_offset(vm, site.pc)}"),
+            (4, f"LR [{link:016x}] {_fn_offset(vm, link)}"),
+            *call_trace(frames[frames.index(site) :]),
+            (4, f"---[ end trace {d('trace-id'):016x} ]---"),
+            (0, "Kernel panic - not syncing: Fatal exception"),
+        ]
+    elif kind == "hung-task":
+        blocked = next(x for x in tasks if x.state == 2)
+        tail += [
+            (3, f"INFO: task {blocked.comm}:{blocked.pid} blocked for more than 120 seconds."),
+            (3, f"      Not tainted {cfg.osrelease} #1"),
+            (3, '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.'),
+            (
+                6,
+                f"task:{blocked.comm:<15} state:D stack:0     pid:{blocked.pid:<5} ppid:{blocked.ppid:<6} flags:0x00000800",
+            ),
+            (4, "Call Trace:"),
+            *[(4, f"[{f.sp:016x}] [{f.pc:016x}] {_fn_offset(vm, f.pc)}") for f in blocked.frames],
+            (0, "Kernel panic - not syncing: hung_task: blocked tasks"),
+        ]
+    else:
+        site = frames[5]
+        tail += [
+            (0, "Severe Machine check interrupt [Not recovered]"),
+            (0, f"  NIP [{site.pc:016x}]: {_fn_offset(vm, site.pc)}"),
+            (0, "  Initiator: CPU"),
+            (0, "  Error type: UE [Load/Store]"),
+            (0, f"    Effective address: {KERNELBASE + (d('mce-ea') % cfg.memory & ~0xFFF):016x}"),
+            (0, "Oops: Machine check, sig: 7 [#1]"),
+            (0, platform),
+            (4, tainted),
+            *call_trace(frames[5:]),
+            (0, "Kernel panic - not syncing: Fatal exception"),
+        ]
+    step = 5_000_000_000 // (len(tail) + 1)
+    for i, (level, line) in enumerate(tail):
+        out.append((t + step * (i + 1), level, line, caller))
+    return out
+
+
+def _write_printk(mem: _Mem, vm: Vmlinux, log: list[tuple[int, int, str, int]]) -> None:
+    """Records in the lockless ring buffer (kernel/printk/printk_ringbuffer.c's layout)."""
+    rb = vm.symbol("printk_rb_static")
+    count_bits = mem_int = 0
+    del mem_int
+    R = "printk_ringbuffer"
+    count_bits = int.from_bytes(vm.read(rb + vm.offsetof(R, "desc_ring.count_bits"), 4), mem.order)
+    size_bits = int.from_bytes(
+        vm.read(rb + vm.offsetof(R, "text_data_ring.size_bits"), 4), mem.order
+    )
+    descs = vm.symbol("_printk_rb_static_descs")
+    infos = vm.symbol("_printk_rb_static_infos")
+    data = vm.symbol("__log_buf")
+    count = 1 << count_bits
+    size = 1 << size_bits
+    flags_shift = 62
+    id_mask = _U64 ^ (3 << flags_shift)
+    finalized = vm.enum("desc_finalized")
+    newline = vm.enum("LOG_NEWLINE")
+    # Keep the newest records that fit both rings, without wrapping the text.
+    blocks = [(8 + len(text.encode()) + 7) & ~7 for _, _, text, _ in log]
+    first = len(log)
+    used = 0
+    while first > 0 and first > len(log) - count + 1 and used + blocks[first - 1] <= size:
+        first -= 1
+        used += blocks[first]
+    desc0 = (-(count + 1)) & id_mask
+    lpos = (-size) & _U64
+    did = desc0
+    info_size = vm.sizeof("printk_info")
+    desc_size = vm.sizeof("prb_desc")
+    for seq in range(first, len(log)):
+        ts, level, text, caller = log[seq]
+        raw = text.encode()
+        did = (did + 1) & id_mask
+        idx = did & (count - 1)
+        begin = lpos
+        nxt = (lpos + blocks[seq]) & _U64
+        off = begin & (size - 1)
+        mem.put_int(data + off, 8, did)
+        mem.write(data + off + 8, raw)
+        d = descs + idx * desc_size
+        mem.put(d, "prb_desc", "state_var.counter", did | (finalized << flags_shift))
+        mem.put(d, "prb_desc", "text_blk_lpos.begin", begin)
+        mem.put(d, "prb_desc", "text_blk_lpos.next", nxt)
+        i = infos + idx * info_size
+        mem.put(i, "printk_info", "seq", seq)
+        mem.put(i, "printk_info", "ts_nsec", ts)
+        mem.put(i, "printk_info", "text_len", len(raw))
+        mem.put(i, "printk_info", "caller_id", caller)
+        # flags:5 and level:3 share a byte after facility; bit order follows the byte order.
+        fl_off = vm.offsetof("printk_info", "facility") + 1
+        byte = (newline | level << 5) if mem.order == "little" else (newline << 3 | level)
+        mem.put_int(i + fl_off, 1, byte)
+        lpos = nxt
+    mem.put(rb, R, "desc_ring.head_id.counter", did)
+    mem.put(rb, R, "desc_ring.tail_id.counter", (desc0 + 1) & id_mask)
+    mem.put(rb, R, "desc_ring.last_finalized_seq.counter", len(log) - 1)
+    mem.put(rb, R, "text_data_ring.head_lpos.counter", lpos)
+    mem.put(rb, R, "text_data_ring.tail_lpos.counter", (-size) & _U64)

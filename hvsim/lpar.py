@@ -255,6 +255,7 @@ class Lpar:
         literal_release_map: bool = False,
         osrelease: str = "2.6.32-hvsim",
         name: str | None = None,
+        tasks: str = "",
         boot: bool = False,
     ) -> Lpar:
         """Create a new LPAR directory at ``path`` (powered off unless ``boot``).
@@ -277,6 +278,7 @@ class Lpar:
             "literal_release_map": literal_release_map,
             "osrelease": osrelease,
             "name": name if name is not None else _host_name(path),
+            "tasks": tasks,
         }
         if mix is not None:
             values["mix"] = mix

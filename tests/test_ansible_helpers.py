@@ -84,8 +84,12 @@ def summary_lines(output: str) -> list[str]:
     start = output.find('"hvdump collection summary')
     if start < 0:
         start = output.find('"hvdump status')
-    end = output.find("]", start)
-    return [json.loads(s.strip().rstrip(",")) for s in output[start:end].splitlines() if s.strip()]
+    lines = []
+    for raw in output[start:].splitlines():
+        if raw.strip() == "]":
+            break
+        lines.append(json.loads(raw.strip().rstrip(",")))
+    return lines
 
 
 def free_port() -> int:

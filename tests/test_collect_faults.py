@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.export_root import export_root
+from drgn_hvdump.collect.collector import CollectOptions, collect
 from drgn_hvdump.collect.verify import verify_dir
 from tests.collect_support import (
     FUSE_MISSING,
@@ -20,6 +22,7 @@ from tests.collect_support import (
     compare_with_truth,
     hvdump,
     make_lpar,
+    manifest,
     mounted,
     released_before_durable,
 )
@@ -82,6 +85,70 @@ def test_kill_9_at_30_random_points_loses_nothing(tmp_path: Path) -> None:
         assert verify_dir(out)[0]
         lpars += 1
     assert kills >= 30
+
+
+class _Killed(Exception):
+    """Stands for kill -9 at a hook point (the journal is fsynced line by line)."""
+
+
+def _kill_at(event: str, nth: int, when: object = None) -> object:
+    seen = [0]
+
+    def hook(e: str, n: int) -> None:
+        if e == event and (when is None or when()):  # type: ignore[operator]
+            seen[0] += 1
+            if seen[0] == nth:
+                raise _Killed(f"{e} {n}")
+
+    return hook
+
+
+@needs_fuse
+@pytest.mark.fuse
+@pytest.mark.parametrize("quirks", ["faithful", "corrected"])
+def test_interrupted_releases_are_decided_exactly(tmp_path: Path, quirks: str) -> None:
+    """Killed after a write, before one, and after the last one: counters end exact."""
+    lpar = make_lpar(tmp_path / "lpar", memory="768M", quirks=quirks)
+    out = tmp_path / "out"
+    with mounted(lpar, tmp_path / "root") as root:
+        opts = {"root": root, "output": out, "chunk_size": 32 << 20}
+        kills = [
+            _kill_at("release", 3),  # the write was made, not journaled as done
+            _kill_at("release-intent", 4),  # journaled as intended, not made
+            _kill_at("release", 1, lambda: lpar.state == "running"),  # the last write made
+        ]
+        for hook in kills:
+            with pytest.raises(_Killed):
+                collect(CollectOptions(**opts, hook=hook))  # type: ignore[arg-type]
+            assert released_before_durable(lpar, out, 65536) == []
+        res = collect(CollectOptions(**opts))  # type: ignore[arg-type]
+        assert res.resumed
+    assert lpar.state == "running" and lpar.protected, lpar.status()["events"][-3:]
+    assert lpar.lost_ranges() == []
+    m = manifest(out)
+    assert m["warnings"] == [] and all(w["done"] for w in m["release"]["writes"])
+    assert compare_with_truth(lpar, out) == []
+    journal = [json.loads(x) for x in (out / "journal.jsonl").read_text().splitlines()]
+    assert [r.get("resolved") for r in journal if r.get("resolved")] == ["MemTotal"]
+    assert any(r.get("gone") for r in journal)
+
+
+@needs_fuse
+@pytest.mark.fuse
+def test_capture_kernel_reboot_between_runs_releases_again(tmp_path: Path) -> None:
+    lpar = make_lpar(tmp_path / "lpar", memory="768M", quirks="faithful")
+    out = tmp_path / "out"
+    with mounted(lpar, tmp_path / "root") as root:
+        opts = {"root": root, "output": out, "chunk_size": 32 << 20}
+        with pytest.raises(_Killed):
+            collect(CollectOptions(**opts, hook=_kill_at("release", 5)))  # type: ignore[arg-type]
+        lpar.reboot()  # the capture kernel reboots: counters reset, released memory lost
+        assert lpar.state == "capture" and lpar.lost_ranges()
+        collect(CollectOptions(**opts))  # type: ignore[arg-type]
+    assert lpar.state == "running" and lpar.protected, lpar.status()["events"][-3:]
+    m = manifest(out)
+    assert len(m["warnings"]) == 1 and "rebooted" in m["warnings"][0], m["warnings"]
+    assert compare_with_truth(lpar, out) == []
 
 
 @pytest.mark.skipif(

@@ -163,6 +163,86 @@ def write_json_atomic(path: Path, value: Any) -> None:
     _fsync_dir(path.parent)
 
 
+def read_memtotal(root: Path) -> int | None:
+    """``MemTotal`` of ``ROOT/proc/meminfo`` in kB (None when the file is not there)."""
+    try:
+        text = (root / "proc/meminfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemTotal:"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                return int(parts[1])
+    raise FormatError("no MemTotal line", path=str(root / "proc/meminfo"))
+
+
+def read_boot_id(root: Path) -> str | None:
+    """``ROOT/proc/sys/kernel/random/boot_id``: changes at every boot (None when absent)."""
+    try:
+        return (root / "proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+# hvsim's /proc/meminfo keeps 1/64 of the memory it has for "kernel overhead":
+# MemTotal = (avail - avail // 64) // 1024 kB, avail = RAM minus reserved pages.
+_HVSIM_OVERHEAD_SHIFT = 6
+
+
+def memtotal_after(before_kb: int, new_pages: tuple[int, ...], page_size: int) -> set[int]:
+    """Every ``MemTotal`` (kB) a release that frees ``n`` new pages can leave, ``n`` in ``new_pages``.
+
+    Linux adds each freed page to ``totalram_pages``, so MemTotal grows by
+    exactly ``n * page_size / 1024`` kB. hvsim's MemTotal also takes 1/64 of the
+    available memory away (rounded down to whole kB); its exact value is found
+    by solving for the available bytes, a whole number of pages.
+    """
+    out = set()
+    for n in new_pages:
+        if n <= 0:
+            continue
+        out.add(before_kb + n * page_size // 1024)
+        guess = before_kb * 1024 * 64 // 63 // page_size
+        for pages in range(max(0, guess - 2), guess + 3):
+            avail = pages * page_size
+            if (avail - (avail >> _HVSIM_OVERHEAD_SHIFT)) // 1024 == before_kb:
+                after = avail + n * page_size
+                out.add((after - (after >> _HVSIM_OVERHEAD_SHIFT)) // 1024)
+    return out
+
+
+@dataclass
+class ReleaseLog:
+    """What the journal says about release writes: made (in plan order) and pending."""
+
+    done: list[int] = field(default_factory=list)
+    pending: dict[str, Any] | None = None
+    last_mt: int | None = None
+    boot: str | None = None
+    final_seen: bool = False
+
+    @classmethod
+    def replay(cls, records: list[dict[str, Any]]) -> ReleaseLog:
+        log = cls()
+        for rec in records:
+            t = rec.get("t")
+            if t == "rel" and rec.get("s") == "intent":
+                log.pending = rec
+                log.boot = rec.get("boot", log.boot)
+                log.final_seen = log.final_seen or bool(rec.get("final"))
+            elif t == "rel" and rec.get("s") == "done":
+                log.done.append(int(rec["w"]))
+                log.pending = None
+                log.last_mt = rec.get("mt", log.last_mt)
+            elif t == "boot":
+                log.done = []
+                log.pending = None
+                log.last_mt = rec.get("mt")
+                log.boot = rec.get("boot")
+        return log
+
+
 class _Vmcore:
     """``/proc/vmcore``: physical reads through its PT_LOADs."""
 
@@ -312,6 +392,10 @@ def collect(opts: CollectOptions) -> CollectResult:
         return CollectResult(out, out / manifest["dump"]["file"], manifest, True, already_done=True)
 
     capture = open_capture(opts.root)
+    if journal is not None and opts.release != "never" and not opts.dry_run:
+        finished = _finish_after_last_release(opts, journal, capture)
+        if finished is not None:
+            return finished
     state, warnings = _dump_state(capture, opts.accept_partial)
     assert state.header is not None
     vm = _Vmcore(capture.vmcore_path)
@@ -320,6 +404,56 @@ def collect(opts: CollectOptions) -> CollectResult:
     finally:
         vm.close()
         c.progress.close()
+
+
+def _finish_after_last_release(
+    opts: CollectOptions, journal: Journal, capture: CaptureInterface
+) -> CollectResult | None:
+    """A run killed during or after the last release: the dump is gone, the data is saved.
+
+    The manifest was written (with the last write not yet made) before that
+    write; the kernel re-registers with it, so the dump no longer waiting
+    means it was made (or the dump was invalidated some other way): either
+    way nothing is left to release.
+    """
+    log = ReleaseLog.replay(journal.records)
+    last = log.pending if log.pending is not None else None
+    if last is None or not last.get("final"):
+        finals = [r for r in journal.records if r.get("t") == "rel" and r.get("final")]
+        if not finals or finals[-1].get("s") != "done":
+            return None
+        last = finals[-1]
+    if capture.state().dump_waiting:
+        return None
+    out = opts.output
+    try:
+        manifest: dict[str, Any] = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        raise HvdumpError(
+            f"{out / MANIFEST}: missing or unreadable, but the journal says the last release "
+            "was made; the dump data is saved: run hvdump verify on the directory"
+        ) from None
+    rel = manifest["release"]
+    for w in rel["writes"]:
+        if w.get("final"):
+            w["done"] = True
+    rel["events"].append(
+        {
+            "t": None,
+            "note": "at the rerun the dump no longer waited: the last release re-registered it",
+        }
+    )
+    try:
+        journal.open()
+        if log.pending is not None:
+            journal.append({"t": "rel", "w": last["w"], "s": "done", "final": True, "gone": True})
+        write_json_atomic(out / MANIFEST, manifest)
+        journal.append({"t": "done", "time": time.time()})
+    except OSError as exc:
+        raise disk_error(str(out / MANIFEST), exc, "cannot write the manifest") from None
+    finally:
+        journal.close()
+    return CollectResult(out, out / manifest["dump"]["file"], manifest, True)
 
 
 def _collect(
@@ -392,18 +526,21 @@ def _collect(
 
     durable = Intervals()
     done_chunks: dict[int, dict[str, Any]] = {}
-    writes_done: set[int] = set()
-    intents: set[int] = set()
     for rec in journal.records:
         if rec.get("t") == "chunk":
             done_chunks[rec["i"]] = rec
             ch = plan.chunks[rec["i"]]
             durable.add(ch.src, ch.src_end)
-        elif rec.get("t") == "rel":
-            (writes_done if rec["s"] == "done" else intents).add(rec["w"])
-    for w in plan.writes:
-        if w.index in writes_done:
-            c.freed.add(*w.span)
+    rel_log = ReleaseLog.replay(journal.records)
+    if rel_log.done != plan.order[: len(rel_log.done)] or (
+        rel_log.pending is not None and rel_log.pending["w"] != plan.order[len(rel_log.done)]
+    ):
+        raise HvdumpError(
+            f"{out / JOURNAL}: its release writes are not in this version's plan order; "
+            "use another --output directory"
+        )
+    for i in rel_log.done:
+        c.freed.add(*plan.writes[i].span)
     c.sample(plan)
 
     # Metadata first: the register save area makes the PRSTATUS notes.
@@ -460,11 +597,16 @@ def _collect(
     )
     runner.durable = durable
     runner.done_chunks = done_chunks
-    runner.writes_done = writes_done
+    runner.writes_done = set(rel_log.done)
+    runner.pos = len(rel_log.done)
+    runner.warnings = warnings
     try:
-        runner.resolve_intents(intents - writes_done)
+        if opts.release != "never":
+            runner.resolve_releases(rel_log)
+        if opts.release == "progressive":
+            runner.release_ready()
         runner.run()
-        if opts.release == "at-end":
+        if opts.release != "never":
             runner.release_ready(final=True)
         if isinstance(output, KdumpOutput):
             output.finish(eraseinfo)
@@ -478,12 +620,24 @@ def _collect(
         regsave.close()
         hpte.close()
 
-    manifest = runner.manifest(state, warnings, dump_file, notes, ncpus, scrub, resumed)
+    # The last release re-registers the dump (vmcore and release_region go):
+    # everything, the manifest too, is durable before it is made.
+    def write_manifest() -> dict[str, Any]:
+        m = runner.manifest(state, warnings, dump_file, notes, ncpus, scrub, resumed)
+        try:
+            write_json_atomic(out / MANIFEST, m)
+        except OSError as exc:
+            raise disk_error(str(out / MANIFEST), exc, "cannot write the manifest") from None
+        return m
+
     try:
-        write_json_atomic(out / MANIFEST, manifest)
+        manifest = write_manifest()
+        if opts.release != "never" and runner.pos < len(plan.order):
+            runner.release_last()
+            manifest = write_manifest()
         journal.append({"t": "done", "time": time.time()})
     except OSError as exc:
-        raise disk_error(str(out / MANIFEST), exc, "cannot write the manifest") from None
+        raise disk_error(str(out / JOURNAL), exc, "cannot write the journal") from None
     finally:
         journal.close()
     return CollectResult(out, dump_file, manifest, resumed)
@@ -569,6 +723,8 @@ class _Runner:
         self.durable = Intervals()
         self.done_chunks: dict[int, dict[str, Any]] = {}
         self.writes_done: set[int] = set()
+        self.pos = 0  # plan.order[:pos] are made (in this boot of the capture kernel)
+        self.warnings: list[str] = []
         self.stored_bytes = 0
         self.read_bytes = 0
         self.timings = {
@@ -728,91 +884,159 @@ class _Runner:
     # -- releases ----------------------------------------------------------------
 
     def release_ready(self, final: bool = False) -> None:
+        """Make the writes that are safe now, in plan order, all but the last.
+
+        The order is fixed (``Plan.order``) so the writes made are always a
+        prefix of it, and each one frees pages no earlier write freed: a rerun
+        can tell from ``MemTotal`` whether an interrupted write was made.
+        """
         if self.opts.release == "never":
             return
-        for w in self.plan.writes:
-            if w.index in self.writes_done:
-                continue
+        order = self.plan.order
+        while self.pos < len(order) - 1:
+            w = self.plan.writes[order[self.pos]]
             if not self.plan.write_is_safe(w, self.durable):
                 if final:
                     raise HvdumpError(f"internal error: release {w.extent} is not safe at the end")
-                continue
+                return
             self._release(w)
 
-    def _release(self, w: ReleaseWrite) -> None:
+    def release_last(self) -> None:
+        """The last write: the counters reach their targets and the kernel re-registers."""
+        w = self.plan.writes[self.plan.order[-1]]
+        if not self.plan.write_is_safe(w, self.durable):
+            raise HvdumpError(f"internal error: release {w.extent} is not safe at the end")
+        self._release(w, final=True)
+        state = self.capture.state()
+        if state.dump_waiting:
+            msg = (
+                f"the last release ({w.extent}) did not re-register the dump: the LPAR is "
+                "not protected against the next crash; check the kernel's release counters "
+                "(hvsim status) and the release writes in the manifest"
+            )
+            self.warnings.append(msg)
+            self.c.events.append({"t": self.c.now(), "warning": msg})
+
+    def _release(self, w: ReleaseWrite, final: bool = False) -> None:
         t = time.monotonic()
+        root = self.opts.root
+        before = read_memtotal(root)
         self.journal.append(
-            {"t": "rel", "w": w.index, "s": "intent", "addr": w.addr, "size": w.size}
+            {
+                "t": "rel",
+                "w": w.index,
+                "s": "intent",
+                "addr": w.addr,
+                "size": w.size,
+                "mt": before,
+                "pages": list(w.new_pages),
+                "boot": read_boot_id(root),
+                **({"final": True} if final else {}),
+            }
         )
         self.c.hook("release-intent", w.index)
         self.capture.release(w.extent)
         self.c.hook("release", w.index)
-        self.journal.append({"t": "rel", "w": w.index, "s": "done", "time": self.c.now()})
+        after = None if final else read_memtotal(root)
+        if (
+            before is not None
+            and after is not None
+            and after not in memtotal_after(before, w.new_pages, self.plan.page_size)
+        ):
+            msg = (
+                f"release {w.extent}: MemTotal went from {before} to {after} kB, not by the "
+                f"{'/'.join(map(str, w.new_pages))} pages it frees: a rerun after a kill "
+                "could not tell whether a write was made"
+            )
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+        self.journal.append(
+            {
+                "t": "rel",
+                "w": w.index,
+                "s": "done",
+                "mt": after,
+                "time": self.c.now(),
+                **({"final": True} if final else {}),
+            }
+        )
+        self.pos += 1
         self.writes_done.add(w.index)
         self.c.freed.add(*w.span)
         self.c.events.append({"t": self.c.now(), "release": [w.addr, w.size]})
         self.timings["release"] += time.monotonic() - t
         self.c.sample(self.plan)
 
-    def resolve_intents(self, pending: set[int]) -> None:
-        """A release was started but not confirmed: did the kernel take it?
+    def resolve_releases(self, log: ReleaseLog) -> None:
+        """Check the kernel against the journal before any write is made again.
 
-        Released memory is reused: compare pages of the range with the saved
-        copy. Memory that still matches was not released, so writing again is
-        right; memory that differs was. Both are safe for the data (the range
-        was durable before the write); the choice only keeps the counters exact.
+        A write started but not confirmed (killed in between) is decided from
+        ``MemTotal``, which grows by exactly the pages a write frees (each
+        planned write frees at least one): unchanged, it was not made;
+        grown as planned, it was; anything else stops the run. A capture kernel
+        that rebooted since (its boot id changed, or MemTotal fell: reserved
+        memory is reserved again and the counters start at zero) undoes every
+        release: they are made again, in order (their data is already saved).
         """
-        for index in sorted(pending):
-            w = self.plan.writes[index]
-            released = self._probe(w)
-            if released is None:
-                released = True
-                self.c.events.append(
-                    {
-                        "t": self.c.now(),
-                        "warning": f"could not tell whether {w.extent} was released; assuming it was",
-                    }
+        root = self.opts.root
+        now, boot = read_memtotal(root), read_boot_id(root)
+        pending = log.pending
+        reboot = ""
+        if boot is not None and log.boot is not None and boot != log.boot:
+            reboot = f"boot id {log.boot} -> {boot}"
+        elif pending is not None:
+            w = self.plan.writes[pending["w"]]
+            before = pending.get("mt")
+            if now is None or before is None:
+                raise HvdumpError(
+                    f"{root}: cannot tell whether the interrupted release {w.extent} was made: "
+                    f"{root / 'proc/meminfo'} has no MemTotal; check the kernel's release "
+                    "counters before collecting again"
                 )
-            if released:
-                self.journal.append({"t": "rel", "w": index, "s": "done", "probe": True})
-                self.writes_done.add(index)
+            expect = memtotal_after(before, w.new_pages, self.plan.page_size)
+            if now == before:
+                pass  # not made: it is made again, in order
+            elif now in expect:
+                self.journal.append(
+                    {"t": "rel", "w": w.index, "s": "done", "mt": now, "resolved": "MemTotal"}
+                )
+                self.pos += 1
+                self.writes_done.add(w.index)
                 self.c.freed.add(*w.span)
-
-    def _saved(self, ch: Chunk, src: int, size: int) -> bytes:
-        """The saved copy of ``[src, src + size)`` (inside chunk ``ch``), from the output."""
-        dst = ch.dst + src - ch.src
-        if ch.kind in ("cpu", "hpte"):
-            return self.read_back(Chunk(ch.index, ch.kind, src, dst, size))
-        ps = self.plan.page_size
-        lo, hi = dst // ps * ps, -(-(dst + size) // ps) * ps
-        data = self.output.read_back(lo, hi - lo)
-        return data[dst - lo : dst - lo + size]
-
-    def _probe(self, w: ReleaseWrite) -> bool | None:
-        ps = self.plan.page_size
-        # Bytes of the write that the faithful kernel frees (it may stop short of the end).
-        end = min(
-            w.addr + w.size,
-            max(w.addr, self.plan.reserved.addr) // ps * ps + (w.size // ps + 1) * ps,
-        )
-        # Pages another (done) write may have freed (one page past its end) prove nothing.
-        others = Intervals(self.plan.writes[i].span for i in self.writes_done if i != w.index)
-        candidates = Intervals([(w.addr, end)])
-        for a, b in list(others):
-            for x, y in candidates.intersect(a, b):
-                candidates.remove(x, y)
-        for ch in self.plan.chunks:
-            if ch.index not in self.done_chunks:
-                continue
-            for a, b in candidates.intersect(ch.src, ch.src_end):
-                b = min(b, a + (256 << 10))
-                saved = self._saved(ch, a, b - a)
-                if not any(saved):
-                    continue
-                now = bytearray(b - a)
-                self.vm.read_into(a, now)
-                return bytes(now) != saved
-        return None
+                self.c.events.append({"t": self.c.now(), "release": [w.addr, w.size]})
+            elif now < before:
+                reboot = f"MemTotal fell from {before} to {now} kB"
+            else:
+                raise HvdumpError(
+                    f"{root}: cannot tell whether the interrupted release {w.extent} was made: "
+                    f"MemTotal is {now} kB, was {before} kB before it, and the write frees "
+                    f"{'/'.join(map(str, w.new_pages))} pages of {self.plan.page_size} bytes "
+                    f"(MemTotal {' or '.join(map(str, sorted(expect)))} kB); something else "
+                    "changed the memory size (memory hotplug, a balloon, another release "
+                    "tool?): check the kernel's release counters; nothing was released"
+                )
+        elif log.done and log.last_mt is not None and now is not None and now != log.last_mt:
+            if now < log.last_mt:
+                reboot = f"MemTotal fell from {log.last_mt} to {now} kB"
+            else:
+                raise HvdumpError(
+                    f"{root}: MemTotal grew from {log.last_mt} to {now} kB since this "
+                    "collection's last release: something else released memory or changed "
+                    "its size; check the kernel's release counters; nothing was released"
+                )
+        if reboot:
+            msg = (
+                f"the capture kernel rebooted since the last run ({reboot}): the "
+                f"{self.pos} releases made before were undone (their memory was reused, "
+                "its data was already saved); releasing again from the start"
+            )
+            self.journal.append({"t": "boot", "mt": now, "boot": boot, "why": reboot})
+            self.warnings.append(msg)
+            self.c.events.append({"t": self.c.now(), "warning": msg})
+            self.pos = 0
+            self.writes_done.clear()
+            self.c.freed = Intervals()
+            self.c.sample(self.plan)
 
     # -- the manifest --------------------------------------------------------------
 
@@ -898,10 +1122,13 @@ class _Runner:
                         "addr": w.addr,
                         "size": w.size,
                         "scratch": w.scratch,
+                        "new_pages": list(w.new_pages),
                         "done": w.index in self.writes_done,
+                        **({"final": True} if w.index == plan.order[-1] else {}),
                     }
                     for w in plan.writes
                 ],
+                "order": plan.order,
                 "reserved_over_time": self.c.samples,
                 "events": self.c.events,
             },

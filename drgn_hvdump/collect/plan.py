@@ -106,13 +106,22 @@ class Chunk:
 
 @dataclass(frozen=True)
 class ReleaseWrite:
-    """One ``ADDR SIZE`` write to release_region and the pages it may free."""
+    """One ``ADDR SIZE`` write to release_region and the pages it may free.
+
+    ``new_pages`` is how many pages the write newly frees when the writes are
+    made in the plan's order (``Plan.order``), under the faithful kernel and
+    under a corrected one: what ``MemTotal`` must grow by (see
+    :func:`simulate_frees`). ``ready`` is the index of the last chunk that must
+    be durable first (-1: none).
+    """
 
     index: int
     addr: int
     size: int
     span: tuple[int, int]
     scratch: bool
+    ready: int = -1
+    new_pages: tuple[int, int] = (0, 0)
 
     @property
     def extent(self) -> Extent:
@@ -134,6 +143,9 @@ class Plan:
     needed: Intervals
     segments: list[tuple[int, int]]
     warnings: list[str] = field(default_factory=list)
+    # The order the writes are made in, always (a run's done writes are a
+    # prefix of it); the last one re-registers the dump.
+    order: list[int] = field(default_factory=list)
 
     @property
     def reserved_bytes(self) -> int:
@@ -168,6 +180,113 @@ def _span(addr: int, size: int, reserved: Extent, memory: int, ps: int) -> tuple
 
 def _split(start: int, end: int, step: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, end)) for a in range(start, end, step)]
+
+
+def _ready(
+    span: tuple[int, int], by_src: list[Chunk], starts: list[int], needed: Intervals
+) -> int:
+    """The last chunk (index) holding needed bytes in the pages ``span`` may free."""
+    last = -1
+    for a, b in needed.intersect(*span):
+        i = max(0, bisect.bisect_right(starts, a) - 1)
+        while i < len(by_src) and by_src[i].src < b:
+            if a < by_src[i].src_end:
+                last = max(last, by_src[i].index)
+            i += 1
+    return last
+
+
+def simulate_frees(
+    writes: list[tuple[int, int]], data: Intervals, reserved: Extent, memory: int, ps: int
+) -> list[tuple[int, int]]:
+    """Pages each write newly frees, made in this order, under both kernels' rules.
+
+    Faithful (Linux 2.6 ``release_region``): the start clamped up to the reserved
+    area (the length kept, then cut at its end), and pages from the start's page
+    through ``size // ps`` pages further, inclusive. Corrected: a page goes back
+    once none of the dump's bytes (``data``: the RESERVED extent and the bytes
+    copied into each section) in it is still unreleased. Pages already free are
+    not counted: the kernel skips them, and ``MemTotal`` grows by exactly the
+    pages a write frees.
+    """
+    irs, end = reserved.addr, memory
+    out: list[tuple[int, int]] = []
+    free_f = Intervals([(irs, memory)])
+    free_c = Intervals([(irs, memory)])
+    unreleased = Intervals(data)
+    for addr, size in writes:
+        # faithful
+        n_f = 0
+        start, length = max(addr, irs), size
+        if start + length > end:
+            length = end - start
+        if length >= 0:
+            first = _page_down(start, ps)
+            last = min(first + (length // ps + 1) * ps, memory)
+            got = free_f.intersect(first, last)
+            n_f = sum(b - a for a, b in got) // ps
+            for a, b in got:
+                free_f.remove(a, b)
+        # corrected
+        unreleased.remove(addr, addr + size)
+        lo, hi = _page_down(addr, ps), _page_up(addr + size, ps)
+        cand = Intervals([(lo, hi)])
+        for a, b in unreleased.intersect(max(0, lo - ps), hi + ps):
+            cand.remove(_page_down(a, ps), _page_up(b, ps))
+        n_c = 0
+        for x, y in list(cand):
+            for a, b in free_c.intersect(x, y):
+                free_c.remove(a, b)
+                n_c += (b - a) // ps
+        out.append((n_f, n_c))
+    return out
+
+
+def _observable_writes(
+    pieces: list[tuple[int, int, bool]],
+    chunks: list[Chunk],
+    needed: Intervals,
+    data: Intervals,
+    reserved: Extent,
+    memory: int,
+    ps: int,
+) -> tuple[list[ReleaseWrite], list[int]]:
+    """The writes and their order, merged until every write but the last frees a new page.
+
+    A write that frees no new page changes only the kernel's counters, which
+    nothing shows; a rerun could not tell whether it was made. Such a write is
+    merged with its neighbour in the same counter (the sums stay exact). The
+    order is the order the writes become safe while chunks become durable in
+    index order; the last write re-registers the dump (seen as the dump going).
+    """
+    by_src = sorted(chunks, key=lambda c: c.src)
+    starts = [c.src for c in by_src]
+    while True:
+        spans = [_span(a, s, reserved, memory, ps) for a, s, _ in pieces]
+        ready = [_ready(sp, by_src, starts, needed) for sp in spans]
+        order = sorted(range(len(pieces)), key=lambda i: (ready[i], i))
+        frees = simulate_frees([pieces[i][:2] for i in order], data, reserved, memory, ps)
+        new = {i: f for i, f in zip(order, frees, strict=True)}
+        bad = next((i for i in order[:-1] if min(new[i]) == 0), None)
+        if bad is None:
+            break
+        a, s, sc = pieces[bad]
+        if bad + 1 < len(pieces) and pieces[bad + 1][2] == sc and pieces[bad + 1][0] == a + s:
+            nxt = pieces[bad + 1]
+            pieces[bad : bad + 2] = [(a, s + nxt[1], sc)]
+        elif bad > 0 and pieces[bad - 1][2] == sc and sum(pieces[bad - 1][:2]) == a:
+            prv = pieces[bad - 1]
+            pieces[bad - 1 : bad + 1] = [(prv[0], prv[1] + s, sc)]
+        else:
+            raise HvdumpError(
+                f"cannot plan releases a rerun can check: the write {Extent(a, s)} frees no "
+                "page of its own and has no neighbour to merge with"
+            )
+    writes = [
+        ReleaseWrite(i, a, s, spans[i], sc, ready[i], new[i])
+        for i, (a, s, sc) in enumerate(pieces)
+    ]
+    return writes, order
 
 
 def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int) -> Plan:
@@ -248,48 +367,43 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
         needed.add(ext.addr, ext.end)
     needed.add(r0, mem_end)
 
-    writes: list[ReleaseWrite] = []
-
-    def write(addr: int, size: int, is_scratch: bool) -> None:
-        if size > 0:
-            span = _span(addr, size, reserved, memory, ps)
-            writes.append(ReleaseWrite(len(writes), addr, size, span, is_scratch))
-
     # The reserved memory: one write per memory chunk, the last one running to
     # the RESERVED end (into the CPU section's first page); all start below the
     # scratch area, so they count only in the reserved counter.
+    pieces: list[tuple[int, int, bool]] = []
     mem_chunks = [c for c in chunks if c.kind == "mem"]
     if mem_chunks:
         bounds = [c.src for c in mem_chunks] + [reserved.end]
-        for a, b in itertools.pairwise(bounds):
-            write(a, b - a, False)
-    else:
-        write(r0, reserved.size, False)
+        pieces += [(a, b - a, False) for a, b in itertools.pairwise(bounds)]
+    elif reserved.size:
+        pieces.append((r0, reserved.size, False))
     # The scratch area: the sections' full registered lengths, each once.
-    write(sections["cpu"].addr, sections["cpu"].size, True)
-    hpte_bounds = [c.src for c in chunks if c.kind == "hpte"] or [sections["hpte"].addr]
-    hpte_bounds[0] = sections["hpte"].addr
-    for a, b in zip(hpte_bounds, [*hpte_bounds[1:], sections["hpte"].end], strict=True):
-        write(a, b - a, True)
-    rmo_bounds = [c.src for c in chunks if c.kind == "rmo"] or [sections["rmo"].addr]
-    rmo_bounds[0] = sections["rmo"].addr
-    for a, b in zip(rmo_bounds, [*rmo_bounds[1:], sections["rmo"].end], strict=True):
-        write(a, b - a, True)
-    total = sum(w.size for w in writes)
-    in_scratch = sum(w.size for w in writes if w.scratch)
+    pieces.append((sections["cpu"].addr, sections["cpu"].size, True))
+    for kind in ("hpte", "rmo"):
+        sbounds = [c.src for c in chunks if c.kind == kind] or [sections[kind].addr]
+        sbounds[0] = sections[kind].addr
+        for a, b in zip(sbounds, [*sbounds[1:], sections[kind].end], strict=True):
+            pieces.append((a, b - a, True))
+    pieces = [p for p in pieces if p[1] > 0]
+    total = sum(p[1] for p in pieces)
+    in_scratch = sum(p[1] for p in pieces if p[2])
     want_total = memory - r0 if reserved.size else total
     if in_scratch != scratch_size or (reserved.size and total != reserved.size + scratch_size):
         raise HvdumpError(
             f"{state.root}: internal error: planned releases add up to {total:#x} "
             f"({in_scratch:#x} in the scratch area), expected {want_total:#x}"
         )
-    for w in writes:
-        in_area = scratch_addr <= w.addr <= scratch.end
-        if in_area != w.scratch:
+    for addr, size, is_scratch in pieces:
+        in_area = scratch_addr <= addr <= scratch.end
+        if in_area != is_scratch:
             raise HvdumpError(
-                f"{state.root}: cannot plan an exact release: write {w.extent} would count "
-                f"{'outside' if w.scratch else 'inside'} the scratch area"
+                f"{state.root}: cannot plan an exact release: write {Extent(addr, size)} would "
+                f"count {'outside' if is_scratch else 'inside'} the scratch area"
             )
+    data = Intervals([(r0, reserved.end)])
+    for ext in copied.values():
+        data.add(max(ext.addr, r0), ext.end)
+    writes, order = _observable_writes(pieces, chunks, needed, data, reserved, memory, ps)
     segments = []
     if rmo_len:
         segments.append((header.rmo.source_address, rmo_len))
@@ -307,4 +421,5 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
         needed=needed,
         segments=segments,
         warnings=warnings,
+        order=order,
     )

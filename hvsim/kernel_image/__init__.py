@@ -14,7 +14,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from elftools.dwarf.callframe import FDE, RegisterRule
 from elftools.elf.elffile import ELFFile
@@ -79,6 +79,7 @@ class Vmlinux:
     def __init__(self, path: Path, endian: str) -> None:
         self.path = path
         self.endian = endian
+        self.byteorder: Literal["big", "little"] = "big" if endian == "big" else "little"
         with open(path, "rb") as f:
             elf = ELFFile(f)
             self.sections = [
@@ -94,16 +95,22 @@ class Vmlinux:
             self.build_id = ""
             for s in elf.iter_sections():
                 if s["sh_type"] == "SHT_NOTE":
-                    for note in s.iter_notes():
+                    for note in s.iter_notes():  # type: ignore[attr-defined]
                         if note["n_type"] == "NT_GNU_BUILD_ID":
                             self.build_id = note["n_desc"]
             self.symbols: dict[str, int] = {}
             self.symbol_sizes: dict[str, int] = {}
+            asm_functions: dict[str, tuple[int, int]] = {}
+            text = [(s.addr, s.addr + s.size) for s in self.sections if s.name.endswith(".text")]
             symtab = elf.get_section_by_name(".symtab")
             for sym in symtab.iter_symbols():  # type: ignore[union-attr]
-                if sym.name and sym["st_info"]["type"] in ("STT_OBJECT", "STT_NOTYPE", "STT_FUNC"):
+                kind = sym["st_info"]["type"]
+                if sym.name and kind in ("STT_OBJECT", "STT_NOTYPE", "STT_FUNC"):
                     self.symbols.setdefault(sym.name, sym["st_value"])
                     self.symbol_sizes.setdefault(sym.name, sym["st_size"])
+                    value = sym["st_value"]
+                    if kind == "STT_FUNC" and any(lo <= value < hi for lo, hi in text):
+                        asm_functions[sym.name] = (value, value + sym["st_size"])
             dwarf = elf.get_dwarf_info()
             self.functions: dict[str, tuple[int, int]] = {}
             self._structs: dict[str, Any] = {}
@@ -116,8 +123,13 @@ class Vmlinux:
             for entry in dwarf.CFI_entries():
                 if isinstance(entry, FDE):
                     start = entry["initial_location"]
-                    self._fdes.append((start, start + entry["address_range"], entry.get_decoded().table))
+                    self._fdes.append(
+                        (start, start + entry["address_range"], entry.get_decoded().table)
+                    )
             self._fdes.sort(key=lambda t: t[0])
+        # Functions without debug info (assembly entry points) from the symbol table.
+        for name, rng in asm_functions.items():
+            self.functions.setdefault(name, rng)
         # Function entry points: DWARF's, which on ELFv1 is the code, not the .opd descriptor.
         for name, (low, _) in self.functions.items():
             self.symbols[name] = low
@@ -157,7 +169,7 @@ class Vmlinux:
                     else:
                         count *= sub.attributes["DW_AT_upper_bound"].value + 1
             return count * self._sizeof_die(elem)
-        if die.tag == "DW_TAG_structure_type" and die.attributes["DW_AT_name"].value.decode() in self._structs:
+        if "DW_AT_declaration" in die.attributes:
             die = self._structs[die.attributes["DW_AT_name"].value.decode()]
         return int(die.attributes["DW_AT_byte_size"].value)
 
@@ -166,7 +178,11 @@ class Vmlinux:
         for m in die.iter_children():
             if m.tag != "DW_TAG_member":
                 continue
-            off = m.attributes["DW_AT_data_member_location"].value if "DW_AT_data_member_location" in m.attributes else 0
+            off = (
+                m.attributes["DW_AT_data_member_location"].value
+                if "DW_AT_data_member_location" in m.attributes
+                else 0
+            )
             mtype = m.get_DIE_from_attribute("DW_AT_type")
             if "DW_AT_name" in m.attributes:
                 out[m.attributes["DW_AT_name"].value.decode()] = _Member(off, mtype)
@@ -238,7 +254,7 @@ class Vmlinux:
         low, high = self.functions[caller]
         tlow, thigh = self.functions[callee]
         code = self.read(low, high - low)
-        order = "big" if self.endian == "big" else "little"
+        order = self.byteorder
         out = []
         for i in range(0, len(code) - 3, 4):
             word = int.from_bytes(code[i : i + 4], order)
@@ -256,6 +272,10 @@ class Vmlinux:
         if not sites:
             raise KeyError(f"{caller} does not call {callee} in {self.path.name}")
         return sites[0]
+
+    def has_cfi(self, pc: int) -> bool:
+        """Whether ``.debug_frame`` covers ``pc`` (assembly entry points have none)."""
+        return any(start <= pc < end for start, end, _ in self._fdes)
 
     def cfi_row(self, pc: int) -> CfiRow:
         """The CFI row in effect at ``pc`` (from ``.debug_frame``)."""
@@ -275,7 +295,7 @@ class Vmlinux:
                 undefined = False
                 if isinstance(lr, RegisterRule):
                     if lr.type == RegisterRule.OFFSET:
-                        lr_offset = lr.arg
+                        lr_offset = int(lr.arg)  # type: ignore[arg-type]
                     elif lr.type == RegisterRule.UNDEFINED:
                         undefined = True
                 return CfiRow(cfa.offset, lr_offset, undefined)
@@ -286,7 +306,7 @@ class Vmlinux:
         start = self.symbols["__start___hvsim_fault_sites"]
         stop = self.symbols["__stop___hvsim_fault_sites"]
         raw = self.read(start, stop - start)
-        order = "big" if self.endian == "big" else "little"
+        order = self.byteorder
         return [int.from_bytes(raw[i : i + 8], order) for i in range(0, len(raw), 8)]
 
 

@@ -120,8 +120,12 @@ def build_all(out_dir: Path = HERE, endians: tuple[str, ...] = ("big", "little")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=HERE, help="output directory (default: the sources')")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out", type=Path, default=HERE, help="output directory (default: the sources')"
+    )
     p.add_argument("--endian", choices=("big", "little", "both"), default="both")
     args = p.parse_args(argv)
     missing = missing_toolchains()

@@ -252,10 +252,6 @@ noinline long system_call_exception(long r3, long r4, long r5, long r6, long r7,
 }
 
 /* arch/powerpc/kernel/interrupt_64.S: the user's registers sit above this frame. */
-void system_call_common(struct pt_regs *regs)
-{
-	outermost_frame();
-	regs->result = system_call_exception(regs->gpr[3], regs->gpr[4], regs->gpr[5],
-					     regs->gpr[6], regs->gpr[7], regs->gpr[8],
-					     regs->gpr[0], regs);
-}
+ASM_ENTRY(system_call_common,
+	  "\tmr 9,0\n\taddi 10,1,112\n\tbl system_call_exception\n\tnop\n"
+	  "\tstd 3,112+8*43(1)\n1:\tb 1b");

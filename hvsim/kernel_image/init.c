@@ -112,17 +112,19 @@ noinline __init void arch_call_rest_init(void)
 	barrier();
 }
 
-__init void start_kernel(void)
+noinline __init void start_kernel(void)
 {
-	outermost_frame();
 	printk("\0015Linux version %s\n", init_uts_ns.name.release);
 	saved_command_line = "root=/dev/sda2 ro crashkernel=256M";
 	arch_call_rest_init();
 }
 
-void start_secondary(void *unused)
+noinline void start_secondary(void *unused)
 {
-	outermost_frame();
 	get_paca()->cpu_start = 1;
 	cpu_startup_entry(0);
 }
+
+/* arch/powerpc/kernel/head_64.S: the boot CPU's and the secondaries' first frames. */
+ASM_ENTRY(start_here_common, "\tbl start_kernel\n\tnop\n1:\tb 1b");
+ASM_ENTRY(start_secondary_prolog, "\tbl start_secondary\n\tnop\n1:\tb 1b");

@@ -30,11 +30,14 @@
 #define NULL ((void *)0)
 #define barrier() __asm__ __volatile__("" ::: "memory")
 /*
- * The outermost frame of a kernel stack: no caller to return to. Real kernels
- * end the back chain with zero in assembly entry code; here the C entry
- * points say so in their call frame information.
+ * Assembly entry points (the outermost frame of every kernel stack), as in
+ * arch/powerpc/kernel/entry_64.S and head_64.S: no CFI and no debug info, a
+ * zero back chain ends the stack. ASM_ENTRY(name, body) defines a function
+ * symbol in .text whose body calls C.
  */
-#define outermost_frame() __asm__ __volatile__(".cfi_undefined lr")
+#define ASM_ENTRY(name, body)                                                  \
+	__asm__(".text\n\t.balign 512\n\t.globl " #name "\n\t.type " #name       \
+		",@function\n" #name ":\n" body "\n\t.size " #name ",.-" #name "\n")
 
 typedef unsigned char u8;
 typedef unsigned short u16;

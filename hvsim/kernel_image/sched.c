@@ -147,11 +147,7 @@ noinline int kthreadd(void *unused)
 	return 0;
 }
 
-void ret_from_kernel_thread(void *arg)
-{
-	outermost_frame();
-	if ((long)arg < 0)
-		kthreadd(arg);
-	else
-		kthread(arg);
-}
+/* arch/powerpc/kernel/entry_64.S: a new kernel thread starts here. */
+ASM_ENTRY(ret_from_kernel_thread,
+	  "\tmr 3,15\n\tcmpdi 3,0\n\tblt 1f\n\tbl kthread\n\tnop\n\tb 2f\n"
+	  "1:\tbl kthreadd\n\tnop\n2:\tb 2b");

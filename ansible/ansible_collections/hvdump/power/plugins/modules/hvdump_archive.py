@@ -268,7 +268,7 @@ def main():
         a.verify()
         result["verified"] = True
     except (RuntimeError, OSError) as exc:
-        module.fail_json(msg="archive to %s failed: %s; the local copy is kept" % (a.url, exc), **result)
+        module.fail_json(msg="archive failed, the local copy is kept: %s (to %s)" % (exc, a.url), **result)
     rec = {"archive_path": a.url, "verified": True, "time": time.time(),
            "target": dict(p["target"]), "files": len(lines)}
     with open(os.path.join(src, ARCHIVED_FILE), "w") as f:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.export_root import export_root  # noqa: E402
-from hvsim import Lpar  # noqa: E402
+from bench.export_root import export_root
+from hvsim import Lpar
 
 PY = sys.executable
 
@@ -37,7 +37,18 @@ def _collect(root: Path, out: Path, *args: str) -> tuple[float, dict]:  # type: 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
     subprocess.run(
-        [PY, "-m", "drgn_hvdump.cli", "collect", "--root", str(root), "-o", str(out), "--no-progress", *args],
+        [
+            PY,
+            "-m",
+            "drgn_hvdump.cli",
+            "collect",
+            "--root",
+            str(root),
+            "-o",
+            str(out),
+            "--no-progress",
+            *args,
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -60,7 +71,9 @@ def speed(base: Path, memory: str) -> None:
         best = min(_timed(cmd)[0] for _ in range(2))
         out_size = (base / ("v.zst" if "zstd" in name else "v.lz4")).stat().st_size
         res[name] = best
-        print(f"{name:28s} {best:6.2f} s {size / best / 1e6:7.0f} MB/s  output {out_size / 1e6:7.0f} MB")
+        print(
+            f"{name:28s} {best:6.2f} s {size / best / 1e6:7.0f} MB/s  output {out_size / 1e6:7.0f} MB"
+        )
     for label, args, base_name in (
         ("collect zstd 1, 1 thread", ["--compress", "zstd", "--threads", "1"], "zstd -1 -T1"),
         ("collect zstd 1, 2 threads", ["--compress", "zstd", "--threads", "2"], "zstd -1 -T1"),
@@ -80,7 +93,7 @@ def speed(base: Path, memory: str) -> None:
 
 def _integral(curve: list[list[float]], total_time: float) -> float:
     area = 0.0
-    for (t0, r0), (t1, _) in zip(curve, curve[1:] + [[total_time, 0]], strict=False):
+    for (t0, r0), (t1, _) in zip(curve, [*curve[1:], [total_time, 0]], strict=False):
         area += r0 * max(0.0, t1 - t0)
     return area
 
@@ -96,7 +109,7 @@ def release_curve(base: Path, memory: str) -> None:
         root.mkdir()
         fuse_root.mount(lpar.path, str(root))
         try:
-            dt, m = _collect(root, base / f"out-{policy}", "--release", policy, "--threads", "2")
+            _, m = _collect(root, base / f"out-{policy}", "--release", policy, "--threads", "2")
         finally:
             fuse_root.umount(str(root))
         curve = m["release"]["reserved_over_time"]
@@ -104,7 +117,9 @@ def release_curve(base: Path, memory: str) -> None:
         results[policy] = (_integral(curve, end), end, curve)
         assert lpar.protected
     ratio = results["progressive"][0] / results["at-end"][0]
-    print(f"reserved-memory integral: progressive / at-end = {ratio:.3f} (target <= 0.55, ideal 0.50)")
+    print(
+        f"reserved-memory integral: progressive / at-end = {ratio:.3f} (target <= 0.55, ideal 0.50)"
+    )
     for policy, (_, end, curve) in results.items():
         step = max(1, len(curve) // 8)
         pts = ", ".join(f"{t:.1f}s:{r / (1 << 30):.2f}G" for t, r in curve[::step])
@@ -115,7 +130,12 @@ def rss(base: Path, sizes: list[str]) -> None:
     from hvsim import fuse_root
 
     for size in sizes:
-        lpar = Lpar.create(base / f"rss-{size}", memory=size, boot=True, mix="zero=0.9,text=0.05,pointer=0.04,random=0.01")
+        lpar = Lpar.create(
+            base / f"rss-{size}",
+            memory=size,
+            boot=True,
+            mix="zero=0.9,text=0.05,pointer=0.04,random=0.01",
+        )
         lpar.crash()
         root = base / f"rroot-{size}"
         root.mkdir()
@@ -127,9 +147,22 @@ def rss(base: Path, sizes: list[str]) -> None:
                 "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
             )
             out = subprocess.run(
-                [PY, "-c", code, "collect", "--root", str(root), "-o", str(base / f"rout-{size}"),
-                 "--no-progress", "--threads", "2"],
-                check=True, capture_output=True, text=True,
+                [
+                    PY,
+                    "-c",
+                    code,
+                    "collect",
+                    "--root",
+                    str(root),
+                    "-o",
+                    str(base / f"rout-{size}"),
+                    "--no-progress",
+                    "--threads",
+                    "2",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout
         finally:
             fuse_root.umount(str(root))

@@ -150,6 +150,20 @@ _VMCORE_HELP = """\
 Copy /proc/vmcore to OUTPUT (mode 0600), as 'dd if=ROOT/proc/vmcore' would.
 """
 
+_TRUTH_CORE_HELP = """\
+Write the memory of the last crashed kernel (ground truth, whatever happened
+since) as an ELF core in the kernel's byte order: PT_LOADs of the low 256 MiB
+(--full: all of RAM), the VMCOREINFO note and one NT_PRSTATUS per CPU. Open it
+with stock drgn and the kernel's debug info:
+
+    drgn -c OUTPUT -s "$(hvsim vmlinux LPAR)"
+"""
+
+_VMLINUX_HELP = """\
+Print the path of the vmlinux (with debug info) the LPAR's kernel runs: the
+big- or little-endian image hvsim ships. Give it to drgn -s or crash.
+"""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``hvsim: error: ...`` and exit 2."""
@@ -231,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="release_region prints the kernel's literal unrelocated header (quirk)",
     )
     p.add_argument("--osrelease", default="2.6.32-hvsim", help="kernel release string")
+    p.add_argument(
+        "--tasks",
+        default="",
+        metavar="COMM[:PID],...",
+        help="the crashed kernel's user processes (default: a plausible set), e.g. sshd,db:2000",
+    )
     p.add_argument("--boot", action="store_true", help="boot it right away")
     p.set_defaults(func=_cmd_create)
 
@@ -292,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUTPUT", help="file to write (created 0600)")
     p.set_defaults(func=_cmd_vmcore)
 
+    p = add("truth-core", "write the crashed kernel's memory as an ELF core", _TRUTH_CORE_HELP)
+    p.add_argument("output", metavar="OUTPUT", help="file to write (created 0600)")
+    p.add_argument("--full", action="store_true", help="all of RAM, not just the low 256 MiB")
+    p.set_defaults(func=_cmd_truth_core)
+
+    p = add("vmlinux", "print the path of the LPAR kernel's debug-info image", _VMLINUX_HELP)
+    p.set_defaults(func=_cmd_vmlinux)
+
     add_subcommands(sub)
     add_fleet_subcommands(sub)
     return parser
@@ -323,6 +351,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
         quirks=args.quirks,
         literal_release_map=args.literal_release_map,
         osrelease=args.osrelease,
+        tasks=args.tasks,
         boot=args.boot,
     )
     cfg = lpar.config
@@ -427,6 +456,25 @@ def _cmd_cat(args: argparse.Namespace) -> int:
             print(f"{name} ({len(value)} bytes)")
         return 0
     return _fail(f"{path}: no such file in the capture root (try without PATH for a list)")
+
+
+def _cmd_truth_core(args: argparse.Namespace) -> int:
+    from .groundcore import write_truth_core
+
+    lpar = Lpar.open(args.lpar)
+    try:
+        size = write_truth_core(lpar, args.output, full=args.full)
+    except ValueError as e:
+        return _fail(str(e))
+    print(f"wrote {size} bytes (ground truth of the last crash) to {args.output}")
+    return 0
+
+
+def _cmd_vmlinux(args: argparse.Namespace) -> int:
+    from .kernel import vmlinux_path
+
+    print(vmlinux_path(Lpar.open(args.lpar).config.endian))
+    return 0
 
 
 def _cmd_vmcore(args: argparse.Namespace) -> int:

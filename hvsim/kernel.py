@@ -33,6 +33,7 @@ boot generation, the crash time and the scenario.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import struct
 from collections.abc import Iterable, Iterator, Mapping
@@ -413,13 +414,20 @@ class _Mem:
         self.vm = vm
         self.order = order
         self.blocks: dict[int, bytearray] = {}
+        self._starts: list[int] = []
 
     def alloc(self, paddr: int, size: int, fill: bytes | None = None) -> None:
+        if paddr not in self.blocks:
+            bisect.insort(self._starts, paddr)
         self.blocks[paddr] = bytearray(fill if fill is not None else bytes(size))
 
     def _find(self, paddr: int, size: int) -> tuple[bytearray, int]:
-        for start, buf in self.blocks.items():
-            if start <= paddr and paddr + size <= start + len(buf):
+        starts = self._starts
+        i = bisect.bisect_right(starts, paddr) - 1
+        if i >= 0:
+            start = starts[i]
+            buf = self.blocks[start]
+            if paddr + size <= start + len(buf):
                 return buf, paddr - start
         raise KeyError(f"no block holds {paddr:#x}+{size:#x}")
 
@@ -680,7 +688,7 @@ class KernelImage:
                 TaskInfo(f"swapper/{cpu}", 0, 0, 0, False, [], state=0, cpu=cpu, idle=True)
             )
         pid = 1
-        user_pid_next = 280 + self._draws("pid-base") % 200
+        user_pid_next = 0
 
         def kthread(comm: str, chain: str, cpu: int = 0) -> TaskInfo:
             nonlocal pid
@@ -702,6 +710,7 @@ class KernelImage:
         kthread("kswapd0", "kswapd")
         jbd2 = kthread("jbd2/sda2-8", "jbd2")
         kthread(f"kworker/u{2 * cfg.cpus}:1", "worker")
+        user_pid_next = pid + 260 + self._draws("pid-base") % 200
 
         def user(comm: str, chain: str, want: int | None = None) -> TaskInfo:
             nonlocal user_pid_next
@@ -996,9 +1005,9 @@ def _build_state(image: KernelImage) -> _State:
         top_pc = vm.call_site(chain[0], top_callee)
         frames, lr_offs = _frames(vm, chain, top_pc, t.stack + cfa_top_off, interrupted)
         t.frames = frames
-        low = frames[0].sp - switch_frame - 288
-        mem.alloc(low - KERNELBASE, t.stack + _THREAD_SIZE - low)
-        if t.slot >= 0:
+        if t.slot >= 0:  # init_task's stack is in .data
+            low = frames[0].sp - switch_frame - 288
+            mem.alloc(low - KERNELBASE, t.stack + _THREAD_SIZE - low)
             mem.alloc(t.stack - KERNELBASE, 8)
         mem.put_int(t.stack, 8, _STACK_END_MAGIC)
         for i, f in enumerate(frames[:-1]):

@@ -167,7 +167,9 @@ class IntervalSet:
         return i < len(self._starts) and self._starts[i] <= start and end <= self._ends[i]
 
     def overlaps(self, start: int, end: int) -> bool:
-        """Whether any of ``[start, end)`` is in the set."""
+        """Whether any of ``[start, end)`` is in the set (an empty range never is)."""
+        if end <= start:
+            return False
         i = bisect.bisect_right(self._ends, start)
         return i < len(self._starts) and self._starts[i] < end
 

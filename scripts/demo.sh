@@ -66,3 +66,17 @@ say "Everything released: the kernel re-registered and the LPAR is protected aga
 hvsim status "$LPAR"
 ls "$ROOT/sys/kernel"
 say "Demo finished; files are in $WORK"
+
+say "Analyse the crashed kernel with stock drgn: release, panic message, crashed CPU's backtrace"
+# Ground truth of the crash (what a perfect collector writes), and the kernel's debug info.
+hvsim truth-core "$LPAR" "$WORK/truth.core"
+drgn -q -c "$WORK/truth.core" -s "$(hvsim vmlinux "$LPAR")" -e '
+from drgn.helpers.linux.printk import get_printk_records
+print("release:", prog["init_uts_ns"].name.release.string_().decode())
+print("panic:  ", get_printk_records()[-1].text.decode())
+thread = prog.crashed_thread()
+cpu = prog["panic_cpu"].counter.value_()
+print(f"crashed: CPU {cpu}, PID {thread.tid} ({thread.name})")
+print(thread.stack_trace())
+'
+say "drgn analysis finished"

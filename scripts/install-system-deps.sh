@@ -5,7 +5,7 @@
 # baselines; python3-venv: the project venv; gcc-powerpc64*-linux-gnu: rebuilding
 # hvsim's kernel image (hvsim/kernel_image).
 set -eu
-PKGS="fuse3 elfutils binutils gdb-multiarch zstd lz4 xxhash python3-venv python3-libkdumpfile gcc-powerpc64-linux-gnu gcc-powerpc64le-linux-gnu"
+PKGS="fuse3 elfutils binutils gdb-multiarch zstd lz4 xxhash python3-venv python3-libkdumpfile gcc-powerpc64-linux-gnu gcc-powerpc64le-linux-gnu openssh-server openssh-client rsync"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_ansible_helpers import BIN, REPO, ansible_env, fleet, needs_ansible, recap, run_playbook
+from tests.test_ansible_helpers import (
+    BIN,
+    REPO,
+    ansible_env,
+    fleet,
+    needs_ansible,
+    recap,
+    run_playbook,
+)
 
 pytestmark = [needs_ansible, pytest.mark.slow]
 MODULES = ("hvdump_facts", "hvdump_collect", "hvdump_verify", "hvdump_release", "hvdump_archive")
@@ -116,14 +124,15 @@ def test_modules_release_verify_check_mode(tmp_path: Path) -> None:
             {"name": "Collect again", "hvdump.power.hvdump_collect":
                 {**common, "dump_dir": "{{ hvdump_dump_dir }}", "release": "never"}, "register": "c2"},
             {"name": "Verify", "hvdump.power.hvdump_verify": {"path": "{{ c1.output }}"}, "register": "v"},
-            {"name": "Facts", "hvdump.power.hvdump_facts": {**common, "dump_dir": "{{ hvdump_dump_dir }}"}},
+            {"name": "Facts", "hvdump.power.hvdump_facts": {**common, "dump_dir": "{{ hvdump_dump_dir }}"},
+             "register": "f1"},
             {"name": "Release in check mode", "hvdump.power.hvdump_release": {**common, "output": "{{ c1.output }}"},
              "check_mode": True, "register": "r1"},
             {"name": "Release", "hvdump.power.hvdump_release": {**common, "output": "{{ c1.output }}"}, "register": "r2"},
             {"name": "Release again", "hvdump.power.hvdump_release": {**common, "output": "{{ c1.output }}"}, "register": "r3"},
             {"name": "Facts after", "hvdump.power.hvdump_facts": {**common}, "register": "f2"},
             {"name": "Save", "ansible.builtin.copy": {"dest": str(tmp_path / "out.json"), "mode": "0600", "content":
-                "{{ {'c0': c0, 'c1': c1, 'c2': c2, 'v': v, 'facts': hvdump, 'r1': r1, 'r2': r2, 'r3': r3, 'f2': f2} | to_json }}"}},
+                "{{ {'c0': c0, 'c1': c1, 'c2': c2, 'v': v, 'facts': f1.ansible_facts.hvdump, 'r1': r1, 'r2': r2, 'r3': r3, 'f2': f2} | to_json }}"}},
         ]
         res = run_playbook(_play(tmp_path, tasks), inv, tmp_path)
         assert res.returncode == 0, res.stdout[-4000:]
@@ -133,7 +142,9 @@ def test_modules_release_verify_check_mode(tmp_path: Path) -> None:
         assert not out["c2"]["changed"] and out["c2"]["collected"]
         assert out["v"]["ok"] and not out["v"]["changed"]
         facts = out["facts"]
-        assert facts["dump_waiting"] and facts["collection"]["complete"] and facts["reserved_bytes"] > 0
+        assert facts["dump_waiting"], facts
+        assert facts["collection"]["complete"], facts["collection"]
+        assert facts["reserved_bytes"] > 0, facts
         assert out["r1"]["changed"] and out["r1"]["released_bytes"] > 0
         assert out["r2"]["changed"] and not out["r2"]["dump_waiting"]
         assert not out["r3"]["changed"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from hvsim.config import LparConfig
+from hvsim.kernel import SCENARIOS, KernelImage
 from hvsim.kernel_image import KERNELBASE, image_path, load_vmlinux
 from hvsim.kernel_image.build import SOURCES, build_all, missing_toolchains
 
@@ -62,7 +65,9 @@ def test_image_has_what_drgn_needs(endian: str) -> None:
         ("uts_namespace", "name.release"),
     ):
         vm.field(struct, path)
-    assert vm.enum("PIDTYPE_PID") == 0 and vm.enum("desc_finalized") == 2 and vm.enum("LOG_CONT") == 8
+    assert (
+        vm.enum("PIDTYPE_PID") == 0 and vm.enum("desc_finalized") == 2 and vm.enum("LOG_CONT") == 8
+    )
     assert vm.sizeof("pt_regs") >= 312
     assert vm.offsetof("uts_namespace", "name") == 4
 
@@ -77,8 +82,14 @@ def test_both_images_share_their_addresses() -> None:
 @pytest.mark.parametrize("endian", ENDIANS)
 def test_panic_paths_have_real_call_sites_and_cfi(endian: str) -> None:
     vm = load_vmlinux(endian)
-    chain = ["panic", "sysrq_handle_crash", "__handle_sysrq", "write_sysrq_trigger", "proc_reg_write"]
-    for callee, caller in zip(chain, chain[1:], strict=False):
+    chain = [
+        "panic",
+        "sysrq_handle_crash",
+        "__handle_sysrq",
+        "write_sysrq_trigger",
+        "proc_reg_write",
+    ]
+    for callee, caller in itertools.pairwise(chain):
         site = vm.call_site(caller, callee)
         row = vm.cfi_row(site - 4)
         assert row.lr_offset == 16 and row.cfa_offset > 0 and row.cfa_offset % 16 == 0
@@ -116,3 +127,41 @@ def test_rebuild_reproduces_the_committed_images(tmp_path: Path) -> None:
             "python -m hvsim.kernel_image.build and commit the result"
         )
     assert build_all  # the package's own entry point exists too
+
+
+def _image(
+    seed: int, scenario: str = "random", tasks: str = "", endian: str = "big"
+) -> KernelImage:
+    cfg = LparConfig(memory=1 << 30, cpus=4, endian=endian, seed=seed, tasks=tasks)  # type: ignore[arg-type]
+    return KernelImage(cfg, 1, 1_700_000_000, SCENARIOS[scenario])
+
+
+def test_a_fleet_shows_different_crashes() -> None:
+    images = [_image(seed) for seed in range(12)]
+    assert {i.kind for i in images} == {"sysrq", "oops", "hung-task"}
+    assert len({(i.kind, i.crash_cpu, i.crashed_task().comm) for i in images}) >= 6
+    for i in images:
+        assert i.panic_message().startswith("Kernel panic - not syncing: ")
+        assert i.backtrace()[0] == "panic"
+
+
+def test_tasks_option_sets_the_user_processes() -> None:
+    image = _image(3, "sysrq", tasks="postgres:4000,backup,sshd:22")
+    users = {(t.comm, t.pid) for t in image.tasks() if t.user}
+    assert {("postgres", 4000), ("sshd", 22)} <= users
+    assert any(c == "backup" for c, _ in users)
+    with pytest.raises(ValueError, match="pid must be"):
+        LparConfig(memory=1 << 30, tasks="x:1")
+    with pytest.raises(ValueError, match="1 to 15"):
+        LparConfig(memory=1 << 30, tasks="a-name-much-too-long")
+
+
+@pytest.mark.parametrize("endian", ENDIANS)
+def test_registers_agree_with_stacks_and_crash_notes(endian: str) -> None:
+    image = _image(5, "oops", endian=endian)
+    for state in image.cpu_states():
+        task = image.running_task(state.cpu)
+        top = task.frames[0]
+        assert state.regs["NIA"] == state.regs["LR"] == top.pc
+        assert state.regs["GPR01"] == top.sp
+        assert image.pt_regs(state.cpu).nip == top.pc

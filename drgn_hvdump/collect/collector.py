@@ -2,14 +2,16 @@
 
 One pass over the plan's chunks (:mod:`drgn_hvdump.collect.plan`): read a
 chunk from ``/proc/vmcore``, scan zero pages and take its XXH64 (native code),
-compress its pages in worker threads, write it where the plan puts it, sync,
-drop it from the page cache, read it back, rebuild the raw bytes and compare
-checksums; only then is the chunk journaled as durable and are the release
-writes whose pages are now all durable made (``--release progressive``).
+compress its pages in worker threads (each compressed page is decompressed and
+compared with the page read), write it where the plan puts it; a second thread
+syncs, drops it from the page cache and reads it back, comparing the stored
+bytes' XXH64 with the one taken at write time. Only then is the chunk
+journaled as durable and are the release writes whose pages are now all
+durable made (``--release progressive``), always in the plan's order.
 The journal (``DIR/journal.jsonl``, one fsynced JSON line per event) makes a
 killed collection resumable: chunks it lists are never read again, and a
-release that was started but not confirmed is resolved by comparing the
-memory with the saved copy before anything is written again.
+release that was started but not confirmed is decided from ``MemTotal`` (which
+grows by exactly the pages a write frees) before anything is written again.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 from drgn_hvdump import native
 from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
-from drgn_hvdump.collect.codecs import Codec, get_codec
+from drgn_hvdump.collect.codecs import Codec, Prepared, batch_compressor, get_codec
 from drgn_hvdump.collect.output import (
     ElfOutput,
     KdumpOutput,
@@ -687,7 +689,7 @@ class _InFlight:
     prepared: list[Future[list[tuple[int, bytes] | None]]]
     read_s: float
     written: Any = None
-    verify: Future[int] | None = None
+    verify: Future[str] | None = None
 
 
 class _Runner:
@@ -723,6 +725,7 @@ class _Runner:
         self.durable = Intervals()
         self.done_chunks: dict[int, dict[str, Any]] = {}
         self.writes_done: set[int] = set()
+        self.io: ThreadPoolExecutor | None = None
         self.pos = 0  # plan.order[:pos] are made (in this boot of the capture kernel)
         self.warnings: list[str] = []
         self.stored_bytes = 0
@@ -747,18 +750,7 @@ class _Runner:
 
     def _prepare(self, view: memoryview, zero: bytes) -> list[tuple[int, bytes] | None]:
         assert self.codec is not None
-        compress = _thread_compressor(self.codec)
-        ps = self.plan.page_size
-        flag = self.codec.flag
-        out: list[tuple[int, bytes] | None] = []
-        for i, z in enumerate(zero):
-            if z:
-                out.append(None)
-                continue
-            page = view[i * ps : (i + 1) * ps]
-            data = compress(page)
-            out.append((flag, data) if len(data) < ps else (0, bytes(page)))
-        return out
+        return _thread_compressor(self.codec, self.plan.page_size)(view, zero)
 
     def _write(self, item: _InFlight) -> None:
         ch = item.chunk
@@ -777,10 +769,8 @@ class _Runner:
                 pages.extend(fut.result())
                 self.timings["compress_wait"] += time.monotonic() - t1
             item.written = self.output.write(ch.dst, pages)
-            self.output.sync()
         else:
             item.written = self.output.write(ch.dst, view, item.zero)
-            self.output.sync()
         self.timings["write"] += time.monotonic() - t
         self.stored_bytes += item.written.length
         self.read_bytes += ch.size
@@ -792,20 +782,35 @@ class _Runner:
             return self.hpte.read_back(ch.dst, ch.size)
         return self.output.read_back(ch.dst, ch.size)
 
-    def _verify(self, ch: Chunk) -> int:
-        return native.hash64(self.read_back(ch))
+    def _verify(self, item: _InFlight) -> str:
+        """In the I/O thread: sync, then read back (page cache dropped) and compare.
+
+        A kdump chunk's pages were decompressed and compared with the pages read
+        (whose XXH64 the journal keeps) when they were compressed; here the
+        stored bytes' XXH64 and the descriptors are checked against what was
+        written. Other chunks are read back whole and hashed.
+        """
+        ch = item.chunk
+        if isinstance(self.output, KdumpOutput) and ch.kind in ("rmo", "mem"):
+            self.output.sync()
+            return self.output.check_back(ch.dst, item.written)
+        if ch.kind not in ("cpu", "hpte"):
+            self.output.sync()
+        got = native.hash64(self.read_back(ch))
+        if got != item.xxh64:
+            return f"reads back with checksum {got:#018x}, expected {item.xxh64:#018x}"
+        return ""
 
     def _finish(self, item: _InFlight) -> None:
         ch = item.chunk
         assert item.verify is not None
         t = time.monotonic()
-        got = item.verify.result()
+        problem = item.verify.result()
         self.timings["verify_wait"] += time.monotonic() - t
-        if got != item.xxh64:
+        if problem:
             raise HvdumpError(
                 f"{self.output.path}: chunk {ch.index} ({ch.kind} {ch.src:#x}+{ch.size:#x}) "
-                f"reads back with checksum {got:#018x}, expected {item.xxh64:#018x}; "
-                "nothing of it was released"
+                f"{problem}; nothing of it was released"
             )
         rec = {
             "t": "chunk",
@@ -837,7 +842,11 @@ class _Runner:
         todo = [ch for ch in self.plan.chunks if ch.index not in self.done_chunks]
         depth = self.threads + 2
         ps = self.plan.page_size
-        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hvdump") as pool:
+        with (
+            ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="hvdump") as pool,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hvdump-io") as io,
+        ):
+            self.io = io
             waiting: deque[_InFlight] = deque()
             written: deque[_InFlight] = deque()
             for ch in todo:
@@ -876,7 +885,8 @@ class _Runner:
             item = waiting.popleft()
             self._write(item)
             item.prepared = []
-            item.verify = pool.submit(self._verify, item.chunk)
+            assert self.io is not None
+            item.verify = self.io.submit(self._verify, item)
             written.append(item)
             return
         self._finish(written.popleft())
@@ -1144,15 +1154,15 @@ class _Runner:
         }
 
 
-_tls_codec: dict[tuple[int, str], Callable[[memoryview], bytes]] = {}
+_tls_codec: dict[tuple[int, str, int], Callable[[memoryview, bytes], Prepared]] = {}
 
 
-def _thread_compressor(codec: Codec) -> Callable[[memoryview], bytes]:
+def _thread_compressor(codec: Codec, page_size: int) -> Callable[[memoryview, bytes], Prepared]:
     """One compressor per worker thread (zstd contexts must not be shared)."""
     import threading
 
-    key = (threading.get_ident(), f"{codec.name}:{codec.level}")
+    key = (threading.get_ident(), f"{codec.name}:{codec.level}", page_size)
     fn = _tls_codec.get(key)
     if fn is None:
-        fn = _tls_codec[key] = codec.compressor()
+        fn = _tls_codec[key] = batch_compressor(codec, page_size)
     return fn

@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from drgn_hvdump import native
 from drgn_hvdump.collect.codecs import Codec, decompress_page
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import CoreLayout
@@ -97,6 +98,10 @@ class ChunkWrite:
 
     offset: int
     length: int
+    # kdump: XXH64 of the stored (compressed) bytes and the descriptors written,
+    # to check what reads back from the disk without decompressing it again.
+    stored_xxh64: int = 0
+    descs: bytes = b""
 
 
 class SidecarOutput:
@@ -220,7 +225,23 @@ class KdumpOutput:
         _pwrite_all(self.fd, blob, start)
         _pwrite_all(self.fd, descs, lay.desc_file_offset(paddr // ps))
         self.data_end = start + len(blob)
-        return ChunkWrite(start, len(blob))
+        return ChunkWrite(start, len(blob), native.hash64(blob), bytes(descs))
+
+    def check_back(self, paddr: int, w: ChunkWrite) -> str:
+        """Read a written chunk back from the disk (page cache dropped first) and compare
+        its stored bytes' XXH64 and its descriptors with what was written; "" if equal."""
+        doff = self.layout.desc_file_offset(paddr // self.page_size)
+        _drop_cache(self.fd, doff, len(w.descs))
+        if _pread_exact(self.fd, len(w.descs), doff) != w.descs:
+            return f"page descriptors at offset {doff:#x} read back differently"
+        _drop_cache(self.fd, w.offset, w.length)
+        got = native.hash64(_pread_exact(self.fd, w.length, w.offset))
+        if got != w.stored_xxh64:
+            return (
+                f"stored bytes at offset {w.offset:#x}+{w.length:#x} read back with XXH64 "
+                f"{got:#018x}, written {w.stored_xxh64:#018x}"
+            )
+        return ""
 
     def sync(self) -> None:
         os.fdatasync(self.fd)

@@ -182,9 +182,7 @@ def _split(start: int, end: int, step: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, end)) for a in range(start, end, step)]
 
 
-def _ready(
-    span: tuple[int, int], by_src: list[Chunk], starts: list[int], needed: Intervals
-) -> int:
+def _ready(span: tuple[int, int], by_src: list[Chunk], starts: list[int], needed: Intervals) -> int:
     """The last chunk (index) holding needed bytes in the pages ``span`` may free."""
     last = -1
     for a, b in needed.intersect(*span):
@@ -283,8 +281,7 @@ def _observable_writes(
                 "page of its own and has no neighbour to merge with"
             )
     writes = [
-        ReleaseWrite(i, a, s, spans[i], sc, ready[i], new[i])
-        for i, (a, s, sc) in enumerate(pieces)
+        ReleaseWrite(i, a, s, spans[i], sc, ready[i], new[i]) for i, (a, s, sc) in enumerate(pieces)
     ]
     return writes, order
 

@@ -79,6 +79,7 @@ class Vmlinux:
     def __init__(self, path: Path, endian: str) -> None:
         self.path = path
         self.endian = endian
+        self._field_cache: dict[tuple[str, str], tuple[int, int]] = {}
         self.byteorder: Literal["big", "little"] = "big" if endian == "big" else "little"
         with open(path, "rb") as f:
             elf = ELFFile(f)
@@ -193,10 +194,20 @@ class Vmlinux:
 
     def sizeof(self, struct: str) -> int:
         """``sizeof(struct NAME)``."""
-        return self._sizeof_die(self._structs[struct])
+        key = (struct, "")
+        if key not in self._field_cache:
+            self._field_cache[key] = (0, self._sizeof_die(self._structs[struct]))
+        return self._field_cache[key][1]
 
     def field(self, struct: str, path: str) -> tuple[int, int]:
         """``(offsetof, sizeof)`` of a member path like ``"pids[0].node.next"`` in ``struct NAME``."""
+        key = (struct, path)
+        hit = self._field_cache.get(key)
+        if hit is None:
+            hit = self._field_cache[key] = self._field(struct, path)
+        return hit
+
+    def _field(self, struct: str, path: str) -> tuple[int, int]:
         die = self._structs[struct]
         offset = 0
         for part in re.findall(r"[A-Za-z_][A-Za-z0-9_]*|\[\d+\]", path):

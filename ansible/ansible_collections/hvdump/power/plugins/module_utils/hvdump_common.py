@@ -59,7 +59,7 @@ def _vmcore_info(root):
 
         with ElfCore.open(os.path.join(root, "proc/vmcore")) as core:
             return dict(core.vmcoreinfo or {})
-    except Exception:  # noqa: BLE001 - a missing or odd vmcore only loses the id's time
+    except Exception:
         return {}
 
 

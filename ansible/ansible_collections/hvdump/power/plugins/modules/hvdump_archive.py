@@ -124,10 +124,10 @@ import hashlib
 import json
 import os
 import shlex
-import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import (
     ARCHIVED_FILE,
     SUMS_FILE,
@@ -184,7 +184,7 @@ class Archive:
 
     def remote(self, script, what):
         if self.t["type"] == "ssh":
-            return self.run(self.ssh_cmd() + [self.t["location"], script], what)
+            return self.run([*self.ssh_cmd(), self.t["location"], script], what)
         return self.run(["/bin/sh", "-c", script], what)
 
     def copy(self, src):

@@ -139,6 +139,7 @@ warnings_collector:
   elements: str
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -148,6 +149,7 @@ import sys
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import (
     PROGRESS_SUFFIX,
     HvdumpError,
@@ -167,10 +169,8 @@ def _write_progress(path, value):
             json.dump(value, f)
         os.replace(tmp, path)
     except OSError:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def _summary(output):

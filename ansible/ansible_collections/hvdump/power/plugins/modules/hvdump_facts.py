@@ -84,6 +84,7 @@ import os
 import socket
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import (
     HvdumpError,
     dump_facts,

@@ -78,6 +78,7 @@ import os
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import (
     HvdumpError,
     require_hvdump,

@@ -54,6 +54,7 @@ report:
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import (
     HvdumpError,
     require_hvdump,

@@ -65,7 +65,6 @@ done < "$WORK/ranges"
 say "Everything released: the kernel re-registered and the LPAR is protected again"
 hvsim status "$LPAR"
 ls "$ROOT/sys/kernel"
-say "Demo finished; files are in $WORK"
 
 say "Analyse the crashed kernel with stock drgn: release, panic message, crashed CPU's backtrace"
 # Ground truth of the crash (what a perfect collector writes), and the kernel's debug info.
@@ -79,4 +78,4 @@ cpu = prog["panic_cpu"].counter.value_()
 print(f"crashed: CPU {cpu}, PID {thread.tid} ({thread.name})")
 print(thread.stack_trace())
 '
-say "drgn analysis finished"
+say "Demo finished; files are in $WORK"

@@ -6,6 +6,7 @@ exactly as it runs on a real POWER LPAR with ``--root /``::
 
     ROOT/proc/version                     the kernel banner
     ROOT/proc/meminfo                     memory the kernel has (capture: low 256 MiB)
+    ROOT/proc/sys/kernel/random/boot_id   changes with every boot of the LPAR
     ROOT/proc/vmcore                      0400, the ELF core (only while a dump waits)
     ROOT/proc/device-tree                 -> ../sys/firmware/devicetree/base
     ROOT/sys/firmware/devicetree/base/... the device tree (rtas/ibm,kernel-dump ...)
@@ -134,6 +135,10 @@ class CaptureViews(Protocol):
         """Contents of ``/proc/meminfo``."""
         ...
 
+    def boot_id_text(self) -> str:
+        """Contents of ``/proc/sys/kernel/random/boot_id``."""
+        ...
+
     def phyp_dump_active_text(self) -> str:
         """Contents of ``/sys/kernel/phyp_dump_active``."""
         ...
@@ -250,14 +255,22 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
         if not self._kernel_runs():
             return None  # off or crashed: nothing is mounted on this "/"
         if path == "/proc":
-            names = ["device-tree", "meminfo", "version"]
+            names = ["device-tree", "meminfo", "sys", "version"]
             if self._dump_waiting():
                 names.append("vmcore")
-            return _Dir(0o555, tuple(sorted(names)))
+            return _Dir(0o555, tuple(sorted(names)), 1)
         if path == "/proc/version":
             return _File(0o444, self._text(v.proc_version))
         if path == "/proc/meminfo":
             return _File(0o444, self._text(v.meminfo_text))
+        if path == "/proc/sys":
+            return _Dir(0o555, ("kernel",), 1)
+        if path == "/proc/sys/kernel":
+            return _Dir(0o555, ("random",), 1)
+        if path == "/proc/sys/kernel/random":
+            return _Dir(0o555, ("boot_id",))
+        if path == "/proc/sys/kernel/random/boot_id":
+            return _File(0o444, self._text(v.boot_id_text))
         if path == "/proc/device-tree":
             return _Link(DEVICE_TREE_LINK)
         if path == _VMCORE:

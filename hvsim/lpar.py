@@ -76,6 +76,7 @@ import errno
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,9 +115,10 @@ STATES = ("off", "running", "crashed", "capture")
 _U64 = (1 << 64) - 1
 _MAX_EVENTS = 100
 _RMO_SIZE = 256 << 20
-# Memory the simulated kernel keeps for itself (text, data, page structs) out
-# of what it may use: only makes /proc/meminfo's MemTotal plausible.
-_KERNEL_OVERHEAD_SHIFT = 6  # 1/64, about what struct page costs with 4K pages
+# Memory the simulated kernel keeps for itself (its image and a 64-byte struct
+# page per page frame), fixed at boot as on Linux, so that MemTotal grows by
+# exactly the bytes a release frees (totalram_pages counts each freed page).
+_STRUCT_PAGE_SIZE = 64
 
 
 class HvsimError(HvdumpError):
@@ -1309,13 +1311,26 @@ class Lpar:
                 )
             return f"{1 if self.config.dump_enabled else 0:x}\n"
 
+    def _kernel_overhead(self) -> int:
+        frames = self.config.memory // self.config.page_size
+        # Capped so a huge LPAR's capture kernel still shows memory of its own.
+        return min(frames * _STRUCT_PAGE_SIZE, self.config.reserve_size // 2)
+
+    def boot_id_text(self) -> str:
+        """``/proc/sys/kernel/random/boot_id``: a UUID that changes with every boot."""
+        with self._reading() as st:
+            kernel = self._need_running(st, "/proc/sys/kernel/random/boot_id")
+            value = derive_seed(self.config.seed, "boot-id", kernel["generation"])
+            value = (value << 64) | derive_seed(value, "boot-id-low")
+            return f"{uuid.UUID(int=value, version=4)}\n"
+
     def meminfo_text(self) -> str:
         """``/proc/meminfo``: MemTotal is RAM minus what stays reserved (grows as memory is released)."""
         with self._reading() as st:
             kernel = self._need_running(st, "/proc/meminfo")
             reserved = IntervalSet(kernel["reserved"]).total()
             available = self.config.memory - reserved
-            total = available - (available >> _KERNEL_OVERHEAD_SHIFT)
+            total = max(0, available - self._kernel_overhead())
             if kernel["kind"] == "capture" and st["state"] == "capture":
                 used = 96 << 20
             else:

@@ -169,6 +169,7 @@ def test_tree_lists_expected_files(make_root: Any, endian: str, page_size: int) 
     expected_files = {
         "proc/version": 0o444,
         "proc/meminfo": 0o444,
+        "proc/sys/kernel/random/boot_id": 0o444,
         "proc/vmcore": 0o400,
         "sys/kernel/release_region": 0o600,
         "sys/kernel/phyp_dump_active": 0o600,
@@ -311,7 +312,7 @@ def test_release_range_by_range_from_a_shell(make_root: Any, endian: str, page_s
     assert lpar.protected
     assert lpar.lost_ranges() == []
     assert not rr.exists() and not vmcore.exists()
-    assert sorted(os.listdir(root / "proc")) == ["device-tree", "meminfo", "version"]
+    assert sorted(os.listdir(root / "proc")) == ["device-tree", "meminfo", "sys", "version"]
     assert os.listdir(root / "sys/kernel") == ["phyp_dump_active"]
     res = _sh(f"cat {shlex.quote(str(rr))}")
     assert res.returncode != 0 and "No such file or directory" in res.stderr
@@ -449,12 +450,12 @@ def test_mount_without_a_dump_waiting(tmp_path: Path) -> None:
         fr.mount(crashed.path, tmp_path / "croot")
         root = tmp_path / "root"
         assert os.listdir(tmp_path / "croot") == []
-        assert sorted(os.listdir(root / "proc")) == ["device-tree", "meminfo", "version"]
+        assert sorted(os.listdir(root / "proc")) == ["device-tree", "meminfo", "sys", "version"]
         assert os.listdir(root / "sys/kernel") == ["phyp_dump_active"]
         assert "ibm,dump-kernel" not in os.listdir(root / "proc/device-tree/rtas")
         assert (root / "proc/device-tree/rtas/ibm,configure-kernel-dump").exists()
         assert os.stat(root / "sys").st_nlink == 4  # firmware and kernel
-        assert os.stat(root / "proc").st_nlink == 2  # device-tree is a symlink
+        assert os.stat(root / "proc").st_nlink == 3  # sys; device-tree is a symlink
         # The hvsim command crashes the LPAR: the capture kernel's files appear.
         _hvsim("crash", lpar.path)
         assert (root / "proc/vmcore").stat().st_size == lpar.vmcore_size()
@@ -664,3 +665,30 @@ def test_dead_pid_is_not_alive() -> None:
     me = fr._Daemon(os.getpid(), fr._proc_start_time(os.getpid()) or -1)
     assert me.alive()
     assert not fr._Daemon(os.getpid(), me.start_time + 1).alive()  # pid reused later
+
+
+@needs_fuse
+def test_boot_id_changes_with_each_boot_and_meminfo_grows_exactly(make_root: Any) -> None:
+    lpar, root = make_root()
+    boot_id = root / "proc/sys/kernel/random/boot_id"
+    first = boot_id.read_text()
+    assert re.fullmatch(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\n", first
+    )
+    assert boot_id.read_text() == first
+
+    def mem_total() -> int:
+        line = next(
+            x for x in (root / "proc/meminfo").read_text().splitlines() if x.startswith("MemTotal:")
+        )
+        return int(line.split()[1]) * 1024
+
+    before = mem_total()
+    page = lpar.config.page_size
+    start = lpar.release_map().reserved.addr + 16 * page
+    lpar.release(start, 4 * page)
+    # Linux adds each freed page to totalram_pages; faithful mode frees one page more.
+    freed = 5 if lpar.config.quirks == "faithful" else 4
+    assert mem_total() - before == freed * page
+    lpar.reboot()
+    assert boot_id.read_text() != first

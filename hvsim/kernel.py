@@ -629,22 +629,7 @@ class KernelImage:
 
     def pt_regs(self, cpu: int) -> PtRegs:
         """CPU ``cpu``'s registers as a ``struct pt_regs`` (what ``crash_notes`` holds)."""
-        regs = self._state.regs[cpu]
-        crashing = cpu == self.crash_cpu
-        return PtRegs(
-            gpr=tuple(regs[f"GPR{n:02d}"] for n in range(32)),
-            nip=regs["NIA"],
-            msr=regs["MSR"],
-            orig_gpr3=regs["GPR03"],
-            ctr=regs["CTR"],
-            link=regs["LR"],
-            xer=regs["XER"],
-            ccr=regs["CR"],
-            softe=0 if crashing else 1,
-            trap=self.scenario.trap if crashing else 0x500,
-            dar=regs["DAR"],
-            dsisr=regs["DSISR"],
-        )
+        return _pt_regs_of(self._state.regs[cpu], cpu == self.crash_cpu, self.scenario.trap)
 
     def prstatus(self, cpu: int, pid: int | None = None) -> bytes:
         """CPU ``cpu``'s ``NT_PRSTATUS`` descriptor (``pr_pid`` defaults to its task's pid)."""

@@ -55,6 +55,7 @@ say "Collect: kdump-compressed with zstd, memory released as soon as each range 
 hvdump collect --root "$ROOT" --output "$WORK/dump" --threads 2 --no-progress
 ls -l "$WORK/dump"
 hvdump verify "$WORK/dump"
+hvsim verify "$LPAR" "$WORK/dump/dump.kdump"   # page by page against ground truth
 
 say "Everything released: the kernel re-registered and the LPAR is protected again"
 hvsim status "$LPAR" | sed -n '1,6p'

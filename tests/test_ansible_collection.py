@@ -85,11 +85,15 @@ def test_role_argument_specs_reject_bad_input(tmp_path: Path) -> None:
     inv = _inventory(tmp_path, {"h": {"ansible_connection": "local",
                                       "ansible_python_interpreter": "{{ ansible_playbook_python }}"}})
     cases = [
+        # The shared inventory variable reaches the role's own through its default.
         ("hvdump.power.collect", {"hvdump_release": "sometimes", "hvdump": {"dump_waiting": False}},
-         "hvdump_release must be one of"),
+         "collect_release must be one of"),
+        ("hvdump.power.collect", {"collect_release": "sometimes", "hvdump": {"dump_waiting": False}},
+         "collect_release must be one of"),
         ("hvdump.power.archive", {"hvdump_archive_target": {"type": "ftp", "path": "/x"}}, "must be one of"),
         ("hvdump.power.archive", {"hvdump_archive_target": {"type": "dir"}}, "missing required arguments: path"),
-        ("hvdump.power.prepare", {"hvdump_space_ratio": "lots"}, "hvdump_space_ratio"),
+        ("hvdump.power.archive", {"archive_target": {"type": "dir"}}, "missing required arguments: path"),
+        ("hvdump.power.prepare", {"hvdump_space_ratio": "lots"}, "prepare_space_ratio"),
     ]
     tasks: list[dict[str, object]] = []
     for i, (role, args, expected) in enumerate(cases):

@@ -217,7 +217,7 @@ def test_other_formats_get_a_clear_message(tmp_path: Path) -> None:
     lpar = _capture(tmp_path)
     kdump = tmp_path / "dump.kdump"
     kdump.write_bytes(b"KDUMP   " + bytes(4088))
-    with pytest.raises(HvsimError, match="kdump-compressed"):
+    with pytest.raises(HvsimError, match=r"dump\.kdump: offset 0x[0-9a-f]+: .*header"):
         verify_dump(lpar, kdump)
     flat = tmp_path / "dump.flat"
     flat.write_bytes(b"makedumpfile\0\0\0\0" + bytes(100))
@@ -238,5 +238,5 @@ def test_wrong_byte_order_is_refused(tmp_path: Path) -> None:
     dump = tmp_path / "le.elf"
     _write_collected(other, dump)
     report = verify_dump(lpar, dump)
-    assert not report.ok and "little-endian ELF" in report.text()
+    assert not report.ok and "little-endian dump" in report.text()
     os.unlink(dump)

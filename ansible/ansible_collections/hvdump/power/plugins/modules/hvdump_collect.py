@@ -137,6 +137,15 @@ warnings_collector:
   returned: when collected
   type: list
   elements: str
+ansible_facts:
+  description: The refreshed C(hvdump) fact, as M(hvdump.power.hvdump_facts) returns it.
+  returned: unless the module failed
+  type: dict
+  contains:
+    hvdump:
+      description: The host's dump state after this run (reserved memory, registration, local dumps).
+      type: dict
+      returned: unless the module failed
 """
 
 import contextlib
@@ -154,6 +163,7 @@ from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import 
     PROGRESS_SUFFIX,
     HvdumpError,
     dump_facts,
+    free_bytes,
     journal_state,
     read_json,
     require_hvdump,
@@ -186,6 +196,17 @@ def _summary(output):
     }
 
 
+def _facts(p, host, facts=None):
+    """The hvdump fact as hvdump_facts returns it (refreshed unless given), so the roles need no second read."""
+    if facts is None:
+        try:
+            facts = dump_facts(p["root"], host, p["dump_dir"])
+        except (HvdumpError, OSError):
+            return {}
+    facts = dict(facts, dest_free_bytes=free_bytes(p["dump_dir"]))
+    return {"hvdump": facts}
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -211,14 +232,14 @@ def main():
         module.fail_json(msg="%s: cannot read the dump state: %s" % (p["root"], exc), released_bytes=0)
     if not facts["dump_waiting"]:
         module.exit_json(changed=False, collected=False, released_bytes=0,
-                         msg="no dump to collect: %s" % facts["reason"])
+                         msg="no dump to collect: %s" % facts["reason"], ansible_facts=_facts(p, host, facts))
     output = facts["output"]
     result = dict(dump_id=facts["dump_id"], output=output, released_bytes=0)
     started, done, chunks = journal_state(output)
     if done:
         result.update(_summary(output))
         module.exit_json(changed=False, collected=True, resumed=False,
-                         msg="already collected in %s" % output, **result)
+                         msg="already collected in %s" % output, ansible_facts=_facts(p, host, facts), **result)
     if facts["header"] is None or (not facts["dump_valid"] and not p["accept_partial"]):
         module.fail_json(
             msg="%s: the waiting dump cannot be collected: %s; its memory stays reserved"
@@ -227,7 +248,7 @@ def main():
     if module.check_mode:
         module.exit_json(changed=True, collected=False,
                          msg="would %s the dump into %s" % ("resume" if started else "collect", output),
-                         **result)
+                         ansible_facts=_facts(p, host, facts), **result)
     if not os.path.isdir(p["dump_dir"]):
         os.makedirs(p["dump_dir"], 0o700)
     cmd = [sys.executable, "-m", "drgn_hvdump.cli", "collect", "--root", p["root"],
@@ -276,7 +297,7 @@ def main():
         )
     result.update(_summary(output))
     result["elapsed_s"] = round(time.time() - t0, 3)
-    module.exit_json(changed=True, collected=True, resumed=started, **result)
+    module.exit_json(changed=True, collected=True, resumed=started, ansible_facts=_facts(p, host), **result)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ chunk from ``/proc/vmcore``, scan zero pages and take its XXH64 (native code),
 compress its pages in worker threads (each compressed page is decompressed and
 compared with the page read), write it where the plan puts it; a second thread
 syncs, drops it from the page cache and reads it back, comparing the stored
-bytes' XXH64 with the one taken at write time. Only then is the chunk
+bytes byte for byte with the ones written. Only then is the chunk
 journaled as durable and are the release writes whose pages are now all
 durable made (``--release progressive``), always in the plan's order.
 The journal (``DIR/journal.jsonl``, one fsynced JSON line per event) makes a
@@ -726,6 +726,7 @@ class _Runner:
         self.done_chunks: dict[int, dict[str, Any]] = {}
         self.writes_done: set[int] = set()
         self.io: ThreadPoolExecutor | None = None
+        self._free_bufs: dict[int, list[bytearray]] = {}
         self.pos = 0  # plan.order[:pos] are made (in this boot of the capture kernel)
         self.warnings: list[str] = []
         self.stored_bytes = 0
@@ -787,8 +788,8 @@ class _Runner:
 
         A kdump chunk's pages were decompressed and compared with the pages read
         (whose XXH64 the journal keeps) when they were compressed; here the
-        stored bytes' XXH64 and the descriptors are checked against what was
-        written. Other chunks are read back whole and hashed.
+        stored bytes and the descriptors are compared byte for byte with what
+        was written. Other chunks are read back whole and hashed.
         """
         ch = item.chunk
         if isinstance(self.output, KdumpOutput) and ch.kind in ("rmo", "mem"):
@@ -851,7 +852,8 @@ class _Runner:
             written: deque[_InFlight] = deque()
             for ch in todo:
                 t = time.monotonic()
-                buf = bytearray(ch.size)
+                free = self._free_bufs.get(ch.size)
+                buf = free.pop() if free else bytearray(ch.size)
                 self.vm.read_into(ch.src, buf)
                 if self.scrub and ch.kind in ("rmo", "mem"):
                     apply_scrub(buf, ch.dst, self.scrub)
@@ -885,6 +887,13 @@ class _Runner:
             item = waiting.popleft()
             self._write(item)
             item.prepared = []
+            # Written (its pages compressed, checked and copied, or written as
+            # they are): the read buffer is filled again by a later chunk
+            # (fresh 16 MiB buffers cost page faults and zeroing).
+            free = self._free_bufs.setdefault(len(item.buf), [])
+            if not free:
+                free.append(item.buf)
+            item.buf = bytearray()
             assert self.io is not None
             item.verify = self.io.submit(self._verify, item)
             written.append(item)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drgn_hvdump import native
 from drgn_hvdump.collect.codecs import Codec, decompress_page
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import CoreLayout
@@ -92,15 +92,25 @@ def _write_nonzero(fd: int, buf: memoryview, zero: bytes, page_size: int, offset
     return written
 
 
+# ``struct page_desc`` (offset, size, flags, page_flags) as plain structs: one
+# pack per page instead of a PageDesc record each; checked against PAGE_DESC.
+_DESC_STRUCTS = {
+    bo: struct.Struct(("<" if bo == "little" else ">") + "qIIQ") for bo in ("little", "big")
+}
+for _bo, _st in _DESC_STRUCTS.items():
+    assert _st.size == PAGE_DESC.size
+    assert _st.pack(-2, 3, 4, 5) == PAGE_DESC.pack(PageDesc(-2, 3, 4, 5), _bo)  # type: ignore[arg-type]
+
+
 @dataclass
 class ChunkWrite:
     """Where a chunk's bytes went: file offset and length of its stored bytes."""
 
     offset: int
     length: int
-    # kdump: XXH64 of the stored (compressed) bytes and the descriptors written,
-    # to check what reads back from the disk without decompressing it again.
-    stored_xxh64: int = 0
+    # kdump: the stored (compressed) bytes and the descriptors written, compared
+    # byte for byte with what reads back from the disk (no decompression again).
+    stored: bytes = b""
     descs: bytes = b""
 
 
@@ -210,36 +220,39 @@ class KdumpOutput:
         """Store a chunk's pages (``None`` = zero page, else (codec flag, stored bytes))."""
         ps = self.page_size
         lay = self.layout
-        blob = bytearray()
-        descs = bytearray()
-        order = lay.byteorder
+        pack = _DESC_STRUCTS[lay.byteorder].pack
+        zero_desc = pack(lay.zero_page_offset, ps, 0, 0)
         start = self.data_end
+        parts: list[bytes] = []
+        descs: list[bytes] = []
+        pos = start
         for item in pages:
             if item is None:
-                desc = PageDesc(lay.zero_page_offset, ps, 0, 0)
+                descs.append(zero_desc)
             else:
                 flag, data = item
-                desc = PageDesc(start + len(blob), len(data), flag, 0)
-                blob += data
-            descs += PAGE_DESC.pack(desc, order)
+                descs.append(pack(pos, len(data), flag, 0))
+                parts.append(data)
+                pos += len(data)
+        blob = b"".join(parts)
+        desc_bytes = b"".join(descs)
         _pwrite_all(self.fd, blob, start)
-        _pwrite_all(self.fd, descs, lay.desc_file_offset(paddr // ps))
+        _pwrite_all(self.fd, desc_bytes, lay.desc_file_offset(paddr // ps))
         self.data_end = start + len(blob)
-        return ChunkWrite(start, len(blob), native.hash64(blob), bytes(descs))
+        return ChunkWrite(start, len(blob), blob, desc_bytes)
 
     def check_back(self, paddr: int, w: ChunkWrite) -> str:
         """Read a written chunk back from the disk (page cache dropped first) and compare
-        its stored bytes' XXH64 and its descriptors with what was written; "" if equal."""
+        its stored bytes and its descriptors byte for byte with what was written; "" if equal."""
         doff = self.layout.desc_file_offset(paddr // self.page_size)
         _drop_cache(self.fd, doff, len(w.descs))
         if _pread_exact(self.fd, len(w.descs), doff) != w.descs:
             return f"page descriptors at offset {doff:#x} read back differently"
         _drop_cache(self.fd, w.offset, w.length)
-        got = native.hash64(_pread_exact(self.fd, w.length, w.offset))
-        if got != w.stored_xxh64:
+        if len(w.stored) != w.length or _pread_exact(self.fd, w.length, w.offset) != w.stored:
             return (
-                f"stored bytes at offset {w.offset:#x}+{w.length:#x} read back with XXH64 "
-                f"{got:#018x}, written {w.stored_xxh64:#018x}"
+                f"stored bytes at offset {w.offset:#x}+{w.length:#x} read back differently "
+                "from what was written"
             )
         return ""
 

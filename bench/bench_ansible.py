@@ -28,19 +28,8 @@ from hvsim.fleet import fleet_down, fleet_up  # noqa: E402
 BIN = Path(sys.executable).parent
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=16)
-    ap.add_argument("--memory", default="2G")
-    ap.add_argument("--forks", type=int, default=8)
-    ap.add_argument("--dir", type=Path)
-    args = ap.parse_args()
-    base = args.dir or Path(tempfile.mkdtemp(prefix="hvdump-bench-ansible-"))
-    kinds = ["crashed"]
-    results: dict[str, float | int | str] = {"count": args.count, "memory": args.memory, "forks": args.forks}
-
-    bare = base / "bare"
-    hosts = fleet_up(bare, args.count, seed=11, memory=args.memory, kinds=kinds)
+def _bare(bare: Path, count: int, memory: str, forks: int, kinds: list[str]) -> dict[str, float]:
+    hosts = fleet_up(bare, count, seed=11, memory=memory, kinds=kinds)
     try:
         def one(h: object) -> float:
             t = time.monotonic()
@@ -50,12 +39,31 @@ def main() -> int:
             return time.monotonic() - t
 
         t0 = time.monotonic()
-        with ThreadPoolExecutor(args.forks) as pool:
+        with ThreadPoolExecutor(forks) as pool:
             per_host = list(pool.map(one, hosts))
-        results["bare_wall_s"] = round(time.monotonic() - t0, 2)
-        results["bare_host_mean_s"] = round(sum(per_host) / len(per_host), 2)
+        return {"bare_wall_s": round(time.monotonic() - t0, 2),
+                "bare_host_mean_s": round(sum(per_host) / len(per_host), 2)}
     finally:
         fleet_down(bare)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=16)
+    ap.add_argument("--memory", default="2G")
+    ap.add_argument("--forks", type=int, default=8)
+    ap.add_argument("--dir", type=Path)
+    ap.add_argument("-e", "--extra-vars", action="append", default=[], help="passed to ansible-playbook")
+    ap.add_argument("--bare-wall", type=float, help="reuse a measured bare wall time (s) instead of measuring")
+    args = ap.parse_args()
+    base = args.dir or Path(tempfile.mkdtemp(prefix="hvdump-bench-ansible-"))
+    kinds = ["crashed"]
+    results: dict[str, float | int | str] = {"count": args.count, "memory": args.memory, "forks": args.forks}
+
+    if args.bare_wall:
+        results["bare_wall_s"] = args.bare_wall
+    else:
+        results.update(_bare(base / "bare", args.count, args.memory, args.forks, kinds))
 
     fl = base / "ansible"
     fleet_up(fl, args.count, seed=11, memory=args.memory, kinds=kinds)
@@ -69,10 +77,12 @@ def main() -> int:
         t0 = time.monotonic()
         res = subprocess.run([str(BIN / "ansible-playbook"), "playbooks/collect-dumps.yml", "-i",
                               str(fl / "inventory.yml"), "-f", str(args.forks),
-                              "-e", f"hvdump_collect_concurrency={args.forks}"],
+                              "-e", f"hvdump_collect_concurrency={args.forks}",
+                              *[a for e in args.extra_vars for a in ("-e", e)]],
                              cwd=REPO, env=env, capture_output=True, text=True, check=False)
         results["ansible_wall_s"] = round(time.monotonic() - t0, 2)
         results["ansible_rc"] = res.returncode
+        results["extra_vars"] = " ".join(args.extra_vars)
     finally:
         fleet_down(fl)
     over = (float(results["ansible_wall_s"]) - float(results["bare_wall_s"])) * args.forks / args.count

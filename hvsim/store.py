@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from drgn_hvdump.errors import HvdumpError
+from drgn_hvdump.fsutil import fsync_dir, write_atomic
 
 __all__ = ["STATE_VERSION", "LparStore", "StoreError"]
 
@@ -58,29 +59,6 @@ class StoreError(HvdumpError):
     def __init__(self, message: str, err: int = errno.EIO) -> None:
         super().__init__(message)
         self.errno = err
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(directory: Path, name: str, data: bytes) -> None:
-    """Replace ``directory/name`` with ``data`` so readers see the old or the new file whole."""
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, directory / name)
-    _fsync_dir(directory)
 
 
 class LparStore:
@@ -111,7 +89,7 @@ class LparStore:
         (p / _DATA).mkdir(mode=0o700)
         fd = os.open(p / _LOCK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         os.close(fd)
-        _write_atomic(p, _CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+        write_atomic(p / _CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
         return cls(p)
 
     @classmethod
@@ -214,7 +192,7 @@ class LparStore:
             raise RuntimeError("save_state needs the exclusive LPAR lock")
         state["version"] = STATE_VERSION
         data = (json.dumps(state, separators=(",", ":"), sort_keys=True) + "\n").encode()
-        _write_atomic(self.path, _STATE, data)
+        write_atomic(self.path / _STATE, data)
         st = os.stat(self.path / _STATE)
         self._stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -249,7 +227,7 @@ class LparStore:
         finally:
             os.close(fd)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     def data_fd(self, name: str) -> int:
         """A cached read-only descriptor of data file ``name``."""

@@ -54,6 +54,7 @@ from drgn_hvdump.formats.elfcore import (
 from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, parse_regsave
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
+from drgn_hvdump.fsutil import write_atomic
 
 __all__ = [
     "DUMP_NAMES",
@@ -144,25 +145,8 @@ class Journal:
             self._fd = -1
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = create_file(str(tmp))
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_atomic(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
 
 
 def read_memtotal(root: Path) -> int | None:

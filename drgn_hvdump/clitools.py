@@ -16,6 +16,7 @@ __all__ = ["EXIT_ERROR", "EXIT_USAGE", "parse_size", "print_json", "run_main"]
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
+
 def parse_size(text: str) -> int:
     """argparse type for sizes: ``4G``, ``512M``, ``64K``, ``0x10000`` or plain bytes."""
     try:

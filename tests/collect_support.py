@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from drgn_hvdump.collect.codecs import decompress_page
-from drgn_hvdump.collect.plan import Intervals
 from drgn_hvdump.formats.kdump import KdumpFile
+from drgn_hvdump.intervals import IntervalSet
 from hvsim import Lpar
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -112,13 +112,13 @@ def released_before_durable(lpar: Lpar, out: Path, page_size: int) -> list[str]:
     from drgn_hvdump.formats.dump_header import parse_dump_header
 
     h = parse_dump_header(header)
-    needed = Intervals()
+    needed = IntervalSet()
     for s in h.sections():
         needed.add(s.destination_address, s.destination_address + s.length_copied)
     r0 = start["reserved"][0]
     needed.add(r0, h.cpu.destination_address)
     # the chunk table is the plan's: rebuild it from the chunk records
-    durable = Intervals()
+    durable = IntervalSet()
     chunks = {}
     for rec in recs:
         if rec.get("t") == "chunk":

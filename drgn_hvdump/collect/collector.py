@@ -36,7 +36,7 @@ from drgn_hvdump.collect.output import (
     create_file,
     disk_error,
 )
-from drgn_hvdump.collect.plan import Chunk, Intervals, Plan, ReleaseWrite, make_plan
+from drgn_hvdump.collect.plan import Chunk, Plan, ReleaseWrite, make_plan
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.collect.scrub import ScrubRange, apply_scrub, load_filter
 from drgn_hvdump.errors import FormatError, HvdumpError
@@ -55,6 +55,7 @@ from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, parse_regsave
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.fsutil import write_atomic
+from drgn_hvdump.intervals import IntervalSet
 
 __all__ = [
     "DUMP_NAMES",
@@ -317,7 +318,7 @@ class _Collection:
         self.t0 = time.monotonic()
         self.samples: list[tuple[float, int]] = []
         self.events: list[dict[str, Any]] = []
-        self.freed = Intervals()
+        self.freed = IntervalSet()
 
     # -- small helpers ---------------------------------------------------------
 
@@ -510,7 +511,7 @@ def _collect(
     except OSError as exc:
         raise disk_error(str(out / JOURNAL), exc, "cannot write the journal") from None
 
-    durable = Intervals()
+    durable = IntervalSet()
     done_chunks: dict[int, dict[str, Any]] = {}
     for rec in journal.records:
         if rec.get("t") == "chunk":
@@ -706,7 +707,7 @@ class _Runner:
         self.codec = codec
         self.threads = threads
         self.scrub = scrub
-        self.durable = Intervals()
+        self.durable = IntervalSet()
         self.done_chunks: dict[int, dict[str, Any]] = {}
         self.writes_done: set[int] = set()
         self.io: ThreadPoolExecutor | None = None
@@ -1038,7 +1039,7 @@ class _Runner:
             self.c.events.append({"t": self.c.now(), "warning": msg})
             self.pos = 0
             self.writes_done.clear()
-            self.c.freed = Intervals()
+            self.c.freed = IntervalSet()
             self.c.sample(self.plan)
 
     # -- the manifest --------------------------------------------------------------

@@ -20,68 +20,14 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from drgn_hvdump.capture.base import DumpState
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.release_region import Extent
+from drgn_hvdump.intervals import IntervalSet
 
-__all__ = ["Chunk", "Intervals", "Plan", "ReleaseWrite", "make_plan"]
-
-
-class Intervals:
-    """A set of integers as sorted disjoint half-open ranges."""
-
-    def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
-        self._starts: list[int] = []
-        self._ends: list[int] = []
-        for a, b in ranges:
-            self.add(a, b)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(zip(self._starts, self._ends, strict=True))
-
-    def total(self) -> int:
-        return sum(b - a for a, b in self)
-
-    def add(self, a: int, b: int) -> None:
-        if b <= a:
-            return
-        i = bisect.bisect_left(self._ends, a)
-        j = bisect.bisect_right(self._starts, b)
-        if i < j:
-            a = min(a, self._starts[i])
-            b = max(b, self._ends[j - 1])
-        self._starts[i:j] = [a]
-        self._ends[i:j] = [b]
-
-    def remove(self, a: int, b: int) -> None:
-        pieces = [(x, y) for x, y in self if y <= a or x >= b]
-        for x, y in self:
-            if x < a < y:
-                pieces.append((x, a))
-            if x < b < y:
-                pieces.append((b, y))
-        self._starts, self._ends = [], []
-        for x, y in sorted(pieces):
-            self.add(x, y)
-
-    def intersect(self, a: int, b: int) -> list[tuple[int, int]]:
-        out = []
-        i = bisect.bisect_right(self._ends, a)
-        while i < len(self._starts) and self._starts[i] < b:
-            lo, hi = max(a, self._starts[i]), min(b, self._ends[i])
-            if lo < hi:
-                out.append((lo, hi))
-            i += 1
-        return out
-
-    def contains(self, a: int, b: int) -> bool:
-        if b <= a:
-            return True
-        i = bisect.bisect_right(self._starts, a) - 1
-        return i >= 0 and self._ends[i] >= b
+__all__ = ["Chunk", "Plan", "ReleaseWrite", "make_plan"]
 
 
 @dataclass(frozen=True)
@@ -140,7 +86,7 @@ class Plan:
     copied: dict[str, Extent]
     chunks: list[Chunk]
     writes: list[ReleaseWrite]
-    needed: Intervals
+    needed: IntervalSet
     segments: list[tuple[int, int]]
     warnings: list[str] = field(default_factory=list)
     # The order the writes are made in, always (a run's done writes are a
@@ -151,7 +97,7 @@ class Plan:
     def reserved_bytes(self) -> int:
         return self.memory - self.reserved.addr
 
-    def write_is_safe(self, w: ReleaseWrite, durable: Intervals) -> bool:
+    def write_is_safe(self, w: ReleaseWrite, durable: IntervalSet) -> bool:
         """Whether every needed byte in the pages ``w`` may free is durable."""
         return all(durable.contains(a, b) for a, b in self.needed.intersect(*w.span))
 
@@ -182,7 +128,9 @@ def _split(start: int, end: int, step: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, end)) for a in range(start, end, step)]
 
 
-def _ready(span: tuple[int, int], by_src: list[Chunk], starts: list[int], needed: Intervals) -> int:
+def _ready(
+    span: tuple[int, int], by_src: list[Chunk], starts: list[int], needed: IntervalSet
+) -> int:
     """The last chunk (index) holding needed bytes in the pages ``span`` may free."""
     last = -1
     for a, b in needed.intersect(*span):
@@ -195,7 +143,7 @@ def _ready(span: tuple[int, int], by_src: list[Chunk], starts: list[int], needed
 
 
 def simulate_frees(
-    writes: list[tuple[int, int]], data: Intervals, reserved: Extent, memory: int, ps: int
+    writes: list[tuple[int, int]], data: IntervalSet, reserved: Extent, memory: int, ps: int
 ) -> list[tuple[int, int]]:
     """Pages each write newly frees, made in this order, under both kernels' rules.
 
@@ -209,9 +157,9 @@ def simulate_frees(
     """
     irs, end = reserved.addr, memory
     out: list[tuple[int, int]] = []
-    free_f = Intervals([(irs, memory)])
-    free_c = Intervals([(irs, memory)])
-    unreleased = Intervals(data)
+    free_f = IntervalSet([(irs, memory)])
+    free_c = IntervalSet([(irs, memory)])
+    unreleased = IntervalSet(data)
     for addr, size in writes:
         # faithful
         n_f = 0
@@ -228,7 +176,7 @@ def simulate_frees(
         # corrected
         unreleased.remove(addr, addr + size)
         lo, hi = _page_down(addr, ps), _page_up(addr + size, ps)
-        cand = Intervals([(lo, hi)])
+        cand = IntervalSet([(lo, hi)])
         for a, b in unreleased.intersect(max(0, lo - ps), hi + ps):
             cand.remove(_page_down(a, ps), _page_up(b, ps))
         n_c = 0
@@ -243,8 +191,8 @@ def simulate_frees(
 def _observable_writes(
     pieces: list[tuple[int, int, bool]],
     chunks: list[Chunk],
-    needed: Intervals,
-    data: Intervals,
+    needed: IntervalSet,
+    data: IntervalSet,
     reserved: Extent,
     memory: int,
     ps: int,
@@ -359,7 +307,7 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
     add("rmo", rmo.addr, rmo.addr + rmo_len, header.rmo.source_address, rmo.addr)
     add("mem", r0, mem_end, r0, r0)
 
-    needed = Intervals()
+    needed = IntervalSet()
     for ext in copied.values():
         needed.add(ext.addr, ext.end)
     needed.add(r0, mem_end)
@@ -397,7 +345,7 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
                 f"{state.root}: cannot plan an exact release: write {Extent(addr, size)} would "
                 f"count {'outside' if is_scratch else 'inside'} the scratch area"
             )
-    data = Intervals([(r0, reserved.end)])
+    data = IntervalSet([(r0, reserved.end)])
     for ext in copied.values():
         data.add(max(ext.addr, r0), ext.end)
     writes, order = _observable_writes(pieces, chunks, needed, data, reserved, memory, ps)

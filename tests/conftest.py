@@ -19,3 +19,11 @@ settings.register_profile(
     "dev", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# Collections register their output directory for the drgn plugin (see
+# drgn_hvdump.collect.progress_view.runtime_dir); keep the tests' registrations
+# out of the machine's /run/hvdump. Subprocesses inherit it.
+if "HVDUMP_RUNTIME_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["HVDUMP_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="hvdump-test-run-")

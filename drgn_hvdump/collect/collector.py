@@ -38,6 +38,7 @@ from drgn_hvdump.collect.output import (
 )
 from drgn_hvdump.collect.plan import Chunk, Plan, ReleaseWrite, make_plan
 from drgn_hvdump.collect.progress import Progress
+from drgn_hvdump.collect.progress_view import PLAN_FILE, register_collection, write_plan_file
 from drgn_hvdump.collect.scrub import ScrubRange, apply_scrub, load_filter
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import build_dump_header
@@ -578,6 +579,22 @@ def _collect(
             output.set_data_end(max(ends, default=klayout.data_start))
     except OSError as exc:
         raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
+
+    try:
+        write_plan_file(
+            out,
+            root=opts.root,
+            header_hex=header_raw.hex(),
+            dump_file=dump_file.name,
+            fmt=opts.format,
+            page_size=ps,
+            memory=memory,
+            chunks=[(ch.index, ch.kind, ch.src, ch.dst, ch.size) for ch in plan.chunks],
+            writes=[(w.addr, w.size, *w.span) for w in plan.writes],
+        )
+    except OSError as exc:
+        raise disk_error(str(out / PLAN_FILE), exc, "cannot write the plan") from None
+    register_collection(opts.root, out)
 
     runner = _Runner(
         c, opts, plan, vm, capture, journal, output, regsave, hpte, codec, threads, scrub

@@ -360,6 +360,9 @@ class KdumpFile:
     def close(self) -> None:
         self._f.close()
 
+    def fileno(self) -> int:
+        return self._f.fileno()
+
     def __enter__(self) -> KdumpFile:
         return self
 

@@ -1,0 +1,241 @@
+"""A running (or finished) collection seen from outside: what is saved, what is released.
+
+The collector writes two things for other tools, the drgn plugin first:
+
+* ``DIR/plan.json`` (0600, atomic, before the first chunk): the dump it
+  collects (root, the hypervisor's dump header), the output file and format,
+  every chunk (kind, source address in ``/proc/vmcore``, destination address
+  in the crashed kernel's memory, size) and every release write with the
+  pages it may free;
+* a registration in the runtime directory (:func:`runtime_dir`), one small
+  JSON file per capture root naming its output directory, so a tool given
+  only ``ROOT/proc/vmcore`` finds the collection.
+
+:class:`CollectionView` reads the plan once and then follows the journal as
+it grows (one ``fstat`` per :meth:`CollectionView.refresh` when nothing
+changed): which chunks are durable, which release writes were started (an
+``intent`` counts: the kernel may already have reused those pages).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drgn_hvdump.errors import FormatError
+from drgn_hvdump.fsutil import write_atomic
+from drgn_hvdump.intervals import IntervalSet
+
+__all__ = [
+    "JOURNAL_FILE",
+    "PLAN_FILE",
+    "PLAN_VERSION",
+    "CollectionView",
+    "PlanChunk",
+    "find_collection",
+    "register_collection",
+    "registration_path",
+    "runtime_dir",
+    "write_plan_file",
+]
+
+PLAN_FILE = "plan.json"
+JOURNAL_FILE = "journal.jsonl"
+PLAN_VERSION = 1
+
+
+def runtime_dir() -> Path:
+    """Where collections register: ``$HVDUMP_RUNTIME_DIR``, else ``/run/hvdump`` for root,
+    else ``$XDG_RUNTIME_DIR/hvdump``, else ``/tmp/hvdump-UID``."""
+    env = os.environ.get("HVDUMP_RUNTIME_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/hvdump")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "hvdump"
+    return Path(f"/tmp/hvdump-{os.geteuid()}")
+
+
+def _root_key(root: str | os.PathLike[str]) -> str:
+    real = os.path.realpath(root)
+    return hashlib.sha256(real.encode()).hexdigest()[:24]
+
+
+def register_collection(root: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
+    """Record that ``output`` collects the dump under ``root`` (best effort: a read-only
+    runtime directory only costs other tools the automatic lookup)."""
+    d = runtime_dir()
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        entry = {
+            "root": os.path.realpath(root),
+            "output": os.path.realpath(output),
+            "pid": os.getpid(),
+        }
+        write_atomic(registration_path(root), json.dumps(entry).encode())
+    except OSError:
+        pass
+
+
+def registration_path(root: str | os.PathLike[str]) -> Path:
+    """The runtime-directory file a collection of ``root`` registers in."""
+    return runtime_dir() / f"collect-{_root_key(root)}.json"
+
+
+def find_collection(root: str | os.PathLike[str]) -> Path | None:
+    """The output directory registered for ``root`` (``$HVDUMP_OUTPUT`` wins), or None."""
+    env = os.environ.get("HVDUMP_OUTPUT")
+    if env:
+        return Path(env)
+    try:
+        entry = json.loads(registration_path(root).read_text())
+    except (OSError, ValueError):
+        return None
+    if entry.get("root") != os.path.realpath(root):
+        return None
+    out = Path(entry.get("output", ""))
+    return out if (out / PLAN_FILE).exists() else None
+
+
+@dataclass(frozen=True)
+class PlanChunk:
+    """One chunk of the plan: ``src`` in ``/proc/vmcore``, ``dst`` in the crashed memory
+    (``cpu``/``hpte``: offset in ``regsave.bin``/``hpte.bin``)."""
+
+    index: int
+    kind: str
+    src: int
+    dst: int
+    size: int
+
+
+def write_plan_file(
+    out: Path,
+    *,
+    root: Path,
+    header_hex: str,
+    dump_file: str,
+    fmt: str,
+    page_size: int,
+    memory: int,
+    chunks: list[tuple[int, str, int, int, int]],
+    writes: list[tuple[int, int, int, int]],
+) -> None:
+    """Write ``DIR/plan.json``: chunks as ``[index, kind, src, dst, size]``, writes as
+    ``[addr, size, span_start, span_end]`` in plan index order."""
+    plan = {
+        "version": PLAN_VERSION,
+        "root": os.path.realpath(root),
+        "header": header_hex,
+        "dump_file": dump_file,
+        "format": fmt,
+        "page_size": page_size,
+        "memory": memory,
+        "chunks": [list(c) for c in chunks],
+        "writes": [list(w) for w in writes],
+    }
+    write_atomic(out / PLAN_FILE, json.dumps(plan, separators=(",", ":")).encode())
+
+
+class CollectionView:
+    """A collection's plan plus its journal, followed as it grows."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        path = out / PLAN_FILE
+        try:
+            plan: dict[str, Any] = json.loads(path.read_text())
+        except OSError as exc:
+            raise FormatError(f"cannot read the collection plan: {exc.strerror}", path=str(path))
+        except ValueError:
+            raise FormatError("the collection plan is not JSON", path=str(path)) from None
+        if plan.get("version") != PLAN_VERSION:
+            raise FormatError(
+                f"plan version {plan.get('version')!r}, this hvdump reads {PLAN_VERSION}",
+                path=str(path),
+            )
+        self.root = str(plan["root"])
+        self.header_hex = str(plan["header"])
+        self.dump_path = out / str(plan["dump_file"])
+        self.format = str(plan["format"])
+        self.page_size = int(plan["page_size"])
+        self.memory = int(plan["memory"])
+        self.chunks = [PlanChunk(*c) for c in plan["chunks"]]
+        self._by_src = sorted(
+            (ch.src, ch.index) for ch in self.chunks if ch.kind in ("rmo", "mem")
+        )
+        self.writes = [tuple(int(x) for x in w) for w in plan["writes"]]
+        self.durable = IntervalSet()  # source (vmcore) addresses of durable chunks
+        self.durable_chunks: set[int] = set()
+        self.released = IntervalSet()  # source pages a started release write may free
+        self.done = False
+        self._journal = out / JOURNAL_FILE
+        self._pos = 0
+        self._stamp: tuple[int, int] | None = None
+        self._tail = b""
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Read journal lines added since the last call; whether anything changed."""
+        try:
+            st = os.stat(self._journal)
+        except OSError:
+            return False
+        stamp = (st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        if st.st_size < self._pos:  # rewritten: start again
+            self._pos, self._tail = 0, b""
+            self.durable, self.released = IntervalSet(), IntervalSet()
+            self.durable_chunks = set()
+        with open(self._journal, "rb") as f:
+            f.seek(self._pos)
+            data = f.read()
+        self._pos += len(data)
+        lines = (self._tail + data).split(b"\n")
+        self._tail = lines.pop()  # an unfinished last line waits for its newline
+        changed = False
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            changed |= self._apply(rec)
+        return changed
+
+    def _apply(self, rec: dict[str, Any]) -> bool:
+        t = rec.get("t")
+        if t == "chunk":
+            i = int(rec["i"])
+            if 0 <= i < len(self.chunks):
+                ch = self.chunks[i]
+                self.durable_chunks.add(i)
+                if ch.kind in ("rmo", "mem"):
+                    self.durable.add(ch.src, ch.src + ch.size)
+                return True
+        elif t == "rel" and rec.get("s") == "intent":
+            w = int(rec["w"])
+            if 0 <= w < len(self.writes):
+                _, _, lo, hi = self.writes[w]
+                self.released.add(lo, hi)
+                return True
+        elif t == "done":
+            self.done = True
+            return True
+        return False
+
+    def chunk_for_src(self, src: int) -> PlanChunk | None:
+        """The memory chunk whose source range holds ``src``."""
+        at = bisect.bisect_right(self._by_src, (src, len(self.chunks))) - 1
+        if at < 0:
+            return None
+        ch = self.chunks[self._by_src[at][1]]
+        return ch if src < ch.src + ch.size else None

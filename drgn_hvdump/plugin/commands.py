@@ -1,0 +1,1 @@
+"""``%hvdump`` commands (filled in below)."""

@@ -1,0 +1,33 @@
+"""The crashed kernel's memory for drgn, from a live or raw ``/proc/vmcore``.
+
+drgn maps a vmcore's PT_LOADs as they are: the capture kernel's own memory at
+physical address 0, the hypervisor's scratch area at the top. One physical
+segment over the whole of memory and one over the linear map (drgn makes a
+virtual segment of every PT_LOAD too, and the newest segment wins) replace
+them with :meth:`drgn_hvdump.plugin.source.DumpSource.read`, which puts the
+saved low 256 MiB back at 0 and refuses released, lost and scratch bytes.
+"""
+
+from __future__ import annotations
+
+import drgn
+
+from drgn_hvdump.formats.elfcore import PAGE_OFFSET_PPC64
+from drgn_hvdump.plugin.source import DumpSource, Unreadable
+
+__all__ = ["install_memory"]
+
+
+def install_memory(prog: drgn.Program, source: DumpSource) -> None:
+    """Add the physical and linear-map segments that read ``source``."""
+    read = source.read
+
+    # offset is relative to the segment's start in both views: the physical address.
+    def read_fn(address: int, count: int, offset: int, physical: bool) -> bytes:
+        try:
+            return read(offset, count)
+        except Unreadable as exc:
+            raise drgn.FaultError(str(exc), address) from None
+
+    prog.add_memory_segment(0, source.memory, read_fn, True)
+    prog.add_memory_segment(PAGE_OFFSET_PPC64, source.memory, read_fn, False)

@@ -1,0 +1,615 @@
+"""What a dump file is, and the crashed kernel's memory as it can be read from it.
+
+Pure Python (no drgn): the plugin's hook asks :func:`identify` about the file
+drgn opened and gets ``None`` for anything that is not a hypervisor-assisted
+dump. Three kinds are recognised:
+
+``live``
+    ``ROOT/proc/vmcore`` of a capture kernel with a dump waiting. The dump
+    header comes from ``ROOT``'s device tree, the map from
+    ``release_region``; a collection registered for ``ROOT``
+    (:mod:`drgn_hvdump.collect.progress_view`) says what was released and
+    where those bytes are saved.
+``raw``
+    a copy of such a ``/proc/vmcore`` (a PT_LOAD below and one above the
+    capture region, VMCOREINFO, no PRSTATUS notes). The scratch area is
+    found by its register save area's magic at the top of memory; the
+    section sizes follow from the firmware's rules.
+``collected``
+    a file ``hvdump collect`` wrote (ELF or kdump-compressed, with the
+    ``HVDUMP`` notes): memory is already where it belongs; the notes give the
+    dump header and the register save area, ``hpte.bin`` beside it the HPTEs.
+
+For ``live`` and ``raw`` the crashed kernel's physical memory is a list of
+:class:`Region`\\ s: the hypervisor's copy of low memory (read from the
+scratch area), the reserved memory (read in place), memory the capture kernel
+overwrote, and the scratch area itself, which holds saved sections rather
+than kernel memory. :meth:`DumpSource.read` raises :class:`Unreadable` with
+the reason for any byte it must not return.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from drgn_hvdump.capture.phyp import PhypDump
+from drgn_hvdump.collect.progress_view import (
+    CollectionView,
+    find_collection,
+    registration_path,
+)
+from drgn_hvdump.errors import FormatError, HvdumpError
+from drgn_hvdump.formats.dump_header import (
+    RMO_SIZE,
+    DumpHeader,
+    build_dump_header,
+    parse_dump_header,
+)
+from drgn_hvdump.formats.elfcore import NT_PRSTATUS, ElfCore, Elf64Phdr, parse_notes
+from drgn_hvdump.formats.kdump import KDUMP_SIGNATURE, KdumpFile
+from drgn_hvdump.formats.layout import ByteOrder
+from drgn_hvdump.formats.regsave import (
+    REGSAVE_ENTRY,
+    REGSAVE_HEADER,
+    REGSAVE_MAGIC,
+    CpuState,
+    parse_regsave,
+)
+from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, parse_vmcoreinfo
+from drgn_hvdump.intervals import IntervalSet
+
+__all__ = [
+    "HVDUMP_NOTE_NAME",
+    "NOTE_DUMP_HEADER",
+    "NOTE_REGSAVE",
+    "DumpSource",
+    "Region",
+    "Unreadable",
+    "identify",
+]
+
+HVDUMP_NOTE_NAME = "HVDUMP"
+NOTE_DUMP_HEADER = 1
+NOTE_REGSAVE = 2
+
+Kind = Literal["live", "raw", "collected"]
+RegionKind = Literal["saved-low", "memory", "lost", "scratch"]
+_MAGIC = REGSAVE_MAGIC.to_bytes(8, "big")
+_NO_COLLECTION = "no hvdump collection is registered for this root"
+
+
+class Unreadable(HvdumpError):
+    """Bytes of the crashed kernel's memory that this dump cannot give back, and why."""
+
+    def __init__(self, message: str, address: int) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+@dataclass(frozen=True)
+class Region:
+    """``[start, end)`` of the crashed kernel's physical memory and where it is now.
+
+    ``src`` is the ``/proc/vmcore`` physical address of ``start`` for the
+    readable kinds (``saved-low``: the hypervisor's copy; ``memory``: in
+    place); ``why`` says why the other kinds cannot be read.
+    """
+
+    start: int
+    end: int
+    kind: RegionKind
+    src: int | None = None
+    why: str = ""
+
+
+@dataclass
+class DumpSource:
+    """A hypervisor-assisted dump as the plugin sees it (see the module docstring)."""
+
+    kind: Kind
+    path: Path
+    byteorder: ByteOrder
+    page_size: int
+    memory: int
+    vmcoreinfo: dict[str, str]
+    header: DumpHeader | None
+    regions: list[Region]
+    cpu_raw: bytes | None
+    root: Path | None = None
+    collection: CollectionView | None = None
+    warnings: list[str] = field(default_factory=list)
+    sections: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _fd: int = -1
+    _segments: list[tuple[int, int, int]] = field(default_factory=list)
+    _saved: Callable[[int, int], bytes] | None = None
+    _reg_stamp: int | None = None
+
+    # -- what it holds ----------------------------------------------------------
+
+    def cpu_states(self) -> list[CpuState]:
+        """The hypervisor's register save area, one entry per CPU (empty if not saved)."""
+        if not self.cpu_raw:
+            return []
+        return parse_regsave(self.cpu_raw, f"{self.path}: register save area")
+
+    def hpte_bytes(self) -> bytes | None:
+        """The saved HPTE section, or None when it cannot be read."""
+        if self.kind == "collected":
+            side = self.path.parent / "hpte.bin"
+            try:
+                return side.read_bytes()
+            except OSError:
+                return None
+        where = self.sections.get("hpte")
+        if where is None or not where[1]:
+            return None
+        try:
+            return self._read_src(where[0], where[1], None)
+        except Unreadable:
+            side = self.collection.out / "hpte.bin" if self.collection else None
+            if side is not None and side.exists():
+                return side.read_bytes()
+            return None
+
+    def region_at(self, pa: int) -> Region | None:
+        for r in self.regions:
+            if r.start <= pa < r.end:
+                return r
+        return None
+
+    def released(self) -> IntervalSet:
+        """Source (``/proc/vmcore``) ranges a started release may have given back."""
+        if self.collection is None:
+            return IntervalSet()
+        self.collection.refresh()
+        return self.collection.released.copy()
+
+    # -- reading ------------------------------------------------------------------
+
+    def read(self, pa: int, size: int) -> bytes:
+        """``size`` bytes of the crashed kernel's physical memory at ``pa``."""
+        parts: list[bytes] = []
+        end = pa + size
+        addr = pa
+        while addr < end:
+            r = self.region_at(addr)
+            if r is None:
+                raise Unreadable(
+                    f"physical address {addr:#x} is beyond the crashed kernel's memory "
+                    f"({self.memory:#x} bytes)",
+                    addr,
+                )
+            n = min(end, r.end) - addr
+            if r.src is None:
+                raise Unreadable(f"physical address {addr:#x}: {r.why}", addr)
+            parts.append(self._read_src(r.src + addr - r.start, n, addr))
+            addr += n
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _pread_src(self, src: int, size: int) -> bytes:
+        for start, end, offset in self._segments:
+            if start <= src and src + size <= end:
+                try:
+                    data = os.pread(self._fd, size, offset + src - start)
+                except OSError as exc:
+                    raise Unreadable(
+                        f"{self.path}: cannot read {src:#x}+{size:#x}: {exc.strerror} (the dump "
+                        "is gone once the last range is released)",
+                        src,
+                    ) from None
+                if len(data) != size:
+                    raise Unreadable(
+                        f"{self.path}: short read at {src:#x} (the file is truncated)", src
+                    )
+                return data
+        raise Unreadable(f"{self.path}: {src:#x}+{size:#x} is in no PT_LOAD", src)
+
+    def _find_collection(self) -> CollectionView | None:
+        """The collection of this live dump, looked for again while there is none: one
+        ``stat`` of its registration file per read until ``hvdump collect`` starts."""
+        if self.collection is not None or self.kind != "live" or self.root is None:
+            return self.collection
+        try:
+            stamp = os.stat(registration_path(self.root)).st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp is None or stamp == self._reg_stamp:
+            return None
+        self._reg_stamp = stamp
+        self._attach_collection()
+        return self.collection
+
+    def _attach_collection(self) -> None:
+        assert self.root is not None and self.header is not None
+        out = find_collection(self.root)
+        if out is None:
+            return
+        try:
+            cv = CollectionView(out)
+        except FormatError as exc:
+            self.warnings.append(f"ignoring the collection in {out}: {exc}")
+            return
+        if cv.header_hex != build_dump_header(self.header).hex():
+            self.warnings.append(f"{out} collects another dump; ignoring it")
+            return
+        self.collection = cv
+        self.warnings = [w for w in self.warnings if not w.startswith(_NO_COLLECTION)]
+
+    def _read_src(self, src: int, size: int, pa: int | None) -> bytes:
+        cv = self._find_collection()
+        if cv is None:
+            data = self._pread_src(src, size)
+            # A collection that started meanwhile journals its first release intent
+            # only after registering: look again before trusting the bytes.
+            cv = self._find_collection()
+            if cv is None:
+                return data
+            cv.refresh()
+            if not cv.released.overlaps(src, src + size):
+                return data
+        cv.refresh()
+        if not cv.released.overlaps(src, src + size):
+            try:
+                data = self._pread_src(src, size)
+            except Unreadable:
+                # The last release removes /proc/vmcore: everything is saved by then.
+                cv.refresh()
+                if cv.durable.contains(src, src + size):
+                    return self._saved_copy(src, size, pa)
+                raise
+            # A release journals its intent before it is made: if none covers these
+            # bytes now, they were read before the kernel could reuse them.
+            if not cv.refresh() or not cv.released.overlaps(src, src + size):
+                return data
+        out = bytearray()
+        for lo, hi, released in _split(cv.released, src, src + size):
+            if not released:
+                out += self._pread_src(lo, hi - lo)
+            else:
+                out += self._saved_copy(lo, hi - lo, pa if pa is None else pa + lo - src)
+        return bytes(out)
+
+    def _saved_copy(self, src: int, size: int, pa: int | None) -> bytes:
+        cv = self.collection
+        assert cv is not None
+        where = f"{pa:#x}" if pa is not None else f"{src:#x} of /proc/vmcore"
+        if not cv.durable.contains(src, src + size):
+            raise Unreadable(
+                f"{where}: this range was released to the running kernel and its contents "
+                f"are not saved in {cv.out} (the collection had not saved it)",
+                pa if pa is not None else src,
+            )
+        if self._saved is None:
+            self._saved = _saved_reader(cv)
+        out = bytearray()
+        addr = src
+        while addr < src + size:
+            ch = cv.chunk_for_src(addr)
+            assert ch is not None
+            n = min(src + size, ch.src + ch.size) - addr
+            out += self._saved(ch.dst + addr - ch.src, n)
+            addr += n
+        return bytes(out)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _split(s: IntervalSet, lo: int, hi: int) -> list[tuple[int, int, bool]]:
+    """``[lo, hi)`` cut into pieces in ``s`` (True) and not in it (False), in order."""
+    pieces: list[tuple[int, int, bool]] = []
+    at = lo
+    for a, b in s.intersect(lo, hi):
+        if a > at:
+            pieces.append((at, a, False))
+        pieces.append((a, b, True))
+        at = b
+    if at < hi:
+        pieces.append((at, hi, False))
+    return pieces
+
+
+def _saved_reader(cv: CollectionView) -> Callable[[int, int], bytes]:
+    """Reads ``(pa, size)`` of the crashed memory from the collection's dump file."""
+    if cv.format == "elf":
+        core = ElfCore.open(cv.dump_path)
+        return core.read_phys
+    from drgn_hvdump.collect.codecs import decompress_page
+
+    kd = KdumpFile.open(cv.dump_path, decompress_page)
+    ps = kd.page_size
+
+    def read(pa: int, size: int) -> bytes:
+        kd.file_size = os.fstat(kd.fileno()).st_size  # the file grows while collection runs
+        out = bytearray()
+        first = pa // ps
+        last = (pa + size - 1) // ps
+        for pfn in range(first, last + 1):
+            out += kd.read_page(pfn)
+        skip = pa - first * ps
+        return bytes(out[skip : skip + size])
+
+    return read
+
+
+# -- identifying a file ----------------------------------------------------------
+
+
+def identify(path: str | os.PathLike[str]) -> DumpSource | None:
+    """What ``path`` is, or None when it is not a hypervisor-assisted dump.
+
+    Cheap for other files: one read of the file's first bytes, the ELF notes,
+    and (only for a ppc64 kernel core with no PRSTATUS note) a scan for the
+    register save area's magic at page starts near the top of memory.
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head == KDUMP_SIGNATURE:
+        return _identify_kdump(p)
+    if head[:4] != b"\x7fELF":
+        return None
+    try:
+        core = ElfCore.open(p)
+    except (FormatError, OSError):
+        return None
+    try:
+        return _identify_elf(p, core)
+    finally:
+        core.close()
+
+
+def _hvdump_notes(notes: list[tuple[str, int, bytes]]) -> tuple[bytes | None, bytes | None]:
+    header = next((d for n, t, d in notes if n == HVDUMP_NOTE_NAME and t == NOTE_DUMP_HEADER), None)
+    cpu = next((d for n, t, d in notes if n == HVDUMP_NOTE_NAME and t == NOTE_REGSAVE), None)
+    return header, cpu
+
+
+def _collected(
+    p: Path,
+    byteorder: ByteOrder,
+    info: dict[str, str],
+    header_raw: bytes,
+    cpu_raw: bytes | None,
+    memory: int,
+) -> DumpSource:
+    header = parse_dump_header(header_raw, path=f"{p}: HVDUMP note")
+    src = DumpSource(
+        kind="collected",
+        path=p,
+        byteorder=byteorder,
+        page_size=int(info.get("PAGESIZE", "65536")),
+        memory=memory,
+        vmcoreinfo=info,
+        header=header,
+        regions=[],
+        cpu_raw=cpu_raw,
+    )
+    return src
+
+
+def _identify_kdump(p: Path) -> DumpSource | None:
+    from drgn_hvdump.collect.codecs import decompress_page
+
+    try:
+        kd = KdumpFile.open(p, decompress_page)
+    except (FormatError, OSError):
+        return None
+    try:
+        notes = [(n.name, n.type, n.desc) for n in parse_notes(kd.notes, kd.byteorder, str(p))]
+        header_raw, cpu_raw = _hvdump_notes(notes)
+        if header_raw is None:
+            return None
+        vmci = next((d for n, _, d in notes if n == VMCOREINFO_NOTE_NAME), b"")
+        info = parse_vmcoreinfo(vmci, str(p)) if vmci else {}
+        return _collected(
+            p, kd.byteorder, info, header_raw, cpu_raw, kd.max_mapnr * kd.page_size
+        )
+    except FormatError:
+        return None
+    finally:
+        kd.close()
+
+
+def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
+    notes = [(n.name, n.type, n.desc) for n in core.notes]
+    info = core.vmcoreinfo or {}
+    memory = max((ph.p_paddr + ph.p_memsz for ph in core.segments), default=0)
+    header_raw, cpu_raw = _hvdump_notes(notes)
+    if header_raw is not None:
+        return _collected(p, core.byteorder, info, header_raw, cpu_raw, memory)
+    if not info or any(n == "CORE" and t == NT_PRSTATUS for n, t, _ in notes):
+        return None  # a kdump or QEMU core: registers in its notes, memory in place
+    try:
+        page_size = int(info["PAGESIZE"])
+    except (KeyError, ValueError):
+        return None
+    segments = sorted(core.segments, key=lambda ph: ph.p_paddr)
+    if len(segments) < 2 or segments[0].p_paddr != 0:
+        return None
+    if p.name == "vmcore" and p.parent.name == "proc":
+        live = _identify_live(p, core, info, page_size, memory, segments)
+        if live is not None:
+            return live
+    return _identify_raw(p, core, info, page_size, memory, segments)
+
+
+def _open_source(
+    kind: Kind,
+    p: Path,
+    core: ElfCore,
+    info: dict[str, str],
+    page_size: int,
+    memory: int,
+    segments: list[Elf64Phdr],
+) -> DumpSource:
+    src = DumpSource(
+        kind=kind,
+        path=p,
+        byteorder=core.byteorder,
+        page_size=page_size,
+        memory=memory,
+        vmcoreinfo=info,
+        header=None,
+        regions=[],
+        cpu_raw=None,
+    )
+    src._fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+    src._segments = [
+        (ph.p_paddr, ph.p_paddr + ph.p_filesz, ph.p_offset) for ph in segments if ph.p_filesz
+    ]
+    return src
+
+
+def _regions(
+    rmo_dest: int, rmo_copied: int, rmo_length: int, reserved: int, scratch: int, memory: int
+) -> list[Region]:
+    """The crashed kernel's physical memory laid out (see the module docstring)."""
+    regions = [Region(0, rmo_copied, "saved-low", rmo_dest)] if rmo_copied else []
+    if rmo_copied < rmo_length:
+        regions.append(
+            Region(
+                rmo_copied,
+                rmo_length,
+                "lost",
+                why=f"the hypervisor copied only {rmo_copied:#x} bytes of low memory "
+                "(a partial dump); the rest was overwritten by the capture kernel",
+            )
+        )
+    if rmo_length < reserved:
+        regions.append(
+            Region(
+                rmo_length,
+                reserved,
+                "lost",
+                why="overwritten by the capture kernel (only the low "
+                f"{rmo_length >> 20} MiB are saved by the hypervisor)",
+            )
+        )
+    regions.append(Region(reserved, scratch, "memory", reserved))
+    regions.append(
+        Region(
+            scratch,
+            memory,
+            "scratch",
+            why="the hypervisor's scratch area (saved register, HPTE and low-memory "
+            "sections), not memory the crashed kernel used",
+        )
+    )
+    return [r for r in regions if r.start < r.end]
+
+
+def _identify_live(
+    p: Path,
+    core: ElfCore,
+    info: dict[str, str],
+    page_size: int,
+    memory: int,
+    segments: list[Elf64Phdr],
+) -> DumpSource | None:
+    root = p.parent.parent
+    if not PhypDump.detect(root):
+        return None
+    state = PhypDump(root).state()
+    if state.header is None or state.release_map is None:
+        return None
+    h = state.header
+    src = _open_source("live", p, core, info, page_size, memory, segments)
+    src.root = root
+    src.header = h
+    if not state.valid:
+        src.warnings.append(state.reason)
+    src.warnings += state.warnings
+    src.regions = _regions(
+        h.rmo.destination_address,
+        h.rmo.length_copied,
+        h.rmo.source_length,
+        state.release_map.reserved.addr,
+        h.cpu.destination_address,
+        memory,
+    )
+    src.sections = {
+        name: (s.destination_address, s.length_copied)
+        for name, s in (("cpu", h.cpu), ("hpte", h.hpte), ("rmo", h.rmo))
+    }
+    src.warnings.append(
+        f"{_NO_COLLECTION}: ranges released by another tool cannot be told apart from the dump"
+    )
+    src._find_collection()
+    cpu = src.sections["cpu"]
+    try:
+        src.cpu_raw = src._read_src(cpu[0], cpu[1], None)
+    except Unreadable:
+        side = src.collection.out / "regsave.bin" if src.collection else None
+        src.cpu_raw = side.read_bytes() if side is not None and side.exists() else None
+    return src
+
+
+def _identify_raw(
+    p: Path,
+    core: ElfCore,
+    info: dict[str, str],
+    page_size: int,
+    memory: int,
+    segments: list[Elf64Phdr],
+) -> DumpSource | None:
+    reserved = segments[1].p_paddr
+    last = segments[-1]
+    top = last.p_paddr + last.p_filesz
+    fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        base = None
+        # The scratch area holds the save area, the HPTEs (at least 256 KiB) and the
+        # 256 MiB copy: its start is at least that far below the top.
+        addr = (top - RMO_SIZE - (256 << 10)) // page_size * page_size
+        while addr >= reserved:
+            if os.pread(fd, 8, last.p_offset + addr - last.p_paddr) == _MAGIC:
+                base = addr
+                break
+            addr -= page_size
+        if base is None:
+            return None
+        window = os.pread(fd, min(top - base, 1 << 20), last.p_offset + base - last.p_paddr)
+    finally:
+        os.close(fd)
+    try:
+        states = parse_regsave(window, f"{p}: register save area at {base:#x}")
+    except FormatError:
+        return None
+    cpu_size = _regsave_end(window, states)
+    room = memory - base - cpu_size - RMO_SIZE
+    if room < (256 << 10):
+        return None
+    hpte_size = 1 << (room.bit_length() - 1)
+    rmo_dest = base + cpu_size + hpte_size
+    src = _open_source("raw", p, core, info, page_size, memory, segments)
+    src.cpu_raw = window[:cpu_size]
+    src.regions = _regions(rmo_dest, RMO_SIZE, RMO_SIZE, reserved, base, memory)
+    src.sections = {
+        "cpu": (base, cpu_size),
+        "hpte": (base + cpu_size, hpte_size),
+        "rmo": (rmo_dest, RMO_SIZE),
+    }
+    src.warnings.append(
+        "a copy of /proc/vmcore: the scratch area was found at "
+        f"{base:#x} by its register save area; a copy cannot say which ranges were "
+        "released before it was taken (take it before any release)"
+    )
+    return src
+
+
+def _regsave_end(buf: bytes, states: list[CpuState]) -> int:
+    """Bytes of the save area up to the last CPU's ``CPUEND`` (entries are contiguous)."""
+    hdr = REGSAVE_HEADER.unpack_from(buf, 0, "big")
+    return int(
+        hdr.num_cpu_offset + 4 + sum((len(s.regs) + 2) * REGSAVE_ENTRY.size for s in states)
+    )

@@ -80,10 +80,12 @@ __all__ = [
     "REGISTERS",
     "SCENARIOS",
     "SYMBOLS",
+    "VMALLOC_BASE",
     "Frame",
     "KernelImage",
     "Scenario",
     "TaskInfo",
+    "VmallocMapping",
     "kernel_symbol",
     "parse_tasks",
     "vmlinux_path",
@@ -92,6 +94,7 @@ __all__ = [
 LINEAR_PAGE_SHIFT = 24
 """The linear map uses 16 MiB pages on POWER5+ and POWER6."""
 VMALLOC_BASE = 0xD000000000000000
+"""``VMALLOC_START`` of ppc64 hash kernels of the 2.6 era (``KERN_VIRT_START``)."""
 REGISTERS: tuple[str, ...] = POWER6_REGISTERS
 """Registers saved per CPU, in save-area order."""
 PACA_SIZE = 0x400
@@ -108,6 +111,12 @@ _PIDHASH_SHIFT = 10
 _TASK_BASE = 0x0200_0000
 _TASK_SLOT = 0x1000
 _STACK_BASE = 0x0400_0000
+# Page-table pages (PUD/PMD tables, PTE pages) of swapper_pg_dir: 8 to 16 MiB.
+_PGTABLE_BASE = 0x0080_0000
+_PGTABLE_END = _PERCPU_BASE
+# Pages vmalloc() handed out come from here up to the scratch area: above
+# everything the image's static layout uses (stacks end below 192 MiB).
+_VMALLOC_PA_BASE = 0x0C00_0000
 _MAX_TASKS = (_STACK_BASE - _TASK_BASE) // _TASK_SLOT
 _STACK_END_MAGIC = 0x57AC6E9D
 _GOLDEN_RATIO_PRIME_64 = 0x9E37FFFFFFFC0001
@@ -647,10 +656,19 @@ class KernelImage:
         the per-CPU areas, ``pid_hash``, the tasks and the used part of their
         stacks; then, repeated as small pieces with the same bytes, the
         banner, ``init_uts_ns``, the VMCOREINFO note and each CPU's ``paca``
-        head.
+        head; last the kernel page tables (``swapper_pg_dir`` and the tables
+        under it, at 8 MiB), ``init_mm.pgd``, and the vmalloc()ed
+        ``*hvdemo_stats`` buffer with the global pointing at it.
         """
         pieces = list(self._state.pieces)
         order = self.config.endian
+        plan = _vmalloc_plan(self)
+        pieces.extend(plan.pieces)
+        pieces.append((SYMBOLS["hvdemo_stats"], plan.hvdemo_stats.to_bytes(8, order)))
+        pgd_off, _ = self.vmlinux.field("mm_struct", "pgd")
+        pieces.append(
+            (SYMBOLS["init_mm"] + pgd_off, kernel_symbol("swapper_pg_dir").to_bytes(8, order))
+        )
         pieces.append((SYMBOLS["linux_banner"], self.banner().encode() + b"\0"))
         pieces.append((SYMBOLS["init_uts_ns"], self._uts_ns()))
         pieces.append((SYMBOLS["vmcoreinfo_note"], self.vmcoreinfo_note()))
@@ -775,9 +793,10 @@ class KernelImage:
 
         Bolted 16 MiB linear-map entries for all of RAM (placed as
         :func:`drgn_hvdump.formats.hpte.linear_map_hptes` places them, computed
-        here in bulk with the C hash), then a seeded set of 64 KiB (or 4 KiB)
-        vmalloc entries, which skip full groups as a non-bolted insert that
-        finds both groups full gives up in this model.
+        here in bulk with the C hash), then 64 KiB (or 4 KiB) entries for the
+        vmalloc pages that were faulted in (:meth:`vmalloc_mappings` with
+        ``in_hpt``, stale entries of vfree()d pages included), each in the
+        first free slot of its primary, else its secondary group.
         """
         mask = htab_hash_mask(table_size)
         used: dict[int, int] = {}
@@ -815,35 +834,339 @@ class KernelImage:
             yield group * HPTES_PER_GROUP + n, v, (ea - KERNELBASE) | r_flags
 
     def _vmalloc_entries(self, mask: int, used: dict[int, int]) -> Iterable[tuple[int, int, int]]:
+        """The hash entries of vmalloc pages (:meth:`vmalloc_mappings` with ``in_hpt``)."""
+        from .hypervisor import hpt_size  # hypervisor imports this module
+
         cfg = self.config
         shift = cfg.page_shift
-        count = 64 + 16 * cfg.cpus
         penc = 1 if shift == 16 else 0  # POWER6's LP encoding of 64 KiB pages
-        seen: set[int] = set()
-        for i in range(count):
-            ea = VMALLOC_BASE + (self._draws("vmalloc-ea", i) % (1 << 32) >> shift << shift)
-            if ea in seen:
+        plan = _vmalloc_plan(self)
+        canonical = mask == htab_hash_mask(hpt_size(cfg.memory))
+        for i, (ea, (pa, secondary, slot)) in enumerate(plan.hpt_slots.items()):
+            if not canonical:
+                # Another table size: place the entries afresh as hash_page would.
+                h = native.hpte_hash(kernel_vsid(ea), ea, shift, 0)
+                for secondary in (False, True):
+                    group = (~h if secondary else h) & mask
+                    n = used.get(group, 0)
+                    if n < HPTES_PER_GROUP:
+                        used[group] = n + 1
+                        slot = group * HPTES_PER_GROUP + n
+                        break
+                else:
+                    continue
+            e = encode_hpte(
+                va_of(ea),
+                pa,
+                shift,
+                penc=penc,
+                secondary=secondary,
+                referenced=True,
+                changed=bool(i & 1),
+            )
+            yield slot, e.v, e.r
+
+    def vmalloc_mappings(self) -> list[VmallocMapping]:
+        """Ground truth of the vmalloc range: every page either translation source maps.
+
+        Sorted by effective address. Pages with ``in_page_tables`` are what
+        ``swapper_pg_dir`` maps; pages with ``in_hpt`` have a valid entry in
+        :meth:`hash_page_table` (for the LPAR's table size). The seeded
+        disagreements are the mappings that are not :attr:`VmallocMapping.agrees`.
+        """
+        return sorted(_vmalloc_plan(self).mappings, key=lambda m: (m.ea, m.in_hpt))
+
+    def hvdemo_stats_address(self) -> int:
+        """Where the kernel global ``hvdemo_stats`` points (a vmalloc address)."""
+        return _vmalloc_plan(self).hvdemo_stats
+
+    def hvdemo_stats_values(self) -> dict[str, int]:
+        """``*hvdemo_stats`` as laid into memory: ``reads``, ``counters``, ``magic``, ``nr_counters``."""
+        base = self.hvdemo_stats_address()
+        order = self.config.endian
+        data = _hvdemo_stats_bytes(self, base, order)
+        vm = self.vmlinux
+        out = {}
+        for name in ("reads", "counters", "magic", "nr_counters"):
+            off, n = vm.field("hvdemo_stats", name)
+            out[name] = int.from_bytes(data[off : off + n], order)
+        return out
+
+    def hvdemo_counters(self) -> list[int]:
+        """The values of ``hvdemo_stats->counters[0 .. nr_counters)``."""
+        return [self._draws("hvdemo-counter", i) % 10**9 for i in range(_HVDEMO_COUNTERS)]
+
+
+# ------------------------------------------------------------ vmalloc
+#
+# Linux 2.6.32 ppc64 hash-MMU page tables (pgtable-ppc64-64k.h / -4k.h,
+# pte-hash64-64k.h / -4k.h, pte-hash64.h): index sizes PTE/PMD/PUD/PGD of
+# 12/12/0/4 with 64 KiB pages and 9/7/7/9 with 4 KiB pages; upper-level
+# entries hold the kernel virtual address of the next table; a PTE holds the
+# page frame number at PTE_RPN_SHIFT (32 with 64 KiB pages, 17 with 4 KiB)
+# and the software bits below. Entries are in the kernel's byte order.
+
+_PAGE_PRESENT = 0x0001
+_PAGE_EXEC = 0x0004
+_PAGE_COHERENT = 0x0010
+_PAGE_DIRTY = 0x0080
+_PAGE_ACCESSED = 0x0100
+_PAGE_RW = 0x0200
+_PAGE_HASHPTE = 0x0400
+_PAGE_F_GIX_SHIFT = 12  # _PAGE_F_GIX / _PAGE_GROUP_IX = 0x7000: slot in the group
+_PAGE_F_SECOND = 0x8000  # _PAGE_F_SECOND / _PAGE_SECONDARY: in the secondary group
+_PAGE_KERNEL = _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_COHERENT | _PAGE_RW | _PAGE_DIRTY
+
+HVDEMO_STATS_MAGIC = 0x4856444D53544154
+"""``struct hvdemo_stats.magic`` (``"HVDMSTAT"``) in the vmalloc()ed buffer ``hvdemo_stats`` points at."""
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    page_shift: int
+    index_sizes: tuple[int, int, int, int]  # PTE, PMD, PUD, PGD
+    rpn_shift: int
+
+    def indexes(self, ea: int) -> tuple[int, int, int, int]:
+        """(pgd, pud, pmd, pte) indexes of ``ea``; the PUD index is 0 without a PUD level."""
+        pte, pmd, pud, pgd = self.index_sizes
+        shift = self.page_shift
+        i_pte = (ea >> shift) & ((1 << pte) - 1)
+        shift += pte
+        i_pmd = (ea >> shift) & ((1 << pmd) - 1)
+        shift += pmd
+        i_pud = (ea >> shift) & ((1 << pud) - 1)
+        shift += pud
+        return (ea >> shift) & ((1 << pgd) - 1), i_pud, i_pmd, i_pte
+
+
+_GEOMETRIES = {
+    16: _Geometry(16, (12, 12, 0, 4), 32),
+    12: _Geometry(12, (9, 7, 7, 9), 17),
+}
+
+# What the kernel had vmalloc()ed at the crash: (what, bytes). Modules are
+# vmalloc()ed on ppc64 (module_alloc), in the order they were loaded.
+_VMALLOC_AREAS: tuple[tuple[str, int], ...] = (
+    ("module ibmvscsi", 112 << 10),
+    ("module sd_mod", 96 << 10),
+    ("module mbcache", 40 << 10),
+    ("module jbd2", 224 << 10),
+    ("module ext4", 1216 << 10),
+    ("module sg", 80 << 10),
+    ("module ibmveth", 72 << 10),
+    ("module hvdemo", 48 << 10),
+    ("hvdemo stats", 2 << 16),
+    ("vmalloc: pidmap", 64 << 10),
+    ("vmalloc: swap_map", 320 << 10),
+    ("vmalloc: ipc", 128 << 10),
+    ("vmalloc: bpf", 64 << 10),
+)
+# vfree()d areas whose hash entries were never flushed (stale HPTEs), and
+# the area allocated over a freed one's addresses before its first access.
+_VFREED_AREAS: tuple[tuple[str, int], ...] = (
+    ("vfree'd: module xfs (unloaded)", 192 << 10),
+    ("vfree'd: vmalloc buffer", 64 << 10),
+)
+_HVDEMO_COUNTERS = 48
+
+
+@dataclass(frozen=True)
+class VmallocMapping:
+    """One page of the vmalloc range as the crashed kernel's two translation sources saw it.
+
+    ``in_page_tables``: ``swapper_pg_dir`` maps ``ea`` to ``pa``;
+    ``in_hpt``: a valid hashed page table entry maps ``ea`` to ``pa``. A
+    page in only one source is a disagreement an analyst sees (stale hash
+    entry of a vfree()d page, or a page never faulted into the hash table);
+    an address reused after vfree() appears twice, with two physical pages.
+    """
+
+    ea: int
+    pa: int
+    page_size: int
+    in_page_tables: bool
+    in_hpt: bool
+    what: str
+
+    @property
+    def agrees(self) -> bool:
+        """Both sources map ``ea`` to ``pa``."""
+        return self.in_page_tables and self.in_hpt
+
+
+@dataclass(frozen=True)
+class _VmallocPlan:
+    mappings: list[VmallocMapping]
+    hpt_slots: dict[int, tuple[int, bool, int]]  # ea -> (pa, secondary, slot) of its HPTE
+    pieces: list[tuple[int, bytes]]
+    hvdemo_stats: int
+
+
+def _hvdemo_stats_bytes(image: KernelImage, base: int, order: Literal["big", "little"]) -> bytes:
+    """``struct hvdemo_stats`` followed by its counters, as laid at ``base``."""
+    vm = image.vmlinux
+    size = vm.sizeof("hvdemo_stats")
+    buf = bytearray(size)
+
+    def put(path: str, value: int) -> None:
+        off, n = vm.field("hvdemo_stats", path)
+        buf[off : off + n] = value.to_bytes(n, order)
+
+    # The counters straddle the buffer's two pages, 128 bytes before the boundary.
+    counters_off = image.config.page_size - 0x100 - 0x80
+    put("reads", image._draws("hvdemo-reads") % 10**6)
+    put("counters", base + counters_off)
+    put("magic", HVDEMO_STATS_MAGIC)
+    put("nr_counters", _HVDEMO_COUNTERS)
+    out = bytearray(counters_off + 8 * _HVDEMO_COUNTERS)
+    out[:size] = buf
+    for i in range(_HVDEMO_COUNTERS):
+        value = image._draws("hvdemo-counter", i) % 10**9
+        out[counters_off + 8 * i : counters_off + 8 * i + 8] = value.to_bytes(8, order)
+    return bytes(out)
+
+
+@functools.lru_cache(maxsize=8)
+def _vmalloc_plan(image: KernelImage) -> _VmallocPlan:
+    """The vmalloc range at the crash: pages, their page tables and their hash entries."""
+    from .hypervisor import hpt_size, scratch_layout  # hypervisor imports this module
+
+    cfg = image.config
+    order = cfg.endian
+    geo = _GEOMETRIES[cfg.page_shift]
+    ps = cfg.page_size
+    d = image._draws
+    mask = htab_hash_mask(hpt_size(cfg.memory))
+    used: dict[int, int] = {}
+    for _ in image._linear_map(mask, used):
+        pass
+
+    # Physical pages: distinct, drawn from what the kernel owned. The hvdemo
+    # buffer comes from low memory (it is in the 256 MiB every dump saves).
+    pa_top = scratch_layout(cfg).base
+    taken: set[int] = set()
+
+    def page(label: str, i: int, low: bool = False) -> int:
+        top = min(pa_top, 256 << 20) if low else pa_top
+        span = (top - _VMALLOC_PA_BASE) // ps
+        n = 0
+        while True:
+            pa = _VMALLOC_PA_BASE + (d("vmalloc-pa", label, i, n) % span) * ps
+            if pa not in taken:
+                taken.add(pa)
+                return pa
+            n += 1
+
+    def place(ea: int, pa: int) -> tuple[bool, int] | None:
+        """Insert a hash entry as hash_page does: first free slot, primary then secondary."""
+        h = native.hpte_hash(kernel_vsid(ea), ea, geo.page_shift, 0)
+        for secondary in (False, True):
+            group = (~h if secondary else h) & mask
+            n = used.get(group, 0)
+            if n < HPTES_PER_GROUP:
+                used[group] = n + 1
+                return secondary, group * HPTES_PER_GROUP + n
+        return None  # both groups full: this model leaves the page unhashed
+
+    mappings: list[VmallocMapping] = []
+    hpt_slots: dict[int, tuple[int, bool, int]] = {}
+    ptes: dict[int, int] = {}  # ea -> PTE value (0: cleared)
+    cursor = VMALLOC_BASE
+    stats_va = 0
+    areas = [(what, size, "live") for what, size in _VMALLOC_AREAS]
+    # The freed areas sit between the live ones, where vmalloc had put them.
+    areas.insert(3, (*_VFREED_AREAS[0], "freed"))
+    areas.insert(10, (*_VFREED_AREAS[1], "freed"))
+    reused_done = False
+    for a, (what, size, kind) in enumerate(areas):
+        pages = -(-size // ps)
+        start = cursor
+        cursor += (pages + 1) * ps  # a guard page after every area
+        low = what == "hvdemo stats"
+        if low:
+            stats_va = start + 0x100
+        for i in range(pages):
+            ea = start + i * ps
+            pa = page(what, i, low)
+            exec_ = _PAGE_EXEC if what.startswith("module") else 0
+            if kind == "freed":
+                # vfree() cleared the PTE; the hash entry was never flushed.
+                slot = place(ea, pa)
+                ptes[ea] = 0
+                if slot is not None:
+                    hpt_slots[ea] = (pa, *slot)
+                    mappings.append(VmallocMapping(ea, pa, ps, False, True, what))
                 continue
-            seen.add(ea)
-            pa = (self._draws("vmalloc-pa", i) % cfg.memory) >> shift << shift
-            vsid = kernel_vsid(ea)
-            h = native.hpte_hash(vsid, ea, shift, 0)
-            for secondary in (False, True):
-                group = (~h if secondary else h) & mask
-                n = used.get(group, 0)
-                if n < HPTES_PER_GROUP:
-                    used[group] = n + 1
-                    e = encode_hpte(
-                        va_of(ea),
-                        pa,
-                        shift,
-                        penc=penc,
-                        secondary=secondary,
-                        referenced=True,
-                        changed=bool(i & 1),
-                    )
-                    yield group * HPTES_PER_GROUP + n, e.v, e.r
-                    break
+            # Most pages were touched since vmalloc() and so faulted into the
+            # hash table; a seeded few never were (the hvdemo buffer always was).
+            faulted = low or d("vmalloc-faulted", a, i) % 10 != 0
+            slot = place(ea, pa) if faulted else None
+            pte = ((pa >> geo.page_shift) << geo.rpn_shift) | _PAGE_KERNEL | exec_
+            if slot is not None:
+                secondary, s = slot
+                pte |= _PAGE_HASHPTE | (s % HPTES_PER_GROUP) << _PAGE_F_GIX_SHIFT
+                pte |= _PAGE_F_SECOND if secondary else 0
+                hpt_slots[ea] = (pa, secondary, s)
+            ptes[ea] = pte
+            mappings.append(VmallocMapping(ea, pa, ps, True, slot is not None, what))
+        if kind == "freed" and not reused_done:
+            # vmalloc() reused the freed area's first page for a new buffer
+            # not yet touched: the page tables map a new page, the stale hash
+            # entry still maps the old one.
+            reused_done = True
+            ea = start
+            pa = page("reused", 0)
+            ptes[ea] = ((pa >> geo.page_shift) << geo.rpn_shift) | _PAGE_KERNEL
+            mappings.append(VmallocMapping(ea, pa, ps, True, False, "vmalloc: reused address"))
+
+    # The tables: swapper_pg_dir, then PUD/PMD tables and PTE pages from the
+    # page-table area, each aligned to its size as the kernel's caches align them.
+    pte_size, pmd_size, pud_size, pgd_size = (8 << n if n else 0 for n in geo.index_sizes)
+    if geo.page_shift == 16:
+        pte_size *= 2  # real_pte_t: the PTEs, then as many hidx words (2.6.32 64K)
+    pgd_pa = SYMBOLS["swapper_pg_dir"]
+    tables: dict[int, bytearray] = {pgd_pa: bytearray(pgd_size)}
+    free = _PGTABLE_BASE
+
+    def alloc(size: int) -> int:
+        nonlocal free
+        free = -(-free // size) * size
+        pa = free
+        free += size
+        if free > _PGTABLE_END:  # pragma: no cover - guards the area's size
+            raise AssertionError("page-table area full")
+        tables[pa] = bytearray(size)
+        return pa
+
+    def entry(table: int, index: int, size: int) -> int:
+        """The next-level table an entry points at, allocated on first use."""
+        buf = tables[table]
+        value = int.from_bytes(buf[8 * index : 8 * index + 8], order)
+        if value:
+            return value - KERNELBASE
+        pa = alloc(size)
+        buf[8 * index : 8 * index + 8] = (KERNELBASE + pa).to_bytes(8, order)
+        return pa
+
+    for ea, pte in sorted(ptes.items()):
+        i_pgd, i_pud, i_pmd, i_pte = geo.indexes(ea)
+        if pud_size:
+            pud = entry(pgd_pa, i_pgd, pud_size)
+            pmd = entry(pud, i_pud, pmd_size)
+        else:
+            pmd = entry(pgd_pa, i_pgd, pmd_size)
+        pte_page = entry(pmd, i_pmd, pte_size)
+        tables[pte_page][8 * i_pte : 8 * i_pte + 8] = pte.to_bytes(8, order)
+
+    pieces = [(pa, bytes(buf)) for pa, buf in sorted(tables.items())]
+    stats_page = next(m for m in mappings if m.what == "hvdemo stats")
+    data = _hvdemo_stats_bytes(image, stats_va, order)
+    first = ps - 0x100
+    pieces.append((stats_page.pa + 0x100, data[:first]))
+    second = next(m for m in mappings if m.ea == stats_page.ea + ps)
+    pieces.append((second.pa, data[first:]))
+    return _VmallocPlan(mappings, hpt_slots, pieces, stats_va)
 
 
 def _frames(

@@ -153,7 +153,9 @@ class CollectionView:
         try:
             plan: dict[str, Any] = json.loads(path.read_text())
         except OSError as exc:
-            raise FormatError(f"cannot read the collection plan: {exc.strerror}", path=str(path))
+            raise FormatError(
+                f"cannot read the collection plan: {exc.strerror}", path=str(path)
+            ) from None
         except ValueError:
             raise FormatError("the collection plan is not JSON", path=str(path)) from None
         if plan.get("version") != PLAN_VERSION:
@@ -168,9 +170,7 @@ class CollectionView:
         self.page_size = int(plan["page_size"])
         self.memory = int(plan["memory"])
         self.chunks = [PlanChunk(*c) for c in plan["chunks"]]
-        self._by_src = sorted(
-            (ch.src, ch.index) for ch in self.chunks if ch.kind in ("rmo", "mem")
-        )
+        self._by_src = sorted((ch.src, ch.index) for ch in self.chunks if ch.kind in ("rmo", "mem"))
         self.writes = [tuple(int(x) for x in w) for w in plan["writes"]]
         self.durable = IntervalSet()  # source (vmcore) addresses of durable chunks
         self.durable_chunks: set[int] = set()

@@ -66,7 +66,9 @@ def install_registers(prog: drgn.Program, states: list[CpuState], byteorder: Byt
                 addr = (notes + offsets[state.cpu].value_()) & ((1 << 64) - 1)
                 buf = crash_note(state, byteorder, _running_pid(prog, state.cpu))
 
-                def read(a: int, count: int, offset: int, physical: bool, buf: bytes = buf) -> bytes:
+                def read(
+                    a: int, count: int, offset: int, physical: bool, buf: bytes = buf
+                ) -> bytes:
                     return buf[offset : offset + count]
 
                 prog.add_memory_segment(addr, len(buf), read, False)

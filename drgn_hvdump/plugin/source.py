@@ -49,7 +49,7 @@ from drgn_hvdump.formats.dump_header import (
     build_dump_header,
     parse_dump_header,
 )
-from drgn_hvdump.formats.elfcore import NT_PRSTATUS, ElfCore, Elf64Phdr, parse_notes
+from drgn_hvdump.formats.elfcore import NT_PRSTATUS, Elf64Phdr, ElfCore, parse_notes
 from drgn_hvdump.formats.kdump import KDUMP_SIGNATURE, KdumpFile
 from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.regsave import (
@@ -150,9 +150,9 @@ class DumpSource:
         try:
             return self._read_src(where[0], where[1], None)
         except Unreadable:
-            side = self.collection.out / "hpte.bin" if self.collection else None
-            if side is not None and side.exists():
-                return side.read_bytes()
+            saved = self.collection.out / "hpte.bin" if self.collection else None
+            if saved is not None and saved.exists():
+                return saved.read_bytes()
             return None
 
     def region_at(self, pa: int) -> Region | None:
@@ -411,9 +411,7 @@ def _identify_kdump(p: Path) -> DumpSource | None:
             return None
         vmci = next((d for n, _, d in notes if n == VMCOREINFO_NOTE_NAME), b"")
         info = parse_vmcoreinfo(vmci, str(p)) if vmci else {}
-        return _collected(
-            p, kd.byteorder, info, header_raw, cpu_raw, kd.max_mapnr * kd.page_size
-        )
+        return _collected(p, kd.byteorder, info, header_raw, cpu_raw, kd.max_mapnr * kd.page_size)
     except FormatError:
         return None
     finally:
@@ -610,6 +608,4 @@ def _identify_raw(
 def _regsave_end(buf: bytes, states: list[CpuState]) -> int:
     """Bytes of the save area up to the last CPU's ``CPUEND`` (entries are contiguous)."""
     hdr = REGSAVE_HEADER.unpack_from(buf, 0, "big")
-    return int(
-        hdr.num_cpu_offset + 4 + sum((len(s.regs) + 2) * REGSAVE_ENTRY.size for s in states)
-    )
+    return int(hdr.num_cpu_offset + 4 + sum((len(s.regs) + 2) * REGSAVE_ENTRY.size for s in states))

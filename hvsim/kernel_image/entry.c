@@ -50,7 +50,15 @@ noinline ssize_t write_sysrq_trigger(struct file *file, const char *buf, size_t 
 }
 
 /* A driver's /proc file whose read dereferences a pointer it never set. */
-struct hvdemo_stats { unsigned long reads; unsigned long *counters; };
+struct hvdemo_stats {
+	unsigned long reads;
+	unsigned long *counters;
+	unsigned long magic;		/* HVDEMO_STATS_MAGIC */
+	unsigned int nr_counters;
+};
+
+/* vmalloc()ed when the module loads: reading it needs the vmalloc page tables. */
+struct hvdemo_stats *hvdemo_stats;
 
 noinline int hvdemo_read_stats(struct file *file, char *buf, size_t count)
 {

@@ -17,8 +17,13 @@ u32 vmcoreinfo_note[VMCOREINFO_NOTE_SIZE / 4];
 char vmcoreinfo_data[VMCOREINFO_BYTES];
 size_t vmcoreinfo_size;
 
-/* arch/powerpc/mm: the kernel's top-level page table */
-pgd_t swapper_pg_dir[PAGE_SIZE / sizeof(pgd_t) / 128] __aligned(4096);
+/*
+ * arch/powerpc/kernel/head_64.S: the kernel's top-level page table,
+ * PGD_TABLE_SIZE bytes: 1 << PGD_INDEX_SIZE entries, 16 with 64K pages and
+ * 512 with 4K pages (2.6.32). One image serves both page sizes, so it
+ * reserves the larger.
+ */
+pgd_t swapper_pg_dir[1 << 9] __aligned(4096);
 
 noinline void crash_save_cpu(struct pt_regs *regs, int cpu)
 {

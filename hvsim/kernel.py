@@ -74,6 +74,7 @@ from .kernel_image import KERNELBASE, Vmlinux, image_path, load_vmlinux
 from .memory import derive_seed
 
 __all__ = [
+    "HVDEMO_STATS_MAGIC",
     "KERNELBASE",
     "LINEAR_PAGE_SHIFT",
     "PACA_SIZE",

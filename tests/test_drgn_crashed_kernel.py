@@ -131,22 +131,73 @@ def test_sleeping_tasks_unwind_from_their_switch_frame(crashed: Crashed) -> None
 
 
 def test_symbol_lookup_by_pc_is_the_elfv1_limit(crashed: Crashed) -> None:
-    prog = crashed.prog
+    import json
+
+    from drgn_hvdump.plugin.symbols import install_elfv1_symbols
+
     panic = crashed.image.vmlinux.symbol("panic")
-    frame = prog.crashed_thread().stack_trace()[0]
+    entry = crashed.image.vmlinux.symbol("system_call_common")
+    # Stock drgn, in a process of its own: once hvdump's plugin is installed,
+    # drgn loads it in set_core_dump and this process would see its finder.
+    script = (
+        "import json, sys, drgn\n"
+        "core, vmlinux, panic, entry = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])\n"
+        "prog = drgn.Program()\n"
+        "prog.set_core_dump(core)\n"
+        "prog.load_debug_info([vmlinux])\n"
+        "def attempt(lookup):\n"
+        "    try:\n"
+        "        return lookup().name\n"
+        "    except LookupError as e:\n"
+        "        return 'LookupError: ' + str(e)\n"
+        "print(json.dumps({\n"
+        "    'finders': prog.enabled_symbol_finders(),\n"
+        "    'by_pc': attempt(lambda: prog.symbol(panic + 8)),\n"
+        "    'frame': attempt(lambda: prog.crashed_thread().stack_trace()[0].symbol()),\n"
+        "    'by_name': prog.symbol('panic').address,\n"
+        "    'asm': attempt(lambda: prog.symbol(entry + 4)),\n"
+        "}))\n"
+    )
+    stock = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script,
+                str(crashed.core),
+                crashed.vmlinux,
+                str(panic),
+                str(entry),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, DRGN_DISABLE_PLUGINS="hvdump"),
+            timeout=120,
+        ).stdout
+    )
+    assert stock["finders"] == ["elf"]
     if crashed.endian == "little":
-        assert prog.symbol(panic + 8).name == "panic"
-        assert frame.symbol().name == "panic"
+        assert stock["by_pc"] == stock["frame"] == "panic"
+        assert stock["by_name"] == panic
     else:
         # drgn 0.3 does not read ELFv1 function descriptors: the ELF symbol of a C
         # function is its .opd entry, so looking up a code address fails.
-        with pytest.raises(LookupError, match="could not find symbol containing"):
-            prog.symbol(panic + 8)
-        with pytest.raises(LookupError):
-            frame.symbol()
-        assert prog.symbol("panic").address != panic  # the descriptor, not the code
+        missing = f"LookupError: could not find symbol containing {panic + 8:#x}"
+        assert stock["by_pc"] == missing
+        assert stock["frame"].startswith("LookupError: could not find symbol containing")
+        assert stock["by_name"] != panic  # the descriptor, not the code
     # Assembly entry points have plain symbols in .text: fine in both byte orders.
-    entry = crashed.image.vmlinux.symbol("system_call_common")
+    assert stock["asm"] == "system_call_common"
+
+    # With hvdump's ELFv1 symbols, both byte orders answer as ELFv2 does.
+    prog = Program()
+    prog.set_core_dump(str(crashed.core))
+    install_elfv1_symbols(prog)
+    prog.load_debug_info([crashed.vmlinux])
+    assert prog.symbol(panic + 8).name == "panic"
+    assert prog.crashed_thread().stack_trace()[0].symbol().name == "panic"
+    assert prog.symbol("panic").address == panic
     assert prog.symbol(entry + 4).name == "system_call_common"
 
 

@@ -70,6 +70,7 @@ __all__ = [
     "Region",
     "Unreadable",
     "identify",
+    "split_ranges",
 ]
 
 HVDUMP_NOTE_NAME = "HVDUMP"
@@ -208,7 +209,7 @@ class DumpSource:
                 return data
         raise Unreadable(f"{self.path}: {src:#x}+{size:#x} is in no PT_LOAD", src)
 
-    def _find_collection(self) -> CollectionView | None:
+    def current_collection(self) -> CollectionView | None:
         """The collection of this live dump, looked for again while there is none: one
         ``stat`` of its registration file per read until ``hvdump collect`` starts."""
         if self.collection is not None or self.kind != "live" or self.root is None:
@@ -240,12 +241,12 @@ class DumpSource:
         self.warnings = [w for w in self.warnings if not w.startswith(_NO_COLLECTION)]
 
     def _read_src(self, src: int, size: int, pa: int | None) -> bytes:
-        cv = self._find_collection()
+        cv = self.current_collection()
         if cv is None:
             data = self._pread_src(src, size)
             # A collection that started meanwhile journals its first release intent
             # only after registering: look again before trusting the bytes.
-            cv = self._find_collection()
+            cv = self.current_collection()
             if cv is None:
                 return data
             cv.refresh()
@@ -266,7 +267,7 @@ class DumpSource:
             if not cv.refresh() or not cv.released.overlaps(src, src + size):
                 return data
         out = bytearray()
-        for lo, hi, released in _split(cv.released, src, src + size):
+        for lo, hi, released in split_ranges(cv.released, src, src + size):
             if not released:
                 out += self._pread_src(lo, hi - lo)
             else:
@@ -300,8 +301,13 @@ class DumpSource:
             os.close(self._fd)
             self._fd = -1
 
+    def __del__(self) -> None:
+        # drgn drops the program (and its cache holding this) without telling
+        # plugins: an open /proc/vmcore would keep a FUSE root busy.
+        self.close()
 
-def _split(s: IntervalSet, lo: int, hi: int) -> list[tuple[int, int, bool]]:
+
+def split_ranges(s: IntervalSet, lo: int, hi: int) -> list[tuple[int, int, bool]]:
     """``[lo, hi)`` cut into pieces in ``s`` (True) and not in it (False), in order."""
     pieces: list[tuple[int, int, bool]] = []
     at = lo
@@ -542,7 +548,7 @@ def _identify_live(
     src.warnings.append(
         f"{_NO_COLLECTION}: ranges released by another tool cannot be told apart from the dump"
     )
-    src._find_collection()
+    src.current_collection()
     cpu = src.sections["cpu"]
     try:
         src.cpu_raw = src._read_src(cpu[0], cpu[1], None)

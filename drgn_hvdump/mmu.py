@@ -549,7 +549,8 @@ class Translation:
         if self.pa is None:
             head = f"{self.ea:#018x}: not mapped"
         else:
-            head = f"{self.ea:#018x} -> {self.pa:#x} ({(self.page_size or 0) >> 10} KiB page, from {self.source})"
+            size = f"{self.page_size >> 10} KiB page, " if self.page_size else ""
+            head = f"{self.ea:#018x} -> {self.pa:#x} ({size}from {self.source})"
         lines = [head]
         if self.pte is not None:
             lines.append(f"  PTE {self.pte.pte:#018x} at physical {self.pte.pte_address:#x}")

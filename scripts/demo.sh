@@ -51,6 +51,12 @@ hvdump status --root "$ROOT"
 say "Verify the hypervisor's saved sections (low memory copy, registers, HPTEs) against ground truth"
 hvsim verify "$LPAR"
 
+say "Triage at once: drgn on the live /proc/vmcore (the hvdump plugin maps the saved low memory back)"
+drgn -q -c "$ROOT/proc/vmcore" -s "$(hvsim vmlinux "$LPAR")" -e "$first_look
+from drgn.commands import run_command
+run_command(prog, 'hvdump')
+run_command(prog, 'hvdump regions')"
+
 say "Collect: kdump-compressed with zstd, memory released as soon as each range is durable"
 hvdump collect --root "$ROOT" --output "$WORK/dump" --threads 2 --no-progress
 ls -l "$WORK/dump"
@@ -61,7 +67,7 @@ say "Everything released: the kernel re-registered and the LPAR is protected aga
 hvsim status "$LPAR" | sed -n '1,6p'
 ls "$ROOT/sys/kernel"
 
-say "Analyse the collected dump with stock drgn: release, panic message, crashed CPU's backtrace"
+say "Analyse the collected dump with drgn: release, panic message, crashed CPU's backtrace"
 drgn -q -c "$WORK/dump/dump.kdump" -s "$(hvsim vmlinux "$LPAR")" -e "$first_look"
 hvsim umount "$ROOT"
 

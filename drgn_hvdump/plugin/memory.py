@@ -23,7 +23,7 @@ def install_memory(prog: drgn.Program, source: DumpSource) -> None:
     read = source.read
 
     # offset is relative to the segment's start in both views: the physical address.
-    def read_fn(address: int, count: int, offset: int, physical: bool) -> bytes:
+    def read_fn(address: int, count: int, offset: int, physical: bool) -> bytes | memoryview:
         try:
             return read(offset, count)
         except Unreadable as exc:

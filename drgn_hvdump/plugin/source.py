@@ -30,6 +30,8 @@ the reason for any byte it must not return.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +82,10 @@ NOTE_REGSAVE = 2
 Kind = Literal["live", "raw", "collected"]
 RegionKind = Literal["saved-low", "memory", "lost", "scratch"]
 _MAGIC = REGSAVE_MAGIC.to_bytes(8, "big")
+_VIEW_MIN = 4096
+_WINDOW_SHIFT = 21
+_MADV_POPULATE_READ = 22  # not in Python 3.11's mmap module
+Data = bytes | memoryview
 _NO_COLLECTION = "no hvdump collection is registered for this root"
 
 
@@ -128,6 +134,12 @@ class DumpSource:
     _segments: list[tuple[int, int, int]] = field(default_factory=list)
     _saved: Callable[[int, int], bytes] | None = None
     _reg_stamp: int | None = None
+    _map: mmap.mmap | None = None
+    _view: memoryview | None = None
+    _populated: set[int] = field(default_factory=set)
+    # Readable regions a copy serves straight from its map: (start, end, file offset).
+    _direct: list[tuple[int, int, int]] = field(default_factory=list)
+    _reg_path: Path | None = None
 
     # -- what it holds ----------------------------------------------------------
 
@@ -149,7 +161,7 @@ class DumpSource:
         if where is None or not where[1]:
             return None
         try:
-            return self._read_src(where[0], where[1], None)
+            return bytes(self._read_src(where[0], where[1], None))
         except Unreadable:
             saved = self.collection.out / "hpte.bin" if self.collection else None
             if saved is not None and saved.exists():
@@ -171,9 +183,13 @@ class DumpSource:
 
     # -- reading ------------------------------------------------------------------
 
-    def read(self, pa: int, size: int) -> bytes:
-        """``size`` bytes of the crashed kernel's physical memory at ``pa``."""
-        parts: list[bytes] = []
+    def read(self, pa: int, size: int) -> Data:
+        """``size`` bytes of the crashed kernel's physical memory at ``pa`` (a raw
+        copy may answer with a read-only view of its map)."""
+        for start, stop, file_offset in self._direct:
+            if start <= pa and pa + size <= stop:
+                return self._map_read(file_offset + pa - start, size)
+        parts: list[Data] = []
         end = pa + size
         addr = pa
         while addr < end:
@@ -191,9 +207,12 @@ class DumpSource:
             addr += n
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _pread_src(self, src: int, size: int) -> bytes:
+    def _pread_src(self, src: int, size: int) -> Data:
         for start, end, offset in self._segments:
             if start <= src and src + size <= end:
+                o = offset + src - start
+                if self._view is not None and o + size <= len(self._view):
+                    return self._map_read(o, size)
                 try:
                     data = os.pread(self._fd, size, offset + src - start)
                 except OSError as exc:
@@ -209,13 +228,44 @@ class DumpSource:
                 return data
         raise Unreadable(f"{self.path}: {src:#x}+{size:#x} is in no PT_LOAD", src)
 
+    def _map_read(self, offset: int, size: int) -> Data:
+        """``size`` bytes at file ``offset`` from the map of a copy (see :func:`_map_copy`)."""
+        view = self._view
+        assert view is not None
+        window = offset >> _WINDOW_SHIFT
+        last = (offset + size - 1) >> _WINDOW_SHIFT
+        if window not in self._populated or last not in self._populated:
+            self._populate(window, last)
+        # A copy never changes under a reader: hand drgn a view (no copy); small
+        # reads are cheaper as bytes.
+        if size > _VIEW_MIN:
+            return view[offset : offset + size]
+        return view[offset : offset + size].tobytes()
+
+    def _populate(self, first: int, last: int) -> None:
+        # Fault a 2 MiB window's pages in with one madvise (MADV_POPULATE_READ,
+        # Linux 5.14) instead of one page fault per page on first touch.
+        assert self._map is not None
+        for w in range(first, last + 1):
+            if w in self._populated:
+                continue
+            self._populated.add(w)
+            start = w << _WINDOW_SHIFT
+            length = min(1 << _WINDOW_SHIFT, len(self._map) - start)
+            if length > 0:
+                # An older kernel refuses: pages then fault in one by one.
+                with contextlib.suppress(OSError):
+                    self._map.madvise(_MADV_POPULATE_READ, start, length)
+
     def current_collection(self) -> CollectionView | None:
         """The collection of this live dump, looked for again while there is none: one
         ``stat`` of its registration file per read until ``hvdump collect`` starts."""
         if self.collection is not None or self.kind != "live" or self.root is None:
             return self.collection
+        if self._reg_path is None:
+            self._reg_path = registration_path(self.root)  # realpath + hash: once
         try:
-            stamp = os.stat(registration_path(self.root)).st_mtime_ns
+            stamp = os.stat(self._reg_path).st_mtime_ns
         except OSError:
             stamp = None
         if stamp is None or stamp == self._reg_stamp:
@@ -240,7 +290,7 @@ class DumpSource:
         self.collection = cv
         self.warnings = [w for w in self.warnings if not w.startswith(_NO_COLLECTION)]
 
-    def _read_src(self, src: int, size: int, pa: int | None) -> bytes:
+    def _read_src(self, src: int, size: int, pa: int | None) -> Data:
         cv = self.current_collection()
         if cv is None:
             data = self._pread_src(src, size)
@@ -297,6 +347,14 @@ class DumpSource:
         return bytes(out)
 
     def close(self) -> None:
+        if self._view is not None:
+            try:
+                self._view.release()
+                if self._map is not None:
+                    self._map.close()
+            except BufferError:
+                pass  # drgn still holds a view; the map goes with the last one
+            self._view = self._map = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -468,6 +526,15 @@ def _open_source(
         cpu_raw=None,
     )
     src._fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+    if kind == "raw":
+        # A copy is read through a map: no system call, and no copy for large reads.
+        # (Not a live /proc/vmcore: it vanishes after the last release, and a mapped
+        # page of a vanished file is a SIGBUS, not an error.)
+        try:
+            src._map = mmap.mmap(src._fd, 0, prot=mmap.PROT_READ)
+            src._view = memoryview(src._map)
+        except (OSError, ValueError):
+            src._map = src._view = None
     src._segments = [
         (ph.p_paddr, ph.p_paddr + ph.p_filesz, ph.p_offset) for ph in segments if ph.p_filesz
     ]
@@ -551,7 +618,7 @@ def _identify_live(
     src.current_collection()
     cpu = src.sections["cpu"]
     try:
-        src.cpu_raw = src._read_src(cpu[0], cpu[1], None)
+        src.cpu_raw = bytes(src._read_src(cpu[0], cpu[1], None))
     except Unreadable:
         side = src.collection.out / "regsave.bin" if src.collection else None
         src.cpu_raw = side.read_bytes() if side is not None and side.exists() else None
@@ -598,6 +665,17 @@ def _identify_raw(
     src = _open_source("raw", p, core, info, page_size, memory, segments)
     src.cpu_raw = window[:cpu_size]
     src.regions = _regions(rmo_dest, RMO_SIZE, RMO_SIZE, reserved, base, memory)
+    if src._view is not None:
+        for r in src.regions:
+            for start, end, offset in src._segments:
+                at = offset + (r.src or 0) - start
+                if (
+                    r.src is not None
+                    and start <= r.src
+                    and r.src + r.end - r.start <= end
+                    and at + r.end - r.start <= len(src._view)
+                ):
+                    src._direct.append((r.start, r.end, at))
     src.sections = {
         "cpu": (base, cpu_size),
         "hpte": (base + cpu_size, hpte_size),

@@ -119,6 +119,13 @@ _PGTABLE_END = _PERCPU_BASE
 # everything the image's static layout uses (stacks end below 192 MiB).
 _VMALLOC_PA_BASE = 0x0C00_0000
 _MAX_TASKS = (_STACK_BASE - _TASK_BASE) // _TASK_SLOT
+# Each CPU's interrupt stacks (softirq_ctx[cpu], then hardirq_ctx[cpu] below it),
+# THREAD_SIZE each, allocated top-down from the end of the stack area as
+# 2.6.32's irqstack_early_init() takes them top-down below 256 MiB; task
+# stacks grow up from _STACK_BASE towards them.
+_IRQ_STACK_TOP = _VMALLOC_PA_BASE
+_HARDIRQ_OFFSET = 1 << 16
+_SOFTIRQ_OFFSET = 1 << 8
 _STACK_END_MAGIC = 0x57AC6E9D
 _GOLDEN_RATIO_PRIME_64 = 0x9E37FFFFFFFC0001
 
@@ -762,6 +769,12 @@ class KernelImage:
             raise ValueError("two tasks have the same pid (check --tasks)")
         if len(tasks) > _MAX_TASKS:
             raise ValueError(f"too many tasks ({len(tasks)}); hvsim lays out at most {_MAX_TASKS}")
+        room = (_IRQ_STACK_TOP - _STACK_BASE) // _THREAD_SIZE - 2 * cfg.cpus
+        if len(tasks) - 1 > room:  # init_task's stack is in the image
+            raise ValueError(
+                f"too many tasks ({len(tasks)}); with {cfg.cpus} CPUs' interrupt stacks"
+                f" hvsim lays out at most {room + 1}"
+            )
         crasher.cpu = crash
         crasher.running = True
         crasher.state = 0
@@ -1198,6 +1211,11 @@ def _frames(
     return [Frame(chain[i], pcs[i], sps[i]) for i in range(len(chain))], lr_offs
 
 
+def _irq_stack(cpu: int, hard: int) -> int:
+    """Physical start of CPU ``cpu``'s softirq (``hard=0``) or hardirq (``hard=1``) stack."""
+    return _IRQ_STACK_TOP - (2 * cpu + hard + 1) * _THREAD_SIZE
+
+
 @functools.lru_cache(maxsize=8)
 def _build_state(image: KernelImage) -> _State:
     cfg = image.config
@@ -1243,6 +1261,18 @@ def _build_state(image: KernelImage) -> _State:
             n = min(64, cfg.cpus - 64 * w)
             mem.put_int(sym(mask) + 8 * w, 8, (1 << n) - 1)
     mem.put_int(sym("nr_cpu_ids"), 4, cfg.cpus)
+
+    # Interrupt stacks (CONFIG_IRQSTACKS): hardirq_ctx[cpu] and softirq_ctx[cpu]
+    # point at their bottoms, where irq_ctx_init() left a thread_info with the
+    # matching preempt_count.
+    for cpu in range(cfg.cpus):
+        for i, (ctx, count) in enumerate(
+            (("softirq_ctx", _SOFTIRQ_OFFSET), ("hardirq_ctx", _HARDIRQ_OFFSET))
+        ):
+            base = _irq_stack(cpu, i)
+            mem.alloc(base, vm.sizeof("thread_info"))
+            mem.put(KERNELBASE + base, "thread_info", "preempt_count", count)
+            mem.put_int(sym(ctx) + 8 * cpu, 8, KERNELBASE + base)
 
     uptime_ns = (2 * 3600 + image._draws("uptime") % (200 * 86400)) * 10**9 + image._draws(
         "uptime-ns"

@@ -374,6 +374,9 @@ struct file {
 extern struct task_struct init_task;
 extern struct paca_struct paca[NR_CPUS];
 extern unsigned long __per_cpu_offset[NR_CPUS];
+/* arch/powerpc/include/asm/irq.h (2.6.32, CONFIG_IRQSTACKS) */
+extern struct thread_info *hardirq_ctx[NR_CPUS];
+extern struct thread_info *softirq_ctx[NR_CPUS];
 extern struct rq runqueues;
 extern atomic_t panic_cpu;
 extern struct pid_namespace init_pid_ns;

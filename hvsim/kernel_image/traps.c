@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
- * Faults and watchdogs: arch/powerpc/mm/fault.c, arch/powerpc/kernel/traps.c,
+ * Faults, interrupts and watchdogs: arch/powerpc/mm/fault.c,
+ * arch/powerpc/kernel/traps.c, arch/powerpc/kernel/irq.c,
  * arch/powerpc/kernel/exceptions-64s.S, kernel/hung_task.c, fs/jbd2/journal.c.
  */
 #include "kernel.h"
@@ -11,6 +12,14 @@
 unsigned long sysctl_hung_task_timeout_secs = 120;
 int sysctl_hung_task_panic = 1;
 unsigned long sysctl_hung_task_check_count = 4194304;
+
+/*
+ * arch/powerpc/kernel/irq.c (CONFIG_IRQSTACKS): the start of each CPU's
+ * hard and soft interrupt stacks, THREAD_SIZE each, which setup_64.c's
+ * irqstack_early_init() allocates below 256 MiB (hvsim lays them out).
+ */
+struct thread_info *softirq_ctx[NR_CPUS];
+struct thread_info *hardirq_ctx[NR_CPUS];
 
 noinline void bad_page_fault(struct pt_regs *regs, int sig)
 {

@@ -8,7 +8,9 @@ are checked against what hvsim put there.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import os
 import random
 import subprocess
@@ -173,6 +175,13 @@ def test_registers_come_from_the_save_area_not_crash_notes(
         assert frames == crashed.image.backtrace(cpu)
     nip = hvdump_registers(prog, crashed.image.crash_cpu)[0].regs["NIA"]
     assert prog.crashed_thread().stack_trace()[0].pc == nip
+    # drgn's crash-compatible bt, on the same registers
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        run_command(prog, "crash bt")
+    text = out.getvalue()
+    positions = [text.find(f" {name} ") for name in crashed.image.backtrace()]
+    assert -1 not in positions and positions == sorted(positions), text
 
 
 def test_drgn_cli_opens_a_raw_copy_with_no_extra_flags(crashed: Crashed) -> None:

@@ -2,19 +2,50 @@
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
 import drgn
 
-from drgn_hvdump.plugin.memory import install_memory
-from drgn_hvdump.plugin.registers import install_registers
-from drgn_hvdump.plugin.source import DumpSource, identify
+if TYPE_CHECKING:
+    from drgn_hvdump.plugin.source import DumpSource
 
-__all__ = ["SOURCE_KEY", "attach", "dump_source"]
+__all__ = ["SOURCE_KEY", "attach", "dump_source", "may_be_ours"]
 
 SOURCE_KEY = "hvdump.source"
+_HVDUMP_NOTE = b"HVDUMP\0"
+_CORE_NOTE = b"CORE\0"
+_SNIFF = 1 << 20
+
+
+def may_be_ours(path: str) -> bool:
+    """Whether ``path`` can be a hypervisor-assisted dump, from its first MiB only.
+
+    A cheap filter before the format modules are imported (tens of
+    milliseconds on a slow machine): a file ``hvdump collect`` wrote has an
+    ``HVDUMP`` note, and a capture kernel's ``/proc/vmcore`` (or a copy) is an
+    ELF core with no ``CORE`` note (no PRSTATUS); every note sits near the
+    start of the file. :func:`drgn_hvdump.plugin.source.identify` decides.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        head = os.pread(fd, _SNIFF, 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if _HVDUMP_NOTE in head:
+        return True
+    return head[:4] == b"\x7fELF" and _CORE_NOTE not in head
 
 
 def dump_source(prog: drgn.Program) -> DumpSource | None:
     """The hypervisor-assisted dump behind ``prog``, or None for any other program."""
+    from drgn_hvdump.plugin.source import DumpSource
+
     source = prog.cache.get(SOURCE_KEY)
     return source if isinstance(source, DumpSource) else None
 
@@ -33,22 +64,23 @@ def _hash_mmu(prog: drgn.Program, source: DumpSource | None) -> bool:
 def attach(prog: drgn.Program) -> None:
     """Recognise the dump and install memory, registers, symbols and translation."""
     path = prog.core_dump_path
-    source = identify(path) if path else None
+    source = None
+    if path and may_be_ours(path):
+        from drgn_hvdump.plugin.source import identify
+
+        source = identify(path)
     prog.cache[SOURCE_KEY] = source
     if source is not None:
+        from drgn_hvdump.plugin.memory import install_memory
+        from drgn_hvdump.plugin.registers import install_registers
+
         if source.kind in ("live", "raw"):
             install_memory(prog, source)
         install_registers(prog, source.cpu_states(), source.byteorder)
-    try:
-        from drgn_hvdump.plugin.symbols import install_elfv1_symbols
-    except ImportError:
-        pass
-    else:
-        install_elfv1_symbols(prog)
+    from drgn_hvdump.plugin.symbols import install_elfv1_symbols
+
+    install_elfv1_symbols(prog)
     if _hash_mmu(prog, source):
-        try:
-            from drgn_hvdump.plugin.translate import install_hash_translation
-        except ImportError:
-            pass
-        else:
-            install_hash_translation(prog, source.hpte_bytes if source else lambda: None)
+        from drgn_hvdump.plugin.translate import install_hash_translation
+
+        install_hash_translation(prog, source.hpte_bytes if source else lambda: None)

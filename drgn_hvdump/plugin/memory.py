@@ -21,9 +21,16 @@ __all__ = ["install_memory"]
 def install_memory(prog: drgn.Program, source: DumpSource) -> None:
     """Add the physical and linear-map segments that read ``source``."""
     read = source.read
+    direct = tuple(source.direct_regions())
+    map_read = source.map_read
 
-    # offset is relative to the segment's start in both views: the physical address.
+    # offset is relative to the segment's start in both views: the physical
+    # address. Every field drgn reads is one call: the common case (a copy's
+    # readable region) is tested first, with nothing else in the way.
     def read_fn(address: int, count: int, offset: int, physical: bool) -> bytes | memoryview:
+        for start, stop, file_offset in direct:
+            if start <= offset and offset + count <= stop:
+                return map_read(file_offset + offset - start, count)
         try:
             return read(offset, count)
         except Unreadable as exc:

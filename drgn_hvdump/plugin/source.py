@@ -188,7 +188,7 @@ class DumpSource:
         copy may answer with a read-only view of its map)."""
         for start, stop, file_offset in self._direct:
             if start <= pa and pa + size <= stop:
-                return self._map_read(file_offset + pa - start, size)
+                return self.map_read(file_offset + pa - start, size)
         parts: list[Data] = []
         end = pa + size
         addr = pa
@@ -212,7 +212,7 @@ class DumpSource:
             if start <= src and src + size <= end:
                 o = offset + src - start
                 if self._view is not None and o + size <= len(self._view):
-                    return self._map_read(o, size)
+                    return self.map_read(o, size)
                 try:
                     data = os.pread(self._fd, size, offset + src - start)
                 except OSError as exc:
@@ -228,7 +228,12 @@ class DumpSource:
                 return data
         raise Unreadable(f"{self.path}: {src:#x}+{size:#x} is in no PT_LOAD", src)
 
-    def _map_read(self, offset: int, size: int) -> Data:
+    def direct_regions(self) -> list[tuple[int, int, int]]:
+        """``(start, end, file offset)`` of the regions a copy serves straight from its
+        map (:meth:`map_read`); empty for other kinds."""
+        return list(self._direct)
+
+    def map_read(self, offset: int, size: int) -> Data:
         """``size`` bytes at file ``offset`` from the map of a copy (see :func:`_map_copy`)."""
         view = self._view
         assert view is not None

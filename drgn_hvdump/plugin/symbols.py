@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import drgn
-from elftools.common.exceptions import ELFError
 
-from drgn_hvdump.elfv1 import Binding, ElfV1Function, ElfV1SymbolTable, is_elfv1, read_elfv1_symbols
+if TYPE_CHECKING:
+    from drgn_hvdump.elfv1 import ElfV1Function, ElfV1SymbolTable
 
 __all__ = ["FINDER_NAME", "install_elfv1_symbols"]
 
@@ -40,7 +40,7 @@ FINDER_NAME = "hvdump-elfv1"
 """Name of the symbol finder (see :meth:`drgn.Program.enabled_symbol_finders`)."""
 
 _CACHE_KEY = "hvdump.elfv1_symbols"
-_BINDINGS: dict[Binding, Any] = {
+_BINDINGS: dict[str, Any] = {
     "local": drgn.SymbolBinding.LOCAL,
     "global": drgn.SymbolBinding.GLOBAL,
     "weak": drgn.SymbolBinding.WEAK,
@@ -78,6 +78,11 @@ class _ElfV1SymbolFinder:
         if not candidates:
             return None  # vmlinux not loaded yet: ask again at the next lookup
         self._done = True
+        # pyelftools costs tens of milliseconds to import: only once a lookup needs it.
+        from elftools.common.exceptions import ELFError
+
+        from drgn_hvdump.elfv1 import is_elfv1, read_elfv1_symbols
+
         for path, bias in candidates:
             try:
                 if not is_elfv1(path):

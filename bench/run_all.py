@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["bench_native.py", "bench_hvsim.py", "bench_fuse.py"]
+BENCHES = ["bench_native.py", "bench_hvsim.py", "bench_fuse.py", "bench_plugin.py"]
 
 
 def machine_line() -> str:

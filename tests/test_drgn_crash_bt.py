@@ -21,9 +21,8 @@ from drgn.commands import run_command
 from drgn.helpers.linux.pid import find_task
 from drgn.helpers.linux.stack import StackKind, kernel_stack_trace
 
-from hvsim import Lpar
-from hvsim.groundcore import write_truth_core
-from hvsim.kernel import KernelImage, TaskInfo, vmlinux_path
+from hvsim.kernel import KernelImage, TaskInfo
+from tests.drgn_support import crash_to_truth_core, open_core
 
 SCENARIO = {"big": "sysrq", "little": "oops"}
 THREAD_SIZE = 0x4000
@@ -53,16 +52,8 @@ def crashed(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Crashed]:
     endian = request.param
-    d = tmp_path_factory.mktemp(f"crash-bt-{endian}")
-    lpar = Lpar.create(d / "lpar", memory="1G", cpus=4, endian=endian, seed=11, boot=True)
-    lpar.crash(SCENARIO[endian])
-    image = lpar.crashed_kernel()
-    assert image is not None
-    core = d / "core"
-    write_truth_core(lpar, core)
-    prog = Program()
-    prog.set_core_dump(str(core))
-    prog.load_debug_info([vmlinux_path(endian)])
+    t = crash_to_truth_core(tmp_path_factory.mktemp(f"crash-bt-{endian}"), endian, SCENARIO[endian])
+    core, image, prog = t.core, t.image, open_core(t.core, t.vmlinux)
     yield Crashed(endian, core, image, prog)
 
 

@@ -25,6 +25,7 @@ from drgn_hvdump.formats.elfcore import PT_REGS_PPC64
 from hvsim import Lpar
 from hvsim.groundcore import write_truth_core
 from hvsim.kernel import KernelImage, vmlinux_path
+from tests.drgn_support import crash_to_truth_core, open_core
 
 
 @dataclass
@@ -44,17 +45,8 @@ def crashed(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Crashed]:
     endian = request.param
-    d = tmp_path_factory.mktemp(f"drgn-{endian}")
-    lpar = Lpar.create(d / "lpar", memory="1G", cpus=4, endian=endian, seed=11, boot=True)
-    lpar.crash(SCENARIO[endian])
-    image = lpar.crashed_kernel()
-    assert image is not None
-    core = d / "core"
-    write_truth_core(lpar, core)
-    prog = Program()
-    prog.set_core_dump(str(core))
-    prog.load_debug_info([vmlinux_path(endian)])
-    yield Crashed(endian, core, vmlinux_path(endian), image, prog)
+    t = crash_to_truth_core(tmp_path_factory.mktemp(f"drgn-{endian}"), endian, SCENARIO[endian])
+    yield Crashed(endian, t.core, t.vmlinux, t.image, open_core(t.core, t.vmlinux))
 
 
 def test_release_and_banner(crashed: Crashed) -> None:

@@ -29,10 +29,9 @@ from drgn_hvdump.elfv1 import (
     resolve_functions,
 )
 from drgn_hvdump.plugin.symbols import FINDER_NAME, install_elfv1_symbols
-from hvsim import Lpar
-from hvsim.groundcore import write_truth_core
 from hvsim.kernel import SYMBOLS, KernelImage, kernel_symbol, vmlinux_path
 from hvsim.kernel_image import Vmlinux, load_vmlinux
+from tests.drgn_support import crash_to_truth_core
 
 SCENARIO = {"big": "sysrq", "little": "oops"}
 
@@ -273,12 +272,8 @@ def crashed(
 ) -> Iterator[Crashed]:
     endian = request.param
     d = tmp_path_factory.mktemp(f"elfv1-{endian}")
-    lpar = Lpar.create(d / "lpar", memory="1G", cpus=2, endian=endian, seed=11, boot=True)
-    lpar.crash(SCENARIO[endian])
-    image = lpar.crashed_kernel()
-    assert image is not None
-    core = d / "core"
-    write_truth_core(lpar, core)
+    t = crash_to_truth_core(d, endian, SCENARIO[endian], cpus=2)
+    core, image = t.core, t.image
     yield Crashed(endian, core, image, _open(core, endian))
 
 

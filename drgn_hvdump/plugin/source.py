@@ -36,7 +36,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from drgn_hvdump.capture.phyp import PhypDump
 from drgn_hvdump.collect.progress_view import (
@@ -487,6 +487,17 @@ def _identify_kdump(p: Path) -> DumpSource | None:
         kd.close()
 
 
+class _Vmcore(NamedTuple):
+    """What :func:`_identify_elf` learnt of a vmcore-shaped ELF core."""
+
+    path: Path
+    byteorder: ByteOrder
+    info: dict[str, str]
+    page_size: int
+    memory: int
+    segments: list[Elf64Phdr]
+
+
 def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
     notes = [(n.name, n.type, n.desc) for n in core.notes]
     info = core.vmcoreinfo or {}
@@ -503,34 +514,27 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
     segments = sorted(core.segments, key=lambda ph: ph.p_paddr)
     if len(segments) < 2 or segments[0].p_paddr != 0:
         return None
+    v = _Vmcore(p, core.byteorder, info, page_size, memory, segments)
     if p.name == "vmcore" and p.parent.name == "proc":
-        live = _identify_live(p, core, info, page_size, memory, segments)
+        live = _identify_live(v)
         if live is not None:
             return live
-    return _identify_raw(p, core, info, page_size, memory, segments)
+    return _identify_raw(v)
 
 
-def _open_source(
-    kind: Kind,
-    p: Path,
-    core: ElfCore,
-    info: dict[str, str],
-    page_size: int,
-    memory: int,
-    segments: list[Elf64Phdr],
-) -> DumpSource:
+def _open_source(kind: Kind, v: _Vmcore) -> DumpSource:
     src = DumpSource(
         kind=kind,
-        path=p,
-        byteorder=core.byteorder,
-        page_size=page_size,
-        memory=memory,
-        vmcoreinfo=info,
+        path=v.path,
+        byteorder=v.byteorder,
+        page_size=v.page_size,
+        memory=v.memory,
+        vmcoreinfo=v.info,
         header=None,
         regions=[],
         cpu_raw=None,
     )
-    src._fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+    src._fd = os.open(v.path, os.O_RDONLY | os.O_CLOEXEC)
     if kind == "raw":
         # A copy is read through a map: no system call, and no copy for large reads.
         # (Not a live /proc/vmcore: it vanishes after the last release, and a mapped
@@ -541,7 +545,7 @@ def _open_source(
         except (OSError, ValueError):
             src._map = src._view = None
     src._segments = [
-        (ph.p_paddr, ph.p_paddr + ph.p_filesz, ph.p_offset) for ph in segments if ph.p_filesz
+        (ph.p_paddr, ph.p_paddr + ph.p_filesz, ph.p_offset) for ph in v.segments if ph.p_filesz
     ]
     return src
 
@@ -584,22 +588,15 @@ def _regions(
     return [r for r in regions if r.start < r.end]
 
 
-def _identify_live(
-    p: Path,
-    core: ElfCore,
-    info: dict[str, str],
-    page_size: int,
-    memory: int,
-    segments: list[Elf64Phdr],
-) -> DumpSource | None:
-    root = p.parent.parent
+def _identify_live(v: _Vmcore) -> DumpSource | None:
+    root = v.path.parent.parent
     if not PhypDump.detect(root):
         return None
     state = PhypDump(root).state()
     if state.header is None or state.release_map is None:
         return None
     h = state.header
-    src = _open_source("live", p, core, info, page_size, memory, segments)
+    src = _open_source("live", v)
     src.root = root
     src.header = h
     if not state.valid:
@@ -611,7 +608,7 @@ def _identify_live(
         h.rmo.source_length,
         state.release_map.reserved.addr,
         h.cpu.destination_address,
-        memory,
+        v.memory,
     )
     src.sections = {
         name: (s.destination_address, s.length_copied)
@@ -630,16 +627,10 @@ def _identify_live(
     return src
 
 
-def _identify_raw(
-    p: Path,
-    core: ElfCore,
-    info: dict[str, str],
-    page_size: int,
-    memory: int,
-    segments: list[Elf64Phdr],
-) -> DumpSource | None:
-    reserved = segments[1].p_paddr
-    last = segments[-1]
+def _identify_raw(v: _Vmcore) -> DumpSource | None:
+    p, page_size, memory = v.path, v.page_size, v.memory
+    reserved = v.segments[1].p_paddr
+    last = v.segments[-1]
     top = last.p_paddr + last.p_filesz
     fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -667,7 +658,7 @@ def _identify_raw(
         return None
     hpte_size = 1 << (room.bit_length() - 1)
     rmo_dest = base + cpu_size + hpte_size
-    src = _open_source("raw", p, core, info, page_size, memory, segments)
+    src = _open_source("raw", v)
     src.cpu_raw = window[:cpu_size]
     src.regions = _regions(rmo_dest, RMO_SIZE, RMO_SIZE, reserved, base, memory)
     if src._view is not None:

@@ -1,6 +1,7 @@
 """hvdump collect against same-run baselines (zstd -1 -T1, lz4 -1), release curves, peak RSS.
 
     .venv/bin/python bench/bench_collect.py [--memory 1G] [--rss-sizes 1G,16G] [--skip-rss]
+        [--skip-release] [--repeat N] [--compare OTHER_TREE] [--only LABEL] [--lzo]
 
 Prints one line per measurement and ratios; results go in docs/benchmarks.md.
 """
@@ -26,15 +27,30 @@ from hvsim import Lpar
 PY = sys.executable
 
 
-def _timed(cmd: list[str]) -> tuple[float, int]:
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall and CPU (user + sys) seconds of one run of ``cmd``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     dt = time.perf_counter() - t
-    return dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return dt, cpu
 
 
-def _collect(root: Path, out: Path, *args: str) -> tuple[float, dict]:  # type: ignore[type-arg]
+def _collect(
+    root: Path, out: Path, *args: str, tree: Path | None = None
+) -> tuple[float, float, dict]:  # type: ignore[type-arg]
+    """Wall, CPU and manifest of one ``hvdump collect`` (of the code in ``tree`` if given)."""
     shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(
         [
@@ -51,11 +67,32 @@ def _collect(root: Path, out: Path, *args: str) -> tuple[float, dict]:  # type: 
         ],
         check=True,
         stdout=subprocess.DEVNULL,
+        cwd=tree,
+        env=env,
     )
-    return time.perf_counter() - t, json.loads((out / "manifest.json").read_text())
+    dt = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return dt, cpu, json.loads((out / "manifest.json").read_text())
 
 
-def speed(base: Path, memory: str) -> None:
+# The kdump format has flags for zlib, LZO, snappy and zstd only: no reader
+# could open an LZ4 page, so ``lz4 -1`` is the yardstick for the format's
+# fast codec, snappy (as fast as LZ4 on this data, see
+# shared/reference/kdump-format-and-speeds.md). LZO (lzallright) is ~15x
+# slower than snappy here and is measured only with --lzo.
+RUNS = (
+    ("collect zstd 1, 1 thread", ["--compress", "zstd", "--threads", "1"], "zstd -1 -T1"),
+    ("collect zstd 1, 2 threads", ["--compress", "zstd", "--threads", "2"], "zstd -1 -T1"),
+    ("collect snappy, 1 thread", ["--compress", "snappy", "--threads", "1"], "lz4 -1"),
+    ("collect snappy, 2 threads", ["--compress", "snappy", "--threads", "2"], "lz4 -1"),
+)
+LZO_RUN = ("collect lzo, 1 thread", ["--compress", "lzo", "--threads", "1"], "lz4 -1")
+
+
+def speed(
+    base: Path, memory: str, repeat: int, compare: Path | None, lzo: bool, only: str | None
+) -> None:
     lpar = Lpar.create(base / "lpar", memory=memory, boot=True)
     lpar.crash()
     root = export_root(lpar, base / "root")
@@ -63,32 +100,43 @@ def speed(base: Path, memory: str) -> None:
     subprocess.run(["cat", str(vmcore)], stdout=subprocess.DEVNULL, check=True)  # page cache
     size = vmcore.stat().st_size
     print(f"vmcore {size / (1 << 30):.2f} GiB (page cache), hvsim default page mix")
+    print(f"load average at start: {_loadavg()}; best of {repeat} runs each, wall (CPU)")
     res: dict[str, float] = {}
     for name, cmd in (
         ("zstd -1 -T1", ["zstd", "-1", "-T1", "-q", "-f", str(vmcore), "-o", str(base / "v.zst")]),
         ("lz4 -1", ["lz4", "-1", "-q", "-f", str(vmcore), str(base / "v.lz4")]),
     ):
-        best = min(_timed(cmd)[0] for _ in range(2))
+        wall, cpu = min(_timed(cmd) for _ in range(repeat))
         out_size = (base / ("v.zst" if "zstd" in name else "v.lz4")).stat().st_size
-        res[name] = best
+        res[name] = wall
         print(
-            f"{name:28s} {best:6.2f} s {size / best / 1e6:7.0f} MB/s  output {out_size / 1e6:7.0f} MB"
+            f"{name:34s} {wall:6.2f} s ({cpu:5.2f}) {size / wall / 1e6:5.0f} MB/s  "
+            f"output {out_size / 1e6:5.0f} MB"
         )
-    for label, args, base_name in (
-        ("collect zstd 1, 1 thread", ["--compress", "zstd", "--threads", "1"], "zstd -1 -T1"),
-        ("collect zstd 1, 2 threads", ["--compress", "zstd", "--threads", "2"], "zstd -1 -T1"),
-        ("collect snappy, 1 thread", ["--compress", "snappy", "--threads", "1"], "lz4 -1"),
-        ("collect lzo, 1 thread", ["--compress", "lzo", "--threads", "1"], "lz4 -1"),
-        ("collect snappy, 2 threads", ["--compress", "snappy", "--threads", "2"], "lz4 -1"),
-    ):
-        best, m = min(
-            (_collect(root, base / "out", "--release", "never", *args) for _ in range(2)),
-            key=lambda r: r[0],
-        )
-        print(
-            f"{label:28s} {best:6.2f} s {size / best / 1e6:7.0f} MB/s  output "
-            f"{m['dump']['size'] / 1e6:7.0f} MB  speed vs {base_name}: {res[base_name] / best:.2f}x"
-        )
+    trees: list[tuple[str, Path | None]] = [("", None)]
+    if compare is not None:
+        trees.append((" [compare]", compare))
+    runs = [*RUNS, LZO_RUN] if lzo else list(RUNS)
+    for label, args, base_name in runs:
+        if only and only not in label:
+            continue
+        best: dict[str, tuple[float, float, dict]] = {}  # type: ignore[type-arg]
+        for _ in range(repeat):
+            for tag, tree in trees:  # alternating: same conditions for both trees
+                r = _collect(root, base / "out", "--release", "never", *args, tree=tree)
+                if tag not in best or r[0] < best[tag][0]:
+                    best[tag] = r
+        for tag, _tree in trees:
+            wall, cpu, m = best[tag]
+            t = m["timings"]
+            print(
+                f"{label + tag:34s} {wall:6.2f} s ({cpu:5.2f}) {size / wall / 1e6:5.0f} MB/s  "
+                f"output {m['dump']['size'] / 1e6:5.0f} MB  vs {base_name}: "
+                f"{res[base_name] / wall:.2f}x  [in collector {t['elapsed_s']:.2f} s: "
+                + ", ".join(f"{k} {t[k]:.2f}" for k in t if k.endswith(("_wait", "read", "write")))
+                + "]"
+            )
+    print(f"load average at end: {_loadavg()}")
 
 
 def _integral(curve: list[list[float]], total_time: float) -> float:
@@ -109,7 +157,7 @@ def release_curve(base: Path, memory: str) -> None:
         root.mkdir()
         fuse_root.mount(lpar.path, str(root))
         try:
-            _, m = _collect(root, base / f"out-{policy}", "--release", policy, "--threads", "2")
+            _, _, m = _collect(root, base / f"out-{policy}", "--release", policy, "--threads", "2")
         finally:
             fuse_root.umount(str(root))
         curve = m["release"]["reserved_over_time"]
@@ -174,16 +222,28 @@ def rss(base: Path, sizes: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--memory", default="1G")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each measurement (best kept)")
     ap.add_argument("--rss-sizes", default="1G,16G")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-release", action="store_true")
+    ap.add_argument("--lzo", action="store_true", help="also time LZO (slow: about 70 s per GiB)")
+    ap.add_argument("--only", help="time only the collector runs whose label contains this")
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        help="another source tree (with drgn_hvdump built): its collector is timed "
+        "alternately with this one's, same vmcore (A/B)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR", "/var/tmp")) as tmp:
         base = Path(tmp)
         if not args.skip_speed:
-            speed(base / "s", args.memory) if (base / "s").mkdir() is None else None
-        (base / "r").mkdir()
-        release_curve(base / "r", "2G")
+            (base / "s").mkdir()
+            speed(base / "s", args.memory, args.repeat, args.compare, args.lzo, args.only)
+        if not args.skip_release:
+            (base / "r").mkdir()
+            release_curve(base / "r", "2G")
         if not args.skip_rss:
             (base / "m").mkdir()
             rss(base / "m", args.rss_sizes.split(","))

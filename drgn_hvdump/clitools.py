@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,18 +32,34 @@ def print_json(value: Any) -> None:
 
 
 def run_main(
-    prog: str, func: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
+    prog: str,
+    func: Callable[[Sequence[str] | None], int],
+    argv: Sequence[str] | None,
+    *,
+    user_errors: tuple[type[Exception], ...] = (),
 ) -> int:
-    """Run a command's main: user errors become one line on stderr and a non-zero exit."""
+    """Run a command's main: user errors become one line on stderr and a non-zero exit.
+
+    User errors are :class:`HvdumpError`, the ``user_errors`` a command adds,
+    and any ``OSError`` (a file that is missing, unreadable or full is the
+    user's to fix: named, with the system's reason).
+    """
+    errors: tuple[type[Exception], ...] = (HvdumpError, *user_errors)
     try:
         return func(argv)
-    except HvdumpError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+    except errors as error:
+        message = str(error).replace("\n", " ")
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # Output piped into `head` or similar: not an error of ours.
-        sys.stderr.close()
+        # Output piped into `head` or similar: not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{prog}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_ERROR

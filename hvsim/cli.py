@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn, cast
 
-from drgn_hvdump.errors import HvdumpError
+from drgn_hvdump.clitools import run_main
 from drgn_hvdump.formats.dump_header import section_error_names, status_names
 
 from .config import QUIRKS, auto_reserve_size, format_size, parse_size
@@ -602,17 +602,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``hvsim``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        status: int = args.func(args)
-    except (HvdumpError, ValueError) as exc:
-        return _fail(str(exc).replace("\n", " "))
-    except BrokenPipeError:
-        # stdout's reader went away (hvsim status | head): not an error worth a line.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        return _fail(f"{where}{exc.strerror or exc}")
-    except KeyboardInterrupt:
-        return 130
-    return status
+    # The simulator's API reports bad values (sizes, names, ranges) as ValueError.
+    return run_main("hvsim", lambda _: int(args.func(args)), None, user_errors=(ValueError,))

@@ -379,3 +379,39 @@ def test_released_and_unsaved_memory_is_a_fault_not_garbage(tmp_path: Path) -> N
         finally:
             del os.environ["HVDUMP_OUTPUT"]
     assert (out / PLAN_FILE).stat().st_mode & 0o777 == 0o600
+
+
+@needs_fuse
+@pytest.mark.parametrize("fmt", ["kdump", "elf"])
+def test_unfinished_collection_faults_until_saved(
+    crashed: Crashed, collected: dict[str, Path], fmt: str, tmp_path: Path
+) -> None:
+    # The collection's directory as it was part-way: one memory chunk not yet
+    # journaled (its bytes may be in the file or not), no "done".
+    done = collected[fmt].parent
+    part = tmp_path / "part"
+    part.mkdir()
+    os.link(collected[fmt], part / collected[fmt].name)
+    (part / PLAN_FILE).write_bytes((done / PLAN_FILE).read_bytes())
+    view = CollectionView(done)
+    victim = [c for c in view.chunks if c.kind == "mem"][3]
+    lines = (done / "journal.jsonl").read_text().splitlines()
+    keep = [ln for ln in lines if f'"i":{victim.index},' not in ln and '"t":"done"' not in ln]
+    (part / "journal.jsonl").write_text("\n".join(keep) + "\n")
+
+    prog = open_dump(part / collected[fmt].name, crashed.vmlinux)
+    src = dump_source(prog)
+    assert src is not None and src.collection is not None
+    assert any("has not finished" in w for w in hvdump_info(prog).warnings)
+    pa = victim.dst + 8192
+    with pytest.raises(drgn.FaultError, match="not collected yet"):
+        prog.read(pa, 8, True)
+    with pytest.raises(drgn.FaultError, match="not collected yet"):
+        prog.read(PAGE_OFFSET_PPC64 + pa, 8)
+    other = [c for c in view.chunks if c.kind == "mem"][2]
+    assert prog.read(other.dst, 4096, True) == crashed.lpar.expected(other.dst, 4096)
+    # The collection goes on and journals the chunk: the same program reads it.
+    with open(part / "journal.jsonl", "a") as f:
+        f.write(next(ln for ln in lines if f'"i":{victim.index},' in ln) + "\n")
+    assert prog.read(pa, 4096, True) == crashed.lpar.expected(pa, 4096)
+    assert prog.read(PAGE_OFFSET_PPC64 + pa, 4096) == crashed.lpar.expected(pa, 4096)

@@ -170,7 +170,9 @@ class CollectionView:
         self.page_size = int(plan["page_size"])
         self.memory = int(plan["memory"])
         self.chunks = [PlanChunk(*c) for c in plan["chunks"]]
-        self._by_src = sorted((ch.src, ch.index) for ch in self.chunks if ch.kind in ("rmo", "mem"))
+        memory = [ch for ch in self.chunks if ch.kind in ("rmo", "mem")]
+        self._by_src = sorted((ch.src, ch.index) for ch in memory)
+        self._by_dst = sorted((ch.dst, ch.index) for ch in memory)
         self.writes = [tuple(int(x) for x in w) for w in plan["writes"]]
         self.durable = IntervalSet()  # source (vmcore) addresses of durable chunks
         self.durable_chunks: set[int] = set()
@@ -231,6 +233,18 @@ class CollectionView:
             self.done = True
             return True
         return False
+
+    def chunks_at_dst(self, start: int, end: int) -> list[PlanChunk]:
+        """The memory chunks whose destination (crashed-memory) range meets ``[start, end)``."""
+        at = max(0, bisect.bisect_right(self._by_dst, (start, len(self.chunks))) - 1)
+        out = []
+        for dst, i in self._by_dst[at:]:
+            if dst >= end:
+                break
+            ch = self.chunks[i]
+            if ch.dst + ch.size > start:
+                out.append(ch)
+        return out
 
     def chunk_for_src(self, src: int) -> PlanChunk | None:
         """The memory chunk whose source range holds ``src``."""

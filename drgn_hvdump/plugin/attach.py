@@ -71,11 +71,13 @@ def attach(prog: drgn.Program) -> None:
         source = identify(path)
     prog.cache[SOURCE_KEY] = source
     if source is not None:
-        from drgn_hvdump.plugin.memory import install_memory
+        from drgn_hvdump.plugin.memory import install_memory, install_pending
         from drgn_hvdump.plugin.registers import install_registers
 
         if source.kind in ("live", "raw"):
             install_memory(prog, source)
+        else:
+            install_pending(prog, source)
         install_registers(prog, source.cpu_states(), source.byteorder)
     from drgn_hvdump.plugin.symbols import install_elfv1_symbols
 

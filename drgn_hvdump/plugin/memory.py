@@ -15,7 +15,7 @@ import drgn
 from drgn_hvdump.formats.elfcore import PAGE_OFFSET_PPC64
 from drgn_hvdump.plugin.source import DumpSource, Unreadable
 
-__all__ = ["install_memory"]
+__all__ = ["install_memory", "install_pending"]
 
 
 def install_memory(prog: drgn.Program, source: DumpSource) -> None:
@@ -38,3 +38,22 @@ def install_memory(prog: drgn.Program, source: DumpSource) -> None:
 
     prog.add_memory_segment(0, source.memory, read_fn, True)
     prog.add_memory_segment(PAGE_OFFSET_PPC64, source.memory, read_fn, False)
+
+
+def install_pending(prog: drgn.Program, source: DumpSource) -> None:
+    """Over a file an unfinished collection writes: segments on the ranges it has not
+    saved yet, which read once the journal says they are durable and fault until then
+    (an ELF file would read zeros there, a kdump file garbage descriptors)."""
+    read = source.read_collected
+
+    def read_fn(address: int, count: int, offset: int, physical: bool) -> bytes | memoryview:
+        try:
+            return read(start_of[address - offset] + offset, count)
+        except Unreadable as exc:
+            raise drgn.FaultError(str(exc), address) from None
+
+    start_of: dict[int, int] = {}
+    for start, end in source.pending():
+        for base in (start, PAGE_OFFSET_PPC64 + start):
+            start_of[base] = start
+            prog.add_memory_segment(base, end - start, read_fn, base == start)

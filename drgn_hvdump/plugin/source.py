@@ -40,6 +40,7 @@ from typing import Literal, NamedTuple
 
 from drgn_hvdump.capture.phyp import PhypDump
 from drgn_hvdump.collect.progress_view import (
+    PLAN_FILE,
     CollectionView,
     find_collection,
     registration_path,
@@ -351,6 +352,35 @@ class DumpSource:
             addr += n
         return bytes(out)
 
+    def pending(self) -> list[tuple[int, int]]:
+        """Crashed-memory ranges an unfinished collection into this file has not saved."""
+        cv = self.collection
+        if self.kind != "collected" or cv is None:
+            return []
+        cv.refresh()
+        todo = IntervalSet()
+        for ch in cv.chunks:
+            if ch.kind in ("rmo", "mem") and ch.index not in cv.durable_chunks:
+                todo.add(ch.dst, ch.dst + ch.size)
+        return list(todo)
+
+    def read_collected(self, pa: int, size: int) -> Data:
+        """``[pa, pa + size)`` of a file an unfinished collection writes, if it is saved."""
+        cv = self.collection
+        assert cv is not None
+        cv.refresh()
+        for ch in cv.chunks_at_dst(pa, pa + size):
+            if ch.index not in cv.durable_chunks:
+                raise Unreadable(
+                    f"physical address {max(pa, ch.dst):#x}: not collected yet (the collection "
+                    f"into {cv.out} has not saved chunk {ch.index}; rerun hvdump collect to "
+                    "finish it)",
+                    max(pa, ch.dst),
+                )
+        if self._saved is None:
+            self._saved = _saved_reader(cv)
+        return self._saved(pa, size)
+
     def close(self) -> None:
         if self._view is not None:
             try:
@@ -463,6 +493,20 @@ def _collected(
         regions=[],
         cpu_raw=cpu_raw,
     )
+    # A collection still running (or stopped) into this file: its journal says
+    # which chunks are durable; the others are not in the file yet.
+    if (p.parent / PLAN_FILE).exists():
+        try:
+            cv = CollectionView(p.parent)
+        except FormatError as exc:
+            src.warnings.append(f"ignoring {p.parent / PLAN_FILE}: {exc}")
+        else:
+            if cv.dump_path.resolve() == p.resolve() and not cv.done:
+                src.collection = cv
+                src.warnings.append(
+                    f"the collection into {p.parent} has not finished: memory it has not "
+                    "saved yet cannot be read (rerun hvdump collect to finish it)"
+                )
     return src
 
 

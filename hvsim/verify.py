@@ -317,14 +317,8 @@ class _KdumpMemory(_FileMemory):
             if n.name == "VMCOREINFO":
                 self.vmcoreinfo = parse_vmcoreinfo(n.desc, dump.path)
         self.present = IntervalSet()
-        run = -1
-        for pfn in range(dump.max_mapnr + 1):
-            if pfn < dump.max_mapnr and dump.has_page(pfn):
-                if run < 0:
-                    run = pfn
-            elif run >= 0:
-                self.present.add(run * ps, pfn * ps)
-                run = -1
+        for first, end in dump.present_runs():
+            self.present.add(first * ps, min(end, dump.max_mapnr) * ps)
 
     def read(self, paddr: int, size: int) -> bytes:
         ps = self.dump.page_size

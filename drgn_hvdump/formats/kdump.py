@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -296,6 +297,9 @@ Decompressor = Callable[[bytes, int, int], bytes]
 """(stored bytes, codec flag, page size) -> the page."""
 
 
+_BITMAP_RUNS = re.compile(rb"\xff+|[^\x00\xff]")
+
+
 class KdumpFile:
     """A checked kdump-compressed file: header, sub-header, notes, bitmaps, pages.
 
@@ -410,6 +414,42 @@ class KdumpFile:
             value = int.from_bytes(data, "little") & ((1 << tail_bits) - 1)
             rank += value.bit_count()
         return rank
+
+    def present_runs(self, piece: int = 1 << 20) -> Iterator[tuple[int, int]]:
+        """``(first, end)`` PFN runs the second bitmap marks present, in order.
+
+        Reads the bitmap a piece at a time; whole 0x00 and 0xff bytes are
+        skipped or taken by the regular expression engine, so a dump of
+        millions of pages is not walked bit by bit in Python.
+        """
+        nbytes = _ceil(self.max_mapnr, 8)
+        run = -1
+        for at in range(0, nbytes, piece):
+            data = self._pread(self._bitmap2_offset + at, min(piece, nbytes - at), "bitmap")
+            pos = 0
+            for m in _BITMAP_RUNS.finditer(data):
+                if m.start() > pos and run >= 0:  # zero bytes in between end the run
+                    yield run, (at + pos) * 8
+                    run = -1
+                if m.group()[0] == 0xFF:
+                    if run < 0:
+                        run = (at + m.start()) * 8
+                else:
+                    byte = m.group()[0]
+                    for bit in range(8):
+                        pfn = (at + m.start()) * 8 + bit
+                        if byte >> bit & 1:
+                            if run < 0:
+                                run = pfn
+                        elif run >= 0:
+                            yield run, pfn
+                            run = -1
+                pos = m.end()
+            if pos < len(data) and run >= 0:
+                yield run, (at + pos) * 8
+                run = -1
+        if run >= 0:
+            yield run, nbytes * 8
 
     def has_page(self, pfn: int) -> bool:
         return 0 <= pfn < self.max_mapnr and self._bit(self._bitmap2_offset, pfn)

@@ -128,6 +128,10 @@ released_bytes:
   description: Bytes of memory given back to the LPAR.
   returned: always
   type: int
+cpu_s:
+  description: CPU seconds (user and system) the collector process used in this run.
+  returned: when collected in this run
+  type: float
 resumed:
   description: Whether this run resumed an interrupted collection.
   returned: when collected
@@ -151,6 +155,7 @@ ansible_facts:
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -261,6 +266,7 @@ def main():
     cmd += p["extra_args"]
     progress_path = output + PROGRESS_SUFFIX
     t0 = time.time()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
     last = {"event": "start", "pid": proc.pid, "started": t0, "resumed_from_chunks": chunks}
@@ -297,6 +303,8 @@ def main():
         )
     result.update(_summary(output))
     result["elapsed_s"] = round(time.time() - t0, 3)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["cpu_s"] = round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 3)
     module.exit_json(changed=True, collected=True, resumed=started, ansible_facts=_facts(p, host), **result)
 
 

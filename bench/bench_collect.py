@@ -31,26 +31,73 @@ def _loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def _timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall and CPU (user + sys) seconds of one run of ``cmd``."""
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_idle() -> tuple[float, float]:
+    """CPU seconds busy and idle over all CPUs since boot (/proc/stat)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7]  # user nice system irq softirq steal
+    return busy / _HZ, (f[3] + f[4]) / _HZ
+
+
+def _wait_idle(limit: float = 90.0) -> None:
+    """Wait (at most ``limit`` s) for 2 s in which the CPUs are at least 90 % idle.
+
+    The machine is shared; a run that starts while another job computes is
+    slower for reasons that are not ours. Everything is synced first so
+    writeback of earlier runs does not land in this one's fdatasync.
+    """
+    os.sync()
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        b0, i0 = _busy_idle()
+        time.sleep(2)
+        b1, i1 = _busy_idle()
+        if (b1 - b0) <= 0.1 * ((b1 - b0) + (i1 - i0)):
+            return
+
+
+class _Others:
+    """CPU seconds used by other processes during a run: all busy time minus ours."""
+
+    def __enter__(self) -> _Others:
+        self.b0 = _busy_idle()[0]
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = _busy_idle()[0] - self.b0
+
+    def others(self, ours: float) -> float:
+        return max(0.0, self.seconds - ours)
+
+
+def _timed(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall and CPU (user + sys) seconds of one run of ``cmd``, and others' CPU seconds."""
+    _wait_idle()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    dt = time.perf_counter() - t
+    with _Others() as o:
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        dt = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return dt, cpu
+    return dt, cpu, o.others(cpu)
 
 
 def _collect(
-    root: Path, out: Path, *args: str, tree: Path | None = None
-) -> tuple[float, float, dict]:  # type: ignore[type-arg]
-    """Wall, CPU and manifest of one ``hvdump collect`` (of the code in ``tree`` if given)."""
+    root: Path, out: Path, *args: str, tree: Path | None = None, idle: bool = True
+) -> tuple[float, float, float, dict]:  # type: ignore[type-arg]
+    """Wall, CPU, others' CPU and manifest of one ``hvdump collect`` (of ``tree``'s code)."""
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
+    if idle:
+        _wait_idle()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    o = _Others().__enter__()
     t = time.perf_counter()
     subprocess.run(
         [
@@ -71,9 +118,10 @@ def _collect(
         env=env,
     )
     dt = time.perf_counter() - t
+    o.__exit__()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return dt, cpu, json.loads((out / "manifest.json").read_text())
+    return dt, cpu, o.others(cpu), json.loads((out / "manifest.json").read_text())
 
 
 # The kdump format has flags for zlib, LZO, snappy and zstd only: no reader
@@ -100,18 +148,21 @@ def speed(
     subprocess.run(["cat", str(vmcore)], stdout=subprocess.DEVNULL, check=True)  # page cache
     size = vmcore.stat().st_size
     print(f"vmcore {size / (1 << 30):.2f} GiB (page cache), hvsim default page mix")
-    print(f"load average at start: {_loadavg()}; best of {repeat} runs each, wall (CPU)")
+    print(
+        f"load average at start: {_loadavg()}; best of {repeat} runs each, wall (CPU); "
+        "each run waits for idle CPUs first; 'others' is CPU time other processes used meanwhile"
+    )
     res: dict[str, float] = {}
     for name, cmd in (
         ("zstd -1 -T1", ["zstd", "-1", "-T1", "-q", "-f", str(vmcore), "-o", str(base / "v.zst")]),
         ("lz4 -1", ["lz4", "-1", "-q", "-f", str(vmcore), str(base / "v.lz4")]),
     ):
-        wall, cpu = min(_timed(cmd) for _ in range(repeat))
+        wall, cpu, others = min(_timed(cmd) for _ in range(repeat))
         out_size = (base / ("v.zst" if "zstd" in name else "v.lz4")).stat().st_size
         res[name] = wall
         print(
             f"{name:34s} {wall:6.2f} s ({cpu:5.2f}) {size / wall / 1e6:5.0f} MB/s  "
-            f"output {out_size / 1e6:5.0f} MB"
+            f"output {out_size / 1e6:5.0f} MB  others {others:.2f} CPU s"
         )
     trees: list[tuple[str, Path | None]] = [("", None)]
     if compare is not None:
@@ -120,21 +171,21 @@ def speed(
     for label, args, base_name in runs:
         if only and only not in label:
             continue
-        best: dict[str, tuple[float, float, dict]] = {}  # type: ignore[type-arg]
+        best: dict[str, tuple[float, float, float, dict]] = {}  # type: ignore[type-arg]
         for _ in range(repeat):
             for tag, tree in trees:  # alternating: same conditions for both trees
                 r = _collect(root, base / "out", "--release", "never", *args, tree=tree)
                 if tag not in best or r[0] < best[tag][0]:
                     best[tag] = r
         for tag, _tree in trees:
-            wall, cpu, m = best[tag]
+            wall, cpu, others, m = best[tag]
             t = m["timings"]
             print(
                 f"{label + tag:34s} {wall:6.2f} s ({cpu:5.2f}) {size / wall / 1e6:5.0f} MB/s  "
                 f"output {m['dump']['size'] / 1e6:5.0f} MB  vs {base_name}: "
                 f"{res[base_name] / wall:.2f}x  [in collector {t['elapsed_s']:.2f} s: "
                 + ", ".join(f"{k} {t[k]:.2f}" for k in t if k.endswith(("_wait", "read", "write")))
-                + "]"
+                + f"]  others {others:.2f} CPU s"
             )
     print(f"load average at end: {_loadavg()}")
 
@@ -157,7 +208,9 @@ def release_curve(base: Path, memory: str) -> None:
         root.mkdir()
         fuse_root.mount(lpar.path, str(root))
         try:
-            _, _, m = _collect(root, base / f"out-{policy}", "--release", policy, "--threads", "2")
+            *_, m = _collect(
+                root, base / f"out-{policy}", "--release", policy, "--threads", "2", idle=False
+            )
         finally:
             fuse_root.umount(str(root))
         curve = m["release"]["reserved_over_time"]

@@ -242,3 +242,33 @@ def test_codecs_round_trip_through_libkdumpfile(tmp_path: Path) -> None:
 def test_lz4_is_refused_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(HvdumpError, match="no LZ4 flag"):
         collect(CollectOptions(root=tmp_path, output=tmp_path / "o", compress="lz4"))
+
+
+@pytest.mark.parametrize("name", ["zstd", "snappy", "zlib"])
+def test_page_checker_catches_bad_stored_pages(name: str) -> None:
+    """The decompress-and-compare check names a corrupt frame, a wrong raw page, a false zero."""
+    from drgn_hvdump.collect.codecs import get_codec, page_checker, page_compressor
+
+    ps = 4096
+    rnd = os.urandom(ps)  # stored raw: compressing does not make it smaller
+    text = (b"hvdump page " * (ps // 12 + 1))[:ps]
+    buf = bytearray(text + bytes(ps) + rnd + text[::-1])
+    zero = bytes([0, 1, 0, 0])
+    codec = get_codec(name)
+    pages = page_compressor(codec, ps)(memoryview(buf), zero)
+    assert pages[1] is None and pages[2] == (0, rnd) and pages[0] and pages[0][0] == codec.flag
+    # The per-page path and zstd's batch path make the same frames.
+    one = codec.compressor()
+    assert pages[0][1] == one(memoryview(text))
+    check = page_checker(codec, ps)
+    assert check(memoryview(buf), zero, pages) == ""
+    flag, data = pages[0]
+    bad = list(pages)
+    bad[0] = (flag, data[:-1] + bytes([data[-1] ^ 0x55]))
+    assert "page 0" in check(memoryview(buf), zero, bad)
+    bad = list(pages)
+    bad[2] = (0, rnd[:-1] + b"\0")
+    assert "page 2" in check(memoryview(buf), zero, bad)
+    bad = list(pages)
+    bad[3] = None
+    assert "page 3" in check(memoryview(buf), zero, bad)

@@ -21,7 +21,15 @@ from drgn_hvdump.formats.kdump import (
     DUMP_DH_COMPRESSED_ZSTD,
 )
 
-__all__ = ["CODECS", "Codec", "batch_compressor", "decompress_page", "get_codec"]
+__all__ = [
+    "CODECS",
+    "Codec",
+    "batch_compressor",
+    "decompress_page",
+    "get_codec",
+    "page_checker",
+    "page_compressor",
+]
 
 Compress = Callable[[memoryview], bytes]
 
@@ -59,41 +67,102 @@ class Codec:
 Prepared = list[tuple[int, bytes] | None]
 
 
-def batch_compressor(codec: Codec, page_size: int) -> Callable[[memoryview, bytes], Prepared]:
+def page_compressor(codec: Codec, page_size: int) -> Callable[[memoryview, bytes], Prepared]:
     """A function for the calling thread that turns pages into what a kdump file stores.
 
     Given ``len(zero)`` pages and their zero flags: ``None`` for a zero page,
     else ``(codec flag, compressed bytes)``, or ``(0, raw page)`` when
-    compressing does not make it smaller. Every compressed page is decompressed
-    again and compared with the page it came from (the chain of checks from
-    the checksum taken at read time to the bytes on the disk). The libraries release the GIL
+    compressing does not make it smaller. The libraries release the GIL
     (zstandard's ``multi_compress_to_buffer`` was measured: no faster than
-    one call per 64 KiB page).
+    one call per 64 KiB page). What it returns is checked with
+    :func:`page_checker` before it may count as saved.
+    """
+    ps = page_size
+    flag = codec.flag
+    one = codec.compressor()
+    many = _multi_compressor(codec)
+
+    def run(view: memoryview, zero: bytes) -> Prepared:
+        out: Prepared = [None] * len(zero)
+        idx = [i for i, z in enumerate(zero) if not z]
+        pages = [view[i * ps : (i + 1) * ps] for i in idx]
+        for i, page, data in zip(idx, pages, many(pages) if many else map(one, pages), strict=True):
+            out[i] = (flag, data) if len(data) < ps else (0, bytes(page))
+        return out
+
+    return run
+
+
+def _multi_compressor(codec: Codec) -> Callable[[list[memoryview]], list[bytes]] | None:
+    """zstd: a whole batch of pages in one call, one frame each, for the calling thread.
+
+    zstandard's ``multi_compress_to_buffer`` makes the same frames as one
+    ``compress`` per page, for about the same CPU time, but releases the GIL
+    once per batch instead of once per page: with two workers a batch took
+    0.45-0.48 s of wall time against 0.51-0.52 s page by page (256 MiB).
+    """
+    if codec.name != "zstd":
+        return None
+    import zstandard
+
+    ctx = zstandard.ZstdCompressor(level=1 if codec.level is None else codec.level)
+
+    def many(pages: list[memoryview]) -> list[bytes]:
+        if not pages:
+            return []
+        frames = ctx.multi_compress_to_buffer(list[bytes | bytearray | memoryview](pages))
+        return [frames[k].tobytes() for k in range(len(frames))]
+
+    return many
+
+
+def page_checker(codec: Codec, page_size: int) -> Callable[[memoryview, bytes, Prepared], str]:
+    """A function for the calling thread that checks :func:`page_compressor`'s work.
+
+    Every compressed page is decompressed again and compared byte for byte with
+    the page it came from, every raw one compared as it is, every zero page
+    checked to be a zero flag (the chain of checks from the checksum taken at
+    read time to the bytes on the disk). Returns "" or what is wrong.
     """
     ps = page_size
     flag = codec.flag
     decode = _decoders()[flag]
-    one = codec.compressor()
 
-    def compress_all(view: memoryview, idx: list[int]) -> list[bytes]:
-        return [one(view[i * ps : (i + 1) * ps]) for i in idx]
+    def check(view: memoryview, zero: bytes, pages: Prepared) -> str:
+        if len(pages) != len(zero):
+            return f"{codec.name}: {len(pages)} pages prepared for a batch of {len(zero)}"
+        for i, item in enumerate(pages):
+            if item is None:
+                if not zero[i]:
+                    return f"{codec.name}: page {i} of a batch is stored as zero but is not"
+                continue
+            page = bytes(view[i * ps : (i + 1) * ps])
+            f, data = item
+            if f == flag:
+                try:
+                    same = decode(data, ps) == page
+                except Exception as exc:  # the library's own error: corrupt frame
+                    return f"{codec.name}: page {i} of a batch does not decompress: {exc}"
+                if not same:
+                    return f"{codec.name}: page {i} of a batch does not decompress to itself"
+            elif f != 0 or data != page:
+                return f"{codec.name}: page {i} of a batch is stored raw but differs"
+        return ""
+
+    return check
+
+
+def batch_compressor(codec: Codec, page_size: int) -> Callable[[memoryview, bytes], Prepared]:
+    """:func:`page_compressor` and :func:`page_checker` in one call (raises if the check fails)."""
+    compress = page_compressor(codec, page_size)
+    check = page_checker(codec, page_size)
 
     def run(view: memoryview, zero: bytes) -> Prepared:
-        idx = [i for i, z in enumerate(zero) if not z]
-        out: Prepared = [None] * len(zero)
-        if not idx:
-            return out
-        for i, data in zip(idx, compress_all(view, idx), strict=True):
-            page = bytes(view[i * ps : (i + 1) * ps])
-            if len(data) < ps:
-                if decode(data, ps) != page:
-                    raise HvdumpError(
-                        f"{codec.name}: page {i} of a batch does not decompress to itself"
-                    )
-                out[i] = (flag, data)
-            else:
-                out[i] = (0, page)
-        return out
+        pages = compress(view, zero)
+        problem = check(view, zero, pages)
+        if problem:
+            raise HvdumpError(problem)
+        return pages
 
     return run
 

@@ -50,6 +50,32 @@ def mounted(lpar: Lpar, root: Path) -> Iterator[Path]:
         fuse_root.umount(str(root))
 
 
+def start_collect(
+    root: Path, out: Path, *extra: str, chunk_size: str = "4M"
+) -> subprocess.Popen[bytes]:
+    """``hvdump collect`` in the background (progress off, errors on a pipe)."""
+    env = dict(os.environ, PYTHONPATH=str(PROJECT))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "drgn_hvdump.cli",
+            "collect",
+            "--root",
+            str(root),
+            "-o",
+            str(out),
+            "--chunk-size",
+            chunk_size,
+            "--no-progress",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+
 def hvdump(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(PROJECT))
     return subprocess.run(

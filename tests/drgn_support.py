@@ -24,16 +24,24 @@ class TruthCore:
     vmlinux: str
 
 
-def crash_to_truth_core(
+def crash_lpar(
     d: Path, endian: str, scenario: str, *, cpus: int = 4, seed: int = 11, **kw: Any
-) -> TruthCore:
-    """Create a 1 GiB LPAR in ``d``, crash it with ``scenario``, write ``d/core``."""
+) -> tuple[Lpar, KernelImage]:
+    """Create a 1 GiB LPAR in ``d/lpar`` and crash it with ``scenario``."""
     lpar = Lpar.create(
         d / "lpar", memory="1G", cpus=cpus, endian=endian, seed=seed, boot=True, **kw
     )
     lpar.crash(scenario)
     image = lpar.crashed_kernel()
     assert image is not None
+    return lpar, image
+
+
+def crash_to_truth_core(
+    d: Path, endian: str, scenario: str, *, cpus: int = 4, seed: int = 11, **kw: Any
+) -> TruthCore:
+    """:func:`crash_lpar`, then write the crashed memory to ``d/core``."""
+    lpar, image = crash_lpar(d, endian, scenario, cpus=cpus, seed=seed, **kw)
     core = d / "core"
     write_truth_core(lpar, core)
     return TruthCore(endian, lpar, image, core, vmlinux_path(endian))

@@ -8,7 +8,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,39 +17,16 @@ from drgn_hvdump.collect.collector import CollectOptions, collect
 from drgn_hvdump.collect.verify import verify_dir
 from tests.collect_support import (
     FUSE_MISSING,
-    PROJECT,
     compare_with_truth,
     hvdump,
     make_lpar,
     manifest,
     mounted,
     released_before_durable,
+    start_collect,
 )
 
 needs_fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING)
-
-
-def _start(root: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(PROJECT))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "drgn_hvdump.cli",
-            "collect",
-            "--root",
-            str(root),
-            "-o",
-            str(out),
-            "--chunk-size",
-            "4M",
-            "--no-progress",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
 
 
 @needs_fuse
@@ -67,7 +43,7 @@ def test_kill_9_at_30_random_points_loses_nothing(tmp_path: Path) -> None:
         out = tmp_path / f"out{lpars}"
         with mounted(lpar, tmp_path / f"root{lpars}") as root:
             while True:
-                proc = _start(root, out, "--format", fmt, "--threads", str(1 + kills % 2))
+                proc = start_collect(root, out, "--format", fmt, "--threads", str(1 + kills % 2))
                 try:
                     proc.wait(timeout=rng.uniform(0.35, 1.4))
                 except subprocess.TimeoutExpired:

@@ -40,7 +40,8 @@ from drgn_hvdump.plugin.source import Unreadable, identify
 from hvsim import Lpar
 from hvsim.groundcore import write_truth_core
 from hvsim.kernel import KernelImage, vmlinux_path
-from tests.collect_support import FUSE_MISSING, PROJECT, hvdump, make_lpar, mounted
+from tests.collect_support import FUSE_MISSING, hvdump, make_lpar, mounted, start_collect
+from tests.drgn_support import crash_lpar, open_core
 
 needs_fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING)
 DRGN = str(Path(sys.executable).with_name("drgn"))
@@ -72,20 +73,10 @@ def crashed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     endian = request.param
     d = tmp_path_factory.mktemp(f"plugin-{endian}")
     scenario = "sysrq" if endian == "big" else "oops"
-    lpar = Lpar.create(d / "lpar", memory="1G", cpus=4, endian=endian, seed=23, boot=True, mix=MIX)
-    lpar.crash(scenario)
-    image = lpar.crashed_kernel()
-    assert image is not None
+    lpar, image = crash_lpar(d, endian, scenario, seed=23, mix=MIX)
     raw = d / "vmcore.raw"
     write_raw_copy(lpar, raw)
     return Crashed(endian, lpar, image, raw, vmlinux_path(endian))
-
-
-def open_dump(path: Path | str, vmlinux: str) -> Program:
-    prog = Program()
-    prog.set_core_dump(str(path))
-    prog.load_debug_info([vmlinux])
-    return prog
 
 
 def check_kernel(prog: Program, image: KernelImage) -> None:
@@ -125,7 +116,7 @@ def test_raw_copy_is_identified_with_its_sections(crashed: Crashed) -> None:
 
 
 def test_raw_copy_reads_as_the_crashed_kernel(crashed: Crashed) -> None:
-    prog = open_dump(crashed.raw, crashed.vmlinux)
+    prog = open_core(crashed.raw, crashed.vmlinux)
     assert dump_source(prog) is not None
     check_kernel(prog, crashed.image)
     lpar = crashed.lpar
@@ -153,7 +144,7 @@ def test_registers_come_from_the_save_area_not_crash_notes(
     # saved low memory of a copy; the backtraces must not change.
     truth = tmp_path / "truth.core"
     write_truth_core(crashed.lpar, truth)
-    ref = open_dump(truth, crashed.vmlinux)
+    ref = open_core(truth, crashed.vmlinux)
     notes = [per_cpu_ptr(ref["crash_notes"], cpu).value_() - PAGE_OFFSET_PPC64 for cpu in range(4)]
     del ref
     copy = tmp_path / "vmcore.wiped"
@@ -168,7 +159,7 @@ def test_registers_come_from_the_save_area_not_crash_notes(
             f.seek(offset_of[seg_start] + rmo_dest - seg_start + pa)
             f.write(bytes(400))
     src.close()
-    prog = open_dump(copy, crashed.vmlinux)
+    prog = open_core(copy, crashed.vmlinux)
     check_kernel(prog, crashed.image)
     for cpu in range(4):
         frames = [f.name for f in prog.stack_trace(hvdump_pt_regs(prog, cpu))]
@@ -216,7 +207,7 @@ def test_without_the_plugin_a_raw_copy_is_the_capture_kernels_memory(crashed: Cr
 
 
 def test_commands_and_helpers(crashed: Crashed, capsys: pytest.CaptureFixture[str]) -> None:
-    prog = open_dump(crashed.raw, crashed.vmlinux)
+    prog = open_core(crashed.raw, crashed.vmlinux)
     info = hvdump_info(prog)
     assert (info.kind, info.byteorder, info.cpus, info.memory) == (
         "raw",
@@ -264,7 +255,7 @@ def collected(crashed: Crashed, tmp_path_factory: pytest.TempPathFactory) -> dic
 @needs_fuse
 @pytest.mark.parametrize("fmt", ["kdump", "elf"])
 def test_collected_dumps(crashed: Crashed, collected: dict[str, Path], fmt: str) -> None:
-    prog = open_dump(collected[fmt], crashed.vmlinux)
+    prog = open_core(collected[fmt], crashed.vmlinux)
     src = dump_source(prog)
     assert src is not None and src.kind == "collected"
     check_kernel(prog, crashed.image)
@@ -284,9 +275,9 @@ def test_live_vmcore_during_a_concurrent_collection(endian: str, tmp_path: Path)
     assert image is not None
     vmlinux = vmlinux_path(endian)
     out = tmp_path / "out"
-    counts = {"read": 0, "from-saved": 0, "fault": 0}
+    counts = {"read": 0, "from-saved": 0}
     with mounted(lpar, tmp_path / "root") as root:
-        prog = open_dump(root / "proc/vmcore", vmlinux)
+        prog = open_core(root / "proc/vmcore", vmlinux)
         src = dump_source(prog)
         assert src is not None and src.kind == "live"
         check_kernel(prog, image)  # triage starts before the collection does
@@ -294,25 +285,7 @@ def test_live_vmcore_during_a_concurrent_collection(endian: str, tmp_path: Path)
             per_cpu_ptr(prog["crash_notes"], cpu).value_() - PAGE_OFFSET_PPC64 >> 16
             for cpu in range(4)
         }
-        env = dict(os.environ, PYTHONPATH=str(PROJECT))
-        collector = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "drgn_hvdump.cli",
-                "collect",
-                "--root",
-                str(root),
-                "-o",
-                str(out),
-                "--chunk-size",
-                "8M",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        collector = start_collect(root, out, chunk_size="8M")
         rnd = random.Random(endian)
         readable = [r for r in src.regions if r.src is not None]
         deadline = time.monotonic() + 240
@@ -399,7 +372,7 @@ def test_unfinished_collection_faults_until_saved(
     keep = [ln for ln in lines if f'"i":{victim.index},' not in ln and '"t":"done"' not in ln]
     (part / "journal.jsonl").write_text("\n".join(keep) + "\n")
 
-    prog = open_dump(part / collected[fmt].name, crashed.vmlinux)
+    prog = open_core(part / collected[fmt].name, crashed.vmlinux)
     src = dump_source(prog)
     assert src is not None and src.collection is not None
     assert any("has not finished" in w for w in hvdump_info(prog).warnings)

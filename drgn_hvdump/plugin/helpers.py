@@ -101,7 +101,7 @@ def hvdump_info(prog: drgn.Program) -> DumpInfo:
     src = _source(prog)
     h = src.header
     collection: dict[str, Any] | None = None
-    cv = src.current_collection() if src.kind == "live" else src.collection
+    cv = src.current_collection()
     if cv is not None:
         cv.refresh()
         mem_chunks = [c for c in cv.chunks if c.kind in ("rmo", "mem")]

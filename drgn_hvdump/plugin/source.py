@@ -187,9 +187,6 @@ class DumpSource:
     def read(self, pa: int, size: int) -> Data:
         """``size`` bytes of the crashed kernel's physical memory at ``pa`` (a raw
         copy may answer with a read-only view of its map)."""
-        for start, stop, file_offset in self._direct:
-            if start <= pa and pa + size <= stop:
-                return self.map_read(file_offset + pa - start, size)
         parts: list[Data] = []
         end = pa + size
         addr = pa

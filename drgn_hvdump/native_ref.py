@@ -41,13 +41,23 @@ Hash
     P4``, one 4-byte word ``h = rotl(h ^ w * P1, 23) * P2 + P3`` and single bytes
     ``h = rotl(h ^ b * P5, 11) * P1``; finally ``h ^= h>>33; h *= P2; h ^= h>>29;
     h *= P3; h ^= h>>32``. :func:`page_hashes` is ``hash64(page, 0)`` per page.
+
+Page codecs
+    :class:`PageCodec` stores a batch of pages as a kdump-compressed file
+    does: nothing for a zero page, the codec's form (a zlib stream, a raw
+    LZO1X or snappy block, one zstd frame) when it is smaller than the page,
+    else the page raw with flag 0. The C and this twin may choose different
+    (equally valid) compressed bytes; what both must give is a batch that
+    decodes to the pages, raw exactly when the compressed form is not
+    smaller, and the same :func:`kdump_descs` for the same sizes and flags.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -59,6 +69,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUSY_MIX",
+    "CODEC_LZO",
+    "CODEC_NONE",
+    "CODEC_SNAPPY",
+    "CODEC_ZLIB",
+    "CODEC_ZSTD",
     "MAX_PAGE_SIZE",
     "MIN_PAGE_SIZE",
     "PAGE_KIND_NAMES",
@@ -66,6 +81,8 @@ __all__ = [
     "PAGE_RANDOM",
     "PAGE_TEXT",
     "PAGE_ZERO",
+    "PageBatch",
+    "PageCodec",
     "PageMix",
     "PageMixError",
     "dup_pages",
@@ -74,6 +91,7 @@ __all__ = [
     "hash64",
     "hpte_hash",
     "hpte_hashes",
+    "kdump_descs",
     "page_hashes",
     "page_kind",
     "vsid_scramble_256m",
@@ -595,3 +613,171 @@ def hpte_hashes(vsids: Sequence[int], eas: Sequence[int], page_shift: int, ssize
     if len(vs) != len(es):
         raise ValueError(f"vsids and eas must have the same length, got {len(vs)} and {len(es)}")
     return [_hpte_hash(v, e, page_shift, ssize) for v, e in zip(vs, es, strict=True)]
+
+
+# ------------------------------------------------------------- page codecs
+
+#: kdump page flags (``diskdump_mod.h``); NONE stores every page raw.
+CODEC_NONE = 0
+CODEC_ZLIB = 1
+CODEC_LZO = 2
+CODEC_SNAPPY = 4
+CODEC_ZSTD = 32
+_CODECS = (CODEC_NONE, CODEC_ZLIB, CODEC_LZO, CODEC_SNAPPY, CODEC_ZSTD)
+_DEFAULT_LEVEL = {CODEC_ZLIB: 1, CODEC_ZSTD: 1}
+
+
+@dataclass(frozen=True)
+class PageBatch:
+    """A batch of pages as a kdump file stores them.
+
+    ``data`` holds the stored bytes of the non-zero pages one after another;
+    ``sizes[i]`` is page i's stored length (0 for a zero page) and
+    ``flags[i]`` its codec flag (0 when stored raw or zero).
+    """
+
+    data: bytes | memoryview
+    sizes: array[int]
+    flags: array[int]
+
+    @property
+    def stored(self) -> int:
+        return len(self.data)
+
+
+def check_codec(codec: int, level: int | None, page_size: int) -> int:
+    """Refuse an unknown codec or page size; the level the codec will use."""
+    if codec not in _CODECS:
+        raise ValueError(f"unknown codec flag {codec!r}: one of {', '.join(map(str, _CODECS))}")
+    check_page_size(page_size)
+    if level is None:
+        return _DEFAULT_LEVEL.get(codec, 0)
+    if not isinstance(level, int) or isinstance(level, bool):
+        raise ValueError(f"compression level must be an int, got {level!r}")
+    if codec == CODEC_ZLIB and not 0 <= level <= 12:
+        raise ValueError(f"zlib level {level} is outside 0..12")
+    if codec == CODEC_ZSTD and not -7 <= level <= 22:
+        raise ValueError(f"zstd level {level} is outside -7..22")
+    return level
+
+
+def check_batch(nbytes: int, zero: bytes, page_size: int) -> int:
+    """Check a batch buffer of ``nbytes`` against its zero flags; the page count."""
+    npages = check_pages(nbytes, page_size)
+    if len(zero) != npages:
+        raise ValueError(f"{len(zero)} zero flags for a batch of {npages} pages")
+    return npages
+
+
+class PageCodec:
+    """Compress and check batches of pages with one kdump codec (one per thread)."""
+
+    def __init__(self, codec: int, level: int | None, page_size: int) -> None:
+        self.level = check_codec(codec, level, page_size)
+        self.codec = codec
+        self.page_size = page_size
+        self._compress, self._decode = _python_codec(codec, self.level, page_size)
+
+    def compress(self, buf: Buffer, zero: bytes) -> PageBatch:
+        """Store the pages of ``buf`` (``zero[i]`` set for an all-zero page)."""
+        ps = self.page_size
+        with byte_view(buf) as view:
+            npages = check_batch(view.nbytes, zero, ps)
+            sizes = array("I", bytes(4 * npages))
+            flags = array("I", bytes(4 * npages))
+            parts: list[bytes] = []
+            for i in range(npages):
+                if zero[i]:
+                    continue
+                page = bytes(view[i * ps : (i + 1) * ps])
+                data = self._compress(page) if self.codec != CODEC_NONE else page
+                if len(data) < ps:
+                    parts.append(data)
+                    sizes[i], flags[i] = len(data), self.codec
+                else:
+                    parts.append(page)
+                    sizes[i] = ps
+            return PageBatch(b"".join(parts), sizes, flags)
+
+    def check(self, buf: Buffer, zero: bytes, batch: PageBatch) -> int:
+        """-1 if ``batch`` decodes to the pages of ``buf``, else the first page that does not."""
+        ps = self.page_size
+        with byte_view(buf) as view, byte_view(batch.data) as stored:
+            npages = check_batch(view.nbytes, zero, ps)
+            if len(batch.sizes) != npages or len(batch.flags) != npages:
+                raise ValueError(f"the batch describes {len(batch.sizes)} pages, not {npages}")
+            pos = 0
+            for i in range(npages):
+                size, flag = batch.sizes[i], batch.flags[i]
+                page = view[i * ps : (i + 1) * ps]
+                if zero[i]:
+                    if size or flag:
+                        return i
+                    continue
+                data = bytes(stored[pos : pos + size])
+                pos += size
+                if flag == 0:
+                    if size != ps or data != page:
+                        return i
+                    continue
+                try:
+                    if flag != self.codec or size >= ps or self._decode(data) != page:
+                        return i
+                except Exception:  # the library's own error: a corrupt block
+                    return i
+            return -1
+
+
+def _python_codec(
+    codec: int, level: int, page_size: int
+) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
+    import zlib
+
+    if codec == CODEC_NONE:
+        return (lambda page: page), (lambda data: data)
+    if codec == CODEC_ZLIB:
+        return (lambda page: zlib.compress(page, min(level, 9))), (
+            lambda data: zlib.decompress(data, bufsize=page_size)
+        )
+    if codec == CODEC_LZO:
+        import lzallright
+
+        lzo = lzallright.LZOCompressor()
+        return lzo.compress, lambda data: lzo.decompress(data, output_size_hint=page_size)
+    if codec == CODEC_SNAPPY:
+        import cramjam
+
+        return (lambda page: bytes(cramjam.snappy.compress_raw(page))), (
+            lambda data: bytes(cramjam.snappy.decompress_raw(data))
+        )
+    import zstandard
+
+    zc = zstandard.ZstdCompressor(level=level)
+    zd = zstandard.ZstdDecompressor()
+    return zc.compress, lambda data: zd.decompress(data, max_output_size=page_size)
+
+
+def kdump_descs(
+    batch: PageBatch, data_offset: int, zero_offset: int, page_size: int, big_endian: bool
+) -> bytes:
+    """The kdump page descriptors of ``batch`` when its data is stored at ``data_offset``.
+
+    24 bytes per page, in the dump's byte order: (offset u64, size u32,
+    flags u32, page_flags u64 = 0). A zero page points at the shared zero
+    page at ``zero_offset`` (size ``page_size``, flags 0).
+    """
+    check_u64("data_offset", data_offset)
+    check_u64("zero_offset", zero_offset)
+    check_page_size(page_size)
+    if len(batch.sizes) != len(batch.flags):
+        raise ValueError("batch sizes and flags differ in length")
+    st = struct.Struct(">QIIQ" if big_endian else "<QIIQ")
+    out = bytearray()
+    pos = data_offset
+    for size, flag in zip(batch.sizes, batch.flags, strict=True):
+        if size == 0:
+            out += st.pack(zero_offset, page_size, 0, 0)
+        else:
+            out += st.pack(pos & _MASK64, size, flag, 0)
+            pos += size
+    return bytes(out)

@@ -53,7 +53,10 @@ ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
     MODULE,
     '#include "hvnative.h"',
-    sources=[_rel(_HERE / "hvnative.c")],
+    sources=[_rel(_HERE / "hvnative.c"), _rel(_HERE / "hvcodec.c")],
+    # The page codecs of the kdump format (Debian: liblzo2-dev libdeflate-dev
+    # libsnappy-dev libzstd-dev, installed by scripts/install-system-deps.sh).
+    libraries=["deflate", "lzo2", "snappy", "zstd"],
     include_dirs=[_rel(_HERE)],
     depends=[_rel(_HEADER)],
     extra_compile_args=["-O3", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],

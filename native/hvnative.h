@@ -60,6 +60,46 @@ uint64_t hv_hpte_hash(uint64_t vsid, uint64_t ea, unsigned int page_shift, int s
 /* out[i] = hv_hpte_hash(vsids[i], eas[i], page_shift, ssize). */
 void hv_hpte_hashes(const uint64_t *vsids, const uint64_t *eas, size_t n,
                     unsigned int page_shift, int ssize, uint64_t *out);
+/* ---- kdump page codecs (native/hvcodec.c) ----
+ * Codec numbers are the kdump format's page flags; HV_CODEC_NONE stores
+ * every non-zero page raw. One hv_codec per thread (it owns the libraries'
+ * contexts). A batch is npages pages of page_size bytes with zero[i] = 1 for
+ * an all-zero page (nothing is stored for it). */
+#define HV_CODEC_NONE 0
+#define HV_CODEC_ZLIB 1
+#define HV_CODEC_LZO 2
+#define HV_CODEC_SNAPPY 4
+#define HV_CODEC_ZSTD 32
+
+typedef struct hv_codec hv_codec;
+
+/* NULL if out of memory or the codec is unknown; level is the library's
+ * (zlib 1-12 as libdeflate counts them, zstd 1-22; ignored for LZO and snappy). */
+hv_codec *hv_codec_new(int codec, int level, size_t page_size);
+void hv_codec_free(hv_codec *c);
+
+/* Bytes of slack `out` needs past npages * page_size for hv_compress_pages. */
+size_t hv_codec_slack(const hv_codec *c);
+
+/* Store each non-zero page of src, one after another, into out: compressed
+ * when that is smaller than the page (flags[i] = the codec), else raw
+ * (flags[i] = 0, sizes[i] = page_size). Zero pages get sizes[i] = 0,
+ * flags[i] = 0. out holds npages * page_size + hv_codec_slack(c) bytes.
+ * Returns the bytes stored, or -1 if a library failed. */
+int64_t hv_compress_pages(hv_codec *c, const uint8_t *src, size_t npages, const uint8_t *zero,
+                          uint8_t *out, uint32_t *sizes, uint32_t *flags);
+
+/* Decode every stored page of a batch and compare it with src (zero pages:
+ * sizes[i] must be 0). Returns -1 if all match, else the first bad page. */
+int64_t hv_check_pages(hv_codec *c, const uint8_t *src, size_t npages, const uint8_t *zero,
+                       const uint8_t *stored, const uint32_t *sizes, const uint32_t *flags);
+
+/* The kdump page descriptors (offset, size, flags, page_flags = 0; 24 bytes
+ * each, in the dump's byte order) of a batch whose stored bytes start at
+ * data_offset; zero pages point at the shared zero page at zero_offset. */
+void hv_kdump_descs(size_t npages, const uint32_t *sizes, const uint32_t *flags,
+                    uint64_t data_offset, uint64_t zero_offset, size_t page_size,
+                    int big_endian, uint8_t *out);
 /* cffi-cdef-end */
 
 #endif /* HVNATIVE_H */

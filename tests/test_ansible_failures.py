@@ -35,8 +35,16 @@ from tests.test_ansible_helpers import (
 
 pytestmark = [needs_ansible, needs_sshd, pytest.mark.slow, pytest.mark.fuse]
 
-KINDS = ["crashed:panic", "crashed:oops", "healthy", "crashed:sysrq", "no-firmware",
-         "corrupt-header", "crashed:hang", "crashed:machine-check"]
+KINDS = [
+    "crashed:panic",
+    "crashed:oops",
+    "healthy",
+    "crashed:sysrq",
+    "no-firmware",
+    "corrupt-header",
+    "crashed:hang",
+    "crashed:machine-check",
+]
 KILLED, DISKFULL, ARCH_RO, CORRUPT = "lpar01", "lpar04", "lpar07", "lpar06"
 
 
@@ -71,18 +79,36 @@ def test_collect_dumps_failures_resume_idempotence(tmp_path: Path) -> None:
             _mount("ro,size=1m", ro)
             mounts.append(ro)
             group["hosts"][ARCH_RO]["hvdump_archive_target"] = {
-                **group["vars"]["hvdump_archive_target"], "path": str(ro / "dumps")}
-            group["hosts"]["lpar99"] = {"ansible_connection": "ssh", "ansible_host": "127.0.0.1",
-                                        "ansible_port": free_port(), "ansible_user": "root"}
+                **group["vars"]["hvdump_archive_target"],
+                "path": str(ro / "dumps"),
+            }
+            group["hosts"]["lpar99"] = {
+                "ansible_connection": "ssh",
+                "ansible_host": "127.0.0.1",
+                "ansible_port": free_port(),
+                "ansible_user": "root",
+            }
             inv_path = tmp_path / "inventory.yml"
             inv_path.write_text(yaml.safe_dump(inv))
             home = tmp_path / "ansible"
-            cmd = [str(ANSIBLE_PLAYBOOK), str(REPO / "playbooks/collect-dumps.yml"), "-i", str(inv_path),
-                   "-e", f"hvdump_report_file={tmp_path / 'report.json'}"]
+            cmd = [
+                str(ANSIBLE_PLAYBOOK),
+                str(REPO / "playbooks/collect-dumps.yml"),
+                "-i",
+                str(inv_path),
+                "-e",
+                f"hvdump_report_file={tmp_path / 'report.json'}",
+            ]
 
             # Run 1, killing lpar01's collector part-way.
-            proc = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(home), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=ansible_env(home),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             killed = False
             crash = Path(byname[KILLED].dump_dir)
             deadline = time.monotonic() + 240
@@ -103,7 +129,9 @@ def test_collect_dumps_failures_resume_idempotence(tmp_path: Path) -> None:
             r1 = recap(out1)
             assert r1["lpar99"]["unreachable"] == 1
             assert "unreachable" in _line(lines, "lpar99")
-            assert "killed by signal SIGKILL" in _line(lines, KILLED) and "rerun to resume" in _line(lines, KILLED)
+            assert "killed by signal SIGKILL" in _line(
+                lines, KILLED
+            ) and "rerun to resume" in _line(lines, KILLED)
             assert "failed" in _line(lines, DISKFULL) and "space" in _line(lines, DISKFULL).lower()
             assert "dump header version" in _line(lines, CORRUPT)
             assert "archive failed, the local copy is kept" in _line(lines, ARCH_RO)
@@ -127,8 +155,15 @@ def test_collect_dumps_failures_resume_idempotence(tmp_path: Path) -> None:
             assert not list(ro.glob("*"))
 
             # Run 2: the killed collection resumes and completes; the others stay as they were.
-            res2 = subprocess.run(cmd, cwd=REPO, env=ansible_env(home), capture_output=True, text=True,
-                                  timeout=300, check=False)
+            res2 = subprocess.run(
+                cmd,
+                cwd=REPO,
+                env=ansible_env(home),
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
             lines2 = summary_lines(res2.stdout)
             assert "collected" in _line(lines2, KILLED), res2.stdout[-3000:]
             report2 = json.loads((tmp_path / "report.json").read_text())["hosts"]
@@ -136,14 +171,32 @@ def test_collect_dumps_failures_resume_idempotence(tmp_path: Path) -> None:
             assert (archive / report2[KILLED]["dump_id"] / "dump.kdump").exists()
             with Lpar.open(byname[KILLED].lpar) as lpar:
                 assert lpar.status()["protected"]
-            verify = subprocess.run([str(REPO / ".venv/bin/hvsim"), "verify", byname[KILLED].lpar,
-                                     "--as", "collected", "/dev/null"], capture_output=True, text=True, check=False)
+            verify = subprocess.run(
+                [
+                    str(REPO / ".venv/bin/hvsim"),
+                    "verify",
+                    byname[KILLED].lpar,
+                    "--as",
+                    "collected",
+                    "/dev/null",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             del verify  # ground truth comparison of kdump files belongs to the collector's tests
             assert recap(res2.stdout)["lpar02"]["changed"] == 0
 
             # Run 3: nothing left to do changes nothing.
-            res3 = subprocess.run(cmd[:-2], cwd=REPO, env=ansible_env(home), capture_output=True,
-                                  text=True, timeout=300, check=False)
+            res3 = subprocess.run(
+                cmd[:-2],
+                cwd=REPO,
+                env=ansible_env(home),
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
             r3 = recap(res3.stdout)
             assert all(v["changed"] == 0 for v in r3.values()), res3.stdout[-3000:]
     finally:

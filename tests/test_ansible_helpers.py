@@ -54,14 +54,23 @@ def ansible_env(home: Path) -> dict[str, str]:
 
 
 def run_playbook(
-    playbook: str, inventory: Path, home: Path, *extra: str, check: bool = False,
+    playbook: str,
+    inventory: Path,
+    home: Path,
+    *extra: str,
+    check: bool = False,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     cmd = [str(ANSIBLE_PLAYBOOK), str(REPO / "playbooks" / playbook), "-i", str(inventory), *extra]
     if check:
         cmd.append("--check")
     return subprocess.run(
-        cmd, cwd=REPO, env=ansible_env(home), capture_output=True, text=True, timeout=timeout,
+        cmd,
+        cwd=REPO,
+        env=ansible_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=False,
     )
 
@@ -120,7 +129,9 @@ class Sshd:
         self.user_key = base / "id_ed25519"
         self.known_hosts = base / "known_hosts"
         for key in (self.host_key, self.user_key):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+            )
         (base / "authorized_keys").write_text(Path(f"{self.user_key}.pub").read_text())
         os.chmod(base / "authorized_keys", 0o600)
         host_pub = Path(f"{self.host_key}.pub").read_text().split()
@@ -137,11 +148,15 @@ class Sshd:
         Path("/run/sshd").mkdir(exist_ok=True, mode=0o755)
         self.proc = subprocess.Popen(
             [str(SSHD), "-D", "-e", "-f", str(self.config)],
-            stdout=subprocess.DEVNULL, stderr=open(base / "sshd.log", "wb"),  # noqa: SIM115
+            stdout=subprocess.DEVNULL,
+            stderr=open(base / "sshd.log", "wb"),  # noqa: SIM115
         )
         deadline = time.monotonic() + 10
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
                 break
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"sshd did not start: {(base / 'sshd.log').read_text()}")
@@ -150,13 +165,19 @@ class Sshd:
     @property
     def ssh_options(self) -> list[str]:
         return [
-            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
         ]
 
     def target_vars(self, path: Path) -> dict[str, Any]:
         return {
             "hvdump_archive_target": {
-                "type": "ssh", "location": "root@127.0.0.1", "path": str(path), "port": self.port,
+                "type": "ssh",
+                "location": "root@127.0.0.1",
+                "path": str(path),
+                "port": self.port,
             },
             "hvdump_archive_ssh_key": str(self.user_key),
             "hvdump_archive_ssh_options": self.ssh_options,

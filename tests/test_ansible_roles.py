@@ -36,7 +36,9 @@ pytestmark = [needs_ansible, pytest.mark.slow, pytest.mark.fuse]
 
 
 @pytest.fixture(scope="module")
-def roles_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any], list[Any]]]:
+def roles_fleet(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, dict[str, Any], list[Any]]]:
     base = tmp_path_factory.mktemp("roles-fleet")
     with fleet(base / "fleet", 3, kinds=["crashed"], memory="1G", seed=7) as hosts:
         inv = yaml.safe_load((base / "fleet/inventory.yml").read_text())
@@ -53,28 +55,41 @@ def _inventory(path: Path, inv: dict[str, Any], names: list[str], **group_vars: 
     return path
 
 
-def _run(playbook: Path, inventory: Path, home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    playbook: Path, inventory: Path, home: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "ansible-playbook"), str(playbook), "-i", str(inventory), *extra],
-        cwd=REPO, env=ansible_env(home), capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO,
+        env=ansible_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
-def test_role_test_playbooks(roles_fleet: tuple[Path, dict[str, Any], list[Any]], tmp_path: Path) -> None:
+def test_role_test_playbooks(
+    roles_fleet: tuple[Path, dict[str, Any], list[Any]], tmp_path: Path
+) -> None:
     _, inv, hosts = roles_fleet
     inv_path = _inventory(tmp_path / "inventory.yml", inv, ["lpar03"])
     archive = tmp_path / "archive"
     archive.mkdir(mode=0o700)
-    for name, extra in (("prepare", []), ("collect", []),
-                        ("archive", ["-e", f"tests_archive_path={archive}"])):
+    for name, extra in (
+        ("prepare", []),
+        ("collect", []),
+        ("archive", ["-e", f"tests_archive_path={archive}"]),
+    ):
         res = _run(REPO / f"tests/tests_{name}.yml", inv_path, tmp_path / "ansible", *extra)
         assert res.returncode == 0, f"tests_{name}.yml\n{res.stdout[-4000:]}"
         r = recap(res.stdout)["lpar03"]
         assert r["failed"] == 0 and r["rescued"] >= 1, (name, r)
     copies = list(archive.iterdir())
     assert len(copies) == 1 and (copies[0] / "dump.kdump").exists()
-    verify = subprocess.run([str(BIN / "hvdump"), "verify", str(copies[0])], capture_output=True,
-                            text=True, check=False)
+    verify = subprocess.run(
+        [str(BIN / "hvdump"), "verify", str(copies[0])], capture_output=True, text=True, check=False
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     lpar03 = next(h for h in hosts if h.name == "lpar03")
     with Lpar.open(lpar03.lpar) as lpar:
@@ -83,7 +98,8 @@ def test_role_test_playbooks(roles_fleet: tuple[Path, dict[str, Any], list[Any]]
 
 @needs_sshd
 def test_archive_host_refusing_writes_then_nas_inventory(
-    roles_fleet: tuple[Path, dict[str, Any], list[Any]], tmp_path: Path,
+    roles_fleet: tuple[Path, dict[str, Any], list[Any]],
+    tmp_path: Path,
 ) -> None:
     """The whole archive host refuses writes: every host keeps its verified local copy and is
     reported failed; memory was released progressively, only for ranges already saved and
@@ -95,11 +111,21 @@ def test_archive_host_refusing_writes_then_nas_inventory(
     ro.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
     try:
-        inv_path = _inventory(tmp_path / "inventory.yml", inv, names, **sshd.target_vars(ro / "dumps"),
-                              hvdump_archive_remove_local=True)
+        inv_path = _inventory(
+            tmp_path / "inventory.yml",
+            inv,
+            names,
+            **sshd.target_vars(ro / "dumps"),
+            hvdump_archive_remove_local=True,
+        )
         report_file = tmp_path / "report.json"
-        res = run_playbook("collect-dumps.yml", inv_path, tmp_path / "ansible", "-e",
-                           f"hvdump_report_file={report_file}")
+        res = run_playbook(
+            "collect-dumps.yml",
+            inv_path,
+            tmp_path / "ansible",
+            "-e",
+            f"hvdump_report_file={report_file}",
+        )
     finally:
         subprocess.run(["umount", str(ro)], check=False)
         sshd.stop()
@@ -111,14 +137,19 @@ def test_archive_host_refusing_writes_then_nas_inventory(
         if h.name not in names:
             continue
         line = next(ln for ln in lines if ln.startswith(h.name + " "))
-        assert "archive failed, the local copy is kept" in line and "Read-only file system" in line, line
+        assert (
+            "archive failed, the local copy is kept" in line and "Read-only file system" in line
+        ), line
         rep = report[h.name]
-        assert rep["status"] == "failed" and rep["failed_task"].startswith("Copy, verify on the archive"), rep
+        assert rep["status"] == "failed" and rep["failed_task"].startswith(
+            "Copy, verify on the archive"
+        ), rep
         # The local copy is complete and verifies: what was released is saved.
         local = outputs[h.name] = Path(rep["output"])
         assert (local / "dump.kdump").exists() and not (local / "ARCHIVED.json").exists()
-        verify = subprocess.run([str(BIN / "hvdump"), "verify", str(local)], capture_output=True, text=True,
-                                check=False)
+        verify = subprocess.run(
+            [str(BIN / "hvdump"), "verify", str(local)], capture_output=True, text=True, check=False
+        )
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert int(rep["released_bytes"]) > 0
         with Lpar.open(h.lpar) as lpar:
@@ -126,9 +157,19 @@ def test_archive_host_refusing_writes_then_nas_inventory(
 
     # nas.yml: its variables parse (ansible-inventory) and drive a dir-target run; only the
     # mount point differs on this machine.
-    listed = subprocess.run([str(BIN / "ansible-inventory"), "-i", str(REPO / "playbooks/inventories/nas.yml"),
-                             "--list"], cwd=REPO, env=ansible_env(tmp_path / "ansible"), capture_output=True,
-                            text=True, check=True)
+    listed = subprocess.run(
+        [
+            str(BIN / "ansible-inventory"),
+            "-i",
+            str(REPO / "playbooks/inventories/nas.yml"),
+            "--list",
+        ],
+        cwd=REPO,
+        env=ansible_env(tmp_path / "ansible"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     nas = json.loads(listed.stdout)
     nas_vars = nas["_meta"]["hostvars"]["lpar-db01.example.com"]
     assert nas_vars["hvdump_archive_target"]["type"] == "dir"
@@ -137,8 +178,13 @@ def test_archive_host_refusing_writes_then_nas_inventory(
     nas_vars = {k: v for k, v in nas_vars.items() if k.startswith("hvdump_")}
     nas_vars["hvdump_archive_target"] = {**nas_vars["hvdump_archive_target"], "path": str(nas_dir)}
     inv_path = _inventory(tmp_path / "inventory-nas.yml", inv, names, **nas_vars)
-    res = run_playbook("collect-dumps.yml", inv_path, tmp_path / "ansible", "-e",
-                       f"hvdump_report_file={report_file}")
+    res = run_playbook(
+        "collect-dumps.yml",
+        inv_path,
+        tmp_path / "ansible",
+        "-e",
+        f"hvdump_report_file={report_file}",
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     report = json.loads(report_file.read_text())["hosts"]
     for name in names:

@@ -22,15 +22,27 @@ def test_scrub_and_dir_target_override(tmp_path: Path) -> None:
         inv = yaml.safe_load((tmp_path / "fleet/inventory.yml").read_text())
         group = inv["all"]["children"]["lpars"]
         # The inventory's archive host is down; the operator sends this run to the NAS path.
-        group["vars"]["hvdump_archive_target"] = {"type": "ssh", "location": "root@127.0.0.1",
-                                                  "port": free_port(), "path": "/srv/hvdump"}
+        group["vars"]["hvdump_archive_target"] = {
+            "type": "ssh",
+            "location": "root@127.0.0.1",
+            "port": free_port(),
+            "path": "/srv/hvdump",
+        }
         group["vars"]["hvdump_archive_remove_local"] = True
         inv_path = tmp_path / "inventory.yml"
         inv_path.write_text(yaml.safe_dump(inv))
         target = json.dumps({"hvdump_archive_target": {"type": "dir", "path": str(archive)}})
-        res = run_playbook("collect-dumps.yml", inv_path, tmp_path / "ansible",
-                           "-e", f"hvdump_scrub_filter={filt}", "-e", target,
-                           "-e", f"hvdump_report_file={tmp_path / 'report.json'}")
+        res = run_playbook(
+            "collect-dumps.yml",
+            inv_path,
+            tmp_path / "ansible",
+            "-e",
+            f"hvdump_scrub_filter={filt}",
+            "-e",
+            target,
+            "-e",
+            f"hvdump_report_file={tmp_path / 'report.json'}",
+        )
         assert res.returncode == 0, res.stdout[-4000:]
         report = json.loads((tmp_path / "report.json").read_text())["hosts"][hosts[0].name]
         assert report["status"] == "collected", report

@@ -244,31 +244,41 @@ def test_lz4_is_refused_with_the_reason(tmp_path: Path) -> None:
         collect(CollectOptions(root=tmp_path, output=tmp_path / "o", compress="lz4"))
 
 
-@pytest.mark.parametrize("name", ["zstd", "snappy", "zlib"])
+@pytest.mark.parametrize("name", ["zstd", "snappy", "zlib", "lzo", "none"])
 def test_page_checker_catches_bad_stored_pages(name: str) -> None:
     """The decompress-and-compare check names a corrupt frame, a wrong raw page, a false zero."""
-    from drgn_hvdump.collect.codecs import get_codec, page_checker, page_compressor
+    from array import array
+
+    from drgn_hvdump.collect.codecs import PageBatch, check_batch, compress_batch, get_codec
 
     ps = 4096
     rnd = os.urandom(ps)  # stored raw: compressing does not make it smaller
     text = (b"hvdump page " * (ps // 12 + 1))[:ps]
     buf = bytearray(text + bytes(ps) + rnd + text[::-1])
+    view = memoryview(buf)
     zero = bytes([0, 1, 0, 0])
     codec = get_codec(name)
-    pages = page_compressor(codec, ps)(memoryview(buf), zero)
-    assert pages[1] is None and pages[2] == (0, rnd) and pages[0] and pages[0][0] == codec.flag
-    # The per-page path and zstd's batch path make the same frames.
-    one = codec.compressor()
-    assert pages[0][1] == one(memoryview(text))
-    check = page_checker(codec, ps)
-    assert check(memoryview(buf), zero, pages) == ""
-    flag, data = pages[0]
-    bad = list(pages)
-    bad[0] = (flag, data[:-1] + bytes([data[-1] ^ 0x55]))
-    assert "page 0" in check(memoryview(buf), zero, bad)
-    bad = list(pages)
-    bad[2] = (0, rnd[:-1] + b"\0")
-    assert "page 2" in check(memoryview(buf), zero, bad)
-    bad = list(pages)
-    bad[3] = None
-    assert "page 3" in check(memoryview(buf), zero, bad)
+    batch = compress_batch(codec, view, zero, ps)
+    assert batch.sizes[1] == 0 and batch.flags[2] == 0 and batch.sizes[2] == ps
+    assert batch.flags[0] == codec.flag and (batch.sizes[0] < ps or not codec.flag)
+    data = bytes(batch.data)
+    assert data[batch.sizes[0] : batch.sizes[0] + ps] == rnd
+    assert check_batch(codec, view, zero, batch, ps) == ""
+
+    def changed(i: int, at: int, *, sizes: list[int] | None = None) -> PageBatch:
+        raw = bytearray(data)
+        if at >= 0:
+            raw[at] ^= 0x55
+        return PageBatch(
+            bytes(raw), array("I", sizes or list(batch.sizes)), array("I", batch.flags)
+        )
+
+    assert "page 0" in check_batch(codec, view, zero, changed(0, batch.sizes[0] - 1), ps)
+    assert "page 2 of a batch is stored raw" in check_batch(
+        codec, view, zero, changed(2, batch.sizes[0] + ps - 1), ps
+    )
+    false_zero = list(batch.sizes)
+    false_zero[3] = 0
+    assert "page 3 of a batch is stored as zero" in check_batch(
+        codec, view, zero, changed(3, -1, sizes=false_zero), ps
+    )

@@ -51,7 +51,9 @@ def test_fleet_up_status_down(tmp_path: Path) -> None:
         assert [r["dump_waiting"] for r in rows] == [h.kind == "crashed" for h in hosts]
         out = subprocess.run(
             [sys.executable, "-m", "hvsim", "fleet", "status", "--dir", str(d), "--json"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         assert len(json.loads(out.stdout)) == 8
     finally:
@@ -64,8 +66,18 @@ def test_fleet_cli_kinds_and_corrupt_header(tmp_path: Path) -> None:
     d = tmp_path / "f"
     cmd = [sys.executable, "-m", "hvsim", "fleet"]
     subprocess.run(
-        [*cmd, "up", "--count", "3", "--dir", str(d), "--kinds", "corrupt-header,crashed:oops,healthy"],
-        check=True, capture_output=True,
+        [
+            *cmd,
+            "up",
+            "--count",
+            "3",
+            "--dir",
+            str(d),
+            "--kinds",
+            "corrupt-header,crashed:oops,healthy",
+        ],
+        check=True,
+        capture_output=True,
     )
     try:
         _, hosts = load_fleet(d)
@@ -73,7 +85,9 @@ def test_fleet_cli_kinds_and_corrupt_header(tmp_path: Path) -> None:
         assert hosts[1].scenario == "oops"
         st = open_capture(hosts[0].root).state()
         assert st.dump_waiting and not st.valid and "version" in st.reason
-        again = subprocess.run([*cmd, "up", "--count", "1", "--dir", str(d)], capture_output=True, text=True)
+        again = subprocess.run(
+            [*cmd, "up", "--count", "1", "--dir", str(d)], capture_output=True, text=True
+        )
         assert again.returncode == 1 and "already up" in again.stderr
     finally:
         subprocess.run([*cmd, "down", "--dir", str(d)], check=True)

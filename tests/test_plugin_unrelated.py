@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from drgn_hvdump.collect.codecs import batch_compressor, get_codec
+from drgn_hvdump.collect.codecs import check_batch, compress_batch, get_codec
 from drgn_hvdump.collect.output import KdumpOutput
 from drgn_hvdump.formats.elfcore import (
     NT_PRSTATUS,
@@ -254,14 +254,15 @@ def kdump_without_our_notes(truth: Path, path: Path) -> None:
     )
     out = KdumpOutput(str(path), layout, codec, False)
     try:
-        compress = batch_compressor(codec, ps)
         view = memoryview(memory)
         step = 64 * ps
         for a in range(0, size, step):
             chunk = view[a : a + step]
             pages = len(chunk) // ps
             zero = bytes(int(not any(chunk[i * ps : (i + 1) * ps])) for i in range(pages))
-            out.write(a, compress(chunk, zero))
+            batch = compress_batch(codec, chunk, zero, ps)
+            assert check_batch(codec, chunk, zero, batch, ps) == ""
+            out.write(a, [batch])
         out.finish()
     finally:
         out.close()

@@ -1,9 +1,12 @@
 """Per-page codecs of the kdump-compressed format, and the batch work done in threads.
 
-The format has flags for zlib, LZO, snappy and zstd only (no LZ4). Each page is
-compressed on its own and kept compressed only if that is smaller than the
-page, as makedumpfile does. The libraries release the GIL while they work, so
-batches run in parallel in a thread pool.
+The format has flags for zlib, LZO, snappy and zstd only (no LZ4); ``none``
+stores pages raw, as makedumpfile does without ``-c``/``-l``/``-p``/``-z``.
+Each page is compressed on its own and kept compressed only if that is
+smaller than the page. Batches are compressed and checked in C
+(:class:`drgn_hvdump.native.PageCodec`: one call per batch with the GIL
+released, so threads run in parallel); single pages are decoded for readers
+with the Python libraries.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from drgn_hvdump import native
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.kdump import (
     DUMP_DH_COMPRESSED_LZO,
@@ -20,151 +24,68 @@ from drgn_hvdump.formats.kdump import (
     DUMP_DH_COMPRESSED_ZLIB,
     DUMP_DH_COMPRESSED_ZSTD,
 )
+from drgn_hvdump.native import PageBatch
+from drgn_hvdump.native_ref import MIN_PAGE_SIZE, check_codec
 
 __all__ = [
     "CODECS",
     "Codec",
-    "batch_compressor",
+    "PageBatch",
+    "check_batch",
+    "compress_batch",
     "decompress_page",
     "get_codec",
-    "page_checker",
-    "page_compressor",
 ]
 
-Compress = Callable[[memoryview], bytes]
+_local = threading.local()
 
 
 @dataclass(frozen=True)
 class Codec:
-    """A kdump page codec: its flag, and a factory of per-thread compress functions."""
+    """A kdump page codec: its name, its page flag (0 for ``none``: pages stored raw), its level."""
 
     name: str
     flag: int
     level: int | None
 
-    def compressor(self) -> Compress:
-        """A compress function for the calling thread (zstd contexts are not shared)."""
-        if self.name == "zlib":
-            level = 1 if self.level is None else self.level
-            return lambda page: zlib.compress(page, level)
-        if self.name == "zstd":
-            import zstandard
-
-            ctx = zstandard.ZstdCompressor(level=1 if self.level is None else self.level)
-            return ctx.compress
-        if self.name == "lzo":
-            import lzallright
-
-            lzo = lzallright.LZOCompressor()
-            return lambda page: lzo.compress(bytes(page))
-        if self.name == "snappy":
-            import cramjam
-
-            return lambda page: bytes(cramjam.snappy.compress_raw(page))
-        raise AssertionError(self.name)
+    def page_codec(self, page_size: int) -> native.PageCodec:
+        """The calling thread's batch compressor and checker (library contexts are not shared)."""
+        codecs: dict[tuple[int, int | None, int], native.PageCodec] | None = getattr(
+            _local, "codecs", None
+        )
+        if codecs is None:
+            codecs = _local.codecs = {}
+        key = (self.flag, self.level, page_size)
+        pc = codecs.get(key)
+        if pc is None:
+            pc = codecs[key] = native.PageCodec(self.flag, self.level, page_size)
+        return pc
 
 
-Prepared = list[tuple[int, bytes] | None]
+def compress_batch(codec: Codec, view: memoryview, zero: bytes, page_size: int) -> PageBatch:
+    """Store a batch of pages (``zero[i]`` set for a zero page) in the calling thread."""
+    return codec.page_codec(page_size).compress(view, zero)
 
 
-def page_compressor(codec: Codec, page_size: int) -> Callable[[memoryview, bytes], Prepared]:
-    """A function for the calling thread that turns pages into what a kdump file stores.
+def check_batch(
+    codec: Codec, view: memoryview, zero: bytes, batch: PageBatch, page_size: int
+) -> str:
+    """Decode every stored page of ``batch`` and compare it with ``view``; "" or what is wrong.
 
-    Given ``len(zero)`` pages and their zero flags: ``None`` for a zero page,
-    else ``(codec flag, compressed bytes)``, or ``(0, raw page)`` when
-    compressing does not make it smaller. The libraries release the GIL
-    (zstandard's ``multi_compress_to_buffer`` was measured: no faster than
-    one call per 64 KiB page). What it returns is checked with
-    :func:`page_checker` before it may count as saved.
+    The link from the checksum taken at read time to the bytes on the disk:
+    compressed pages decompress to the page read, raw ones equal it, zero
+    pages are zero.
     """
-    ps = page_size
-    flag = codec.flag
-    one = codec.compressor()
-    many = _multi_compressor(codec)
-
-    def run(view: memoryview, zero: bytes) -> Prepared:
-        out: Prepared = [None] * len(zero)
-        idx = [i for i, z in enumerate(zero) if not z]
-        pages = [view[i * ps : (i + 1) * ps] for i in idx]
-        for i, page, data in zip(idx, pages, many(pages) if many else map(one, pages), strict=True):
-            out[i] = (flag, data) if len(data) < ps else (0, bytes(page))
-        return out
-
-    return run
-
-
-def _multi_compressor(codec: Codec) -> Callable[[list[memoryview]], list[bytes]] | None:
-    """zstd: a whole batch of pages in one call, one frame each, for the calling thread.
-
-    zstandard's ``multi_compress_to_buffer`` makes the same frames as one
-    ``compress`` per page, for about the same CPU time, but releases the GIL
-    once per batch instead of once per page: with two workers a batch took
-    0.45-0.48 s of wall time against 0.51-0.52 s page by page (256 MiB).
-    """
-    if codec.name != "zstd":
-        return None
-    import zstandard
-
-    ctx = zstandard.ZstdCompressor(level=1 if codec.level is None else codec.level)
-
-    def many(pages: list[memoryview]) -> list[bytes]:
-        if not pages:
-            return []
-        frames = ctx.multi_compress_to_buffer(list[bytes | bytearray | memoryview](pages))
-        return [frames[k].tobytes() for k in range(len(frames))]
-
-    return many
-
-
-def page_checker(codec: Codec, page_size: int) -> Callable[[memoryview, bytes, Prepared], str]:
-    """A function for the calling thread that checks :func:`page_compressor`'s work.
-
-    Every compressed page is decompressed again and compared byte for byte with
-    the page it came from, every raw one compared as it is, every zero page
-    checked to be a zero flag (the chain of checks from the checksum taken at
-    read time to the bytes on the disk). Returns "" or what is wrong.
-    """
-    ps = page_size
-    flag = codec.flag
-    decode = _decoders()[flag]
-
-    def check(view: memoryview, zero: bytes, pages: Prepared) -> str:
-        if len(pages) != len(zero):
-            return f"{codec.name}: {len(pages)} pages prepared for a batch of {len(zero)}"
-        for i, item in enumerate(pages):
-            if item is None:
-                if not zero[i]:
-                    return f"{codec.name}: page {i} of a batch is stored as zero but is not"
-                continue
-            page = bytes(view[i * ps : (i + 1) * ps])
-            f, data = item
-            if f == flag:
-                try:
-                    same = decode(data, ps) == page
-                except Exception as exc:  # the library's own error: corrupt frame
-                    return f"{codec.name}: page {i} of a batch does not decompress: {exc}"
-                if not same:
-                    return f"{codec.name}: page {i} of a batch does not decompress to itself"
-            elif f != 0 or data != page:
-                return f"{codec.name}: page {i} of a batch is stored raw but differs"
+    bad = codec.page_codec(page_size).check(view, zero, batch)
+    if bad < 0:
         return ""
-
-    return check
-
-
-def batch_compressor(codec: Codec, page_size: int) -> Callable[[memoryview, bytes], Prepared]:
-    """:func:`page_compressor` and :func:`page_checker` in one call (raises if the check fails)."""
-    compress = page_compressor(codec, page_size)
-    check = page_checker(codec, page_size)
-
-    def run(view: memoryview, zero: bytes) -> Prepared:
-        pages = compress(view, zero)
-        problem = check(view, zero, pages)
-        if problem:
-            raise HvdumpError(problem)
-        return pages
-
-    return run
+    if batch.sizes[bad] == 0:
+        what = "is stored as zero but is not"
+    elif batch.flags[bad] == 0:
+        what = "is stored raw but differs"
+    else:
+        what = "does not decompress to itself"
+    return f"{codec.name}: page {bad} of a batch {what}"
 
 
 CODECS = {
@@ -172,11 +93,12 @@ CODECS = {
     "zlib": DUMP_DH_COMPRESSED_ZLIB,
     "lzo": DUMP_DH_COMPRESSED_LZO,
     "snappy": DUMP_DH_COMPRESSED_SNAPPY,
+    "none": 0,
 }
 
 
 def get_codec(name: str, level: int | None = None) -> Codec:
-    """The codec called ``name`` (``zstd``, ``zlib``, ``lzo``, ``snappy``); checks its library."""
+    """The codec called ``name`` (``zstd``, ``zlib``, ``lzo``, ``snappy``, ``none``)."""
     if name not in CODECS:
         extra = (
             "; the kdump format has no LZ4 flag, no reader could open it (use snappy or lzo)"
@@ -184,15 +106,11 @@ def get_codec(name: str, level: int | None = None) -> Codec:
             else ""
         )
         raise HvdumpError(f"unknown compression {name!r}: choose {', '.join(CODECS)}{extra}")
-    codec = Codec(name, CODECS[name], level)
     try:
-        codec.compressor()
-    except ImportError as exc:
-        raise HvdumpError(f"compression {name}: its Python library is missing ({exc})") from None
-    return codec
-
-
-_local = threading.local()
+        check_codec(CODECS[name], level, MIN_PAGE_SIZE)
+    except ValueError as exc:
+        raise HvdumpError(f"compression {name}: {exc}") from None
+    return Codec(name, CODECS[name], level)
 
 
 def _decoders() -> dict[int, Callable[[bytes, int], bytes]]:

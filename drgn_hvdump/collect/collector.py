@@ -29,13 +29,7 @@ from typing import Any
 
 from drgn_hvdump import native
 from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
-from drgn_hvdump.collect.codecs import (
-    Codec,
-    Prepared,
-    get_codec,
-    page_checker,
-    page_compressor,
-)
+from drgn_hvdump.collect.codecs import Codec, PageBatch, check_batch, compress_batch, get_codec
 from drgn_hvdump.collect.output import (
     ElfOutput,
     KdumpOutput,
@@ -80,6 +74,10 @@ DUMP_NAMES = {"kdump": "dump.kdump", "elf": "dump.elf"}
 JOURNAL = "journal.jsonl"
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+# Pages per compression call: 4 MiB (64 pages of 64 KiB, 1024 of 4 KiB), so
+# a C call is long next to its Python overhead and a chunk still splits
+# into several batches for the worker threads.
+_BATCH_BYTES = 4 << 20
 
 
 @dataclass
@@ -695,7 +693,7 @@ class _InFlight:
     buf: bytearray
     zero: bytes
     xxh64: int
-    prepared: list[Future[tuple[Prepared, Future[str]]]]
+    prepared: list[Future[tuple[PageBatch, Future[str]]]]
     read_s: float
     written: Any = None
     verify: Future[str] | None = None
@@ -764,21 +762,17 @@ class _Runner:
 
     # -- the pipeline -----------------------------------------------------------
 
-    def _prepare(self, view: memoryview, zero: bytes) -> tuple[Prepared, Future[str]]:
+    def _prepare(self, view: memoryview, zero: bytes) -> tuple[PageBatch, Future[str]]:
         """In a worker: compress a batch of pages and hand them to a checker thread
         (or, with one thread in all, check them here)."""
         assert self.codec is not None
-        pages = _thread_codec(self.codec, self.plan.page_size)[0](view, zero)
+        ps = self.plan.page_size
+        batch = compress_batch(self.codec, view, zero, ps)
         if self.checkers is not None:
-            return pages, self.checkers.submit(self._check, view, zero, pages)
+            return batch, self.checkers.submit(check_batch, self.codec, view, zero, batch, ps)
         done: Future[str] = Future()
-        done.set_result(self._check(view, zero, pages))
-        return pages, done
-
-    def _check(self, view: memoryview, zero: bytes, pages: Prepared) -> str:
-        """In a checker thread: decompress every compressed page and compare it with ``view``."""
-        assert self.codec is not None
-        return _thread_codec(self.codec, self.plan.page_size)[1](view, zero, pages)
+        done.set_result(check_batch(self.codec, view, zero, batch, ps))
+        return batch, done
 
     def _write(self, item: _InFlight) -> None:
         ch = item.chunk
@@ -790,15 +784,17 @@ class _Runner:
         elif ch.kind == "hpte":
             item.written = self.hpte.write(ch.dst, view, item.zero)
             self.hpte.sync()
+        elif isinstance(self.output, KdumpOutput) and not item.prepared:
+            item.written = self.output.write_raw(ch.dst, view, item.zero)
         elif isinstance(self.output, KdumpOutput):
-            pages: Prepared = []
+            batches: list[PageBatch] = []
             for fut in item.prepared:
                 t1 = time.monotonic()
                 batch, check = fut.result()
                 self.timings["compress_wait"] += time.monotonic() - t1
-                pages.extend(batch)
+                batches.append(batch)
                 item.checks.append(check)
-            item.written = self.output.write(ch.dst, pages)
+            item.written = self.output.write(ch.dst, batches)
         else:
             item.written = self.output.write(ch.dst, view, item.zero)
         self.timings["write"] += time.monotonic() - t
@@ -925,9 +921,9 @@ class _Runner:
                 zero = native.zero_pages(memoryview(buf)[:whole], ps) if ch.kind != "cpu" else b""
                 item = _InFlight(ch, buf, zero, native.hash64(buf), [], time.monotonic() - t)
                 self.timings["read"] += item.read_s
-                if self.codec is not None and ch.kind in ("rmo", "mem"):
+                if self.codec is not None and self.codec.flag and ch.kind in ("rmo", "mem"):
                     view = memoryview(buf)
-                    step = 64
+                    step = max(1, _BATCH_BYTES // ps)
                     for i in range(0, len(zero), step):
                         sub = zero[i : i + step]
                         item.prepared.append(
@@ -1218,23 +1214,3 @@ class _Runner:
             },
             "warnings": warnings,
         }
-
-
-_Codecs = tuple[
-    Callable[[memoryview, bytes], Prepared], Callable[[memoryview, bytes, Prepared], str]
-]
-_tls_codec: dict[tuple[int, str, int], _Codecs] = {}
-
-
-def _thread_codec(codec: Codec, page_size: int) -> _Codecs:
-    """One compressor and one checker per thread (zstd contexts must not be shared)."""
-    import threading
-
-    key = (threading.get_ident(), f"{codec.name}:{codec.level}", page_size)
-    fns = _tls_codec.get(key)
-    if fns is None:
-        fns = _tls_codec[key] = (
-            page_compressor(codec, page_size),
-            page_checker(codec, page_size),
-        )
-    return fns

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import struct
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from drgn_hvdump import native
 from drgn_hvdump.collect.codecs import Codec, decompress_page
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import CoreLayout
@@ -22,12 +24,16 @@ from drgn_hvdump.formats.kdump import (
     DUMP_DH_COMPRESSED_INCOMPLETE,
     PAGE_DESC,
     KdumpLayout,
-    PageDesc,
 )
+from drgn_hvdump.native import PageBatch
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ["ChunkWrite", "ElfOutput", "KdumpOutput", "SidecarOutput", "create_file", "disk_error"]
 
 _PIECE = 1 << 20
+_IOV_MAX = 1024
 
 
 def disk_error(path: str, exc: OSError, what: str, need: int | None = None) -> HvdumpError:
@@ -74,32 +80,40 @@ def _drop_cache(fd: int, offset: int, size: int) -> None:
         os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
 
 
-def _write_nonzero(fd: int, buf: memoryview, zero: bytes, page_size: int, offset: int) -> int:
-    """Write the non-zero pages of ``buf`` (runs at a time) at ``offset``; zero pages stay holes."""
-    written = 0
+def _pwritev_all(fd: int, parts: Sequence[Buffer], offset: int) -> None:
+    """Write ``parts`` one after another at ``offset`` (one system call for most chunks)."""
+    views = [memoryview(p).cast("B") for p in parts if memoryview(p).nbytes]
+    while views:
+        n = os.pwritev(fd, views[:_IOV_MAX], offset)
+        offset += n
+        while views and n >= views[0].nbytes:
+            n -= views[0].nbytes
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
+def _nonzero_runs(zero: bytes) -> Iterator[tuple[int, int]]:
+    """(first, end) page index of each run of non-zero pages."""
     n = len(zero)
     i = 0
     while i < n:
-        if zero[i]:
-            i += 1
-            continue
-        j = i
-        while j < n and not zero[j]:
-            j += 1
+        i = zero.find(0, i)
+        if i < 0:
+            return
+        j = zero.find(1, i)
+        j = n if j < 0 else j
+        yield i, j
+        i = j
+
+
+def _write_nonzero(fd: int, buf: memoryview, zero: bytes, page_size: int, offset: int) -> int:
+    """Write the non-zero pages of ``buf`` (runs at a time) at ``offset``; zero pages stay holes."""
+    written = 0
+    for i, j in _nonzero_runs(zero):
         _pwrite_all(fd, buf[i * page_size : j * page_size], offset + i * page_size)
         written += (j - i) * page_size
-        i = j
     return written
-
-
-# ``struct page_desc`` (offset, size, flags, page_flags) as plain structs: one
-# pack per page instead of a PageDesc record each; checked against PAGE_DESC.
-_DESC_STRUCTS = {
-    bo: struct.Struct(("<" if bo == "little" else ">") + "qIIQ") for bo in ("little", "big")
-}
-for _bo, _st in _DESC_STRUCTS.items():
-    assert _st.size == PAGE_DESC.size
-    assert _st.pack(-2, 3, 4, 5) == PAGE_DESC.pack(PageDesc(-2, 3, 4, 5), _bo)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -110,7 +124,7 @@ class ChunkWrite:
     length: int
     # kdump: the stored (compressed) bytes and the descriptors written, compared
     # byte for byte with what reads back from the disk (no decompression again).
-    stored: bytes = b""
+    stored: Sequence[Buffer] = ()
     descs: bytes = b""
 
 
@@ -216,30 +230,35 @@ class KdumpOutput:
         self.data_end = max(end, self.layout.data_start)
         os.ftruncate(self.fd, self.data_end)
 
-    def write(self, paddr: int, pages: Sequence[tuple[int, bytes] | None]) -> ChunkWrite:
-        """Store a chunk's pages (``None`` = zero page, else (codec flag, stored bytes))."""
-        ps = self.page_size
+    def write(self, paddr: int, batches: Sequence[PageBatch]) -> ChunkWrite:
+        """Append a chunk's stored pages (batches in page order) and write their descriptors."""
         lay = self.layout
-        pack = _DESC_STRUCTS[lay.byteorder].pack
-        zero_desc = pack(lay.zero_page_offset, ps, 0, 0)
-        start = self.data_end
-        parts: list[bytes] = []
+        big = lay.byteorder == "big"
+        start = pos = self.data_end
         descs: list[bytes] = []
-        pos = start
-        for item in pages:
-            if item is None:
-                descs.append(zero_desc)
-            else:
-                flag, data = item
-                descs.append(pack(pos, len(data), flag, 0))
-                parts.append(data)
-                pos += len(data)
-        blob = b"".join(parts)
-        desc_bytes = b"".join(descs)
-        _pwrite_all(self.fd, blob, start)
-        _pwrite_all(self.fd, desc_bytes, lay.desc_file_offset(paddr // ps))
-        self.data_end = start + len(blob)
-        return ChunkWrite(start, len(blob), blob, desc_bytes)
+        for b in batches:
+            descs.append(native.kdump_descs(b, pos, lay.zero_page_offset, self.page_size, big))
+            pos += b.stored
+        return self._store(paddr, [b.data for b in batches], b"".join(descs), start, pos - start)
+
+    def write_raw(self, paddr: int, view: memoryview, zero: bytes) -> ChunkWrite:
+        """Append a chunk's non-zero pages as they are (codec ``none``): no copy is made."""
+        ps = self.page_size
+        sizes = array("I", [0 if z else ps for z in zero])
+        batch = PageBatch(b"", sizes, array("I", bytes(4 * len(zero))))
+        lay = self.layout
+        start = self.data_end
+        descs = native.kdump_descs(batch, start, lay.zero_page_offset, ps, lay.byteorder == "big")
+        runs = [view[i * ps : j * ps] for i, j in _nonzero_runs(zero)]
+        return self._store(paddr, runs, descs, start, sum(r.nbytes for r in runs))
+
+    def _store(
+        self, paddr: int, parts: Sequence[Buffer], descs: bytes, start: int, length: int
+    ) -> ChunkWrite:
+        _pwritev_all(self.fd, parts, start)
+        _pwrite_all(self.fd, descs, self.layout.desc_file_offset(paddr // self.page_size))
+        self.data_end = start + length
+        return ChunkWrite(start, length, parts, descs)
 
     def check_back(self, paddr: int, w: ChunkWrite) -> str:
         """Read a written chunk back from the disk (page cache dropped first) and compare
@@ -249,7 +268,9 @@ class KdumpOutput:
         if _pread_exact(self.fd, len(w.descs), doff) != w.descs:
             return f"page descriptors at offset {doff:#x} read back differently"
         _drop_cache(self.fd, w.offset, w.length)
-        if len(w.stored) != w.length or _pread_exact(self.fd, w.length, w.offset) != w.stored:
+        if sum(memoryview(p).nbytes for p in w.stored) != w.length or _pread_exact(
+            self.fd, w.length, w.offset
+        ) != b"".join(w.stored):
             return (
                 f"stored bytes at offset {w.offset:#x}+{w.length:#x} read back differently "
                 "from what was written"

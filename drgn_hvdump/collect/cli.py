@@ -76,6 +76,61 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+_CONVERT = """\
+Convert an ELF vmcore (ppc64 of either byte order, or x86-64: a copy of
+/proc/vmcore taken by another tool, QEMU's dump-guest-memory, an hvdump ELF
+dump) into DIR as hvdump collect writes it: a kdump-compressed file (or a
+sparse ELF core) with zero pages excluded, opened by drgn, crash and
+libkdumpfile, and a manifest with an XXH64 per chunk (check it later with
+hvdump verify DIR). Nothing is released, so chunks are not synced one by one:
+the file is synced once at the end.
+
+examples:
+  hvdump convert vmcore.elf out                    # zstd level 1, one thread
+  hvdump convert --compress lzo --threads 2 vmcore out
+  hvdump convert --compress none vmcore out        # only drop zero pages
+  hvdump convert --page-size 65536 qemu-ppc64.core out   # no VMCOREINFO in it
+"""
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from drgn_hvdump.collect.convert import ConvertOptions, convert
+
+    result = convert(
+        ConvertOptions(
+            vmcore=args.vmcore,
+            output=args.output,
+            format=args.format,
+            compress=args.compress,
+            level=args.level,
+            threads=args.threads,
+            chunk_size=args.chunk_size,
+            page_size=args.page_size,
+            check=args.check,
+            sync=not args.no_sync,
+            force=args.force,
+            json=args.json,
+            progress=False if args.no_progress else None,
+        )
+    )
+    m = result.manifest
+    read = sum(c["size"] for c in m["chunks"])
+    t = m["timings"]["elapsed_s"]
+    if args.json:
+        print(
+            json.dumps(
+                {"event": "done", "output": str(result.output), "dump": str(result.dump_file)}
+            )
+        )
+        return 0
+    print(
+        f"converted {read / (1 << 30):.2f} GiB into {result.dump_file} "
+        f"({m['dump']['size'] / (1 << 30):.2f} GiB, {m['dump']['zero_pages']} zero pages left out) "
+        f"in {t:.1f} s ({read / max(t, 1e-9) / 1e9:.2f} GB/s)"
+    )
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from drgn_hvdump.collect.verify import verify_dir
 
@@ -113,7 +168,9 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="dump file format (default kdump)",
     )
     p.add_argument(
-        "--compress", default="zstd", help="kdump page codec: zstd (default), zlib, lzo, snappy"
+        "--compress",
+        default="zstd",
+        help="kdump page codec: zstd (default), zlib, lzo, snappy, none",
     )
     p.add_argument("--level", type=int, help="compression level (zstd default 1, zlib default 1)")
     p.add_argument(
@@ -146,6 +203,50 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="collect a dump the hypervisor copied only in part",
     )
     p.set_defaults(func=_cmd_collect)
+    c = sub.add_parser(
+        "convert",
+        help="convert an ELF vmcore into a kdump-compressed (or ELF) dump and manifest",
+        description=_CONVERT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("vmcore", type=Path, metavar="VMCORE", help="the ELF vmcore to read")
+    c.add_argument("output", type=Path, metavar="DIR", help="output directory (created 0700)")
+    c.add_argument(
+        "--format",
+        choices=["kdump", "elf"],
+        default="kdump",
+        help="dump file format (default kdump)",
+    )
+    c.add_argument(
+        "--compress",
+        default="zstd",
+        help="kdump page codec: zstd (default), zlib, lzo, snappy, none (makedumpfile -z, -c, "
+        "-l, -p, or no option)",
+    )
+    c.add_argument("--level", type=int, help="compression level (zstd 1, zlib 1 by default)")
+    c.add_argument("--threads", type=int, default=1, help="compression threads (default 1)")
+    c.add_argument(
+        "--chunk-size", type=parse_size, default=16 << 20, help="unit of reading (default 16M)"
+    )
+    c.add_argument(
+        "--page-size",
+        type=parse_size,
+        help="the crashed kernel's page size when the vmcore has no VMCOREINFO PAGESIZE",
+    )
+    c.add_argument(
+        "--check",
+        action="store_true",
+        help="decompress every stored page and compare it with the page read (as collect does)",
+    )
+    c.add_argument(
+        "--no-sync",
+        action="store_true",
+        help="do not fsync the dump at the end: leave it to the kernel, as makedumpfile does",
+    )
+    c.add_argument("--force", action="store_true", help="replace a dump already in DIR")
+    c.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
+    c.set_defaults(func=_cmd_convert)
     v = sub.add_parser(
         "verify",
         help="check a collected dump against its manifest",

@@ -52,6 +52,7 @@ from drgn_hvdump.formats.elfcore import (
     build_core_header,
     build_notes,
     build_prstatus,
+    note_desc_offset,
 )
 from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, parse_regsave
@@ -305,15 +306,6 @@ def _notes(
     notes.append(Note(HVDUMP_NOTE_NAME, NOTE_DUMP_HEADER, header_raw))
     notes.append(Note(HVDUMP_NOTE_NAME, NOTE_REGSAVE, cpu_raw))
     return notes, len(states)
-
-
-def _vmcoreinfo_offset(notes: list[Note], byteorder: Any) -> tuple[int, int] | None:
-    for i, note in enumerate(notes):
-        if note.name == VMCOREINFO_NOTE_NAME:
-            before = len(build_notes(notes[:i], byteorder))
-            name_len = len(note.name) + 1
-            return before + 12 + (-(-name_len // 4) * 4), len(note.desc)
-    return None
 
 
 class _Collection:
@@ -570,7 +562,7 @@ def _collect(
                 max_mapnr=memory // ps,
                 ranges=[(a // ps, (a + s) // ps) for a, s in plan.segments],
                 notes=build_notes(notes, byteorder),
-                vmcoreinfo=_vmcoreinfo_offset(notes, byteorder),
+                vmcoreinfo=note_desc_offset(notes, VMCOREINFO_NOTE_NAME, byteorder),
                 nr_cpus=ncpus,
                 utsname=[*uts[:4], machine, *uts[5:]],
                 timestamp=int(info.get("CRASHTIME", "0") or 0),

@@ -187,8 +187,9 @@ class ElfOutput:
         _drop_cache(self.fd, offset, size)
         return _pread_exact(self.fd, size, offset)
 
-    def finish(self) -> None:
-        os.fsync(self.fd)
+    def finish(self, *, sync: bool = True) -> None:
+        if sync:
+            os.fsync(self.fd)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -316,13 +317,14 @@ class KdumpOutput:
                 out[i * ps : (i + 1) * ps] = page
         return bytes(out)
 
-    def finish(self, eraseinfo: bytes = b"") -> None:
-        """Mark the file complete (clear INCOMPLETE) and sync it."""
+    def finish(self, eraseinfo: bytes = b"", *, sync: bool = True) -> None:
+        """Mark the file complete (clear INCOMPLETE) and sync it (unless ``sync`` is false)."""
         lay = self.layout
         if eraseinfo:
             _pwrite_all(self.fd, eraseinfo, lay.sub_header.offset_eraseinfo)
         _pwrite_all(self.fd, lay.first_blocks()[: self.page_size], 0)
-        os.fsync(self.fd)
+        if sync:
+            os.fsync(self.fd)
 
     def close(self) -> None:
         os.close(self.fd)

@@ -28,7 +28,10 @@ class Progress:
             sys.stdout.write(json.dumps({"event": kind, **fields}, sort_keys=True) + "\n")
             sys.stdout.flush()
 
-    def update(self, done: int, total: int, released: int, reserved: int, stored: int) -> None:
+    def update(
+        self, done: int, total: int, released: int | None, reserved: int | None, stored: int
+    ) -> None:
+        """Report ``done`` of ``total`` bytes read; ``released`` None: no memory to give back."""
         elapsed = max(time.monotonic() - self.t0, 1e-6)
         rate = done / elapsed
         eta = (total - done) / rate if rate > 0 else None
@@ -38,8 +41,11 @@ class Progress:
                 bytes_done=done,
                 bytes_total=total,
                 bytes_stored=stored,
-                released_bytes=released,
-                reserved_bytes=reserved,
+                **(
+                    {"released_bytes": released, "reserved_bytes": reserved}
+                    if released is not None
+                    else {}
+                ),
                 rate_bytes_per_s=round(rate),
                 eta_s=None if eta is None else round(eta, 1),
                 elapsed_s=round(elapsed, 3),
@@ -56,7 +62,8 @@ class Progress:
         eta_text = f"{eta:5.0f}s" if eta is not None else "    ?"
         self.err.write(
             f"\r[{bar}] {100 * done / max(total, 1):5.1f}% {done / _GIB:7.2f}/{total / _GIB:.2f} GiB "
-            f"{rate / (1 << 20):7.1f} MiB/s ETA {eta_text} released {released / _GIB:6.2f} GiB "
+            f"{rate / (1 << 20):7.1f} MiB/s ETA {eta_text}"
+            + (f" released {released / _GIB:6.2f} GiB " if released is not None else " ")
         )
         self.err.flush()
         self._drawn = True

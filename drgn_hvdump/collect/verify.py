@@ -66,7 +66,7 @@ def verify_dir(path: Path) -> tuple[bool, list[str]]:
 
         closer = kd.close
     else:
-        core = ElfCore.open(dump)
+        core = ElfCore.open(dump, machine=None)
 
         def read_mem(paddr: int, size: int) -> bytes:
             return core.read_phys(paddr, size)

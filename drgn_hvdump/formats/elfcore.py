@@ -299,6 +299,17 @@ def build_notes(notes: Sequence[Note], byteorder: ByteOrder) -> bytes:
     return bytes(out)
 
 
+def note_desc_offset(
+    notes: Sequence[Note], name: str, byteorder: ByteOrder
+) -> tuple[int, int] | None:
+    """(offset, size) of the first ``name`` note's descriptor in :func:`build_notes`' bytes."""
+    for i, note in enumerate(notes):
+        if note.name == name:
+            before = len(build_notes(notes[:i], byteorder))
+            return before + 12 + _pad4(len(note.name) + 1), len(note.desc)
+    return None
+
+
 def parse_notes(
     data: bytes | bytearray | memoryview,
     byteorder: ByteOrder,

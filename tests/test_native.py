@@ -578,3 +578,90 @@ def test_buffers_are_released() -> None:
             native.zero_pages(m, 3000)
         native_ref.zero_pages(m, 4096)
     assert m.closed
+
+
+# ------------------------------------------------------------------ page codecs
+
+CODEC_FLAGS = [
+    native_ref.CODEC_NONE,
+    native_ref.CODEC_ZLIB,
+    native_ref.CODEC_LZO,
+    native_ref.CODEC_SNAPPY,
+    native_ref.CODEC_ZSTD,
+]
+
+
+def test_c_codec_constants_match() -> None:
+    from drgn_hvdump._native import lib
+
+    from drgn_hvdump.formats import kdump
+
+    assert (lib.HV_CODEC_ZLIB, lib.HV_CODEC_LZO, lib.HV_CODEC_SNAPPY, lib.HV_CODEC_ZSTD) == (
+        kdump.DUMP_DH_COMPRESSED_ZLIB,
+        kdump.DUMP_DH_COMPRESSED_LZO,
+        kdump.DUMP_DH_COMPRESSED_SNAPPY,
+        kdump.DUMP_DH_COMPRESSED_ZSTD,
+    )
+    assert native.CODEC_NONE == lib.HV_CODEC_NONE == 0
+
+
+@TWIN
+@given(pages=sparse_pages(), codec=st.sampled_from(CODEC_FLAGS), seed=U64)
+def test_twin_page_codec(pages: tuple[bytes, int], codec: int, seed: int) -> None:
+    """Each twin's batch is one the other accepts: decodes to the pages, raw exactly
+    when not smaller, zero pages empty; the descriptors agree byte for byte."""
+    buf, ps = pages
+    if ps < 4096:
+        ps = 4096
+        buf = buf.ljust(-(-len(buf) // ps) * ps, b"\0")
+    n = len(buf) // ps
+    if n:
+        mixed = bytearray(buf)
+        native.gen_pages_into(mixed, seed, 0, n, ps, BUSY_MIX, seed & 1 == 1)
+        buf = bytes(a if i % 3 else b for i, (a, b) in enumerate(zip(buf, mixed, strict=True)))
+    zero = native.zero_pages(buf, ps)
+    for maker, other in ((native, native_ref), (native_ref, native)):
+        batch = maker.PageCodec(codec, None, ps).compress(buf, zero)
+        assert other.PageCodec(codec, None, ps).check(buf, zero, batch) == -1
+        for i in range(n):
+            if zero[i]:
+                assert batch.sizes[i] == 0 and batch.flags[i] == 0
+            elif batch.flags[i] == 0:
+                assert batch.sizes[i] == ps
+            else:
+                assert batch.flags[i] == codec and 0 < batch.sizes[i] < ps
+        assert batch.stored == sum(batch.sizes)
+        for big in (False, True):
+            c = native.kdump_descs(batch, 1 << 40, 4096, ps, big)
+            assert c == native_ref.kdump_descs(batch, 1 << 40, 4096, ps, big)
+
+
+@pytest.mark.parametrize("mod", [native, native_ref], ids=["c", "python"])
+def test_kdump_descs_follow_the_format_layout(mod: ModuleType) -> None:
+    from array import array
+
+    from drgn_hvdump.formats.kdump import PAGE_DESC, PageDesc
+
+    batch = mod.PageBatch(b"x" * 7000, array("I", [0, 3000, 4000, 0]), array("I", [0, 2, 0, 0]))
+    for order in ("little", "big"):
+        got = mod.kdump_descs(batch, 0x10000, 0x8000, 4096, order == "big")
+        assert got == b"".join(
+            PAGE_DESC.pack(d, order)  # type: ignore[arg-type]
+            for d in (
+                PageDesc(0x8000, 4096, 0, 0),
+                PageDesc(0x10000, 3000, 2, 0),
+                PageDesc(0x10000 + 3000, 4000, 0, 0),
+                PageDesc(0x8000, 4096, 0, 0),
+            )
+        )
+
+
+@pytest.mark.parametrize("mod", [native, native_ref], ids=["c", "python"])
+def test_page_codec_refuses_bad_arguments(mod: ModuleType) -> None:
+    with pytest.raises(ValueError, match="unknown codec"):
+        mod.PageCodec(3, None, 4096)
+    with pytest.raises(ValueError, match="zlib level"):
+        mod.PageCodec(native_ref.CODEC_ZLIB, 13, 4096)
+    codec = mod.PageCodec(native_ref.CODEC_LZO, None, 4096)
+    with pytest.raises(ValueError, match="zero flags"):
+        codec.compress(bytes(8192), b"\0")

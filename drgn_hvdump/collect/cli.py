@@ -140,6 +140,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """The dump-writing options ``collect`` and ``convert`` share."""
+    p.add_argument(
+        "--format",
+        choices=["kdump", "elf"],
+        default="kdump",
+        help="dump file format (default kdump)",
+    )
+    p.add_argument(
+        "--compress",
+        default="zstd",
+        help="kdump page codec: zstd (default), zlib, lzo, snappy, none (as makedumpfile's -z, "
+        "-c, -l, -p, or no option)",
+    )
+    p.add_argument("--level", type=int, help="compression level (zstd default 1, zlib default 1)")
+    p.add_argument("--threads", type=int, default=1, help="compression threads (default 1)")
+    p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
+
+
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "collect",
@@ -161,25 +181,13 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR",
         help="output directory (created 0700)",
     )
-    p.add_argument(
-        "--format",
-        choices=["kdump", "elf"],
-        default="kdump",
-        help="dump file format (default kdump)",
-    )
-    p.add_argument(
-        "--compress",
-        default="zstd",
-        help="kdump page codec: zstd (default), zlib, lzo, snappy, none",
-    )
-    p.add_argument("--level", type=int, help="compression level (zstd default 1, zlib default 1)")
+    _add_output_args(p)
     p.add_argument(
         "--release",
         choices=["progressive", "at-end", "never"],
         default="progressive",
         help="when to give memory back (default progressive)",
     )
-    p.add_argument("--threads", type=int, default=1, help="compression threads (default 1)")
     p.add_argument(
         "--chunk-size",
         type=parse_size,
@@ -189,8 +197,6 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--dry-run", action="store_true", help="show the plan and the releases; change nothing"
     )
-    p.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
     p.add_argument(
         "--scrub",
         type=Path,
@@ -211,20 +217,7 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     c.add_argument("vmcore", type=Path, metavar="VMCORE", help="the ELF vmcore to read")
     c.add_argument("output", type=Path, metavar="DIR", help="output directory (created 0700)")
-    c.add_argument(
-        "--format",
-        choices=["kdump", "elf"],
-        default="kdump",
-        help="dump file format (default kdump)",
-    )
-    c.add_argument(
-        "--compress",
-        default="zstd",
-        help="kdump page codec: zstd (default), zlib, lzo, snappy, none (makedumpfile -z, -c, "
-        "-l, -p, or no option)",
-    )
-    c.add_argument("--level", type=int, help="compression level (zstd 1, zlib 1 by default)")
-    c.add_argument("--threads", type=int, default=1, help="compression threads (default 1)")
+    _add_output_args(c)
     c.add_argument(
         "--chunk-size", type=parse_size, default=16 << 20, help="unit of reading (default 16M)"
     )
@@ -244,8 +237,6 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="do not fsync the dump at the end: leave it to the kernel, as makedumpfile does",
     )
     c.add_argument("--force", action="store_true", help="replace a dump already in DIR")
-    c.add_argument("--json", action="store_true", help="JSON progress lines on stdout")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
     c.set_defaults(func=_cmd_convert)
     v = sub.add_parser(
         "verify",

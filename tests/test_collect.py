@@ -231,7 +231,7 @@ def test_codecs_round_trip_through_libkdumpfile(tmp_path: Path) -> None:
 
     lpar = make_lpar(tmp_path / "lpar", memory="768M")
     root = export_root(lpar, tmp_path / "root")
-    for codec in ("lzo", "snappy"):
+    for codec in ("lzo", "snappy", "none"):
         out = tmp_path / codec
         collect(CollectOptions(root=root, output=out, release="never", compress=codec, threads=2))
         assert compare_with_truth(lpar, out) == []

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hvdump-installed
 SRC    := pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
 
-.PHONY: all setup system-deps demo test lint bench clean
+.PHONY: all setup system-deps demo test lint bench bench-makedumpfile clean
 
 all: setup
 
@@ -31,6 +31,10 @@ test: setup
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py
+
+# hvdump convert against makedumpfile on 4 GiB vmcores (about 10 minutes).
+bench-makedumpfile: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/vs_makedumpfile.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-work bench/out

@@ -130,7 +130,9 @@ def main() -> int:
     ap.add_argument(
         "--bare-wall", type=float, help="reuse a measured bare wall time (s) instead of measuring"
     )
-    ap.add_argument("--bare-proc-cpu", type=float, help="with --bare-wall: the bare run's process-tree CPU (s)")
+    ap.add_argument(
+        "--bare-proc-cpu", type=float, help="with --bare-wall: the bare run's process-tree CPU (s)"
+    )
     args = ap.parse_args()
     _subreaper()
     base = args.dir or Path(tempfile.mkdtemp(prefix="hvdump-bench-ansible-"))
@@ -192,7 +194,9 @@ def main() -> int:
         # Ansible's own cost can be told from collectors that ran slower or faster than bare.
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             report = json.loads((base / "report.json").read_text())["hosts"]
-            results["ansible_collectors_cpu_s"] = round(sum(float(r["cpu_s"]) for r in report.values()), 1)
+            results["ansible_collectors_cpu_s"] = round(
+                sum(float(r["cpu_s"]) for r in report.values()), 1
+            )
         results["ansible_rc"] = res.returncode
         results["extra_vars"] = " ".join(args.extra_vars)
     finally:
@@ -217,10 +221,14 @@ def main() -> int:
     if "ansible_collectors_cpu_s" in results:
         # The process tree minus its collectors: controller, workers and modules only.
         results["ansible_excl_collectors_cpu_per_host_s"] = round(
-            (float(results["ansible_proc_cpu_s"]) - float(results["ansible_collectors_cpu_s"])) / args.count, 2)
+            (float(results["ansible_proc_cpu_s"]) - float(results["ansible_collectors_cpu_s"]))
+            / args.count,
+            2,
+        )
         if "bare_proc_cpu_s" in results:
             results["collector_cpu_ratio_ansible_to_bare"] = round(
-                float(results["ansible_collectors_cpu_s"]) / float(results["bare_proc_cpu_s"]), 3)
+                float(results["ansible_collectors_cpu_s"]) / float(results["bare_proc_cpu_s"]), 3
+            )
     results["log"] = str(base / "ansible.log")
     results["target_per_host_s"] = 3.0
     print(json.dumps(results, indent=1))

@@ -15,16 +15,21 @@ from pathlib import Path
 BENCHES = ["bench_native.py", "bench_hvsim.py", "bench_fuse.py", "bench_plugin.py"]
 
 
-def machine_line() -> str:
-    model = "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return "unknown CPU"
+
+
+def machine_line() -> str:
     import os
+
+    model = cpu_model()
 
     return f"{model}, {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
 

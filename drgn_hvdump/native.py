@@ -277,9 +277,7 @@ class PageCodec:
         """-1 if ``batch`` decodes to the pages of ``buf``, else the first page that does not."""
         ps = self.page_size
         with byte_view(buf) as view, byte_view(batch.data) as stored:
-            npages = check_batch(view.nbytes, zero, ps)
-            if len(batch.sizes) != npages or len(batch.flags) != npages:
-                raise ValueError(f"the batch describes {len(batch.sizes)} pages, not {npages}")
+            npages = check_batch(view.nbytes, zero, ps, batch)
             if sum(batch.sizes) > stored.nbytes:
                 return _first_short(batch, stored.nbytes)
             c_in = ffi.from_buffer("uint8_t[]", view)

@@ -661,11 +661,14 @@ def check_codec(codec: int, level: int | None, page_size: int) -> int:
     return level
 
 
-def check_batch(nbytes: int, zero: bytes, page_size: int) -> int:
-    """Check a batch buffer of ``nbytes`` against its zero flags; the page count."""
+def check_batch(nbytes: int, zero: bytes, page_size: int, batch: PageBatch | None = None) -> int:
+    """Check a batch buffer of ``nbytes`` against its zero flags (and the stored
+    ``batch`` that claims to hold it); the page count."""
     npages = check_pages(nbytes, page_size)
     if len(zero) != npages:
         raise ValueError(f"{len(zero)} zero flags for a batch of {npages} pages")
+    if batch is not None and not len(batch.sizes) == len(batch.flags) == npages:
+        raise ValueError(f"the batch describes {len(batch.sizes)} pages, not {npages}")
     return npages
 
 
@@ -703,9 +706,7 @@ class PageCodec:
         """-1 if ``batch`` decodes to the pages of ``buf``, else the first page that does not."""
         ps = self.page_size
         with byte_view(buf) as view, byte_view(batch.data) as stored:
-            npages = check_batch(view.nbytes, zero, ps)
-            if len(batch.sizes) != npages or len(batch.flags) != npages:
-                raise ValueError(f"the batch describes {len(batch.sizes)} pages, not {npages}")
+            npages = check_batch(view.nbytes, zero, ps, batch)
             pos = 0
             for i in range(npages):
                 size, flag = batch.sizes[i], batch.flags[i]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["ChunkWrite", "ElfOutput", "KdumpOutput", "SidecarOutput", "create_file", "disk_error"]
 
 _PIECE = 1 << 20
-_IOV_MAX = 1024
 
 
 def disk_error(path: str, exc: OSError, what: str, need: int | None = None) -> HvdumpError:
@@ -81,16 +81,40 @@ def _drop_cache(fd: int, offset: int, size: int) -> None:
 
 
 def _pwritev_all(fd: int, parts: Sequence[Buffer], offset: int) -> None:
-    """Write ``parts`` one after another at ``offset`` (one system call for most chunks)."""
-    views = [memoryview(p).cast("B") for p in parts if memoryview(p).nbytes]
-    while views:
-        n = os.pwritev(fd, views[:_IOV_MAX], offset)
-        offset += n
-        while views and n >= views[0].nbytes:
-            n -= views[0].nbytes
-            views.pop(0)
-        if views and n:
-            views[0] = views[0][n:]
+    """Write ``parts`` one after another at ``offset``, through a small bounce buffer.
+
+    The kernel's copy into the page cache is the dearest part of writing:
+    from a 256 KiB buffer that stays in the CPU's cache it cost 1.8-2.2 s of
+    system time per 4.3 GB here, straight from the (mapped or 16 MiB) source
+    2.7-3.9 s, in alternating runs; the extra copy into the buffer cost 0.4-0.5 s.
+    makedumpfile writes from a small buffer the same way.
+    """
+    bounce = _bounce_buffer()
+    fill = 0
+    for part in parts:
+        view = memoryview(part).cast("B")
+        while view.nbytes:
+            n = min(view.nbytes, len(bounce) - fill)
+            bounce[fill : fill + n] = view[:n]
+            fill += n
+            view = view[n:]
+            if fill == len(bounce):
+                _pwrite_all(fd, bounce, offset)
+                offset += fill
+                fill = 0
+    if fill:
+        _pwrite_all(fd, memoryview(bounce)[:fill], offset)
+
+
+_BOUNCE = 256 << 10
+_bounce_local = threading.local()
+
+
+def _bounce_buffer() -> bytearray:
+    buf: bytearray | None = getattr(_bounce_local, "buf", None)
+    if buf is None:
+        buf = _bounce_local.buf = bytearray(_BOUNCE)
+    return buf
 
 
 def _nonzero_runs(zero: bytes) -> Iterator[tuple[int, int]]:
@@ -111,7 +135,7 @@ def _write_nonzero(fd: int, buf: memoryview, zero: bytes, page_size: int, offset
     """Write the non-zero pages of ``buf`` (runs at a time) at ``offset``; zero pages stay holes."""
     written = 0
     for i, j in _nonzero_runs(zero):
-        _pwrite_all(fd, buf[i * page_size : j * page_size], offset + i * page_size)
+        _pwritev_all(fd, [buf[i * page_size : j * page_size]], offset + i * page_size)
         written += (j - i) * page_size
     return written
 

@@ -127,8 +127,8 @@ def _collect(
 # The kdump format has flags for zlib, LZO, snappy and zstd only: no reader
 # could open an LZ4 page, so ``lz4 -1`` is the yardstick for the format's
 # fast codec, snappy (as fast as LZ4 on this data, see
-# shared/reference/kdump-format-and-speeds.md). LZO (lzallright) is ~15x
-# slower than snappy here and is measured only with --lzo.
+# shared/reference/kdump-format-and-speeds.md). LZO (liblzo2, as
+# makedumpfile) is measured only with --lzo.
 RUNS = (
     ("collect zstd 1, 1 thread", ["--compress", "zstd", "--threads", "1"], "zstd -1 -T1"),
     ("collect zstd 1, 2 threads", ["--compress", "zstd", "--threads", "2"], "zstd -1 -T1"),
@@ -280,7 +280,7 @@ def main() -> None:
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-release", action="store_true")
-    ap.add_argument("--lzo", action="store_true", help="also time LZO (slow: about 70 s per GiB)")
+    ap.add_argument("--lzo", action="store_true", help="also time LZO")
     ap.add_argument("--only", help="time only the collector runs whose label contains this")
     ap.add_argument(
         "--compare",

@@ -94,6 +94,17 @@ class LparConfig:
     ``tasks``
         the crashed kernel's user processes, ``"comm[:pid],..."`` (empty: a
         default set; see :func:`hvsim.kernel.parse_tasks`).
+    ``image``
+        an adopted real memory image (absolute path of an ELF core): the
+        first kernel's memory, registers and VMCOREINFO come from it, not
+        from the seed (see :mod:`hvsim.adopt`); empty for a generated kernel.
+    ``image_size``
+        the image's size when adopted (a changed file is refused).
+    ``image_vmcoreinfo``
+        physical address of the image's VMCOREINFO note, or -1: the core's
+        note, or the one found in memory.
+    ``image_crash_cpu``
+        the CPU that panicked in the image.
     """
 
     memory: int
@@ -110,6 +121,10 @@ class LparConfig:
     osrelease: str = "2.6.32-hvsim"
     name: str = "hvsim-lpar"
     tasks: str = ""
+    image: str = ""
+    image_size: int = 0
+    image_vmcoreinfo: int = -1
+    image_crash_cpu: int = 0
 
     def __post_init__(self) -> None:
         memory = _check_int("memory", self.memory)
@@ -158,6 +173,14 @@ class LparConfig:
             from .kernel import parse_tasks  # the kernel defines what a task list is
 
             parse_tasks(self.tasks)
+        if not isinstance(self.image, str) or (self.image and not self.image.startswith("/")):
+            raise ValueError(f"image must be an absolute path, got {self.image!r}")
+        for name in ("image_size", "image_vmcoreinfo", "image_crash_cpu"):
+            _check_int(name, getattr(self, name))
+        if self.image and not 0 <= self.image_crash_cpu < cpus:
+            raise ValueError(
+                f"image_crash_cpu must be a CPU of the LPAR, got {self.image_crash_cpu}"
+            )
         for name in ("firmware_dump", "dump_enabled", "literal_release_map"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false")
@@ -166,6 +189,11 @@ class LparConfig:
     def big_endian(self) -> bool:
         """Whether the kernel is big-endian."""
         return self.endian == "big"
+
+    @property
+    def adopted(self) -> bool:
+        """The first kernel's memory is a real image (:mod:`hvsim.adopt`)."""
+        return bool(self.image)
 
     @property
     def page_shift(self) -> int:

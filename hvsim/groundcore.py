@@ -22,7 +22,7 @@ from pathlib import Path
 from drgn_hvdump.formats.elfcore import NT_PRSTATUS, LoadSegment, Note, build_core_header
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 
-from .kernel import KernelImage
+from .kernel import CrashedKernel
 from .lpar import Lpar
 
 __all__ = ["LOW_MEMORY", "truth_core_notes", "write_truth_core"]
@@ -31,7 +31,7 @@ LOW_MEMORY = 256 << 20
 _CHUNK = 16 << 20
 
 
-def truth_core_notes(image: KernelImage) -> list[Note]:
+def truth_core_notes(image: CrashedKernel) -> list[Note]:
     """The notes of a ground-truth core: one ``NT_PRSTATUS`` per CPU, then VMCOREINFO."""
     notes = [
         Note("CORE", NT_PRSTATUS, image.prstatus(cpu, pid=cpu + 1))

@@ -38,7 +38,7 @@ import functools
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from drgn_hvdump import native
 from drgn_hvdump.formats.elfcore import (
@@ -82,6 +82,7 @@ __all__ = [
     "SCENARIOS",
     "SYMBOLS",
     "VMALLOC_BASE",
+    "CrashedKernel",
     "Frame",
     "KernelImage",
     "Scenario",
@@ -499,6 +500,32 @@ def _fn_offset(vm: Vmlinux, pc: int) -> str:
         return f"{pc:#x}"
     low, high = vm.functions[name]
     return f"{name}+{pc - low:#x}/{high - low:#x}"
+
+
+class CrashedKernel(Protocol):
+    """What the LPAR needs of the kernel that crashed: :class:`KernelImage` (hvsim's own
+    kernel) or :class:`hvsim.adopt.AdoptedKernel` (a real memory image)."""
+
+    @property
+    def config(self) -> LparConfig: ...
+
+    @property
+    def crash_cpu(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    def banner(self) -> str: ...
+
+    def vmcoreinfo(self) -> bytes: ...
+
+    def cpu_states(self) -> list[CpuState]: ...
+
+    def prstatus(self, cpu: int, pid: int | None = None) -> bytes: ...
+
+    def overlays(self) -> list[tuple[int, bytes]]: ...
+
+    def hash_page_table(self, table_size: int) -> list[tuple[int, int, int]]: ...
 
 
 @dataclass(frozen=True)

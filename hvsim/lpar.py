@@ -84,6 +84,7 @@ from typing import Any
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import DUMP_ERROR_FLAG, DumpHeader, describe_dump_header
 from drgn_hvdump.formats.elfcore import CoreLayout, LoadSegment, Note, build_core_header
+from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.regsave import CpuState, build_regsave
 from drgn_hvdump.formats.release_region import (
     Extent,
@@ -94,9 +95,10 @@ from drgn_hvdump.formats.release_region import (
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.native import PageMix
 
+from .adopt import AdoptedKernel, adoption_config, inspect_image, open_adopted
 from .config import DEFAULT_RESERVE_SIZE, LparConfig, format_size, parse_size
 from .hypervisor import Hypervisor, ScratchLayout, hpt_size, scratch_layout
-from .kernel import SCENARIOS, KernelImage, Scenario
+from .kernel import SCENARIOS, CrashedKernel, KernelImage, Scenario
 from .memory import IntervalSet, Layer, MemoryReader, derive_seed, pack_hpte_records
 from .store import LparStore, StoreError
 
@@ -259,11 +261,13 @@ class Lpar:
         name: str | None = None,
         tasks: str = "",
         boot: bool = False,
+        adopted: Mapping[str, Any] | None = None,
     ) -> Lpar:
         """Create a new LPAR directory at ``path`` (powered off unless ``boot``).
 
         Sizes may be strings such as ``"4G"``; see :class:`LparConfig` for
         the meaning of each option. Bad values raise ``ValueError``.
+        ``adopted`` holds the image fields of an adopting LPAR (see :meth:`adopt`).
         """
         if isinstance(mix, str):
             mix = PageMix.parse(mix)
@@ -284,6 +288,7 @@ class Lpar:
         }
         if mix is not None:
             values["mix"] = mix
+        values.update(adopted or {})
         config = LparConfig(**values)
         store = LparStore.create(path, config.to_json())
         lpar = cls(store, config)
@@ -293,7 +298,47 @@ class Lpar:
                 st,
                 f"created: {format_size(config.memory)} RAM, {config.cpus} CPUs, "
                 f"{config.endian}-endian, {format_size(config.page_size)} pages, "
-                f"seed {config.seed}, quirks {config.quirks}",
+                + (f"adopted image {config.image}" if config.adopted else f"seed {config.seed}")
+                + f", quirks {config.quirks}",
+            )
+        if boot:
+            lpar.boot()
+        return lpar
+
+    @classmethod
+    def adopt(
+        cls,
+        path: str | os.PathLike[str],
+        image: str | os.PathLike[str],
+        *,
+        vmcoreinfo_at: int | None = None,
+        endian: ByteOrder | None = None,
+        crash_cpu: int = 0,
+        quirks: str = "faithful",
+        name: str | None = None,
+        boot: bool = False,
+    ) -> Lpar:
+        """Create an LPAR whose first kernel's memory is a real image (see :mod:`hvsim.adopt`).
+
+        Memory, CPUs, byte order, page size and release come from the image;
+        the LPAR's RAM is larger, so the scratch area fits above the image.
+        """
+        guest = inspect_image(image, vmcoreinfo_at=vmcoreinfo_at, endian=endian)
+        values = adoption_config(
+            guest,
+            crash_cpu=crash_cpu,
+            vmcoreinfo_at=vmcoreinfo_at,
+            quirks=quirks,
+            name=name if name is not None else _host_name(path),
+        )
+        lpar = cls.create(path, **values)
+        with lpar._mutate() as st:
+            lpar._event(
+                st,
+                f"adopted {guest.path}: {format_size(guest.ram_end)} of RAM, "
+                f"{len(guest.registers)} CPUs, {guest.byteorder}-endian kernel "
+                f"{guest.osrelease}, {'radix' if guest.radix else 'hash'} MMU, VMCOREINFO "
+                f"{guest.vmcoreinfo_where}",
             )
         if boot:
             lpar.boot()
@@ -348,6 +393,7 @@ class Lpar:
         """Close cached file descriptors (the object stays usable)."""
         with self._lock:
             self._store.close()
+            self._reader.close()
 
     def __enter__(self) -> Lpar:
         return self
@@ -480,9 +526,27 @@ class Lpar:
         work["stack"].append(layer.id)
         return layer
 
+    def _push_image(self, work: dict[str, Any]) -> None:
+        # The adopted image's bytes, read in place; RAM above it (where the
+        # kernel keeps its scratch area) is in no layer and reads as zero.
+        guest = open_adopted(self.config)
+        for seg in guest.segments:
+            if seg.filesz:
+                layer = Layer(
+                    "",
+                    "image",
+                    IntervalSet([(seg.paddr, seg.paddr + seg.filesz)]),
+                    file=guest.path,
+                    delta=seg.offset - seg.paddr,
+                    note="kernel g1 (adopted image)",
+                )
+                work["stack"].append(self._new_layer(work, layer).id)
+
     def _push_overlay(
         self, work: dict[str, Any], pieces: Sequence[tuple[int, bytes]], note: str
     ) -> Layer:
+        if not pieces:
+            raise ValueError("an overlay needs at least one piece")
         base = min(p for p, _ in pieces)
         layer = self._new_layer(work, Layer("", "overlay", base=base, note=note))
         layer.file = f"{layer.id}.ovl"
@@ -572,7 +636,10 @@ class Lpar:
         # A fresh kernel owns all of RAM: one new layer covers it, older layers
         # stay only if the last dump's ground truth needs them.
         work["stack"] = []
-        self._push_generated(work, self._kernel_seed(gen), [(0, cfg.memory)], f"kernel g{gen}")
+        if cfg.adopted and gen == 1:
+            self._push_image(work)
+        else:
+            self._push_generated(work, self._kernel_seed(gen), [(0, cfg.memory)], f"kernel g{gen}")
         kernel: dict[str, Any] = {
             "kind": "normal",
             "generation": gen,
@@ -757,12 +824,15 @@ class Lpar:
         cfg = self.config
         gen = work["generation"]
         crash_time = int(time.time())
-        image = KernelImage(cfg, gen, crash_time, sc)
+        image = self._kernel_of(gen, crash_time, sc)
         work["counters"]["crashes"] += 1
         was = work["state"]
         # The dying kernel writes its crash-time data (VMCOREINFO with CRASHTIME,
-        # registers into each paca) into its own memory.
-        self._push_overlay(work, image.overlays(), f"kernel g{gen} crash data")
+        # registers into each paca) into its own memory; an adopted image
+        # already holds what its kernel wrote.
+        overlays = image.overlays()
+        if overlays:
+            self._push_overlay(work, overlays, f"kernel g{gen} crash data")
         hv = self._hv(work)
         registered = hv.registered
         work["state"] = "crashed"
@@ -824,7 +894,7 @@ class Lpar:
         )
 
     def _hv_save(
-        self, work: dict[str, Any], image: KernelImage, header: DumpHeader, snap: str
+        self, work: dict[str, Any], image: CrashedKernel, header: DumpHeader, snap: str
     ) -> None:
         """Lay the hypervisor's saved sections into memory as layers."""
         cpu, hpte, rmo = header.cpu, header.hpte, header.rmo
@@ -1176,13 +1246,16 @@ class Lpar:
                 f"physical range {paddr:#x}+{size:#x} is outside RAM (0-{self.config.memory:#x})"
             )
 
-    def _dump_image(self, st: Mapping[str, Any]) -> KernelImage | None:
+    def _kernel_of(self, gen: int, crash_time: int, sc: Scenario) -> CrashedKernel:
+        if self.config.adopted and gen == 1:
+            return AdoptedKernel(self.config, crash_time, sc)
+        return KernelImage(self.config, gen, crash_time, sc)
+
+    def _dump_image(self, st: Mapping[str, Any]) -> CrashedKernel | None:
         dump = st["dump"]
         if dump is None:
             return None
-        return KernelImage(
-            self.config, dump["generation"], dump["crash_time"], SCENARIOS[dump["scenario"]]
-        )
+        return self._kernel_of(dump["generation"], dump["crash_time"], SCENARIOS[dump["scenario"]])
 
     def expected_cpu_states(self) -> list[CpuState]:
         """Every CPU's registers at the crash of the last dump (empty before any dump)."""
@@ -1198,7 +1271,7 @@ class Lpar:
                 return []
             return sorted(image.hash_page_table(hpt_size(self.config.memory)))
 
-    def crashed_kernel(self) -> KernelImage | None:
+    def crashed_kernel(self) -> CrashedKernel | None:
         """The kernel image of the last dump (its banner, VMCOREINFO, crash CPU), or None."""
         with self._reading() as st:
             return self._dump_image(st)
@@ -1294,7 +1367,7 @@ class Lpar:
         """``/proc/version``: the running kernel's banner (the same kernel boots for capture)."""
         with self._reading() as st:
             kernel = self._need_running(st, "/proc/version")
-            return KernelImage(self.config, kernel["generation"], 0).banner()
+            return self._kernel_of(kernel["generation"], 0, SCENARIOS["panic"]).banner()
 
     def phyp_dump_active_text(self) -> str:
         """``/sys/kernel/phyp_dump_active``: ``1`` when booted with ``phyp_dump=1``.

@@ -13,6 +13,9 @@ covering a set of physical ranges (its extents) and supplying their bytes:
 ``hpte``
     a sparse hashed page table: 16-byte entries at ``base + 16 * slot``,
     stored as a sorted list of (slot, v, r), zeros elsewhere.
+``image``
+    bytes of an adopted real memory image (an ELF core outside the LPAR
+    directory, read in place) at file offset ``physical address + delta``.
 ``copy``
     the hypervisor's copy of low memory: bytes at ``addr`` are those of the
     named *snapshot* (a frozen stack) at ``addr - delta``. Nothing is copied
@@ -28,6 +31,7 @@ the layers are.
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,7 +58,7 @@ _MASK64 = (1 << 64) - 1
 HPTE_RECORD = struct.Struct(">QQQ")
 """A stored HPTE: slot index in the table, then the V and R doublewords."""
 
-LayerKind = Literal["generated", "overlay", "hpte", "copy"]
+LayerKind = Literal["generated", "overlay", "hpte", "image", "copy"]
 
 
 def _mix64(z: int) -> int:
@@ -103,7 +107,8 @@ class Layer:
     """One layer of physical memory; see the module docstring for the kinds.
 
     ``seed`` is used by ``generated``; ``file`` and ``base`` by ``overlay``
-    and ``hpte``; ``snapshot`` and ``delta`` by ``copy``.
+    and ``hpte``; ``file`` and ``delta`` by ``image``; ``snapshot`` and
+    ``delta`` by ``copy``.
     """
 
     id: str
@@ -124,6 +129,9 @@ class Layer:
         elif self.kind in ("overlay", "hpte"):
             out["file"] = self.file
             out["base"] = self.base
+        elif self.kind == "image":
+            out["file"] = self.file
+            out["delta"] = self.delta
         else:
             out["snapshot"] = self.snapshot
             out["delta"] = self.delta
@@ -135,7 +143,7 @@ class Layer:
     def from_json(cls, data: Mapping[str, Any]) -> Layer:
         """The inverse of :meth:`to_json`."""
         kind = data["kind"]
-        if kind not in ("generated", "overlay", "hpte", "copy"):
+        if kind not in ("generated", "overlay", "hpte", "image", "copy"):
             raise ValueError(f"unknown layer kind {kind!r}")
         return cls(
             id=str(data["id"]),
@@ -193,6 +201,7 @@ class MemoryReader:
         self.mix = mix
         self.big_endian = big_endian
         self._hpte_cache: dict[str, _HpteTable] = {}
+        self._image_fds: dict[str, int] = {}
         self._edge_page = bytearray(page_size)
         self._zeros = b""
 
@@ -243,6 +252,8 @@ class MemoryReader:
             self._fill_overlay(layer, out, paddr)
         elif layer.kind == "hpte":
             self._fill_hpte(layer, out, paddr)
+        elif layer.kind == "image":
+            self._fill_image(layer, out, paddr)
         else:
             self.read_into(self.snapshots[layer.snapshot], paddr - layer.delta, out)
 
@@ -282,6 +293,24 @@ class MemoryReader:
         if got < len(out):
             # Sparse overlays end at their last written byte; beyond is zero.
             self._zero(out[got:])
+
+    def _fill_image(self, layer: Layer, out: memoryview, paddr: int) -> None:
+        fd = self._image_fds.get(layer.file)
+        if fd is None:
+            fd = self._image_fds[layer.file] = os.open(layer.file, os.O_RDONLY | os.O_CLOEXEC)
+        got = os.preadv(fd, [out], paddr + layer.delta)
+        if got < len(out):
+            raise OSError(
+                errno.EIO,
+                f"adopted image ends at offset {paddr + layer.delta + got:#x}",
+                layer.file,
+            )
+
+    def close(self) -> None:
+        """Close the adopted images' files."""
+        for fd in self._image_fds.values():
+            os.close(fd)
+        self._image_fds.clear()
 
     def _hpte_table(self, name: str) -> _HpteTable:
         table = self._hpte_cache.get(name)

@@ -34,6 +34,7 @@ __all__ = [
     "build_regsave",
     "cpu_state_to_pt_regs",
     "parse_regsave",
+    "pt_regs_to_cpu_state",
     "reg_id",
     "reg_name",
     "regsave_size",
@@ -278,3 +279,25 @@ def cpu_state_to_pt_regs(state: CpuState) -> PtRegs:
         elif name in _PT_REGS_FIELDS:
             named[_PT_REGS_FIELDS[name]] = value
     return PtRegs(gpr=tuple(gpr), **named)
+
+
+def pt_regs_to_cpu_state(cpu: int, regs: PtRegs, pir: int | None = None) -> CpuState:
+    """What the firmware saves for a CPU whose state ``regs`` shows (an ``NT_PRSTATUS`` note's).
+
+    The inverse of :func:`cpu_state_to_pt_regs` for every register both
+    hold; the registers ``pt_regs`` does not carry (SRRs, SPRGs, FPSCR, ...)
+    are saved as zero, and ``PIR`` is the CPU number unless given.
+    """
+    named = {name: getattr(regs, attr) for name, attr in _PT_REGS_FIELDS.items()}
+    values: dict[str, int] = {}
+    for name in POWER6_REGISTERS:
+        n = _GPR_INDEX.get(name)
+        if n is not None:
+            values[name] = regs.gpr[n]
+        elif name in named:
+            values[name] = named[name]
+        elif name == "PIR":
+            values[name] = cpu if pir is None else pir
+        else:
+            values[name] = 0
+    return CpuState(cpu, values)

@@ -1,0 +1,413 @@
+"""A real ppc64 Linux guest under QEMU, panicked and dumped, for the real-kernel suite.
+
+Everything comes from Debian's archive, downloaded (never installed) for the
+foreign architecture with apt's own client pointed at private list and cache
+directories, so the machine's apt configuration is untouched:
+
+* ``linux-image-*-powerpc64le``: the kernel (``/boot/vmlinux-*`` boots as
+  it is under ``qemu-system-ppc64 -M pseries``) and a few modules;
+* ``linux-image-*-powerpc64le-dbg``: its debug vmlinux, for drgn;
+* ``busybox-static``: the guest's userspace.
+
+A tiny initramfs loads two modules, prints what the tests compare against
+(the VMCOREINFO note's address, ``/proc/modules``, a module symbol, the pids
+of a few named processes), then panics with sysrq. QEMU keeps running after
+the panic (``-action panic=none``) so the panicking CPU is caught in
+``panic()``'s loop in kernel mode, not inside RTAS; the test harness stops
+the guest over QMP and writes its memory with ``dump-guest-memory``.
+
+Downloads and extracted files are cached in ``$HVDUMP_REAL_CACHE``
+(default ``~/.cache/hvdump-real``). :class:`RegistryUnreachable` is the only
+failure that lets the suite skip.
+
+Run by hand: ``python -m tests.real_kernel OUT_DIR [--cpu POWER8|POWER9]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "GuestDump",
+    "GuestInfo",
+    "Parts",
+    "RegistryUnreachable",
+    "boot_and_dump",
+    "build_initramfs",
+    "cache_dir",
+    "fetch_parts",
+    "parse_console",
+]
+
+MODULES = ("crc7", "crc8")
+"""Modules with no dependencies the guest loads (their code lives in vmalloc space)."""
+RODATA_MODULE = "crc7"
+"""Its .rodata is one constant table with no relocations: the guest's bytes equal the .ko's."""
+PROCESSES = ("hvtest-reader", "hvtest-sleeper", "hvtest-waiter")
+"""Named processes the guest starts, each blocked in a different way."""
+CPU_MODELS = {"hash": "POWER8", "radix": "POWER9"}
+"""QEMU has no POWER6; POWER8 boots Linux with the hash MMU, POWER9 with radix."""
+
+_APT_FLAVOUR = "powerpc64le"
+_INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+echo 0 > /proc/sys/kernel/kptr_restrict
+for m in /lib/modules/*.ko; do insmod "$m"; done
+echo "HVTEST-UNAME $(uname -r)"
+echo "HVTEST-VMCOREINFO $(cat /sys/kernel/vmcoreinfo)"
+while read -r line; do echo "HVTEST-MODULE $line"; done < /proc/modules
+echo "HVTEST-RODATA $(cat /sys/module/@MODULE@/sections/.rodata)"
+mkfifo /tmp/fifo
+( echo -n hvtest-reader > /proc/self/comm; read -r x < /tmp/fifo ) &
+echo "HVTEST-PID hvtest-reader $!"
+( echo -n hvtest-sleeper > /proc/self/comm; sleep 100000 ) &
+echo "HVTEST-PID hvtest-sleeper $!"
+( echo -n hvtest-waiter > /proc/self/comm; sh -c 'sleep 100000' ) &
+echo "HVTEST-PID hvtest-waiter $!"
+sleep 1
+echo HVTEST-PANIC
+echo c > /proc/sysrq-trigger
+"""
+
+
+class RegistryUnreachable(RuntimeError):
+    """Debian's archive could not be reached: the only reason the suite may skip."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The extracted pieces, all inside the cache."""
+
+    release: str
+    vmlinux: Path
+    debug_vmlinux: Path
+    busybox: Path
+    modules: dict[str, Path]
+    download_s: float = 0.0
+
+
+@dataclass
+class GuestInfo:
+    """What the guest printed before its panic."""
+
+    release: str = ""
+    vmcoreinfo_addr: int = 0
+    modules: list[tuple[str, int]] = field(default_factory=list)
+    """(name, core address) from /proc/modules."""
+    rodata: int = 0
+    """Address of :data:`RODATA_MODULE`'s ``.rodata`` (module memory: vmalloc space)."""
+    pids: dict[str, int] = field(default_factory=dict)
+    panic_cpu: int = -1
+
+
+@dataclass
+class GuestDump:
+    """One guest's run: its dump, console, what it printed and the times."""
+
+    core: Path
+    console: str
+    info: GuestInfo
+    mmu: str
+    boot_to_panic_s: float
+    dump_s: float
+    total_s: float
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HVDUMP_REAL_CACHE", Path.home() / ".cache" / "hvdump-real"))
+
+
+def _apt_options(cache: Path) -> list[str]:
+    lists = cache / "apt" / "lists"
+    archives = cache / "apt" / "cache"
+    for d in (lists / "partial", archives / "archives" / "partial"):
+        d.mkdir(parents=True, exist_ok=True)
+    return [
+        "-o",
+        "APT::Architecture=ppc64el",
+        "-o",
+        "APT::Architectures=ppc64el",
+        "-o",
+        f"Dir::State::Lists={lists}",
+        "-o",
+        f"Dir::Cache={archives}",
+        "-o",
+        "Dir::State::status=/dev/null",
+        "-o",
+        "Debug::NoLocking=1",
+    ]
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:3])}... failed ({proc.returncode}): {proc.stderr[-800:]}")
+    return proc.stdout
+
+
+def _extract(deb: Path, members: list[str], dest: Path) -> None:
+    """Extract ``members`` (paths as in the .deb) of ``deb`` into ``dest``."""
+    # dpkg-deb complains of a broken pipe when we stop reading early: expected.
+    with subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    ) as p:
+        assert p.stdout is not None
+        with tarfile.open(fileobj=p.stdout, mode="r|") as tar:
+            wanted = set(members)
+            for m in tar:
+                name = m.name.removeprefix("./")
+                if name in wanted and m.isfile():
+                    out = dest / name
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    src = tar.extractfile(m)
+                    assert src is not None
+                    tmp = out.with_suffix(out.suffix + ".part")
+                    with open(tmp, "wb") as f:
+                        shutil.copyfileobj(src, f, 1 << 20)
+                    tmp.rename(out)
+                    wanted.discard(name)
+                    if not wanted:
+                        break
+        p.stdout.close()
+    if wanted:
+        raise RuntimeError(f"{deb.name}: not found in the package: {', '.join(sorted(wanted))}")
+
+
+def fetch_parts(cache: Path | None = None) -> Parts:
+    """Download (once) and extract the kernel, its debug info, modules and busybox."""
+    cache = cache or cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    opts = _apt_options(cache)
+    stamp = cache / "apt" / "updated"
+    if not stamp.exists() or time.time() - stamp.stat().st_mtime > 86400:
+        proc = subprocess.run(
+            ["apt-get", *opts, "update", "-qq"], capture_output=True, text=True, check=False
+        )
+        failed = [ln for ln in proc.stderr.splitlines() if ln.startswith(("E:", "W: Failed"))]
+        if proc.returncode or failed:
+            if not any(cache.glob("debs/linux-image-*-dbg_*.deb")):
+                raise RegistryUnreachable(
+                    "Debian's archive cannot be reached for ppc64el packages: "
+                    + "; ".join(failed or [proc.stderr.strip()[-300:]])
+                )
+        else:
+            stamp.touch()
+    depends = _run(["apt-cache", *opts, "depends", f"linux-image-{_APT_FLAVOUR}"])
+    m = re.search(rf"Depends: linux-image-(\S+-{_APT_FLAVOUR})\b", depends)
+    if not m:
+        raise RuntimeError(f"cannot tell the kernel version from: {depends.strip()}")
+    release = m.group(1)
+    debs = cache / "debs"
+    debs.mkdir(exist_ok=True)
+    names = {
+        "image": f"linux-image-{release}",
+        "dbg": f"linux-image-{release}-dbg",
+        "busybox": "busybox-static",
+    }
+    missing = [n for n in names.values() if not any(debs.glob(f"{n}_*.deb"))]
+    if missing:
+        proc = subprocess.run(
+            ["apt-get", *opts, "download", *missing],
+            cwd=debs,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode:
+            raise RegistryUnreachable(
+                f"apt-get download {' '.join(missing)} failed: {proc.stderr.strip()[-400:]}"
+            )
+    deb = {k: sorted(debs.glob(f"{n}_*.deb"))[-1] for k, n in names.items()}
+    root = cache / "root" / release
+    vmlinux = root / f"boot/vmlinux-{release}"
+    mods = {
+        name: root / f"lib/modules/{release}/kernel/lib/{name}.ko" for name in MODULES
+    }
+    if not vmlinux.exists() or not all(p.exists() for p in mods.values()):
+        _extract(
+            deb["image"],
+            [str(vmlinux.relative_to(root)), *(str(p.relative_to(root)) for p in mods.values())],
+            root,
+        )
+    debug = root / f"usr/lib/debug/boot/vmlinux-{release}"
+    if not debug.exists():
+        _extract(deb["dbg"], [str(debug.relative_to(root))], root)
+    busybox = root / "bin/busybox"
+    if not busybox.exists():
+        _extract(deb["busybox"], ["bin/busybox"], root)
+    busybox.chmod(0o755)
+    return Parts(release, vmlinux, debug, busybox, mods, time.monotonic() - t0)
+
+
+def build_initramfs(parts: Parts, out: Path) -> Path:
+    """A newc cpio with busybox, the modules and the test's ``/init``."""
+    tree = out.parent / (out.name + ".d")
+    shutil.rmtree(tree, ignore_errors=True)
+    for d in ("bin", "proc", "sys", "dev", "tmp", "lib/modules"):
+        (tree / d).mkdir(parents=True)
+    shutil.copy2(parts.busybox, tree / "bin/busybox")
+    for name, path in parts.modules.items():
+        shutil.copy2(path, tree / "lib/modules" / f"{name}.ko")
+    init = tree / "init"
+    init.write_text(_INIT.replace("@MODULE@", RODATA_MODULE))
+    init.chmod(0o755)
+    names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
+    with open(out, "wb") as f:
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"],
+            input="\n".join([".", *names]).encode(),
+            cwd=tree,
+            stdout=f,
+            check=True,
+        )
+    shutil.rmtree(tree)
+    return out
+
+
+def parse_console(text: str) -> GuestInfo:
+    """What the guest's ``/init`` printed, and the CPU ``panic()`` ran on."""
+    info = GuestInfo()
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("HVTEST-UNAME "):
+            info.release = line.split()[1]
+        elif line.startswith("HVTEST-VMCOREINFO "):
+            info.vmcoreinfo_addr = int(line.split()[1], 16)
+        elif line.startswith("HVTEST-MODULE "):
+            f = line.split()
+            info.modules.append((f[1], int(f[6], 16)))
+        elif line.startswith("HVTEST-RODATA "):
+            info.rodata = int(line.split()[1], 16)
+        elif line.startswith("HVTEST-PID "):
+            f = line.split()
+            info.pids[f[1]] = int(f[2])
+    m = re.search(r"Kernel panic - not syncing.*\n.*?CPU: (\d+) PID", text)
+    if m:
+        info.panic_cpu = int(m.group(1))
+    return info
+
+
+class _Qmp:
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.05)
+        self.f = self.sock.makefile("rw")
+        json.loads(self.f.readline())
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, name: str, **args: Any) -> Any:
+        msg: dict[str, Any] = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.f.write(json.dumps(msg) + "\n")
+        self.f.flush()
+        while True:
+            reply = json.loads(self.f.readline())
+            if "error" in reply:
+                raise RuntimeError(f"QMP {name}: {reply['error']}")
+            if "return" in reply:
+                return reply["return"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def boot_and_dump(
+    parts: Parts, initrd: Path, out_dir: Path, mmu: str = "hash", timeout: float = 240.0
+) -> GuestDump:
+    """Boot the guest, wait for its panic, stop it and dump its memory (1 GiB, 2 CPUs)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    console = out_dir / f"console-{mmu}.txt"
+    qmp_path = out_dir / f"qmp-{mmu}.sock"
+    core = out_dir / f"guest-{mmu}.core"
+    for p in (console, qmp_path, core):
+        p.unlink(missing_ok=True)
+    cmd = [
+        "qemu-system-ppc64",
+        "-M", "pseries", "-cpu", CPU_MODELS[mmu], "-m", "1G", "-smp", "2",
+        "-nographic", "-nodefaults", "-no-reboot",
+        "-chardev", f"file,id=con,path={console}",
+        "-device", "spapr-vty,chardev=con",
+        "-kernel", str(parts.vmlinux), "-initrd", str(initrd),
+        "-append", "console=hvc0 quiet",
+        "-qmp", f"unix:{qmp_path},server=on,wait=off",
+        "-action", "panic=none",
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    qemu = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        qmp = _Qmp(qmp_path)
+        text = ""
+        while "Kernel panic - not syncing" not in text or "---[ end Kernel panic" not in text:
+            if qemu.poll() is not None:
+                raise RuntimeError(f"QEMU exited early: {qemu.stderr.read() if qemu.stderr else ''}")
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"no panic within {timeout:.0f} s; console:\n{text[-2000:]}")
+            time.sleep(0.2)
+            text = console.read_text(errors="replace") if console.exists() else ""
+        panicked = time.monotonic()
+        time.sleep(0.5)  # the panicking CPU settles into panic()'s delay loop
+        qmp.cmd("stop")
+        t1 = time.monotonic()
+        qmp.cmd("dump-guest-memory", paging=False, protocol=f"file:{core}")
+        dump_s = time.monotonic() - t1
+        qmp.cmd("quit")
+        qmp.close()
+        qemu.wait(30)
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+    text = console.read_text(errors="replace")
+    return GuestDump(
+        core, text, parse_console(text), mmu, panicked - t0, dump_s, time.monotonic() - t0
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("out", type=Path, help="directory for the initramfs, console and dumps")
+    ap.add_argument("--mmu", choices=tuple(CPU_MODELS), action="append")
+    args = ap.parse_args(argv)
+    parts = fetch_parts()
+    print(f"kernel {parts.release}: {parts.vmlinux} ({parts.download_s:.1f} s to fetch)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    initrd = build_initramfs(parts, args.out / "initrd.cpio")
+    for mmu in args.mmu or list(CPU_MODELS):
+        g = boot_and_dump(parts, initrd, args.out, mmu)
+        print(
+            f"{mmu}: {g.core} boot-to-panic {g.boot_to_panic_s:.1f} s, dump {g.dump_s:.1f} s, "
+            f"panic CPU {g.info.panic_cpu}, VMCOREINFO at {g.info.vmcoreinfo_addr:#x}, "
+            f"modules {g.info.modules}, .rodata {g.info.rodata:#x}, pids {g.info.pids}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

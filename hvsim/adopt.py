@@ -40,19 +40,19 @@ lands on the image's data: that memory is what a kernel booted with
 
 from __future__ import annotations
 
+import functools
 import itertools
 import mmap
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import (
     ELF_PRSTATUS_PPC64,
     NT_PRSTATUS,
     ElfCore,
-    ElfPrstatus,
     PtRegs,
     build_prstatus,
 )
@@ -230,7 +230,7 @@ def _note_registers(core: ElfCore, descs: Sequence[bytes]) -> tuple[PtRegs, ...]
     """
     for order in sorted(_ORDERS, key=lambda o: o != core.byteorder):
         regs = tuple(
-            cast(ElfPrstatus, ELF_PRSTATUS_PPC64.unpack_from(d, 0, order, path=core.path)).pr_reg
+            ELF_PRSTATUS_PPC64.unpack_from(d, 0, order, path=core.path).pr_reg
             for d in descs
         )
         if any(r.msr & _MSR_SF for r in regs):
@@ -347,18 +347,32 @@ def inspect_image(
 
 
 def open_adopted(config: LparConfig) -> GuestImage:
-    """The image an LPAR adopted, checked to be the same file it was adopted from."""
-    image = inspect_image(
-        config.image,
-        vmcoreinfo_at=config.image_vmcoreinfo if config.image_vmcoreinfo >= 0 else None,
-        endian=config.endian,
-    )
-    if image.file_size != config.image_size:
+    """The image an LPAR adopted, checked to be the same file it was adopted from.
+
+    Read once per process and file version (the FUSE server asks at every
+    state change; finding VMCOREINFO scans memory).
+    """
+    try:
+        st = os.stat(config.image)
+    except OSError as exc:
         raise ImageError(
-            f"{config.image}: the adopted image is now {image.file_size} bytes, it was "
+            f"{config.image}: the adopted image cannot be read: {exc.strerror}; the LPAR "
+            "reads it in place, so it must stay where it was adopted from"
+        ) from None
+    if st.st_size != config.image_size:
+        raise ImageError(
+            f"{config.image}: the adopted image is now {st.st_size} bytes, it was "
             f"{config.image_size} when adopted; adopt it again into a new LPAR"
         )
-    return image
+    at = config.image_vmcoreinfo if config.image_vmcoreinfo >= 0 else None
+    return _inspect_cached(config.image, st.st_size, st.st_mtime_ns, at, config.endian)
+
+
+@functools.lru_cache(maxsize=8)
+def _inspect_cached(
+    path: str, size: int, mtime_ns: int, at: int | None, endian: ByteOrder
+) -> GuestImage:
+    return inspect_image(path, vmcoreinfo_at=at, endian=endian)
 
 
 # ------------------------------------------------------------ the kernel

@@ -82,6 +82,30 @@ big-endian either way. The scratch area needs room above the capture region:
 with the default 256 MiB reserve an LPAR needs at least 768M to be protected.
 """
 
+_ADOPT_HELP = """\
+Create an LPAR whose first kernel's memory is a real memory image: an ELF
+core of a whole ppc64 guest, such as QEMU's dump-guest-memory of a pseries
+guest (QMP: {"execute": "dump-guest-memory", "arguments": {"paging": false,
+"protocol": "file:/tmp/guest.core"}}). The image is read in place, never
+copied; keep it where it is while the LPAR lives.
+
+From the image: RAM (each PT_LOAD at its physical address; QEMU's single
+segment at 0), each CPU's registers (its NT_PRSTATUS notes, in CPU order:
+they go into the hypervisor's register save area at the crash), the
+kernel's byte order, page size and release (its VMCOREINFO). QEMU writes no
+VMCOREINFO note for pseries guests: hvsim finds the kernel's own note in
+memory, or takes its physical address from --vmcoreinfo (what the guest's
+/sys/kernel/vmcoreinfo shows). The LPAR gets more RAM than the image, so the
+scratch area sits above it. Then boot, crash and collect as with any LPAR:
+
+  hvsim adopt /tmp/guest.core /tmp/real --boot
+  hvsim crash /tmp/real
+  hvsim mount /tmp/real /tmp/root
+  hvdump collect --root /tmp/root --output /tmp/dump
+  hvsim verify /tmp/real /tmp/dump/dump.kdump
+  drgn -c /tmp/dump/dump.kdump -s VMLINUX-WITH-DEBUG-INFO
+"""
+
 _BOOT_HELP = """\
 Boot an LPAR that is off or crashed. With a dump waiting in the firmware this
 is a capture boot: the capture kernel runs in [0, reserve size) and reserves
@@ -254,6 +278,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boot", action="store_true", help="boot it right away")
     p.set_defaults(func=_cmd_create)
 
+    p = sub.add_parser(
+        "adopt",
+        help="create an LPAR from a real memory image (an ELF core)",
+        description=_ADOPT_HELP,
+        formatter_class=raw,
+    )
+    p.add_argument("image", metavar="CORE", help="ELF core of the whole guest")
+    p.add_argument("lpar", metavar="LPAR", help="the LPAR directory to create")
+    p.add_argument(
+        "--vmcoreinfo",
+        type=_hex_arg,
+        metavar="ADDR",
+        help="physical address of the kernel's VMCOREINFO note (default: find it)",
+    )
+    p.add_argument(
+        "--endian", choices=("big", "little"), help="kernel byte order (default: from the image)"
+    )
+    p.add_argument(
+        "--crash-cpu", type=int, default=0, help="the CPU that panicked (default 0; drgn reads "
+        "panic_cpu from memory itself)"
+    )
+    p.add_argument("--quirks", choices=QUIRKS, default="faithful", help="release semantics")
+    p.add_argument("--boot", action="store_true", help="boot it right away")
+    p.set_defaults(func=_cmd_adopt)
+
     add("boot", "boot an LPAR that is off or crashed", _BOOT_HELP).set_defaults(func=_cmd_boot)
 
     scen = "".join(f"  {s.name:<14} {s.description}\n" for s in SCENARIOS.values())
@@ -358,6 +407,25 @@ def _cmd_create(args: argparse.Namespace) -> int:
     print(
         f"created {lpar.path}: {format_size(cfg.memory)} RAM, {cfg.cpus} CPUs, {cfg.endian}-endian, "
         f"{format_size(cfg.page_size)} pages, seed {cfg.seed}; state {lpar.state}"
+    )
+    return 0
+
+
+def _cmd_adopt(args: argparse.Namespace) -> int:
+    lpar = Lpar.adopt(
+        args.lpar,
+        args.image,
+        vmcoreinfo_at=args.vmcoreinfo,
+        endian=args.endian,
+        crash_cpu=args.crash_cpu,
+        quirks=args.quirks,
+        boot=args.boot,
+    )
+    cfg = lpar.config
+    print(
+        f"created {lpar.path} from {cfg.image}: {format_size(cfg.memory)} RAM, {cfg.cpus} CPUs, "
+        f"{cfg.endian}-endian {cfg.osrelease}, {format_size(cfg.page_size)} pages; "
+        f"state {lpar.state}"
     )
     return 0
 
@@ -473,7 +541,13 @@ def _cmd_truth_core(args: argparse.Namespace) -> int:
 def _cmd_vmlinux(args: argparse.Namespace) -> int:
     from .kernel import vmlinux_path
 
-    print(vmlinux_path(Lpar.open(args.lpar).config.endian))
+    cfg = Lpar.open(args.lpar).config
+    if cfg.adopted:
+        return _fail(
+            f"{args.lpar} adopted a real image ({cfg.image}): use the vmlinux with debug info "
+            f"of its kernel, {cfg.osrelease} (hvsim's own images are for generated LPARs)"
+        )
+    print(vmlinux_path(cfg.endian))
     return 0
 
 

@@ -41,6 +41,13 @@ HptSource = Callable[[], "bytes | None"]
 """Returns the raw saved HPTE section (big-endian), or None if the dump has none."""
 
 _KERNEL_BASE = 0xC000000000000000
+_BOOK3S64_RANGE = (0xC008000000000000, 0xC00C000000000000)
+"""vmalloc and I/O of Book3S-64 hash kernels since 4.x (``H_KERN_VIRT_START`` up to vmemmap).
+
+Before debug info is loaded the geometry variables cannot be read, so the
+plugin cannot tell a 2.6-era kernel from a newer one yet: it covers both
+kernels' ranges and checks an address against the real geometry at read time.
+"""
 _VARIABLES = (
     "__pte_index_size",
     "__pmd_index_size",
@@ -178,7 +185,14 @@ class HashTranslator:
     def read(self, address: int, count: int, offset: int, physical: bool) -> bytes:
         """drgn's segment callback: translate and read ``count`` bytes at virtual ``address``."""
         out = bytearray()
-        page_size = self.mmu.geometry.page_size
+        geometry = self.mmu.geometry
+        if not geometry.vmalloc_start <= address < geometry.io_end:
+            raise drgn.FaultError(
+                f"not a vmalloc, module or I/O address of this kernel "
+                f"({geometry.vmalloc_start:#x}-{geometry.io_end:#x}, from {geometry.source})",
+                address,
+            )
+        page_size = geometry.page_size
         while count > 0:
             t = self._page(address)
             n = min(count, page_size - (address & (page_size - 1)))
@@ -207,7 +221,8 @@ def install_hash_translation(prog: drgn.Program, hpt: HptSource) -> HashTranslat
     """Translate ``prog``'s vmalloc, module and ioremap addresses (hash MMU); idempotent.
 
     The first call adds a virtual memory segment over the range the page
-    tables cover and keeps the translator in ``prog.cache["hvdump.mmu"]``;
+    tables cover (both candidate ranges while the kernel's geometry variables
+    cannot be read yet) and keeps the translator in ``prog.cache["hvdump.mmu"]``;
     later calls return it, adding ``hpt`` as another source of the saved
     HPTE section.
     """
@@ -216,8 +231,10 @@ def install_hash_translation(prog: drgn.Program, hpt: HptSource) -> HashTranslat
         existing.add_hpt_source(hpt)
         return existing
     translator = HashTranslator(prog, hpt)
-    prog.add_memory_segment(
-        translator.start, translator.end - translator.start, translator.read, False
-    )
+    ranges = {(translator.start, translator.end)}
+    if translator.geometry.source.startswith("Linux 2.6.32"):
+        ranges.add(_BOOK3S64_RANGE)
+    for start, end in sorted(ranges):
+        prog.add_memory_segment(start, end - start, translator.read, False)
     prog.cache[CACHE_KEY] = translator
     return translator

@@ -1,0 +1,117 @@
+"""drgn's first look at a real kernel: the same analysis on the original image and on our output.
+
+:func:`open_original` reads QEMU's image the way stock drgn can be made to:
+its VMCOREINFO given explicitly (QEMU writes none for pseries), physical
+segments and the linear map added by hand (QEMU's ``p_paddr`` and
+``p_vaddr`` are 0, which drgn ignores), registers from QEMU's own
+``NT_PRSTATUS`` notes. :func:`analyse` then gives what an engineer looks at
+first, as plain data that two programs can be compared on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import drgn
+from drgn import Object, Platform, PlatformFlags, Program
+from drgn.helpers.linux.list import list_for_each_entry
+from drgn.helpers.linux.pid import find_task, for_each_task
+from drgn.helpers.linux.printk import get_printk_records
+
+from drgn_hvdump.formats.elfcore import PT_REGS_PPC64
+from hvsim.adopt import KERNEL_BASE, GuestImage
+
+__all__ = ["Analysis", "analyse", "open_original", "trace_of"]
+
+
+@dataclass
+class Analysis:
+    release: str
+    tasks: list[tuple[str, int]]
+    printk: list[str]
+    panic_cpu: int
+    panic_trace: list[str]
+    process_traces: dict[str, list[str]]
+    modules: list[str] = field(default_factory=list)
+    rodata: bytes = b""
+
+
+def open_original(image: GuestImage, debug_vmlinux: Path) -> Program:
+    """Stock drgn (no plugin) on the image itself, as much as drgn 0.3 can read of it."""
+    flags = PlatformFlags.IS_64_BIT
+    if image.byteorder == "little":
+        flags |= PlatformFlags.IS_LITTLE_ENDIAN
+    prog = Program(Platform(drgn.Architecture.PPC64, flags), vmcoreinfo=image.vmcoreinfo)
+    fd = os.open(image.path, os.O_RDONLY | os.O_CLOEXEC)
+    prog.cache["hvtest_fd"] = fd  # keep the file open as long as the program
+
+    def reader(offset: int) -> Any:
+        def read(address: int, count: int, off: int, physical: bool) -> bytes:
+            return os.pread(fd, count, offset + off)
+
+        return read
+
+    # drgn's order: physical segments, then the kernel, then virtual segments.
+    for seg in image.segments:
+        prog.add_memory_segment(seg.paddr, seg.filesz, reader(seg.offset), True)
+    prog.set_linux_kernel_custom(image.vmcoreinfo, False)
+    for seg in image.segments:
+        prog.add_memory_segment(KERNEL_BASE + seg.paddr, seg.filesz, reader(seg.offset), False)
+    prog.load_debug_info([str(debug_vmlinux)])
+    return prog
+
+
+def trace_of(trace: Any) -> list[str]:
+    """A stack trace as ``function+offset`` (or the pc) per frame."""
+    out = []
+    for frame in trace:
+        try:
+            sym = frame.symbol()
+            out.append(f"{sym.name}+{frame.pc - sym.address:#x}")
+        except LookupError:
+            out.append(f"{frame.pc:#x}")
+    return out
+
+
+def regs_object(prog: Program, regs: Any, byteorder: str) -> Object:
+    """A ``struct pt_regs`` object holding QEMU's registers for one CPU."""
+    # The kernel's struct starts with the uapi registers and has more after them.
+    raw = PT_REGS_PPC64.pack(regs, byteorder)  # type: ignore[arg-type]
+    size = drgn.sizeof(prog.type("struct pt_regs"))
+    return Object.from_bytes_(prog, "struct pt_regs", raw.ljust(size, b"\0"))
+
+
+def analyse(
+    prog: Program,
+    process_pids: dict[str, int],
+    *,
+    panic_regs: Any = None,
+    byteorder: str = "little",
+    modules: bool = True,
+    rodata: int = 0,
+) -> Analysis:
+    """What drgn shows first; ``panic_regs`` (QEMU's) for a program without a crashed thread."""
+    release = prog["init_uts_ns"].name.release.string_().decode()
+    tasks = sorted((t.comm.string_().decode(), int(t.pid)) for t in for_each_task(prog))
+    printk = [r.text.decode(errors="replace") for r in get_printk_records(prog)]
+    panic_cpu = int(prog["panic_cpu"].counter)
+    if panic_regs is None:
+        panic_trace = trace_of(prog.crashed_thread().stack_trace())
+    else:
+        panic_trace = trace_of(prog.stack_trace(regs_object(prog, panic_regs, byteorder)))
+    traces = {
+        name: trace_of(prog.stack_trace(find_task(prog, pid))) for name, pid in process_pids.items()
+    }
+    mods: list[str] = []
+    data = b""
+    if modules:
+        mods = sorted(
+            m.name.string_().decode()
+            for m in list_for_each_entry("struct module", prog["modules"].address_of_(), "list")
+        )
+    if rodata:
+        data = prog.read(rodata, 256)
+    return Analysis(release, tasks, printk, panic_cpu, panic_trace, traces, mods, data)

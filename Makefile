@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hvdump-installed
 SRC    := pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
 
-.PHONY: all setup system-deps demo test lint bench bench-makedumpfile clean
+.PHONY: all setup system-deps demo test test-real lint bench bench-makedumpfile clean
 
 all: setup
 
@@ -27,7 +27,13 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -m "not real"
+
+# The pipeline on a real ppc64 kernel booted under QEMU (tests/test_real_kernel.py):
+# downloads Debian's ppc64el kernel, its debug info and busybox (cached in
+# ~/.cache/hvdump-real), about 3 minutes.
+test-real: setup
+	$(BIN)/pytest -q -p no:cacheprovider -m real -s
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py

@@ -26,6 +26,9 @@ What is taken from the image, and how its quirks are handled:
   the kernel's own note header (``VMCOREINFO`` name, then ``OSRELEASE=``).
 * **Registers.** One ``NT_PRSTATUS`` note per CPU, in CPU order; they go
   into the hypervisor's register save area at the crash.
+* **MMU.** ``NUMBER(RADIX_MMU)`` where VMCOREINFO has it (newer kernels),
+  else what the user says (``--mmu``), else hash: QEMU boots POWER8 guests
+  with the hash MMU and POWER9 ones with radix.
 * **HPTEs.** A guest's hashed page table is the hypervisor's, not in guest
   RAM, so no dump of guest memory has it. A hash-MMU kernel bolts its linear
   map into the table at boot; the HPTE section holds those entries (16 MiB
@@ -145,9 +148,11 @@ class GuestImage:
         return max(s.end for s in self.segments)
 
     @property
-    def radix(self) -> bool:
-        """The kernel runs the radix MMU (``NUMBER(RADIX_MMU)=1``); else hash."""
-        return vmcoreinfo_number(self.info, "RADIX_MMU") == 1
+    def mmu(self) -> str | None:
+        """``"radix"`` or ``"hash"`` if VMCOREINFO says (``NUMBER(RADIX_MMU)``, newer
+        kernels only), else None."""
+        radix = vmcoreinfo_number(self.info, "RADIX_MMU")
+        return None if radix is None else ("radix" if radix else "hash")
 
 
 # ------------------------------------------------------------ pure parts
@@ -433,7 +438,7 @@ class AdoptedKernel:
 
     def hash_page_table(self, table_size: int) -> list[tuple[int, int, int]]:
         """The bolted linear map of a hash-MMU kernel (none for radix)."""
-        if self.image.radix:
+        if self.config.image_mmu == "radix":
             return []
         span = -(-self.image.ram_end >> _LINEAR_PAGE_SHIFT) << _LINEAR_PAGE_SHIFT
         table = linear_map_hptes(span, table_size, _LINEAR_PAGE_SHIFT)
@@ -447,8 +452,13 @@ def adoption_config(
     vmcoreinfo_at: int | None = None,
     quirks: str = "faithful",
     name: str = "hvsim-lpar",
+    mmu: str | None = None,
 ) -> dict[str, Any]:
-    """The :meth:`hvsim.lpar.Lpar.create` arguments of an LPAR adopting ``image``."""
+    """The :meth:`hvsim.lpar.Lpar.create` arguments of an LPAR adopting ``image``.
+
+    ``mmu`` defaults to what VMCOREINFO says, else ``"hash"`` (a kernel's
+    VMCOREINFO before 6.x does not say; give it for a radix guest).
+    """
     cpus = len(image.registers)
     if not 0 <= crash_cpu < cpus:
         raise ImageError(f"{image.path}: --crash-cpu {crash_cpu}: the image has {cpus} CPUs")
@@ -465,5 +475,6 @@ def adoption_config(
             "image_size": image.file_size,
             "image_vmcoreinfo": -1 if vmcoreinfo_at is None else vmcoreinfo_at,
             "image_crash_cpu": crash_cpu,
+            "image_mmu": mmu or image.mmu or "hash",
         },
     }

@@ -299,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--crash-cpu", type=int, default=0, help="the CPU that panicked (default 0; drgn reads "
         "panic_cpu from memory itself)"
     )
+    p.add_argument(
+        "--mmu",
+        choices=("hash", "radix"),
+        help="the kernel's MMU (default: VMCOREINFO's NUMBER(RADIX_MMU), else hash)",
+    )
     p.add_argument("--quirks", choices=QUIRKS, default="faithful", help="release semantics")
     p.add_argument("--boot", action="store_true", help="boot it right away")
     p.set_defaults(func=_cmd_adopt)
@@ -419,6 +424,7 @@ def _cmd_adopt(args: argparse.Namespace) -> int:
         endian=args.endian,
         crash_cpu=args.crash_cpu,
         quirks=args.quirks,
+        mmu=args.mmu,
         boot=args.boot,
     )
     cfg = lpar.config

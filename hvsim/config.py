@@ -105,6 +105,9 @@ class LparConfig:
         note, or the one found in memory.
     ``image_crash_cpu``
         the CPU that panicked in the image.
+    ``image_mmu``
+        the adopted kernel's MMU, ``"hash"`` or ``"radix"`` (what its
+        hashed page table section holds).
     """
 
     memory: int
@@ -125,6 +128,7 @@ class LparConfig:
     image_size: int = 0
     image_vmcoreinfo: int = -1
     image_crash_cpu: int = 0
+    image_mmu: str = "hash"
 
     def __post_init__(self) -> None:
         memory = _check_int("memory", self.memory)
@@ -181,6 +185,8 @@ class LparConfig:
             raise ValueError(
                 f"image_crash_cpu must be a CPU of the LPAR, got {self.image_crash_cpu}"
             )
+        if self.image_mmu not in ("hash", "radix"):
+            raise ValueError(f"image_mmu must be 'hash' or 'radix', got {self.image_mmu!r}")
         for name in ("firmware_dump", "dump_enabled", "literal_release_map"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false")

@@ -316,6 +316,7 @@ class Lpar:
         crash_cpu: int = 0,
         quirks: str = "faithful",
         name: str | None = None,
+        mmu: str | None = None,
         boot: bool = False,
     ) -> Lpar:
         """Create an LPAR whose first kernel's memory is a real image (see :mod:`hvsim.adopt`).
@@ -330,6 +331,7 @@ class Lpar:
             vmcoreinfo_at=vmcoreinfo_at,
             quirks=quirks,
             name=name if name is not None else _host_name(path),
+            mmu=mmu,
         )
         lpar = cls.create(path, **values)
         with lpar._mutate() as st:
@@ -337,7 +339,7 @@ class Lpar:
                 st,
                 f"adopted {guest.path}: {format_size(guest.ram_end)} of RAM, "
                 f"{len(guest.registers)} CPUs, {guest.byteorder}-endian kernel "
-                f"{guest.osrelease}, {'radix' if guest.radix else 'hash'} MMU, VMCOREINFO "
+                f"{guest.osrelease}, {lpar.config.image_mmu} MMU, VMCOREINFO "
                 f"{guest.vmcoreinfo_where}",
             )
         if boot:

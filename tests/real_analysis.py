@@ -11,6 +11,7 @@ first, as plain data that two programs can be compared on.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from drgn.helpers.linux.printk import get_printk_records
 from drgn_hvdump.formats.elfcore import PT_REGS_PPC64
 from hvsim.adopt import KERNEL_BASE, GuestImage
 
-__all__ = ["Analysis", "analyse", "open_original", "trace_of"]
+__all__ = ["Analysis", "analyse", "drgn_takes_pc_from_link", "open_original", "trace_of"]
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Analysis:
     printk: list[str]
     panic_cpu: int
     panic_trace: list[str]
+    panic_trace_from: str
+    """``crashed_thread``: drgn found the registers itself; ``pt_regs``: given to it."""
     process_traces: dict[str, list[str]]
     modules: list[str] = field(default_factory=list)
     rodata: bytes = b""
@@ -76,6 +79,24 @@ def trace_of(trace: Any) -> list[str]:
     return out
 
 
+def drgn_takes_pc_from_link(release: str) -> bool:
+    """Whether drgn 0.3 reads a PRSTATUS note of this kernel with the PC taken from LR.
+
+    Kernels before 6.5 (stable: 6.4.4, 6.3.13, 6.1.39, 5.15.121) saved the
+    caller's registers in ``crash_save_cpu``; drgn decides by the release
+    string, so Debian's ``6.1.0-57`` counts as 6.1.0 whatever its real level.
+    """
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if not m:
+        return False
+    v = (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+    fixed = {(6, 4): 4, (6, 3): 13, (6, 1): 39, (5, 15): 121}
+    if v >= (6, 5, 0):
+        return False
+    stable = fixed.get(v[:2])
+    return stable is None or v[2] < stable
+
+
 def regs_object(prog: Program, regs: Any, byteorder: str) -> Object:
     """A ``struct pt_regs`` object holding QEMU's registers for one CPU."""
     # The kernel's struct starts with the uapi registers and has more after them.
@@ -93,15 +114,32 @@ def analyse(
     modules: bool = True,
     rodata: int = 0,
 ) -> Analysis:
-    """What drgn shows first; ``panic_regs`` (QEMU's) for a program without a crashed thread."""
+    """What drgn shows first.
+
+    The panicking CPU's trace is ``prog.crashed_thread()``'s; where drgn
+    cannot find that CPU's registers (a live root of a kernel without
+    ``CRASHTIME``) it unwinds from ``panic_regs``, given or, for a dump the
+    plugin knows, the hypervisor's (``hvdump_pt_regs``).
+    """
     release = prog["init_uts_ns"].name.release.string_().decode()
     tasks = sorted((t.comm.string_().decode(), int(t.pid)) for t in for_each_task(prog))
     printk = [r.text.decode(errors="replace") for r in get_printk_records(prog)]
     panic_cpu = int(prog["panic_cpu"].counter)
-    if panic_regs is None:
-        panic_trace = trace_of(prog.crashed_thread().stack_trace())
+    regs: Object | None = None
+    if panic_regs is not None:
+        regs = regs_object(prog, panic_regs, byteorder)
     else:
-        panic_trace = trace_of(prog.stack_trace(regs_object(prog, panic_regs, byteorder)))
+        try:
+            trace = prog.crashed_thread().stack_trace()
+        except LookupError:
+            from drgn_hvdump.plugin.helpers import hvdump_pt_regs
+
+            regs = hvdump_pt_regs(prog, panic_cpu)
+    if regs is not None:
+        trace, source = prog.stack_trace(regs), "pt_regs"
+    else:
+        source = "crashed_thread"
+    panic_trace = trace_of(trace)
     traces = {
         name: trace_of(prog.stack_trace(find_task(prog, pid))) for name, pid in process_pids.items()
     }
@@ -114,4 +152,4 @@ def analyse(
         )
     if rodata:
         data = prog.read(rodata, 256)
-    return Analysis(release, tasks, printk, panic_cpu, panic_trace, traces, mods, data)
+    return Analysis(release, tasks, printk, panic_cpu, panic_trace, source, traces, mods, data)

@@ -55,7 +55,7 @@ MODULES = ("crc7", "crc8")
 """Modules with no dependencies the guest loads (their code lives in vmalloc space)."""
 RODATA_MODULE = "crc7"
 """Its .rodata is one constant table with no relocations: the guest's bytes equal the .ko's."""
-PROCESSES = ("hvtest-reader", "hvtest-sleeper", "hvtest-waiter")
+PROCESSES = ("hvtest-reader", "hvtest-sleeper", "hvtest-pipe")
 """Named processes the guest starts, each blocked in a different way."""
 CPU_MODELS = {"hash": "POWER8", "radix": "POWER9"}
 """QEMU has no POWER6; POWER8 boots Linux with the hash MMU, POWER9 with radix."""
@@ -72,13 +72,15 @@ echo "HVTEST-UNAME $(uname -r)"
 echo "HVTEST-VMCOREINFO $(cat /sys/kernel/vmcoreinfo)"
 while read -r line; do echo "HVTEST-MODULE $line"; done < /proc/modules
 echo "HVTEST-RODATA $(cat /sys/module/@MODULE@/sections/.rodata)"
-mkfifo /tmp/fifo
+mkfifo /tmp/fifo /tmp/pipe
+# Subshells rename themselves (comm) and block where a shell builtin leaves
+# them: opening a FIFO, waiting for a child, reading a pipe.
 ( echo -n hvtest-reader > /proc/self/comm; read -r x < /tmp/fifo ) &
 echo "HVTEST-PID hvtest-reader $!"
-( echo -n hvtest-sleeper > /proc/self/comm; sleep 100000 ) &
+( echo -n hvtest-sleeper > /proc/self/comm; sleep 100000; : ) &
 echo "HVTEST-PID hvtest-sleeper $!"
-( echo -n hvtest-waiter > /proc/self/comm; sh -c 'sleep 100000' ) &
-echo "HVTEST-PID hvtest-waiter $!"
+( echo -n hvtest-pipe > /proc/self/comm; exec 3<>/tmp/pipe; read -r x <&3 ) &
+echo "HVTEST-PID hvtest-pipe $!"
 sleep 1
 echo HVTEST-PANIC
 echo c > /proc/sysrq-trigger
@@ -156,7 +158,9 @@ def _apt_options(cache: Path) -> list[str]:
 def _run(cmd: list[str], cwd: Path | None = None) -> str:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd[:3])}... failed ({proc.returncode}): {proc.stderr[-800:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd[:3])}... failed ({proc.returncode}): {proc.stderr[-800:]}"
+        )
     return proc.stdout
 
 
@@ -238,9 +242,7 @@ def fetch_parts(cache: Path | None = None) -> Parts:
     deb = {k: sorted(debs.glob(f"{n}_*.deb"))[-1] for k, n in names.items()}
     root = cache / "root" / release
     vmlinux = root / f"boot/vmlinux-{release}"
-    mods = {
-        name: root / f"lib/modules/{release}/kernel/lib/{name}.ko" for name in MODULES
-    }
+    mods = {name: root / f"lib/modules/{release}/kernel/lib/{name}.ko" for name in MODULES}
     if not vmlinux.exists() or not all(p.exists() for p in mods.values()):
         _extract(
             deb["image"],
@@ -285,20 +287,19 @@ def build_initramfs(parts: Parts, out: Path) -> Path:
 def parse_console(text: str) -> GuestInfo:
     """What the guest's ``/init`` printed, and the CPU ``panic()`` ran on."""
     info = GuestInfo()
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("HVTEST-UNAME "):
-            info.release = line.split()[1]
-        elif line.startswith("HVTEST-VMCOREINFO "):
-            info.vmcoreinfo_addr = int(line.split()[1], 16)
-        elif line.startswith("HVTEST-MODULE "):
-            f = line.split()
-            info.modules.append((f[1], int(f[6], 16)))
-        elif line.startswith("HVTEST-RODATA "):
-            info.rodata = int(line.split()[1], 16)
-        elif line.startswith("HVTEST-PID "):
-            f = line.split()
-            info.pids[f[1]] = int(f[2])
+    # Kernel messages can share a console line with /init's output.
+    for m in re.finditer(r"HVTEST-([A-Z]+) ?([^\r\n]*)", text):
+        key, f = m.group(1), m.group(2).split()
+        if key == "UNAME":
+            info.release = f[0]
+        elif key == "VMCOREINFO":
+            info.vmcoreinfo_addr = int(f[0], 16)
+        elif key == "MODULE":
+            info.modules.append((f[0], int(f[5], 16)))
+        elif key == "RODATA":
+            info.rodata = int(f[0], 16)
+        elif key == "PID":
+            info.pids[f[0]] = int(f[1])
     m = re.search(r"Kernel panic - not syncing.*\n.*?CPU: (\d+) PID", text)
     if m:
         info.panic_cpu = int(m.group(1))
@@ -366,7 +367,9 @@ def boot_and_dump(
         text = ""
         while "Kernel panic - not syncing" not in text or "---[ end Kernel panic" not in text:
             if qemu.poll() is not None:
-                raise RuntimeError(f"QEMU exited early: {qemu.stderr.read() if qemu.stderr else ''}")
+                raise RuntimeError(
+                    f"QEMU exited early: {qemu.stderr.read() if qemu.stderr else ''}"
+                )
             if time.monotonic() - t0 > timeout:
                 raise RuntimeError(f"no panic within {timeout:.0f} s; console:\n{text[-2000:]}")
             time.sleep(0.2)

@@ -238,7 +238,10 @@ def hvdump_pt_regs(prog: drgn.Program, cpu: int) -> drgn.Object:
     (state,) = hvdump_registers(prog, cpu)
     src = _source(prog)
     raw = PT_REGS_PPC64.pack(cpu_state_to_pt_regs(state), src.byteorder)
-    return drgn.Object.from_bytes_(prog, "struct pt_regs", raw)
+    # The kernel's struct pt_regs starts with the uapi registers; newer
+    # kernels have more members after them (left zero).
+    size = drgn.sizeof(prog.type("struct pt_regs"))
+    return drgn.Object.from_bytes_(prog, "struct pt_regs", raw.ljust(size, b"\0"))
 
 
 def _translator(prog: drgn.Program) -> HashTranslator:

@@ -1,0 +1,289 @@
+"""The whole pipeline on a real kernel's memory (``make test-real``; marker ``real``).
+
+Debian's ppc64el kernel boots under ``qemu-system-ppc64`` (TCG, pseries),
+once with the hash MMU (POWER8, like POWER6) and once with radix (POWER9),
+starts named processes, panics through sysrq and is dumped over QMP (see
+:mod:`tests.real_kernel`). hvsim adopts each image; then the same life cycle
+as for a simulated kernel: boot, crash, a FUSE capture root, ``hvdump
+collect`` with progressive release, ``hvdump verify``, ``hvsim verify``.
+
+The proof is drgn's analysis through our pipeline (the live capture root and
+the collected dump, with the plugin) against drgn's analysis of the original
+image read directly (:func:`tests.real_analysis.open_original`): release,
+tasks, printk records with the panic, the panicking CPU's backtrace and each
+named process's. On the hash guest, where stock drgn cannot read vmalloc
+memory at all, the module list and a module's constant table are checked
+against the guest's own ``/proc/modules`` and the ``.ko`` file.
+
+The suite skips only when Debian's archive cannot be reached (it says so);
+anything else that goes wrong fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import drgn
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from drgn_hvdump.plugin.helpers import hvdump_registers
+from hvsim import Lpar
+from hvsim.adopt import GuestImage, inspect_image
+from tests.collect_support import FUSE_MISSING, hvdump, manifest, mounted
+from tests.real_analysis import Analysis, analyse, drgn_takes_pc_from_link, open_original
+from tests.real_kernel import (
+    CPU_MODELS,
+    MODULES,
+    PROCESSES,
+    RODATA_MODULE,
+    GuestDump,
+    Parts,
+    RegistryUnreachable,
+    boot_and_dump,
+    build_initramfs,
+    fetch_parts,
+)
+
+pytestmark = [
+    pytest.mark.real,
+    pytest.mark.slow,
+    pytest.mark.fuse,
+    pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING),
+]
+
+REPORT = Path(__file__).resolve().parent.parent / "bench" / "out" / "real-kernel.json"
+"""Each step's time, written for docs/benchmarks.md (bench/out is not committed)."""
+
+
+@dataclass
+class Run:
+    guest: GuestDump
+    image: GuestImage
+    lpar: Lpar
+    out: Path
+    collect: Any
+    direct: Analysis
+    direct_prstatus: Analysis
+    live: Analysis
+    collected: Analysis
+    live_regs: list[Any]
+    collected_regs: list[Any]
+    verify_sections: str
+    verify_dump: str
+    hvdump_verify: str
+    stock_vmalloc_error: str
+    times: dict[str, float] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def parts() -> Parts:
+    try:
+        return fetch_parts()
+    except RegistryUnreachable as exc:
+        pytest.skip(f"real-kernel suite skipped: {exc}")
+
+
+@pytest.fixture(scope="module")
+def initrd(parts: Parts, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_initramfs(parts, tmp_path_factory.mktemp("initrd") / "initrd.cpio")
+
+
+def _open(path: Path, vmlinux: Path) -> drgn.Program:
+    prog = drgn.Program()
+    prog.set_core_dump(str(path))
+    prog.load_debug_info([str(vmlinux)])
+    return prog
+
+
+def _stock_vmalloc(image: GuestImage, parts: Parts, address: int) -> str:
+    prog = open_original(image, parts.debug_vmlinux)
+    try:
+        prog.read(address, 8)
+    except (NotImplementedError, drgn.FaultError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+@pytest.fixture(scope="module", params=list(CPU_MODELS))
+def run(
+    request: pytest.FixtureRequest,
+    parts: Parts,
+    initrd: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Run:
+    mmu: str = request.param
+    d = tmp_path_factory.mktemp(f"real-{mmu}")
+    times: dict[str, float] = {"fetch_s": parts.download_s}
+    guest = boot_and_dump(parts, initrd, d / "guest", mmu)
+    info = guest.info
+    assert info.panic_cpu >= 0, guest.console[-3000:]
+    times.update(boot_to_panic_s=guest.boot_to_panic_s, dump_s=guest.dump_s)
+
+    t = time.monotonic()
+    lpar = Lpar.adopt(d / "lpar", guest.core, crash_cpu=info.panic_cpu, mmu=mmu, boot=True)
+    times["adopt_boot_s"] = time.monotonic() - t
+    image = inspect_image(guest.core)
+    t = time.monotonic()
+    lpar.crash()
+    times["crash_s"] = time.monotonic() - t
+    assert lpar.state == "capture"
+    sections = _hvsim("verify", lpar.path)
+
+    # drgn on the original image: registers as QEMU saved them, and as drgn
+    # itself reads a PRSTATUS note of this release (see drgn_takes_pc_from_link).
+    t = time.monotonic()
+    radix = mmu == "radix"  # stock drgn reads vmalloc memory of radix kernels only
+    direct = analyse(
+        open_original(image, parts.debug_vmlinux),
+        info.pids,
+        panic_regs=image.registers[info.panic_cpu],
+        modules=radix,
+        rodata=info.rodata if radix else 0,
+    )
+    times["drgn_direct_s"] = time.monotonic() - t
+    regs = image.registers[info.panic_cpu]
+    if drgn_takes_pc_from_link(image.osrelease):
+        regs = dataclasses.replace(regs, nip=regs.link)
+    direct_prstatus = analyse(
+        open_original(image, parts.debug_vmlinux), info.pids, panic_regs=regs, modules=False
+    )
+    stock = _stock_vmalloc(image, parts, info.modules[0][1])
+
+    out = d / "dump"
+    with mounted(lpar, d / "root") as root:
+        t = time.monotonic()
+        live_prog = _open(root / "proc/vmcore", parts.debug_vmlinux)
+        live = analyse(live_prog, info.pids, rodata=info.rodata)
+        live_regs = hvdump_registers(live_prog)
+        times["drgn_live_s"] = time.monotonic() - t
+        del live_prog
+        gc.collect()  # drgn and the plugin keep the vmcore open until the program goes
+        t = time.monotonic()
+        collect = hvdump(
+            "collect", "--root", str(root), "--output", str(out), "--release", "progressive",
+            "--no-progress", timeout=600,
+        )  # fmt: skip
+        times["collect_s"] = time.monotonic() - t
+        assert collect.returncode == 0, collect.stderr
+    t = time.monotonic()
+    checked = hvdump("verify", str(out))
+    times["hvdump_verify_s"] = time.monotonic() - t
+    t = time.monotonic()
+    dump_check = _hvsim("verify", lpar.path, str(out / "dump.kdump"))
+    times["hvsim_verify_s"] = time.monotonic() - t
+    t = time.monotonic()
+    collected_prog = _open(out / "dump.kdump", parts.debug_vmlinux)
+    collected = analyse(collected_prog, info.pids, rodata=info.rodata)
+    collected_regs = hvdump_registers(collected_prog)
+    times["drgn_collected_s"] = time.monotonic() - t
+    m = manifest(out)
+    times["dump_bytes"] = (out / "dump.kdump").stat().st_size
+    times["collect_elapsed_s"] = m["timings"]["elapsed_s"]
+    _report(mmu, parts, guest, times)
+    return Run(
+        guest, image, lpar, out, collect, direct, direct_prstatus, live, collected, live_regs,
+        collected_regs, sections, dump_check, checked.stdout + checked.stderr, stock, times,
+    )  # fmt: skip
+
+
+def _hvsim(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hvsim", *args], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _report(mmu: str, parts: Parts, guest: GuestDump, times: dict[str, float]) -> None:
+    REPORT.parent.mkdir(exist_ok=True)
+    data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    data[mmu] = {"kernel": parts.release, "cpu": CPU_MODELS[mmu], **times}
+    REPORT.write_text(json.dumps(data, indent=1))
+    print(f"\nreal kernel {parts.release} ({mmu}, {CPU_MODELS[mmu]}): " + ", ".join(
+        f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in times.items()
+    ))  # fmt: skip
+
+
+def test_adoption_reads_the_guest(run: Run) -> None:
+    image, info, cfg = run.image, run.guest.info, run.lpar.config
+    assert image.elf_byteorder == "big"  # QEMU 7.2's header, for a little-endian guest
+    assert image.byteorder == "little" and cfg.endian == "little"
+    assert image.vmcoreinfo_where == f"{info.vmcoreinfo_addr:#x}"
+    assert image.osrelease == info.release == cfg.osrelease
+    assert cfg.cpus == len(image.registers) == 2
+    assert cfg.page_size == 65536
+    assert len(image.segments) == 1 and image.segments[0].paddr == 0
+    dump = run.lpar.last_dump()
+    assert dump is not None
+    assert dump.sections["cpu"][0] >= image.ram_end  # the save area is above the image
+
+
+def test_hypervisor_saved_and_collector_verified(run: Run) -> None:
+    assert "OK: saved sections" in run.verify_sections
+    assert run.verify_dump.rstrip().splitlines()[-1].startswith("OK:"), run.verify_dump
+    assert " 0 wrong, 0 missing" in run.verify_dump
+    assert "OK" in run.hvdump_verify, run.hvdump_verify
+    m = manifest(run.out)
+    writes = [r for r in m["release"]["writes"] if r.get("done")]
+    assert len(writes) > 1  # progressive: memory went back range by range
+    assert run.lpar.protected and not run.lpar.dump_waiting
+
+
+@pytest.mark.parametrize("view", ["live", "collected"])
+def test_drgn_through_the_pipeline_equals_the_original(run: Run, view: str) -> None:
+    got: Analysis = getattr(run, view)
+    want = run.direct
+    assert got.release == want.release
+    assert got.tasks == want.tasks
+    assert {name for name, _ in got.tasks} >= set(PROCESSES)
+    assert got.printk == want.printk
+    assert any("Kernel panic - not syncing: sysrq triggered crash" in r for r in got.printk)
+    assert got.panic_cpu == want.panic_cpu == run.guest.info.panic_cpu
+    assert got.process_traces == want.process_traces
+    if got.panic_trace_from == "crashed_thread":
+        # drgn read a PRSTATUS note (the collected dump's), with its rule for this release.
+        assert got.panic_trace == run.direct_prstatus.panic_trace
+    else:
+        # The live root has no CRASHTIME and no PRSTATUS: the plugin's saved registers.
+        assert got.panic_trace == want.panic_trace
+    # Wherever the CPU was stopped (panic()'s delay loop, or an interrupt in
+    # it), its stack holds the way there.
+    assert "sysrq_handle_crash+" in " ".join(got.panic_trace), got.panic_trace
+    for name in PROCESSES:
+        assert got.process_traces[name][-1].startswith("system_call"), got.process_traces[name]
+
+
+@pytest.mark.parametrize("view", ["live_regs", "collected_regs"])
+def test_registers_survive_the_save_area(run: Run, view: str) -> None:
+    states = getattr(run, view)
+    assert len(states) == len(run.image.registers)
+    for state, qemu in zip(states, run.image.registers, strict=True):
+        regs = state.regs
+        assert regs["NIA"] == qemu.nip and regs["LR"] == qemu.link and regs["MSR"] == qemu.msr
+        assert [regs[f"GPR{n:02d}"] for n in range(32)] == list(qemu.gpr)
+
+
+def test_modules_and_vmalloc(run: Run, parts: Parts) -> None:
+    info = run.guest.info
+    names = sorted(name for name, _ in info.modules)
+    assert names == sorted(MODULES)
+    with open(parts.modules[RODATA_MODULE], "rb") as f:
+        section = ELFFile(f).get_section_by_name(".rodata")
+        want = section.data()[:256]
+    for view in (run.live, run.collected):
+        assert view.modules == names
+        assert view.rodata == want
+    if run.guest.mmu == "hash":
+        # What the plugin adds: stock drgn reads no vmalloc address of a hash kernel.
+        assert "only supported for Radix MMU" in run.stock_vmalloc_error
+    else:
+        assert run.direct.modules == names and run.direct.rodata == want

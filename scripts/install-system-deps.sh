@@ -5,9 +5,11 @@
 # baselines; python3-venv: the project venv; gcc-powerpc64*-linux-gnu: rebuilding
 # hvsim's kernel image (hvsim/kernel_image); lib*-dev: the kdump page codecs the
 # C extension links (native/hvcodec.c); makedumpfile, crash: the reference tools
-# hvdump convert is compared with and checked against (bench/vs_makedumpfile.py).
+# hvdump convert is compared with and checked against (bench/vs_makedumpfile.py);
+# qemu-system-ppc, cpio: the real-kernel suite boots Debian's ppc64el kernel
+# (make test-real, tests/real_kernel.py).
 set -eu
-PKGS="fuse3 elfutils binutils gdb-multiarch zstd lz4 xxhash python3-venv python3-libkdumpfile gcc-powerpc64-linux-gnu gcc-powerpc64le-linux-gnu openssh-server openssh-client rsync liblzo2-dev libdeflate-dev libsnappy-dev libzstd-dev makedumpfile crash"
+PKGS="fuse3 elfutils binutils gdb-multiarch zstd lz4 xxhash python3-venv python3-libkdumpfile gcc-powerpc64-linux-gnu gcc-powerpc64le-linux-gnu openssh-server openssh-client rsync liblzo2-dev libdeflate-dev libsnappy-dev libzstd-dev makedumpfile crash qemu-system-ppc cpio"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -21,37 +21,24 @@ anything else that goes wrong fails.
 
 from __future__ import annotations
 
-import dataclasses
-import gc
-import json
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import drgn
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from drgn_hvdump.plugin.helpers import hvdump_registers
-from hvsim import Lpar
-from hvsim.adopt import GuestImage, inspect_image
-from tests.collect_support import FUSE_MISSING, hvdump, manifest, mounted
-from tests.real_analysis import Analysis, analyse, drgn_takes_pc_from_link, open_original
+from tests.collect_support import FUSE_MISSING, manifest
+from tests.real_analysis import Analysis
 from tests.real_kernel import (
     CPU_MODELS,
     MODULES,
     PROCESSES,
     RODATA_MODULE,
-    GuestDump,
     Parts,
     RegistryUnreachable,
-    boot_and_dump,
     build_initramfs,
     fetch_parts,
 )
+from tests.real_pipeline import Run, run_pipeline
 
 pytestmark = [
     pytest.mark.real,
@@ -59,29 +46,6 @@ pytestmark = [
     pytest.mark.fuse,
     pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING),
 ]
-
-REPORT = Path(__file__).resolve().parent.parent / "bench" / "out" / "real-kernel.json"
-"""Each step's time, written for docs/benchmarks.md (bench/out is not committed)."""
-
-
-@dataclass
-class Run:
-    guest: GuestDump
-    image: GuestImage
-    lpar: Lpar
-    out: Path
-    collect: Any
-    direct: Analysis
-    direct_prstatus: Analysis
-    live: Analysis
-    collected: Analysis
-    live_regs: list[Any]
-    collected_regs: list[Any]
-    verify_sections: str
-    verify_dump: str
-    hvdump_verify: str
-    stock_vmalloc_error: str
-    times: dict[str, float] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
@@ -97,22 +61,6 @@ def initrd(parts: Parts, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_initramfs(parts, tmp_path_factory.mktemp("initrd") / "initrd.cpio")
 
 
-def _open(path: Path, vmlinux: Path) -> drgn.Program:
-    prog = drgn.Program()
-    prog.set_core_dump(str(path))
-    prog.load_debug_info([str(vmlinux)])
-    return prog
-
-
-def _stock_vmalloc(image: GuestImage, parts: Parts, address: int) -> str:
-    prog = open_original(image, parts.debug_vmlinux)
-    try:
-        prog.read(address, 8)
-    except (NotImplementedError, drgn.FaultError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return ""
-
-
 @pytest.fixture(scope="module", params=list(CPU_MODELS))
 def run(
     request: pytest.FixtureRequest,
@@ -121,96 +69,7 @@ def run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Run:
     mmu: str = request.param
-    d = tmp_path_factory.mktemp(f"real-{mmu}")
-    times: dict[str, float] = {"fetch_s": parts.download_s}
-    guest = boot_and_dump(parts, initrd, d / "guest", mmu)
-    info = guest.info
-    assert info.panic_cpu >= 0, guest.console[-3000:]
-    times.update(boot_to_panic_s=guest.boot_to_panic_s, dump_s=guest.dump_s)
-
-    t = time.monotonic()
-    lpar = Lpar.adopt(d / "lpar", guest.core, crash_cpu=info.panic_cpu, mmu=mmu, boot=True)
-    times["adopt_boot_s"] = time.monotonic() - t
-    image = inspect_image(guest.core)
-    t = time.monotonic()
-    lpar.crash()
-    times["crash_s"] = time.monotonic() - t
-    assert lpar.state == "capture"
-    sections = _hvsim("verify", lpar.path)
-
-    # drgn on the original image: registers as QEMU saved them, and as drgn
-    # itself reads a PRSTATUS note of this release (see drgn_takes_pc_from_link).
-    t = time.monotonic()
-    radix = mmu == "radix"  # stock drgn reads vmalloc memory of radix kernels only
-    direct = analyse(
-        open_original(image, parts.debug_vmlinux),
-        info.pids,
-        panic_regs=image.registers[info.panic_cpu],
-        modules=radix,
-        rodata=info.rodata if radix else 0,
-    )
-    times["drgn_direct_s"] = time.monotonic() - t
-    regs = image.registers[info.panic_cpu]
-    if drgn_takes_pc_from_link(image.osrelease):
-        regs = dataclasses.replace(regs, nip=regs.link)
-    direct_prstatus = analyse(
-        open_original(image, parts.debug_vmlinux), info.pids, panic_regs=regs, modules=False
-    )
-    stock = _stock_vmalloc(image, parts, info.modules[0][1])
-
-    out = d / "dump"
-    with mounted(lpar, d / "root") as root:
-        t = time.monotonic()
-        live_prog = _open(root / "proc/vmcore", parts.debug_vmlinux)
-        live = analyse(live_prog, info.pids, rodata=info.rodata)
-        live_regs = hvdump_registers(live_prog)
-        times["drgn_live_s"] = time.monotonic() - t
-        del live_prog
-        gc.collect()  # drgn and the plugin keep the vmcore open until the program goes
-        t = time.monotonic()
-        collect = hvdump(
-            "collect", "--root", str(root), "--output", str(out), "--release", "progressive",
-            "--no-progress", timeout=600,
-        )  # fmt: skip
-        times["collect_s"] = time.monotonic() - t
-        assert collect.returncode == 0, collect.stderr
-    t = time.monotonic()
-    checked = hvdump("verify", str(out))
-    times["hvdump_verify_s"] = time.monotonic() - t
-    t = time.monotonic()
-    dump_check = _hvsim("verify", lpar.path, str(out / "dump.kdump"))
-    times["hvsim_verify_s"] = time.monotonic() - t
-    t = time.monotonic()
-    collected_prog = _open(out / "dump.kdump", parts.debug_vmlinux)
-    collected = analyse(collected_prog, info.pids, rodata=info.rodata)
-    collected_regs = hvdump_registers(collected_prog)
-    times["drgn_collected_s"] = time.monotonic() - t
-    m = manifest(out)
-    times["dump_bytes"] = (out / "dump.kdump").stat().st_size
-    times["collect_elapsed_s"] = m["timings"]["elapsed_s"]
-    _report(mmu, parts, guest, times)
-    return Run(
-        guest, image, lpar, out, collect, direct, direct_prstatus, live, collected, live_regs,
-        collected_regs, sections, dump_check, checked.stdout + checked.stderr, stock, times,
-    )  # fmt: skip
-
-
-def _hvsim(*args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "hvsim", *args], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
-def _report(mmu: str, parts: Parts, guest: GuestDump, times: dict[str, float]) -> None:
-    REPORT.parent.mkdir(exist_ok=True)
-    data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    data[mmu] = {"kernel": parts.release, "cpu": CPU_MODELS[mmu], **times}
-    REPORT.write_text(json.dumps(data, indent=1))
-    print(f"\nreal kernel {parts.release} ({mmu}, {CPU_MODELS[mmu]}): " + ", ".join(
-        f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in times.items()
-    ))  # fmt: skip
+    return run_pipeline(parts, initrd, tmp_path_factory.mktemp(f"real-{mmu}"), mmu)
 
 
 def test_adoption_reads_the_guest(run: Run) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import sys
@@ -12,10 +13,38 @@ from typing import Any
 from drgn_hvdump import units
 from drgn_hvdump.errors import HvdumpError
 
-__all__ = ["EXIT_ERROR", "EXIT_USAGE", "parse_size", "print_json", "run_main"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_USAGE",
+    "fix_mmap_threshold",
+    "parse_size",
+    "print_json",
+    "run_main",
+]
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+
+
+_M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter number (malloc.h)."""
+
+
+def fix_mmap_threshold(size: int = 1 << 20) -> bool:
+    """Serve allocations of ``size`` bytes and more with their own mappings, for good.
+
+    glibc raises its mmap threshold each time a mapped block is freed (up to
+    32 MiB), after which the collector's 4 MiB batch buffers and 16 MiB
+    chunks come from the thread arenas and fragment them: peak RSS then grew
+    with the dump's length (106 MiB for 1 GiB, 127 MiB for 16 GiB; 105 and
+    112 MiB with the threshold fixed). Setting it turns the adjustment off.
+    For commands that stream large buffers; False where there is no glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(size)))
+    except (OSError, AttributeError):
+        return False
 
 
 def parse_size(text: str) -> int:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from drgn_hvdump.clitools import parse_size
+from drgn_hvdump.clitools import fix_mmap_threshold, parse_size
 
 __all__ = ["add_subcommands"]
 
@@ -25,6 +25,7 @@ interruption: it resumes where it stopped.
 def _cmd_collect(args: argparse.Namespace) -> int:
     from drgn_hvdump.collect.collector import CollectOptions, collect
 
+    fix_mmap_threshold()
     opts = CollectOptions(
         root=args.root,
         output=args.output,
@@ -96,6 +97,7 @@ examples:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from drgn_hvdump.collect.convert import ConvertOptions, convert
 
+    fix_mmap_threshold()
     result = convert(
         ConvertOptions(
             vmcore=args.vmcore,

@@ -13,9 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from drgn_hvdump.collect.codecs import decompress_page
+from drgn_hvdump.formats.elfcore import (
+    NT_PRSTATUS,
+    LoadSegment,
+    Note,
+    build_core_header,
+    build_prstatus,
+)
 from drgn_hvdump.formats.kdump import KdumpFile
+from drgn_hvdump.formats.layout import ByteOrder
+from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.intervals import IntervalSet
 from hvsim import Lpar
+from hvsim.kernel import KernelImage
 
 PROJECT = Path(__file__).resolve().parent.parent
 FUSE_MISSING = (
@@ -180,3 +190,34 @@ def _plan_chunks(lpar: Lpar, start: dict[str, Any]) -> list[Any]:
         state, page_size=start["page_size"], memory=start["memory"], chunk_size=start["chunk_size"]
     )
     return plan.chunks
+
+
+def qemu_like_core(
+    lpar: Lpar, image: KernelImage, path: Path, elf_order: ByteOrder, *, vmcoreinfo_note: bool
+) -> Path:
+    """The crashed kernel's memory as QEMU writes a guest (notes in ``elf_order``)."""
+    cfg = lpar.config
+    notes = [
+        Note("CORE", NT_PRSTATUS, build_prstatus(image.pt_regs(cpu), elf_order, pid=cpu + 1))
+        for cpu in range(cfg.cpus)
+    ]
+    if vmcoreinfo_note:
+        notes.append(Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, image.vmcoreinfo()))
+    layout = build_core_header(
+        notes, [LoadSegment(0, cfg.memory, vaddr=0)], elf_order, page_size=cfg.page_size
+    )
+    with open(path, "wb") as f:
+        f.write(layout.header)
+        buf = bytearray(16 << 20)
+        for start in range(0, cfg.memory, len(buf)):
+            lpar.expected_into(start, memoryview(buf))
+            f.write(buf)
+    return path
+
+
+def crashed_source(d: Path, endian: str) -> tuple[Lpar, KernelImage]:
+    lpar = Lpar.create(d / "source", memory="1G", cpus=3, endian=endian, mix=FAST_MIX, boot=True)
+    lpar.crash()
+    image = lpar.crashed_kernel()
+    assert isinstance(image, KernelImage)
+    return lpar, image

@@ -10,8 +10,12 @@ first, as plain data that two programs can be compared on.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,14 @@ from drgn.helpers.linux.printk import get_printk_records
 from drgn_hvdump.formats.elfcore import PT_REGS_PPC64
 from hvsim.adopt import KERNEL_BASE, GuestImage
 
-__all__ = ["Analysis", "analyse", "drgn_takes_pc_from_link", "open_original", "trace_of"]
+__all__ = [
+    "Analysis",
+    "analyse",
+    "drgn_takes_pc_from_link",
+    "open_original",
+    "stock_analysis",
+    "trace_of",
+]
 
 
 @dataclass
@@ -153,3 +164,80 @@ def analyse(
     if rodata:
         data = prog.read(rodata, 256)
     return Analysis(release, tasks, printk, panic_cpu, panic_trace, source, traces, mods, data)
+
+
+def stock_analysis(
+    core: Path,
+    debug_vmlinux: Path,
+    pids: dict[str, int],
+    panic_cpu: int,
+    *,
+    pc_from_link: bool = False,
+    modules: bool = False,
+    rodata: int = 0,
+    vmalloc_probe: int = 0,
+) -> tuple[Analysis, str]:
+    """:func:`analyse` of the original image by stock drgn (a process with the plugin off).
+
+    ``pc_from_link`` reads the panicking CPU's registers as drgn reads a
+    PRSTATUS note of this release; ``vmalloc_probe`` is an address whose
+    read error (``""`` if it reads) is returned too.
+    """
+    spec = {
+        "core": str(core),
+        "vmlinux": str(debug_vmlinux),
+        "pids": pids,
+        "cpu": panic_cpu,
+        "pc_from_link": pc_from_link,
+        "modules": modules,
+        "rodata": rodata,
+        "probe": vmalloc_probe,
+    }
+    env = dict(os.environ, DRGN_DISABLE_PLUGINS="*")
+    root = Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = str(root)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.real_analysis", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    if proc.returncode:
+        raise RuntimeError(f"stock drgn on {core} failed: {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.splitlines()[-1])
+    a = out["analysis"]
+    a["rodata"] = bytes.fromhex(a["rodata"])
+    a["tasks"] = [tuple(t) for t in a["tasks"]]  # JSON has no tuples
+    return Analysis(**a), out["probe"]
+
+
+def _main(spec: dict[str, Any]) -> dict[str, Any]:
+    from hvsim.adopt import inspect_image
+
+    image = inspect_image(spec["core"])
+    regs = image.registers[spec["cpu"]]
+    if spec["pc_from_link"]:
+        regs = dataclasses.replace(regs, nip=regs.link)
+    prog = open_original(image, Path(spec["vmlinux"]))
+    a = analyse(
+        prog,
+        spec["pids"],
+        panic_regs=regs,
+        byteorder=image.byteorder,
+        modules=spec["modules"],
+        rodata=spec["rodata"],
+    )
+    probe = ""
+    if spec["probe"]:
+        try:
+            prog.read(spec["probe"], 8)
+        except (NotImplementedError, drgn.FaultError) as exc:
+            probe = f"{type(exc).__name__}: {exc}"
+    result = dataclasses.asdict(a)
+    result["rodata"] = a.rodata.hex()
+    return {"analysis": result, "probe": probe}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_main(json.loads(sys.argv[1]))))

@@ -9,7 +9,6 @@ the :class:`Run` it returns, the bench prints its times.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import subprocess
@@ -25,7 +24,7 @@ from drgn_hvdump.plugin.helpers import hvdump_registers
 from hvsim import Lpar
 from hvsim.adopt import GuestImage, inspect_image
 from tests.collect_support import hvdump, manifest, mounted
-from tests.real_analysis import Analysis, analyse, drgn_takes_pc_from_link, open_original
+from tests.real_analysis import Analysis, analyse, drgn_takes_pc_from_link, stock_analysis
 from tests.real_kernel import CPU_MODELS, GuestDump, Parts, boot_and_dump
 
 __all__ = ["REPORT", "Run", "run_pipeline"]
@@ -51,6 +50,8 @@ class Run:
     verify_dump: str
     hvdump_verify: str
     stock_vmalloc_error: str
+    converted: Analysis
+    """drgn on ``hvdump convert``'s kdump of the original image (no hvsim involved)."""
     times: dict[str, float] = field(default_factory=dict)
 
 
@@ -59,15 +60,6 @@ def _open(path: Path, vmlinux: Path) -> drgn.Program:
     prog.set_core_dump(str(path))
     prog.load_debug_info([str(vmlinux)])
     return prog
-
-
-def _stock_vmalloc(image: GuestImage, parts: Parts, address: int) -> str:
-    prog = open_original(image, parts.debug_vmlinux)
-    try:
-        prog.read(address, 8)
-    except (NotImplementedError, drgn.FaultError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return ""
 
 
 def run_pipeline(parts: Parts, initrd: Path, d: Path, mmu: str) -> Run:
@@ -90,23 +82,28 @@ def run_pipeline(parts: Parts, initrd: Path, d: Path, mmu: str) -> Run:
 
     # drgn on the original image: registers as QEMU saved them, and as drgn
     # itself reads a PRSTATUS note of this release (see drgn_takes_pc_from_link).
+    # Stock drgn on the original image (a process with the plugin off):
+    # registers as QEMU saved them, and as drgn itself reads a PRSTATUS note
+    # of this release (see drgn_takes_pc_from_link).
     t = time.monotonic()
     radix = mmu == "radix"  # stock drgn reads vmalloc memory of radix kernels only
-    direct = analyse(
-        open_original(image, parts.debug_vmlinux),
+    direct, stock = stock_analysis(
+        guest.core,
+        parts.debug_vmlinux,
         info.pids,
-        panic_regs=image.registers[info.panic_cpu],
+        info.panic_cpu,
         modules=radix,
         rodata=info.rodata if radix else 0,
+        vmalloc_probe=info.modules[0][1],
     )
     times["drgn_direct_s"] = time.monotonic() - t
-    regs = image.registers[info.panic_cpu]
-    if drgn_takes_pc_from_link(image.osrelease):
-        regs = dataclasses.replace(regs, nip=regs.link)
-    direct_prstatus = analyse(
-        open_original(image, parts.debug_vmlinux), info.pids, panic_regs=regs, modules=False
+    direct_prstatus, _ = stock_analysis(
+        guest.core,
+        parts.debug_vmlinux,
+        info.pids,
+        info.panic_cpu,
+        pc_from_link=drgn_takes_pc_from_link(image.osrelease),
     )
-    stock = _stock_vmalloc(image, parts, info.modules[0][1])
 
     out = d / "dump"
     with mounted(lpar, d / "root") as root:
@@ -135,13 +132,21 @@ def run_pipeline(parts: Parts, initrd: Path, d: Path, mmu: str) -> Run:
     collected = analyse(collected_prog, info.pids, rodata=info.rodata)
     collected_regs = hvdump_registers(collected_prog)
     times["drgn_collected_s"] = time.monotonic() - t
+    t = time.monotonic()
+    conv = hvdump("convert", "--no-progress", str(guest.core), str(d / "converted"))
+    assert conv.returncode == 0, conv.stderr
+    times["convert_s"] = time.monotonic() - t
+    converted = analyse(
+        _open(d / "converted" / "dump.kdump", parts.debug_vmlinux), info.pids, rodata=info.rodata
+    )
     m = manifest(out)
     times["dump_bytes"] = (out / "dump.kdump").stat().st_size
     times["collect_elapsed_s"] = m["timings"]["elapsed_s"]
     _report(mmu, parts, guest, times)
     return Run(
         guest, image, lpar, out, collect, direct, direct_prstatus, live, collected, live_regs,
-        collected_regs, sections, dump_check, checked.stdout + checked.stderr, stock, times,
+        collected_regs, sections, dump_check, checked.stdout + checked.stderr, stock, converted,
+        times,
     )  # fmt: skip
 
 

@@ -41,15 +41,15 @@ from hvsim.adopt import (
     place_segments,
 )
 from hvsim.hypervisor import scratch_layout
-from hvsim.kernel import KernelImage
 from hvsim.verify import verify_dump, verify_sections
 from tests.collect_support import (
-    FAST_MIX,
     FUSE_MISSING,
     PROJECT,
     compare_with_truth,
+    crashed_source,
     hvdump,
     mounted,
+    qemu_like_core,
 )
 
 needs_fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING)
@@ -117,37 +117,6 @@ def test_pt_regs_survive_the_register_save_area(gpr: list[int], words: list[int]
 # ------------------------------------------------------------ QEMU-shaped cores
 
 
-def _qemu_like_core(
-    lpar: Lpar, image: KernelImage, path: Path, elf_order: ByteOrder, *, vmcoreinfo_note: bool
-) -> Path:
-    """The crashed kernel's memory as QEMU writes a guest (notes in ``elf_order``)."""
-    cfg = lpar.config
-    notes = [
-        Note("CORE", NT_PRSTATUS, build_prstatus(image.pt_regs(cpu), elf_order, pid=cpu + 1))
-        for cpu in range(cfg.cpus)
-    ]
-    if vmcoreinfo_note:
-        notes.append(Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, image.vmcoreinfo()))
-    layout = build_core_header(
-        notes, [LoadSegment(0, cfg.memory, vaddr=0)], elf_order, page_size=cfg.page_size
-    )
-    with open(path, "wb") as f:
-        f.write(layout.header)
-        buf = bytearray(16 << 20)
-        for start in range(0, cfg.memory, len(buf)):
-            lpar.expected_into(start, memoryview(buf))
-            f.write(buf)
-    return path
-
-
-def _crashed_source(d: Path, endian: str) -> tuple[Lpar, KernelImage]:
-    lpar = Lpar.create(d / "source", memory="1G", cpus=3, endian=endian, mix=FAST_MIX, boot=True)
-    lpar.crash()
-    image = lpar.crashed_kernel()
-    assert isinstance(image, KernelImage)
-    return lpar, image
-
-
 @needs_fuse
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -158,8 +127,8 @@ def _crashed_source(d: Path, endian: str) -> tuple[Lpar, KernelImage]:
 def test_adopted_core_runs_the_whole_life_cycle(
     tmp_path: Path, endian: str, elf_order: ByteOrder, note: bool
 ) -> None:
-    source, image = _crashed_source(tmp_path, endian)
-    core = _qemu_like_core(source, image, tmp_path / "guest.core", elf_order, vmcoreinfo_note=note)
+    source, image = crashed_source(tmp_path, endian)
+    core = qemu_like_core(source, image, tmp_path / "guest.core", elf_order, vmcoreinfo_note=note)
     guest = inspect_image(core)
     assert guest.byteorder == endian and guest.elf_byteorder == elf_order
     assert guest.vmcoreinfo_where == ("note in the core" if note else f"{_note_addr(source):#x}")
@@ -246,8 +215,8 @@ def test_bad_images_get_one_line_and_no_lpar(tmp_path: Path) -> None:
 
 
 def test_an_image_that_changed_is_refused(tmp_path: Path) -> None:
-    source, image = _crashed_source(tmp_path, "big")
-    core = _qemu_like_core(source, image, tmp_path / "g.core", "big", vmcoreinfo_note=True)
+    source, image = crashed_source(tmp_path, "big")
+    core = qemu_like_core(source, image, tmp_path / "g.core", "big", vmcoreinfo_note=True)
     Lpar.adopt(tmp_path / "lpar", core)
     with open(core, "ab") as f:
         f.write(b"\0" * 4096)

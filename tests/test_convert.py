@@ -307,6 +307,61 @@ def test_drgn_first_look_through_a_converted_dump(tmp_path: Path) -> None:
     assert looks[1][1] and looks[1][2]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("endian", "elf_order", "flags"),
+    [("little", "big", []), ("big", "big", ["--find-vmcoreinfo"])],
+    ids=["le-guest-be-elf-as-qemu", "be-guest-asked"],
+)
+def test_a_qemu_dump_becomes_a_kdump_of_the_kernels_byte_order(
+    tmp_path: Path, endian: str, elf_order: str, flags: list[str]
+) -> None:
+    """QEMU's dump of a pseries guest: no VMCOREINFO, p_paddr/p_vaddr 0, and (7.2) a
+    big-endian header for a little-endian guest. The kdump file is the kernel's."""
+    from drgn.helpers.linux.pid import for_each_task
+
+    from hvsim.kernel import vmlinux_path
+    from tests.collect_support import crashed_source, qemu_like_core
+    from tests.drgn_support import open_core
+
+    source, image = crashed_source(tmp_path, endian)
+    core = qemu_like_core(source, image, tmp_path / "guest.core", elf_order, vmcoreinfo_note=False)
+    res = _cli(*flags, str(core), str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["source"]["byteorder"] == endian and m["source"]["elf_byteorder"] == elf_order
+    assert m["source"]["read_as"].startswith("whole guest")
+    assert m["source"]["vmcoreinfo"]["OSRELEASE"] == source.config.osrelease
+    dump = tmp_path / "out" / "dump.kdump"
+    addrs = [0, 0x1000000, 300 << 20, (1 << 30) - 65536]
+    got = _libkdumpfile(dump, addrs, 65536)
+    assert got["order"] == (0 if endian == "big" else 1)
+    pages = got["pages"]
+    assert isinstance(pages, dict)
+    for a in addrs:
+        assert pages[str(a)] == hashlib.sha256(source.expected(a, 65536)).hexdigest(), hex(a)
+    prog = open_core(dump, vmlinux_path(endian))
+    assert prog["init_uts_ns"].name.release.string_().decode() == source.config.osrelease
+    assert len(list(for_each_task(prog))) > 3
+    # The registers, re-encoded as PRSTATUS notes in the kernel's order.
+    trace = prog.crashed_thread().stack_trace()
+    assert trace[0].registers()["r1"] == image.pt_regs(image.crash_cpu).gpr[1]
+
+
+def test_a_plain_core_is_not_searched_and_flags_need_ppc64(tmp_path: Path) -> None:
+    core = tmp_path / "vmcore"
+    ppc_core(core, "little")
+    res = convert(ConvertOptions(core, tmp_path / "out", progress=False))
+    assert res.manifest["source"]["read_as"] == "vmcore"
+    x86 = tmp_path / "x86"
+    x86_core(x86)
+    bad = _cli("--find-vmcoreinfo", str(x86), str(tmp_path / "o2"))
+    assert bad.returncode == 1 and "are for ppc64 cores" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    bad = _cli("--vmcoreinfo", "1000", str(core), str(tmp_path / "o3"))
+    assert bad.returncode == 1 and "no VMCOREINFO note at physical address 0x1000" in bad.stderr
+
+
 # --------------------------------------------------------------- user errors
 
 

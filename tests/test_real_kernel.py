@@ -8,7 +8,8 @@ as for a simulated kernel: boot, crash, a FUSE capture root, ``hvdump
 collect`` with progressive release, ``hvdump verify``, ``hvsim verify``.
 
 The proof is drgn's analysis through our pipeline (the live capture root and
-the collected dump, with the plugin) against drgn's analysis of the original
+the collected dump, with the plugin; also ``hvdump convert``'s kdump of the
+QEMU image itself) against drgn's analysis of the original
 image read directly (:func:`tests.real_analysis.open_original`): release,
 tasks, printk records with the panic, the panicking CPU's backtrace and each
 named process's. On the hash guest, where stock drgn cannot read vmalloc
@@ -97,7 +98,7 @@ def test_hypervisor_saved_and_collector_verified(run: Run) -> None:
     assert run.lpar.protected and not run.lpar.dump_waiting
 
 
-@pytest.mark.parametrize("view", ["live", "collected"])
+@pytest.mark.parametrize("view", ["live", "collected", "converted"])
 def test_drgn_through_the_pipeline_equals_the_original(run: Run, view: str) -> None:
     got: Analysis = getattr(run, view)
     want = run.direct
@@ -138,7 +139,7 @@ def test_modules_and_vmalloc(run: Run, parts: Parts) -> None:
     with open(parts.modules[RODATA_MODULE], "rb") as f:
         section = ELFFile(f).get_section_by_name(".rodata")
         want = section.data()[:256]
-    for view in (run.live, run.collected):
+    for view in (run.live, run.collected, run.converted):
         assert view.modules == names
         assert view.rodata == want
     if run.guest.mmu == "hash":

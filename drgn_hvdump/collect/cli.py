@@ -86,11 +86,21 @@ libkdumpfile, and a manifest with an XXH64 per chunk (check it later with
 hvdump verify DIR). Nothing is released, so chunks are not synced one by one:
 the file is synced once at the end.
 
+QEMU's dump-guest-memory of a ppc64 pseries guest has no VMCOREINFO note and
+(QEMU 7.2) a big-endian header and notes for a little-endian guest: when the
+CPUs' registers say the kernel's byte order is not the header's, hvdump
+finds the kernel's own VMCOREINFO note in memory and writes the dump in the
+kernel's order, with the registers as PRSTATUS notes, so drgn and crash open
+it like any kdump file. --find-vmcoreinfo asks for that search on any ppc64
+core, --vmcoreinfo ADDR gives the note's physical address.
+
 examples:
   hvdump convert vmcore.elf out                    # zstd level 1, one thread
   hvdump convert --compress lzo --threads 2 vmcore out
   hvdump convert --compress none vmcore out        # only drop zero pages
-  hvdump convert --page-size 65536 qemu-ppc64.core out   # no VMCOREINFO in it
+  hvdump convert guest.core out                    # QEMU's dump of a ppc64le guest
+  hvdump convert --vmcoreinfo 0x36c0000 guest.core out   # the note's address, given
+  hvdump convert --page-size 65536 ppc64.core out  # no VMCOREINFO anywhere
 """
 
 
@@ -113,6 +123,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             force=args.force,
             json=args.json,
             progress=False if args.no_progress else None,
+            vmcoreinfo_at=args.vmcoreinfo,
+            find_vmcoreinfo=args.find_vmcoreinfo,
         )
     )
     m = result.manifest
@@ -237,6 +249,19 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--no-sync",
         action="store_true",
         help="do not fsync the dump at the end: leave it to the kernel, as makedumpfile does",
+    )
+    c.add_argument(
+        "--vmcoreinfo",
+        type=lambda t: int(t, 16),
+        metavar="ADDR",
+        help="ppc64: physical address (hex) of the kernel's VMCOREINFO note in memory, for a core "
+        "that has none (a QEMU dump; the guest's /sys/kernel/vmcoreinfo shows it)",
+    )
+    c.add_argument(
+        "--find-vmcoreinfo",
+        action="store_true",
+        help="ppc64: look for the kernel's VMCOREINFO note in memory (done by itself when the "
+        "CPUs' MSR says the kernel's byte order is not the ELF header's, as in QEMU's dumps)",
     )
     c.add_argument("--force", action="store_true", help="replace a dump already in DIR")
     c.set_defaults(func=_cmd_convert)

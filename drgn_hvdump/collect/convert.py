@@ -39,12 +39,20 @@ from drgn_hvdump.formats.elfcore import (
     PAGE_OFFSET_PPC64,
     ElfCore,
     LoadSegment,
+    Note,
     build_core_header,
     build_notes,
+    build_prstatus,
     note_desc_offset,
 )
+from drgn_hvdump.formats.guestcore import (
+    note_registers,
+    read_guest_core,
+    registers_byteorder,
+)
 from drgn_hvdump.formats.kdump import plan_kdump
-from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME
+from drgn_hvdump.formats.layout import ByteOrder
+from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 
 __all__ = ["ConvertOptions", "ConvertResult", "SourceChunk", "convert", "plan_chunks"]
 
@@ -73,6 +81,8 @@ class ConvertOptions:
     force: bool = False
     json: bool = False
     progress: bool | None = None
+    vmcoreinfo_at: int | None = None
+    find_vmcoreinfo: bool = False
 
 
 @dataclass
@@ -205,8 +215,7 @@ class _Source:
         self.core.close()
 
 
-def _page_size(core: ElfCore, given: int | None, path: Path) -> int:
-    info = core.vmcoreinfo or {}
+def _page_size(core: ElfCore, info: dict[str, str], given: int | None, path: Path) -> int:
     text = info.get("PAGESIZE")
     found = int(text) if text and text.isdigit() else None
     if given is not None and found is not None and given != found:
@@ -225,16 +234,81 @@ def _page_size(core: ElfCore, given: int | None, path: Path) -> int:
     return ps
 
 
-def _machine_name(core: ElfCore) -> str:
-    if core.machine == EM_X86_64:
+def _machine_name(machine: int, byteorder: ByteOrder) -> str:
+    if machine == EM_X86_64:
         return "x86_64"
-    return "ppc64" if core.byteorder == "big" else "ppc64le"
+    return "ppc64" if byteorder == "big" else "ppc64le"
 
 
-def _utsname(src: _Source, ranges: list[tuple[int, int]], info: dict[str, str]) -> list[str]:
+@dataclass(frozen=True)
+class _Kernel:
+    """The crashed kernel as the dump is written for it: byte order, VMCOREINFO, notes, memory."""
+
+    byteorder: ByteOrder
+    info: dict[str, str]
+    notes: list[Note]
+    segments: list[tuple[int, int, int, int]]
+    """(paddr, memsz, file offset, filesz) of each load segment."""
+    vaddr: dict[int, int]
+    """A segment's virtual address by its physical one."""
+    guest: bool = False
+    """Read as a whole guest's core (QEMU's): notes rebuilt in the kernel's order."""
+
+
+def _kernel(core: ElfCore, opts: ConvertOptions) -> _Kernel:
+    """The vmcore as it says, or, for a ppc64 core of a whole guest, as its kernel wrote it.
+
+    A core without VMCOREINFO whose CPUs run a kernel of the other byte order
+    than the ELF header's is QEMU's (7.2 writes big-endian headers for
+    little-endian guests): its VMCOREINFO is found in memory and the dump is
+    written in the kernel's order with its notes re-encoded. ``--vmcoreinfo``
+    and ``--find-vmcoreinfo`` ask for that on any ppc64 core.
+    """
+    plain = _Kernel(
+        core.byteorder,
+        dict(core.vmcoreinfo or {}),
+        list(core.notes),
+        [(ph.p_paddr, ph.p_memsz, ph.p_offset, ph.p_filesz) for ph in core.segments],
+        {ph.p_paddr: ph.p_vaddr for ph in core.segments},
+    )
+    asked = opts.vmcoreinfo_at is not None or opts.find_vmcoreinfo
+    if core.machine != EM_PPC64:
+        if asked:
+            raise HvdumpError(
+                f"{opts.vmcore}: --vmcoreinfo and --find-vmcoreinfo are for ppc64 cores"
+            )
+        return plain
+    if core.vmcoreinfo is not None and opts.vmcoreinfo_at is None:
+        return plain
+    if not asked:
+        descs = [n.desc for n in core.notes if n.name == "CORE" and n.type == NT_PRSTATUS]
+        order = registers_byteorder(note_registers(core, descs)) if descs else None
+        if order is None or order == core.byteorder:
+            return plain
+    guest = read_guest_core(opts.vmcore, vmcoreinfo_at=opts.vmcoreinfo_at)
+    bo = guest.byteorder
+    notes = [
+        Note("CORE", NT_PRSTATUS, build_prstatus(regs, bo, pid=cpu + 1))
+        for cpu, regs in enumerate(guest.registers)
+    ]
+    notes.append(Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, guest.vmcoreinfo))
+    return _Kernel(
+        bo,
+        guest.info,
+        notes,
+        [(g.paddr, g.memsz, g.offset, g.filesz) for g in guest.segments],
+        {g.paddr: PAGE_OFFSET_PPC64 + g.paddr for g in guest.segments},
+        guest=True,
+    )
+
+
+def _utsname(
+    src: _Source, ranges: list[tuple[int, int]], info: dict[str, str], byteorder: ByteOrder
+) -> list[str]:
     """``init_uts_ns.name`` read from memory on ppc64 (linear map), else from VMCOREINFO."""
     core = src.core
-    uts = ["Linux", "unknown", info.get("OSRELEASE", ""), "unknown", _machine_name(core), ""]
+    machine = _machine_name(core.machine, byteorder)
+    uts = ["Linux", "unknown", info.get("OSRELEASE", ""), "unknown", machine, ""]
     try:
         vaddr = int(info["SYMBOL(init_uts_ns)"], 16)
     except (KeyError, ValueError):
@@ -293,10 +367,10 @@ def _convert(
 ) -> ConvertResult:
     t0 = time.monotonic()
     core = src.core
-    info = core.vmcoreinfo or {}
-    ps = _page_size(core, opts.page_size, opts.vmcore)
-    segs = [(ph.p_paddr, ph.p_memsz, ph.p_offset, ph.p_filesz) for ph in core.segments]
-    ranges, chunks = plan_chunks(segs, ps, opts.chunk_size)
+    k = _kernel(core, opts)
+    info = k.info
+    ps = _page_size(core, info, opts.page_size, opts.vmcore)
+    ranges, chunks = plan_chunks(k.segments, ps, opts.chunk_size)
     if not chunks:
         raise FormatError("no PT_LOAD segment holds memory", path=str(opts.vmcore))
     memory = max(a + s for a, s in ranges)
@@ -310,33 +384,32 @@ def _convert(
     except OSError as exc:
         raise disk_error(str(out), exc, "cannot prepare the output directory") from None
 
-    notes = list(core.notes)
+    notes = k.notes
     ncpus = sum(1 for n in notes if n.name == "CORE" and n.type == NT_PRSTATUS)
     output: ElfOutput | KdumpOutput
     try:
         if opts.format == "elf":
-            vaddr = {p: ph.p_vaddr for ph in core.segments for p in [ph.p_paddr]}
             layout = build_core_header(
                 notes,
-                [LoadSegment(a, s, vaddr=_range_vaddr(a, vaddr)) for a, s in ranges],
-                core.byteorder,
+                [LoadSegment(a, s, vaddr=_range_vaddr(a, k.vaddr)) for a, s in ranges],
+                k.byteorder,
                 machine=core.machine,
-                flags=core.flags,
+                flags=None if k.guest else core.flags,
                 page_size=ps,
             )
             output = ElfOutput(str(dump_file), layout, ps, False)
         else:
             assert codec is not None
-            vmci = note_desc_offset(notes, VMCOREINFO_NOTE_NAME, core.byteorder)
+            vmci = note_desc_offset(notes, VMCOREINFO_NOTE_NAME, k.byteorder)
             klayout = plan_kdump(
-                byteorder=core.byteorder,
+                byteorder=k.byteorder,
                 page_size=ps,
                 max_mapnr=memory // ps,
                 ranges=[(a // ps, (a + s) // ps) for a, s in ranges],
-                notes=build_notes(notes, core.byteorder),
+                notes=build_notes(notes, k.byteorder),
                 vmcoreinfo=vmci,
                 nr_cpus=ncpus,
-                utsname=_utsname(src, ranges, info),
+                utsname=_utsname(src, ranges, info, k.byteorder),
                 timestamp=int(info.get("CRASHTIME", "0") or 0),
                 codec_flag=codec.flag,
             )
@@ -354,7 +427,7 @@ def _convert(
         raise disk_error(str(dump_file), exc, "write failed") from None
     finally:
         output.close()
-    manifest = run.manifest(dump_file, ranges, memory, ncpus, time.monotonic() - t0)
+    manifest = run.manifest(dump_file, k, ranges, memory, ncpus, time.monotonic() - t0)
     from drgn_hvdump.collect.collector import write_json_atomic
 
     try:
@@ -494,6 +567,7 @@ class _Run:
     def manifest(
         self,
         dump_file: Path,
+        kernel: _Kernel,
         ranges: list[tuple[int, int]],
         memory: int,
         ncpus: int,
@@ -510,12 +584,14 @@ class _Run:
             "source": {
                 "vmcore": str(self.src.path),
                 "machine": _MACHINES[core.machine],
-                "byteorder": core.byteorder,
+                "byteorder": kernel.byteorder,
+                "elf_byteorder": core.byteorder,
+                "read_as": "whole guest (notes re-encoded)" if kernel.guest else "vmcore",
                 "page_size": self.ps,
                 "memory": memory,
                 "vmcoreinfo": {
                     k: v
-                    for k, v in (core.vmcoreinfo or {}).items()
+                    for k, v in kernel.info.items()
                     if k in ("OSRELEASE", "PAGESIZE", "CRASHTIME")
                 },
                 "cpus": ncpus,

@@ -51,14 +51,23 @@ def dump_source(prog: drgn.Program) -> DumpSource | None:
 
 
 def _hash_mmu(prog: drgn.Program, source: DumpSource | None) -> bool:
-    # POWER6, the only machine with this dump interface, has no radix MMU.
+    """Whether to translate vmalloc and module addresses ourselves.
+
+    Always for our dumps (POWER6, the only machine with this dump interface,
+    has no radix MMU) and for kernels that say they run the hash MMU
+    (``NUMBER(RADIX_MMU)=0``). Kernels before 6.x do not say either way
+    (Debian's 6.1): drgn 0.3 then cannot read vmalloc memory of a hash
+    kernel at all, nor of a radix kernel in a kdump file, and the walker
+    reads the Book3S-64 tables of both MMUs (the entries are the same), so it
+    is installed too; it reads the page-table geometry the kernel chose.
+    """
     if source is not None:
         return True
     try:
-        text = prog["VMCOREINFO"].string_().decode(errors="replace")
+        lines = prog["VMCOREINFO"].string_().decode(errors="replace").splitlines()
     except (LookupError, drgn.FaultError):
         return False
-    return "NUMBER(RADIX_MMU)=0" in text.splitlines()
+    return "NUMBER(RADIX_MMU)=1" not in lines
 
 
 def attach(prog: drgn.Program) -> None:

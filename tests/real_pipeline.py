@@ -9,7 +9,9 @@ the :class:`Run` it returns, the bench prints its times.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import json
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import drgn
+from drgn.commands import run_command
 
 from drgn_hvdump.plugin.helpers import hvdump_registers
 from hvsim import Lpar
@@ -52,6 +55,8 @@ class Run:
     stock_vmalloc_error: str
     converted: Analysis
     """drgn on ``hvdump convert``'s kdump of the original image (no hvsim involved)."""
+    live_commands: str
+    """What ``%hvdump``, ``%hvdump regions`` and ``%hvdump hpte`` (a module address) printed."""
     times: dict[str, float] = field(default_factory=dict)
 
 
@@ -109,11 +114,19 @@ def run_pipeline(parts: Parts, initrd: Path, d: Path, mmu: str) -> Run:
     with mounted(lpar, d / "root") as root:
         t = time.monotonic()
         live_prog = _open(root / "proc/vmcore", parts.debug_vmlinux)
-        live = analyse(live_prog, info.pids, rodata=info.rodata)
-        live_regs = hvdump_registers(live_prog)
-        times["drgn_live_s"] = time.monotonic() - t
-        del live_prog
-        gc.collect()  # drgn and the plugin keep the vmcore open until the program goes
+        try:
+            live = analyse(live_prog, info.pids, rodata=info.rodata)
+            live_regs = hvdump_registers(live_prog)
+            times["drgn_live_s"] = time.monotonic() - t
+            commands = io.StringIO()
+            with contextlib.redirect_stdout(commands):
+                for cmd in ("hvdump", "hvdump regions", f"hvdump hpte {info.rodata:#x}"):
+                    run_command(live_prog, cmd)
+        finally:
+            # drgn and the plugin keep the vmcore open until the program goes
+            # (also when a check fails: the unmount must not hide the failure).
+            del live_prog
+            gc.collect()
         t = time.monotonic()
         collect = hvdump(
             "collect", "--root", str(root), "--output", str(out), "--release", "progressive",
@@ -146,7 +159,7 @@ def run_pipeline(parts: Parts, initrd: Path, d: Path, mmu: str) -> Run:
     return Run(
         guest, image, lpar, out, collect, direct, direct_prstatus, live, collected, live_regs,
         collected_regs, sections, dump_check, checked.stdout + checked.stderr, stock, converted,
-        times,
+        commands.getvalue(), times,
     )  # fmt: skip
 
 

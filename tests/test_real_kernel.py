@@ -147,3 +147,12 @@ def test_modules_and_vmalloc(run: Run, parts: Parts) -> None:
         assert "only supported for Radix MMU" in run.stock_vmalloc_error
     else:
         assert run.direct.modules == names and run.direct.rodata == want
+
+
+def test_hvdump_commands_on_the_live_root(run: Run) -> None:
+    out = run.live_commands
+    assert "kind:        live /proc/vmcore of a capture kernel" in out
+    assert "little-endian, 64 KiB pages" in out and "2 CPUs saved" in out
+    assert "saved-low" in out and "scratch" in out
+    # A module address, through the kernel's own page tables.
+    assert f"{run.guest.info.rodata:#x} -> " in out and "from page tables" in out

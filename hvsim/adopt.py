@@ -44,21 +44,12 @@ lands on the image's data: that memory is what a kernel booted with
 
 from __future__ import annotations
 
-import functools
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from drgn_hvdump.formats.elfcore import PtRegs, build_prstatus
-from drgn_hvdump.formats.guestcore import (
-    KERNEL_BASE,
-    GuestImage,
-    ImageSegment,
-    find_vmcoreinfo_notes,
-    kernel_byteorder,
-    place_segments,
-    read_guest_core,
-)
 from drgn_hvdump.formats.guestcore import GuestCoreError as ImageError
+from drgn_hvdump.formats.guestcore import GuestImage, read_guest_core
 from drgn_hvdump.formats.hpte import linear_map_hptes
 from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.regsave import CpuState, pt_regs_to_cpu_state
@@ -66,22 +57,13 @@ from drgn_hvdump.formats.regsave import CpuState, pt_regs_to_cpu_state
 from .config import MEMORY_GRANULE, LparConfig
 from .hypervisor import scratch_layout
 
-if TYPE_CHECKING:
-    from .kernel import Scenario
-
 __all__ = [
-    "KERNEL_BASE",
     "AdoptedKernel",
-    "GuestImage",
     "ImageError",
-    "ImageSegment",
     "adopted_memory_size",
     "adoption_config",
-    "find_vmcoreinfo_notes",
     "inspect_image",
-    "kernel_byteorder",
     "open_adopted",
-    "place_segments",
 ]
 
 _LINEAR_PAGE_SHIFT = 24
@@ -97,48 +79,55 @@ def adopted_memory_size(ram_end: int, cpus: int, page_size: int) -> int:
             return memory
 
 
+_images: dict[tuple[str, int, int, int | None, ByteOrder | None], GuestImage] = {}
+
+
 def inspect_image(
     path: str | os.PathLike[str],
     *,
     vmcoreinfo_at: int | None = None,
     endian: ByteOrder | None = None,
 ) -> GuestImage:
-    """:func:`drgn_hvdump.formats.guestcore.read_guest_core`, and a page size hvsim models."""
-    image = read_guest_core(path, vmcoreinfo_at=vmcoreinfo_at, endian=endian)
-    if image.page_size not in (4096, 65536):
-        raise ImageError(
-            f"{image.path}: VMCOREINFO PAGESIZE={image.page_size}: hvsim models 4K or 64K pages"
-        )
+    """:func:`drgn_hvdump.formats.guestcore.read_guest_core`, and a page size hvsim models.
+
+    Read once per process and file version (finding VMCOREINFO scans memory;
+    ``Lpar.adopt`` and the boot after it, and the FUSE server at every state
+    change, ask again). A result found without ``endian`` is also kept under
+    the byte order it found, which is what the LPAR's configuration says.
+    """
+    full = os.path.abspath(os.fspath(path))
+    st = os.stat(full)
+    key = (full, st.st_size, st.st_mtime_ns, vmcoreinfo_at)
+    image = _images.get((*key, endian))
+    if image is None:
+        image = read_guest_core(full, vmcoreinfo_at=vmcoreinfo_at, endian=endian)
+        if image.page_size not in (4096, 65536):
+            raise ImageError(
+                f"{image.path}: VMCOREINFO PAGESIZE={image.page_size}: hvsim models 4K or 64K "
+                "pages"
+            )
+        if len(_images) >= 16:
+            _images.clear()
+        _images[(*key, endian)] = _images[(*key, image.byteorder)] = image
     return image
 
 
 def open_adopted(config: LparConfig) -> GuestImage:
-    """The image an LPAR adopted, checked to be the same file it was adopted from.
-
-    Read once per process and file version (the FUSE server asks at every
-    state change; finding VMCOREINFO scans memory).
-    """
+    """The image an LPAR adopted, checked to be the same file it was adopted from."""
     try:
-        st = os.stat(config.image)
+        size = os.stat(config.image).st_size
     except OSError as exc:
         raise ImageError(
             f"{config.image}: the adopted image cannot be read: {exc.strerror}; the LPAR "
             "reads it in place, so it must stay where it was adopted from"
         ) from None
-    if st.st_size != config.image_size:
+    if size != config.image_size:
         raise ImageError(
-            f"{config.image}: the adopted image is now {st.st_size} bytes, it was "
+            f"{config.image}: the adopted image is now {size} bytes, it was "
             f"{config.image_size} when adopted; adopt it again into a new LPAR"
         )
     at = config.image_vmcoreinfo if config.image_vmcoreinfo >= 0 else None
-    return _inspect_cached(config.image, st.st_size, st.st_mtime_ns, at, config.endian)
-
-
-@functools.lru_cache(maxsize=8)
-def _inspect_cached(
-    path: str, size: int, mtime_ns: int, at: int | None, endian: ByteOrder
-) -> GuestImage:
-    return inspect_image(path, vmcoreinfo_at=at, endian=endian)
+    return inspect_image(config.image, vmcoreinfo_at=at, endian=config.endian)
 
 
 # ------------------------------------------------------------ the kernel
@@ -151,13 +140,8 @@ class AdoptedKernel:
     HPTEs) and what the capture kernel shows (VMCOREINFO) come from it.
     """
 
-    def __init__(
-        self, config: LparConfig, crash_time: int, scenario: Scenario | None = None
-    ) -> None:
+    def __init__(self, config: LparConfig) -> None:
         self.config = config
-        self.generation = 1
-        self.crash_time = crash_time
-        self.scenario = scenario
         self._image: GuestImage | None = None
 
     @property
@@ -170,10 +154,6 @@ class AdoptedKernel:
     def crash_cpu(self) -> int:
         """The CPU that panicked, as given at adoption (drgn reads ``panic_cpu`` itself)."""
         return self.config.image_crash_cpu
-
-    @property
-    def kind(self) -> str:
-        return "adopted"
 
     def banner(self) -> str:
         return f"Linux version {self.config.osrelease} (adopted image {self.config.image})\n"

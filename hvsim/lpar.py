@@ -547,8 +547,6 @@ class Lpar:
     def _push_overlay(
         self, work: dict[str, Any], pieces: Sequence[tuple[int, bytes]], note: str
     ) -> Layer:
-        if not pieces:
-            raise ValueError("an overlay needs at least one piece")
         base = min(p for p, _ in pieces)
         layer = self._new_layer(work, Layer("", "overlay", base=base, note=note))
         layer.file = f"{layer.id}.ovl"
@@ -1250,7 +1248,7 @@ class Lpar:
 
     def _kernel_of(self, gen: int, crash_time: int, sc: Scenario) -> CrashedKernel:
         if self.config.adopted and gen == 1:
-            return AdoptedKernel(self.config, crash_time, sc)
+            return AdoptedKernel(self.config)
         return KernelImage(self.config, gen, crash_time, sc)
 
     def _dump_image(self, st: Mapping[str, Any]) -> CrashedKernel | None:

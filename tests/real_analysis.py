@@ -26,8 +26,8 @@ from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.pid import find_task, for_each_task
 from drgn.helpers.linux.printk import get_printk_records
 
-from drgn_hvdump.formats.elfcore import PT_REGS_PPC64
-from hvsim.adopt import KERNEL_BASE, GuestImage
+from drgn_hvdump.formats.guestcore import KERNEL_BASE, GuestImage
+from drgn_hvdump.plugin.helpers import pt_regs_object
 
 __all__ = [
     "Analysis",
@@ -108,14 +108,6 @@ def drgn_takes_pc_from_link(release: str) -> bool:
     return stable is None or v[2] < stable
 
 
-def regs_object(prog: Program, regs: Any, byteorder: str) -> Object:
-    """A ``struct pt_regs`` object holding QEMU's registers for one CPU."""
-    # The kernel's struct starts with the uapi registers and has more after them.
-    raw = PT_REGS_PPC64.pack(regs, byteorder)  # type: ignore[arg-type]
-    size = drgn.sizeof(prog.type("struct pt_regs"))
-    return Object.from_bytes_(prog, "struct pt_regs", raw.ljust(size, b"\0"))
-
-
 def analyse(
     prog: Program,
     process_pids: dict[str, int],
@@ -138,7 +130,7 @@ def analyse(
     panic_cpu = int(prog["panic_cpu"].counter)
     regs: Object | None = None
     if panic_regs is not None:
-        regs = regs_object(prog, panic_regs, byteorder)
+        regs = pt_regs_object(prog, panic_regs, byteorder)
     else:
         try:
             trace = prog.crashed_thread().stack_trace()

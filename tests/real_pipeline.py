@@ -23,9 +23,10 @@ from typing import Any
 import drgn
 from drgn.commands import run_command
 
+from drgn_hvdump.formats.guestcore import GuestImage
 from drgn_hvdump.plugin.helpers import hvdump_registers
 from hvsim import Lpar
-from hvsim.adopt import GuestImage, inspect_image
+from hvsim.adopt import inspect_image
 from tests.collect_support import hvdump, manifest, mounted
 from tests.real_analysis import Analysis, analyse, drgn_takes_pc_from_link, stock_analysis
 from tests.real_kernel import CPU_MODELS, GuestDump, Parts, boot_and_dump

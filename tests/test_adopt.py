@@ -27,19 +27,17 @@ from drgn_hvdump.formats.elfcore import (
     build_notes,
     build_prstatus,
 )
+from drgn_hvdump.formats.guestcore import (
+    KERNEL_BASE,
+    find_vmcoreinfo_notes,
+    kernel_byteorder,
+    place_segments,
+)
 from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, pt_regs_to_cpu_state
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from hvsim import Lpar
-from hvsim.adopt import (
-    KERNEL_BASE,
-    ImageError,
-    adopted_memory_size,
-    find_vmcoreinfo_notes,
-    inspect_image,
-    kernel_byteorder,
-    place_segments,
-)
+from hvsim.adopt import ImageError, adopted_memory_size, inspect_image
 from hvsim.hypervisor import scratch_layout
 from hvsim.verify import verify_dump, verify_sections
 from tests.collect_support import (

@@ -18,6 +18,7 @@ open) and by ``hvsim adopt`` (a real image as a simulated LPAR's memory).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import mmap
 import os
@@ -91,7 +92,7 @@ class GuestImage:
     vmcoreinfo_where: str
     """Where it came from: ``"note in the core"`` or a physical address."""
 
-    @property
+    @functools.cached_property
     def info(self) -> dict[str, str]:
         return parse_vmcoreinfo(self.vmcoreinfo, self.path)
 
@@ -192,17 +193,11 @@ def note_registers(core: ElfCore, descs: Sequence[bytes]) -> tuple[PtRegs, ...]:
     (A CPU stopped inside RTAS runs 32-bit real mode, so not every MSR has SF.)
     If none is in either order, the ELF header's order: the registers say nothing.
     """
-    orders = sorted(_ORDERS, key=lambda o: o != core.byteorder)
-    for order in orders:
-        regs = tuple(
-            ELF_PRSTATUS_PPC64.unpack_from(d, 0, order, path=core.path).pr_reg
-            for d in descs
-        )
-        if any(r.msr & _MSR_SF for r in regs):
-            return regs
-    return tuple(
-        ELF_PRSTATUS_PPC64.unpack_from(d, 0, orders[0], path=core.path).pr_reg for d in descs
-    )
+    readings = [
+        tuple(ELF_PRSTATUS_PPC64.unpack_from(d, 0, order, path=core.path).pr_reg for d in descs)
+        for order in sorted(_ORDERS, key=lambda o: o != core.byteorder)
+    ]
+    return next((regs for regs in readings if registers_byteorder(regs)), readings[0])
 
 
 def _file_offset(segments: Sequence[ImageSegment], paddr: int, path: str) -> int:

@@ -24,7 +24,8 @@ from drgn_hvdump.formats.dump_header import (
     section_error_names,
     status_names,
 )
-from drgn_hvdump.formats.elfcore import PT_REGS_PPC64, ElfCore
+from drgn_hvdump.formats.elfcore import PT_REGS_PPC64, ElfCore, PtRegs
+from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.regsave import CpuState, cpu_state_to_pt_regs
 from drgn_hvdump.mmu import Disagreement, Translation
 from drgn_hvdump.plugin.attach import dump_source
@@ -236,10 +237,16 @@ def hvdump_pt_regs(prog: drgn.Program, cpu: int) -> drgn.Object:
     :raises ValueError: as :func:`hvdump_registers`
     """
     (state,) = hvdump_registers(prog, cpu)
-    src = _source(prog)
-    raw = PT_REGS_PPC64.pack(cpu_state_to_pt_regs(state), src.byteorder)
-    # The kernel's struct pt_regs starts with the uapi registers; newer
-    # kernels have more members after them (left zero).
+    return pt_regs_object(prog, cpu_state_to_pt_regs(state), _source(prog).byteorder)
+
+
+def pt_regs_object(prog: drgn.Program, regs: PtRegs, byteorder: ByteOrder) -> drgn.Object:
+    """``regs`` as the kernel's ``struct pt_regs`` (for :meth:`drgn.Program.stack_trace`).
+
+    The kernel's struct starts with the uapi registers; newer kernels have
+    more members after them, left zero.
+    """
+    raw = PT_REGS_PPC64.pack(regs, byteorder)
     size = drgn.sizeof(prog.type("struct pt_regs"))
     return drgn.Object.from_bytes_(prog, "struct pt_regs", raw.ljust(size, b"\0"))
 

@@ -10,6 +10,7 @@ GIL, so threads can scan or generate different buffers in parallel.
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -41,6 +42,7 @@ from drgn_hvdump.native_ref import (
     check_page_size,
     check_pages,
     check_u64,
+    check_zero_flags,
     hash_list,
 )
 
@@ -73,6 +75,7 @@ __all__ = [
     "PageCodec",
     "PageMix",
     "PageMixError",
+    "buffer_address",
     "dup_pages",
     "gen_page",
     "gen_pages_into",
@@ -83,6 +86,7 @@ __all__ = [
     "page_hashes",
     "page_kind",
     "vsid_scramble_256m",
+    "write_pages",
     "zero_pages",
 ]
 
@@ -127,6 +131,41 @@ def gen_pages_into(
             )
         finally:
             ffi.release(c_buf)
+
+
+def buffer_address(buf: Buffer) -> int:
+    """Where the bytes of ``buf`` start in memory (O_DIRECT needs aligned buffers)."""
+    with byte_view(buf) as view:
+        c_buf = ffi.from_buffer("uint8_t[]", view)
+        try:
+            return int(ffi.cast("uintptr_t", c_buf))
+        finally:
+            ffi.release(c_buf)
+
+
+def write_pages(
+    fd: int, buf: Buffer, zero: bytes, page_size: int, offset: int, *, holes: bool = False
+) -> int:
+    """Write the non-zero pages of ``buf`` to ``fd`` at ``offset``; return the bytes written.
+
+    One after another, or with ``holes`` each at ``offset + i * page_size``
+    (zero pages stay holes of a sparse file). Runs of pages go out in one
+    ``pwritev`` each, the GIL released: no Python object per run. A failed
+    write raises :class:`OSError` with its errno; what was written before it
+    stays written.
+    """
+    with byte_view(buf) as view:
+        npages = check_pages(view.nbytes, page_size)
+        check_zero_flags(zero, npages)
+        check_u64("offset", offset)
+        c_buf = ffi.from_buffer("uint8_t[]", view)
+        try:
+            got = int(lib.hv_write_pages(fd, c_buf, npages, page_size, zero, offset, int(holes)))
+        finally:
+            ffi.release(c_buf)
+    if got < 0:
+        raise OSError(-got, os.strerror(-got))
+    return got
 
 
 def zero_pages(buf: Buffer, page_size: int) -> bytes:

@@ -55,6 +55,7 @@ Page codecs
 from __future__ import annotations
 
 import math
+import os
 import struct
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -85,6 +86,7 @@ __all__ = [
     "PageCodec",
     "PageMix",
     "PageMixError",
+    "buffer_address",
     "dup_pages",
     "gen_page",
     "gen_pages_into",
@@ -95,6 +97,7 @@ __all__ = [
     "page_hashes",
     "page_kind",
     "vsid_scramble_256m",
+    "write_pages",
     "zero_pages",
 ]
 
@@ -492,6 +495,56 @@ def zero_pages(buf: Buffer, page_size: int) -> bytes:
         npages = check_pages(view.nbytes, page_size)
         zero = bytes(page_size)
         return bytes(int(view[i * page_size : (i + 1) * page_size] == zero) for i in range(npages))
+
+
+def buffer_address(buf: Buffer) -> int:
+    """Where the bytes of ``buf`` start in memory (O_DIRECT needs aligned buffers)."""
+    import cffi  # type: ignore[import-untyped]  # no other way to a read-only buffer's address
+
+    ffi = cffi.FFI()
+    with byte_view(buf) as view:
+        c_buf = ffi.from_buffer("uint8_t[]", view)
+        try:
+            return int(ffi.cast("uintptr_t", c_buf))
+        finally:
+            ffi.release(c_buf)
+
+
+def check_zero_flags(zero: bytes, npages: int) -> None:
+    if len(zero) != npages:
+        raise ValueError(f"{len(zero)} zero flags for {npages} pages")
+
+
+def write_pages(
+    fd: int, buf: Buffer, zero: bytes, page_size: int, offset: int, *, holes: bool = False
+) -> int:
+    """Write the non-zero pages of ``buf`` to ``fd`` at ``offset``; return the bytes written.
+
+    One after another, or with ``holes`` each at ``offset + i * page_size``
+    (zero pages stay holes of a sparse file).
+    """
+    with byte_view(buf) as view:
+        npages = check_pages(view.nbytes, page_size)
+        check_zero_flags(zero, npages)
+        check_u64("offset", offset)
+        total = 0
+        i = 0
+        while i < npages:
+            if zero[i]:
+                i += 1
+                continue
+            j = i
+            while j < npages and not zero[j]:
+                j += 1
+            part = view[i * page_size : j * page_size]
+            at = offset + (i * page_size if holes else total)
+            while part.nbytes:
+                n = os.pwritev(fd, [part], at)
+                if n <= 0:
+                    raise OSError(5, "write wrote nothing")
+                part, at, total = part[n:], at + n, total + n
+            i = j
+        return total
 
 
 _P1 = 0x9E3779B185EBCA87

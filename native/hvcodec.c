@@ -11,8 +11,10 @@
  */
 #include "hvnative.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include <libdeflate.h>
 #include <lzo/lzo1x.h>
@@ -254,4 +256,70 @@ void hv_kdump_descs(size_t npages, const uint32_t *sizes, const uint32_t *flags,
         }
         put64(out + 16, 0, big_endian);
     }
+}
+
+#define HV_IOV_MAX 1024
+
+/* Write iov[0..n) at offset, continuing after short writes; bytes or -errno. */
+static int64_t pwritev_all(int fd, struct iovec *iov, int n, uint64_t offset)
+{
+    int64_t total = 0;
+    while (n > 0) {
+        ssize_t w = pwritev(fd, iov, n, (off_t)offset);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (w == 0)
+            return -EIO;
+        offset += (uint64_t)w;
+        total += w;
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0 && w) {
+            iov->iov_base = (uint8_t *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return total;
+}
+
+int64_t hv_write_pages(int fd, const uint8_t *src, size_t npages, size_t page_size,
+                       const uint8_t *zero, uint64_t offset, int holes)
+{
+    struct iovec iov[HV_IOV_MAX];
+    int64_t total = 0;
+    size_t i = 0;
+    while (i < npages) {
+        int n = 0;
+        uint64_t at = holes ? offset + i * page_size : offset + (uint64_t)total;
+        while (i < npages && n < HV_IOV_MAX) {
+            if (zero[i]) {
+                i++;
+                if (holes && n)
+                    break; /* the next run goes elsewhere */
+                if (holes)
+                    at += page_size;
+                continue;
+            }
+            size_t j = i;
+            while (j < npages && !zero[j])
+                j++;
+            iov[n].iov_base = (void *)(src + i * page_size);
+            iov[n].iov_len = (j - i) * page_size;
+            n++;
+            i = j;
+        }
+        if (n) {
+            int64_t w = pwritev_all(fd, iov, n, at);
+            if (w < 0)
+                return w;
+            total += w;
+        }
+    }
+    return total;
 }

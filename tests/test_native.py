@@ -7,12 +7,16 @@ statistics of the page mix, and argument checking in both modules.
 
 from __future__ import annotations
 
+import errno
 import mmap
+import os
 import shutil
 import struct
 import subprocess
+import tempfile
 import zlib
 from collections import Counter
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -141,6 +145,78 @@ def test_twin_zero_pages_arbitrary(page_size: int, data: st.DataObject) -> None:
     npages = data.draw(st.integers(0, 3))
     buf = data.draw(st.binary(min_size=npages * page_size, max_size=npages * page_size))
     assert native.zero_pages(buf, page_size) == native_ref.zero_pages(buf, page_size)
+
+
+def _write_both(
+    tmp: Path, buf: bytes, zero: bytes, page_size: int, offset: int, holes: bool
+) -> list[tuple[int, bytes]]:
+    out = []
+    for module in (native, native_ref):
+        path = tmp / f"{module.__name__}.out"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            n = module.write_pages(fd, buf, zero, page_size, offset, holes=holes)
+        finally:
+            os.close(fd)
+        out.append((n, path.read_bytes()))
+    return out
+
+
+@TWIN
+@given(page_size=SMALL_PAGE, data=st.data())
+def test_twin_write_pages(page_size: int, data: st.DataObject) -> None:
+    npages = data.draw(st.integers(0, 40))
+    zero = bytes(data.draw(st.lists(st.integers(0, 1), min_size=npages, max_size=npages)))
+    buf = bytes((i // page_size + 1) & 0xFF for i in range(npages * page_size))
+    offset = data.draw(st.sampled_from([0, 1, 4096, 12345]))
+    holes = data.draw(st.booleans())
+    with tempfile.TemporaryDirectory() as tmp:
+        (n_c, got), (n_py, want) = _write_both(Path(tmp), buf, zero, page_size, offset, holes)
+    kept = [buf[i * page_size : (i + 1) * page_size] for i in range(npages) if not zero[i]]
+    assert n_c == n_py == sum(map(len, kept))
+    assert got == want
+    if not holes:
+        assert got[offset:] == b"".join(kept)
+    else:
+        for i in range(npages):
+            page = got[offset + i * page_size : offset + (i + 1) * page_size]
+            assert page == (bytes(len(page)) if zero[i] else buf[i * page_size : (i + 1) * page_size])
+
+
+def test_write_pages_more_runs_than_one_pwritev_takes(tmp_path: Path) -> None:
+    # 3000 runs of one page: three pwritev calls of at most 1024 runs
+    page_size = 512
+    zero = bytes([0, 1] * 3000)
+    buf = bytes((i // page_size) % 251 for i in range(len(zero) * page_size))
+    (n_c, got), (n_py, want) = _write_both(tmp_path, buf, zero, page_size, 0, False)
+    assert n_c == n_py == 3000 * page_size and got == want
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_write_pages_errors(module: ModuleType, tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError) as info:
+            module.write_pages(fd, bytes(512), b"\0", 512, 0)
+        assert info.value.errno == errno.EBADF
+        with pytest.raises(ValueError, match="zero flags"):
+            module.write_pages(fd, bytes(1024), b"\0", 512, 0)
+    finally:
+        os.close(fd)
+
+
+def test_twin_buffer_address() -> None:
+    m = mmap.mmap(-1, 1 << 16)
+    try:
+        view = memoryview(m)[4096:]
+        assert native.buffer_address(view) == native_ref.buffer_address(view)
+        assert native.buffer_address(m) % mmap.PAGESIZE == 0
+        assert native.buffer_address(view) == native.buffer_address(m) + 4096
+        view.release()
+    finally:
+        m.close()
+    data = b"read-only bytes"
+    assert native.buffer_address(data) == native_ref.buffer_address(data)
 
 
 @TWIN

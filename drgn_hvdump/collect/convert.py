@@ -469,6 +469,7 @@ class _Run:
         self.zero_pages = 0
         self.timings = {"read_scan": 0.0, "compress_wait": 0.0, "write": 0.0}
         self._free: list[bytearray] = []
+        self._failed = False
 
     def _compress(self, view: memoryview, zero: bytes) -> PageBatch:
         assert self.codec is not None
@@ -483,8 +484,13 @@ class _Run:
         threads = self.opts.threads
         # Two chunks more than the workers in flight: one being read, one written.
         depth = threads + 2
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hvdump") as pool:
-            flight: deque[tuple[_Item, list[Future[Any]]]] = deque()
+        # Writes go out in order on their own thread: an O_DIRECT write waits
+        # for the disk, and the next chunk is read and scanned meanwhile.
+        with (
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hvdump") as pool,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hvdump-write") as writer,
+        ):
+            flight: deque[Future[None]] = deque()
             for ch in self.chunks:
                 t = time.monotonic()
                 buf = bytearray()
@@ -507,13 +513,24 @@ class _Run:
                         futs.append(
                             pool.submit(fn, view[i * self.ps : (i + len(sub)) * self.ps], sub)
                         )
-                flight.append((item, futs))
+                flight.append(writer.submit(self._write, item, futs))
                 while len(flight) >= depth:
-                    self._write(*flight.popleft())
+                    flight.popleft().result()
             while flight:
-                self._write(*flight.popleft())
+                flight.popleft().result()
 
     def _write(self, item: _Item, futs: list[Future[Any]]) -> None:
+        # After a failed write the later chunks are not written: their data
+        # would land where the failed one's should be.
+        if self._failed:
+            return
+        try:
+            self._write_one(item, futs)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _write_one(self, item: _Item, futs: list[Future[Any]]) -> None:
         ch = item.chunk
         view = item.view
         t = time.monotonic()

@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import threading
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from drgn_hvdump import native
 from drgn_hvdump.collect.codecs import Codec, decompress_page
+from drgn_hvdump.collect.filewrite import DataWriter, nonzero_runs, pwrite_all, pwritev_all
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import CoreLayout
 from drgn_hvdump.formats.kdump import (
@@ -60,14 +60,6 @@ def create_file(path: str, size: int | None = None) -> int:
     return fd
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view.nbytes:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
 def _pread_exact(fd: int, size: int, offset: int) -> bytes:
     data = os.pread(fd, size, offset)
     if len(data) != size:
@@ -80,64 +72,24 @@ def _drop_cache(fd: int, offset: int, size: int) -> None:
         os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
 
 
-def _pwritev_all(fd: int, parts: Sequence[Buffer], offset: int) -> None:
-    """Write ``parts`` one after another at ``offset``, through a small bounce buffer.
-
-    The kernel's copy into the page cache is the dearest part of writing:
-    from a 256 KiB buffer that stays in the CPU's cache it cost 1.8-2.2 s of
-    system time per 4.3 GB here, straight from the (mapped or 16 MiB) source
-    2.7-3.9 s, in alternating runs; the extra copy into the buffer cost 0.4-0.5 s.
-    makedumpfile writes from a small buffer the same way.
-    """
-    bounce = _bounce_buffer()
-    fill = 0
-    for part in parts:
-        view = memoryview(part).cast("B")
-        while view.nbytes:
-            n = min(view.nbytes, len(bounce) - fill)
-            bounce[fill : fill + n] = view[:n]
-            fill += n
-            view = view[n:]
-            if fill == len(bounce):
-                _pwrite_all(fd, bounce, offset)
-                offset += fill
-                fill = 0
-    if fill:
-        _pwrite_all(fd, memoryview(bounce)[:fill], offset)
-
-
-_BOUNCE = 256 << 10
-_bounce_local = threading.local()
-
-
-def _bounce_buffer() -> bytearray:
-    buf: bytearray | None = getattr(_bounce_local, "buf", None)
-    if buf is None:
-        buf = _bounce_local.buf = bytearray(_BOUNCE)
-    return buf
-
-
-def _nonzero_runs(zero: bytes) -> Iterator[tuple[int, int]]:
-    """(first, end) page index of each run of non-zero pages."""
-    n = len(zero)
-    i = 0
-    while i < n:
-        i = zero.find(0, i)
-        if i < 0:
-            return
-        j = zero.find(1, i)
-        j = n if j < 0 else j
-        yield i, j
-        i = j
-
-
-def _write_nonzero(fd: int, buf: memoryview, zero: bytes, page_size: int, offset: int) -> int:
+def _write_nonzero(fd: int, buf: memoryview, zero: bytes, page_size: int, offset: int) -> None:
     """Write the non-zero pages of ``buf`` (runs at a time) at ``offset``; zero pages stay holes."""
-    written = 0
-    for i, j in _nonzero_runs(zero):
-        _pwritev_all(fd, [buf[i * page_size : j * page_size]], offset + i * page_size)
-        written += (j - i) * page_size
-    return written
+    for i, j in nonzero_runs(zero):
+        pwritev_all(fd, [buf[i * page_size : j * page_size]], offset + i * page_size)
+
+
+@dataclass(frozen=True)
+class _RawPages:
+    """The non-zero pages of a chunk stored raw, run by run (built only when compared)."""
+
+    view: memoryview
+    zero: bytes
+    page_size: int
+
+    def __iter__(self) -> Iterator[memoryview]:
+        ps = self.page_size
+        for i, j in nonzero_runs(self.zero):
+            yield self.view[i * ps : j * ps]
 
 
 @dataclass
@@ -148,7 +100,7 @@ class ChunkWrite:
     length: int
     # kdump: the stored (compressed) bytes and the descriptors written, compared
     # byte for byte with what reads back from the disk (no decompression again).
-    stored: Sequence[Buffer] = ()
+    stored: Iterable[Buffer] = ()
     descs: bytes = b""
 
 
@@ -166,7 +118,7 @@ class SidecarOutput:
         whole = len(zero) * ps
         _write_nonzero(self.fd, buf[:whole], zero, ps, offset)
         if whole < buf.nbytes:
-            _pwrite_all(self.fd, buf[whole:], offset + whole)
+            pwrite_all(self.fd, buf[whole:], offset + whole)
         return ChunkWrite(offset, buf.nbytes)
 
     def sync(self) -> None:
@@ -188,8 +140,9 @@ class ElfOutput:
         self.layout = layout
         self.page_size = page_size
         self.fd = create_file(path, layout.file_size)
+        self.data = DataWriter(path, self.fd)
         if not resume or _pread_exact(self.fd, len(layout.header), 0) != layout.header:
-            _pwrite_all(self.fd, layout.header, 0)
+            pwrite_all(self.fd, layout.header, 0)
             os.fdatasync(self.fd)
 
     def file_offset(self, paddr: int, size: int) -> int:
@@ -200,7 +153,7 @@ class ElfOutput:
 
     def write(self, paddr: int, buf: memoryview, zero: bytes) -> ChunkWrite:
         offset = self.file_offset(paddr, buf.nbytes)
-        stored = _write_nonzero(self.fd, buf, zero, self.page_size, offset)
+        stored = self.data.write_pages_at(buf, zero, self.page_size, offset)
         return ChunkWrite(offset, stored)
 
     def sync(self) -> None:
@@ -216,6 +169,7 @@ class ElfOutput:
             os.fsync(self.fd)
 
     def close(self) -> None:
+        self.data.close()
         os.close(self.fd)
 
 
@@ -233,7 +187,8 @@ class KdumpOutput:
         self.codec = codec
         self.page_size = layout.page_size
         self.fd = create_file(path)
-        self.data_end = layout.data_start
+        self.data = DataWriter(path, self.fd)
+        self.data.seek(layout.data_start)
         first = layout.first_blocks(layout.header.status | DUMP_DH_COMPRESSED_INCOMPLETE)
         if resume and os.fstat(self.fd).st_size >= layout.data_start:
             have = _pread_exact(self.fd, len(first), 0)
@@ -241,19 +196,24 @@ class KdumpOutput:
                 return
         # Header blocks last: a file whose header is there has its bitmaps and table.
         for offset, data in layout.bitmap_pieces():
-            _pwrite_all(self.fd, data, offset)
+            pwrite_all(self.fd, data, offset)
         table = PAGE_DESC.size * layout.npages
         zero = bytes(min(table, _PIECE))
         for off in range(0, table, len(zero) or 1):
-            _pwrite_all(self.fd, zero[: min(len(zero), table - off)], layout.desc_offset + off)
-        _pwrite_all(self.fd, bytes(self.page_size), layout.zero_page_offset)
+            pwrite_all(self.fd, zero[: min(len(zero), table - off)], layout.desc_offset + off)
+        pwrite_all(self.fd, bytes(self.page_size), layout.zero_page_offset)
         os.fdatasync(self.fd)
-        _pwrite_all(self.fd, first, 0)
+        pwrite_all(self.fd, first, 0)
         os.fdatasync(self.fd)
 
+    @property
+    def data_end(self) -> int:
+        """Where the next chunk's stored pages go."""
+        return self.data.end
+
     def set_data_end(self, end: int) -> None:
-        self.data_end = max(end, self.layout.data_start)
-        os.ftruncate(self.fd, self.data_end)
+        os.ftruncate(self.fd, max(end, self.layout.data_start))
+        self.data.seek(max(end, self.layout.data_start))
 
     def write(self, paddr: int, batches: Sequence[PageBatch]) -> ChunkWrite:
         """Append a chunk's stored pages (batches in page order) and write their descriptors."""
@@ -274,16 +234,19 @@ class KdumpOutput:
         lay = self.layout
         start = self.data_end
         descs = native.kdump_descs(batch, start, lay.zero_page_offset, ps, lay.byteorder == "big")
-        runs = [view[i * ps : j * ps] for i, j in _nonzero_runs(zero)]
-        return self._store(paddr, runs, descs, start, sum(r.nbytes for r in runs))
+        self.data.append_pages(view, zero, ps)
+        return self._stored(paddr, _RawPages(view, zero, ps), descs, start)
 
     def _store(
         self, paddr: int, parts: Sequence[Buffer], descs: bytes, start: int, length: int
     ) -> ChunkWrite:
-        _pwritev_all(self.fd, parts, start)
-        _pwrite_all(self.fd, descs, self.layout.desc_file_offset(paddr // self.page_size))
-        self.data_end = start + length
-        return ChunkWrite(start, length, parts, descs)
+        self.data.append(parts)
+        assert self.data.end == start + length
+        return self._stored(paddr, parts, descs, start)
+
+    def _stored(self, paddr: int, parts: Iterable[Buffer], descs: bytes, start: int) -> ChunkWrite:
+        pwrite_all(self.fd, descs, self.layout.desc_file_offset(paddr // self.page_size))
+        return ChunkWrite(start, self.data.end - start, parts, descs)
 
     def check_back(self, paddr: int, w: ChunkWrite) -> str:
         """Read a written chunk back from the disk (page cache dropped first) and compare
@@ -345,10 +308,12 @@ class KdumpOutput:
         """Mark the file complete (clear INCOMPLETE) and sync it (unless ``sync`` is false)."""
         lay = self.layout
         if eraseinfo:
-            _pwrite_all(self.fd, eraseinfo, lay.sub_header.offset_eraseinfo)
-        _pwrite_all(self.fd, lay.first_blocks()[: self.page_size], 0)
+            pwrite_all(self.fd, eraseinfo, lay.sub_header.offset_eraseinfo)
+        self.data.truncate()
+        pwrite_all(self.fd, lay.first_blocks()[: self.page_size], 0)
         if sync:
             os.fsync(self.fd)
 
     def close(self) -> None:
+        self.data.close()
         os.close(self.fd)

@@ -252,7 +252,9 @@ def plan_kdump(
     bitmap_offset = (1 + sub_hdr_size) * ps
     desc_offset = bitmap_offset + bitmap_blocks * ps
     npages = sum(b - a for a, b in rs)
-    zero_page_offset = desc_offset + PAGE_DESC.size * npages
+    # Page data starts on a page boundary, so that whole pages can be written
+    # with O_DIRECT (see collect/output.py); readers follow the descriptors.
+    zero_page_offset = _ceil(desc_offset + PAGE_DESC.size * npages, ps) * ps
     vm_off, vm_size = (offset_note + vmcoreinfo[0], vmcoreinfo[1]) if vmcoreinfo else (0, 0)
     header = DiskDumpHeader(
         signature=KDUMP_SIGNATURE,

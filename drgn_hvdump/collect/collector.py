@@ -728,6 +728,7 @@ class _Runner:
         self.done_chunks: dict[int, dict[str, Any]] = {}
         self.writes_done: set[int] = set()
         self.io: ThreadPoolExecutor | None = None
+        self._write_failed = False
         self.checkers: ThreadPoolExecutor | None = None
         self._total: int | None = None
         self._done_bytes = 0
@@ -792,6 +793,24 @@ class _Runner:
         self.timings["write"] += time.monotonic() - t
         self.stored_bytes += item.written.length
         self.read_bytes += ch.size
+
+    def _write_verify(self, item: _InFlight) -> str:
+        """In the I/O thread: write the chunk, then verify it (see :meth:`_verify`).
+
+        Writes are here, not on the reading thread, because an O_DIRECT write
+        waits for the disk. After a failed write later chunks are not written:
+        their data would land where the failed one's should be (the failure
+        reaches the main thread from the failed chunk, which it finishes first).
+        """
+        if self._write_failed:
+            return "not written: an earlier chunk's write failed"
+        try:
+            self._write(item)
+        except BaseException:
+            self._write_failed = True
+            raise
+        item.prepared = []
+        return self._verify(item)
 
     def read_back(self, ch: Chunk) -> bytes:
         if ch.kind == "cpu":
@@ -937,10 +956,8 @@ class _Runner:
             return
         if waiting:
             item = waiting.popleft()
-            self._write(item)
-            item.prepared = []
             assert self.io is not None
-            item.verify = self.io.submit(self._verify, item)
+            item.verify = self.io.submit(self._write_verify, item)
             written.append(item)
             return
         self._finish(written.popleft())

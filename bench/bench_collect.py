@@ -134,6 +134,9 @@ RUNS = (
     ("collect zstd 1, 2 threads", ["--compress", "zstd", "--threads", "2"], "zstd -1 -T1"),
     ("collect snappy, 1 thread", ["--compress", "snappy", "--threads", "1"], "lz4 -1"),
     ("collect snappy, 2 threads", ["--compress", "snappy", "--threads", "2"], "lz4 -1"),
+    # Uncompressed (ELF, kdump pages raw): what is left is reading, checking and writing.
+    ("collect elf", ["--format", "elf"], "cp"),
+    ("collect kdump, pages raw", ["--compress", "none"], "cp"),
 )
 LZO_RUN = ("collect lzo, 1 thread", ["--compress", "lzo", "--threads", "1"], "lz4 -1")
 
@@ -156,9 +159,11 @@ def speed(
     for name, cmd in (
         ("zstd -1 -T1", ["zstd", "-1", "-T1", "-q", "-f", str(vmcore), "-o", str(base / "v.zst")]),
         ("lz4 -1", ["lz4", "-1", "-q", "-f", str(vmcore), str(base / "v.lz4")]),
+        ("cp", ["cp", str(vmcore), str(base / "v.cp")]),
     ):
         wall, cpu, others = min(_timed(cmd) for _ in range(repeat))
-        out_size = (base / ("v.zst" if "zstd" in name else "v.lz4")).stat().st_size
+        out = {"zstd -1 -T1": "v.zst", "lz4 -1": "v.lz4", "cp": "v.cp"}[name]
+        out_size = (base / out).stat().st_size
         res[name] = wall
         print(
             f"{name:34s} {wall:6.2f} s ({cpu:5.2f}) {size / wall / 1e6:5.0f} MB/s  "

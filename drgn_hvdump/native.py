@@ -32,6 +32,7 @@ from drgn_hvdump.native_ref import (
     PageBatch,
     PageMix,
     PageMixError,
+    buffer_address,
     byte_view,
     check_batch,
     check_codec,
@@ -133,26 +134,13 @@ def gen_pages_into(
             ffi.release(c_buf)
 
 
-def buffer_address(buf: Buffer) -> int:
-    """Where the bytes of ``buf`` start in memory (O_DIRECT needs aligned buffers)."""
-    with byte_view(buf) as view:
-        c_buf = ffi.from_buffer("uint8_t[]", view)
-        try:
-            return int(ffi.cast("uintptr_t", c_buf))
-        finally:
-            ffi.release(c_buf)
+def write_pages(fd: int, buf: Buffer, zero: bytes, page_size: int, offset: int) -> int:
+    """Write the non-zero pages of ``buf`` to ``fd`` one after another from ``offset``;
+    return the bytes written.
 
-
-def write_pages(
-    fd: int, buf: Buffer, zero: bytes, page_size: int, offset: int, *, holes: bool = False
-) -> int:
-    """Write the non-zero pages of ``buf`` to ``fd`` at ``offset``; return the bytes written.
-
-    One after another, or with ``holes`` each at ``offset + i * page_size``
-    (zero pages stay holes of a sparse file). Runs of pages go out in one
-    ``pwritev`` each, the GIL released: no Python object per run. A failed
-    write raises :class:`OSError` with its errno; what was written before it
-    stays written.
+    Runs of pages go out in one ``pwritev`` of up to 1024 runs, the GIL
+    released: no Python object per run. A failed write raises
+    :class:`OSError` with its errno; what was written before it stays written.
     """
     with byte_view(buf) as view:
         npages = check_pages(view.nbytes, page_size)
@@ -160,7 +148,7 @@ def write_pages(
         check_u64("offset", offset)
         c_buf = ffi.from_buffer("uint8_t[]", view)
         try:
-            got = int(lib.hv_write_pages(fd, c_buf, npages, page_size, zero, offset, int(holes)))
+            got = int(lib.hv_write_pages(fd, c_buf, npages, page_size, zero, offset))
         finally:
             ffi.release(c_buf)
     if got < 0:

@@ -61,7 +61,7 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drgn_hvdump.errors import HvdumpError
 
@@ -498,16 +498,25 @@ def zero_pages(buf: Buffer, page_size: int) -> bytes:
 
 
 def buffer_address(buf: Buffer) -> int:
-    """Where the bytes of ``buf`` start in memory (O_DIRECT needs aligned buffers)."""
-    import cffi  # type: ignore[import-untyped]  # no other way to a read-only buffer's address
+    """Where the bytes of ``buf`` start in memory (O_DIRECT needs aligned buffers).
 
-    ffi = cffi.FFI()
+    Pure Python has no way to the address of a read-only buffer (a mapped
+    file); cffi's ABI mode needs no compiled code, so both modules use this.
+    """
+    global _ffi
+    if _ffi is None:
+        import cffi  # type: ignore[import-untyped]
+
+        _ffi = cffi.FFI()
     with byte_view(buf) as view:
-        c_buf = ffi.from_buffer("uint8_t[]", view)
+        c_buf = _ffi.from_buffer("uint8_t[]", view)
         try:
-            return int(ffi.cast("uintptr_t", c_buf))
+            return int(_ffi.cast("uintptr_t", c_buf))
         finally:
-            ffi.release(c_buf)
+            _ffi.release(c_buf)
+
+
+_ffi: Any = None
 
 
 def check_zero_flags(zero: bytes, npages: int) -> None:
@@ -515,35 +524,23 @@ def check_zero_flags(zero: bytes, npages: int) -> None:
         raise ValueError(f"{len(zero)} zero flags for {npages} pages")
 
 
-def write_pages(
-    fd: int, buf: Buffer, zero: bytes, page_size: int, offset: int, *, holes: bool = False
-) -> int:
-    """Write the non-zero pages of ``buf`` to ``fd`` at ``offset``; return the bytes written.
-
-    One after another, or with ``holes`` each at ``offset + i * page_size``
-    (zero pages stay holes of a sparse file).
-    """
+def write_pages(fd: int, buf: Buffer, zero: bytes, page_size: int, offset: int) -> int:
+    """Write the non-zero pages of ``buf`` to ``fd`` one after another from ``offset``;
+    return the bytes written."""
     with byte_view(buf) as view:
         npages = check_pages(view.nbytes, page_size)
         check_zero_flags(zero, npages)
         check_u64("offset", offset)
         total = 0
-        i = 0
-        while i < npages:
+        for i in range(npages):
             if zero[i]:
-                i += 1
                 continue
-            j = i
-            while j < npages and not zero[j]:
-                j += 1
-            part = view[i * page_size : j * page_size]
-            at = offset + (i * page_size if holes else total)
-            while part.nbytes:
-                n = os.pwritev(fd, [part], at)
+            page = view[i * page_size : (i + 1) * page_size]
+            while page.nbytes:
+                n = os.pwritev(fd, [page], offset + total)
                 if n <= 0:
                     raise OSError(5, "write wrote nothing")
-                part, at, total = part[n:], at + n, total + n
-            i = j
+                page, total = page[n:], total + n
         return total
 
 

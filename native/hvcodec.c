@@ -289,21 +289,16 @@ static int64_t pwritev_all(int fd, struct iovec *iov, int n, uint64_t offset)
 }
 
 int64_t hv_write_pages(int fd, const uint8_t *src, size_t npages, size_t page_size,
-                       const uint8_t *zero, uint64_t offset, int holes)
+                       const uint8_t *zero, uint64_t offset)
 {
     struct iovec iov[HV_IOV_MAX];
     int64_t total = 0;
     size_t i = 0;
     while (i < npages) {
         int n = 0;
-        uint64_t at = holes ? offset + i * page_size : offset + (uint64_t)total;
         while (i < npages && n < HV_IOV_MAX) {
             if (zero[i]) {
                 i++;
-                if (holes && n)
-                    break; /* the next run goes elsewhere */
-                if (holes)
-                    at += page_size;
                 continue;
             }
             size_t j = i;
@@ -315,7 +310,7 @@ int64_t hv_write_pages(int fd, const uint8_t *src, size_t npages, size_t page_si
             i = j;
         }
         if (n) {
-            int64_t w = pwritev_all(fd, iov, n, at);
+            int64_t w = pwritev_all(fd, iov, n, offset + (uint64_t)total);
             if (w < 0)
                 return w;
             total += w;

@@ -101,12 +101,11 @@ void hv_kdump_descs(size_t npages, const uint32_t *sizes, const uint32_t *flags,
                     uint64_t data_offset, uint64_t zero_offset, size_t page_size,
                     int big_endian, uint8_t *out);
 /* Write the non-zero pages of src (zero[i] set: page i is left out) to fd
- * at offset: one after another, or with holes != 0 each at its own place
- * (offset + i * page_size), so zero pages stay holes. Runs of pages go out
- * in one pwritev of up to 1024 runs; short writes are continued. Returns
- * the bytes written, or -errno (EINVAL: O_DIRECT refused these writes). */
+ * one after another from offset. Runs of pages go out in one pwritev of up
+ * to 1024 runs; short writes are continued. Returns the bytes written, or
+ * -errno (EINVAL: O_DIRECT refused these writes). */
 int64_t hv_write_pages(int fd, const uint8_t *src, size_t npages, size_t page_size,
-                       const uint8_t *zero, uint64_t offset, int holes);
+                       const uint8_t *zero, uint64_t offset);
 /* cffi-cdef-end */
 
 #endif /* HVNATIVE_H */

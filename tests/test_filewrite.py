@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from drgn_hvdump.collect import filewrite
-from drgn_hvdump.collect.filewrite import DIRECT_ALIGN, DataWriter
+from drgn_hvdump.collect.filewrite import DIRECT_ALIGN, DataWriter, write_runs
 
 
 def _open(path: Path) -> int:
@@ -144,9 +144,8 @@ def test_pages_at_their_places_leave_holes(tmp_path: Path) -> None:
     path = tmp_path / "out"
     fd = _open(path)
     os.ftruncate(fd, 16 * DIRECT_ALIGN)
-    w = DataWriter(str(path), fd)
     view = memoryview(src)
-    assert w.write_pages_at(view, zero, DIRECT_ALIGN, 4 * DIRECT_ALIGN) == 3 * DIRECT_ALIGN
+    assert write_runs(fd, view, zero, DIRECT_ALIGN, 4 * DIRECT_ALIGN) == 3 * DIRECT_ALIGN
     got = path.read_bytes()
     for i in range(6):
         page = got[(4 + i) * DIRECT_ALIGN : (5 + i) * DIRECT_ALIGN]
@@ -156,10 +155,10 @@ def test_pages_at_their_places_leave_holes(tmp_path: Path) -> None:
             else bytes(view[i * DIRECT_ALIGN : (i + 1) * DIRECT_ALIGN])
         )
         assert page == want
-    w.close()
     view.release()
     src.close()
     os.close(fd)
+    assert os.stat(path).st_blocks * 512 < 16 * DIRECT_ALIGN  # holes stay holes
 
 
 def _refuse(direct_fd: Callable[[], int | None], err: int) -> Callable[..., int]:

@@ -18,6 +18,7 @@ grows by exactly the pages a write frees) before anything is written again.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import time
 from collections import deque
@@ -258,7 +259,7 @@ class _Vmcore:
             hint="the vmcore does not match the dump header",
         )
 
-    def read_into(self, paddr: int, buf: bytearray) -> None:
+    def read_into(self, paddr: int, buf: bytearray | mmap.mmap) -> None:
         offset = self.file_offset(paddr, len(buf))
         view = memoryview(buf)
         done = 0
@@ -682,7 +683,7 @@ def _vmcoreinfo_raw(core: ElfCore) -> bytes | None:
 @dataclass
 class _InFlight:
     chunk: Chunk
-    buf: bytearray
+    buf: bytearray | mmap.mmap
     zero: bytes
     xxh64: int
     prepared: list[Future[tuple[PageBatch, Future[str]]]]
@@ -732,7 +733,7 @@ class _Runner:
         self.checkers: ThreadPoolExecutor | None = None
         self._total: int | None = None
         self._done_bytes = 0
-        self._free_bufs: dict[int, list[bytearray]] = {}
+        self._free_bufs: dict[int, list[bytearray | mmap.mmap]] = {}
         self.pos = 0  # plan.order[:pos] are made (in this boot of the capture kernel)
         self.warnings: list[str] = []
         self.stored_bytes = 0
@@ -797,8 +798,8 @@ class _Runner:
     def _write_verify(self, item: _InFlight) -> str:
         """In the I/O thread: write the chunk, then verify it (see :meth:`_verify`).
 
-        Writes are here, not on the reading thread, because an O_DIRECT write
-        waits for the disk. After a failed write later chunks are not written:
+        O_DIRECT writes are here, not on the reading thread, because they wait
+        for the disk. After a failed write later chunks are not written:
         their data would land where the failed one's should be (the failure
         reaches the main thread from the failed chunk, which it finishes first).
         """
@@ -924,7 +925,9 @@ class _Runner:
             for ch in todo:
                 t = time.monotonic()
                 free = self._free_bufs.get(ch.size)
-                buf = free.pop() if free else bytearray(ch.size)
+                # Page-aligned (an anonymous mapping), so O_DIRECT can write
+                # whole pages straight from it (drgn_hvdump/collect/filewrite.py).
+                buf = free.pop() if free else mmap.mmap(-1, ch.size)
                 self.vm.read_into(ch.src, buf)
                 if self.scrub and ch.kind in ("rmo", "mem"):
                     apply_scrub(buf, ch.dst, self.scrub)
@@ -957,7 +960,14 @@ class _Runner:
         if waiting:
             item = waiting.popleft()
             assert self.io is not None
-            item.verify = self.io.submit(self._write_verify, item)
+            if isinstance(self.output, KdumpOutput) and self.output.data.direct:
+                item.verify = self.io.submit(self._write_verify, item)
+            else:
+                # through the page cache a write returns at once: the I/O
+                # thread's sync of this chunk overlaps the next chunk's write
+                self._write(item)
+                item.prepared = []
+                item.verify = self.io.submit(self._verify, item)
             written.append(item)
             return
         self._finish(written.popleft())

@@ -8,12 +8,14 @@ with how much of the guest's memory the page cache has touched before),
 against 0.25 s with O_DIRECT, which hands the user pages to the disk. In a
 capture kernel it also leaves the page cache to the memory being given back.
 
-:class:`DataWriter` writes whole aligned blocks with O_DIRECT and everything
-else (a part that is not aligned, a file system that refuses O_DIRECT:
-tmpfs before Linux 6.6, many FUSE and network file systems) through the
-page cache, with the same result on the disk. Files written both ways keep
-the two to separate blocks: the kdump layout starts its page data on a page
-boundary.
+:class:`DataWriter` appends a kdump file's page data in whole aligned
+blocks with O_DIRECT, and through the page cache where the file system
+refuses O_DIRECT (tmpfs before Linux 6.6, many FUSE and network file
+systems), with the same result on the disk. The header, bitmaps and page
+descriptors go through the page cache; they keep to separate blocks, since
+the kdump layout starts its page data on a page boundary. Sparse files (ELF
+cores, the metadata files) are written through the page cache
+(:func:`write_runs`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ from drgn_hvdump import native
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["DIRECT_ALIGN", "DataWriter", "nonzero_runs", "pwrite_all", "pwritev_all"]
+__all__ = [
+    "DIRECT_ALIGN",
+    "DataWriter",
+    "nonzero_runs",
+    "page_runs",
+    "pwrite_all",
+    "pwritev_all",
+    "write_runs",
+]
 
 # Offsets, lengths and buffer addresses of O_DIRECT writes are multiples of
 # this: the logical block size of every disk in use (512 or 4096 bytes).
@@ -97,6 +107,27 @@ def nonzero_runs(zero: bytes) -> Iterator[tuple[int, int]]:
         i = j
 
 
+def page_runs(view: memoryview, zero: bytes, page_size: int) -> Iterator[tuple[int, memoryview]]:
+    """(first page index, its bytes) of each run of non-zero pages of ``view``."""
+    for i, j in nonzero_runs(zero):
+        yield i, view[i * page_size : j * page_size]
+
+
+def write_runs(fd: int, view: memoryview, zero: bytes, page_size: int, offset: int) -> int:
+    """Write the non-zero pages of ``view`` each at its place from ``offset``, through the
+    page cache (zero pages stay holes); return the bytes written.
+
+    Not O_DIRECT: a sparse file's runs are many small writes, and an O_DIRECT
+    write waits for the disk. A 1 GiB ELF collection took 2.26 s that way
+    against 1.72 s through the page cache (same run).
+    """
+    written = 0
+    for i, run in page_runs(view, zero, page_size):
+        pwritev_all(fd, [run], offset + i * page_size)
+        written += run.nbytes
+    return written
+
+
 def _aligned(view: memoryview) -> bool:
     return view.nbytes % DIRECT_ALIGN == 0 and native.buffer_address(view) % DIRECT_ALIGN == 0
 
@@ -120,11 +151,10 @@ def _pwritev_direct(fd: int, views: list[memoryview], offset: int) -> None:
 
 
 class DataWriter:
-    """The writes of one output file: aligned ones with O_DIRECT where the file system allows.
+    """The page data of a kdump file, appended with O_DIRECT where the file system allows.
 
-    :meth:`write_at` writes parts at a fixed offset (an ELF core's segments);
-    :meth:`append` adds bytes of any length at :attr:`end` (a kdump file's
-    page data). An append that does not end on a block boundary writes its
+    :meth:`append` adds bytes of any length at :attr:`end`; :meth:`append_pages`
+    the non-zero pages of a buffer. An append that does not end on a block boundary writes its
     last block padded with zeros and keeps that block's bytes, so the next
     append writes them again with what follows: the file can end past
     :attr:`end` by less than a block until :meth:`truncate`.
@@ -155,49 +185,16 @@ class DataWriter:
             os.close(self.dfd)
             self.dfd = None
 
-    def write_at(self, parts: Sequence[Buffer], offset: int) -> None:
-        """Write ``parts`` one after another at ``offset``."""
-        views = [memoryview(p).cast("B") for p in parts]
-        if self.dfd is not None and offset % DIRECT_ALIGN == 0 and all(map(_aligned, views)):
-            try:
-                _pwritev_direct(self.dfd, views, offset)
-                return
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._no_direct()
-        pwritev_all(self.fd, views, offset)
-
-    def _pages_direct(self, view: memoryview, page_size: int, offset: int) -> bool:
-        return (
-            self.dfd is not None
-            and offset % DIRECT_ALIGN == 0
-            and page_size % DIRECT_ALIGN == 0
-            and native.buffer_address(view) % DIRECT_ALIGN == 0
-        )
-
-    def write_pages_at(self, view: memoryview, zero: bytes, page_size: int, offset: int) -> int:
-        """Write the non-zero pages of ``view`` each at its place from ``offset`` (zero
-        pages stay holes); return the bytes written."""
-        if self._pages_direct(view, page_size, offset):
-            assert self.dfd is not None
-            try:
-                return native.write_pages(self.dfd, view, zero, page_size, offset, holes=True)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._no_direct()
-        written = 0
-        for i, j in nonzero_runs(zero):
-            pwritev_all(self.fd, [view[i * page_size : j * page_size]], offset + i * page_size)
-            written += (j - i) * page_size
-        return written
-
     def append_pages(self, view: memoryview, zero: bytes, page_size: int) -> int:
         """Append the non-zero pages of ``view`` one after another; return where they start."""
         start = self.end
-        if not self._tail and self._pages_direct(view, page_size, start):
-            assert self.dfd is not None
+        if (
+            self.dfd is not None
+            and not self._tail
+            and start % DIRECT_ALIGN == 0
+            and page_size % DIRECT_ALIGN == 0
+            and native.buffer_address(view) % DIRECT_ALIGN == 0
+        ):
             try:
                 self.end += native.write_pages(self.dfd, view, zero, page_size, start)
                 return start
@@ -205,7 +202,7 @@ class DataWriter:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._no_direct()
-        return self.append([view[i * page_size : j * page_size] for i, j in nonzero_runs(zero)])
+        return self.append([run for _, run in page_runs(view, zero, page_size)])
 
     def seek(self, end: int) -> None:
         """Make ``end`` (the end of what the file holds) where the next append goes."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from drgn_hvdump import native
 from drgn_hvdump.collect.codecs import Codec, decompress_page
-from drgn_hvdump.collect.filewrite import DataWriter, nonzero_runs, pwrite_all, pwritev_all
+from drgn_hvdump.collect.filewrite import DataWriter, page_runs, pwrite_all, write_runs
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import CoreLayout
 from drgn_hvdump.formats.kdump import (
@@ -72,12 +72,6 @@ def _drop_cache(fd: int, offset: int, size: int) -> None:
         os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
 
 
-def _write_nonzero(fd: int, buf: memoryview, zero: bytes, page_size: int, offset: int) -> None:
-    """Write the non-zero pages of ``buf`` (runs at a time) at ``offset``; zero pages stay holes."""
-    for i, j in nonzero_runs(zero):
-        pwritev_all(fd, [buf[i * page_size : j * page_size]], offset + i * page_size)
-
-
 @dataclass(frozen=True)
 class _RawPages:
     """The non-zero pages of a chunk stored raw, run by run (built only when compared)."""
@@ -87,9 +81,8 @@ class _RawPages:
     page_size: int
 
     def __iter__(self) -> Iterator[memoryview]:
-        ps = self.page_size
-        for i, j in nonzero_runs(self.zero):
-            yield self.view[i * ps : j * ps]
+        for _, run in page_runs(self.view, self.zero, self.page_size):
+            yield run
 
 
 @dataclass
@@ -116,7 +109,7 @@ class SidecarOutput:
     def write(self, offset: int, buf: memoryview, zero: bytes) -> ChunkWrite:
         ps = self.page_size
         whole = len(zero) * ps
-        _write_nonzero(self.fd, buf[:whole], zero, ps, offset)
+        write_runs(self.fd, buf[:whole], zero, ps, offset)
         if whole < buf.nbytes:
             pwrite_all(self.fd, buf[whole:], offset + whole)
         return ChunkWrite(offset, buf.nbytes)
@@ -140,7 +133,6 @@ class ElfOutput:
         self.layout = layout
         self.page_size = page_size
         self.fd = create_file(path, layout.file_size)
-        self.data = DataWriter(path, self.fd)
         if not resume or _pread_exact(self.fd, len(layout.header), 0) != layout.header:
             pwrite_all(self.fd, layout.header, 0)
             os.fdatasync(self.fd)
@@ -153,7 +145,7 @@ class ElfOutput:
 
     def write(self, paddr: int, buf: memoryview, zero: bytes) -> ChunkWrite:
         offset = self.file_offset(paddr, buf.nbytes)
-        stored = self.data.write_pages_at(buf, zero, self.page_size, offset)
+        stored = write_runs(self.fd, buf, zero, self.page_size, offset)
         return ChunkWrite(offset, stored)
 
     def sync(self) -> None:
@@ -169,7 +161,6 @@ class ElfOutput:
             os.fsync(self.fd)
 
     def close(self) -> None:
-        self.data.close()
         os.close(self.fd)
 
 

@@ -13,6 +13,7 @@ recorded in the manifest and in the kdump file's erase info.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ def load_filter(path: Path, vmcoreinfo: Mapping[str, str], memory: int) -> list[
     return out
 
 
-def apply_scrub(buf: bytearray, paddr: int, ranges: list[ScrubRange]) -> int:
+def apply_scrub(buf: bytearray | mmap.mmap, paddr: int, ranges: list[ScrubRange]) -> int:
     """Zero the parts of ``buf`` (crashed memory at ``paddr``) that ``ranges`` cover."""
     zeroed = 0
     end = paddr + len(buf)

@@ -194,6 +194,39 @@ def test_release_never_and_at_end(tmp_path: Path) -> None:
     assert compare_with_truth(lpar, tmp_path / "b") == []
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["o-direct", "page-cache"])
+def test_kdump_output_with_and_without_o_direct(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """Both write paths of the page data (O_DIRECT on the I/O thread, the page cache on
+    the reading thread) give dumps that verify and hold the LPAR's memory."""
+    from bench.export_root import export_root
+    from drgn_hvdump.collect import filewrite
+
+    if not direct:
+        real_open = os.open
+
+        def no_direct(path: str, flags: int, *args: int) -> int:
+            if flags & os.O_DIRECT:
+                raise OSError(22, "Invalid argument")  # what NFS or a FUSE file system says
+            return real_open(path, flags, *args)
+
+        monkeypatch.setattr(filewrite.os, "open", no_direct)
+    lpar = make_lpar(tmp_path / "lpar")
+    root = export_root(lpar, tmp_path / "root")
+    out = tmp_path / "out"
+    for compress in ("zstd", "none"):
+        collect(
+            CollectOptions(
+                root=root, output=out / compress, release="never", compress=compress, threads=2
+            )
+        )
+        assert verify_dir(out / compress)[0]
+        assert compare_with_truth(lpar, out / compress) == []
+        dump = out / compress / manifest(out / compress)["dump"]["file"]
+        assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+
+
 def test_verify_detects_a_changed_byte_and_works_on_a_copy(tmp_path: Path) -> None:
     from bench.export_root import export_root
 

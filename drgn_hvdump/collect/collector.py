@@ -730,6 +730,9 @@ class _Runner:
         self.writes_done: set[int] = set()
         self.io: ThreadPoolExecutor | None = None
         self._write_failed = False
+        # Fixed for the run, so that writes never run on two threads at once
+        # (even if the file system turns O_DIRECT down part-way).
+        self._write_on_io = isinstance(output, KdumpOutput) and output.data.direct
         self.checkers: ThreadPoolExecutor | None = None
         self._total: int | None = None
         self._done_bytes = 0
@@ -960,7 +963,7 @@ class _Runner:
         if waiting:
             item = waiting.popleft()
             assert self.io is not None
-            if isinstance(self.output, KdumpOutput) and self.output.data.direct:
+            if self._write_on_io:
                 item.verify = self.io.submit(self._write_verify, item)
             else:
                 # through the page cache a write returns at once: the I/O

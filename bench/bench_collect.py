@@ -156,14 +156,13 @@ def speed(
         "each run waits for idle CPUs first; 'others' is CPU time other processes used meanwhile"
     )
     res: dict[str, float] = {}
-    for name, cmd in (
-        ("zstd -1 -T1", ["zstd", "-1", "-T1", "-q", "-f", str(vmcore), "-o", str(base / "v.zst")]),
-        ("lz4 -1", ["lz4", "-1", "-q", "-f", str(vmcore), str(base / "v.lz4")]),
-        ("cp", ["cp", str(vmcore), str(base / "v.cp")]),
+    for name, out, cmd in (
+        ("zstd -1 -T1", base / "v.zst", ["zstd", "-1", "-T1", "-q", "-f", str(vmcore), "-o"]),
+        ("lz4 -1", base / "v.lz4", ["lz4", "-1", "-q", "-f", str(vmcore)]),
+        ("cp", base / "v.cp", ["cp", str(vmcore)]),
     ):
-        wall, cpu, others = min(_timed(cmd) for _ in range(repeat))
-        out = {"zstd -1 -T1": "v.zst", "lz4 -1": "v.lz4", "cp": "v.cp"}[name]
-        out_size = (base / out).stat().st_size
+        wall, cpu, others = min(_timed([*cmd, str(out)]) for _ in range(repeat))
+        out_size = out.stat().st_size
         res[name] = wall
         print(
             f"{name:34s} {wall:6.2f} s ({cpu:5.2f}) {size / wall / 1e6:5.0f} MB/s  "

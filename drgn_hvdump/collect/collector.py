@@ -31,6 +31,7 @@ from typing import Any
 from drgn_hvdump import native
 from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
 from drgn_hvdump.collect.codecs import Codec, PageBatch, check_batch, compress_batch, get_codec
+from drgn_hvdump.collect.filewrite import WriteGate
 from drgn_hvdump.collect.output import (
     ElfOutput,
     KdumpOutput,
@@ -729,7 +730,7 @@ class _Runner:
         self.done_chunks: dict[int, dict[str, Any]] = {}
         self.writes_done: set[int] = set()
         self.io: ThreadPoolExecutor | None = None
-        self._write_failed = False
+        self._gate = WriteGate()
         # Fixed for the run, so that writes never run on two threads at once
         # (even if the file system turns O_DIRECT down part-way).
         self._write_on_io = isinstance(output, KdumpOutput) and output.data.direct
@@ -802,17 +803,9 @@ class _Runner:
         """In the I/O thread: write the chunk, then verify it (see :meth:`_verify`).
 
         O_DIRECT writes are here, not on the reading thread, because they wait
-        for the disk. After a failed write later chunks are not written:
-        their data would land where the failed one's should be (the failure
-        reaches the main thread from the failed chunk, which it finishes first).
+        for the disk.
         """
-        if self._write_failed:
-            return "not written: an earlier chunk's write failed"
-        try:
-            self._write(item)
-        except BaseException:
-            self._write_failed = True
-            raise
+        self._write(item)
         item.prepared = []
         return self._verify(item)
 
@@ -964,7 +957,12 @@ class _Runner:
             item = waiting.popleft()
             assert self.io is not None
             if self._write_on_io:
-                item.verify = self.io.submit(self._write_verify, item)
+                item.verify = self.io.submit(
+                    self._gate.run,
+                    "not written: an earlier chunk's write failed",
+                    self._write_verify,
+                    item,
+                )
             else:
                 # through the page cache a write returns at once: the I/O
                 # thread's sync of this chunk overlaps the next chunk's write

@@ -29,6 +29,7 @@ from typing import Any
 
 from drgn_hvdump import native
 from drgn_hvdump.collect.codecs import Codec, PageBatch, check_batch, compress_batch, get_codec
+from drgn_hvdump.collect.filewrite import WriteGate
 from drgn_hvdump.collect.output import ElfOutput, KdumpOutput, disk_error
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.errors import FormatError, HvdumpError
@@ -469,7 +470,7 @@ class _Run:
         self.zero_pages = 0
         self.timings = {"read_scan": 0.0, "compress_wait": 0.0, "write": 0.0}
         self._free: list[bytearray] = []
-        self._failed = False
+        self._gate = WriteGate()
 
     def _compress(self, view: memoryview, zero: bytes) -> PageBatch:
         assert self.codec is not None
@@ -513,24 +514,13 @@ class _Run:
                         futs.append(
                             pool.submit(fn, view[i * self.ps : (i + len(sub)) * self.ps], sub)
                         )
-                flight.append(writer.submit(self._write, item, futs))
+                flight.append(writer.submit(self._gate.run, None, self._write, item, futs))
                 while len(flight) >= depth:
                     flight.popleft().result()
             while flight:
                 flight.popleft().result()
 
     def _write(self, item: _Item, futs: list[Future[Any]]) -> None:
-        # After a failed write the later chunks are not written: their data
-        # would land where the failed one's should be.
-        if self._failed:
-            return
-        try:
-            self._write_one(item, futs)
-        except BaseException:
-            self._failed = True
-            raise
-
-    def _write_one(self, item: _Item, futs: list[Future[Any]]) -> None:
         ch = item.chunk
         view = item.view
         t = time.monotonic()

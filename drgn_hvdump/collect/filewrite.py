@@ -24,8 +24,8 @@ import errno
 import mmap
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from drgn_hvdump import native
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DIRECT_ALIGN",
     "DataWriter",
+    "WriteGate",
     "nonzero_runs",
     "page_runs",
     "pwrite_all",
@@ -42,11 +43,12 @@ __all__ = [
     "write_runs",
 ]
 
+T = TypeVar("T")
+
 # Offsets, lengths and buffer addresses of O_DIRECT writes are multiples of
 # this: the logical block size of every disk in use (512 or 4096 bytes).
 DIRECT_ALIGN = 4096
 _STAGE = 4 << 20
-_IOV_MAX = 1024
 _BOUNCE = 256 << 10
 _bounce_local = threading.local()
 
@@ -67,6 +69,25 @@ def _bounce_buffer() -> bytearray:
     return buf
 
 
+def _gather(
+    buf: bytearray | mmap.mmap, fill: int, parts: Sequence[Buffer], flush: Callable[[], None]
+) -> int:
+    """Copy ``parts`` into ``buf`` from ``fill`` on, calling ``flush`` each time it is
+    full; return how much of it the last bytes fill."""
+    size = len(buf)
+    for part in parts:
+        view = memoryview(part).cast("B")
+        while view.nbytes:
+            n = min(view.nbytes, size - fill)
+            buf[fill : fill + n] = view[:n]
+            fill += n
+            view = view[n:]
+            if fill == size:
+                flush()
+                fill = 0
+    return fill
+
+
 def pwritev_all(fd: int, parts: Sequence[Buffer], offset: int) -> None:
     """Write ``parts`` one after another at ``offset`` through the page cache.
 
@@ -77,20 +98,16 @@ def pwritev_all(fd: int, parts: Sequence[Buffer], offset: int) -> None:
     makedumpfile writes from a small buffer the same way.
     """
     bounce = _bounce_buffer()
-    fill = 0
-    for part in parts:
-        view = memoryview(part).cast("B")
-        while view.nbytes:
-            n = min(view.nbytes, len(bounce) - fill)
-            bounce[fill : fill + n] = view[:n]
-            fill += n
-            view = view[n:]
-            if fill == len(bounce):
-                pwrite_all(fd, bounce, offset)
-                offset += fill
-                fill = 0
+    at = offset
+
+    def flush() -> None:
+        nonlocal at
+        pwrite_all(fd, bounce, at)
+        at += len(bounce)
+
+    fill = _gather(bounce, 0, parts, flush)
     if fill:
-        pwrite_all(fd, memoryview(bounce)[:fill], offset)
+        pwrite_all(fd, memoryview(bounce)[:fill], at)
 
 
 def nonzero_runs(zero: bytes) -> Iterator[tuple[int, int]]:
@@ -128,26 +145,43 @@ def write_runs(fd: int, view: memoryview, zero: bytes, page_size: int, offset: i
     return written
 
 
-def _aligned(view: memoryview) -> bool:
-    return view.nbytes % DIRECT_ALIGN == 0 and native.buffer_address(view) % DIRECT_ALIGN == 0
+def _pwrite_direct(fd: int, view: memoryview, offset: int) -> None:
+    """Write an aligned ``view`` at ``offset`` through an O_DIRECT descriptor."""
+    done = 0
+    while done < view.nbytes:
+        # each rest released at once, even when the write fails: a view left
+        # in a traceback would keep the stage from being closed
+        with view[done:] as rest:
+            n = os.pwritev(fd, [rest], offset + done)
+        if n <= 0:
+            raise OSError(errno.EIO, f"direct write at {offset + done:#x} wrote nothing")
+        if n % DIRECT_ALIGN:
+            # the rest is unaligned, which the caller handles by writing the
+            # whole range through the page cache
+            raise OSError(errno.EINVAL, "short direct write")
+        done += n
 
 
-def _pwritev_direct(fd: int, views: list[memoryview], offset: int) -> None:
-    """Write aligned ``views`` at ``offset`` through an O_DIRECT descriptor."""
-    for i in range(0, len(views), _IOV_MAX):
-        batch = views[i : i + _IOV_MAX]
-        while batch:
-            n = os.pwritev(fd, batch, offset)
-            if n <= 0:
-                raise OSError(errno.EIO, f"direct write at {offset:#x} wrote nothing")
-            offset += n
-            while batch and n >= batch[0].nbytes:
-                n -= batch[0].nbytes
-                batch = batch[1:]
-            if batch and n:
-                # a short write inside a part: the rest is unaligned, which the
-                # caller handles by writing the whole range through the cache
-                raise OSError(errno.EINVAL, "short direct write")
+class WriteGate:
+    """Lets a file's writes, made in order on one thread, stop at the first failure.
+
+    A write after a failed one would put its data where the failed one's
+    should be; the failure reaches the caller from the failed write, which it
+    waits for first.
+    """
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def run(self, skipped: T, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, or ``skipped`` once an earlier call has raised."""
+        if self.failed:
+            return skipped
+        try:
+            return fn(*args)
+        except BaseException:
+            self.failed = True
+            raise
 
 
 class DataWriter:
@@ -161,7 +195,6 @@ class DataWriter:
     """
 
     def __init__(self, path: str, fd: int, *, direct: bool = True) -> None:
-        self.path = path
         self.fd = fd
         self.dfd: int | None = None
         if direct:
@@ -190,8 +223,7 @@ class DataWriter:
         start = self.end
         if (
             self.dfd is not None
-            and not self._tail
-            and start % DIRECT_ALIGN == 0
+            and start % DIRECT_ALIGN == 0  # so no tail is kept
             and page_size % DIRECT_ALIGN == 0
             and native.buffer_address(view) % DIRECT_ALIGN == 0
         ):
@@ -232,27 +264,20 @@ class DataWriter:
         return start
 
     def _append_direct(self, views: list[memoryview]) -> None:
-        assert self.dfd is not None
-        start = self.end
-        if not self._tail and start % DIRECT_ALIGN == 0 and all(map(_aligned, views)):
-            _pwritev_direct(self.dfd, views, start)  # raw pages straight from the source
-            return
+        # Direct mode keeps len(self._tail) == self.end % DIRECT_ALIGN, so the
+        # stage starts on a block boundary.
         if self._stage is None:
             self._stage = mmap.mmap(-1, _STAGE)
         stage = self._stage
-        base = start - len(self._tail)
-        fill = len(self._tail)
-        stage[:fill] = self._tail
-        for view in views:
-            while view.nbytes:
-                n = min(view.nbytes, _STAGE - fill)
-                stage[fill : fill + n] = view[:n]
-                fill += n
-                view = view[n:]
-                if fill == _STAGE:
-                    self._write_stage(fill, base)
-                    base += fill
-                    fill = 0
+        base = self.end - len(self._tail)
+        stage[: len(self._tail)] = self._tail
+
+        def flush() -> None:
+            nonlocal base
+            self._write_stage(_STAGE, base)
+            base += _STAGE
+
+        fill = _gather(stage, len(self._tail), views, flush)
         keep = fill % DIRECT_ALIGN
         if fill:
             padded = fill - keep + (DIRECT_ALIGN if keep else 0)
@@ -264,7 +289,7 @@ class DataWriter:
         assert self.dfd is not None and self._stage is not None
         # released even when the write fails, so that the stage can be closed
         with memoryview(self._stage) as whole, whole[:size] as part:
-            _pwritev_direct(self.dfd, [part], offset)
+            _pwrite_direct(self.dfd, part, offset)
 
     def truncate(self) -> None:
         """Cut the file at :attr:`end` (drops the padding of the last block)."""

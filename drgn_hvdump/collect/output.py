@@ -203,8 +203,9 @@ class KdumpOutput:
         return self.data.end
 
     def set_data_end(self, end: int) -> None:
-        os.ftruncate(self.fd, max(end, self.layout.data_start))
-        self.data.seek(max(end, self.layout.data_start))
+        end = max(end, self.layout.data_start)
+        os.ftruncate(self.fd, end)
+        self.data.seek(end)
 
     def write(self, paddr: int, batches: Sequence[PageBatch]) -> ChunkWrite:
         """Append a chunk's stored pages (batches in page order) and write their descriptors."""
@@ -215,7 +216,9 @@ class KdumpOutput:
         for b in batches:
             descs.append(native.kdump_descs(b, pos, lay.zero_page_offset, self.page_size, big))
             pos += b.stored
-        return self._store(paddr, [b.data for b in batches], b"".join(descs), start, pos - start)
+        parts = [b.data for b in batches]
+        self.data.append(parts)
+        return self._descs(paddr, parts, b"".join(descs), start)
 
     def write_raw(self, paddr: int, view: memoryview, zero: bytes) -> ChunkWrite:
         """Append a chunk's non-zero pages as they are (codec ``none``): no copy is made."""
@@ -226,16 +229,10 @@ class KdumpOutput:
         start = self.data_end
         descs = native.kdump_descs(batch, start, lay.zero_page_offset, ps, lay.byteorder == "big")
         self.data.append_pages(view, zero, ps)
-        return self._stored(paddr, _RawPages(view, zero, ps), descs, start)
+        return self._descs(paddr, _RawPages(view, zero, ps), descs, start)
 
-    def _store(
-        self, paddr: int, parts: Sequence[Buffer], descs: bytes, start: int, length: int
-    ) -> ChunkWrite:
-        self.data.append(parts)
-        assert self.data.end == start + length
-        return self._stored(paddr, parts, descs, start)
-
-    def _stored(self, paddr: int, parts: Iterable[Buffer], descs: bytes, start: int) -> ChunkWrite:
+    def _descs(self, paddr: int, parts: Iterable[Buffer], descs: bytes, start: int) -> ChunkWrite:
+        """Write the descriptors of a chunk whose stored bytes were appended from ``start``."""
         pwrite_all(self.fd, descs, self.layout.desc_file_offset(paddr // self.page_size))
         return ChunkWrite(start, self.data.end - start, parts, descs)
 

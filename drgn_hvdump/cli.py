@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,10 +39,23 @@ FUSE-mounted simulated LPAR from `hvsim mount`, for example).
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from drgn_hvdump.collect.ownership import dump_owner
+    from drgn_hvdump.collect.progress_view import read_registration
+
     capture = open_capture(args.root)
     state = capture.state()
+    owner = dump_owner(args.root, capture.lock_path) if state.dump_waiting else None
+    entry, _ = read_registration(args.root)
+    stopped = _stopped_reason(entry)
     if args.json:
-        print_json(dataclasses.asdict(state))
+        print_json(
+            {
+                **dataclasses.asdict(state),
+                "owner": owner.to_json() if owner is not None else None,
+                "collection": entry.get("output") if entry else None,
+                "stopped": stopped,
+            }
+        )
         return 0
     print(f"root:                {state.root}")
     print(f"interface:           {state.interface}")
@@ -60,11 +74,41 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"reserved:            {state.reserved_bytes / (1 << 30):.2f} GiB")
     if state.dump_waiting:
         print(f"dump usable:         {'yes' if state.valid else 'no'} ({state.reason})")
+        print(f"collector:           {owner.describe() if owner else 'none running'}")
+    if entry is not None and owner is None:
+        print(f"last collection:     {entry.get('output')}")
+    if stopped:
+        print(f"collection stopped:  {stopped}")
     else:
         print(f"reason:              {state.reason}")
     for warning in state.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _stopped_reason(entry: dict[str, object] | None) -> str | None:
+    """Why the registered collection last stopped on its own (its journal's ``stop``)."""
+    import json
+
+    if not entry or not isinstance(entry.get("output"), str):
+        return None
+    path = Path(str(entry["output"])) / "journal.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - (1 << 16)))
+            tail = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(tail):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("t") == "stop":
+            return str(rec.get("why"))
+        if isinstance(rec, dict) and rec.get("t") in ("done", "rel", "chunk", "start"):
+            return None
+    return None
 
 
 def _inspect_kind(data: bytes) -> str:
@@ -195,7 +239,12 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main("hvdump", _main, argv)
+    return run_main(
+        "hvdump",
+        _main,
+        argv,
+        interrupted="nothing unsaved was released; run the same command again to resume",
+    )
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -66,6 +68,7 @@ def run_main(
     argv: Sequence[str] | None,
     *,
     user_errors: tuple[type[Exception], ...] = (),
+    interrupted: str = "",
 ) -> int:
     """Run a command's main: user errors become one line on stderr and a non-zero exit.
 
@@ -74,15 +77,26 @@ def run_main(
     user's to fix: named, with the system's reason).
     """
     errors: tuple[type[Exception], ...] = (HvdumpError, *user_errors)
+    stopped_by = [signal.SIGINT]
+
+    def on_term(signum: int, _frame: object) -> None:
+        # SIGTERM (systemd, kill, Ansible's timeout) ends a command as Ctrl-C does:
+        # one line, and a collection resumable from its journal.
+        stopped_by[0] = signal.Signals(signum)
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread: keep the default
+        signal.signal(signal.SIGTERM, on_term)
     try:
         return func(argv)
     except errors as error:
         message = str(error).replace("\n", " ")
         print(f"{prog}: error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+        return int(getattr(error, "exit_code", EXIT_ERROR))
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        hint = f"; {interrupted}" if interrupted else ""
+        print(f"{prog}: interrupted by {stopped_by[0].name}{hint}", file=sys.stderr)
+        return 128 + int(stopped_by[0])
     except BrokenPipeError:
         # Output piped into `head` or similar: not an error of ours. Point stdout at
         # /dev/null so the interpreter's final flush does not complain.

@@ -8,9 +8,11 @@ __all__ = ["FormatError", "HvdumpError"]
 class HvdumpError(Exception):
     """Base class for errors caused by input or environment, not by a bug.
 
-    Command-line tools print ``str(error)`` as a single line and exit non-zero,
-    without a traceback.
+    Command-line tools print ``str(error)`` as a single line and exit with
+    :attr:`exit_code`, without a traceback.
     """
+
+    exit_code = 1
 
 
 class FormatError(HvdumpError):

@@ -17,15 +17,23 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, dir_fd: int | None = None) -> None:
     """Replace ``path`` with ``data`` (mode 0600): readers see the old or the new file whole.
 
-    The temporary file is named for this process, written completely (short writes
-    are continued), fsynced, renamed over ``path``, and the rename is fsynced.
+    The temporary file is named for this process and created exclusively
+    without following links (a planted file or link of that name is removed,
+    never written through), written completely (short writes are continued),
+    fsynced, renamed over ``path``, and the rename is fsynced. With ``dir_fd``,
+    ``path`` is a name in that directory.
     """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        os.unlink(tmp, dir_fd=dir_fd)
+        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     try:
         os.fchmod(fd, 0o600)
         view = memoryview(data)
@@ -34,5 +42,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, target)
-    fsync_dir(target.parent)
+    os.replace(tmp, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    if dir_fd is not None:
+        os.fsync(dir_fd)
+    else:
+        fsync_dir(target.parent)

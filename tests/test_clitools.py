@@ -49,4 +49,4 @@ def test_a_command_adds_its_own_user_errors(capsys: pytest.CaptureFixture[str]) 
 
 def test_interrupt(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main("tool", _raising(KeyboardInterrupt()), None) == 130
-    assert capsys.readouterr().err == "tool: interrupted\n"
+    assert capsys.readouterr().err == "tool: interrupted by SIGINT\n"

@@ -206,10 +206,10 @@ def test_kdump_output_with_and_without_o_direct(
     if not direct:
         real_open = os.open
 
-        def no_direct(path: str, flags: int, *args: int) -> int:
+        def no_direct(path: str, flags: int, *args: int, **kwargs: int) -> int:
             if flags & os.O_DIRECT:
                 raise OSError(22, "Invalid argument")  # what NFS or a FUSE file system says
-            return real_open(path, flags, *args)
+            return real_open(path, flags, *args, **kwargs)
 
         monkeypatch.setattr(filewrite.os, "open", no_direct)
     lpar = make_lpar(tmp_path / "lpar")

@@ -56,6 +56,11 @@ class CaptureInterface(ABC):
     def vmcore_path(self) -> Path:
         """The file holding the old kernel's memory (``/proc/vmcore``)."""
 
+    @property
+    @abstractmethod
+    def lock_path(self) -> Path:
+        """The file whose ``flock`` makes one collector the dump's only owner."""
+
     @abstractmethod
     def release(self, extent: Extent) -> None:
         """Give ``extent`` back to the running kernel. Its old contents are gone afterwards."""

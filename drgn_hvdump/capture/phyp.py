@@ -65,6 +65,10 @@ class PhypDump(CaptureInterface):
         """``sys/kernel/release_region`` under the root."""
         return self.root / "sys/kernel/release_region"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.release_region_path
+
     def _rtas(self, prop: str) -> Path | None:
         for d in _DT_DIRS:
             path = self.root / d / "rtas" / prop

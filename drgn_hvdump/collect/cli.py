@@ -18,12 +18,22 @@ PRSTATUS notes, VMCOREINFO, the HPTE section (DIR/hpte.bin) and the register
 save area (DIR/regsave.bin), a manifest with per-chunk checksums, and a
 journal. Memory is released only after its bytes are written, synced and
 read back with the right checksum. Run the same command again after any
-interruption: it resumes where it stopped.
+interruption (SIGINT, SIGTERM, kill -9, a full disk): it resumes where it
+stopped.
+
+One collector owns a dump at a time, whatever its output directory: a second
+one exits with status 75 naming the owner (pid, directory, since when), or
+waits for it with --wait. The collector stops before its next release when
+anything it did not do changes what it relies on: memory released by hand or
+by another tool (MemTotal no longer what its own releases leave), or its
+output directory or files removed or replaced. DIR must be new, or owned by
+you and writable by nobody else; links in it are never followed.
 """
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
     from drgn_hvdump.collect.collector import CollectOptions, collect
+    from drgn_hvdump.collect.ownership import DumpBusyError
 
     fix_mmap_threshold()
     opts = CollectOptions(
@@ -40,8 +50,15 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
         scrub=args.scrub,
         accept_partial=args.accept_partial,
+        wait=args.wait or args.wait_timeout is not None,
+        wait_timeout=args.wait_timeout,
     )
-    result = collect(opts)
+    try:
+        result = collect(opts)
+    except DumpBusyError as busy:
+        if args.json:
+            print(json.dumps({"event": "busy", **busy.owner.to_json()}), flush=True)
+        raise
     if args.dry_run:
         for line in result.plan_text:
             print(line)
@@ -216,6 +233,17 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         metavar="FILTER",
         help="zero the data named in FILTER (erase SYMBOL size N)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another collector holds the dump or DIR, wait for it instead of exiting 75",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="wait at most SECONDS for another collector (implies --wait), then exit 75",
     )
     p.add_argument(
         "--accept-partial",

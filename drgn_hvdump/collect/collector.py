@@ -17,6 +17,7 @@ grows by exactly the pages a write frees) before anything is written again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -32,16 +33,23 @@ from drgn_hvdump import native
 from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
 from drgn_hvdump.collect.codecs import Codec, PageBatch, check_batch, compress_batch, get_codec
 from drgn_hvdump.collect.filewrite import WriteGate
+from drgn_hvdump.collect.outdir import OutputDir
 from drgn_hvdump.collect.output import (
     ElfOutput,
     KdumpOutput,
     SidecarOutput,
-    create_file,
     disk_error,
 )
+from drgn_hvdump.collect.ownership import DumpBusyError, DumpLock, dump_identity
 from drgn_hvdump.collect.plan import Chunk, Plan, ReleaseWrite, make_plan
 from drgn_hvdump.collect.progress import Progress
-from drgn_hvdump.collect.progress_view import PLAN_FILE, register_collection, write_plan_file
+from drgn_hvdump.collect.progress_view import (
+    PLAN_FILE,
+    read_registration,
+    register_collection,
+    unregister_collection,
+    write_plan_file,
+)
 from drgn_hvdump.collect.scrub import ScrubRange, apply_scrub, load_filter
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import build_dump_header
@@ -100,6 +108,10 @@ class CollectOptions:
     progress: bool | None = None
     scrub: Path | None = None
     accept_partial: bool = False
+    # Another collector holds the dump or the directory: wait for it (at most
+    # wait_timeout seconds, None for no limit) instead of refusing.
+    wait: bool = False
+    wait_timeout: float | None = None
     # Test and benchmark hook: called with an event name ("chunk", "release").
     hook: Callable[[str, int], None] | None = None
 
@@ -117,23 +129,66 @@ class CollectResult:
 class Journal:
     """Append-only, fsynced JSON lines; a torn last line (killed mid-write) is ignored."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.records: list[dict[str, Any]] = []
-        if path.exists():
-            lines = path.read_bytes().split(b"\n")
-            for n, line in enumerate(lines):
-                if not line.strip():
-                    continue
-                try:
-                    self.records.append(json.loads(line))
-                except ValueError:
-                    if n < len(lines) - 2:
-                        raise FormatError("journal line is not JSON", path=str(path)) from None
+    def __init__(self, out: OutputDir, records: list[dict[str, Any]] | None = None) -> None:
+        self.out = out
+        self.path = out.path / JOURNAL
+        self.records: list[dict[str, Any]] = records or []
         self._fd = -1
 
-    def open(self) -> None:
-        self._fd = create_file(str(self.path))
+    @classmethod
+    def load(cls, out: OutputDir) -> Journal | None:
+        """The journal in ``out``, or None when there is none."""
+        if not out.exists(JOURNAL):
+            return None
+        path = out.path / JOURNAL
+        try:
+            data = out.read_bytes(JOURNAL, limit=1 << 30)
+        except OSError as exc:
+            raise HvdumpError(f"{path}: cannot read the journal: {exc.strerror or exc}") from None
+        records: list[dict[str, Any]] = []
+        lines = data.split(b"\n")
+        offset = 0
+        for n, line in enumerate(lines):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    rec = None
+                if not isinstance(rec, dict):
+                    if n < len(lines) - 2 or line.endswith(b"}"):
+                        raise FormatError(
+                            "journal line is not a JSON object",
+                            path=str(path),
+                            offset=offset,
+                            hint="not a journal this hvdump wrote; use another --output",
+                        )
+                else:
+                    records.append(rec)
+            offset += len(line) + 1
+        return cls(out, records)
+
+    @property
+    def start(self) -> dict[str, Any]:
+        return self.records[0] if self.records else {}
+
+    @property
+    def identity(self) -> str | None:
+        ident = self.start.get("identity")
+        return ident if isinstance(ident, str) else None
+
+    @property
+    def done(self) -> bool:
+        return any(r.get("t") == "done" for r in self.records)
+
+    def file_ids(self) -> dict[str, tuple[int, int]]:
+        """The files this collection created, as journaled when it created them."""
+        for rec in self.records:
+            if rec.get("t") == "files" and isinstance(rec.get("ids"), dict):
+                return {str(k): (int(v[0]), int(v[1])) for k, v in rec["ids"].items()}
+        return {}
+
+    def open(self, *, new: bool) -> None:
+        self._fd = self.out.open_file(JOURNAL, create=True, exclusive=new)
         size = os.fstat(self._fd).st_size
         if size:
             data = os.pread(self._fd, 1, size - 1)
@@ -142,6 +197,10 @@ class Journal:
                 text = os.pread(self._fd, size, 0)
                 os.ftruncate(self._fd, text.rfind(b"\n") + 1)
         os.lseek(self._fd, 0, os.SEEK_END)
+
+    @property
+    def fd(self) -> int:
+        return self._fd
 
     def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
@@ -153,10 +212,6 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_atomic(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
 
 
 def read_memtotal(root: Path) -> int | None:
@@ -181,31 +236,13 @@ def read_boot_id(root: Path) -> str | None:
         return None
 
 
-# hvsim's /proc/meminfo keeps 1/64 of the memory it has for "kernel overhead":
-# MemTotal = (avail - avail // 64) // 1024 kB, avail = RAM minus reserved pages.
-_HVSIM_OVERHEAD_SHIFT = 6
-
-
 def memtotal_after(before_kb: int, new_pages: tuple[int, ...], page_size: int) -> set[int]:
     """Every ``MemTotal`` (kB) a release that frees ``n`` new pages can leave, ``n`` in ``new_pages``.
 
     Linux adds each freed page to ``totalram_pages``, so MemTotal grows by
-    exactly ``n * page_size / 1024`` kB. hvsim's MemTotal also takes 1/64 of the
-    available memory away (rounded down to whole kB); its exact value is found
-    by solving for the available bytes, a whole number of pages.
+    exactly ``n * page_size / 1024`` kB (hvsim models the same rule).
     """
-    out = set()
-    for n in new_pages:
-        if n <= 0:
-            continue
-        out.add(before_kb + n * page_size // 1024)
-        guess = before_kb * 1024 * 64 // 63 // page_size
-        for pages in range(max(0, guess - 2), guess + 3):
-            avail = pages * page_size
-            if (avail - (avail >> _HVSIM_OVERHEAD_SHIFT)) // 1024 == before_kb:
-                after = avail + n * page_size
-                out.add((after - (after >> _HVSIM_OVERHEAD_SHIFT)) // 1024)
-    return out
+    return {before_kb + n * page_size // 1024 for n in new_pages if n > 0}
 
 
 @dataclass
@@ -231,6 +268,9 @@ class ReleaseLog:
                 log.done.append(int(rec["w"]))
                 log.pending = None
                 log.last_mt = rec.get("mt", log.last_mt)
+            elif t == "start":
+                log.last_mt = rec.get("mt")
+                log.boot = rec.get("boot")
             elif t == "boot":
                 log.done = []
                 log.pending = None
@@ -363,7 +403,12 @@ def _plan_lines(plan: Plan, opts: CollectOptions, dump_file: Path) -> list[str]:
 
 
 def collect(opts: CollectOptions) -> CollectResult:
-    """Collect the dump under ``opts.root`` into ``opts.output`` (resuming if it holds a journal)."""
+    """Collect the dump under ``opts.root`` into ``opts.output`` (resuming if it holds a journal).
+
+    The collection owns the dump (:class:`~drgn_hvdump.collect.ownership.DumpLock`)
+    and its output directory (a ``flock`` on it) from start to end; a second
+    collector is refused with who holds them, or waits with ``opts.wait``.
+    """
     if opts.format not in DUMP_NAMES:
         raise HvdumpError(f"unknown format {opts.format!r}: choose kdump or elf")
     if opts.release not in ("progressive", "at-end", "never"):
@@ -371,30 +416,204 @@ def collect(opts: CollectOptions) -> CollectResult:
     codec = get_codec(opts.compress, opts.level) if opts.format == "kdump" else None
     threads = max(1, opts.threads)
     c = _Collection(opts)
-    out = opts.output
-    journal_path = out / JOURNAL
-    journal = Journal(journal_path) if journal_path.exists() else None
-    if journal is not None and any(r.get("t") == "done" for r in journal.records):
-        manifest = json.loads((out / MANIFEST).read_text())
-        return CollectResult(out, out / manifest["dump"]["file"], manifest, True, already_done=True)
-
     capture = open_capture(opts.root)
-    if journal is not None and opts.release != "never" and not opts.dry_run:
-        finished = _finish_after_last_release(opts, journal, capture)
+    if opts.dry_run:
+        return _dry_run(opts, capture)
+    waiting = capture.state().dump_waiting
+    if not waiting and not os.path.lexists(opts.output):
+        _dump_state(capture, opts.accept_partial)  # says why; nothing is created
+    out = OutputDir.open(opts.output)
+    lock = DumpLock(opts.root, capture.lock_path)
+    try:
+        if waiting:
+            lock.acquire(
+                wait=opts.wait,
+                timeout=opts.wait_timeout,
+                on_wait=lambda o: c.progress.message(f"waiting for {o.describe()} to finish"),
+            )
+        _lock_output(out, opts, c)
+        return _collect_owned(c, opts, codec, threads, capture, out)
+    finally:
+        c.progress.close()
+        lock.release()
+        out.close()
+
+
+def _lock_output(out: OutputDir, opts: CollectOptions, c: _Collection) -> None:
+    deadline = None if opts.wait_timeout is None else time.monotonic() + opts.wait_timeout
+    told = False
+    while True:
+        holder = out.lock()
+        if holder is None:
+            return
+        if not opts.wait or (deadline is not None and time.monotonic() >= deadline):
+            from drgn_hvdump.collect.ownership import Owner
+
+            raise DumpBusyError(
+                opts.root,
+                Owner(holder if holder > 0 else None, str(out.path)),
+                what=f"{out.path}: the output directory is in use by",
+            )
+        if not told:
+            c.progress.message(f"waiting for pid {holder} to finish with {out.path}")
+            told = True
+        time.sleep(0.2)
+
+
+def _dry_run(opts: CollectOptions, capture: CaptureInterface) -> CollectResult:
+    state, _ = _dump_state(capture, opts.accept_partial)
+    vm = _Vmcore(capture.vmcore_path)
+    try:
+        plan = _make_plan(opts, state, vm)
+    finally:
+        vm.close()
+    dump_file = Path(os.path.abspath(opts.output)) / DUMP_NAMES[opts.format]
+    return CollectResult(
+        opts.output, dump_file, {}, False, plan_text=_plan_lines(plan, opts, dump_file)
+    )
+
+
+def _page_size(vm: _Vmcore) -> int:
+    try:
+        return int((vm.core.vmcoreinfo or {})["PAGESIZE"])
+    except (KeyError, ValueError):
+        raise FormatError(
+            "VMCOREINFO has no PAGESIZE", path=str(vm.path), hint="cannot tell the page size"
+        ) from None
+
+
+def _make_plan(opts: CollectOptions, state: DumpState, vm: _Vmcore) -> Plan:
+    memory = max((ph.p_paddr + ph.p_memsz for ph in vm.core.segments), default=0)
+    plan = make_plan(state, page_size=_page_size(vm), memory=memory, chunk_size=opts.chunk_size)
+    for ch in plan.chunks:
+        vm.file_offset(ch.src, ch.size)
+    return plan
+
+
+def _identity(state: DumpState, vm: _Vmcore) -> str:
+    assert state.header is not None
+    return dump_identity(build_dump_header(state.header), _vmcoreinfo_raw(vm.core))
+
+
+def _waiting_identity(capture: CaptureInterface, state: DumpState) -> str | None:
+    """The identity of the dump waiting under the root, or None when none (or unreadable)."""
+    if not state.dump_waiting or state.header is None:
+        return None
+    try:
+        vm = _Vmcore(capture.vmcore_path)
+    except HvdumpError:
+        return None
+    try:
+        return _identity(state, vm)
+    finally:
+        vm.close()
+
+
+def _collect_owned(
+    c: _Collection,
+    opts: CollectOptions,
+    codec: Codec | None,
+    threads: int,
+    capture: CaptureInterface,
+    out: OutputDir,
+) -> CollectResult:
+    journal = Journal.load(out)
+    if journal is not None and journal.records and journal.identity is None:
+        raise HvdumpError(
+            f"{journal.path}: names no dump identity (written by another tool or an older "
+            "hvdump); not resumed: use another --output directory"
+        )
+    if journal is not None and journal.done:
+        return _already_done(opts, out, journal, capture)
+    if journal is not None and journal.records and opts.release != "never":
+        finished = _finish_after_last_release(opts, out, journal, capture)
         if finished is not None:
             return finished
     state, warnings = _dump_state(capture, opts.accept_partial)
     assert state.header is not None
     vm = _Vmcore(capture.vmcore_path)
     try:
-        return _collect(c, opts, codec, threads, capture, state, warnings, vm, journal)
+        identity = _identity(state, vm)
+        if journal is not None and journal.records and journal.identity != identity:
+            raise HvdumpError(
+                f"{journal.path}: is the journal of another dump (identity {journal.identity}, "
+                f"the dump under {opts.root} is {identity}); nothing was read or released: "
+                "use another --output directory"
+            )
+        if journal is None or not journal.records:
+            _check_no_other_collection(opts, out, identity)
+        return _collect(
+            c, opts, codec, threads, capture, state, warnings, vm, out, journal, identity
+        )
     finally:
         vm.close()
-        c.progress.close()
+
+
+def _check_no_other_collection(opts: CollectOptions, out: OutputDir, identity: str) -> None:
+    """A new collection of a dump that another collection already released part of
+    would read reused memory as the dump: refuse, naming the other collection."""
+    entry, _ = read_registration(opts.root)
+    if entry is None or entry.get("identity") != identity:
+        return
+    other = Path(str(entry.get("output", "")))
+    if other == out.path:
+        msg = (
+            f"{out.path}: an earlier collection of this dump wrote here and its journal is "
+            "gone (removed, or the directory replaced)"
+        )
+    else:
+        msg = f"{opts.root}: this dump is being collected into {other} (pid {entry.get('pid')})"
+    mt0, boot0 = entry.get("mt"), entry.get("boot")
+    if entry.get("release") == "never" or not isinstance(mt0, int):
+        return  # it never releases (without MemTotal no release can be made)
+    now, boot = read_memtotal(opts.root), read_boot_id(opts.root)
+    if now is not None and (boot != boot0 or now == mt0):
+        return  # nothing was released since it started (or the capture kernel rebooted)
+    raise HvdumpError(
+        msg + f"; memory was released since it started (MemTotal {mt0} -> {now} kB): "
+        "released memory now holds other data, so a new collection would save it as the "
+        f"dump; resume that collection (hvdump collect -o {other})"
+        + (" if its directory survives" if other == out.path else "")
+    )
+
+
+def _already_done(
+    opts: CollectOptions, out: OutputDir, journal: Journal, capture: CaptureInterface
+) -> CollectResult:
+    """A finished collection in ``out``: the dump it holds, if it is still all there."""
+    waiting = _waiting_identity(capture, capture.state())
+    if waiting is not None and waiting != journal.identity:
+        raise HvdumpError(
+            f"{out.path}: holds a finished collection of another dump (identity "
+            f"{journal.identity}); the dump waiting under {opts.root} ({waiting}) is not "
+            "collected: use another --output directory"
+        )
+    for name, want in journal.file_ids().items():
+        st = out.lstat(name)
+        if st is None or (st.st_dev, st.st_ino) != want:
+            how = "removed" if st is None else "replaced by another file"
+            raise HvdumpError(
+                f"{out.path / name}: was {how} after the collection finished: the data it "
+                "held is not in the directory any more"
+                + (
+                    "; the dump still waits: collect it into a new --output directory"
+                    if waiting is not None
+                    else "; its memory was released (the LPAR re-registered): it is lost"
+                )
+            )
+    try:
+        manifest = json.loads(out.read_bytes(MANIFEST))
+    except (OSError, ValueError):
+        raise HvdumpError(
+            f"{out.path / MANIFEST}: missing or unreadable although the journal says the "
+            "collection finished; run hvdump verify on the directory"
+        ) from None
+    dump = out.path / str(manifest.get("dump", {}).get("file", ""))
+    return CollectResult(out.path, dump, manifest, True, already_done=True)
 
 
 def _finish_after_last_release(
-    opts: CollectOptions, journal: Journal, capture: CaptureInterface
+    opts: CollectOptions, out: OutputDir, journal: Journal, capture: CaptureInterface
 ) -> CollectResult | None:
     """A run killed during or after the last release: the dump is gone, the data is saved.
 
@@ -412,13 +631,12 @@ def _finish_after_last_release(
         last = finals[-1]
     if capture.state().dump_waiting:
         return None
-    out = opts.output
     try:
-        manifest: dict[str, Any] = json.loads((out / MANIFEST).read_text())
+        manifest: dict[str, Any] = json.loads(out.read_bytes(MANIFEST))
     except (OSError, ValueError):
         raise HvdumpError(
-            f"{out / MANIFEST}: missing or unreadable, but the journal says the last release "
-            "was made; the dump data is saved: run hvdump verify on the directory"
+            f"{out.path / MANIFEST}: missing or unreadable, but the journal says the last "
+            "release was made; the dump data is saved: run hvdump verify on the directory"
         ) from None
     rel = manifest["release"]
     for w in rel["writes"]:
@@ -431,16 +649,17 @@ def _finish_after_last_release(
         }
     )
     try:
-        journal.open()
+        journal.open(new=False)
         if log.pending is not None:
             journal.append({"t": "rel", "w": last["w"], "s": "done", "final": True, "gone": True})
-        write_json_atomic(out / MANIFEST, manifest)
+        out.write_atomic(MANIFEST, _manifest_bytes(manifest))
         journal.append({"t": "done", "time": time.time()})
     except OSError as exc:
-        raise disk_error(str(out / MANIFEST), exc, "cannot write the manifest") from None
+        raise disk_error(str(out.path / MANIFEST), exc, "cannot write the manifest") from None
     finally:
         journal.close()
-    return CollectResult(out, out / manifest["dump"]["file"], manifest, True)
+    unregister_collection(opts.root, journal.identity or "")
+    return CollectResult(out.path, out.path / manifest["dump"]["file"], manifest, True)
 
 
 def _collect(
@@ -452,29 +671,19 @@ def _collect(
     state: DumpState,
     warnings: list[str],
     vm: _Vmcore,
+    out_dir: OutputDir,
     journal: Journal | None,
+    identity: str,
 ) -> CollectResult:
     assert state.header is not None
     core = vm.core
     byteorder = core.byteorder
     info = core.vmcoreinfo or {}
-    try:
-        ps = int(info["PAGESIZE"])
-    except (KeyError, ValueError):
-        raise FormatError(
-            "VMCOREINFO has no PAGESIZE", path=str(vm.path), hint="cannot tell the page size"
-        ) from None
-    memory = max((ph.p_paddr + ph.p_memsz for ph in core.segments), default=0)
-    plan = make_plan(state, page_size=ps, memory=memory, chunk_size=opts.chunk_size)
-    for ch in plan.chunks:
-        vm.file_offset(ch.src, ch.size)
+    plan = _make_plan(opts, state, vm)
+    ps, memory = plan.page_size, plan.memory
     warnings += plan.warnings
-    out = opts.output
+    out = out_dir.path
     dump_file = out / DUMP_NAMES[opts.format]
-    if opts.dry_run:
-        return CollectResult(
-            out, dump_file, {}, False, plan_text=_plan_lines(plan, opts, dump_file)
-        )
 
     header_raw = build_dump_header(state.header)
     fingerprint = {
@@ -488,25 +697,37 @@ def _collect(
         "reserved": [plan.reserved.addr, plan.reserved.size],
         "scrub": str(opts.scrub) if opts.scrub else None,
     }
-    try:
-        out.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(out, 0o700)
-    except OSError as exc:
-        raise disk_error(str(out), exc, "cannot create the output directory") from None
     resumed = journal is not None and bool(journal.records)
+    if journal is None or not journal.records:
+        for name in (DUMP_NAMES[opts.format], "regsave.bin", "hpte.bin", MANIFEST):
+            if out_dir.exists(name):
+                raise HvdumpError(
+                    f"{out / name}: exists, but this directory has no journal of a collection "
+                    "that wrote it; use an empty --output directory"
+                )
     if journal is None:
-        journal = Journal(out / JOURNAL)
-    if resumed and journal.records[0].get("fingerprint") != fingerprint:
+        journal = Journal(out_dir)
+    if resumed and journal.start.get("fingerprint") != fingerprint:
         raise HvdumpError(
-            f"{out}: holds a journal of another collection (different dump or options); "
-            "use another --output directory"
+            f"{out}: holds a journal of this dump collected with other options (format, "
+            "compression, chunk size or scrub filter); use the same options or another "
+            "--output directory"
         )
-    uts = list(journal.records[0].get("utsname") or []) if resumed else _utsname(vm, plan, info)
+    uts = list(journal.start.get("utsname") or []) if resumed else _utsname(vm, plan, info)
+    mt_start = read_memtotal(opts.root)
     try:
-        journal.open()
+        journal.open(new=not out_dir.exists(JOURNAL))
         if not resumed:
             journal.append(
-                {"t": "start", "fingerprint": fingerprint, "utsname": uts, "time": time.time()}
+                {
+                    "t": "start",
+                    "identity": identity,
+                    "fingerprint": fingerprint,
+                    "utsname": uts,
+                    "mt": mt_start,
+                    "boot": read_boot_id(opts.root),
+                    "time": time.time(),
+                }
             )
     except OSError as exc:
         raise disk_error(str(out / JOURNAL), exc, "cannot write the journal") from None
@@ -528,122 +749,227 @@ def _collect(
         )
     for i in rel_log.done:
         c.freed.add(*plan.writes[i].span)
+    if rel_log.pending is not None:
+        c.freed.add(*plan.writes[rel_log.pending["w"]].span)
+    _check_files_kept(out_dir, journal, plan, done_chunks, c.freed, dump_file.name)
+    c.freed = IntervalSet()
+    for i in rel_log.done:
+        c.freed.add(*plan.writes[i].span)
     c.sample(plan)
 
     # Metadata first: the register save area makes the PRSTATUS notes.
     cpu_chunk = next((ch for ch in plan.chunks if ch.kind == "cpu"), None)
-    regsave = SidecarOutput(str(out / "regsave.bin"), plan.copied["cpu"].size, ps)
-    hpte = SidecarOutput(str(out / "hpte.bin"), plan.copied["hpte"].size, ps)
     if cpu_chunk is None:
         raise HvdumpError(f"{opts.root}: the hypervisor saved no CPU state")
-    if cpu_chunk.index in done_chunks:
-        cpu_raw = regsave.read_back(0, cpu_chunk.size)
-        if native.hash64(cpu_raw) != done_chunks[cpu_chunk.index]["xxh64"]:
-            raise HvdumpError(f"{out}/regsave.bin: does not match its journaled checksum")
-    else:
-        buf = bytearray(cpu_chunk.size)
-        vm.read_into(cpu_chunk.src, buf)
-        cpu_raw = bytes(buf)
-    notes, ncpus = _notes(cpu_raw, header_raw, _vmcoreinfo_raw(core), byteorder)
-    scrub: list[ScrubRange] = load_filter(opts.scrub, info, memory) if opts.scrub else []
-    eraseinfo = "".join(r.eraseinfo_line() for r in scrub).encode()
+    known = journal.file_ids()
+    fds: dict[str, int] = {}
 
-    output: ElfOutput | KdumpOutput
-    try:
-        if opts.format == "elf":
-            layout = build_core_header(
-                notes, [LoadSegment(a, s) for a, s in plan.segments], byteorder, page_size=ps
-            )
-            output = ElfOutput(str(dump_file), layout, ps, resumed)
-        else:
-            assert codec is not None
-            machine = "ppc64" if byteorder == "big" else "ppc64le"
-            klayout = plan_kdump(
-                byteorder=byteorder,
-                page_size=ps,
-                max_mapnr=memory // ps,
-                ranges=[(a // ps, (a + s) // ps) for a, s in plan.segments],
-                notes=build_notes(notes, byteorder),
-                vmcoreinfo=note_desc_offset(notes, VMCOREINFO_NOTE_NAME, byteorder),
-                nr_cpus=ncpus,
-                utsname=[*uts[:4], machine, *uts[5:]],
-                timestamp=int(info.get("CRASHTIME", "0") or 0),
-                codec_flag=codec.flag,
-                eraseinfo_size=len(eraseinfo),
-            )
-            output = KdumpOutput(str(dump_file), klayout, codec, resumed)
-            ends = [
-                r["off"] + r["len"] for r in done_chunks.values() if r["kind"] in ("rmo", "mem")
-            ]
-            output.set_data_end(max(ends, default=klayout.data_start))
-    except OSError as exc:
-        raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
+    def open_file(name: str) -> int:
+        # Files this collection created are opened, never created again: a
+        # missing one was caught by _check_files_kept.
+        fd = out_dir.open_file(name, create=not known, exclusive=not resumed)
+        fds[name] = fd
+        return fd
 
     try:
-        write_plan_file(
-            out,
-            root=opts.root,
-            header_hex=header_raw.hex(),
-            dump_file=dump_file.name,
-            fmt=opts.format,
-            page_size=ps,
-            memory=memory,
-            chunks=[(ch.index, ch.kind, ch.src, ch.dst, ch.size) for ch in plan.chunks],
-            writes=[(w.addr, w.size, *w.span) for w in plan.writes],
+        regsave = SidecarOutput(
+            str(out / "regsave.bin"), plan.copied["cpu"].size, ps, fd=open_file("regsave.bin")
+        )
+        hpte = SidecarOutput(
+            str(out / "hpte.bin"), plan.copied["hpte"].size, ps, fd=open_file("hpte.bin")
         )
     except OSError as exc:
-        raise disk_error(str(out / PLAN_FILE), exc, "cannot write the plan") from None
-    register_collection(opts.root, out)
-
-    runner = _Runner(
-        c, opts, plan, vm, capture, journal, output, regsave, hpte, codec, threads, scrub
-    )
-    runner.durable = durable
-    runner.done_chunks = done_chunks
-    runner.writes_done = set(rel_log.done)
-    runner.pos = len(rel_log.done)
-    runner.warnings = warnings
+        for fd in fds.values():
+            os.close(fd)
+        raise disk_error(str(out), exc, "cannot create the metadata files") from None
+    output: ElfOutput | KdumpOutput | None = None
     try:
-        if opts.release != "never":
-            runner.resolve_releases(rel_log)
-        if opts.release == "progressive":
-            runner.release_ready()
-        runner.run()
-        if opts.release != "never":
-            runner.release_ready(final=True)
-        if isinstance(output, KdumpOutput):
-            output.finish(eraseinfo)
+        if cpu_chunk.index in done_chunks:
+            cpu_raw = regsave.read_back(0, cpu_chunk.size)
+            if native.hash64(cpu_raw) != done_chunks[cpu_chunk.index]["xxh64"]:
+                raise HvdumpError(f"{out}/regsave.bin: does not match its journaled checksum")
         else:
-            output.finish()
-    except OSError as exc:
-        need = runner.space_needed()
-        raise disk_error(str(dump_file), exc, "write failed", need) from None
+            buf = bytearray(cpu_chunk.size)
+            vm.read_into(cpu_chunk.src, buf)
+            cpu_raw = bytes(buf)
+        notes, ncpus = _notes(cpu_raw, header_raw, _vmcoreinfo_raw(core), byteorder)
+        scrub: list[ScrubRange] = load_filter(opts.scrub, info, memory) if opts.scrub else []
+        eraseinfo = "".join(r.eraseinfo_line() for r in scrub).encode()
+
+        try:
+            dump_fd = open_file(dump_file.name)
+            if opts.format == "elf":
+                layout = build_core_header(
+                    notes, [LoadSegment(a, s) for a, s in plan.segments], byteorder, page_size=ps
+                )
+                output = ElfOutput(str(dump_file), layout, ps, resumed, fd=dump_fd)
+            else:
+                assert codec is not None
+                machine = "ppc64" if byteorder == "big" else "ppc64le"
+                klayout = plan_kdump(
+                    byteorder=byteorder,
+                    page_size=ps,
+                    max_mapnr=memory // ps,
+                    ranges=[(a // ps, (a + s) // ps) for a, s in plan.segments],
+                    notes=build_notes(notes, byteorder),
+                    vmcoreinfo=note_desc_offset(notes, VMCOREINFO_NOTE_NAME, byteorder),
+                    nr_cpus=ncpus,
+                    utsname=[*uts[:4], machine, *uts[5:]],
+                    timestamp=int(info.get("CRASHTIME", "0") or 0),
+                    codec_flag=codec.flag,
+                    eraseinfo_size=len(eraseinfo),
+                )
+                output = KdumpOutput(str(dump_file), klayout, codec, resumed, fd=dump_fd)
+                ends = [
+                    r["off"] + r["len"] for r in done_chunks.values() if r["kind"] in ("rmo", "mem")
+                ]
+                output.set_data_end(max(ends, default=klayout.data_start))
+            if not known:
+                ids = {name: list(fid) for name, fid in out_dir.file_ids(list(fds)) if fid}
+                journal.append({"t": "files", "ids": ids})
+        except OSError as exc:
+            raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
+
+        since = float(journal.start.get("time") or time.time())
+        try:
+            write_plan_file(
+                out,
+                root=opts.root,
+                identity=identity,
+                header_hex=header_raw.hex(),
+                dump_file=dump_file.name,
+                fmt=opts.format,
+                page_size=ps,
+                memory=memory,
+                chunks=[(ch.index, ch.kind, ch.src, ch.dst, ch.size) for ch in plan.chunks],
+                writes=[(w.addr, w.size, *w.span) for w in plan.writes],
+                dir_fd=out_dir.fd,
+            )
+        except OSError as exc:
+            raise disk_error(str(out / PLAN_FILE), exc, "cannot write the plan") from None
+        why = register_collection(
+            opts.root,
+            out,
+            identity,
+            since,
+            mt=journal.start.get("mt"),
+            boot=journal.start.get("boot"),
+            release=opts.release,
+        )
+        if why:
+            warnings.append(f"{why}: drgn on the live /proc/vmcore will not find this collection")
+
+        runner = _Runner(
+            c, opts, plan, vm, capture, journal, output, regsave, hpte, codec, threads, scrub
+        )
+        runner.out_dir = out_dir
+        runner.files = {**fds, JOURNAL: journal.fd}
+        runner.durable = durable
+        runner.done_chunks = done_chunks
+        runner.writes_done = set(rel_log.done)
+        runner.pos = len(rel_log.done)
+        runner.warnings = warnings
+        runner.mt_expected = journal.start.get("mt") if not resumed else None
+        try:
+            if opts.release != "never":
+                runner.resolve_releases(rel_log)
+            else:
+                runner.mt_expected = read_memtotal(opts.root)
+            if opts.release == "progressive":
+                runner.release_ready()
+            runner.run()
+            if opts.release != "never":
+                runner.release_ready(final=True)
+            if isinstance(output, KdumpOutput):
+                output.finish(eraseinfo)
+            else:
+                output.finish()
+        except OSError as exc:
+            need = runner.space_needed()
+            raise disk_error(str(dump_file), exc, "write failed", need) from None
+
+        # The last release re-registers the dump (vmcore and release_region go):
+        # everything, the manifest too, is durable and verified before it is made.
+        def write_manifest() -> dict[str, Any]:
+            m = runner.manifest(state, warnings, dump_file, notes, ncpus, scrub, resumed)
+            m["source"]["identity"] = identity
+            try:
+                out_dir.write_atomic(MANIFEST, _manifest_bytes(m))
+            except OSError as exc:
+                raise disk_error(str(out / MANIFEST), exc, "cannot write the manifest") from None
+            return m
+
+        try:
+            manifest = write_manifest()
+            if opts.release != "never" and runner.pos < len(plan.order):
+                runner.final_check()
+                runner.release_last()
+                manifest = write_manifest()
+            journal.append({"t": "done", "time": time.time()})
+        except OSError as exc:
+            raise disk_error(str(out / JOURNAL), exc, "cannot write the journal") from None
     finally:
-        output.close()
+        if output is not None:
+            output.close()
         regsave.close()
         hpte.close()
-
-    # The last release re-registers the dump (vmcore and release_region go):
-    # everything, the manifest too, is durable before it is made.
-    def write_manifest() -> dict[str, Any]:
-        m = runner.manifest(state, warnings, dump_file, notes, ncpus, scrub, resumed)
-        try:
-            write_json_atomic(out / MANIFEST, m)
-        except OSError as exc:
-            raise disk_error(str(out / MANIFEST), exc, "cannot write the manifest") from None
-        return m
-
-    try:
-        manifest = write_manifest()
-        if opts.release != "never" and runner.pos < len(plan.order):
-            runner.release_last()
-            manifest = write_manifest()
-        journal.append({"t": "done", "time": time.time()})
-    except OSError as exc:
-        raise disk_error(str(out / JOURNAL), exc, "cannot write the journal") from None
-    finally:
         journal.close()
+    if opts.release != "never":
+        unregister_collection(opts.root, identity)
     return CollectResult(out, dump_file, manifest, resumed)
+
+
+def _manifest_bytes(m: dict[str, Any]) -> bytes:
+    return (json.dumps(m, indent=1, sort_keys=True) + "\n").encode()
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    write_atomic(path, _manifest_bytes(value))
+
+
+def _check_files_kept(
+    out: OutputDir,
+    journal: Journal,
+    plan: Plan,
+    done: dict[int, dict[str, Any]],
+    released: IntervalSet,
+    dump_name: str,
+) -> None:
+    """Before resuming: the files the journal says this collection wrote are still
+    there; otherwise say which of the memory they held was already released."""
+    known = journal.file_ids()
+    if not known:
+        return
+    gone = {}
+    for name, want in known.items():
+        st = out.lstat(name)
+        if st is None or (st.st_dev, st.st_ino) != want:
+            gone[name] = "removed" if st is None else "replaced by another file"
+    if not gone:
+        return
+    kind_file = {"cpu": "regsave.bin", "hpte": "hpte.bin", "rmo": dump_name, "mem": dump_name}
+    lost: list[tuple[int, int]] = []
+    for i in done:
+        ch = plan.chunks[i]
+        if kind_file[ch.kind] not in gone:
+            continue
+        for lo, hi in released.intersect(ch.src, ch.src_end):
+            lost.append(
+                (ch.dst + lo - ch.src, hi - lo) if ch.kind in ("rmo", "mem") else (lo, hi - lo)
+            )
+    what = ", ".join(f"{out.path / n} was {how}" for n, how in sorted(gone.items()))
+    if not lost:
+        raise HvdumpError(
+            f"{what} since this collection wrote it; nothing it held was released yet, so "
+            f"nothing is lost: remove {out.path} (or use another --output) and run again"
+        )
+    total = sum(s for _, s in lost)
+    ranges = ", ".join(f"{a:#x}+{s:#x}" for a, s in lost[:4]) + (" ..." if len(lost) > 4 else "")
+    raise HvdumpError(
+        f"{what} after its memory was released: {total / (1 << 20):.0f} MiB of the dump is "
+        f"lost ({len(lost)} ranges: {ranges}); the journal and the files left are kept as "
+        "they are; the dump cannot be collected whole any more"
+    )
 
 
 def _utsname(vm: _Vmcore, plan: Plan, info: dict[str, str]) -> list[str]:
@@ -739,6 +1065,10 @@ class _Runner:
         self._done_bytes = 0
         self._free_bufs: dict[int, list[bytearray | mmap.mmap]] = {}
         self.pos = 0  # plan.order[:pos] are made (in this boot of the capture kernel)
+        self.out_dir: OutputDir | None = None
+        self.files: dict[str, int] = {}  # what must still be on disk at each release
+        # MemTotal as this collection's own releases leave it (None: unknown)
+        self.mt_expected: int | None = None
         self.warnings: list[str] = []
         self.stored_bytes = 0
         self.read_bytes = 0
@@ -925,6 +1255,9 @@ class _Runner:
                 # whole pages straight from it (drgn_hvdump/collect/filewrite.py).
                 buf = free.pop() if free else mmap.mmap(-1, ch.size)
                 self.vm.read_into(ch.src, buf)
+                self._check_outside(
+                    f"reading chunk {ch.index} ({ch.kind} {ch.src:#x}+{ch.size:#x})"
+                )
                 if self.scrub and ch.kind in ("rmo", "mem"):
                     apply_scrub(buf, ch.dst, self.scrub)
                 whole = ch.size // ps * ps
@@ -1009,10 +1342,75 @@ class _Runner:
             self.warnings.append(msg)
             self.c.events.append({"t": self.c.now(), "warning": msg})
 
+    def _reserved_text(self) -> str:
+        left = [self.plan.writes[i] for i in self.plan.order[self.pos :]]
+        total = self.c.reserved_now(self.plan)
+        spans = ", ".join(f"{w.addr:#x}+{w.size:#x}" for w in left[:3])
+        more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+        return f"{total / (1 << 20):.0f} MiB still reserved ({spans}{more})" if left else ""
+
+    def _stop(self, why: str, before: str) -> HvdumpError:
+        """Journal why the collection stops, and the one line that says so."""
+        msg = f"{why}; stopped {before}"
+        with contextlib.suppress(OSError):
+            self.journal.append({"t": "stop", "why": msg, "time": time.time()})
+        reserved = self._reserved_text()
+        return HvdumpError(
+            f"{self.opts.root}: {msg}; nothing this collection had not saved was released"
+            + (f"; {reserved}" if reserved else "")
+        )
+
+    def _check_outside(self, before: str) -> None:
+        """Memory released by someone else holds other data now: stop before trusting
+        what was just read, or before the next release."""
+        if self.mt_expected is None:
+            return
+        now = read_memtotal(self.opts.root)
+        if now != self.mt_expected:
+            raise self._stop(
+                f"MemTotal is {now} kB where this collection's own releases leave "
+                f"{self.mt_expected} kB: memory was released outside this collection (by hand "
+                "or by another tool) or the memory size changed",
+                before,
+            )
+
+    def _check_kept(self, before: str) -> None:
+        """Bytes are durable only while they are still linked where they were written."""
+        if self.out_dir is None:
+            return
+        why = self.out_dir.changed(self.files)
+        if why:
+            raise self._stop(f"{why} during the collection: what was written there is lost", before)
+
+    def final_check(self) -> None:
+        """Before the release that re-registers the dump: everything verifies."""
+        from drgn_hvdump.collect.verify import verify_dir
+
+        w = self.plan.writes[self.plan.order[-1]]
+        self._check_kept(f"before the last release {w.extent}")
+        assert self.out_dir is not None
+        ok, lines = verify_dir(self.out_dir.path)
+        if not ok:
+            bad = next((ln for ln in lines if "OK" not in ln), "")
+            raise self._stop(
+                f"the dump does not verify against its manifest ({bad})",
+                f"before the last release {w.extent} (the LPAR stays unprotected until it is "
+                "made; collect again into a new --output directory)",
+            )
+
     def _release(self, w: ReleaseWrite, final: bool = False) -> None:
         t = time.monotonic()
         root = self.opts.root
+        where = f"before releasing {w.extent}"
+        self._check_kept(where)
         before = read_memtotal(root)
+        if before is None:
+            raise self._stop(
+                f"{root / 'proc/meminfo'} has no MemTotal, so no release can be confirmed "
+                "(use --release never to collect without releasing)",
+                where,
+            )
+        self._check_outside(where)
         self.journal.append(
             {
                 "t": "rel",
@@ -1030,18 +1428,6 @@ class _Runner:
         self.capture.release(w.extent)
         self.c.hook("release", w.index)
         after = None if final else read_memtotal(root)
-        if (
-            before is not None
-            and after is not None
-            and after not in memtotal_after(before, w.new_pages, self.plan.page_size)
-        ):
-            msg = (
-                f"release {w.extent}: MemTotal went from {before} to {after} kB, not by the "
-                f"{'/'.join(map(str, w.new_pages))} pages it frees: a rerun after a kill "
-                "could not tell whether a write was made"
-            )
-            if msg not in self.warnings:
-                self.warnings.append(msg)
         self.journal.append(
             {
                 "t": "rel",
@@ -1058,6 +1444,17 @@ class _Runner:
         self.c.events.append({"t": self.c.now(), "release": [w.addr, w.size]})
         self.timings["release"] += time.monotonic() - t
         self.c.sample(self.plan)
+        self.mt_expected = after
+        if not final and (
+            after is None or after not in memtotal_after(before, w.new_pages, self.plan.page_size)
+        ):
+            raise self._stop(
+                f"release {w.extent}: MemTotal went from {before} to {after} kB, not by the "
+                f"{'/'.join(map(str, w.new_pages))} pages it frees: the kernel's state is not "
+                "what this collection's releases make it (another release at the same time, "
+                "or a kernel that does not count released memory)",
+                "after it",
+            )
 
     def resolve_releases(self, log: ReleaseLog) -> None:
         """Check the kernel against the journal before any write is made again.
@@ -1107,14 +1504,17 @@ class _Runner:
                     "changed the memory size (memory hotplug, a balloon, another release "
                     "tool?): check the kernel's release counters; nothing was released"
                 )
-        elif log.done and log.last_mt is not None and now is not None and now != log.last_mt:
+        elif log.last_mt is not None and now is not None and now != log.last_mt:
             if now < log.last_mt:
                 reboot = f"MemTotal fell from {log.last_mt} to {now} kB"
             else:
+                stopped = [r["why"] for r in self.journal.records if r.get("t") == "stop"]
                 raise HvdumpError(
                     f"{root}: MemTotal grew from {log.last_mt} to {now} kB since this "
-                    "collection's last release: something else released memory or changed "
-                    "its size; check the kernel's release counters; nothing was released"
+                    f"collection's last {'release' if log.done else 'start'}: memory was "
+                    "released outside it (by hand or by another tool) or its size changed, so "
+                    "the memory not yet saved may hold other data; nothing was read or released"
+                    + (f" (this collection stopped earlier: {stopped[-1]})" if stopped else "")
                 )
         if reboot:
             msg = (
@@ -1129,6 +1529,7 @@ class _Runner:
             self.writes_done.clear()
             self.c.freed = IntervalSet()
             self.c.sample(self.plan)
+        self.mt_expected = now
 
     # -- the manifest --------------------------------------------------------------
 

@@ -199,7 +199,9 @@ class DataWriter:
         self.dfd: int | None = None
         if direct:
             try:
-                self.dfd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+                # Reopened through the descriptor, not the name: the same inode
+                # even if the name was replaced meanwhile.
+                self.dfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
             except OSError:
                 self.dfd = None
         self._stage: mmap.mmap | None = None

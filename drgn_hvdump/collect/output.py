@@ -51,9 +51,11 @@ def disk_error(path: str, exc: OSError, what: str, need: int | None = None) -> H
     return HvdumpError(f"{path}: {what}: {exc.strerror or exc}")
 
 
-def create_file(path: str, size: int | None = None) -> int:
-    """Open (creating 0600) ``path`` for reading and writing; never truncates."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def create_file(path: str, size: int | None = None, *, fd: int | None = None) -> int:
+    """Open (creating 0600, never through a link) ``path`` for reading and writing, or
+    take ``fd`` already opened so; extend it to ``size``; never truncates."""
+    if fd is None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     os.fchmod(fd, 0o600)
     if size is not None and os.fstat(fd).st_size < size:
         os.ftruncate(fd, size)
@@ -100,11 +102,11 @@ class ChunkWrite:
 class SidecarOutput:
     """A metadata file (the HPTE section, the register save area) stored as read, sparse."""
 
-    def __init__(self, path: str, size: int, page_size: int) -> None:
+    def __init__(self, path: str, size: int, page_size: int, fd: int | None = None) -> None:
         self.path = path
         self.size = size
         self.page_size = page_size
-        self.fd = create_file(path, size)
+        self.fd = create_file(path, size, fd=fd)
 
     def write(self, offset: int, buf: memoryview, zero: bytes) -> ChunkWrite:
         ps = self.page_size
@@ -128,11 +130,13 @@ class SidecarOutput:
 class ElfOutput:
     """A sparse ELF core: headers first, each segment at its final offset, zero pages as holes."""
 
-    def __init__(self, path: str, layout: CoreLayout, page_size: int, resume: bool) -> None:
+    def __init__(
+        self, path: str, layout: CoreLayout, page_size: int, resume: bool, fd: int | None = None
+    ) -> None:
         self.path = path
         self.layout = layout
         self.page_size = page_size
-        self.fd = create_file(path, layout.file_size)
+        self.fd = create_file(path, layout.file_size, fd=fd)
         if not resume or _pread_exact(self.fd, len(layout.header), 0) != layout.header:
             pwrite_all(self.fd, layout.header, 0)
             os.fdatasync(self.fd)
@@ -172,12 +176,14 @@ class KdumpOutput:
     simply written again after the last journaled one.
     """
 
-    def __init__(self, path: str, layout: KdumpLayout, codec: Codec, resume: bool) -> None:
+    def __init__(
+        self, path: str, layout: KdumpLayout, codec: Codec, resume: bool, fd: int | None = None
+    ) -> None:
         self.path = path
         self.layout = layout
         self.codec = codec
         self.page_size = layout.page_size
-        self.fd = create_file(path)
+        self.fd = create_file(path, fd=fd)
         self.data = DataWriter(path, self.fd)
         self.data.seek(layout.data_start)
         first = layout.first_blocks(layout.header.status | DUMP_DH_COMPRESSED_INCOMPLETE)

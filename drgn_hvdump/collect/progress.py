@@ -28,6 +28,13 @@ class Progress:
             sys.stdout.write(json.dumps({"event": kind, **fields}, sort_keys=True) + "\n")
             sys.stdout.flush()
 
+    def message(self, text: str) -> None:
+        """A line for people (on stderr) and a ``message`` event for machines."""
+        self.event("message", text=text)
+        self.close()
+        self.err.write(f"{text}\n")
+        self.err.flush()
+
     def update(
         self, done: int, total: int, released: int | None, reserved: int | None, stored: int
     ) -> None:

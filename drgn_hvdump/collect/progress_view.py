@@ -20,9 +20,11 @@ changed): which chunks are durable, which release writes were started (an
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +40,12 @@ __all__ = [
     "CollectionView",
     "PlanChunk",
     "find_collection",
+    "read_registration",
     "register_collection",
     "registration_path",
     "runtime_dir",
+    "trusted_runtime_dir",
+    "unregister_collection",
     "write_plan_file",
 ]
 
@@ -68,20 +73,76 @@ def _root_key(root: str | os.PathLike[str]) -> str:
     return hashlib.sha256(real.encode()).hexdigest()[:24]
 
 
-def register_collection(root: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
-    """Record that ``output`` collects the dump under ``root`` (best effort: a read-only
-    runtime directory only costs other tools the automatic lookup)."""
+def _untrusted(st: os.stat_result, what: str, path: Path, *, directory: bool) -> str:
+    """Why a runtime-directory object is not ours (empty when it is)."""
+    kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
+    if not kind_ok:
+        return f"{path}: the {what} is not a {'directory' if directory else 'regular file'}"
+    if st.st_uid != os.geteuid():
+        return f"{path}: the {what} belongs to uid {st.st_uid}, not to this user"
+    if st.st_mode & (0o077 if directory else 0o022):
+        return f"{path}: the {what} is open to other users (mode {st.st_mode & 0o777:o})"
+    return ""
+
+
+def trusted_runtime_dir(create: bool = False) -> tuple[Path | None, str]:
+    """:func:`runtime_dir` if it is this user's own (a directory, not a link, mode
+    0700), creating it when asked; else None and why it is not trusted."""
     d = runtime_dir()
+    if create:
+        try:
+            d.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            return None, f"{d}: cannot create the runtime directory: {exc.strerror}"
     try:
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        entry = {
-            "root": os.path.realpath(root),
-            "output": os.path.realpath(output),
-            "pid": os.getpid(),
-        }
-        write_atomic(registration_path(root), json.dumps(entry).encode())
+        st = os.lstat(d)
     except OSError:
-        pass
+        return None, f"{d}: no runtime directory"
+    why = _untrusted(st, "runtime directory", d, directory=True)
+    return (None, why) if why else (d, "")
+
+
+def register_collection(
+    root: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    identity: str,
+    since: float,
+    **facts: Any,
+) -> str:
+    """Record that ``output`` collects the dump ``identity`` under ``root``.
+
+    Best effort: an untrusted or read-only runtime directory only costs other
+    tools the automatic lookup; the reason is returned (empty on success).
+    """
+    d, why = trusted_runtime_dir(create=True)
+    if d is None:
+        return why
+    entry = {
+        "root": os.path.realpath(root),
+        "output": os.path.realpath(output),
+        "identity": identity,
+        "pid": os.getpid(),
+        "uid": os.geteuid(),
+        "since": since,
+        **facts,
+    }
+    try:
+        write_atomic(registration_path(root), json.dumps(entry).encode())
+    except OSError as exc:
+        return f"{registration_path(root)}: cannot register the collection: {exc.strerror}"
+    return ""
+
+
+def unregister_collection(root: str | os.PathLike[str], identity: str) -> None:
+    """Remove this process's entry for ``root`` (only if it names ``identity``)."""
+    entry, _ = read_registration(root)
+    if entry is None or entry.get("identity") != identity:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(registration_path(root))
 
 
 def registration_path(root: str | os.PathLike[str]) -> Path:
@@ -89,18 +150,68 @@ def registration_path(root: str | os.PathLike[str]) -> Path:
     return runtime_dir() / f"collect-{_root_key(root)}.json"
 
 
-def find_collection(root: str | os.PathLike[str]) -> Path | None:
-    """The output directory registered for ``root`` (``$HVDUMP_OUTPUT`` wins), or None."""
+def read_registration(root: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, str]:
+    """The registry entry for ``root`` if it can be trusted, else None and why not
+    (empty when there is simply none).
+
+    Trusted means: in this user's own runtime directory, a regular file of this
+    user's that nobody else may write, opened without following links, valid
+    JSON naming ``root``.
+    """
+    d, why = trusted_runtime_dir()
+    if d is None:
+        return None, "" if why.endswith("no runtime directory") else why
+    path = registration_path(root)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"{path}: ignored: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+        why = _untrusted(st, "registry entry", path, directory=False)
+        if why:
+            return None, why + "; ignored"
+        data = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    try:
+        entry = json.loads(data)
+    except ValueError:
+        return None, f"{path}: not JSON; ignored"
+    if not isinstance(entry, dict) or entry.get("root") != os.path.realpath(root):
+        return None, f"{path}: names another root; ignored"
+    return entry, ""
+
+
+def find_collection(
+    root: str | os.PathLike[str],
+    identity: str | None = None,
+    warnings: list[str] | None = None,
+) -> Path | None:
+    """The output directory registered for ``root`` (``$HVDUMP_OUTPUT`` wins), or None.
+
+    With ``identity``, an entry (or a plan) of another dump is ignored, with a
+    warning appended to ``warnings``: a stale entry of an LPAR once mounted at
+    the same path must not serve another dump's bytes.
+    """
     env = os.environ.get("HVDUMP_OUTPUT")
     if env:
         return Path(env)
-    try:
-        entry = json.loads(registration_path(root).read_text())
-    except (OSError, ValueError):
+    entry, why = read_registration(root)
+    if entry is None:
+        if why and warnings is not None:
+            warnings.append(why)
         return None
-    if entry.get("root") != os.path.realpath(root):
+    out = Path(str(entry.get("output", "")))
+    if identity is not None and entry.get("identity") != identity:
+        if warnings is not None:
+            warnings.append(
+                f"{registration_path(root)}: registers {out} for another dump than the one "
+                f"under {root} (a stale entry?); ignored"
+            )
         return None
-    out = Path(entry.get("output", ""))
     return out if (out / PLAN_FILE).exists() else None
 
 
@@ -120,6 +231,7 @@ def write_plan_file(
     out: Path,
     *,
     root: Path,
+    identity: str,
     header_hex: str,
     dump_file: str,
     fmt: str,
@@ -127,12 +239,14 @@ def write_plan_file(
     memory: int,
     chunks: list[tuple[int, str, int, int, int]],
     writes: list[tuple[int, int, int, int]],
+    dir_fd: int | None = None,
 ) -> None:
     """Write ``DIR/plan.json``: chunks as ``[index, kind, src, dst, size]``, writes as
     ``[addr, size, span_start, span_end]`` in plan index order."""
     plan = {
         "version": PLAN_VERSION,
         "root": os.path.realpath(root),
+        "identity": identity,
         "header": header_hex,
         "dump_file": dump_file,
         "format": fmt,
@@ -141,7 +255,11 @@ def write_plan_file(
         "chunks": [list(c) for c in chunks],
         "writes": [list(w) for w in writes],
     }
-    write_atomic(out / PLAN_FILE, json.dumps(plan, separators=(",", ":")).encode())
+    data = json.dumps(plan, separators=(",", ":")).encode()
+    if dir_fd is not None:
+        write_atomic(PLAN_FILE, data, dir_fd=dir_fd)
+    else:
+        write_atomic(out / PLAN_FILE, data)
 
 
 class CollectionView:
@@ -165,6 +283,7 @@ class CollectionView:
             )
         self.root = str(plan["root"])
         self.header_hex = str(plan["header"])
+        self.identity = str(plan.get("identity") or "")
         self.dump_path = out / str(plan["dump_file"])
         self.format = str(plan["format"])
         self.page_size = int(plan["page_size"])

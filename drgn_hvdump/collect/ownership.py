@@ -1,0 +1,200 @@
+"""One collector per dump: the dump's identity, its lock, and who holds it.
+
+A dump is identified by what the crashed kernel and the hypervisor left
+behind, not by where it is written: the hypervisor's dump header and the
+crashed kernel's VMCOREINFO note (which carries ``CRASHTIME`` and the
+kernel's build id, so two crashes of one LPAR differ even when their headers
+are the same). The journal, the plan, the manifest and the runtime registry
+entry all carry this identity, so state left by another dump is recognised
+as such.
+
+The lock is an exclusive ``flock`` on the capture interface's release file
+(``/sys/kernel/release_region``): every collector of the machine, whatever
+its output directory or user, opens that one inode, the kernel drops the lock
+when its holder dies (``kill -9`` included), and ``/proc/locks`` names the
+holder's pid. The holder's output directory and start time come from its
+runtime registry entry when the caller may read it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from drgn_hvdump.errors import HvdumpError
+
+__all__ = [
+    "EXIT_BUSY",
+    "DumpBusyError",
+    "DumpLock",
+    "Owner",
+    "dump_identity",
+    "dump_owner",
+    "flock_holders",
+]
+
+
+def dump_identity(header_raw: bytes, vmcoreinfo_raw: bytes | None) -> str:
+    """The dump's identity: a hash of the hypervisor's header and the crashed kernel's
+    VMCOREINFO note (32 hex digits)."""
+    h = hashlib.sha256(b"hvdump-identity-1\0")
+    h.update(len(header_raw).to_bytes(8, "little") + header_raw)
+    h.update(vmcoreinfo_raw or b"")
+    return h.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that holds a dump, with what can be learnt of it."""
+
+    pid: int | None
+    output: str | None = None
+    since: float | None = None
+
+    def describe(self) -> str:
+        parts = [f"pid {self.pid}" if self.pid is not None else "another process"]
+        if self.output:
+            parts.append(f"into {self.output}")
+        if self.since is not None:
+            parts.append("since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)))
+        return " ".join(parts)
+
+    def to_json(self) -> dict[str, object]:
+        return {"pid": self.pid, "output": self.output, "since": self.since}
+
+
+EXIT_BUSY = 75
+"""Exit status when another collector holds the dump (``EX_TEMPFAIL``: try again later)."""
+
+
+class DumpBusyError(HvdumpError):
+    """Another collector holds the dump."""
+
+    exit_code = EXIT_BUSY
+
+    def __init__(self, root: Path, owner: Owner, what: str = "") -> None:
+        what = what or f"{root}: the dump is being collected by"
+        super().__init__(
+            f"{what} {owner.describe()}; wait for it with --wait, or follow it with hvdump status"
+        )
+        self.owner = owner
+
+
+def parse_proc_locks(text: str, dev: int, ino: int) -> list[int]:
+    """Pids holding a ``FLOCK`` on the inode ``(dev, ino)``, from ``/proc/locks`` text.
+
+    Lines look like ``1: FLOCK  ADVISORY  WRITE 3555 00:28:4 0 EOF``; blocked
+    waiters (``->``) are not holders.
+    """
+    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    pids = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK":
+            continue
+        if fields[5].lower() == want and fields[4].isdigit():
+            pids.append(int(fields[4]))
+    return pids
+
+
+def flock_holders(path: Path) -> list[int]:
+    """Pids that hold a ``flock`` on ``path`` (empty when none or unknowable)."""
+    try:
+        st = os.stat(path)
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    return parse_proc_locks(text, st.st_dev, st.st_ino)
+
+
+def dump_owner(root: Path, lock_path: Path | None = None) -> Owner | None:
+    """Who collects the dump under ``root`` now (None when nobody does)."""
+    if lock_path is None:
+        from drgn_hvdump.capture import open_capture
+
+        lock_path = open_capture(root).lock_path
+    pids = flock_holders(lock_path)
+    if not pids:
+        return None
+    return _describe_holder(root, pids[0])
+
+
+def _describe_holder(root: Path, pid: int | None) -> Owner:
+    from drgn_hvdump.collect.progress_view import read_registration
+
+    entry, _ = read_registration(root)
+    if entry is not None and (pid is None or entry.get("pid") == pid):
+        since = entry.get("since")
+        return Owner(
+            pid=int(entry["pid"]) if isinstance(entry.get("pid"), int) else pid,
+            output=str(entry.get("output") or "") or None,
+            since=float(since) if isinstance(since, (int, float)) else None,
+        )
+    return Owner(pid)
+
+
+class DumpLock:
+    """The exclusive lock of one capture root's dump, held until :meth:`release`."""
+
+    def __init__(self, root: Path, lock_path: Path) -> None:
+        self.root = root
+        self.path = lock_path
+        self._fd = -1
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def acquire(
+        self,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        on_wait: Callable[[Owner], None] | None = None,
+    ) -> None:
+        """Take the lock, or raise :class:`DumpBusyError` naming the holder.
+
+        With ``wait`` it polls until the holder is gone (``timeout`` seconds at
+        most, None for no limit), calling ``on_wait`` once with the holder.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise HvdumpError(f"{self.path}: not present; no dump is waiting") from None
+        except OSError as exc:
+            raise HvdumpError(
+                f"{self.path}: cannot open to lock the dump: {exc.strerror}"
+                + ("; run as root" if exc.errno == errno.EACCES else "")
+            ) from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fd = fd
+                return
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                os.close(fd)
+                raise HvdumpError(f"{self.path}: cannot lock the dump: {exc.strerror}") from None
+            pids = flock_holders(self.path)
+            owner = _describe_holder(self.root, pids[0] if pids else None)
+            if not wait or (deadline is not None and time.monotonic() >= deadline):
+                os.close(fd)
+                raise DumpBusyError(self.root, owner)
+            if not told and on_wait is not None:
+                on_wait(owner)
+                told = True
+            time.sleep(0.2)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = -1

@@ -193,10 +193,10 @@ class OutputDir:
         for name, fd in files.items():
             fst = os.fstat(fd)
             on_disk = self.lstat(name)
+            if on_disk is not None and (on_disk.st_dev, on_disk.st_ino) != (fst.st_dev, fst.st_ino):
+                return f"{self.path / name} was replaced by another file"
             if on_disk is None or fst.st_nlink == 0:
                 return f"{self.path / name} was removed"
-            if (on_disk.st_dev, on_disk.st_ino) != (fst.st_dev, fst.st_ino):
-                return f"{self.path / name} was replaced by another file"
         return ""
 
     def file_ids(self, names: list[str]) -> Iterator[tuple[str, FileId | None]]:

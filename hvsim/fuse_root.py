@@ -888,6 +888,18 @@ def umount(root: str | os.PathLike[str]) -> None:
     with contextlib.suppress(OSError):
         if logfile.stat().st_size == 0:
             logfile.unlink()
+    _forget_collection(mnt)
+
+
+def _forget_collection(mnt: str) -> None:
+    """The root is gone: a collection registered for it names memory no longer
+    there (whatever is mounted at this path next is another LPAR)."""
+    from drgn_hvdump.collect.progress_view import read_registration, registration_path
+
+    entry, _ = read_registration(mnt)
+    if entry is not None:
+        with contextlib.suppress(OSError):
+            registration_path(mnt).unlink()
 
 
 # --------------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 One collector killed part-way (the rerun resumes it), one output disk full, one
 corrupt dump header, one unreachable host, one host whose archive path refuses
-writes; the others collect, archive over real SSH (a loopback sshd) and free
-their local copies only after the archive verified them. A third run changes
-nothing.
+writes (caught by the archive check before collecting: nothing released); the
+others collect, archive over real SSH (a loopback sshd) and free their local
+copies only after the archive verified them. A third run changes nothing.
 """
 
 from __future__ import annotations
@@ -134,8 +134,9 @@ def test_collect_dumps_failures_resume_idempotence(tmp_path: Path) -> None:
             ) and "rerun to resume" in _line(lines, KILLED)
             assert "failed" in _line(lines, DISKFULL) and "space" in _line(lines, DISKFULL).lower()
             assert "dump header version" in _line(lines, CORRUPT)
-            assert "archive failed, the local copy is kept" in _line(lines, ARCH_RO)
-            assert "Read-only file system" in _line(lines, ARCH_RO)
+            # The archive check before collecting: nothing collected, nothing released.
+            assert "the archive target cannot be used" in _line(lines, ARCH_RO)
+            assert "not writable" in _line(lines, ARCH_RO)
             assert (tmp_path / "report.json").exists(), out1[-5000:]
             report = json.loads((tmp_path / "report.json").read_text())["hosts"]
             for name in ("lpar02", "lpar08"):
@@ -145,10 +146,12 @@ def test_collect_dumps_failures_resume_idempotence(tmp_path: Path) -> None:
                 assert not (local / "dump.kdump").exists() and (local / "ARCHIVED.json").exists()
                 assert (archive / report[name]["dump_id"] / "dump.kdump").exists()
             # Failing hosts keep the memory they have not saved reserved.
-            for name in (KILLED, DISKFULL, CORRUPT):
+            for name in (KILLED, DISKFULL, CORRUPT, ARCH_RO):
                 with Lpar.open(byname[name].lpar) as lpar:
                     st = lpar.status()
                 assert st["dump_waiting"] and st["kernel"]["reserved_bytes"] > 0, name
+            with Lpar.open(byname[ARCH_RO].lpar) as lpar:
+                assert lpar.status()["counters"]["releases"] == 0
             # Nothing is removed locally that was not verified in the archive.
             ro_local = Path(report[ARCH_RO]["output"]) if "output" in report[ARCH_RO] else None
             assert ro_local is None or (ro_local / "dump.kdump").exists()

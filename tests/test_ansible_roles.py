@@ -2,8 +2,9 @@
 refuses every write, and the nas.yml example inventory, all on one module-scoped fleet.
 
 lpar03 runs tests_prepare.yml, tests_collect.yml and tests_archive.yml in that order;
-lpar01 and lpar02 run collect-dumps.yml against an SSH archive host whose whole archive
-filesystem is read-only, then again with nas.yml's variables (a dir target).
+lpar01 and lpar02 run collect-dumps.yml against an SSH archive host whose archive filesystem
+is full (it passes the check before collecting, then refuses the copy), then again with
+nas.yml's variables (a dir target).
 """
 
 from __future__ import annotations
@@ -101,21 +102,23 @@ def test_archive_host_refusing_writes_then_nas_inventory(
     roles_fleet: tuple[Path, dict[str, Any], list[Any]],
     tmp_path: Path,
 ) -> None:
-    """The whole archive host refuses writes: every host keeps its verified local copy and is
-    reported failed; memory was released progressively, only for ranges already saved and
-    verified locally. Then nas.yml's variables (a dir target) archive the same dumps."""
+    """The archive host is full (1 MiB): it passes the check before collecting, then refuses the
+    copies. Every host keeps its verified local copy and is reported failed; memory was released
+    progressively, only for ranges already saved and verified locally. Then nas.yml's variables
+    (a dir target) archive the same dumps. (An archive refusing every write is caught before
+    collecting: tests/test_ansible_ownership.py.)"""
     _, inv, hosts = roles_fleet
     names = ["lpar01", "lpar02"]
     sshd = Sshd(tmp_path / "sshd")
-    ro = tmp_path / "archive-ro"
-    ro.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    full = tmp_path / "archive-full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)], check=True)
     try:
         inv_path = _inventory(
             tmp_path / "inventory.yml",
             inv,
             names,
-            **sshd.target_vars(ro / "dumps"),
+            **sshd.target_vars(full / "dumps"),
             hvdump_archive_remove_local=True,
         )
         report_file = tmp_path / "report.json"
@@ -127,7 +130,7 @@ def test_archive_host_refusing_writes_then_nas_inventory(
             f"hvdump_report_file={report_file}",
         )
     finally:
-        subprocess.run(["umount", str(ro)], check=False)
+        subprocess.run(["umount", str(full)], check=False)
         sshd.stop()
     assert res.returncode == 2, res.stdout[-4000:]
     lines = summary_lines(res.stdout)
@@ -138,7 +141,7 @@ def test_archive_host_refusing_writes_then_nas_inventory(
             continue
         line = next(ln for ln in lines if ln.startswith(h.name + " "))
         assert (
-            "archive failed, the local copy is kept" in line and "Read-only file system" in line
+            "archive failed, the local copy is kept" in line and "No space left on device" in line
         ), line
         rep = report[h.name]
         assert rep["status"] == "failed" and rep["failed_task"].startswith(

@@ -62,7 +62,8 @@ class Owner:
         if self.output:
             parts.append(f"into {self.output}")
         if self.since is not None:
-            parts.append("since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)))
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
+            parts.append(f"since {stamp}")
         return " ".join(parts)
 
     def to_json(self) -> dict[str, object]:

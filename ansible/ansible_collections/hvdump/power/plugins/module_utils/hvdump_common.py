@@ -17,6 +17,7 @@ import json
 import os
 import time
 import traceback
+from pathlib import Path
 
 try:
     from drgn_hvdump.capture import open_capture
@@ -31,6 +32,14 @@ except ImportError:  # pragma: no cover - exercised by the missing-library test
     class HvdumpError(Exception):
         """Stand-in so modules can name the exception without the library."""
 
+
+try:
+    # One collector per dump (hvdump with collection ownership): who holds the dump now.
+    from drgn_hvdump.collect.ownership import dump_owner
+
+    HAS_OWNERSHIP = True
+except ImportError:  # pragma: no cover - an hvdump without collection ownership
+    HAS_OWNERSHIP = False
 
 from ansible.module_utils.basic import missing_required_lib
 
@@ -50,6 +59,40 @@ def require_hvdump(module):
             ),
             exception=HVDUMP_IMPORT_ERROR,
         )
+
+
+def require_ownership(module):
+    """Fail when the host's hvdump cannot tell or enforce who collects a dump."""
+    if not HAS_OWNERSHIP:
+        module.fail_json(
+            msg="the hvdump on the host has no collection ownership (one collector per dump): "
+            "upgrade hvdump on the host (pip install -U hvdump, or the hvdump.power.prepare role "
+            "with prepare_install); nothing was collected and the memory stays reserved",
+        )
+
+
+def owner_of(root):
+    """The collector holding the dump under root: {pid, output, since}, or None."""
+    if not HAS_OWNERSHIP:
+        return None
+    try:
+        owner = dump_owner(Path(root))
+    except (HvdumpError, OSError, ValueError):
+        return None
+    if owner is None:
+        return None
+    return {"pid": owner.pid, "output": owner.output, "since": owner.since}
+
+
+def owner_text(owner):
+    """``pid N, DIR, since TIME UTC`` (what is known of it)."""
+    parts = ["pid %s" % owner["pid"] if owner.get("pid") is not None else "another process"]
+    if owner.get("output"):
+        parts.append(str(owner["output"]))
+    since = owner.get("since")
+    if isinstance(since, (int, float)):
+        parts.append("since " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since)))
+    return ", ".join(parts)
 
 
 def _vmcore_info(root):
@@ -179,6 +222,7 @@ def dump_facts(root, hostname, dump_dir=None):
         "dump_dir": dump_dir,
         "output": None,
         "collection": None,
+        "owner": None,
         "local_dumps": local_dumps(dump_dir),
     }
     if state.header is not None:
@@ -200,6 +244,7 @@ def dump_facts(root, hostname, dump_dir=None):
         facts["reserved_bytes"] = _held_by_meminfo(root)
     if state.dump_waiting:
         facts["dump_id"] = dump_id(hostname, state, info)
+        facts["owner"] = owner_of(root)
         if dump_dir:
             out = os.path.join(dump_dir, facts["dump_id"])
             facts["output"] = out

@@ -21,6 +21,13 @@ description:
     again after a kill, a reboot of the capture kernel or a full disk.
   - Writes the latest progress to O(dump_dir)/DUMP_ID.progress.json, which
     M(hvdump.power.hvdump_facts) reports; run it with C(async) for long collections.
+  - One collector per dump. When another collector already holds the dump (the previous run's,
+    still running after a dropped connection or a killed controller, or one started by hand), no
+    second collector starts. With O(wait) (the default) the module attaches to it; it waits until
+    that collector ends and reports its result (RV(status=collected) with RV(attached)), or
+    resumes the collection itself when that collector died part-way. Without O(wait), or when
+    O(wait_timeout) runs out, it returns RV(status=in_progress), C(changed=false), not failed,
+    with C(msg) naming the owner (C(collection in progress (pid N, DIR, since TIME))).
   - Nothing to do (no dump waiting, or this dump already collected) reports C(changed=false).
 options:
   root:
@@ -63,6 +70,20 @@ options:
   scrub:
     description: A filter file naming data to erase from the dump (C(erase SYMBOL size N)).
     type: path
+  wait:
+    description:
+      - When another collector holds the dump, wait for it to end and report its result (or
+        resume the collection if it died part-way) instead of returning RV(status=in_progress)
+        at once.
+      - Never starts a second collector either way.
+    type: bool
+    default: true
+  wait_timeout:
+    description:
+      - With O(wait), wait at most this many seconds for the other collector, then return
+        RV(status=in_progress). Unset, wait as long as the collection takes (an C(async) limit
+        still applies). V(0) does not wait.
+    type: int
   extra_args:
     description: More arguments for C(hvdump collect).
     type: list
@@ -73,7 +94,8 @@ requirements:
 attributes:
   check_mode:
     support: full
-    details: Reports whether a collection would run; reads nothing from the dump.
+    details: Reports whether a collection would run (or is in progress); reads nothing from the
+      dump and never waits.
   diff_mode:
     support: none
   async:
@@ -93,13 +115,60 @@ EXAMPLES = r"""
   hvdump.power.hvdump_collect:
     dump_dir: /var/crash/hvdump
     release: never
+
+- name: Collect, or only report a collection already running (pid, directory)
+  hvdump.power.hvdump_collect:
+    dump_dir: /var/crash/hvdump
+    wait: false
+  register: collect
+
+- name: Show who is collecting
+  ansible.builtin.debug:
+    msg: "{{ collect.msg }}"
+  when: collect.status == 'in_progress'
 """
 
 RETURN = r"""
+status:
+  description:
+    - What happened. V(no_dump) nothing to collect; V(would_collect) check mode;
+      V(collected) the dump was collected (or resumed) during this task, by this task's collector
+      or by the one it attached to (RV(attached)); V(already_collected) it was complete before
+      the task; V(in_progress) another collector holds the dump (RV(owner)) and this task did not
+      wait for it (O(wait=false), O(wait_timeout), or check mode).
+  returned: always
+  type: str
+  choices: [no_dump, would_collect, collected, already_collected, in_progress]
+  sample: collected
 collected:
   description: Whether a dump is (now) collected in RV(output).
   returned: always
   type: bool
+attached:
+  description:
+    - Whether another collector held the dump when the task started, so that the task waited
+      for it instead of starting one. With RV(status=collected), that collector (or, if it
+      died part-way, this task's, RV(resumed)) finished the dump during the task.
+  returned: when a dump was waiting
+  type: bool
+owner:
+  description: The collector holding the dump when the task started or gave up waiting.
+  returned: when RV(status=in_progress), or RV(attached)
+  type: dict
+  contains:
+    pid:
+      description: Its process id on the host.
+      type: int
+    output:
+      description: The directory it writes (null when it cannot be known).
+      type: str
+    since:
+      description: When it took the dump, in seconds since the epoch (null when unknown).
+      type: float
+waited_s:
+  description: Seconds the task waited for another collector.
+  returned: when RV(attached)
+  type: float
 dump_id:
   description: The dump's id (the output directory's name).
   returned: when a dump was waiting
@@ -125,12 +194,12 @@ elapsed_s:
   returned: when collected
   type: float
 released_bytes:
-  description: Bytes of memory given back to the LPAR.
+  description: Bytes of memory given back to the LPAR (so far, for RV(status=in_progress)).
   returned: always
   type: int
 cpu_s:
   description: CPU seconds (user and system) the collector process used in this run.
-  returned: when collected in this run
+  returned: when collected in this run (not when RV(attached) and the other collector finished)
   type: float
 resumed:
   description: Whether this run resumed an interrupted collection.
@@ -155,6 +224,7 @@ ansible_facts:
 import contextlib
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -170,9 +240,15 @@ from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import 
     dump_facts,
     free_bytes,
     journal_state,
+    owner_of,
+    owner_text,
     read_json,
     require_hvdump,
+    require_ownership,
 )
+
+# The collector's exit status when another collector holds the dump (EX_TEMPFAIL).
+EX_TEMPFAIL = 75
 
 
 def _write_progress(path, value):
@@ -212,6 +288,41 @@ def _facts(p, host, facts=None):
     return {"hvdump": facts}
 
 
+def _busy_owner(err):
+    """The owner named by the collector's one busy line on stderr, when no JSON line came."""
+    m = re.search(r"being collected by pid (\d+)(?: into (.+?))?(?: since [^;]*)?;", err or "")
+    if not m:
+        return None
+    return {"pid": int(m.group(1)), "output": m.group(2), "since": None}
+
+
+def _progress_pid(path):
+    rec = read_json(path)
+    return rec.get("pid") if isinstance(rec, dict) else None
+
+
+def _in_progress(module, p, host, result, owner, waited):
+    """Another collector holds the dump and this task does not wait (longer) for it."""
+    output = result["output"]
+    progress = read_json(output + PROGRESS_SUFFIX) or {}
+    if owner.get("output") and os.path.realpath(owner["output"]) != os.path.realpath(output):
+        progress = {}
+    how = ("; gave up waiting after %d s" % waited) if waited else ""
+    result.update(
+        status="in_progress",
+        collected=False,
+        owner=owner,
+        released_bytes=progress.get("released_bytes", 0) if isinstance(progress, dict) else 0,
+    )
+    module.exit_json(
+        changed=False,
+        msg="collection in progress (%s)%s; no second collector was started: rerun to attach "
+        "to it" % (owner_text(owner), how),
+        ansible_facts=_facts(p, host),
+        **result
+    )
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -224,34 +335,42 @@ def main():
             threads=dict(type="int", default=1),
             accept_partial=dict(type="bool", default=False),
             scrub=dict(type="path"),
+            wait=dict(type="bool", default=True),
+            wait_timeout=dict(type="int"),
             extra_args=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
     require_hvdump(module)
+    require_ownership(module)
     p = module.params
+    if p["wait_timeout"] is not None and p["wait_timeout"] < 0:
+        module.fail_json(msg="wait_timeout must be 0 or more seconds, got %d" % p["wait_timeout"])
     host = p["host_name"] or socket.gethostname().split(".")[0]
     try:
         facts = dump_facts(p["root"], host, p["dump_dir"])
     except (HvdumpError, OSError) as exc:
         module.fail_json(msg="%s: cannot read the dump state: %s" % (p["root"], exc), released_bytes=0)
     if not facts["dump_waiting"]:
-        module.exit_json(changed=False, collected=False, released_bytes=0,
+        module.exit_json(changed=False, status="no_dump", collected=False, released_bytes=0,
                          msg="no dump to collect: %s" % facts["reason"], ansible_facts=_facts(p, host, facts))
     output = facts["output"]
-    result = dict(dump_id=facts["dump_id"], output=output, released_bytes=0)
+    result = dict(dump_id=facts["dump_id"], output=output, released_bytes=0, attached=False)
     started, done, chunks = journal_state(output)
     if done:
         result.update(_summary(output))
-        module.exit_json(changed=False, collected=True, resumed=False,
+        module.exit_json(changed=False, status="already_collected", collected=True, resumed=False,
                          msg="already collected in %s" % output, ansible_facts=_facts(p, host, facts), **result)
+    owner = facts["owner"]
+    if owner is not None and (module.check_mode or not p["wait"]):
+        _in_progress(module, p, host, result, owner, 0)
     if facts["header"] is None or (not facts["dump_valid"] and not p["accept_partial"]):
         module.fail_json(
             msg="%s: the waiting dump cannot be collected: %s; its memory stays reserved"
             % (p["root"], facts["reason"]),
             collected=False, **result)
     if module.check_mode:
-        module.exit_json(changed=True, collected=False,
+        module.exit_json(changed=True, status="would_collect", collected=False,
                          msg="would %s the dump into %s" % ("resume" if started else "collect", output),
                          ansible_facts=_facts(p, host, facts), **result)
     if not os.path.isdir(p["dump_dir"]):
@@ -263,6 +382,10 @@ def main():
         cmd.append("--accept-partial")
     if p["scrub"]:
         cmd += ["--scrub", p["scrub"]]
+    if p["wait"]:
+        cmd.append("--wait")
+        if p["wait_timeout"] is not None:
+            cmd += ["--wait-timeout", str(p["wait_timeout"])]
     cmd += p["extra_args"]
     progress_path = output + PROGRESS_SUFFIX
     t0 = time.time()
@@ -270,23 +393,57 @@ def main():
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
     last = {"event": "start", "pid": proc.pid, "started": t0, "resumed_from_chunks": chunks}
-    _write_progress(progress_path, last)
+    # The progress file belongs to the collector that holds the dump: while another one does,
+    # this task only waits, and writes it once its own collector reports progress.
+    owning = owner is None
+    if owning:
+        _write_progress(progress_path, last)
     written = 0.0
+    busy = None
+    done_ev = None
+    took_over = None
     for line in proc.stdout:
         try:
             ev = json.loads(line)
         except ValueError:
             continue
-        if ev.get("event") == "progress":
-            last = dict(ev, pid=proc.pid, started=t0, resumed_from_chunks=chunks)
+        if not isinstance(ev, dict):
+            continue
+        kind = ev.get("event")
+        if kind == "busy":
+            busy = {"pid": ev.get("pid"), "output": ev.get("output"), "since": ev.get("since")}
+        elif kind == "done":
+            done_ev = ev
+        elif kind == "progress":
+            if not owning:
+                # The other collector is gone and this task's took the dump over.
+                owning = True
+                took_over = time.time()
+                last = dict(last, started=took_over)
+            last = dict(ev, pid=proc.pid, started=last["started"], resumed_from_chunks=chunks)
             if time.time() - written > 0.5:
                 _write_progress(progress_path, last)
                 written = time.time()
     err = proc.stderr.read()
     rc = proc.wait()
-    last["rc"] = rc
-    last["event"] = "finished" if rc == 0 else "failed"
-    _write_progress(progress_path, last)
+    waited = round((took_over or time.time()) - t0, 3)
+    if rc == EX_TEMPFAIL:
+        # Another collector holds the dump (or the directory) and we did not wait (longer).
+        if _progress_pid(progress_path) == proc.pid:
+            # Our start record (the other collector took the dump just before ours): not ours.
+            with contextlib.suppress(OSError):
+                os.unlink(progress_path)
+        busy = busy or _busy_owner(err) or owner_of(p["root"]) or owner or {"pid": None}
+        _in_progress(module, p, host, result, busy, waited if p["wait"] else 0)
+    already = bool(done_ev and done_ev.get("already_done"))
+    # Attached: another collector held the dump when the task started, or finished it meanwhile.
+    attached = owner is not None or already
+    # This task's collector did (the rest of) the work.
+    ours = owning or (done_ev is not None and not already)
+    if owning and _progress_pid(progress_path) in (None, proc.pid):
+        last["rc"] = rc
+        last["event"] = "finished" if rc == 0 else "failed"
+        _write_progress(progress_path, last)
     released = last.get("released_bytes", 0)
     if rc != 0:
         lines = [ln for ln in err.strip().splitlines() if ln.strip()]
@@ -294,18 +451,40 @@ def main():
             why = "the collector was killed by signal %s" % signal.Signals(-rc).name
         else:
             why = lines[-1] if lines else "the collector exited with status %d" % rc
+        if attached:
+            # The collector we waited for may have collected the dump into another directory
+            # and given its memory back: then nothing is left to collect.
+            try:
+                after = dump_facts(p["root"], host, p["dump_dir"])
+            except (HvdumpError, OSError):
+                after = None
+            if after is not None and not after["dump_waiting"]:
+                result.update(owner=owner, waited_s=waited)
+                module.exit_json(
+                    changed=False, status="no_dump", collected=False,
+                    msg="no dump to collect any more: %s had it while this task waited"
+                    % owner_text(owner or {"pid": None}),
+                    ansible_facts=_facts(p, host, after), **result)
         module.fail_json(
             msg="%s (after %d of %d bytes); rerun to resume from the journal in %s; "
             "memory not yet saved stays reserved"
             % (why, last.get("bytes_done", 0), last.get("bytes_total", 0), output),
             collected=False, rc=rc, stderr=err, released_bytes=released, dump_id=facts["dump_id"],
-            output=output,
+            output=output, attached=attached,
         )
     result.update(_summary(output))
-    result["elapsed_s"] = round(time.time() - t0, 3)
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result["cpu_s"] = round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 3)
-    module.exit_json(changed=True, collected=True, resumed=started, ansible_facts=_facts(p, host), **result)
+    result["attached"] = bool(attached)
+    if attached:
+        result.update(owner=owner, waited_s=waited)
+    if ours:
+        result["elapsed_s"] = round(time.time() - (took_over or t0), 3)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result["cpu_s"] = round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 3)
+    resumed = ours and (started or bool(done_ev and done_ev.get("resumed")))
+    # The dump was not complete when the task started and is now: changed, whether this task's
+    # collector or the one it attached to finished it.
+    module.exit_json(changed=True, status="collected", collected=True, resumed=resumed,
+                     ansible_facts=_facts(p, host), **result)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,9 @@ ansible_facts:
         - The host's dump state. Keys include C(firmware_supported), C(registered),
           C(dump_waiting), C(dump_valid), C(reason), C(reserved_bytes), C(dump_bytes),
           C(sections), C(header), C(release_map), C(dump_id), C(output), C(collection),
-          C(local_dumps), C(dest_free_bytes) and C(warnings).
+          C(owner), C(local_dumps), C(dest_free_bytes) and C(warnings).
+        - C(owner) is the collector holding the waiting dump now (C(pid), C(output), C(since) in
+          seconds since the epoch), whatever its output directory, or null when none runs.
       type: dict
       returned: always
       sample:

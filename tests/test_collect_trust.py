@@ -337,6 +337,45 @@ def test_stale_registry_entry_of_this_dump_after_a_partial_run(tmp_path: Path) -
     TALLY["scenarios"] += 1
 
 
+def test_release_what_is_saved_goes_through_the_collector(tmp_path: Path) -> None:
+    """A collection made with --release never gives its memory back when run again
+    without it (the API the Ansible release module calls): locked, confirmed, the
+    last release after a full verify; an outside release first stops it."""
+    from drgn_hvdump import api
+
+    lpar = make_lpar(tmp_path / "lpar", memory="768M", quirks="faithful")
+    out = tmp_path / "out"
+    with mounted(lpar, tmp_path / "root") as root:
+        collect(
+            CollectOptions(
+                root=root, output=out, release="never", compress="zlib", chunk_size=32 << 20
+            )
+        )
+        assert lpar.released_ranges() == []
+        pending = api.pending_releases(out)
+        assert pending
+        # an outside release first: the collector refuses to go on
+        _release_by_hand(root, 300 << 20, 1 << 20)
+        with pytest.raises(HvdumpError, match="released outside"):
+            api.release_saved(root, out)
+        TALLY["scenarios"] += 1
+    lpar = make_lpar(tmp_path / "lpar2", memory="768M", quirks="faithful")
+    out = tmp_path / "out2"
+    with mounted(lpar, tmp_path / "root2") as root:
+        collect(CollectOptions(root=root, output=out, release="never", compress="zlib"))
+        done = api.release_saved(root, out)
+        assert sorted(done.released) == sorted(api.pending_releases(out) or pending_all(out))
+        assert not done.dump_waiting and lpar.protected and lpar.lost_ranges() == []
+        assert compare_with_truth(lpar, out) == []
+        assert collect(CollectOptions(root=root, output=out)).already_done
+    TALLY["scenarios"] += 1
+
+
+def pending_all(out: Path) -> list[tuple[int, int]]:
+    m = json.loads((out / "manifest.json").read_text())
+    return [(w["addr"], w["size"]) for w in m["release"]["writes"]]
+
+
 def test_tally_is_clean() -> None:
     """Printed for docs/reliability.md (run with -s); zero wherever it is counted."""
     print(f"\ntrust tally: {TALLY}")

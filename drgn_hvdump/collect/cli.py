@@ -19,7 +19,8 @@ save area (DIR/regsave.bin), a manifest with per-chunk checksums, and a
 journal. Memory is released only after its bytes are written, synced and
 read back with the right checksum. Run the same command again after any
 interruption (SIGINT, SIGTERM, kill -9, a full disk): it resumes where it
-stopped.
+stopped. A collection made with --release never gives the memory back when run
+again without it (every release confirmed, the last after a full verify).
 
 One collector owns a dump at a time, whatever its output directory: a second
 one exits with status 75 naming the owner (pid, directory, since when), or

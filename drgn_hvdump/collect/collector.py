@@ -524,7 +524,11 @@ def _collect_owned(
             "hvdump); not resumed: use another --output directory"
         )
     if journal is not None and journal.done:
-        return _already_done(opts, out, journal, capture)
+        done = _already_done(opts, out, journal, capture)
+        if done is not None:
+            return done
+        # collected with --release never, the dump still waits: release what is
+        # saved, through the same confirmed, journaled releases as a collection
     if journal is not None and journal.records and opts.release != "never":
         finished = _finish_after_last_release(opts, out, journal, capture)
         if finished is not None:
@@ -579,8 +583,12 @@ def _check_no_other_collection(opts: CollectOptions, out: OutputDir, identity: s
 
 def _already_done(
     opts: CollectOptions, out: OutputDir, journal: Journal, capture: CaptureInterface
-) -> CollectResult:
-    """A finished collection in ``out``: the dump it holds, if it is still all there."""
+) -> CollectResult | None:
+    """A finished collection in ``out``: the dump it holds, if it is still all there.
+
+    None when its memory is still to be released (it was collected with
+    ``--release never`` and this run may release).
+    """
     waiting = _waiting_identity(capture, capture.state())
     if waiting is not None and waiting != journal.identity:
         raise HvdumpError(
@@ -609,6 +617,8 @@ def _already_done(
             "collection finished; run hvdump verify on the directory"
         ) from None
     dump = out.path / str(manifest.get("dump", {}).get("file", ""))
+    if waiting is not None and opts.release != "never":
+        return None
     return CollectResult(out.path, dump, manifest, True, already_done=True)
 
 

@@ -19,6 +19,10 @@ description:
   - Refuses unless the dump was collected completely into O(output) and that copy matches the
     manifest, because released memory is reused at once and its contents are gone. O(force)
     releases anyway (the data is lost).
+  - Releases go through the collector (C(hvdump collect) resumed on O(output)) under the dump's
+    lock, each confirmed from C(MemTotal); the last one is made only after the whole copy verifies
+    against its manifest, so O(verify) is always in effect. A release made meanwhile by anything
+    else stops it.
   - Reports C(changed) only when something was released; with no dump waiting it does nothing.
 options:
   root:
@@ -29,7 +33,9 @@ options:
     description: The collected dump directory of this dump (holding C(manifest.json)).
     type: path
   verify:
-    description: Check the collected copy against its manifest before releasing.
+    description:
+      - Check the collected copy against its manifest before releasing. Kept for compatibility;
+        the collector always verifies before the release that re-registers the LPAR.
     type: bool
     default: true
   force:
@@ -73,8 +79,6 @@ dump_waiting:
   type: bool
 """
 
-import json
-import os
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
@@ -83,17 +87,6 @@ from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import 
     HvdumpError,
     require_hvdump,
 )
-
-
-def _planned_writes(capture, state):
-    from drgn_hvdump.collect.plan import make_plan
-    from drgn_hvdump.formats.elfcore import ElfCore
-
-    with ElfCore.open(capture.vmcore_path) as core:
-        ps = int((core.vmcoreinfo or {}).get("PAGESIZE", "65536"))
-        memory = max((ph.p_paddr + ph.p_memsz for ph in core.segments), default=0)
-    plan = make_plan(state, page_size=ps, memory=memory, chunk_size=16 << 20)
-    return [(w.addr, w.size) for w in plan.writes]
 
 
 def main():
@@ -107,65 +100,38 @@ def main():
         supports_check_mode=True,
     )
     require_hvdump(module)
+    from drgn_hvdump import api
     from drgn_hvdump.capture import open_capture
-    from drgn_hvdump.formats.dump_header import build_dump_header
-    from drgn_hvdump.formats.release_region import Extent
 
     p = module.params
+    root = Path(p["root"])
     try:
-        capture = open_capture(p["root"])
-        state = capture.state()
+        state = open_capture(root).state()
     except (HvdumpError, OSError) as exc:
         module.fail_json(msg="%s: cannot read the dump state: %s" % (p["root"], exc))
     if not state.dump_waiting:
         module.exit_json(changed=False, released=[], released_bytes=0, dump_waiting=False,
                          msg="no dump waiting: nothing to release")
-    writes = None
-    if p["output"]:
-        try:
-            with open(os.path.join(p["output"], "manifest.json")) as f:
-                manifest = json.load(f)
-        except (OSError, ValueError) as exc:
-            if not p["force"]:
-                module.fail_json(msg="%s: no complete collection here (%s); refusing to release "
-                                 "unsaved data (force: true loses it)" % (p["output"], exc))
-            manifest = None
-        if manifest is not None:
-            if state.header is None or manifest["source"]["dump_header"] != build_dump_header(state.header).hex():
-                if not p["force"]:
-                    module.fail_json(msg="%s holds another dump than the one waiting under %s; "
-                                     "refusing to release" % (p["output"], p["root"]))
-            else:
-                if p["verify"]:
-                    from drgn_hvdump.collect.verify import verify_dir
-
-                    ok, lines = verify_dir(Path(p["output"]))
-                    if not ok and not p["force"]:
-                        module.fail_json(msg="the saved copy does not match its manifest: %s; "
-                                         "refusing to release" % lines[-1], report=lines)
-                writes = [(w["addr"], w["size"]) for w in manifest["release"]["writes"] if not w["done"]]
-    if writes is None:
-        if not p["force"]:
+    try:
+        if p["output"] and not p["force"]:
+            # Through the collector: under the dump's lock, every release confirmed,
+            # the last one only after the whole copy verifies against its manifest.
+            if module.check_mode:
+                writes = api.pending_releases(Path(p["output"]))
+                module.exit_json(changed=bool(writes), released=[list(w) for w in writes],
+                                 released_bytes=sum(s for _, s in writes), dump_waiting=True)
+            done = api.release_saved(root, Path(p["output"]))
+        elif not p["force"]:
             module.fail_json(msg="the waiting dump is not saved (give output: the collected "
                              "directory); refusing to release memory whose contents would be lost "
                              "(force: true releases anyway)")
-        if state.header is None or state.release_map is None:
-            module.fail_json(msg="cannot plan the release: %s" % state.reason)
-        writes = _planned_writes(capture, state)
-    if module.check_mode:
-        module.exit_json(changed=bool(writes), released=[list(w) for w in writes],
-                         released_bytes=sum(s for _, s in writes), dump_waiting=True)
-    done = []
-    for addr, size in writes:
-        if not capture.state().dump_waiting:
-            break
-        try:
-            capture.release(Extent(addr, size))
-        except HvdumpError as exc:
-            module.fail_json(msg=str(exc), released=done, released_bytes=sum(s for _, s in done))
-        done.append([addr, size])
-    module.exit_json(changed=bool(done), released=done, released_bytes=sum(s for _, s in done),
-                     dump_waiting=capture.state().dump_waiting)
+        else:
+            done = api.abandon(root, dry_run=module.check_mode)
+    except (HvdumpError, OSError) as exc:
+        module.fail_json(msg="refusing to release: %s" % exc)
+    module.exit_json(changed=bool(done.released), released=[list(w) for w in done.released],
+                     released_bytes=done.released_bytes,
+                     dump_waiting=True if module.check_mode else done.dump_waiting)
 
 
 if __name__ == "__main__":

@@ -194,6 +194,44 @@ def speed(
     print(f"load average at end: {_loadavg()}")
 
 
+def safety_cost(base: Path, memory: str, repeat: int, compare: Path | None) -> None:
+    """Progressive release on a FUSE root, this tree against ``compare`` (A/B, alternating):
+    what the ownership checks (MemTotal after every read and release, files still in
+    place) and the full verify before the last release cost."""
+    from hvsim import fuse_root
+
+    if compare is None:
+        print("safety cost: needs --compare OTHER_TREE (the code before)")
+        return
+    lpar = Lpar.create(base / "lpar", memory=memory, boot=True)
+    root = base / "root"
+    root.mkdir()
+    best: dict[str, tuple[float, dict]] = {}  # type: ignore[type-arg]
+    for n in range(repeat):
+        for tag, tree in (("this", None), ("before", compare)):
+            lpar.crash()
+            fuse_root.mount(lpar.path, str(root))
+            out = base / f"out-{tag}-{n}"
+            try:
+                wall, _cpu, _others, m = _collect(
+                    root, out, "--release", "progressive", "--threads", "2", tree=tree
+                )
+            finally:
+                fuse_root.umount(str(root))
+            assert lpar.protected, tag
+            shutil.rmtree(out)
+            if tag not in best or wall < best[tag][0]:
+                best[tag] = (wall, m)
+    for tag in ("this", "before"):
+        wall, m = best[tag]
+        t = m["timings"]
+        print(
+            f"progressive on FUSE, {memory}, zstd 2 threads [{tag}]: {wall:6.2f} s "
+            f"(release {t['release']:.2f} s, final check {t.get('final_check', 0.0):.2f} s)"
+        )
+    print(f"this / before: {best['this'][0] / best['before'][0]:.2f}x wall")
+
+
 def _integral(curve: list[list[float]], total_time: float) -> float:
     area = 0.0
     for (t0, r0), (t1, _) in zip(curve, [*curve[1:], [total_time, 0]], strict=False):
@@ -284,6 +322,9 @@ def main() -> None:
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-release", action="store_true")
+    ap.add_argument(
+        "--safety", action="store_true", help="time progressive release on FUSE against --compare"
+    )
     ap.add_argument("--lzo", action="store_true", help="also time LZO")
     ap.add_argument("--only", help="time only the collector runs whose label contains this")
     ap.add_argument(
@@ -298,6 +339,9 @@ def main() -> None:
         if not args.skip_speed:
             (base / "s").mkdir()
             speed(base / "s", args.memory, args.repeat, args.compare, args.lzo, args.only)
+        if args.safety:
+            (base / "x").mkdir()
+            safety_cost(base / "x", "2G", args.repeat, args.compare)
         if not args.skip_release:
             (base / "r").mkdir()
             release_curve(base / "r", "2G")

@@ -78,7 +78,9 @@ def pending_releases(output: Path) -> list[tuple[int, int]]:
         raise HvdumpError(f"{output}/manifest.json: no complete collection here ({exc})") from None
     finally:
         out.close()
-    return [(int(w["addr"]), int(w["size"])) for w in manifest["release"]["writes"] if not w["done"]]
+    return [
+        (int(w["addr"]), int(w["size"])) for w in manifest["release"]["writes"] if not w["done"]
+    ]
 
 
 def release_saved(
@@ -89,7 +91,12 @@ def release_saved(
     before = set(pending_releases(output))
     res = collect(
         resume_options(
-            root, output, release="progressive", wait=wait, wait_timeout=wait_timeout, progress=False
+            root,
+            output,
+            release="progressive",
+            wait=wait,
+            wait_timeout=wait_timeout,
+            progress=False,
         )
     )
     after = {

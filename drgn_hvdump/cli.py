@@ -20,7 +20,8 @@ from drgn_hvdump.clitools import print_json, run_main
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import HEADER_SIZE, describe_dump_header, parse_dump_header
 from drgn_hvdump.formats.elfcore import ElfCore
-from drgn_hvdump.formats.hpte import parse_hpte_table
+from drgn_hvdump.formats.hpte import Hpte, parse_hpte_table
+from drgn_hvdump.formats.kdump import KDUMP_SIGNATURE, KdumpFile
 from drgn_hvdump.formats.regsave import REGSAVE_MAGIC, parse_regsave
 from drgn_hvdump.formats.release_region import format_release_map, parse_release_map
 
@@ -111,24 +112,103 @@ def _stopped_reason(entry: dict[str, object] | None) -> str | None:
     return None
 
 
-def _inspect_kind(data: bytes) -> str:
+_HEAD = 1 << 16
+_SMALL_MAX = 64 << 20
+"""The largest dump header, register save area or release map ``inspect`` reads."""
+
+
+def _inspect_kind(data: bytes, size: int | None = None) -> str:
+    """The kind of a file from its first bytes (``data``) and its ``size``."""
+    size = len(data) if size is None else size
     if data[:4] == b"\x7fELF":
         return "elf"
+    if data[:8] == KDUMP_SIGNATURE:
+        return "kdump"
     if data[:8] == REGSAVE_MAGIC.to_bytes(8, "big") or data[:8] == REGSAVE_MAGIC.to_bytes(
         8, "little"
     ):
         return "regsave"
     if data[:4] == b"CPU:":
         return "release-map"
-    if len(data) == HEADER_SIZE:
+    if size == HEADER_SIZE:
         return "header"
-    if len(data) % 16 == 0:
+    if size % 16 == 0:
         return "hpte"
     raise FormatError(
         "cannot tell the format of this file",
         offset=0,
-        hint="give --kind elf|header|regsave|hpte|release-map",
+        hint="give --kind elf|kdump|header|regsave|hpte|release-map",
     )
+
+
+def _inspect_kdump(path: Path) -> None:
+    from drgn_hvdump.collect.codecs import decompress_page
+    from drgn_hvdump.formats.elfcore import parse_notes
+    from drgn_hvdump.formats.vmcoreinfo import parse_vmcoreinfo
+
+    with KdumpFile.open(path, decompress_page) as kd:
+        h, sub, ps = kd.header, kd.sub_header, kd.page_size
+        uts = [
+            h.utsname[i * 65 : (i + 1) * 65].split(b"\0", 1)[0].decode("ascii", "replace")
+            for i in range(6)
+        ]
+        print(
+            f"kdump-compressed, {kd.byteorder}-endian, header version {h.header_version}, "
+            f"{ps}-byte pages, max_mapnr {kd.max_mapnr:#x}, status {h.status:#x}, "
+            f"{h.nr_cpus} CPUs, {uts[4]} {uts[2]}"
+        )
+        notes = parse_notes(kd.notes, kd.byteorder, str(path), sub.offset_note)
+        for note in notes:
+            print(f"  note {note.name!r} type {note.type} {len(note.desc)} bytes")
+        raw = kd.vmcoreinfo_raw()
+        if raw is not None:
+            info = parse_vmcoreinfo(raw, str(path), sub.offset_vmcoreinfo)
+            for key in ("OSRELEASE", "PAGESIZE", "CRASHTIME"):
+                if key in info:
+                    print(f"  VMCOREINFO {key}={info[key]}")
+        runs = pages = 0
+        for first, end in kd.present_runs():
+            runs += 1
+            pages += end - first
+        print(f"  {pages} pages present in {runs} runs")
+        # Every descriptor must point at bytes in the file and hold at most a page.
+        for at, desc in kd.descriptor_table(pages):
+            if desc.offset < 0 or desc.offset + desc.size > kd.file_size or desc.size > ps:
+                raise FormatError(
+                    f"page descriptor points at {desc.offset:#x}+{desc.size:#x}, outside the "
+                    f"file ({kd.file_size:#x} bytes) or more than a page",
+                    path=str(path),
+                    offset=at,
+                )
+        print(f"  {pages} page descriptors point inside the file")
+
+
+def _inspect_hpte(path: Path, size: int, limit: int, piece: int = 1 << 20) -> None:
+    """An HPTE table read ``piece`` at a time: memory stays flat whatever its size."""
+    if size % 16:
+        raise FormatError(
+            f"HPTE table of {size} bytes ends with a partial {size % 16}-byte entry",
+            offset=size - size % 16,
+            hint="HPTEs are 16 bytes",
+        )
+    total = valid = 0
+    shown: list[Hpte] = []
+    with open(path, "rb") as f:
+        for at in range(0, size, piece):
+            data = os.pread(f.fileno(), min(piece, size - at), at)
+            try:
+                entries = parse_hpte_table(data, path=str(path))
+            except FormatError as error:
+                raise error.at(base=at) from None
+            total += len(entries)
+            for e in entries:
+                if e.valid:
+                    valid += 1
+                    if len(shown) < limit:
+                        shown.append(e)
+    print(f"{total} HPTEs in {total // 8} groups, {valid} valid")
+    for hpte in shown:
+        print(f"  v {hpte.v:#018x} r {hpte.r:#018x} bolted={hpte.bolted} large={hpte.large}")
 
 
 def _inspect_elf(path: Path) -> None:
@@ -158,13 +238,26 @@ def _inspect_elf(path: Path) -> None:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     path: Path = args.file
     try:
-        data = path.read_bytes() if args.kind != "elf" else path.open("rb").read(64)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(_HEAD)
     except OSError as error:
         raise HvdumpError(f"{path}: cannot read: {error.strerror}") from None
     try:
-        kind = args.kind or _inspect_kind(data)
+        kind = args.kind or _inspect_kind(data, size)
+        if kind not in ("elf", "kdump", "hpte"):
+            if size > _SMALL_MAX:
+                raise FormatError(
+                    f"{size} bytes is far more than a {kind} holds", offset=_SMALL_MAX
+                )
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                raise HvdumpError(f"{path}: cannot read: {error.strerror}") from None
         if kind == "elf":
             _inspect_elf(path)
+        elif kind == "kdump":
+            _inspect_kdump(path)
         elif kind == "header":
             for line in describe_dump_header(parse_dump_header(data, path=str(path))):
                 print(line)
@@ -175,13 +268,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 )
                 print(f"CPU {cpu.cpu}: {len(cpu.regs)} registers {regs}")
         elif kind == "hpte":
-            entries = parse_hpte_table(data, path=str(path))
-            valid = [e for e in entries if e.valid]
-            print(f"{len(entries)} HPTEs in {len(entries) // 8} groups, {len(valid)} valid")
-            for hpte in valid[: args.limit]:
-                print(
-                    f"  v {hpte.v:#018x} r {hpte.r:#018x} bolted={hpte.bolted} large={hpte.large}"
-                )
+            _inspect_hpte(path, size, args.limit)
         else:
             print(
                 format_release_map(
@@ -218,12 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_cmd_status)
     inspect = sub.add_parser(
         "inspect",
-        help="decode a dump header, register save area, HPTE table, release map or ELF core",
+        help="decode a dump header, register save area, HPTE table, release map, ELF core "
+        "or kdump file",
         description="Decode one file in any format hvdump knows; the kind is guessed from "
         "the content unless --kind is given. Errors name the offset of the first bad byte.",
     )
     inspect.add_argument("file", type=Path)
-    inspect.add_argument("--kind", choices=["elf", "header", "regsave", "hpte", "release-map"])
+    inspect.add_argument(
+        "--kind", choices=["elf", "kdump", "header", "regsave", "hpte", "release-map"]
+    )
     inspect.add_argument("--limit", type=int, default=16, help="HPTEs to list (default 16)")
     inspect.set_defaults(func=_cmd_inspect)
     from drgn_hvdump.collect.cli import add_subcommands as add_collect

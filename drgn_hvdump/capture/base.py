@@ -10,7 +10,11 @@ from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.dump_header import DumpHeader
 from drgn_hvdump.formats.release_region import Extent, ReleaseMap
 
-__all__ = ["CaptureInterface", "DumpState", "NoDumpError"]
+__all__ = ["DT_DIRS", "CaptureInterface", "DumpState", "NoDumpError"]
+
+DT_DIRS = ("proc/device-tree", "sys/firmware/devicetree/base")
+"""Where a capture root shows the device tree."""
+_DT_DIRS = DT_DIRS
 
 
 class NoDumpError(HvdumpError):
@@ -60,6 +64,22 @@ class CaptureInterface(ABC):
     @abstractmethod
     def lock_path(self) -> Path:
         """The file whose ``flock`` makes one collector the dump's only owner."""
+
+    def machine_identity(self) -> bytes:
+        """What names this machine and partition in the device tree (``system-id``,
+        ``ibm,partition-no``, ``ibm,partition-name``), as one byte string; empty when
+        the tree has none of them. Part of a dump's identity: two LPARs of one
+        kernel build and size that crash in the same second differ only here."""
+        parts = []
+        for name in ("system-id", "ibm,partition-no", "ibm,partition-name"):
+            for d in _DT_DIRS:
+                try:
+                    data = (self.root / d / name).read_bytes()[:256]
+                except OSError:
+                    continue
+                parts.append(name.encode() + b"=" + data)
+                break
+        return b"\n".join(parts)
 
     @abstractmethod
     def release(self, extent: Extent) -> None:

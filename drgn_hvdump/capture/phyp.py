@@ -20,7 +20,7 @@ import errno
 import os
 from pathlib import Path
 
-from drgn_hvdump.capture.base import CaptureInterface, DumpState, NoDumpError
+from drgn_hvdump.capture.base import DT_DIRS, CaptureInterface, DumpState, NoDumpError
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import DumpHeader, is_dump_valid, parse_dump_header
 from drgn_hvdump.formats.release_region import (
@@ -32,7 +32,7 @@ from drgn_hvdump.formats.release_region import (
 
 __all__ = ["PhypDump", "map_from_header"]
 
-_DT_DIRS = ("proc/device-tree", "sys/firmware/devicetree/base")
+_DT_DIRS = DT_DIRS
 
 
 def map_from_header(header: DumpHeader, reserved: Extent) -> ReleaseMap:

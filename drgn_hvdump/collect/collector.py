@@ -51,6 +51,7 @@ from drgn_hvdump.collect.progress_view import (
     write_plan_file,
 )
 from drgn_hvdump.collect.scrub import ScrubRange, apply_scrub, load_filter
+from drgn_hvdump.collect.verify import MAX_CHUNK
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import build_dump_header
 from drgn_hvdump.formats.elfcore import (
@@ -413,6 +414,11 @@ def collect(opts: CollectOptions) -> CollectResult:
         raise HvdumpError(f"unknown format {opts.format!r}: choose kdump or elf")
     if opts.release not in ("progressive", "at-end", "never"):
         raise HvdumpError(f"unknown release policy {opts.release!r}")
+    if not 0 < opts.chunk_size <= MAX_CHUNK:
+        raise HvdumpError(
+            f"--chunk-size {opts.chunk_size}: must be more than 0 and at most 1 GiB "
+            "(a chunk is read, hashed and verified in one piece)"
+        )
     codec = get_codec(opts.compress, opts.level) if opts.format == "kdump" else None
     threads = max(1, opts.threads)
     c = _Collection(opts)
@@ -422,21 +428,24 @@ def collect(opts: CollectOptions) -> CollectResult:
     waiting = capture.state().dump_waiting
     if not waiting and not os.path.lexists(opts.output):
         _dump_state(capture, opts.accept_partial)  # says why; nothing is created
-    out = OutputDir.open(opts.output)
     lock = DumpLock(opts.root, capture.lock_path)
+    out: OutputDir | None = None
     try:
         if waiting:
+            # Before the output directory exists: a refused collector leaves nothing.
             lock.acquire(
                 wait=opts.wait,
                 timeout=opts.wait_timeout,
                 on_wait=lambda o: c.progress.message(f"waiting for {o.describe()} to finish"),
             )
+        out = OutputDir.open(opts.output)
         _lock_output(out, opts, c)
         return _collect_owned(c, opts, codec, threads, capture, out)
     finally:
         c.progress.close()
         lock.release()
-        out.close()
+        if out is not None:
+            out.close()
 
 
 def _lock_output(out: OutputDir, opts: CollectOptions, c: _Collection) -> None:
@@ -490,9 +499,11 @@ def _make_plan(opts: CollectOptions, state: DumpState, vm: _Vmcore) -> Plan:
     return plan
 
 
-def _identity(state: DumpState, vm: _Vmcore) -> str:
+def _identity(capture: CaptureInterface, state: DumpState, vm: _Vmcore) -> str:
     assert state.header is not None
-    return dump_identity(build_dump_header(state.header), _vmcoreinfo_raw(vm.core))
+    return dump_identity(
+        build_dump_header(state.header), _vmcoreinfo_raw(vm.core), capture.machine_identity()
+    )
 
 
 def _waiting_identity(capture: CaptureInterface, state: DumpState) -> str | None:
@@ -504,7 +515,7 @@ def _waiting_identity(capture: CaptureInterface, state: DumpState) -> str | None
     except HvdumpError:
         return None
     try:
-        return _identity(state, vm)
+        return _identity(capture, state, vm)
     finally:
         vm.close()
 
@@ -537,7 +548,7 @@ def _collect_owned(
     assert state.header is not None
     vm = _Vmcore(capture.vmcore_path)
     try:
-        identity = _identity(state, vm)
+        identity = _identity(capture, state, vm)
         if journal is not None and journal.records and journal.identity != identity:
             raise HvdumpError(
                 f"{journal.path}: is the journal of another dump (identity {journal.identity}, "
@@ -546,11 +557,51 @@ def _collect_owned(
             )
         if journal is None or not journal.records:
             _check_no_other_collection(opts, out, identity)
+            facts: dict[str, Any] = {
+                "mt": read_memtotal(opts.root),
+                "boot": read_boot_id(opts.root),
+                "time": time.time(),
+            }
+        else:
+            facts = {k: journal.start.get(k) for k in ("mt", "boot", "time")}
+        # At once, so a collector refused meanwhile can say where this one writes.
+        why = _register(opts, out.path, identity, facts)
+        if why:
+            warnings.append(f"{why}: drgn on the live /proc/vmcore will not find this collection")
         return _collect(
-            c, opts, codec, threads, capture, state, warnings, vm, out, journal, identity
+            c, opts, codec, threads, capture, state, warnings, vm, out, journal, identity, facts
         )
     finally:
         vm.close()
+
+
+def _differs_from_saved(
+    vm: _Vmcore, saved: list[tuple[int, int, int]], scrub: list[ScrubRange], dst: dict[int, int]
+) -> bool:
+    """Whether a chunk the collection saved (``(src, size, xxh64)``, still reserved)
+    reads differently now: then the dump waiting is another one.
+
+    The identity (header and VMCOREINFO) does not tell apart two crashes of one
+    kernel build, one memory size, in the same second (a fleet that panics
+    together); their memory does. The chunk checked is the last one saved that
+    is still reserved (the low-memory copy stays reserved to the end).
+    """
+    if not saved:
+        return False
+    src, size, want = saved[-1]
+    buf = bytearray(size)
+    vm.read_into(src, buf)
+    if scrub:
+        apply_scrub(buf, dst[src], scrub)
+    return native.hash64(buf) != want
+
+
+def _register(opts: CollectOptions, out: Path, identity: str, facts: dict[str, Any]) -> str:
+    """The runtime registry entry of this collection (why not, when it cannot be made)."""
+    since = float(facts["time"] or time.time())
+    return register_collection(
+        opts.root, out, identity, since, mt=facts["mt"], boot=facts["boot"], release=opts.release
+    )
 
 
 def _check_no_other_collection(opts: CollectOptions, out: OutputDir, identity: str) -> None:
@@ -581,6 +632,33 @@ def _check_no_other_collection(opts: CollectOptions, out: OutputDir, identity: s
     )
 
 
+def _check_saved_memory(
+    opts: CollectOptions, out: OutputDir, journal: Journal, capture: CaptureInterface
+) -> str | None:
+    """For a finished collection whose dump still waits and was never released:
+    "another dump" when its saved memory reads differently now, else None."""
+    if any(r.get("t") == "rel" for r in journal.records):
+        return None
+    try:
+        manifest = json.loads(out.read_bytes(MANIFEST))
+        chunks = [
+            (int(ch["src"]), int(ch["size"]), int(ch["xxh64"], 16))
+            for ch in manifest["chunks"]
+            if ch["kind"] in ("rmo", "mem")
+        ]
+        dst = {int(ch["src"]): int(ch["dst"]) for ch in manifest["chunks"]}
+        scrub = [ScrubRange(**r) for r in manifest.get("scrub") or []]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # reported as unreadable below
+    vm = _Vmcore(capture.vmcore_path)
+    try:
+        if _differs_from_saved(vm, chunks, scrub, dst):
+            return "another dump: its memory differs from what was saved"
+    finally:
+        vm.close()
+    return None
+
+
 def _already_done(
     opts: CollectOptions, out: OutputDir, journal: Journal, capture: CaptureInterface
 ) -> CollectResult | None:
@@ -590,6 +668,10 @@ def _already_done(
     ``--release never`` and this run may release).
     """
     waiting = _waiting_identity(capture, capture.state())
+    if waiting is not None and waiting == journal.identity:
+        # nothing of it was released yet (collected with --release never): its
+        # memory tells two crashes of one kernel in the same second apart
+        waiting = _check_saved_memory(opts, out, journal, capture) or waiting
     if waiting is not None and waiting != journal.identity:
         raise HvdumpError(
             f"{out.path}: holds a finished collection of another dump (identity "
@@ -684,6 +766,7 @@ def _collect(
     out_dir: OutputDir,
     journal: Journal | None,
     identity: str,
+    facts: dict[str, Any],
 ) -> CollectResult:
     assert state.header is not None
     core = vm.core
@@ -709,7 +792,7 @@ def _collect(
     }
     resumed = journal is not None and bool(journal.records)
     if journal is None or not journal.records:
-        for name in (DUMP_NAMES[opts.format], "regsave.bin", "hpte.bin", MANIFEST):
+        for name in (DUMP_NAMES[opts.format], "regsave.bin", "hpte.bin", MANIFEST, PLAN_FILE):
             if out_dir.exists(name):
                 raise HvdumpError(
                     f"{out / name}: exists, but this directory has no journal of a collection "
@@ -724,7 +807,6 @@ def _collect(
             "--output directory"
         )
     uts = list(journal.start.get("utsname") or []) if resumed else _utsname(vm, plan, info)
-    mt_start = read_memtotal(opts.root)
     try:
         journal.open(new=not out_dir.exists(JOURNAL))
         if not resumed:
@@ -734,9 +816,7 @@ def _collect(
                     "identity": identity,
                     "fingerprint": fingerprint,
                     "utsname": uts,
-                    "mt": mt_start,
-                    "boot": read_boot_id(opts.root),
-                    "time": time.time(),
+                    **facts,
                 }
             )
     except OSError as exc:
@@ -761,6 +841,20 @@ def _collect(
         c.freed.add(*plan.writes[i].span)
     if rel_log.pending is not None:
         c.freed.add(*plan.writes[rel_log.pending["w"]].span)
+    scrub: list[ScrubRange] = load_filter(opts.scrub, info, memory) if opts.scrub else []
+    saved = [
+        (ch.src, ch.size, int(done_chunks[ch.index]["xxh64"]))
+        for ch in plan.chunks
+        if ch.index in done_chunks
+        and ch.kind in ("rmo", "mem")
+        and not c.freed.overlaps(ch.src, ch.src_end)
+    ]
+    if _differs_from_saved(vm, saved, scrub, {ch.src: ch.dst for ch in plan.chunks}):
+        raise HvdumpError(
+            f"{journal.path}: is the journal of another dump (memory it saved reads "
+            f"differently under {opts.root}: another crash of the same kernel in the same "
+            "second?); nothing was read or released: use another --output directory"
+        )
     _check_files_kept(out_dir, journal, plan, done_chunks, c.freed, dump_file.name)
     c.freed = IntervalSet()
     for i in rel_log.done:
@@ -803,7 +897,6 @@ def _collect(
             vm.read_into(cpu_chunk.src, buf)
             cpu_raw = bytes(buf)
         notes, ncpus = _notes(cpu_raw, header_raw, _vmcoreinfo_raw(core), byteorder)
-        scrub: list[ScrubRange] = load_filter(opts.scrub, info, memory) if opts.scrub else []
         eraseinfo = "".join(r.eraseinfo_line() for r in scrub).encode()
 
         try:
@@ -840,12 +933,12 @@ def _collect(
         except OSError as exc:
             raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
 
-        since = float(journal.start.get("time") or time.time())
         try:
             write_plan_file(
                 out,
                 root=opts.root,
                 identity=identity,
+                scrubbed=bool(scrub),
                 header_hex=header_raw.hex(),
                 dump_file=dump_file.name,
                 fmt=opts.format,
@@ -857,17 +950,9 @@ def _collect(
             )
         except OSError as exc:
             raise disk_error(str(out / PLAN_FILE), exc, "cannot write the plan") from None
-        why = register_collection(
-            opts.root,
-            out,
-            identity,
-            since,
-            mt=journal.start.get("mt"),
-            boot=journal.start.get("boot"),
-            release=opts.release,
-        )
-        if why:
-            warnings.append(f"{why}: drgn on the live /proc/vmcore will not find this collection")
+        # Registered again now that the plan is there: the drgn plugin, which
+        # looked when the entry first appeared, looks again and finds it.
+        _register(opts, out, identity, facts)
 
         runner = _Runner(
             c, opts, plan, vm, capture, journal, output, regsave, hpte, codec, threads, scrub
@@ -1088,6 +1173,7 @@ class _Runner:
             "write": 0.0,
             "verify_wait": 0.0,
             "release": 0.0,
+            "final_check": 0.0,
         }
         self.start = time.monotonic()
 
@@ -1397,9 +1483,11 @@ class _Runner:
         from drgn_hvdump.collect.verify import verify_dir
 
         w = self.plan.writes[self.plan.order[-1]]
+        t = time.monotonic()
         self._check_kept(f"before the last release {w.extent}")
         assert self.out_dir is not None
         ok, lines = verify_dir(self.out_dir.path)
+        self.timings["final_check"] = time.monotonic() - t
         if not ok:
             bad = next((ln for ln in lines if "OK" not in ln), "")
             raise self._stop(

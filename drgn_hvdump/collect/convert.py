@@ -13,11 +13,17 @@ collector always does. ``--no-sync`` leaves the flush to the kernel, as
 makedumpfile and ``cp`` do (for comparisons, or when a ``sync`` follows
 anyway). A run that is killed leaves a kdump file marked
 incomplete; run the command again with ``--force``.
+
+A vmcore whose memory map claims far more than the file holds (a segment at
+2**48 with nothing in the file, 65535 segments sharing the same bytes) is
+refused in one line before anything is written: see :func:`check_bounds`.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import mmap
 import os
 import time
@@ -32,12 +38,15 @@ from drgn_hvdump.collect.codecs import Codec, PageBatch, check_batch, compress_b
 from drgn_hvdump.collect.filewrite import WriteGate
 from drgn_hvdump.collect.output import ElfOutput, KdumpOutput, disk_error
 from drgn_hvdump.collect.progress import Progress
+from drgn_hvdump.collect.verify import MAX_CHUNK
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.elfcore import (
+    ELF64_PHDR,
     EM_PPC64,
     EM_X86_64,
     NT_PRSTATUS,
     PAGE_OFFSET_PPC64,
+    PT_LOAD,
     ElfCore,
     LoadSegment,
     Note,
@@ -55,10 +64,22 @@ from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 
-__all__ = ["ConvertOptions", "ConvertResult", "SourceChunk", "convert", "plan_chunks"]
+__all__ = [
+    "ConvertOptions",
+    "ConvertResult",
+    "SourceChunk",
+    "check_bounds",
+    "convert",
+    "page_ranges",
+    "plan_chunks",
+]
 
 DUMP_NAMES = {"kdump": "dump.kdump", "elf": "dump.elf"}
 MANIFEST = "manifest.json"
+# What a vmcore may claim beyond what it holds (see check_bounds).
+HELD_FACTOR = 64
+FREE_MEMORY = 1 << 30
+FREE_SPAN = 64 << 30
 # Pages per compression call, as in the collector.
 _BATCH_BYTES = 4 << 20
 _MACHINES = {EM_PPC64: "ppc64", EM_X86_64: "x86-64"}
@@ -112,15 +133,8 @@ class SourceChunk:
         return len(self.pieces) == 1 and self.pieces[0][1:] == (0, self.size)
 
 
-def plan_chunks(
-    segments: list[tuple[int, int, int, int]], page_size: int, chunk_size: int
-) -> tuple[list[tuple[int, int]], list[SourceChunk]]:
-    """Page ranges and chunks of a vmcore's ``(paddr, memsz, file offset, filesz)`` segments.
-
-    Segments are widened to whole pages and merged where they touch; each
-    merged range is cut into chunks of at most ``chunk_size`` (a multiple of
-    the page size) on chunk-size boundaries.
-    """
+def page_ranges(segments: list[tuple[int, int, int, int]], page_size: int) -> list[list[int]]:
+    """``[start, end)`` of the segments widened to whole pages and merged where they touch."""
     ps = page_size
     ranges: list[list[int]] = []
     for paddr, memsz, _, _ in sorted(segments):
@@ -131,17 +145,100 @@ def plan_chunks(
             ranges[-1][1] = max(ranges[-1][1], b)
         else:
             ranges.append([a, b])
+    return ranges
+
+
+def check_bounds(
+    core: ElfCore, segments: list[tuple[int, int, int, int]], page_size: int, fmt: str
+) -> None:
+    """Refuse a vmcore whose memory map claims far more than the file holds.
+
+    Bytes past a segment's ``p_filesz`` read as zeros (the ELF rule, and what
+    drgn shows), so they are written as zero pages; and a kdump file has a
+    bitmap bit for every page frame up to the highest address. Both cost work
+    and output for memory the input does not hold, so they are bounded by what
+    it holds: the memory written may be at most :data:`HELD_FACTOR` times the
+    bytes of memory in the file, or :data:`FREE_MEMORY`; the highest address
+    of a kdump file at most as many times, or :data:`FREE_SPAN` (2 MiB of
+    bitmaps with 64 KiB pages). A vmcore of a real machine holds its memory,
+    so only a corrupt or crafted file is refused (makedumpfile would write its
+    bitmaps for the whole address space, 256 GiB for a 2 MiB file at 2**48).
+    """
+    held = sum(filesz for _, _, _, filesz in segments)
+    if held > core.file_size:
+        raise FormatError(
+            f"load segments hold {held:#x} bytes of memory but the file has only "
+            f"{core.file_size:#x}: they share file bytes",
+            path=core.path,
+            offset=core.header.e_phoff,
+            hint="a vmcore's segments never do; the file is corrupt",
+        )
+    ranges = page_ranges(segments, page_size)
+    if not ranges:
+        return
+    memory = sum(b - a for a, b in ranges)
+    span = ranges[-1][1]
+    allowed = max(FREE_MEMORY, HELD_FACTOR * held)
+    widest = max(segments, key=lambda seg: seg[1] - seg[3])
+    if memory > allowed:
+        raise FormatError(
+            f"load segments claim {memory:#x} bytes of memory but the file holds only "
+            f"{held:#x} of it (segment at {widest[0]:#x}: {widest[1]:#x} bytes, "
+            f"{widest[3]:#x} in the file)",
+            path=core.path,
+            offset=_phdr_offset(core, widest[0]),
+            hint=f"hvdump convert writes at most {HELD_FACTOR} times the memory a vmcore "
+            "holds (or 1 GiB): this file is corrupt or not a vmcore",
+        )
+    if fmt == "kdump" and span > max(FREE_SPAN, HELD_FACTOR * held):
+        top = max(segments, key=lambda seg: seg[0] + seg[1])
+        bitmaps = 2 * -(-span // page_size // 8)
+        raise FormatError(
+            f"memory runs up to {span:#x} but the file holds only {held:#x} bytes of it: "
+            f"a kdump file would need {bitmaps:#x} bytes of bitmaps",
+            path=core.path,
+            offset=_phdr_offset(core, top[0]),
+            hint="the file is corrupt or not a vmcore; --format elf writes no bitmaps",
+        )
+
+
+def _phdr_offset(core: ElfCore, paddr: int) -> int | None:
+    """File offset of the program header of the load segment at ``paddr``."""
+    for index, ph in enumerate(core.program_headers):
+        if ph.p_type == PT_LOAD and ph.p_paddr == paddr:
+            return int(core.header.e_phoff + index * ELF64_PHDR.size)
+    return None
+
+
+def plan_chunks(
+    segments: list[tuple[int, int, int, int]], page_size: int, chunk_size: int
+) -> tuple[list[tuple[int, int]], list[SourceChunk]]:
+    """Page ranges and chunks of a vmcore's ``(paddr, memsz, file offset, filesz)`` segments.
+
+    Segments are widened to whole pages and merged where they touch; each
+    merged range is cut into chunks of at most ``chunk_size`` (a multiple of
+    the page size) on chunk-size boundaries.
+    """
+    ps = page_size
+    ranges = page_ranges(segments, ps)
     step = max(ps, chunk_size // ps * ps)
+    # The file parts of the segments in address order: each chunk looks only at
+    # the parts that can reach it (segments do not overlap), not at all of them.
+    parts = sorted((p, p + f, o) for p, _, o, f in segments if f)
+    ends = list(itertools.accumulate((hi for _, hi, _ in parts), max))
     chunks: list[SourceChunk] = []
     for a, b in ranges:
         start = a
         while start < b:
             end = min(b, (start // step + 1) * step)
             pieces = []
-            for paddr, _, offset, filesz in segments:
-                lo, hi = max(start, paddr), min(end, paddr + filesz)
+            i = bisect.bisect_right(ends, start)
+            while i < len(parts) and parts[i][0] < end:
+                paddr, seg_end, offset = parts[i]
+                lo, hi = max(start, paddr), min(end, seg_end)
                 if lo < hi:
                     pieces.append((offset + lo - paddr, lo - start, hi - lo))
+                i += 1
             chunks.append(SourceChunk(len(chunks), start, end - start, tuple(sorted(pieces))))
             start = end
     return [(a, b - a) for a, b in ranges], chunks
@@ -256,6 +353,10 @@ class _Kernel:
     """Read as a whole guest's core (QEMU's): notes rebuilt in the kernel's order."""
 
 
+def _segments(core: ElfCore) -> list[tuple[int, int, int, int]]:
+    return [(ph.p_paddr, ph.p_memsz, ph.p_offset, ph.p_filesz) for ph in core.segments]
+
+
 def _kernel(core: ElfCore, opts: ConvertOptions) -> _Kernel:
     """The vmcore as it says, or, for a ppc64 core of a whole guest, as its kernel wrote it.
 
@@ -269,7 +370,7 @@ def _kernel(core: ElfCore, opts: ConvertOptions) -> _Kernel:
         core.byteorder,
         dict(core.vmcoreinfo or {}),
         list(core.notes),
-        [(ph.p_paddr, ph.p_memsz, ph.p_offset, ph.p_filesz) for ph in core.segments],
+        _segments(core),
         {ph.p_paddr: ph.p_vaddr for ph in core.segments},
     )
     asked = opts.vmcoreinfo_at is not None or opts.find_vmcoreinfo
@@ -347,6 +448,11 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         raise HvdumpError(f"unknown format {opts.format!r}: choose kdump or elf")
     if opts.threads < 1:
         raise HvdumpError(f"--threads {opts.threads}: give 1 or more")
+    if opts.chunk_size > MAX_CHUNK:
+        raise HvdumpError(
+            f"--chunk-size {opts.chunk_size >> 20} MiB: at most {MAX_CHUNK >> 20} MiB "
+            "(hvdump verify reads a chunk at once)"
+        )
     codec = get_codec(opts.compress, opts.level) if opts.format == "kdump" else None
     out = opts.output
     dump_file = out / DUMP_NAMES[opts.format]
@@ -368,9 +474,12 @@ def _convert(
 ) -> ConvertResult:
     t0 = time.monotonic()
     core = src.core
+    # Before a guest's memory is searched for VMCOREINFO: once per segment.
+    check_bounds(core, _segments(core), 4096, "elf")
     k = _kernel(core, opts)
     info = k.info
     ps = _page_size(core, info, opts.page_size, opts.vmcore)
+    check_bounds(core, k.segments, ps, opts.format)
     ranges, chunks = plan_chunks(k.segments, ps, opts.chunk_size)
     if not chunks:
         raise FormatError("no PT_LOAD segment holds memory", path=str(opts.vmcore))

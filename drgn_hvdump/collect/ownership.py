@@ -1,10 +1,13 @@
 """One collector per dump: the dump's identity, its lock, and who holds it.
 
 A dump is identified by what the crashed kernel and the hypervisor left
-behind, not by where it is written: the hypervisor's dump header and the
+behind, not by where it is written: the hypervisor's dump header, the
 crashed kernel's VMCOREINFO note (which carries ``CRASHTIME`` and the
 kernel's build id, so two crashes of one LPAR differ even when their headers
-are the same). The journal, the plan, the manifest and the runtime registry
+are the same) and the machine's and partition's names from the device tree
+(so two LPARs of one kernel and size that crash in the same second differ).
+None of these is released with the memory, so the identity holds from the
+first read to the last release. The journal, the plan, the manifest and the runtime registry
 entry all carry this identity, so state left by another dump is recognised
 as such.
 
@@ -40,12 +43,13 @@ __all__ = [
 ]
 
 
-def dump_identity(header_raw: bytes, vmcoreinfo_raw: bytes | None) -> str:
-    """The dump's identity: a hash of the hypervisor's header and the crashed kernel's
-    VMCOREINFO note (32 hex digits)."""
+def dump_identity(header_raw: bytes, vmcoreinfo_raw: bytes | None, machine: bytes = b"") -> str:
+    """The dump's identity (32 hex digits): a hash of the hypervisor's header, the
+    crashed kernel's VMCOREINFO note and the machine's and partition's names from
+    the device tree (:meth:`CaptureInterface.machine_identity`)."""
     h = hashlib.sha256(b"hvdump-identity-1\0")
-    h.update(len(header_raw).to_bytes(8, "little") + header_raw)
-    h.update(vmcoreinfo_raw or b"")
+    for part in (header_raw, machine, vmcoreinfo_raw or b""):
+        h.update(len(part).to_bytes(8, "little") + part)
     return h.hexdigest()[:32]
 
 
@@ -187,6 +191,12 @@ class DumpLock:
                 raise HvdumpError(f"{self.path}: cannot lock the dump: {exc.strerror}") from None
             pids = flock_holders(self.path)
             owner = _describe_holder(self.root, pids[0] if pids else None)
+            for _ in range(10):
+                # the holder registers moments after it takes the lock
+                if owner.output is not None or not pids:
+                    break
+                time.sleep(0.1)
+                owner = _describe_holder(self.root, pids[0])
             if not wait or (deadline is not None and time.monotonic() >= deadline):
                 os.close(fd)
                 raise DumpBusyError(self.root, owner)

@@ -233,6 +233,7 @@ def write_plan_file(
     root: Path,
     identity: str,
     header_hex: str,
+    scrubbed: bool = False,
     dump_file: str,
     fmt: str,
     page_size: int,
@@ -247,6 +248,7 @@ def write_plan_file(
         "version": PLAN_VERSION,
         "root": os.path.realpath(root),
         "identity": identity,
+        "scrubbed": scrubbed,
         "header": header_hex,
         "dump_file": dump_file,
         "format": fmt,
@@ -284,6 +286,8 @@ class CollectionView:
         self.root = str(plan["root"])
         self.header_hex = str(plan["header"])
         self.identity = str(plan.get("identity") or "")
+        self.scrubbed = bool(plan.get("scrubbed"))
+        self.chunk_hash: dict[int, int] = {}  # XXH64 of each durable chunk as read
         self.dump_path = out / str(plan["dump_file"])
         self.format = str(plan["format"])
         self.page_size = int(plan["page_size"])
@@ -339,6 +343,8 @@ class CollectionView:
             if 0 <= i < len(self.chunks):
                 ch = self.chunks[i]
                 self.durable_chunks.add(i)
+                if isinstance(rec.get("xxh64"), int):
+                    self.chunk_hash[i] = rec["xxh64"]
                 if ch.kind in ("rmo", "mem"):
                     self.durable.add(ch.src, ch.src + ch.size)
                 return True

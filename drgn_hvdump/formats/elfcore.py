@@ -324,9 +324,10 @@ def parse_notes(
     data = bytes(data)
     notes: list[Note] = []
     pos = 0
-    while pos < len(data):
-        if not any(data[pos:]):
-            break
+    # Where the zero padding after the last note starts: found once, so that
+    # many small notes cost one pass, not one pass each.
+    used = len(data.rstrip(b"\0"))
+    while pos < used:
         hdr = ELF64_NHDR.unpack_from(data, pos, byteorder, path=path)
         name_at = pos + ELF64_NHDR.size
         desc_at = name_at + _pad4(hdr.n_namesz)
@@ -664,6 +665,7 @@ class ElfCore:
         self.program_headers: tuple[Elf64Phdr, ...] = tuple(ELF64_PHDR.iter_unpack(table, order))
         loads: list[Elf64Phdr] = []
         notes: list[Note] = []
+        note_bytes = 0
         for index, ph in enumerate(self.program_headers):
             ph_at = ehdr.e_phoff + index * ELF64_PHDR.size
             if ph.p_type not in (PT_LOAD, PT_NOTE):
@@ -677,6 +679,16 @@ class ElfCore:
             if ph.p_filesz:
                 self._need(ph.p_offset, ph.p_filesz, f"program header {index}'s data")
             if ph.p_type == PT_NOTE:
+                # Note segments that share file bytes would be read (and held) once
+                # each: 65535 headers over one large note would cost 65535 times it.
+                note_bytes += ph.p_filesz
+                if note_bytes > self.file_size:
+                    raise FormatError(
+                        f"note segments hold {note_bytes:#x} bytes but the file has only "
+                        f"{self.file_size:#x}: they share file bytes",
+                        path=self.path,
+                        offset=ph_at,
+                    )
                 notes += parse_notes(
                     self._pread(ph.p_offset, ph.p_filesz), order, self.path, ph.p_offset
                 )

@@ -295,6 +295,16 @@ def plan_kdump(
     )
 
 
+def _snappy_length(size: int, data: bytes) -> int:
+    """The uncompressed length a raw snappy block starts with (a varint), or -1."""
+    value = 0
+    for i, byte in enumerate(data[: min(size, 5)]):
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value
+    return -1
+
+
 Decompressor = Callable[[bytes, int, int], bytes]
 """(stored bytes, codec flag, page size) -> the page."""
 
@@ -347,7 +357,23 @@ class KdumpFile:
                 path=path,
                 offset=DISK_DUMP_HEADER.offset_of("bitmap_blocks"),
             )
+        if self.header.sub_hdr_size < 0:
+            raise FormatError(
+                f"negative sub_hdr_size {self.header.sub_hdr_size}",
+                path=path,
+                offset=DISK_DUMP_HEADER.offset_of("sub_hdr_size"),
+            )
         self.bitmap_offset = (1 + self.header.sub_hdr_size) * ps
+        # Everything that walks the bitmaps is then bounded by the file's size.
+        bitmaps_end = self.bitmap_offset + self.header.bitmap_blocks * ps
+        if bitmaps_end > self.file_size:
+            raise FormatError(
+                f"the bitmaps ({self.header.bitmap_blocks} blocks for {self.max_mapnr} PFNs) "
+                f"run to {bitmaps_end:#x}, past the end of the file ({self.file_size:#x})",
+                path=path,
+                offset=DISK_DUMP_HEADER.offset_of("bitmap_blocks"),
+                hint="the file is truncated or its header is corrupt",
+            )
         half = self.header.bitmap_blocks * ps // 2
         self._bitmap2_offset = self.bitmap_offset + half
         self.desc_offset = self.bitmap_offset + self.header.bitmap_blocks * ps
@@ -386,6 +412,14 @@ class KdumpFile:
         if len(data) != size:
             raise FormatError(f"short read of {what}", path=self.path, offset=offset)
         return data
+
+    def vmcoreinfo_raw(self) -> bytes | None:
+        """The VMCOREINFO text the sub-header points at (header version 3 and later), as
+        libkdumpfile reads it; None when it points at none."""
+        sub = self.sub_header
+        if self.header.header_version < 3 or not sub.size_vmcoreinfo:
+            return None
+        return self._pread(sub.offset_vmcoreinfo, sub.size_vmcoreinfo, "VMCOREINFO")
 
     def _bit(self, base: int, pfn: int) -> bool:
         byte = self._pread(base + pfn // 8, 1, "bitmap")[0]
@@ -453,6 +487,16 @@ class KdumpFile:
         if run >= 0:
             yield run, nbytes * 8
 
+    def descriptor_table(self, count: int, piece: int = 1 << 14) -> Iterator[tuple[int, PageDesc]]:
+        """The first ``count`` page descriptors (one per present page, in PFN order) as
+        ``(file offset, descriptor)``, read ``piece`` at a time; the table must fit the file."""
+        for first in range(0, count, piece):
+            n = min(piece, count - first)
+            at = self.desc_offset + PAGE_DESC.size * first
+            data = self._pread(at, PAGE_DESC.size * n, "page descriptors")
+            for i, desc in enumerate(PAGE_DESC.iter_unpack(data, self.byteorder)):
+                yield at + i * PAGE_DESC.size, desc
+
     def has_page(self, pfn: int) -> bool:
         return 0 <= pfn < self.max_mapnr and self._bit(self._bitmap2_offset, pfn)
 
@@ -467,8 +511,23 @@ class KdumpFile:
     def decode(self, desc: PageDesc, pfn: int) -> bytes:
         """The page a descriptor points at, checked as readers check it."""
         ps = self.page_size
-        data = self._pread(desc.offset, desc.size, f"page {pfn:#x}")
         codec = desc.flags & _CODEC_FLAGS
+        if desc.size > ps:
+            # Writers store a page compressed only when that is smaller: a larger size
+            # is corrupt, and would be read (and decoded) whole before it is refused.
+            raise FormatError(
+                f"page {pfn:#x} is stored in {desc.size:#x} bytes, more than a page ({ps:#x})",
+                path=self.path,
+                offset=desc.offset,
+            )
+        data = self._pread(desc.offset, desc.size, f"page {pfn:#x}")
+        if codec == DUMP_DH_COMPRESSED_SNAPPY and _snappy_length(desc.size, data) != ps:
+            # Snappy allocates the length its header claims (up to 4 GiB) before decoding.
+            raise FormatError(
+                f"snappy page {pfn:#x} claims {_snappy_length(desc.size, data)} bytes, not {ps}",
+                path=self.path,
+                offset=desc.offset,
+            )
         if not codec:
             if desc.size != ps:
                 raise FormatError(

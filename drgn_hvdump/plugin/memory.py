@@ -17,6 +17,8 @@ from drgn_hvdump.plugin.source import DumpSource, Unreadable
 
 __all__ = ["install_memory", "install_pending"]
 
+_U64_MAX = (1 << 64) - 1
+
 
 def install_memory(prog: drgn.Program, source: DumpSource) -> None:
     """Add the physical and linear-map segments that read ``source``."""
@@ -36,8 +38,12 @@ def install_memory(prog: drgn.Program, source: DumpSource) -> None:
         except Unreadable as exc:
             raise drgn.FaultError(str(exc), address) from None
 
-    prog.add_memory_segment(0, source.memory, read_fn, True)
-    prog.add_memory_segment(PAGE_OFFSET_PPC64, source.memory, read_fn, False)
+    # A dump's segments may run to 2**64 (an ELF core allows it); drgn sizes are u64
+    # and the linear map ends where the address space does.
+    prog.add_memory_segment(0, min(source.memory, _U64_MAX), read_fn, True)
+    prog.add_memory_segment(
+        PAGE_OFFSET_PPC64, min(source.memory, _U64_MAX + 1 - PAGE_OFFSET_PPC64), read_fn, False
+    )
 
 
 def install_pending(prog: drgn.Program, source: DumpSource) -> None:

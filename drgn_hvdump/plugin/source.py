@@ -134,7 +134,7 @@ class DumpSource:
     _fd: int = -1
     _segments: list[tuple[int, int, int]] = field(default_factory=list)
     _saved: Callable[[int, int], bytes] | None = None
-    _reg_stamp: int | None = None
+    _reg_stamp: tuple[int, int] | None = None
     _map: mmap.mmap | None = None
     _view: memoryview | None = None
     _populated: set[int] = field(default_factory=set)
@@ -268,7 +268,9 @@ class DumpSource:
         if self._reg_path is None:
             self._reg_path = registration_path(self.root)  # realpath + hash: once
         try:
-            stamp = os.stat(self._reg_path).st_mtime_ns
+            st = os.stat(self._reg_path)
+            # the entry is replaced (a new inode) when the collection's plan is written
+            stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
         except OSError:
             stamp = None
         if stamp is None or stamp == self._reg_stamp:
@@ -279,7 +281,11 @@ class DumpSource:
 
     def _attach_collection(self) -> None:
         assert self.root is not None and self.header is not None
-        out = find_collection(self.root)
+        found: list[str] = []
+        out = find_collection(self.root, self._identity(), found)
+        for w in found:
+            if w not in self.warnings:
+                self.warnings.append(w)
         if out is None:
             return
         try:
@@ -287,11 +293,60 @@ class DumpSource:
         except FormatError as exc:
             self.warnings.append(f"ignoring the collection in {out}: {exc}")
             return
-        if cv.header_hex != build_dump_header(self.header).hex():
+        if (
+            cv.header_hex != build_dump_header(self.header).hex()
+            or (cv.identity and cv.identity != self._identity())
+            or not self._same_memory(cv)
+        ):
             self.warnings.append(f"{out} collects another dump; ignoring it")
             return
         self.collection = cv
         self.warnings = [w for w in self.warnings if not w.startswith(_NO_COLLECTION)]
+
+    def _same_memory(self, cv: CollectionView) -> bool:
+        """Whether memory the collection saved, still reserved, reads the same live:
+        two crashes of one kernel in the same second share their identity but not
+        their memory. True when nothing can be compared (nothing saved yet, or
+        everything saved released)."""
+        from drgn_hvdump import native
+
+        if cv.scrubbed:
+            return True
+        cv.refresh()
+        for i in sorted(cv.chunk_hash, reverse=True):
+            ch = cv.chunks[i]
+            if ch.kind in ("rmo", "mem") and not cv.released.overlaps(ch.src, ch.src + ch.size):
+                try:
+                    data = bytes(self._pread_src(ch.src, ch.size))
+                except Unreadable:
+                    return True
+                cv.refresh()
+                if cv.released.overlaps(ch.src, ch.src + ch.size):
+                    return True  # released meanwhile: the bytes prove nothing
+                return native.hash64(data) == cv.chunk_hash[i]
+        return True
+
+    def _identity(self) -> str | None:
+        """The live dump's identity, as the collector computes it (None: unknown)."""
+        from drgn_hvdump.collect.ownership import dump_identity
+
+        if self.header is None:
+            return None
+        try:
+            core = ElfCore.open(self.path)
+        except (FormatError, OSError):
+            return None
+        try:
+            vmci = next(
+                (n.desc for n in core.notes if n.name == VMCOREINFO_NOTE_NAME),
+                None,
+            )
+        finally:
+            core.close()
+        if self.root is None:
+            return None
+        machine = PhypDump(self.root).machine_identity()
+        return dump_identity(build_dump_header(self.header), vmci, machine)
 
     def _read_src(self, src: int, size: int, pa: int | None) -> Data:
         cv = self.current_collection()
@@ -483,7 +538,7 @@ def _collected(
         kind="collected",
         path=p,
         byteorder=byteorder,
-        page_size=int(info.get("PAGESIZE", "65536")),
+        page_size=_page_size(info.get("PAGESIZE", "65536")) or 65536,
         memory=memory,
         vmcoreinfo=info,
         header=header,
@@ -548,9 +603,8 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
         return _collected(p, core.byteorder, info, header_raw, cpu_raw, memory)
     if not info or any(n == "CORE" and t == NT_PRSTATUS for n, t, _ in notes):
         return None  # a kdump or QEMU core: registers in its notes, memory in place
-    try:
-        page_size = int(info["PAGESIZE"])
-    except (KeyError, ValueError):
+    page_size = _page_size(info.get("PAGESIZE"))
+    if page_size is None:
         return None
     segments = sorted(core.segments, key=lambda ph: ph.p_paddr)
     if len(segments) < 2 or segments[0].p_paddr != 0:
@@ -673,13 +727,16 @@ def _identify_raw(v: _Vmcore) -> DumpSource | None:
     reserved = v.segments[1].p_paddr
     last = v.segments[-1]
     top = last.p_paddr + last.p_filesz
+    # Only the last segment's bytes in the file are searched: one read per page of
+    # them at most, however far the segment claims memory runs.
+    lowest = max(reserved, last.p_paddr)
     fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
     try:
         base = None
         # The scratch area holds the save area, the HPTEs (at least 256 KiB) and the
         # 256 MiB copy: its start is at least that far below the top.
         addr = (top - RMO_SIZE - (256 << 10)) // page_size * page_size
-        while addr >= reserved:
+        while addr >= lowest:
             if os.pread(fd, 8, last.p_offset + addr - last.p_paddr) == _MAGIC:
                 base = addr
                 break
@@ -724,6 +781,15 @@ def _identify_raw(v: _Vmcore) -> DumpSource | None:
         "released before it was taken (take it before any release)"
     )
     return src
+
+
+def _page_size(text: str | None) -> int | None:
+    """VMCOREINFO's ``PAGESIZE`` if it is one a kernel can have (a power of two from
+    4 KiB to 1 MiB), else None: the value sets the step of scans and of reads."""
+    if text is None or not text.isdigit() or len(text) > 8:
+        return None
+    size = int(text)
+    return size if 4096 <= size <= 1 << 20 and size & (size - 1) == 0 else None
 
 
 def _regsave_end(buf: bytes, states: list[CpuState]) -> int:

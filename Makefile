@@ -27,6 +27,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q -p no:cacheprovider -m "not real"
 
 # The pipeline on a real ppc64 kernel booted under QEMU (tests/test_real_kernel.py):

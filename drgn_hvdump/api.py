@@ -15,14 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drgn_hvdump.capture import open_capture
-from drgn_hvdump.collect.collector import (
-    CollectOptions,
-    CollectResult,
-    Journal,
-    collect,
-)
-from drgn_hvdump.collect.outdir import OutputDir
+from drgn_hvdump.collect.collector import CollectOptions, CollectResult, collect
 from drgn_hvdump.collect.ownership import DumpLock
+from drgn_hvdump.dumpdir.journal import Journal
+from drgn_hvdump.dumpdir.outdir import OutputDir
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.release_region import Extent
 

@@ -41,7 +41,7 @@ FUSE-mounted simulated LPAR from `hvsim mount`, for example).
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from drgn_hvdump.collect.ownership import dump_owner
-    from drgn_hvdump.collect.progress_view import read_registration
+    from drgn_hvdump.dumpdir.registry import read_registration
 
     capture = open_capture(args.root)
     state = capture.state()
@@ -142,7 +142,7 @@ def _inspect_kind(data: bytes, size: int | None = None) -> str:
 
 
 def _inspect_kdump(path: Path) -> None:
-    from drgn_hvdump.collect.codecs import decompress_page
+    from drgn_hvdump.codecs import decompress_page
     from drgn_hvdump.formats.elfcore import parse_notes
     from drgn_hvdump.formats.vmcoreinfo import parse_vmcoreinfo
 

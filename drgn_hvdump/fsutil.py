@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomic"]
+__all__ = ["flock_holders", "fsync_dir", "parse_proc_locks", "write_atomic"]
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -47,3 +47,30 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, dir_fd: int | Non
         os.fsync(dir_fd)
     else:
         fsync_dir(target.parent)
+
+
+def parse_proc_locks(text: str, dev: int, ino: int) -> list[int]:
+    """Pids holding a ``FLOCK`` on the inode ``(dev, ino)``, from ``/proc/locks`` text.
+
+    Lines look like ``1: FLOCK  ADVISORY  WRITE 3555 00:28:4 0 EOF``; blocked
+    waiters (``->``) are not holders.
+    """
+    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    pids = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK":
+            continue
+        if fields[5].lower() == want and fields[4].isdigit():
+            pids.append(int(fields[4]))
+    return pids
+
+
+def flock_holders(path: Path) -> list[int]:
+    """Pids that hold a ``flock`` on ``path`` (empty when none or unknowable)."""
+    try:
+        st = os.stat(path)
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    return parse_proc_locks(text, st.st_dev, st.st_ino)

@@ -894,7 +894,7 @@ def umount(root: str | os.PathLike[str]) -> None:
 def _forget_collection(mnt: str) -> None:
     """The root is gone: a collection registered for it names memory no longer
     there (whatever is mounted at this path next is another LPAR)."""
-    from drgn_hvdump.collect.progress_view import read_registration, registration_path
+    from drgn_hvdump.dumpdir.registry import read_registration, registration_path
 
     entry, _ = read_registration(mnt)
     if entry is not None:

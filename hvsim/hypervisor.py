@@ -26,14 +26,14 @@ from drgn_hvdump.formats.dump_header import (
     DUMP_PERFORMED,
     DUMP_REQUEST_FLAG,
     DUMP_TRIGGERED,
-    RMO_SIZE,
     DumpHeader,
     DumpSection,
     build_dump_header,
     parse_dump_header,
-    registration_header,
 )
 from drgn_hvdump.formats.regsave import regsave_size
+from drgn_hvdump.model import scratch as model_scratch
+from drgn_hvdump.model.scratch import MIN_HPT_SIZE, hpt_size
 
 from .config import LparConfig, format_size
 from .kernel import REGISTERS
@@ -53,14 +53,7 @@ __all__ = [
 
 RTAS_CONFIGURE_KERNEL_DUMP_TOKEN = 0x2C
 """The RTAS token in ``/rtas/ibm,configure-kernel-dump`` (any value; presence matters)."""
-MIN_HPT_SIZE = 256 << 10
 SECTION_NAMES = ("cpu", "hpte", "rmo")
-
-
-def hpt_size(memory: int) -> int:
-    """The hash page table's size: RAM/128 rounded up to a power of two, at least 256 KiB."""
-    want = max(memory // 128, 1)
-    return max(MIN_HPT_SIZE, 1 << (want - 1).bit_length())
 
 
 def cpu_state_size(cpus: int) -> int:
@@ -74,53 +67,8 @@ def sizes_property(cpu_size: int, hpte_size: int) -> bytes:
 
 
 @dataclass(frozen=True)
-class ScratchLayout:
-    """Where a kernel that registers for a dump puts its scratch area.
-
-    The kernel reserves ``total = cpu + hpte + reserve_size`` bytes at the
-    very top of RAM, starting at ``reserve_start = memory - total`` (not page
-    aligned), and registers destinations from ``base``, that address rounded
-    down to a page: CPU state, then HPTEs, then the 256 MiB low-memory copy.
-    """
-
-    memory: int
-    page_size: int
-    cpu_size: int
-    hpte_size: int
-    reserve_size: int
-    rmo_size: int = RMO_SIZE
-
-    @property
-    def total(self) -> int:
-        """Bytes the kernel reserves at boot (its ``init_reserve_size``)."""
-        return self.cpu_size + self.hpte_size + self.reserve_size
-
-    @property
-    def reserve_start(self) -> int:
-        """``init_reserve_start``: the top ``total`` bytes of RAM begin here."""
-        return self.memory - self.total
-
-    @property
-    def base(self) -> int:
-        """The scratch area's registered start: ``reserve_start`` rounded down to a page."""
-        return self.reserve_start & ~(self.page_size - 1)
-
-    @property
-    def cpu_dest(self) -> int:
-        return self.base
-
-    @property
-    def hpte_dest(self) -> int:
-        return self.base + self.cpu_size
-
-    @property
-    def rmo_dest(self) -> int:
-        return self.base + self.cpu_size + self.hpte_size
-
-    @property
-    def registered_size(self) -> int:
-        """The three sections' lengths added up (the capture kernel's ``reserved_scratch_size``)."""
-        return self.cpu_size + self.hpte_size + self.rmo_size
+class ScratchLayout(model_scratch.ScratchLayout):
+    """:class:`drgn_hvdump.model.scratch.ScratchLayout`, and whether hvsim registers it."""
 
     def problem(self) -> str | None:
         """Why a dump could not work with this layout, or None.
@@ -130,33 +78,14 @@ class ScratchLayout:
         saved data; the real kernel did not check, so a 512 MiB LPAR would
         register a dump it could never use. hvsim refuses to register instead.
         """
-        if self.base < self.reserve_size:
-            need = self.reserve_size + self.total + self.page_size
-            need = -(-need // (256 << 20)) * (256 << 20)
-            return (
-                f"not registered: {format_size(self.memory)} of RAM cannot hold the "
-                f"{format_size(self.reserve_size)} capture region plus a "
-                f"{self.total:#x}-byte scratch area above it (needs at least {format_size(need)})"
-            )
-        return None
-
-    def registration(self) -> DumpHeader:
-        """The header the kernel registers for this layout."""
-        return registration_header(self.cpu_size, self.hpte_size, self.rmo_size, self.base)
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "memory": self.memory,
-            "page_size": self.page_size,
-            "cpu_size": self.cpu_size,
-            "hpte_size": self.hpte_size,
-            "reserve_size": self.reserve_size,
-            "rmo_size": self.rmo_size,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ScratchLayout:
-        return cls(**{k: int(v) for k, v in data.items()})
+        if self.fits:
+            return None
+        return (
+            f"not registered: {format_size(self.memory)} of RAM cannot hold the "
+            f"{format_size(self.reserve_size)} capture region plus a "
+            f"{self.total:#x}-byte scratch area above it (needs at least "
+            f"{format_size(self.min_memory)})"
+        )
 
 
 def scratch_layout(config: LparConfig) -> ScratchLayout:

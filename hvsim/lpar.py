@@ -93,6 +93,19 @@ from drgn_hvdump.formats.release_region import (
     parse_release_request,
 )
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
+from drgn_hvdump.model.pages import page_down as _page_down
+from drgn_hvdump.model.pages import page_span
+from drgn_hvdump.model.pages import page_up as _page_up
+from drgn_hvdump.model.release import (
+    ReleaseArea,
+    ReleaseCounters,
+    corrected_release,
+    counts_in_reserved,
+    counts_in_scratch,
+    dump_data,
+    faithful_release,
+    reregisters,
+)
 from drgn_hvdump.native import PageMix
 
 from .adopt import AdoptedKernel, adoption_config, inspect_image, open_adopted
@@ -201,14 +214,6 @@ class DumpInfo:
         start = self.sections["cpu"][0]
         dest, length, _ = self.sections["rmo"]
         return start, dest + length
-
-
-def _page_down(x: int, ps: int) -> int:
-    return x // ps * ps
-
-
-def _page_up(x: int, ps: int) -> int:
-    return -(-x // ps) * ps
 
 
 def _host_name(path: str | os.PathLike[str]) -> str:
@@ -711,7 +716,7 @@ class Lpar:
             # registered again at dump_area_start, which in the dump-waiting
             # path is the start of the reservation (reserve_size).
             hv.invalidate()
-            new = replace_layout_base(header, cfg.reserve_size & ~(cfg.page_size - 1))
+            new = replace_layout_base(header, _page_down(cfg.reserve_size, cfg.page_size))
             hv.register(new)
             work["counters"]["registrations"] += 1
             work["state"] = "running"
@@ -741,14 +746,12 @@ class Lpar:
         # area and the bytes the hypervisor copied into each section. (The map's
         # last pair ends inside the CPU section's first page, and a sliver at the
         # very top of RAM is in no extent: it holds no dump data.)
-        data = IntervalSet()
         irs = cfg.reserve_size
-        data.add(irs, irs + (cfg.memory - irs) - scratch_size)
-        for section in header.sections():
-            data.add(
-                section.destination_address, section.destination_address + section.length_copied
-            )
-        data.remove(0, irs)
+        data = dump_data(
+            irs,
+            irs + (cfg.memory - irs) - scratch_size,
+            [(s.destination_address, s.length_copied) for s in header.sections()],
+        )
         kernel["capture"] = {
             "unreleased": data.to_json(),
             "init_reserve_start": cfg.reserve_size,
@@ -972,9 +975,10 @@ class Lpar:
             if work["state"] == "capture":
                 cap = work["kernel"]["capture"]
                 reserved = IntervalSet(work["kernel"]["reserved"])
-                scratch = (
-                    _page_down(cap["scratch_addr"], self.config.page_size),
-                    _page_up(cap["scratch_addr"] + cap["scratch_size"], self.config.page_size),
+                scratch = page_span(
+                    cap["scratch_addr"],
+                    cap["scratch_addr"] + cap["scratch_size"],
+                    self.config.page_size,
                 )
                 to_free = reserved.copy()
                 to_free.remove(*scratch)
@@ -1026,49 +1030,41 @@ class Lpar:
                 result = self._release_corrected(work, addr, size)
             return result
 
+    @staticmethod
+    def _release_area(cap: Mapping[str, Any]) -> ReleaseArea:
+        """The capture kernel's reservation and scratch area, for the release rules."""
+        return ReleaseArea(
+            cap["init_reserve_start"],
+            cap["init_reserve_size"],
+            cap["scratch_addr"],
+            cap["scratch_size"],
+        )
+
     def _release_faithful(self, work: dict[str, Any], addr: int, size: int) -> ReleaseResult:
         cap = work["kernel"]["capture"]
-        ps = self.config.page_size
-        irs, irsz = cap["init_reserve_start"], cap["init_reserve_size"]
-        end = irs + irsz
+        area = self._release_area(cap)
         cap["releases"] += 1
         work["counters"]["releases"] += 1
         # track_freed_range(): unclamped values into two counters (unsigned long).
-        counted = False
-        if addr >= irs:
-            if addr <= irs + irsz:
-                cap["reserved_counter"] = (cap["reserved_counter"] + size) & _U64
-                counted = True
-            sa, ss = cap["scratch_addr"], cap["scratch_size"]
-            if sa <= addr <= sa + ss:
-                cap["scratch_counter"] = (cap["scratch_counter"] + size) & _U64
-                counted = True
-        rereg = (
-            addr >= irs
-            and cap["reserved_counter"] == irsz
-            and cap["scratch_counter"] == cap["scratch_size"]
+        counted = counts_in_reserved(addr, area) or counts_in_scratch(addr, area)
+        counters = ReleaseCounters(cap["reserved_counter"], cap["scratch_counter"]).count(
+            addr, size, area
         )
+        cap["reserved_counter"], cap["scratch_counter"] = counters.reserved, counters.scratch
+        rereg = reregisters(addr, counters, area)
         # Clamp as the kernel does: the start moves up but the length is kept,
-        # so "0 X" releases [reserve start, reserve start + X].
-        start, length, clamped, note = addr, size, False, ""
-        if start < irs:
-            start, clamped = irs, True
-        if start + length > end:
-            clamped = True
-            if start > end:
-                # The kernel computes end - start in unsigned arithmetic and
-                # underflows; hvsim frees nothing (but the write still counted).
-                length = -1
-                note = "start past the end of the reserved area: nothing freed (kernel underflow)"
-            else:
-                length = end - start
+        # so "0 X" releases [reserve start, reserve start + X]; pages are freed
+        # through one page past the end (kernel quirk). A start past the end
+        # underflows in the kernel; hvsim frees nothing (but the write still counted).
+        rel = faithful_release(addr, size, area, self.config.page_size)
+        note = ""
+        if rel.underflow:
+            note = "start past the end of the reserved area: nothing freed (kernel underflow)"
         freed: list[tuple[int, int]] = []
-        if length >= 0:
-            first = start // ps
-            last = first + length // ps  # inclusive: one page past the end (kernel quirk)
-            freed = self._free(work, first * ps, min((last + 1) * ps, self.config.memory))
+        if rel.freed is not None:
+            freed = self._free(work, *rel.freed)
         parts = [f"release {addr:#x} {size:#x}: freed {sum(e - s for s, e in freed):#x} bytes"]
-        if clamped:
+        if rel.clamped:
             parts.append("clamped")
         if not counted:
             parts.append("not counted")
@@ -1077,32 +1073,27 @@ class Lpar:
         self._event(work, ", ".join(parts))
         if rereg:
             self._reregister(work, "release counters reached the reserved and scratch sizes")
-        return ReleaseResult(addr, size, tuple(freed), clamped, rereg, note)
+        return ReleaseResult(addr, size, tuple(freed), rel.clamped, rereg, note)
 
     def _release_corrected(self, work: dict[str, Any], addr: int, size: int) -> ReleaseResult:
         cap = work["kernel"]["capture"]
-        ps = self.config.page_size
-        irs, irsz = cap["init_reserve_start"], cap["init_reserve_size"]
-        end = irs + irsz
-        if addr < irs or addr + size > end:
+        area = self._release_area(cap)
+        if addr < area.start or addr + size > area.end:
             raise ReleaseError(
-                f"release {addr:#x} {size:#x}: outside the reserved area {irs:#x}-{end:#x} (EINVAL)",
+                f"release {addr:#x} {size:#x}: outside the reserved area "
+                f"{area.start:#x}-{area.end:#x} (EINVAL)",
                 errno.EINVAL,
             )
         cap["releases"] += 1
         work["counters"]["releases"] += 1
-        self._note_released(cap, addr, size)
-        unreleased = IntervalSet(cap["unreleased"])
         # A page goes back once none of its dump bytes is still unreleased: a
         # page shared by two sections goes back when the second is released.
-        lo, hi = _page_down(addr, ps), _page_up(addr + size, ps)
-        candidates = IntervalSet([(lo, hi)])
-        for a, b in unreleased.intersect(_page_down(lo - 1, ps), hi + ps):
-            candidates.remove(_page_down(a, ps), _page_up(b, ps))
+        rel = corrected_release(addr, size, IntervalSet(cap["unreleased"]), self.config.page_size)
+        cap["unreleased"] = rel.unreleased.to_json()
         freed: list[tuple[int, int]] = []
-        for a, b in list(candidates):
+        for a, b in rel.pages:
             freed.extend(self._free(work, a, b))
-        rereg = not unreleased
+        rereg = rel.complete
         if rereg:
             # Nothing of the dump is left: reserved pages that held no dump data
             # (above a partial copy, the sliver at the top of RAM) go back too.
@@ -1114,13 +1105,6 @@ class Lpar:
         if rereg:
             self._reregister(work, "every byte of the dump released")
         return ReleaseResult(addr, size, tuple(sorted(freed)), False, rereg)
-
-    @staticmethod
-    def _note_released(cap: dict[str, Any], addr: int, size: int) -> None:
-        """Record a release request's bytes: they no longer hold unreleased dump data."""
-        unreleased = IntervalSet(cap["unreleased"])
-        unreleased.remove(addr, addr + size)
-        cap["unreleased"] = unreleased.to_json()
 
     def _free(self, work: dict[str, Any], start: int, end: int) -> list[tuple[int, int]]:
         """Give still-reserved pages in ``[start, end)`` back to the kernel, which reuses them."""
@@ -1182,10 +1166,7 @@ class Lpar:
             work["dump"]["status"] = f"released ({why})"
             work["dump"]["capture_released"] = []
         ps = self.config.page_size
-        scratch = (
-            _page_down(cap["scratch_addr"], ps),
-            _page_up(cap["scratch_addr"] + cap["scratch_size"], ps),
-        )
+        scratch = page_span(cap["scratch_addr"], cap["scratch_addr"] + cap["scratch_size"], ps)
         reserved = IntervalSet(kernel["reserved"])
         warning = ""
         if self.config.quirks == "corrected":

@@ -334,7 +334,7 @@ class _KdumpMemory(_FileMemory):
 def _open_dump(path: str | os.PathLike[str]) -> _FileMemory:
     try:
         if detect_format(path) == "kdump":
-            from drgn_hvdump.collect.codecs import decompress_page
+            from drgn_hvdump.codecs import decompress_page
 
             return _KdumpMemory(KdumpFile.open(path, decompress_page))
         return _ElfMemory(ElfCore.open(path))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from drgn_hvdump import native
-from drgn_hvdump.collect.codecs import decompress_page
+from drgn_hvdump.codecs import decompress_page
 from drgn_hvdump.formats.elfcore import (
     NT_PRSTATUS,
     LoadSegment,

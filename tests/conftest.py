@@ -21,7 +21,7 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 # Collections register their output directory for the drgn plugin (see
-# drgn_hvdump.collect.progress_view.runtime_dir); keep the tests' registrations
+# drgn_hvdump.dumpdir.registry.runtime_dir); keep the tests' registrations
 # out of the machine's /run/hvdump. Subprocesses inherit it.
 if "HVDUMP_RUNTIME_DIR" not in os.environ:
     import tempfile

@@ -282,7 +282,7 @@ def test_page_checker_catches_bad_stored_pages(name: str) -> None:
     """The decompress-and-compare check names a corrupt frame, a wrong raw page, a false zero."""
     from array import array
 
-    from drgn_hvdump.collect.codecs import PageBatch, check_batch, compress_batch, get_codec
+    from drgn_hvdump.codecs import PageBatch, check_batch, compress_batch, get_codec
 
     ps = 4096
     rnd = os.urandom(ps)  # stored raw: compressing does not make it smaller

@@ -319,7 +319,7 @@ def test_scrub_zeroes_named_data_and_records_it(
     assert rng["vaddr"] == 0xC000000000000000 + paddr
     base, off = paddr // 65536 * 65536, paddr % 65536
     assert off + 64 <= 65536
-    from drgn_hvdump.collect.codecs import decompress_page
+    from drgn_hvdump.codecs import decompress_page
     from drgn_hvdump.formats.kdump import KdumpFile
 
     with KdumpFile.open(out / "dump.kdump", decompress_page) as kd:

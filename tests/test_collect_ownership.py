@@ -43,20 +43,22 @@ from typing import Any
 
 import pytest
 
-from drgn_hvdump.collect.codecs import decompress_page
+from drgn_hvdump.codecs import decompress_page
 from drgn_hvdump.collect.collector import CollectOptions, collect
-from drgn_hvdump.collect.ownership import EXIT_BUSY, dump_identity, flock_holders
-from drgn_hvdump.collect.progress_view import (
-    CollectionView,
+from drgn_hvdump.collect.ownership import EXIT_BUSY
+from drgn_hvdump.dumpdir.identity import dump_identity
+from drgn_hvdump.dumpdir.registry import (
     find_collection,
     read_registration,
     register_collection,
     registration_path,
 )
+from drgn_hvdump.dumpdir.view import CollectionView
 from drgn_hvdump.formats.dump_header import build_dump_header
 from drgn_hvdump.formats.elfcore import ElfCore
 from drgn_hvdump.formats.kdump import KdumpFile
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
+from drgn_hvdump.fsutil import flock_holders
 from drgn_hvdump.plugin.source import DumpSource, identify
 from hvsim import Lpar
 from tests.collect_support import (
@@ -947,7 +949,7 @@ def _tmp_fallback_foreign(
         if setpriv:  # a real process of the victim's uid
             code = (
                 "import json, sys, time\n"
-                "from drgn_hvdump.collect.progress_view import find_collection, "
+                "from drgn_hvdump.dumpdir.registry import find_collection, "
                 "register_collection\n"
                 "w = []\n"
                 "found = find_collection(sys.argv[1], sys.argv[2], w)\n"

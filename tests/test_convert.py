@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from drgn_hvdump import native
-from drgn_hvdump.collect.codecs import decompress_page
+from drgn_hvdump.codecs import decompress_page
 from drgn_hvdump.collect.convert import ConvertOptions, SourceChunk, convert, plan_chunks
 from drgn_hvdump.collect.verify import verify_dir
 from drgn_hvdump.formats.elfcore import (

@@ -27,7 +27,8 @@ from drgn.helpers.linux.percpu import per_cpu_ptr
 from drgn.helpers.linux.pid import for_each_task
 from drgn.helpers.linux.printk import get_printk_records
 
-from drgn_hvdump.collect.progress_view import PLAN_FILE, CollectionView
+from drgn_hvdump.dumpdir.names import PLAN_FILE
+from drgn_hvdump.dumpdir.view import CollectionView
 from drgn_hvdump.formats.elfcore import PAGE_OFFSET_PPC64
 from drgn_hvdump.plugin.attach import dump_source
 from drgn_hvdump.plugin.helpers import (

@@ -913,7 +913,7 @@ def test_verify_of_hostile_dump_files_under_a_good_manifest(
 
 def test_kdump_reader_sizes_come_from_the_file(corpus: dict[str, Path]) -> None:
     """Direct checks of the readers' refusals (one FormatError naming the offset)."""
-    from drgn_hvdump.collect.codecs import decompress_page
+    from drgn_hvdump.codecs import decompress_page
     from drgn_hvdump.errors import FormatError
 
     with pytest.raises(FormatError, match="bitmaps"):

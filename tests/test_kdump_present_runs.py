@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drgn_hvdump.collect.codecs import decompress_page, get_codec
+from drgn_hvdump.codecs import decompress_page, get_codec
 from drgn_hvdump.collect.output import KdumpOutput
 from drgn_hvdump.formats.kdump import KdumpFile, plan_kdump
 

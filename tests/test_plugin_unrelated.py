@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from drgn_hvdump.collect.codecs import check_batch, compress_batch, get_codec
+from drgn_hvdump.codecs import check_batch, compress_batch, get_codec
 from drgn_hvdump.collect.output import KdumpOutput
 from drgn_hvdump.formats.elfcore import (
     NT_PRSTATUS,

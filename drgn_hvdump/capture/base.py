@@ -6,15 +6,54 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drgn_hvdump.errors import HvdumpError
+from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import DumpHeader
 from drgn_hvdump.formats.release_region import Extent, ReleaseMap
 
-__all__ = ["DT_DIRS", "CaptureInterface", "DumpState", "NoDumpError"]
+__all__ = [
+    "DT_DIRS",
+    "CaptureInterface",
+    "DumpState",
+    "NoDumpError",
+    "memtotal_after",
+    "read_boot_id",
+    "read_memtotal",
+]
 
 DT_DIRS = ("proc/device-tree", "sys/firmware/devicetree/base")
 """Where a capture root shows the device tree."""
 _DT_DIRS = DT_DIRS
+
+
+def read_memtotal(root: Path) -> int | None:
+    """``MemTotal`` of ``ROOT/proc/meminfo`` in kB (None when the file is not there)."""
+    try:
+        text = (root / "proc/meminfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemTotal:"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                return int(parts[1])
+    raise FormatError("no MemTotal line", path=str(root / "proc/meminfo"))
+
+
+def read_boot_id(root: Path) -> str | None:
+    """``ROOT/proc/sys/kernel/random/boot_id``: changes at every boot (None when absent)."""
+    try:
+        return (root / "proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def memtotal_after(before_kb: int, new_pages: tuple[int, ...], page_size: int) -> set[int]:
+    """Every ``MemTotal`` (kB) a release that frees ``n`` new pages can leave, ``n`` in ``new_pages``.
+
+    Linux adds each freed page to ``totalram_pages``, so MemTotal grows by
+    exactly ``n * page_size / 1024`` kB (hvsim models the same rule).
+    """
+    return {before_kb + n * page_size // 1024 for n in new_pages if n > 0}
 
 
 class NoDumpError(HvdumpError):
@@ -64,6 +103,15 @@ class CaptureInterface(ABC):
     @abstractmethod
     def lock_path(self) -> Path:
         """The file whose ``flock`` makes one collector the dump's only owner."""
+
+    def memtotal_kb(self) -> int | None:
+        """The running capture kernel's ``MemTotal`` (kB): it grows by exactly the pages
+        a release frees, which is how every release is confirmed."""
+        return read_memtotal(self.root)
+
+    def boot_id(self) -> str | None:
+        """The running capture kernel's boot id (None where the kernel has none)."""
+        return read_boot_id(self.root)
 
     def machine_identity(self) -> bytes:
         """What names this machine and partition in the device tree (``system-id``,

@@ -17,7 +17,6 @@ grows by exactly the pages a write frees) before anything is written again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import mmap
 import os
@@ -31,27 +30,40 @@ from typing import Any
 
 from drgn_hvdump import native
 from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
-from drgn_hvdump.collect.codecs import Codec, PageBatch, check_batch, compress_batch, get_codec
+from drgn_hvdump.codecs import Codec, PageBatch, check_batch, compress_batch, get_codec
 from drgn_hvdump.collect.filewrite import WriteGate
-from drgn_hvdump.collect.outdir import OutputDir
 from drgn_hvdump.collect.output import (
     ElfOutput,
     KdumpOutput,
     SidecarOutput,
     disk_error,
 )
-from drgn_hvdump.collect.ownership import DumpBusyError, DumpLock, dump_identity
-from drgn_hvdump.collect.plan import Chunk, Plan, ReleaseWrite, make_plan
+from drgn_hvdump.collect.ownership import DumpBusyError, DumpLock
+from drgn_hvdump.collect.plan import Chunk, Plan, make_plan
 from drgn_hvdump.collect.progress import Progress
-from drgn_hvdump.collect.progress_view import (
+from drgn_hvdump.collect.releases import ReleaseLog, Releases, RunRecord
+from drgn_hvdump.collect.scrub import ScrubRange, apply_scrub, load_filter
+from drgn_hvdump.collect.verify import MAX_CHUNK
+from drgn_hvdump.dumpdir.identity import dump_identity
+from drgn_hvdump.dumpdir.journal import Journal
+from drgn_hvdump.dumpdir.names import (
+    DUMP_NAMES,
+    HPTE_FILE,
+    HVDUMP_NOTE_NAME,
+    JOURNAL,
+    MANIFEST,
+    NOTE_DUMP_HEADER,
+    NOTE_REGSAVE,
     PLAN_FILE,
+    REGSAVE_FILE,
+)
+from drgn_hvdump.dumpdir.outdir import OutputDir
+from drgn_hvdump.dumpdir.registry import (
     read_registration,
     register_collection,
     unregister_collection,
-    write_plan_file,
 )
-from drgn_hvdump.collect.scrub import ScrubRange, apply_scrub, load_filter
-from drgn_hvdump.collect.verify import MAX_CHUNK
+from drgn_hvdump.dumpdir.view import write_plan_file
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import build_dump_header
 from drgn_hvdump.formats.elfcore import (
@@ -72,19 +84,11 @@ from drgn_hvdump.fsutil import write_atomic
 from drgn_hvdump.intervals import IntervalSet
 
 __all__ = [
-    "DUMP_NAMES",
-    "HVDUMP_NOTE_NAME",
     "CollectOptions",
     "CollectResult",
     "collect",
 ]
 
-HVDUMP_NOTE_NAME = "HVDUMP"
-NOTE_DUMP_HEADER = 1
-NOTE_REGSAVE = 2
-DUMP_NAMES = {"kdump": "dump.kdump", "elf": "dump.elf"}
-JOURNAL = "journal.jsonl"
-MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 # Pages per compression call: 4 MiB (64 pages of 64 KiB, 1024 of 4 KiB), so
 # a C call is long next to its Python overhead and a chunk still splits
@@ -125,159 +129,6 @@ class CollectResult:
     resumed: bool
     already_done: bool = False
     plan_text: list[str] = field(default_factory=list)
-
-
-class Journal:
-    """Append-only, fsynced JSON lines; a torn last line (killed mid-write) is ignored."""
-
-    def __init__(self, out: OutputDir, records: list[dict[str, Any]] | None = None) -> None:
-        self.out = out
-        self.path = out.path / JOURNAL
-        self.records: list[dict[str, Any]] = records or []
-        self._fd = -1
-
-    @classmethod
-    def load(cls, out: OutputDir) -> Journal | None:
-        """The journal in ``out``, or None when there is none."""
-        if not out.exists(JOURNAL):
-            return None
-        path = out.path / JOURNAL
-        try:
-            data = out.read_bytes(JOURNAL, limit=1 << 30)
-        except OSError as exc:
-            raise HvdumpError(f"{path}: cannot read the journal: {exc.strerror or exc}") from None
-        records: list[dict[str, Any]] = []
-        lines = data.split(b"\n")
-        offset = 0
-        for n, line in enumerate(lines):
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    rec = None
-                if not isinstance(rec, dict):
-                    if n < len(lines) - 2 or line.endswith(b"}"):
-                        raise FormatError(
-                            "journal line is not a JSON object",
-                            path=str(path),
-                            offset=offset,
-                            hint="not a journal this hvdump wrote; use another --output",
-                        )
-                else:
-                    records.append(rec)
-            offset += len(line) + 1
-        return cls(out, records)
-
-    @property
-    def start(self) -> dict[str, Any]:
-        return self.records[0] if self.records else {}
-
-    @property
-    def identity(self) -> str | None:
-        ident = self.start.get("identity")
-        return ident if isinstance(ident, str) else None
-
-    @property
-    def done(self) -> bool:
-        return any(r.get("t") == "done" for r in self.records)
-
-    def file_ids(self) -> dict[str, tuple[int, int]]:
-        """The files this collection created, as journaled when it created them."""
-        for rec in self.records:
-            if rec.get("t") == "files" and isinstance(rec.get("ids"), dict):
-                return {str(k): (int(v[0]), int(v[1])) for k, v in rec["ids"].items()}
-        return {}
-
-    def open(self, *, new: bool) -> None:
-        self._fd = self.out.open_file(JOURNAL, create=True, exclusive=new)
-        size = os.fstat(self._fd).st_size
-        if size:
-            data = os.pread(self._fd, 1, size - 1)
-            if data != b"\n":
-                # A torn line: cut it so the next record starts on its own line.
-                text = os.pread(self._fd, size, 0)
-                os.ftruncate(self._fd, text.rfind(b"\n") + 1)
-        os.lseek(self._fd, 0, os.SEEK_END)
-
-    @property
-    def fd(self) -> int:
-        return self._fd
-
-    def append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        os.write(self._fd, line)
-        os.fdatasync(self._fd)
-        self.records.append(record)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-def read_memtotal(root: Path) -> int | None:
-    """``MemTotal`` of ``ROOT/proc/meminfo`` in kB (None when the file is not there)."""
-    try:
-        text = (root / "proc/meminfo").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("MemTotal:"):
-            parts = line.split()
-            if len(parts) >= 2 and parts[1].isdigit():
-                return int(parts[1])
-    raise FormatError("no MemTotal line", path=str(root / "proc/meminfo"))
-
-
-def read_boot_id(root: Path) -> str | None:
-    """``ROOT/proc/sys/kernel/random/boot_id``: changes at every boot (None when absent)."""
-    try:
-        return (root / "proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        return None
-
-
-def memtotal_after(before_kb: int, new_pages: tuple[int, ...], page_size: int) -> set[int]:
-    """Every ``MemTotal`` (kB) a release that frees ``n`` new pages can leave, ``n`` in ``new_pages``.
-
-    Linux adds each freed page to ``totalram_pages``, so MemTotal grows by
-    exactly ``n * page_size / 1024`` kB (hvsim models the same rule).
-    """
-    return {before_kb + n * page_size // 1024 for n in new_pages if n > 0}
-
-
-@dataclass
-class ReleaseLog:
-    """What the journal says about release writes: made (in plan order) and pending."""
-
-    done: list[int] = field(default_factory=list)
-    pending: dict[str, Any] | None = None
-    last_mt: int | None = None
-    boot: str | None = None
-    final_seen: bool = False
-
-    @classmethod
-    def replay(cls, records: list[dict[str, Any]]) -> ReleaseLog:
-        log = cls()
-        for rec in records:
-            t = rec.get("t")
-            if t == "rel" and rec.get("s") == "intent":
-                log.pending = rec
-                log.boot = rec.get("boot", log.boot)
-                log.final_seen = log.final_seen or bool(rec.get("final"))
-            elif t == "rel" and rec.get("s") == "done":
-                log.done.append(int(rec["w"]))
-                log.pending = None
-                log.last_mt = rec.get("mt", log.last_mt)
-            elif t == "start":
-                log.last_mt = rec.get("mt")
-                log.boot = rec.get("boot")
-            elif t == "boot":
-                log.done = []
-                log.pending = None
-                log.last_mt = rec.get("mt")
-                log.boot = rec.get("boot")
-        return log
 
 
 class _Vmcore:
@@ -351,33 +202,6 @@ def _notes(
     return notes, len(states)
 
 
-class _Collection:
-    def __init__(self, opts: CollectOptions) -> None:
-        self.opts = opts
-        self.out_dir = opts.output
-        self.progress = Progress(json_lines=opts.json, tty=opts.progress)
-        self.t0 = time.monotonic()
-        self.samples: list[tuple[float, int]] = []
-        self.events: list[dict[str, Any]] = []
-        self.freed = IntervalSet()
-
-    # -- small helpers ---------------------------------------------------------
-
-    def now(self) -> float:
-        return round(time.monotonic() - self.t0, 4)
-
-    def reserved_now(self, plan: Plan) -> int:
-        span = self.freed.intersect(plan.reserved.addr, plan.memory)
-        return plan.reserved_bytes - sum(b - a for a, b in span)
-
-    def sample(self, plan: Plan) -> None:
-        self.samples.append((self.now(), self.reserved_now(plan)))
-
-    def hook(self, event: str, n: int) -> None:
-        if self.opts.hook is not None:
-            self.opts.hook(event, n)
-
-
 def _plan_lines(plan: Plan, opts: CollectOptions, dump_file: Path) -> list[str]:
     gib = 1 << 30
     kinds: dict[str, int] = {}
@@ -421,7 +245,7 @@ def collect(opts: CollectOptions) -> CollectResult:
         )
     codec = get_codec(opts.compress, opts.level) if opts.format == "kdump" else None
     threads = max(1, opts.threads)
-    c = _Collection(opts)
+    c = RunRecord(Progress(json_lines=opts.json, tty=opts.progress), opts.hook)
     capture = open_capture(opts.root)
     if opts.dry_run:
         return _dry_run(opts, capture)
@@ -448,7 +272,7 @@ def collect(opts: CollectOptions) -> CollectResult:
             out.close()
 
 
-def _lock_output(out: OutputDir, opts: CollectOptions, c: _Collection) -> None:
+def _lock_output(out: OutputDir, opts: CollectOptions, c: RunRecord) -> None:
     deadline = None if opts.wait_timeout is None else time.monotonic() + opts.wait_timeout
     told = False
     while True:
@@ -521,7 +345,7 @@ def _waiting_identity(capture: CaptureInterface, state: DumpState) -> str | None
 
 
 def _collect_owned(
-    c: _Collection,
+    c: RunRecord,
     opts: CollectOptions,
     codec: Codec | None,
     threads: int,
@@ -558,8 +382,8 @@ def _collect_owned(
         if journal is None or not journal.records:
             _check_no_other_collection(opts, out, identity)
             facts: dict[str, Any] = {
-                "mt": read_memtotal(opts.root),
-                "boot": read_boot_id(opts.root),
+                "mt": capture.memtotal_kb(),
+                "boot": capture.boot_id(),
                 "time": time.time(),
             }
         else:
@@ -621,7 +445,8 @@ def _check_no_other_collection(opts: CollectOptions, out: OutputDir, identity: s
     mt0, boot0 = entry.get("mt"), entry.get("boot")
     if entry.get("release") == "never" or not isinstance(mt0, int):
         return  # it never releases (without MemTotal no release can be made)
-    now, boot = read_memtotal(opts.root), read_boot_id(opts.root)
+    capture = open_capture(opts.root)
+    now, boot = capture.memtotal_kb(), capture.boot_id()
     if now is not None and (boot != boot0 or now == mt0):
         return  # nothing was released since it started (or the capture kernel rebooted)
     raise HvdumpError(
@@ -755,7 +580,7 @@ def _finish_after_last_release(
 
 
 def _collect(
-    c: _Collection,
+    c: RunRecord,
     opts: CollectOptions,
     codec: Codec | None,
     threads: int,
@@ -773,26 +598,219 @@ def _collect(
     byteorder = core.byteorder
     info = core.vmcoreinfo or {}
     plan = _make_plan(opts, state, vm)
-    ps, memory = plan.page_size, plan.memory
     warnings += plan.warnings
     out = out_dir.path
     dump_file = out / DUMP_NAMES[opts.format]
 
     header_raw = build_dump_header(state.header)
-    fingerprint = {
+    fingerprint = _fingerprint(opts, codec, plan, header_raw)
+    resumed = journal is not None and bool(journal.records)
+    journal, uts = _start_journal(opts, vm, plan, out_dir, journal, identity, facts, fingerprint)
+    scrub: list[ScrubRange] = load_filter(opts.scrub, info, plan.memory) if opts.scrub else []
+    durable, done_chunks, rel_log = _replay_journal(opts, c, vm, plan, out_dir, journal, scrub)
+
+    # Metadata first: the register save area makes the PRSTATUS notes.
+    cpu_chunk = next((ch for ch in plan.chunks if ch.kind == "cpu"), None)
+    if cpu_chunk is None:
+        raise HvdumpError(f"{opts.root}: the hypervisor saved no CPU state")
+    known = journal.file_ids()
+    fds: dict[str, int] = {}
+
+    def open_file(name: str) -> int:
+        # Files this collection created are opened, never created again: a
+        # missing one was caught by _check_files_kept.
+        fd = out_dir.open_file(name, create=not known, exclusive=not resumed)
+        fds[name] = fd
+        return fd
+
+    regsave, hpte = _sidecars(out, plan, open_file, fds)
+    output: ElfOutput | KdumpOutput | None = None
+    try:
+        cpu_raw = _cpu_state(vm, cpu_chunk, regsave, done_chunks.get(cpu_chunk.index))
+        notes, ncpus = _notes(cpu_raw, header_raw, _vmcoreinfo_raw(core), byteorder)
+        eraseinfo = "".join(r.eraseinfo_line() for r in scrub).encode()
+
+        try:
+            output = _dump_output(
+                opts, codec, vm, plan, notes, uts, eraseinfo, done_chunks, resumed,
+                dump_file, open_file(dump_file.name),
+            )  # fmt: skip
+            if not known:
+                ids = {name: list(fid) for name, fid in out_dir.file_ids(list(fds)) if fid}
+                journal.append({"t": "files", "ids": ids})
+        except OSError as exc:
+            raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
+
+        _write_plan(opts, out_dir, plan, identity, header_raw, bool(scrub))
+        # Registered again now that the plan is there: the drgn plugin, which
+        # looked when the entry first appeared, looks again and finds it.
+        _register(opts, out, identity, facts)
+
+        runner = _Runner(
+            c, opts, plan, vm, capture, journal, output, regsave, hpte, codec, threads, scrub
+        )
+        runner.durable = durable
+        runner.done_chunks = done_chunks
+        runner.rel = Releases(
+            c, root=opts.root, policy=opts.release, plan=plan, capture=capture,
+            journal=journal, out_dir=out_dir, files={**fds, JOURNAL: journal.fd},
+            durable=durable, done=rel_log.done, warnings=warnings, timings=runner.timings,
+        )  # fmt: skip
+
+        def write_manifest() -> dict[str, Any]:
+            m = runner.manifest(state, warnings, dump_file, notes, ncpus, scrub, resumed)
+            m["source"]["identity"] = identity
+            return _write_manifest(out_dir, m)
+
+        manifest = _run_and_release(runner, runner.rel, rel_log, eraseinfo, write_manifest)
+    finally:
+        if output is not None:
+            output.close()
+        regsave.close()
+        hpte.close()
+        journal.close()
+    if opts.release != "never":
+        unregister_collection(opts.root, identity)
+    return CollectResult(out, dump_file, manifest, resumed)
+
+
+def _fingerprint(
+    opts: CollectOptions, codec: Codec | None, plan: Plan, header_raw: bytes
+) -> dict[str, Any]:
+    """What a resumed run must share with the run that started the journal."""
+    return {
         "header": header_raw.hex(),
         "format": opts.format,
         "compress": codec.name if codec else None,
         "level": opts.level,
         "chunk_size": opts.chunk_size,
-        "page_size": ps,
-        "memory": memory,
+        "page_size": plan.page_size,
+        "memory": plan.memory,
         "reserved": [plan.reserved.addr, plan.reserved.size],
         "scrub": str(opts.scrub) if opts.scrub else None,
     }
+
+
+def _sidecars(
+    out: Path, plan: Plan, open_file: Callable[[str], int], fds: dict[str, int]
+) -> tuple[SidecarOutput, SidecarOutput]:
+    """The register save area's and the HPTEs' files, as the hypervisor saved them."""
+    try:
+        regsave = SidecarOutput(
+            str(out / REGSAVE_FILE),
+            plan.copied["cpu"].size,
+            plan.page_size,
+            fd=open_file(REGSAVE_FILE),
+        )
+        hpte = SidecarOutput(
+            str(out / HPTE_FILE), plan.copied["hpte"].size, plan.page_size, fd=open_file(HPTE_FILE)
+        )
+    except OSError as exc:
+        for fd in fds.values():
+            os.close(fd)
+        raise disk_error(str(out), exc, "cannot create the metadata files") from None
+    return regsave, hpte
+
+
+def _cpu_state(
+    vm: _Vmcore, cpu: Chunk, regsave: SidecarOutput, journaled: dict[str, Any] | None
+) -> bytes:
+    """The register save area: read back from ``regsave.bin`` when it is journaled
+    (its memory may be released), else from ``/proc/vmcore``."""
+    if journaled is not None:
+        raw = regsave.read_back(0, cpu.size)
+        if native.hash64(raw) != journaled["xxh64"]:
+            raise HvdumpError(f"{regsave.path}: does not match its journaled checksum")
+        return raw
+    buf = bytearray(cpu.size)
+    vm.read_into(cpu.src, buf)
+    return bytes(buf)
+
+
+def _dump_output(
+    opts: CollectOptions,
+    codec: Codec | None,
+    vm: _Vmcore,
+    plan: Plan,
+    notes: list[Note],
+    uts: list[str],
+    eraseinfo: bytes,
+    done_chunks: dict[int, dict[str, Any]],
+    resumed: bool,
+    dump_file: Path,
+    fd: int,
+) -> ElfOutput | KdumpOutput:
+    """The dump file's writer, its headers in place (resumed: where the journal says)."""
+    byteorder, ps = vm.core.byteorder, plan.page_size
+    if opts.format == "elf":
+        layout = build_core_header(
+            notes, [LoadSegment(a, s) for a, s in plan.segments], byteorder, page_size=ps
+        )
+        return ElfOutput(str(dump_file), layout, ps, resumed, fd=fd)
+    assert codec is not None
+    machine = "ppc64" if byteorder == "big" else "ppc64le"
+    klayout = plan_kdump(
+        byteorder=byteorder,
+        page_size=ps,
+        max_mapnr=plan.memory // ps,
+        ranges=[(a // ps, (a + s) // ps) for a, s in plan.segments],
+        notes=build_notes(notes, byteorder),
+        vmcoreinfo=note_desc_offset(notes, VMCOREINFO_NOTE_NAME, byteorder),
+        nr_cpus=sum(1 for n in notes if n.type == NT_PRSTATUS and n.name == "CORE"),
+        utsname=[*uts[:4], machine, *uts[5:]],
+        timestamp=int((vm.core.vmcoreinfo or {}).get("CRASHTIME", "0") or 0),
+        codec_flag=codec.flag,
+        eraseinfo_size=len(eraseinfo),
+    )
+    output = KdumpOutput(str(dump_file), klayout, codec, resumed, fd=fd)
+    ends = [r["off"] + r["len"] for r in done_chunks.values() if r["kind"] in ("rmo", "mem")]
+    output.set_data_end(max(ends, default=klayout.data_start))
+    return output
+
+
+def _write_plan(
+    opts: CollectOptions,
+    out_dir: OutputDir,
+    plan: Plan,
+    identity: str,
+    header_raw: bytes,
+    scrubbed: bool,
+) -> None:
+    try:
+        write_plan_file(
+            out_dir.path,
+            root=opts.root,
+            identity=identity,
+            scrubbed=scrubbed,
+            header_hex=header_raw.hex(),
+            dump_file=DUMP_NAMES[opts.format],
+            fmt=opts.format,
+            page_size=plan.page_size,
+            memory=plan.memory,
+            chunks=[(ch.index, ch.kind, ch.src, ch.dst, ch.size) for ch in plan.chunks],
+            writes=[(w.addr, w.size, *w.span) for w in plan.writes],
+            dir_fd=out_dir.fd,
+        )
+    except OSError as exc:
+        raise disk_error(str(out_dir.path / PLAN_FILE), exc, "cannot write the plan") from None
+
+
+def _start_journal(
+    opts: CollectOptions,
+    vm: _Vmcore,
+    plan: Plan,
+    out_dir: OutputDir,
+    journal: Journal | None,
+    identity: str,
+    facts: dict[str, Any],
+    fingerprint: dict[str, Any],
+) -> tuple[Journal, list[str]]:
+    """The journal opened for appending (a new one starts with its ``start`` record,
+    bound to the dump's identity) and the crashed kernel's utsname."""
+    out = out_dir.path
     resumed = journal is not None and bool(journal.records)
     if journal is None or not journal.records:
-        for name in (DUMP_NAMES[opts.format], "regsave.bin", "hpte.bin", MANIFEST, PLAN_FILE):
+        for name in (DUMP_NAMES[opts.format], REGSAVE_FILE, HPTE_FILE, MANIFEST, PLAN_FILE):
             if out_dir.exists(name):
                 raise HvdumpError(
                     f"{out / name}: exists, but this directory has no journal of a collection "
@@ -806,7 +824,11 @@ def _collect(
             "compression, chunk size or scrub filter); use the same options or another "
             "--output directory"
         )
-    uts = list(journal.start.get("utsname") or []) if resumed else _utsname(vm, plan, info)
+    uts = (
+        list(journal.start.get("utsname") or [])
+        if resumed
+        else _utsname(vm, plan, vm.core.vmcoreinfo or {})
+    )
     try:
         journal.open(new=not out_dir.exists(JOURNAL))
         if not resumed:
@@ -821,7 +843,21 @@ def _collect(
             )
     except OSError as exc:
         raise disk_error(str(out / JOURNAL), exc, "cannot write the journal") from None
+    return journal, uts
 
+
+def _replay_journal(
+    opts: CollectOptions,
+    c: RunRecord,
+    vm: _Vmcore,
+    plan: Plan,
+    out_dir: OutputDir,
+    journal: Journal,
+    scrub: list[ScrubRange],
+) -> tuple[IntervalSet, dict[int, dict[str, Any]], ReleaseLog]:
+    """What the journal says is durable and released, checked against the dump and
+    the files before anything is read or released again."""
+    out = out_dir.path
     durable = IntervalSet()
     done_chunks: dict[int, dict[str, Any]] = {}
     for rec in journal.records:
@@ -841,7 +877,6 @@ def _collect(
         c.freed.add(*plan.writes[i].span)
     if rel_log.pending is not None:
         c.freed.add(*plan.writes[rel_log.pending["w"]].span)
-    scrub: list[ScrubRange] = load_filter(opts.scrub, info, memory) if opts.scrub else []
     saved = [
         (ch.src, ch.size, int(done_chunks[ch.index]["xxh64"]))
         for ch in plan.chunks
@@ -855,163 +890,59 @@ def _collect(
             f"differently under {opts.root}: another crash of the same kernel in the same "
             "second?); nothing was read or released: use another --output directory"
         )
-    _check_files_kept(out_dir, journal, plan, done_chunks, c.freed, dump_file.name)
+    _check_files_kept(out_dir, journal, plan, done_chunks, c.freed, DUMP_NAMES[opts.format])
     c.freed = IntervalSet()
     for i in rel_log.done:
         c.freed.add(*plan.writes[i].span)
     c.sample(plan)
+    return durable, done_chunks, rel_log
 
-    # Metadata first: the register save area makes the PRSTATUS notes.
-    cpu_chunk = next((ch for ch in plan.chunks if ch.kind == "cpu"), None)
-    if cpu_chunk is None:
-        raise HvdumpError(f"{opts.root}: the hypervisor saved no CPU state")
-    known = journal.file_ids()
-    fds: dict[str, int] = {}
 
-    def open_file(name: str) -> int:
-        # Files this collection created are opened, never created again: a
-        # missing one was caught by _check_files_kept.
-        fd = out_dir.open_file(name, create=not known, exclusive=not resumed)
-        fds[name] = fd
-        return fd
-
+def _run_and_release(
+    runner: _Runner,
+    rel: Releases,
+    rel_log: ReleaseLog,
+    eraseinfo: bytes,
+    write_manifest: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """Read, store and release everything; the manifest, written before the last
+    release (which re-registers the dump: vmcore and release_region go) and after."""
+    opts, output = runner.opts, runner.output
     try:
-        regsave = SidecarOutput(
-            str(out / "regsave.bin"), plan.copied["cpu"].size, ps, fd=open_file("regsave.bin")
-        )
-        hpte = SidecarOutput(
-            str(out / "hpte.bin"), plan.copied["hpte"].size, ps, fd=open_file("hpte.bin")
-        )
-    except OSError as exc:
-        for fd in fds.values():
-            os.close(fd)
-        raise disk_error(str(out), exc, "cannot create the metadata files") from None
-    output: ElfOutput | KdumpOutput | None = None
-    try:
-        if cpu_chunk.index in done_chunks:
-            cpu_raw = regsave.read_back(0, cpu_chunk.size)
-            if native.hash64(cpu_raw) != done_chunks[cpu_chunk.index]["xxh64"]:
-                raise HvdumpError(f"{out}/regsave.bin: does not match its journaled checksum")
+        if opts.release != "never":
+            rel.resolve_releases(rel_log)
         else:
-            buf = bytearray(cpu_chunk.size)
-            vm.read_into(cpu_chunk.src, buf)
-            cpu_raw = bytes(buf)
-        notes, ncpus = _notes(cpu_raw, header_raw, _vmcoreinfo_raw(core), byteorder)
-        eraseinfo = "".join(r.eraseinfo_line() for r in scrub).encode()
-
-        try:
-            dump_fd = open_file(dump_file.name)
-            if opts.format == "elf":
-                layout = build_core_header(
-                    notes, [LoadSegment(a, s) for a, s in plan.segments], byteorder, page_size=ps
-                )
-                output = ElfOutput(str(dump_file), layout, ps, resumed, fd=dump_fd)
-            else:
-                assert codec is not None
-                machine = "ppc64" if byteorder == "big" else "ppc64le"
-                klayout = plan_kdump(
-                    byteorder=byteorder,
-                    page_size=ps,
-                    max_mapnr=memory // ps,
-                    ranges=[(a // ps, (a + s) // ps) for a, s in plan.segments],
-                    notes=build_notes(notes, byteorder),
-                    vmcoreinfo=note_desc_offset(notes, VMCOREINFO_NOTE_NAME, byteorder),
-                    nr_cpus=ncpus,
-                    utsname=[*uts[:4], machine, *uts[5:]],
-                    timestamp=int(info.get("CRASHTIME", "0") or 0),
-                    codec_flag=codec.flag,
-                    eraseinfo_size=len(eraseinfo),
-                )
-                output = KdumpOutput(str(dump_file), klayout, codec, resumed, fd=dump_fd)
-                ends = [
-                    r["off"] + r["len"] for r in done_chunks.values() if r["kind"] in ("rmo", "mem")
-                ]
-                output.set_data_end(max(ends, default=klayout.data_start))
-            if not known:
-                ids = {name: list(fid) for name, fid in out_dir.file_ids(list(fds)) if fid}
-                journal.append({"t": "files", "ids": ids})
-        except OSError as exc:
-            raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
-
-        try:
-            write_plan_file(
-                out,
-                root=opts.root,
-                identity=identity,
-                scrubbed=bool(scrub),
-                header_hex=header_raw.hex(),
-                dump_file=dump_file.name,
-                fmt=opts.format,
-                page_size=ps,
-                memory=memory,
-                chunks=[(ch.index, ch.kind, ch.src, ch.dst, ch.size) for ch in plan.chunks],
-                writes=[(w.addr, w.size, *w.span) for w in plan.writes],
-                dir_fd=out_dir.fd,
-            )
-        except OSError as exc:
-            raise disk_error(str(out / PLAN_FILE), exc, "cannot write the plan") from None
-        # Registered again now that the plan is there: the drgn plugin, which
-        # looked when the entry first appeared, looks again and finds it.
-        _register(opts, out, identity, facts)
-
-        runner = _Runner(
-            c, opts, plan, vm, capture, journal, output, regsave, hpte, codec, threads, scrub
-        )
-        runner.out_dir = out_dir
-        runner.files = {**fds, JOURNAL: journal.fd}
-        runner.durable = durable
-        runner.done_chunks = done_chunks
-        runner.writes_done = set(rel_log.done)
-        runner.pos = len(rel_log.done)
-        runner.warnings = warnings
-        runner.mt_expected = journal.start.get("mt") if not resumed else None
-        try:
-            if opts.release != "never":
-                runner.resolve_releases(rel_log)
-            else:
-                runner.mt_expected = read_memtotal(opts.root)
-            if opts.release == "progressive":
-                runner.release_ready()
-            runner.run()
-            if opts.release != "never":
-                runner.release_ready(final=True)
-            if isinstance(output, KdumpOutput):
-                output.finish(eraseinfo)
-            else:
-                output.finish()
-        except OSError as exc:
-            need = runner.space_needed()
-            raise disk_error(str(dump_file), exc, "write failed", need) from None
-
-        # The last release re-registers the dump (vmcore and release_region go):
-        # everything, the manifest too, is durable and verified before it is made.
-        def write_manifest() -> dict[str, Any]:
-            m = runner.manifest(state, warnings, dump_file, notes, ncpus, scrub, resumed)
-            m["source"]["identity"] = identity
-            try:
-                out_dir.write_atomic(MANIFEST, _manifest_bytes(m))
-            except OSError as exc:
-                raise disk_error(str(out / MANIFEST), exc, "cannot write the manifest") from None
-            return m
-
-        try:
+            rel.mt_expected = runner.capture.memtotal_kb()
+        if opts.release == "progressive":
+            rel.release_ready()
+        runner.run()
+        if opts.release != "never":
+            rel.release_ready(final=True)
+        if isinstance(output, KdumpOutput):
+            output.finish(eraseinfo)
+        else:
+            output.finish()
+    except OSError as exc:
+        need = runner.space_needed()
+        raise disk_error(output.path, exc, "write failed", need) from None
+    try:
+        manifest = write_manifest()
+        if opts.release != "never" and rel.pos < len(runner.plan.order):
+            rel.final_check()
+            rel.release_last()
             manifest = write_manifest()
-            if opts.release != "never" and runner.pos < len(plan.order):
-                runner.final_check()
-                runner.release_last()
-                manifest = write_manifest()
-            journal.append({"t": "done", "time": time.time()})
-        except OSError as exc:
-            raise disk_error(str(out / JOURNAL), exc, "cannot write the journal") from None
-    finally:
-        if output is not None:
-            output.close()
-        regsave.close()
-        hpte.close()
-        journal.close()
-    if opts.release != "never":
-        unregister_collection(opts.root, identity)
-    return CollectResult(out, dump_file, manifest, resumed)
+        rel.journal.append({"t": "done", "time": time.time()})
+    except OSError as exc:
+        raise disk_error(str(rel.journal.path), exc, "cannot write the journal") from None
+    return manifest
+
+
+def _write_manifest(out_dir: OutputDir, m: dict[str, Any]) -> dict[str, Any]:
+    try:
+        out_dir.write_atomic(MANIFEST, _manifest_bytes(m))
+    except OSError as exc:
+        raise disk_error(str(out_dir.path / MANIFEST), exc, "cannot write the manifest") from None
+    return m
 
 
 def _manifest_bytes(m: dict[str, Any]) -> bytes:
@@ -1042,7 +973,7 @@ def _check_files_kept(
             gone[name] = "removed" if st is None else "replaced by another file"
     if not gone:
         return
-    kind_file = {"cpu": "regsave.bin", "hpte": "hpte.bin", "rmo": dump_name, "mem": dump_name}
+    kind_file = {"cpu": REGSAVE_FILE, "hpte": HPTE_FILE, "rmo": dump_name, "mem": dump_name}
     lost: list[tuple[int, int]] = []
     for i in done:
         ch = plan.chunks[i]
@@ -1122,7 +1053,7 @@ class _Runner:
 
     def __init__(
         self,
-        c: _Collection,
+        c: RunRecord,
         opts: CollectOptions,
         plan: Plan,
         vm: _Vmcore,
@@ -1149,7 +1080,7 @@ class _Runner:
         self.scrub = scrub
         self.durable = IntervalSet()
         self.done_chunks: dict[int, dict[str, Any]] = {}
-        self.writes_done: set[int] = set()
+        self.rel: Releases | None = None
         self.io: ThreadPoolExecutor | None = None
         self._gate = WriteGate()
         # Fixed for the run, so that writes never run on two threads at once
@@ -1159,12 +1090,6 @@ class _Runner:
         self._total: int | None = None
         self._done_bytes = 0
         self._free_bufs: dict[int, list[bytearray | mmap.mmap]] = {}
-        self.pos = 0  # plan.order[:pos] are made (in this boot of the capture kernel)
-        self.out_dir: OutputDir | None = None
-        self.files: dict[str, int] = {}  # what must still be on disk at each release
-        # MemTotal as this collection's own releases leave it (None: unknown)
-        self.mt_expected: int | None = None
-        self.warnings: list[str] = []
         self.stored_bytes = 0
         self.read_bytes = 0
         self.timings = {
@@ -1298,7 +1223,8 @@ class _Runner:
         self.durable.add(ch.src, ch.src_end)
         self.c.hook("chunk", ch.index)
         if self.opts.release == "progressive":
-            self.release_ready()
+            assert self.rel is not None
+            self.rel.release_ready()
         self.c.sample(self.plan)
         self._report()
 
@@ -1351,7 +1277,8 @@ class _Runner:
                 # whole pages straight from it (drgn_hvdump/collect/filewrite.py).
                 buf = free.pop() if free else mmap.mmap(-1, ch.size)
                 self.vm.read_into(ch.src, buf)
-                self._check_outside(
+                assert self.rel is not None
+                self.rel.check_outside(
                     f"reading chunk {ch.index} ({ch.kind} {ch.src:#x}+{ch.size:#x})"
                 )
                 if self.scrub and ch.kind in ("rmo", "mem"):
@@ -1402,233 +1329,6 @@ class _Runner:
             return
         self._finish(written.popleft())
 
-    # -- releases ----------------------------------------------------------------
-
-    def release_ready(self, final: bool = False) -> None:
-        """Make the writes that are safe now, in plan order, all but the last.
-
-        The order is fixed (``Plan.order``) so the writes made are always a
-        prefix of it, and each one frees pages no earlier write freed: a rerun
-        can tell from ``MemTotal`` whether an interrupted write was made.
-        """
-        if self.opts.release == "never":
-            return
-        order = self.plan.order
-        while self.pos < len(order) - 1:
-            w = self.plan.writes[order[self.pos]]
-            if not self.plan.write_is_safe(w, self.durable):
-                if final:
-                    raise HvdumpError(f"internal error: release {w.extent} is not safe at the end")
-                return
-            self._release(w)
-
-    def release_last(self) -> None:
-        """The last write: the counters reach their targets and the kernel re-registers."""
-        w = self.plan.writes[self.plan.order[-1]]
-        if not self.plan.write_is_safe(w, self.durable):
-            raise HvdumpError(f"internal error: release {w.extent} is not safe at the end")
-        self._release(w, final=True)
-        state = self.capture.state()
-        if state.dump_waiting:
-            msg = (
-                f"the last release ({w.extent}) did not re-register the dump: the LPAR is "
-                "not protected against the next crash; check the kernel's release counters "
-                "(hvsim status) and the release writes in the manifest"
-            )
-            self.warnings.append(msg)
-            self.c.events.append({"t": self.c.now(), "warning": msg})
-
-    def _reserved_text(self) -> str:
-        left = [self.plan.writes[i] for i in self.plan.order[self.pos :]]
-        total = self.c.reserved_now(self.plan)
-        spans = ", ".join(f"{w.addr:#x}+{w.size:#x}" for w in left[:3])
-        more = f" and {len(left) - 3} more" if len(left) > 3 else ""
-        return f"{total / (1 << 20):.0f} MiB still reserved ({spans}{more})" if left else ""
-
-    def _stop(self, why: str, before: str) -> HvdumpError:
-        """Journal why the collection stops, and the one line that says so."""
-        msg = f"{why}; stopped {before}"
-        with contextlib.suppress(OSError):
-            self.journal.append({"t": "stop", "why": msg, "time": time.time()})
-        reserved = self._reserved_text()
-        return HvdumpError(
-            f"{self.opts.root}: {msg}; nothing this collection had not saved was released"
-            + (f"; {reserved}" if reserved else "")
-        )
-
-    def _check_outside(self, before: str) -> None:
-        """Memory released by someone else holds other data now: stop before trusting
-        what was just read, or before the next release."""
-        if self.mt_expected is None:
-            return
-        now = read_memtotal(self.opts.root)
-        if now != self.mt_expected:
-            raise self._stop(
-                f"MemTotal is {now} kB where this collection's own releases leave "
-                f"{self.mt_expected} kB: memory was released outside this collection (by hand "
-                "or by another tool) or the memory size changed",
-                before,
-            )
-
-    def _check_kept(self, before: str) -> None:
-        """Bytes are durable only while they are still linked where they were written."""
-        if self.out_dir is None:
-            return
-        why = self.out_dir.changed(self.files)
-        if why:
-            raise self._stop(f"{why} during the collection: what was written there is lost", before)
-
-    def final_check(self) -> None:
-        """Before the release that re-registers the dump: everything verifies."""
-        from drgn_hvdump.collect.verify import verify_dir
-
-        w = self.plan.writes[self.plan.order[-1]]
-        t = time.monotonic()
-        self._check_kept(f"before the last release {w.extent}")
-        assert self.out_dir is not None
-        ok, lines = verify_dir(self.out_dir.path)
-        self.timings["final_check"] = time.monotonic() - t
-        if not ok:
-            bad = next((ln for ln in lines if "OK" not in ln), "")
-            raise self._stop(
-                f"the dump does not verify against its manifest ({bad})",
-                f"before the last release {w.extent} (the LPAR stays unprotected until it is "
-                "made; collect again into a new --output directory)",
-            )
-
-    def _release(self, w: ReleaseWrite, final: bool = False) -> None:
-        t = time.monotonic()
-        root = self.opts.root
-        where = f"before releasing {w.extent}"
-        self._check_kept(where)
-        before = read_memtotal(root)
-        if before is None:
-            raise self._stop(
-                f"{root / 'proc/meminfo'} has no MemTotal, so no release can be confirmed "
-                "(use --release never to collect without releasing)",
-                where,
-            )
-        self._check_outside(where)
-        self.journal.append(
-            {
-                "t": "rel",
-                "w": w.index,
-                "s": "intent",
-                "addr": w.addr,
-                "size": w.size,
-                "mt": before,
-                "pages": list(w.new_pages),
-                "boot": read_boot_id(root),
-                **({"final": True} if final else {}),
-            }
-        )
-        self.c.hook("release-intent", w.index)
-        self.capture.release(w.extent)
-        self.c.hook("release", w.index)
-        after = None if final else read_memtotal(root)
-        self.journal.append(
-            {
-                "t": "rel",
-                "w": w.index,
-                "s": "done",
-                "mt": after,
-                "time": self.c.now(),
-                **({"final": True} if final else {}),
-            }
-        )
-        self.pos += 1
-        self.writes_done.add(w.index)
-        self.c.freed.add(*w.span)
-        self.c.events.append({"t": self.c.now(), "release": [w.addr, w.size]})
-        self.timings["release"] += time.monotonic() - t
-        self.c.sample(self.plan)
-        self.mt_expected = after
-        if not final and (
-            after is None or after not in memtotal_after(before, w.new_pages, self.plan.page_size)
-        ):
-            raise self._stop(
-                f"release {w.extent}: MemTotal went from {before} to {after} kB, not by the "
-                f"{'/'.join(map(str, w.new_pages))} pages it frees: the kernel's state is not "
-                "what this collection's releases make it (another release at the same time, "
-                "or a kernel that does not count released memory)",
-                "after it",
-            )
-
-    def resolve_releases(self, log: ReleaseLog) -> None:
-        """Check the kernel against the journal before any write is made again.
-
-        A write started but not confirmed (killed in between) is decided from
-        ``MemTotal``, which grows by exactly the pages a write frees (each
-        planned write frees at least one): unchanged, it was not made;
-        grown as planned, it was; anything else stops the run. A capture kernel
-        that rebooted since (its boot id changed, or MemTotal fell: reserved
-        memory is reserved again and the counters start at zero) undoes every
-        release: they are made again, in order (their data is already saved).
-        """
-        root = self.opts.root
-        now, boot = read_memtotal(root), read_boot_id(root)
-        pending = log.pending
-        reboot = ""
-        if boot is not None and log.boot is not None and boot != log.boot:
-            reboot = f"boot id {log.boot} -> {boot}"
-        elif pending is not None:
-            w = self.plan.writes[pending["w"]]
-            before = pending.get("mt")
-            if now is None or before is None:
-                raise HvdumpError(
-                    f"{root}: cannot tell whether the interrupted release {w.extent} was made: "
-                    f"{root / 'proc/meminfo'} has no MemTotal; check the kernel's release "
-                    "counters before collecting again"
-                )
-            expect = memtotal_after(before, w.new_pages, self.plan.page_size)
-            if now == before:
-                pass  # not made: it is made again, in order
-            elif now in expect:
-                self.journal.append(
-                    {"t": "rel", "w": w.index, "s": "done", "mt": now, "resolved": "MemTotal"}
-                )
-                self.pos += 1
-                self.writes_done.add(w.index)
-                self.c.freed.add(*w.span)
-                self.c.events.append({"t": self.c.now(), "release": [w.addr, w.size]})
-            elif now < before:
-                reboot = f"MemTotal fell from {before} to {now} kB"
-            else:
-                raise HvdumpError(
-                    f"{root}: cannot tell whether the interrupted release {w.extent} was made: "
-                    f"MemTotal is {now} kB, was {before} kB before it, and the write frees "
-                    f"{'/'.join(map(str, w.new_pages))} pages of {self.plan.page_size} bytes "
-                    f"(MemTotal {' or '.join(map(str, sorted(expect)))} kB); something else "
-                    "changed the memory size (memory hotplug, a balloon, another release "
-                    "tool?): check the kernel's release counters; nothing was released"
-                )
-        elif log.last_mt is not None and now is not None and now != log.last_mt:
-            if now < log.last_mt:
-                reboot = f"MemTotal fell from {log.last_mt} to {now} kB"
-            else:
-                stopped = [r["why"] for r in self.journal.records if r.get("t") == "stop"]
-                raise HvdumpError(
-                    f"{root}: MemTotal grew from {log.last_mt} to {now} kB since this "
-                    f"collection's last {'release' if log.done else 'start'}: memory was "
-                    "released outside it (by hand or by another tool) or its size changed, so "
-                    "the memory not yet saved may hold other data; nothing was read or released"
-                    + (f" (this collection stopped earlier: {stopped[-1]})" if stopped else "")
-                )
-        if reboot:
-            msg = (
-                f"the capture kernel rebooted since the last run ({reboot}): the "
-                f"{self.pos} releases made before were undone (their memory was reused, "
-                "its data was already saved); releasing again from the start"
-            )
-            self.journal.append({"t": "boot", "mt": now, "boot": boot, "why": reboot})
-            self.warnings.append(msg)
-            self.c.events.append({"t": self.c.now(), "warning": msg})
-            self.pos = 0
-            self.writes_done.clear()
-            self.c.freed = IntervalSet()
-            self.c.sample(self.plan)
-        self.mt_expected = now
-
     # -- the manifest --------------------------------------------------------------
 
     def manifest(
@@ -1642,24 +1342,10 @@ class _Runner:
         resumed: bool,
     ) -> dict[str, Any]:
         plan = self.plan
-        assert state.header is not None
+        rel = self.rel
+        assert state.header is not None and rel is not None
         elapsed = time.monotonic() - self.start
-        chunks = []
-        for ch in plan.chunks:
-            rec = self.done_chunks[ch.index]
-            chunks.append(
-                {
-                    "index": ch.index,
-                    "kind": ch.kind,
-                    "src": ch.src,
-                    "dst": ch.dst,
-                    "size": ch.size,
-                    "xxh64": f"{rec['xxh64']:016x}",
-                    "stored_offset": rec["off"],
-                    "stored_bytes": rec["len"],
-                    "zero_pages": rec["zero"],
-                }
-            )
+        chunks = self._manifest_chunks()
         st = os.stat(dump_file)
         return {
             "version": MANIFEST_VERSION,
@@ -1692,12 +1378,12 @@ class _Runner:
             },
             "metadata": {
                 "regsave": {
-                    "file": "regsave.bin",
+                    "file": REGSAVE_FILE,
                     "src": plan.copied["cpu"].addr,
                     "size": plan.copied["cpu"].size,
                 },
                 "hpte": {
-                    "file": "hpte.bin",
+                    "file": HPTE_FILE,
                     "src": plan.copied["hpte"].addr,
                     "size": plan.copied["hpte"].size,
                 },
@@ -1714,7 +1400,7 @@ class _Runner:
                         "size": w.size,
                         "scratch": w.scratch,
                         "new_pages": list(w.new_pages),
-                        "done": w.index in self.writes_done,
+                        "done": w.index in rel.writes_done,
                         **({"final": True} if w.index == plan.order[-1] else {}),
                     }
                     for w in plan.writes
@@ -1733,3 +1419,22 @@ class _Runner:
             },
             "warnings": warnings,
         }
+
+    def _manifest_chunks(self) -> list[dict[str, Any]]:
+        chunks = []
+        for ch in self.plan.chunks:
+            rec = self.done_chunks[ch.index]
+            chunks.append(
+                {
+                    "index": ch.index,
+                    "kind": ch.kind,
+                    "src": ch.src,
+                    "dst": ch.dst,
+                    "size": ch.size,
+                    "xxh64": f"{rec['xxh64']:016x}",
+                    "stored_offset": rec["off"],
+                    "stored_bytes": rec["len"],
+                    "zero_pages": rec["zero"],
+                }
+            )
+        return chunks

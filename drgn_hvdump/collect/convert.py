@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from drgn_hvdump import native
-from drgn_hvdump.collect.codecs import Codec, PageBatch, check_batch, compress_batch, get_codec
+from drgn_hvdump.codecs import Codec, PageBatch, check_batch, compress_batch, get_codec
 from drgn_hvdump.collect.filewrite import WriteGate
 from drgn_hvdump.collect.output import ElfOutput, KdumpOutput, disk_error
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.collect.verify import MAX_CHUNK
+from drgn_hvdump.dumpdir.names import DUMP_NAMES, MANIFEST
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.elfcore import (
     ELF64_PHDR,
@@ -74,8 +75,6 @@ __all__ = [
     "plan_chunks",
 ]
 
-DUMP_NAMES = {"kdump": "dump.kdump", "elf": "dump.elf"}
-MANIFEST = "manifest.json"
 # What a vmcore may claim beyond what it holds (see check_bounds).
 HELD_FACTOR = 64
 FREE_MEMORY = 1 << 30

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from drgn_hvdump import native
-from drgn_hvdump.collect.codecs import Codec, decompress_page
+from drgn_hvdump.codecs import Codec, decompress_page
 from drgn_hvdump.collect.filewrite import DataWriter, page_runs, pwrite_all, write_runs
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import CoreLayout

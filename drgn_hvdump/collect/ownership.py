@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -31,26 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drgn_hvdump.errors import HvdumpError
+from drgn_hvdump.fsutil import flock_holders
 
 __all__ = [
     "EXIT_BUSY",
     "DumpBusyError",
     "DumpLock",
     "Owner",
-    "dump_identity",
     "dump_owner",
-    "flock_holders",
 ]
-
-
-def dump_identity(header_raw: bytes, vmcoreinfo_raw: bytes | None, machine: bytes = b"") -> str:
-    """The dump's identity (32 hex digits): a hash of the hypervisor's header, the
-    crashed kernel's VMCOREINFO note and the machine's and partition's names from
-    the device tree (:meth:`CaptureInterface.machine_identity`)."""
-    h = hashlib.sha256(b"hvdump-identity-1\0")
-    for part in (header_raw, machine, vmcoreinfo_raw or b""):
-        h.update(len(part).to_bytes(8, "little") + part)
-    return h.hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -91,33 +79,6 @@ class DumpBusyError(HvdumpError):
         self.owner = owner
 
 
-def parse_proc_locks(text: str, dev: int, ino: int) -> list[int]:
-    """Pids holding a ``FLOCK`` on the inode ``(dev, ino)``, from ``/proc/locks`` text.
-
-    Lines look like ``1: FLOCK  ADVISORY  WRITE 3555 00:28:4 0 EOF``; blocked
-    waiters (``->``) are not holders.
-    """
-    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
-    pids = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK":
-            continue
-        if fields[5].lower() == want and fields[4].isdigit():
-            pids.append(int(fields[4]))
-    return pids
-
-
-def flock_holders(path: Path) -> list[int]:
-    """Pids that hold a ``flock`` on ``path`` (empty when none or unknowable)."""
-    try:
-        st = os.stat(path)
-        text = Path("/proc/locks").read_text()
-    except OSError:
-        return []
-    return parse_proc_locks(text, st.st_dev, st.st_ino)
-
-
 def dump_owner(root: Path, lock_path: Path | None = None) -> Owner | None:
     """Who collects the dump under ``root`` now (None when nobody does)."""
     if lock_path is None:
@@ -131,7 +92,7 @@ def dump_owner(root: Path, lock_path: Path | None = None) -> Owner | None:
 
 
 def _describe_holder(root: Path, pid: int | None) -> Owner:
-    from drgn_hvdump.collect.progress_view import read_registration
+    from drgn_hvdump.dumpdir.registry import read_registration
 
     entry, _ = read_registration(root)
     if entry is not None and (pid is None or entry.get("pid") == pid):

@@ -26,6 +26,14 @@ from drgn_hvdump.capture.base import DumpState
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.release_region import Extent
 from drgn_hvdump.intervals import IntervalSet
+from drgn_hvdump.model.pages import page_down
+from drgn_hvdump.model.release import (
+    ReleaseArea,
+    counts_in_scratch,
+    dump_data,
+    release_span,
+    simulate_frees,
+)
 
 __all__ = ["Chunk", "Plan", "ReleaseWrite", "make_plan"]
 
@@ -57,8 +65,8 @@ class ReleaseWrite:
     ``new_pages`` is how many pages the write newly frees when the writes are
     made in the plan's order (``Plan.order``), under the faithful kernel and
     under a corrected one: what ``MemTotal`` must grow by (see
-    :func:`simulate_frees`). ``ready`` is the index of the last chunk that must
-    be durable first (-1: none).
+    :func:`drgn_hvdump.model.release.simulate_frees`). ``ready`` is the index of
+    the last chunk that must be durable first (-1: none).
     """
 
     index: int
@@ -105,25 +113,6 @@ class Plan:
         return sum(c.size for c in self.chunks)
 
 
-def _page_down(x: int, ps: int) -> int:
-    return x // ps * ps
-
-
-def _page_up(x: int, ps: int) -> int:
-    return -(-x // ps) * ps
-
-
-def _span(addr: int, size: int, reserved: Extent, memory: int, ps: int) -> tuple[int, int]:
-    """Pages a write may free: the faithful kernel's (from the start's page, size//ps + 1
-    pages, the start clamped up to the reserved area) and a corrected kernel's (the
-    pages the range touches), together."""
-    start = max(addr, reserved.addr)
-    first = _page_down(start, ps)
-    end_faithful = first + (size // ps + 1) * ps
-    end_touch = _page_up(addr + size, ps)
-    return first, min(max(end_faithful, end_touch), memory)
-
-
 def _split(start: int, end: int, step: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, end)) for a in range(start, end, step)]
 
@@ -142,59 +131,12 @@ def _ready(
     return last
 
 
-def simulate_frees(
-    writes: list[tuple[int, int]], data: IntervalSet, reserved: Extent, memory: int, ps: int
-) -> list[tuple[int, int]]:
-    """Pages each write newly frees, made in this order, under both kernels' rules.
-
-    Faithful (Linux 2.6 ``release_region``): the start clamped up to the reserved
-    area (the length kept, then cut at its end), and pages from the start's page
-    through ``size // ps`` pages further, inclusive. Corrected: a page goes back
-    once none of the dump's bytes (``data``: the RESERVED extent and the bytes
-    copied into each section) in it is still unreleased. Pages already free are
-    not counted: the kernel skips them, and ``MemTotal`` grows by exactly the
-    pages a write frees.
-    """
-    irs, end = reserved.addr, memory
-    out: list[tuple[int, int]] = []
-    free_f = IntervalSet([(irs, memory)])
-    free_c = IntervalSet([(irs, memory)])
-    unreleased = IntervalSet(data)
-    for addr, size in writes:
-        # faithful
-        n_f = 0
-        start, length = max(addr, irs), size
-        if start + length > end:
-            length = end - start
-        if length >= 0:
-            first = _page_down(start, ps)
-            last = min(first + (length // ps + 1) * ps, memory)
-            got = free_f.intersect(first, last)
-            n_f = sum(b - a for a, b in got) // ps
-            for a, b in got:
-                free_f.remove(a, b)
-        # corrected
-        unreleased.remove(addr, addr + size)
-        lo, hi = _page_down(addr, ps), _page_up(addr + size, ps)
-        cand = IntervalSet([(lo, hi)])
-        for a, b in unreleased.intersect(max(0, lo - ps), hi + ps):
-            cand.remove(_page_down(a, ps), _page_up(b, ps))
-        n_c = 0
-        for x, y in list(cand):
-            for a, b in free_c.intersect(x, y):
-                free_c.remove(a, b)
-                n_c += (b - a) // ps
-        out.append((n_f, n_c))
-    return out
-
-
 def _observable_writes(
     pieces: list[tuple[int, int, bool]],
     chunks: list[Chunk],
     needed: IntervalSet,
     data: IntervalSet,
-    reserved: Extent,
-    memory: int,
+    area: ReleaseArea,
     ps: int,
 ) -> tuple[list[ReleaseWrite], list[int]]:
     """The writes and their order, merged until every write but the last frees a new page.
@@ -208,10 +150,10 @@ def _observable_writes(
     by_src = sorted(chunks, key=lambda c: c.src)
     starts = [c.src for c in by_src]
     while True:
-        spans = [_span(a, s, reserved, memory, ps) for a, s, _ in pieces]
+        spans = [release_span(a, s, area, ps) for a, s, _ in pieces]
         ready = [_ready(sp, by_src, starts, needed) for sp in spans]
         order = sorted(range(len(pieces)), key=lambda i: (ready[i], i))
-        frees = simulate_frees([pieces[i][:2] for i in order], data, reserved, memory, ps)
+        frees = simulate_frees([pieces[i][:2] for i in order], data, area, ps)
         new = {i: f for i, f in zip(order, frees, strict=True)}
         bad = next((i for i in order[:-1] if min(new[i]) == 0), None)
         if bad is None:
@@ -284,8 +226,8 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
             f"{state.root}: no memory between the reserved start and the scratch area: "
             "the release counters cannot be met exactly"
         )
-    mem_end = _page_down(min(reserved.end, scratch_addr), ps)
-    rmo_len = _page_down(copied["rmo"].size, ps)
+    mem_end = page_down(min(reserved.end, scratch_addr), ps)
+    rmo_len = page_down(copied["rmo"].size, ps)
     warnings = []
     if rmo_len != copied["rmo"].size:
         warnings.append(
@@ -338,17 +280,15 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
             f"{state.root}: internal error: planned releases add up to {total:#x} "
             f"({in_scratch:#x} in the scratch area), expected {want_total:#x}"
         )
+    area = ReleaseArea(r0, memory - r0, scratch_addr, scratch_size)
     for addr, size, is_scratch in pieces:
-        in_area = scratch_addr <= addr <= scratch.end
-        if in_area != is_scratch:
+        if counts_in_scratch(addr, area) != is_scratch:
             raise HvdumpError(
                 f"{state.root}: cannot plan an exact release: write {Extent(addr, size)} would "
                 f"count {'outside' if is_scratch else 'inside'} the scratch area"
             )
-    data = IntervalSet([(r0, reserved.end)])
-    for ext in copied.values():
-        data.add(max(ext.addr, r0), ext.end)
-    writes, order = _observable_writes(pieces, chunks, needed, data, reserved, memory, ps)
+    data = dump_data(r0, reserved.end, [(ext.addr, ext.size) for ext in copied.values()])
+    writes, order = _observable_writes(pieces, chunks, needed, data, area, ps)
     segments = []
     if rmo_len:
         segments.append((header.rmo.source_address, rmo_len))

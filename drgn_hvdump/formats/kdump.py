@@ -316,7 +316,7 @@ class KdumpFile:
     """A checked kdump-compressed file: header, sub-header, notes, bitmaps, pages.
 
     Errors name the file and offset. ``read_page(pfn)`` decodes one page with
-    ``decompress`` (see :mod:`drgn_hvdump.collect.codecs`).
+    ``decompress`` (see :mod:`drgn_hvdump.codecs`).
     """
 
     def __init__(self, f: BinaryIO, path: str, decompress: Decompressor) -> None:

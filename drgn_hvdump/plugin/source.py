@@ -8,7 +8,7 @@ dump. Three kinds are recognised:
     ``ROOT/proc/vmcore`` of a capture kernel with a dump waiting. The dump
     header comes from ``ROOT``'s device tree, the map from
     ``release_region``; a collection registered for ``ROOT``
-    (:mod:`drgn_hvdump.collect.progress_view`) says what was released and
+    (:mod:`drgn_hvdump.dumpdir.view`) says what was released and
     where those bytes are saved.
 ``raw``
     a copy of such a ``/proc/vmcore`` (a PT_LOAD below and one above the
@@ -39,15 +39,11 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from drgn_hvdump.capture.phyp import PhypDump
-from drgn_hvdump.collect.progress_view import (
-    PLAN_FILE,
-    CollectionView,
-    find_collection,
-    registration_path,
-)
+from drgn_hvdump.dumpdir.names import HVDUMP_NOTE_NAME, NOTE_DUMP_HEADER, NOTE_REGSAVE, PLAN_FILE
+from drgn_hvdump.dumpdir.registry import find_collection, registration_path
+from drgn_hvdump.dumpdir.view import CollectionView
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import (
-    RMO_SIZE,
     DumpHeader,
     build_dump_header,
     parse_dump_header,
@@ -64,9 +60,9 @@ from drgn_hvdump.formats.regsave import (
 )
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, parse_vmcoreinfo
 from drgn_hvdump.intervals import IntervalSet
+from drgn_hvdump.model.scratch import sections_from_base, top_scratch_base
 
 __all__ = [
-    "HVDUMP_NOTE_NAME",
     "NOTE_DUMP_HEADER",
     "NOTE_REGSAVE",
     "DumpSource",
@@ -76,9 +72,6 @@ __all__ = [
     "split_ranges",
 ]
 
-HVDUMP_NOTE_NAME = "HVDUMP"
-NOTE_DUMP_HEADER = 1
-NOTE_REGSAVE = 2
 
 Kind = Literal["live", "raw", "collected"]
 RegionKind = Literal["saved-low", "memory", "lost", "scratch"]
@@ -328,7 +321,7 @@ class DumpSource:
 
     def _identity(self) -> str | None:
         """The live dump's identity, as the collector computes it (None: unknown)."""
-        from drgn_hvdump.collect.ownership import dump_identity
+        from drgn_hvdump.dumpdir.identity import dump_identity
 
         if self.header is None:
             return None
@@ -471,7 +464,7 @@ def _saved_reader(cv: CollectionView) -> Callable[[int, int], bytes]:
     if cv.format == "elf":
         core = ElfCore.open(cv.dump_path)
         return core.read_phys
-    from drgn_hvdump.collect.codecs import decompress_page
+    from drgn_hvdump.codecs import decompress_page
 
     kd = KdumpFile.open(cv.dump_path, decompress_page)
     ps = kd.page_size
@@ -563,7 +556,7 @@ def _collected(
 
 
 def _identify_kdump(p: Path) -> DumpSource | None:
-    from drgn_hvdump.collect.codecs import decompress_page
+    from drgn_hvdump.codecs import decompress_page
 
     try:
         kd = KdumpFile.open(p, decompress_page)
@@ -735,7 +728,7 @@ def _identify_raw(v: _Vmcore) -> DumpSource | None:
         base = None
         # The scratch area holds the save area, the HPTEs (at least 256 KiB) and the
         # 256 MiB copy: its start is at least that far below the top.
-        addr = (top - RMO_SIZE - (256 << 10)) // page_size * page_size
+        addr = top_scratch_base(top, page_size)
         while addr >= lowest:
             if os.pread(fd, 8, last.p_offset + addr - last.p_paddr) == _MAGIC:
                 base = addr
@@ -751,14 +744,13 @@ def _identify_raw(v: _Vmcore) -> DumpSource | None:
     except FormatError:
         return None
     cpu_size = _regsave_end(window, states)
-    room = memory - base - cpu_size - RMO_SIZE
-    if room < (256 << 10):
+    layout = sections_from_base(base, cpu_size, memory)
+    if layout is None:
         return None
-    hpte_size = 1 << (room.bit_length() - 1)
-    rmo_dest = base + cpu_size + hpte_size
+    rmo_dest, rmo_size = layout.rmo
     src = _open_source("raw", v)
     src.cpu_raw = window[:cpu_size]
-    src.regions = _regions(rmo_dest, RMO_SIZE, RMO_SIZE, reserved, base, memory)
+    src.regions = _regions(rmo_dest, rmo_size, rmo_size, reserved, base, memory)
     if src._view is not None:
         for r in src.regions:
             for start, end, offset in src._segments:
@@ -770,11 +762,7 @@ def _identify_raw(v: _Vmcore) -> DumpSource | None:
                     and at + r.end - r.start <= len(src._view)
                 ):
                     src._direct.append((r.start, r.end, at))
-    src.sections = {
-        "cpu": (base, cpu_size),
-        "hpte": (base + cpu_size, hpte_size),
-        "rmo": (rmo_dest, RMO_SIZE),
-    }
+    src.sections = {"cpu": layout.cpu, "hpte": layout.hpte, "rmo": layout.rmo}
     src.warnings.append(
         "a copy of /proc/vmcore: the scratch area was found at "
         f"{base:#x} by its register save area; a copy cannot say which ranges were "

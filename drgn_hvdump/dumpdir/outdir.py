@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from drgn_hvdump.errors import HvdumpError
-from drgn_hvdump.fsutil import write_atomic
+from drgn_hvdump.fsutil import flock_holders, write_atomic
 
 __all__ = ["FileId", "OutputDir", "check_owned_dir"]
 
@@ -102,8 +102,6 @@ class OutputDir:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            from drgn_hvdump.collect.ownership import flock_holders
-
             holders = flock_holders(self.path)
             return holders[0] if holders else -1
         return None

@@ -7,22 +7,44 @@ only after the whole dump verifies. There is no second release loop: giving
 back the memory of a dump collected with ``--release never`` is a resumed
 collection that has nothing left to read (:func:`release_saved`), and giving
 up a dump that cannot be saved (:func:`abandon`) takes the same lock.
+
+The reads are plain data (dicts of JSON types) so that callers need no other
+part of hvdump: :func:`facts` (the dump state under a capture root, with the
+collector holding it), :func:`owner`, :func:`collection` (what a dump
+directory holds: journal progress and the manifest's summary) and
+:func:`verify` (a dump directory against its manifest's checksums).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from drgn_hvdump.capture import open_capture
+from drgn_hvdump.capture import CaptureInterface, open_capture
+from drgn_hvdump.capture.base import DT_DIRS
 from drgn_hvdump.collect.collector import CollectOptions, CollectResult, collect
-from drgn_hvdump.collect.ownership import DumpLock
+from drgn_hvdump.collect.ownership import DumpLock, dump_owner
+from drgn_hvdump.collect.verify import verify_dir
 from drgn_hvdump.dumpdir.journal import Journal
+from drgn_hvdump.dumpdir.names import JOURNAL, MANIFEST
 from drgn_hvdump.dumpdir.outdir import OutputDir
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.release_region import Extent
 
-__all__ = ["Released", "abandon", "pending_releases", "release_saved", "resume_options"]
+__all__ = [
+    "Released",
+    "abandon",
+    "collection",
+    "facts",
+    "owner",
+    "pending_releases",
+    "release_saved",
+    "resume_options",
+    "verify",
+]
 
 
 @dataclass
@@ -133,3 +155,163 @@ def abandon(root: Path, *, dry_run: bool = False) -> Released:
         return Released(done, capture.state().dump_waiting)
     finally:
         lock.release()
+
+
+def owner(root: Path) -> dict[str, Any] | None:
+    """The collector holding the dump under ``root`` now, as ``{pid, output, since}``
+    (``since`` in seconds since the epoch; unknown parts are None), or None when
+    no collector holds it."""
+    found = dump_owner(root, open_capture(root).lock_path)
+    if found is None:
+        return None
+    return {"pid": found.pid, "output": found.output, "since": found.since}
+
+
+def facts(root: Path) -> dict[str, Any]:
+    """The dump state under the capture root ``root`` as plain data.
+
+    Keys: ``root``, ``interface``, ``firmware_supported``, ``dump_enabled``,
+    ``registered`` (a dump is registered, so the LPAR is protected),
+    ``dump_waiting``, ``dump_valid``, ``reason``, ``warnings``,
+    ``reserved_bytes``, ``header`` and ``release_map`` (as dicts, or None),
+    ``sections`` (name -> lengths, error flags, destination), ``dump_bytes``,
+    ``osrelease`` and ``crash_time`` (from the waiting dump's VMCOREINFO, or
+    None) and ``owner`` (:func:`owner` of a waiting dump; None when nobody
+    holds it or it cannot be told). Reads only; raises :class:`HvdumpError` or
+    :class:`OSError` when the dump state cannot be read at all.
+    """
+    capture = open_capture(root)
+    state = capture.state()
+    data = dataclasses.asdict(state)
+    info = _vmcoreinfo(capture.vmcore_path) if state.dump_waiting else {}
+    crash = info.get("CRASHTIME", "")
+    sections: dict[str, dict[str, int]] = {}
+    if state.header is not None:
+        for name in ("cpu", "hpte", "rmo"):
+            sec = getattr(state.header, name)
+            sections[name] = {
+                "source_length": sec.source_length,
+                "length_copied": sec.length_copied,
+                "error_flags": sec.error_flags,
+                "destination_address": sec.destination_address,
+            }
+    dump_bytes = 0
+    if state.release_map is not None:
+        rm = state.release_map
+        dump_bytes = rm.reserved.size + rm.cpu.size + rm.hpte.size + rm.dump.size
+    reserved = state.reserved_bytes
+    if state.dump_waiting and not reserved:
+        # The header could not be read: what the capture kernel holds back is RAM minus MemTotal.
+        reserved = _held_by_meminfo(capture)
+    held = None
+    if state.dump_waiting:
+        try:
+            held = owner(root)
+        except (HvdumpError, OSError, ValueError):
+            held = None
+    return {
+        "root": str(root),
+        "interface": state.interface,
+        "firmware_supported": state.firmware_supported,
+        "dump_enabled": state.dump_enabled,
+        "registered": bool(
+            state.firmware_supported and state.dump_enabled and not state.dump_waiting
+        ),
+        "dump_waiting": state.dump_waiting,
+        "dump_valid": state.valid,
+        "reason": state.reason,
+        "warnings": list(state.warnings),
+        "reserved_bytes": reserved,
+        "header": data["header"],
+        "release_map": data["release_map"],
+        "sections": sections,
+        "dump_bytes": dump_bytes,
+        "osrelease": info.get("OSRELEASE"),
+        "crash_time": int(crash) if str(crash).isdigit() else None,
+        "owner": held,
+    }
+
+
+def collection(output: Path) -> dict[str, Any]:
+    """What the dump directory ``output`` holds, as plain data; never raises.
+
+    ``started`` (it has a journal), ``complete`` (the journal says done),
+    ``chunks_saved`` (chunks journaled as durable), and from its manifest (None,
+    0 or empty before the collection completes): ``dump_file`` (path),
+    ``dump_size``, ``bytes_read``, ``elapsed_s``, ``released_bytes`` (release
+    writes made) and ``warnings`` (the collector's).
+    """
+    started, complete, chunks = _journal_state(output)
+    man = _read_json(output / MANIFEST)
+    dump: dict[str, Any] = man["dump"] if isinstance(man.get("dump"), dict) else {}
+    writes = (man.get("release") or {}).get("writes", [])
+    return {
+        "started": started,
+        "complete": complete,
+        "chunks_saved": chunks,
+        "dump_file": str(output / dump["file"]) if dump.get("file") else None,
+        "dump_size": dump.get("size"),
+        "bytes_read": sum(c["size"] for c in man.get("chunks", [])),
+        "elapsed_s": (man.get("timings") or {}).get("elapsed_s"),
+        "released_bytes": sum(w["size"] for w in writes if w.get("done")),
+        "warnings": list(man.get("warnings", [])),
+    }
+
+
+def verify(output: Path) -> tuple[bool, list[str]]:
+    """Check the dump directory ``output`` against its manifest's checksums, as
+    ``hvdump verify`` does: (every chunk matched, the report lines). Raises
+    :class:`HvdumpError` for a malformed or partial manifest."""
+    return verify_dir(output)
+
+
+def _vmcoreinfo(vmcore: Path) -> dict[str, str]:
+    """VMCOREINFO of the waiting dump (CRASHTIME, OSRELEASE...): cheap; empty when unreadable."""
+    from drgn_hvdump.formats.elfcore import ElfCore
+
+    try:
+        with ElfCore.open(vmcore) as core:
+            return dict(core.vmcoreinfo or {})
+    except Exception:
+        return {}
+
+
+def _held_by_meminfo(capture: CaptureInterface) -> int:
+    """RAM (device tree ``memory@0``) minus ``MemTotal``: 0 when either is unknown."""
+    try:
+        ram = 0
+        for d in DT_DIRS:
+            reg_path = capture.root / d / "memory@0/reg"
+            if reg_path.exists():
+                ram = int.from_bytes(reg_path.read_bytes()[8:16], "big")
+                break
+        total = capture.memtotal_kb()
+    except (OSError, ValueError, HvdumpError):
+        return 0
+    return max(0, ram - total * 1024) if ram and total is not None else 0
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _journal_state(output: Path) -> tuple[bool, bool, int]:
+    """(started, done, chunks journaled) of the collection in ``output``."""
+    if not (output / JOURNAL).exists():
+        return False, False, 0
+    try:
+        out = OutputDir.open(output, create=False)
+        try:
+            journal = Journal.load(out)
+        finally:
+            out.close()
+    except (HvdumpError, OSError):
+        return True, False, 0  # there, but not readable as ours
+    if journal is None:
+        return False, False, 0
+    chunks = sum(1 for r in journal.records if r.get("t") == "chunk")
+    return True, journal.done, chunks

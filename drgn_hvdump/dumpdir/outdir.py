@@ -88,8 +88,8 @@ class OutputDir:
             os.close(fd)
             raise HvdumpError(f"{path}: was replaced while being opened; run again")
         check_owned_dir(fst, path)
-        if fst.st_mode & 0o777 != 0o700:
-            os.fchmod(fd, 0o700)
+        if create and fst.st_mode & 0o777 != 0o700:
+            os.fchmod(fd, 0o700)  # a collector's directory; a reader changes nothing
         return cls(path, fd, created)
 
     def close(self) -> None:

@@ -4,14 +4,17 @@
 """Shared code of the hvdump.power modules: the import guard and the dump-state facts.
 
 The modules run on the LPAR and use the ``drgn_hvdump`` library installed there
-(``pip install hvdump``); this file travels with each module.
+(``pip install hvdump``) through its public API only, :mod:`drgn_hvdump.api` (and
+:mod:`drgn_hvdump.errors`); this file travels with each module. What it reads by
+itself is the modules' own files (``DUMP_ID.progress.json``, ``ARCHIVED.json``) and,
+for hvdump_archive, which needs no hvdump on the host, whether a dump directory's
+journal says the collection is complete.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -20,26 +23,25 @@ import traceback
 from pathlib import Path
 
 try:
-    from drgn_hvdump.capture import open_capture
+    from drgn_hvdump import api
     from drgn_hvdump.errors import HvdumpError
 
+    if not hasattr(api, "facts"):
+        raise ImportError("drgn_hvdump.api has no facts(): the hvdump on the host is older "
+                          "than this collection")
     HAS_HVDUMP = True
     HVDUMP_IMPORT_ERROR = None
 except ImportError:  # pragma: no cover - exercised by the missing-library test
     HAS_HVDUMP = False
     HVDUMP_IMPORT_ERROR = traceback.format_exc()
+    api = None
 
     class HvdumpError(Exception):
         """Stand-in so modules can name the exception without the library."""
 
 
-try:
-    # One collector per dump (hvdump with collection ownership): who holds the dump now.
-    from drgn_hvdump.collect.ownership import dump_owner
-
-    HAS_OWNERSHIP = True
-except ImportError:  # pragma: no cover - an hvdump without collection ownership
-    HAS_OWNERSHIP = False
+# One collector per dump (hvdump with collection ownership): who holds the dump now.
+HAS_OWNERSHIP = HAS_HVDUMP and hasattr(api, "owner")
 
 from ansible.module_utils.basic import missing_required_lib
 
@@ -76,12 +78,9 @@ def owner_of(root):
     if not HAS_OWNERSHIP:
         return None
     try:
-        owner = dump_owner(Path(root))
+        return api.owner(Path(root))
     except (HvdumpError, OSError, ValueError):
         return None
-    if owner is None:
-        return None
-    return {"pid": owner.pid, "output": owner.output, "since": owner.since}
 
 
 def owner_text(owner):
@@ -95,24 +94,12 @@ def owner_text(owner):
     return ", ".join(parts)
 
 
-def _vmcore_info(root):
-    """CRASHTIME and OSRELEASE of the waiting dump, from /proc/vmcore's VMCOREINFO (cheap)."""
-    try:
-        from drgn_hvdump.formats.elfcore import ElfCore
-
-        with ElfCore.open(os.path.join(root, "proc/vmcore")) as core:
-            return dict(core.vmcoreinfo or {})
-    except Exception:
-        return {}
-
-
-def dump_id(hostname, state, info):
+def dump_id(hostname, facts):
     """A stable name for one dump: HOST-YYYYmmdd-HHMMSS of the crash (or a header hash)."""
-    crash = info.get("CRASHTIME")
-    if crash and str(crash).isdigit():
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(int(crash)))
+    if facts.get("crash_time") is not None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(facts["crash_time"]))
         return "%s-%s" % (hostname, stamp)
-    blob = json.dumps(dataclasses.asdict(state.header) if state.header else state.reason,
+    blob = json.dumps(facts["header"] if facts["header"] else facts["reason"],
                       sort_keys=True, default=str)
     return "%s-%s" % (hostname, hashlib.sha256(blob.encode()).hexdigest()[:12])
 
@@ -126,7 +113,11 @@ def read_json(path):
 
 
 def journal_state(out_dir):
-    """(started, done, chunks journaled) of a collector output directory."""
+    """(started, done, chunks journaled) of a collector output directory.
+
+    For hvdump_archive, which runs without hvdump on the host; the other modules ask
+    ``drgn_hvdump.api.collection``.
+    """
     path = os.path.join(out_dir, "journal.jsonl")
     if not os.path.exists(path):
         return False, False, 0
@@ -154,105 +145,67 @@ def local_dumps(dump_dir):
         path = os.path.join(dump_dir, name)
         if not os.path.isdir(path) or name.startswith("."):
             continue
-        started, done, chunks = journal_state(path)
+        coll = api.collection(Path(path))
         archived = read_json(os.path.join(path, ARCHIVED_FILE))
-        manifest = read_json(os.path.join(path, "manifest.json")) if done else None
         entry = {
             "path": path,
-            "complete": done,
-            "chunks_saved": chunks,
+            "complete": coll["complete"],
+            "chunks_saved": coll["chunks_saved"],
             "archived": archived,
         }
-        if manifest:
-            entry["dump_file"] = os.path.join(path, manifest["dump"]["file"])
-            entry["dump_size"] = manifest["dump"]["size"]
+        if coll["complete"] and coll["dump_file"]:
+            entry["dump_file"] = coll["dump_file"]
+            entry["dump_size"] = coll["dump_size"]
         progress = read_json(path + PROGRESS_SUFFIX)
         if progress:
             entry["progress"] = progress
-        if started or archived:
+        if coll["started"] or archived:
             out[name] = entry
     return out
 
 
-def _held_by_meminfo(root):
-    try:
-        ram = 0
-        for d in ("proc/device-tree", "sys/firmware/devicetree/base"):
-            path = os.path.join(root, d, "memory@0/reg")
-            if os.path.exists(path):
-                with open(path, "rb") as f:
-                    reg = f.read()
-                ram = int.from_bytes(reg[8:16], "big")
-                break
-        with open(os.path.join(root, "proc/meminfo")) as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    total = int(line.split()[1]) * 1024
-                    return max(0, ram - total) if ram else 0
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
 def dump_facts(root, hostname, dump_dir=None):
-    """Everything an operator asks about one host's dump, as plain data."""
-    capture = open_capture(root)
-    state = capture.state()
-    data = dataclasses.asdict(state)
-    info = _vmcore_info(root) if state.dump_waiting else {}
-    registered = bool(state.firmware_supported and state.dump_enabled and not state.dump_waiting)
+    """Everything an operator asks about one host's dump, as plain data.
+
+    The dump state comes from ``drgn_hvdump.api.facts``; this adds the dump's id, its output
+    directory under dump_dir, the collection's progress there and the dumps collected.
+    """
+    state = api.facts(Path(root))
     facts = {
         "root": str(root),
-        "interface": state.interface,
-        "firmware_supported": state.firmware_supported,
-        "dump_enabled": state.dump_enabled,
-        "registered": registered,
-        "dump_waiting": state.dump_waiting,
-        "dump_valid": state.valid,
-        "reason": state.reason,
-        "warnings": list(state.warnings),
-        "reserved_bytes": state.reserved_bytes,
-        "header": data["header"],
-        "release_map": data["release_map"],
-        "sections": {},
-        "dump_bytes": 0,
+        "interface": state["interface"],
+        "firmware_supported": state["firmware_supported"],
+        "dump_enabled": state["dump_enabled"],
+        "registered": state["registered"],
+        "dump_waiting": state["dump_waiting"],
+        "dump_valid": state["dump_valid"],
+        "reason": state["reason"],
+        "warnings": state["warnings"],
+        "reserved_bytes": state["reserved_bytes"],
+        "header": state["header"],
+        "release_map": state["release_map"],
+        "sections": state["sections"],
+        "dump_bytes": state["dump_bytes"],
         "dump_id": None,
-        "osrelease": info.get("OSRELEASE"),
-        "crash_time": int(info["CRASHTIME"]) if str(info.get("CRASHTIME", "")).isdigit() else None,
+        "osrelease": state["osrelease"],
+        "crash_time": state["crash_time"],
         "dump_dir": dump_dir,
         "output": None,
         "collection": None,
         "owner": None,
         "local_dumps": local_dumps(dump_dir),
     }
-    if state.header is not None:
-        for name in ("cpu", "hpte", "rmo"):
-            sec = getattr(state.header, name)
-            facts["sections"][name] = {
-                "source_length": sec.source_length,
-                "length_copied": sec.length_copied,
-                "error_flags": sec.error_flags,
-                "destination_address": sec.destination_address,
-            }
-    if state.release_map is not None:
-        rm = state.release_map
-        facts["dump_bytes"] = (
-            rm.reserved.size + rm.cpu.size + rm.hpte.size + rm.dump.size
-        )
-    if state.dump_waiting and not state.reserved_bytes:
-        # The header could not be read: what the capture kernel holds back is RAM minus MemTotal.
-        facts["reserved_bytes"] = _held_by_meminfo(root)
-    if state.dump_waiting:
-        facts["dump_id"] = dump_id(hostname, state, info)
-        facts["owner"] = owner_of(root)
+    if state["dump_waiting"]:
+        facts["dump_id"] = dump_id(hostname, state)
+        facts["owner"] = state["owner"] if HAS_OWNERSHIP else None
         if dump_dir:
             out = os.path.join(dump_dir, facts["dump_id"])
             facts["output"] = out
-            started, done, chunks = journal_state(out)
+            coll = api.collection(Path(out))
             facts["collection"] = {
-                "started": started,
-                "complete": done,
-                "chunks_saved": chunks,
+                "started": coll["started"],
+                "complete": coll["complete"],
+                "chunks_saved": coll["chunks_saved"],
                 "progress": read_json(out + PROGRESS_SUFFIX),
             }
     return facts

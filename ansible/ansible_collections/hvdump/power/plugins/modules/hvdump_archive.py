@@ -87,13 +87,8 @@ options:
     default: false
 requirements:
   - rsync on the host (and on an SSH archive host), C(sha256sum) on the archive
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-author:
-  - hvdump developers
+extends_documentation_fragment:
+  - hvdump.power.hvdump
 """
 
 EXAMPLES = r"""

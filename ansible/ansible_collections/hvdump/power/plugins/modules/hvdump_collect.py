@@ -30,17 +30,10 @@ description:
     with C(msg) naming the owner (C(collection in progress (pid N, DIR, since TIME))).
   - Nothing to do (no dump waiting, or this dump already collected) reports C(changed=false).
 options:
-  root:
-    description: Root of the capture kernel's filesystem (V(/) on a real LPAR).
-    type: path
-    default: /
   dump_dir:
     description: Directory for this host's dumps; the dump goes to a subdirectory named by its id.
     type: path
     required: true
-  host_name:
-    description: Name used in the dump id; defaults to the host's name.
-    type: str
   release:
     description:
       - When memory goes back to the LPAR. V(progressive) releases each range once saved,
@@ -89,19 +82,18 @@ options:
     type: list
     elements: str
     default: []
-requirements:
-  - hvdump (the C(drgn_hvdump) Python package) on the managed host
+extends_documentation_fragment:
+  - hvdump.power.hvdump
+  - hvdump.power.hvdump.library
+  - hvdump.power.hvdump.root
+  - hvdump.power.hvdump.host_name
 attributes:
   check_mode:
-    support: full
     details: Reports whether a collection would run (or is in progress); reads nothing from the
       dump and never waits.
-  diff_mode:
-    support: none
   async:
+    description: Supports being used with the C(async) keyword.
     support: full
-author:
-  - hvdump developers
 """
 
 EXAMPLES = r"""
@@ -231,21 +223,23 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import (
     PROGRESS_SUFFIX,
     HvdumpError,
+    api,
     dump_facts,
     free_bytes,
-    journal_state,
     owner_of,
     owner_text,
     read_json,
     require_hvdump,
     require_ownership,
 )
+from ansible_collections.hvdump.power.plugins.module_utils.hvdump_spec import argument_spec
 
 # The collector's exit status when another collector holds the dump (EX_TEMPFAIL).
 EX_TEMPFAIL = 75
@@ -265,15 +259,15 @@ def _write_progress(path, value):
 
 
 def _summary(output):
-    m = read_json(os.path.join(output, "manifest.json")) or {}
-    released = sum(w["size"] for w in m.get("release", {}).get("writes", []) if w.get("done"))
+    """What the collected dump directory holds (from its manifest, through the hvdump API)."""
+    c = api.collection(Path(output))
     return {
-        "dump_file": os.path.join(output, m["dump"]["file"]) if m else None,
-        "dump_size": m.get("dump", {}).get("size"),
-        "bytes_read": sum(c["size"] for c in m.get("chunks", [])),
-        "elapsed_s": m.get("timings", {}).get("elapsed_s"),
-        "released_bytes": released,
-        "warnings_collector": m.get("warnings", []),
+        "dump_file": c["dump_file"],
+        "dump_size": c["dump_size"],
+        "bytes_read": c["bytes_read"],
+        "elapsed_s": c["elapsed_s"],
+        "released_bytes": c["released_bytes"],
+        "warnings_collector": c["warnings"],
     }
 
 
@@ -325,10 +319,10 @@ def _in_progress(module, p, host, result, owner, waited):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            root=dict(type="path", default="/"),
-            dump_dir=dict(type="path", required=True),
-            host_name=dict(type="str"),
+        argument_spec=argument_spec(
+            root=True,
+            dump_dir="required",
+            host_name=True,
             release=dict(type="str", choices=["progressive", "at-end", "never"], default="progressive"),
             format=dict(type="str", choices=["kdump", "elf"], default="kdump"),
             compress=dict(type="str", choices=["zstd", "zlib", "lzo", "snappy"], default="zstd"),
@@ -356,7 +350,8 @@ def main():
                          msg="no dump to collect: %s" % facts["reason"], ansible_facts=_facts(p, host, facts))
     output = facts["output"]
     result = dict(dump_id=facts["dump_id"], output=output, released_bytes=0, attached=False)
-    started, done, chunks = journal_state(output)
+    coll = api.collection(Path(output))
+    started, done, chunks = coll["started"], coll["complete"], coll["chunks_saved"]
     if done:
         result.update(_summary(output))
         module.exit_json(changed=False, status="already_collected", collected=True, resumed=False,

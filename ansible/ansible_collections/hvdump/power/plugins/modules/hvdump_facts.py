@@ -20,30 +20,21 @@ description:
     collection into O(dump_dir).
   - Never changes anything.
 options:
-  root:
-    description: Root of the capture kernel's filesystem (V(/) on a real LPAR).
-    type: path
-    default: /
   dump_dir:
     description:
       - Directory holding this host's collected dumps (one subdirectory per dump).
       - When given, the facts name the output directory of the waiting dump, its collection
         progress, the free space there, and the dumps already collected.
     type: path
-  host_name:
-    description: Name used in dump identifiers (C(HOST-YYYYmmdd-HHMMSS)); defaults to the host's name.
-    type: str
-requirements:
-  - hvdump (the C(drgn_hvdump) Python package) on the managed host
+extends_documentation_fragment:
+  - hvdump.power.hvdump
+  - hvdump.power.hvdump.library
+  - hvdump.power.hvdump.root
+  - hvdump.power.hvdump.host_name
 attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
   facts:
+    description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
     support: full
-author:
-  - hvdump developers
 """
 
 EXAMPLES = r"""
@@ -93,15 +84,12 @@ from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import 
     free_bytes,
     require_hvdump,
 )
+from ansible_collections.hvdump.power.plugins.module_utils.hvdump_spec import argument_spec
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            root=dict(type="path", default="/"),
-            dump_dir=dict(type="path"),
-            host_name=dict(type="str"),
-        ),
+        argument_spec=argument_spec(root=True, dump_dir="optional", host_name=True),
         supports_check_mode=True,
     )
     require_hvdump(module)

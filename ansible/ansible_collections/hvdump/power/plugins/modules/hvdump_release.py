@@ -25,10 +25,6 @@ description:
     else stops it.
   - Reports C(changed) only when something was released; with no dump waiting it does nothing.
 options:
-  root:
-    description: Root of the capture kernel's filesystem.
-    type: path
-    default: /
   output:
     description: The collected dump directory of this dump (holding C(manifest.json)).
     type: path
@@ -42,15 +38,10 @@ options:
     description: Release even though the data is not saved (it is lost). Needs no O(output).
     type: bool
     default: false
-requirements:
-  - hvdump (the C(drgn_hvdump) Python package) on the managed host
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-author:
-  - hvdump developers
+extends_documentation_fragment:
+  - hvdump.power.hvdump
+  - hvdump.power.hvdump.library
+  - hvdump.power.hvdump.root
 """
 
 EXAMPLES = r"""
@@ -85,14 +76,16 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import (
     HvdumpError,
+    api,
     require_hvdump,
 )
+from ansible_collections.hvdump.power.plugins.module_utils.hvdump_spec import argument_spec
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            root=dict(type="path", default="/"),
+        argument_spec=argument_spec(
+            root=True,
             output=dict(type="path"),
             verify=dict(type="bool", default=True),
             force=dict(type="bool", default=False),
@@ -100,16 +93,13 @@ def main():
         supports_check_mode=True,
     )
     require_hvdump(module)
-    from drgn_hvdump import api
-    from drgn_hvdump.capture import open_capture
-
     p = module.params
     root = Path(p["root"])
     try:
-        state = open_capture(root).state()
+        state = api.facts(root)
     except (HvdumpError, OSError) as exc:
         module.fail_json(msg="%s: cannot read the dump state: %s" % (p["root"], exc))
-    if not state.dump_waiting:
+    if not state["dump_waiting"]:
         module.exit_json(changed=False, released=[], released_bytes=0, dump_waiting=False,
                          msg="no dump waiting: nothing to release")
     try:

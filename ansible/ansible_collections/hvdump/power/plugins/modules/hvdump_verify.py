@@ -22,15 +22,9 @@ options:
     description: The dump directory (holding C(manifest.json)).
     type: path
     required: true
-requirements:
-  - hvdump (the C(drgn_hvdump) Python package) on the managed host
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-author:
-  - hvdump developers
+extends_documentation_fragment:
+  - hvdump.power.hvdump
+  - hvdump.power.hvdump.library
 """
 
 EXAMPLES = r"""
@@ -57,6 +51,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import (
     HvdumpError,
+    api,
     require_hvdump,
 )
 
@@ -67,10 +62,8 @@ def main():
         supports_check_mode=True,
     )
     require_hvdump(module)
-    from drgn_hvdump.collect.verify import verify_dir
-
     try:
-        ok, lines = verify_dir(Path(module.params["path"]))
+        ok, lines = api.verify(Path(module.params["path"]))
     except (HvdumpError, OSError) as exc:
         module.fail_json(msg=str(exc), ok=False, report=[])
     if not ok:

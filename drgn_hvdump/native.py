@@ -15,6 +15,8 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from drgn_hvdump.formats.hpte import check_hpte_args
+from drgn_hvdump.formats.layout import check_u64
 from drgn_hvdump.native_ref import (
     BUSY_MIX,
     CODEC_LZO,
@@ -37,12 +39,10 @@ from drgn_hvdump.native_ref import (
     check_batch,
     check_codec,
     check_gen_args,
-    check_hpte_args,
     check_kind,
     check_mix,
     check_page_size,
     check_pages,
-    check_u64,
     check_zero_flags,
     hash_list,
 )

@@ -64,6 +64,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from drgn_hvdump.errors import HvdumpError
+from drgn_hvdump.formats.hpte import (
+    check_hpte_args,
+    hpte_hash,
+    hpte_hash_raw,
+    vsid_scramble_256m,
+)
+from drgn_hvdump.formats.layout import check_u64
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -220,14 +227,6 @@ BUSY_MIX = PageMix(zero=0.22, text=0.30, pointer=0.33, random=0.15)
 # Used by drgn_hvdump.native too, so both modules refuse the same arguments.
 
 
-def check_u64(name: str, value: int) -> None:
-    """Refuse anything but an int in [0, 2**64)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not 0 <= value <= _MASK64:
-        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
-
-
 def check_page_size(page_size: int) -> None:
     """Refuse page sizes that are not a power of two in [512, 1 MiB]."""
     if isinstance(page_size, bool) or not isinstance(page_size, int):
@@ -251,16 +250,6 @@ def check_mix(mix: PageMix) -> None:
     """Refuse anything but a PageMix."""
     if not isinstance(mix, PageMix):
         raise TypeError(f"mix must be a PageMix (see PageMix.parse), got {type(mix).__name__}")
-
-
-def check_hpte_args(page_shift: int, ssize: int) -> None:
-    """Refuse a page shift outside [0, 63] or a segment size other than 0 or 1."""
-    if isinstance(page_shift, bool) or not isinstance(page_shift, int):
-        raise TypeError(f"page_shift must be an int, got {type(page_shift).__name__}")
-    if not 0 <= page_shift <= 63:
-        raise ValueError(f"page_shift must be in [0, 63] (12 for 4 KiB pages), got {page_shift}")
-    if ssize not in (0, 1) or isinstance(ssize, bool):
-        raise ValueError(f"ssize must be 0 (256 MiB segment) or 1 (1 TiB segment), got {ssize!r}")
 
 
 def check_pages(nbytes: int, page_size: int) -> int:
@@ -628,33 +617,6 @@ def dup_pages(hashes: Sequence[int]) -> list[int]:
 # -------------------------------------------------------- hash-MMU hashing
 
 
-def vsid_scramble_256m(proto_vsid: int) -> int:
-    """``proto_vsid * 200730139 mod (2**36 - 1)``: the kernel's VSID for 256 MiB segments."""
-    check_u64("proto_vsid", proto_vsid)
-    return (proto_vsid * 200730139) % ((1 << 36) - 1)
-
-
-def _hpte_hash(vsid: int, ea: int, page_shift: int, ssize: int) -> int:
-    if ssize == 0:
-        h = vsid ^ ((ea & 0x0FFFFFFF) >> page_shift)
-    else:
-        h = vsid ^ ((vsid << 25) & _MASK64) ^ ((ea & 0xFFFFFFFFFF) >> page_shift)
-    return h & 0x7FFFFFFFFF
-
-
-def hpte_hash(vsid: int, ea: int, page_shift: int, ssize: int) -> int:
-    """Primary hash-table hash (39 bits) of ``ea`` in segment ``vsid``.
-
-    ssize 0 (256 MiB): ``vsid ^ ((ea & 0x0FFFFFFF) >> page_shift)``; ssize 1
-    (1 TiB): ``vsid ^ (vsid << 25) ^ ((ea & 0xFFFFFFFFFF) >> page_shift)``;
-    both masked to ``0x7FFFFFFFFF``. The secondary hash is its complement.
-    """
-    check_u64("vsid", vsid)
-    check_u64("ea", ea)
-    check_hpte_args(page_shift, ssize)
-    return _hpte_hash(vsid, ea, page_shift, ssize)
-
-
 def hpte_hashes(vsids: Sequence[int], eas: Sequence[int], page_shift: int, ssize: int) -> list[int]:
     """``hpte_hash`` of each pair ``(vsids[i], eas[i])``."""
     check_hpte_args(page_shift, ssize)
@@ -662,7 +624,7 @@ def hpte_hashes(vsids: Sequence[int], eas: Sequence[int], page_shift: int, ssize
     es = hash_list("ea", eas)
     if len(vs) != len(es):
         raise ValueError(f"vsids and eas must have the same length, got {len(vs)} and {len(es)}")
-    return [_hpte_hash(v, e, page_shift, ssize) for v, e in zip(vs, es, strict=True)]
+    return [hpte_hash_raw(v, e, page_shift, ssize) for v, e in zip(vs, es, strict=True)]
 
 
 # ------------------------------------------------------------- page codecs

@@ -8,7 +8,7 @@ group its hash selects (primary), or in the group of the complemented hash
 with ``HPTE_V_SECONDARY`` set.
 
 Bit masks are in Linux's ``mmu-hash64.h`` (LSB-0) numbering. The hash
-functions are :mod:`drgn_hvdump.native_ref`'s, re-exported here.
+functions are defined here; :mod:`drgn_hvdump.native` has the same ones in C.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from drgn_hvdump.errors import FormatError
-from drgn_hvdump.formats.layout import Layout, u64
-from drgn_hvdump.native_ref import hpte_hash, vsid_scramble_256m
+from drgn_hvdump.formats.layout import Layout, check_u64, u64
 
 __all__ = [
     "HPTES_PER_GROUP",
@@ -52,11 +51,13 @@ __all__ = [
     "WIMG_M",
     "Hpte",
     "build_hpte_table",
+    "check_hpte_args",
     "decode_ea",
     "decode_va",
     "encode_hpte",
     "hpte_group",
     "hpte_hash",
+    "hpte_hash_raw",
     "hpte_slot",
     "htab_hash_mask",
     "kernel_ea_of_va",
@@ -67,6 +68,47 @@ __all__ = [
     "vsid_scramble_256m",
     "vsid_unscramble_256m",
 ]
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def check_hpte_args(page_shift: int, ssize: int) -> None:
+    """Refuse a page shift outside [0, 63] or a segment size other than 0 or 1."""
+    if isinstance(page_shift, bool) or not isinstance(page_shift, int):
+        raise TypeError(f"page_shift must be an int, got {type(page_shift).__name__}")
+    if not 0 <= page_shift <= 63:
+        raise ValueError(f"page_shift must be in [0, 63] (12 for 4 KiB pages), got {page_shift}")
+    if ssize not in (0, 1) or isinstance(ssize, bool):
+        raise ValueError(f"ssize must be 0 (256 MiB segment) or 1 (1 TiB segment), got {ssize!r}")
+
+
+def vsid_scramble_256m(proto_vsid: int) -> int:
+    """``proto_vsid * 200730139 mod (2**36 - 1)``: the kernel's VSID for 256 MiB segments."""
+    check_u64("proto_vsid", proto_vsid)
+    return (proto_vsid * 200730139) % ((1 << 36) - 1)
+
+
+def hpte_hash_raw(vsid: int, ea: int, page_shift: int, ssize: int) -> int:
+    """:func:`hpte_hash` without its argument checks (for loops that checked them once)."""
+    if ssize == 0:
+        h = vsid ^ ((ea & 0x0FFFFFFF) >> page_shift)
+    else:
+        h = vsid ^ ((vsid << 25) & _MASK64) ^ ((ea & 0xFFFFFFFFFF) >> page_shift)
+    return h & 0x7FFFFFFFFF
+
+
+def hpte_hash(vsid: int, ea: int, page_shift: int, ssize: int) -> int:
+    """Primary hash-table hash (39 bits) of ``ea`` in segment ``vsid``.
+
+    ssize 0 (256 MiB): ``vsid ^ ((ea & 0x0FFFFFFF) >> page_shift)``; ssize 1
+    (1 TiB): ``vsid ^ (vsid << 25) ^ ((ea & 0xFFFFFFFFFF) >> page_shift)``;
+    both masked to ``0x7FFFFFFFFF``. The secondary hash is its complement.
+    """
+    check_u64("vsid", vsid)
+    check_u64("ea", ea)
+    check_hpte_args(page_shift, ssize)
+    return hpte_hash_raw(vsid, ea, page_shift, ssize)
 
 HPTES_PER_GROUP = 8
 SSIZE_256M = 0

@@ -49,6 +49,7 @@ __all__ = [
     "Scalar",
     "array",
     "check_byteorder",
+    "check_u64",
     "i8",
     "i16",
     "i32",
@@ -68,6 +69,14 @@ ByteOrder = Literal["big", "little"]
 
 _PREFIX: dict[str, str] = {"big": ">", "little": "<"}
 _META_KEY = "drgn_hvdump.layout"
+
+
+def check_u64(name: str, value: int) -> None:
+    """Refuse anything but an int in [0, 2**64)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= value <= (1 << 64) - 1:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
 
 
 def check_byteorder(byteorder: str) -> ByteOrder:

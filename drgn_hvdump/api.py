@@ -162,9 +162,7 @@ def owner(root: Path) -> dict[str, Any] | None:
     (``since`` in seconds since the epoch; unknown parts are None), or None when
     no collector holds it."""
     found = dump_owner(root, open_capture(root).lock_path)
-    if found is None:
-        return None
-    return {"pid": found.pid, "output": found.output, "since": found.since}
+    return None if found is None else found.to_json()
 
 
 def facts(root: Path) -> dict[str, Any]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["flock_holders", "fsync_dir", "parse_proc_locks", "write_atomic"]
+__all__ = ["flock_holders", "fsync_dir", "parse_proc_locks", "take_flock", "write_atomic"]
+
+T = TypeVar("T")
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -74,3 +80,34 @@ def flock_holders(path: Path) -> list[int]:
     except OSError:
         return []
     return parse_proc_locks(text, st.st_dev, st.st_ino)
+
+
+def take_flock(
+    fd: int,
+    *,
+    wait: bool,
+    timeout: float | None,
+    holder: Callable[[], T],
+    on_wait: Callable[[T], None] | None = None,
+) -> T | None:
+    """Take an exclusive ``flock`` on ``fd``: None once taken, else ``holder()`` when
+    it is busy and ``wait`` is false or ``timeout`` seconds (None: no limit) passed.
+
+    Waiting polls every 0.2 s and calls ``on_wait`` once with the holder. Errors
+    other than "busy" propagate.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            pass
+        who = holder()
+        if not wait or (deadline is not None and time.monotonic() >= deadline):
+            return who
+        if not told and on_wait is not None:
+            on_wait(who)
+            told = True
+        time.sleep(0.2)

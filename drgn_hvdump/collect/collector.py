@@ -38,7 +38,7 @@ from drgn_hvdump.collect.output import (
     SidecarOutput,
     disk_error,
 )
-from drgn_hvdump.collect.ownership import DumpBusyError, DumpLock
+from drgn_hvdump.collect.ownership import DumpBusyError, DumpLock, Owner
 from drgn_hvdump.collect.plan import Chunk, Plan, make_plan
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.collect.releases import ReleaseLog, Releases, RunRecord
@@ -80,7 +80,7 @@ from drgn_hvdump.formats.elfcore import (
 from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, parse_regsave
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
-from drgn_hvdump.fsutil import write_atomic
+from drgn_hvdump.fsutil import flock_holders, take_flock, write_atomic
 from drgn_hvdump.intervals import IntervalSet
 
 __all__ = [
@@ -273,24 +273,23 @@ def collect(opts: CollectOptions) -> CollectResult:
 
 
 def _lock_output(out: OutputDir, opts: CollectOptions, c: RunRecord) -> None:
-    deadline = None if opts.wait_timeout is None else time.monotonic() + opts.wait_timeout
-    told = False
-    while True:
-        holder = out.lock()
-        if holder is None:
-            return
-        if not opts.wait or (deadline is not None and time.monotonic() >= deadline):
-            from drgn_hvdump.collect.ownership import Owner
+    """The output directory's own ``flock``: one collection writes it at a time."""
 
-            raise DumpBusyError(
-                opts.root,
-                Owner(holder if holder > 0 else None, str(out.path)),
-                what=f"{out.path}: the output directory is in use by",
-            )
-        if not told:
-            c.progress.message(f"waiting for pid {holder} to finish with {out.path}")
-            told = True
-        time.sleep(0.2)
+    def holder() -> Owner:
+        pids = flock_holders(out.path)
+        return Owner(pids[0] if pids else None, str(out.path))
+
+    owner = take_flock(
+        out.fd,
+        wait=opts.wait,
+        timeout=opts.wait_timeout,
+        holder=holder,
+        on_wait=lambda o: c.progress.message(f"waiting for {o.describe()} to finish"),
+    )
+    if owner is not None:
+        raise DumpBusyError(
+            opts.root, owner, what=f"{out.path}: the output directory is in use by"
+        )
 
 
 def _dry_run(opts: CollectOptions, capture: CaptureInterface) -> CollectResult:
@@ -380,7 +379,7 @@ def _collect_owned(
                 "use another --output directory"
             )
         if journal is None or not journal.records:
-            _check_no_other_collection(opts, out, identity)
+            _check_no_other_collection(opts, capture, out, identity)
             facts: dict[str, Any] = {
                 "mt": capture.memtotal_kb(),
                 "boot": capture.boot_id(),
@@ -400,23 +399,23 @@ def _collect_owned(
 
 
 def _differs_from_saved(
-    vm: _Vmcore, saved: list[tuple[int, int, int]], scrub: list[ScrubRange], dst: dict[int, int]
+    vm: _Vmcore, saved: list[tuple[int, int, int, int]], scrub: list[ScrubRange]
 ) -> bool:
-    """Whether a chunk the collection saved (``(src, size, xxh64)``, still reserved)
-    reads differently now: then the dump waiting is another one.
+    """Whether the last chunk the collection saved that is still reserved
+    (``(src, dst, size, xxh64)``) reads differently now: the dump waiting is
+    then another one.
 
-    The identity (header and VMCOREINFO) does not tell apart two crashes of one
-    kernel build, one memory size, in the same second (a fleet that panics
-    together); their memory does. The chunk checked is the last one saved that
-    is still reserved (the low-memory copy stays reserved to the end).
+    The identity cannot tell apart two crashes of one kernel build and memory
+    size in the same second on machines whose device trees name no partition;
+    their memory does.
     """
     if not saved:
         return False
-    src, size, want = saved[-1]
+    src, dst, size, want = saved[-1]
     buf = bytearray(size)
     vm.read_into(src, buf)
     if scrub:
-        apply_scrub(buf, dst[src], scrub)
+        apply_scrub(buf, dst, scrub)
     return native.hash64(buf) != want
 
 
@@ -428,7 +427,9 @@ def _register(opts: CollectOptions, out: Path, identity: str, facts: dict[str, A
     )
 
 
-def _check_no_other_collection(opts: CollectOptions, out: OutputDir, identity: str) -> None:
+def _check_no_other_collection(
+    opts: CollectOptions, capture: CaptureInterface, out: OutputDir, identity: str
+) -> None:
     """A new collection of a dump that another collection already released part of
     would read reused memory as the dump: refuse, naming the other collection."""
     entry, _ = read_registration(opts.root)
@@ -445,7 +446,6 @@ def _check_no_other_collection(opts: CollectOptions, out: OutputDir, identity: s
     mt0, boot0 = entry.get("mt"), entry.get("boot")
     if entry.get("release") == "never" or not isinstance(mt0, int):
         return  # it never releases (without MemTotal no release can be made)
-    capture = open_capture(opts.root)
     now, boot = capture.memtotal_kb(), capture.boot_id()
     if now is not None and (boot != boot0 or now == mt0):
         return  # nothing was released since it started (or the capture kernel rebooted)
@@ -458,26 +458,24 @@ def _check_no_other_collection(opts: CollectOptions, out: OutputDir, identity: s
 
 
 def _check_saved_memory(
-    opts: CollectOptions, out: OutputDir, journal: Journal, capture: CaptureInterface
+    manifest: dict[str, Any] | None, journal: Journal, capture: CaptureInterface
 ) -> str | None:
     """For a finished collection whose dump still waits and was never released:
     "another dump" when its saved memory reads differently now, else None."""
-    if any(r.get("t") == "rel" for r in journal.records):
+    if manifest is None or any(r.get("t") == "rel" for r in journal.records):
         return None
     try:
-        manifest = json.loads(out.read_bytes(MANIFEST))
         chunks = [
-            (int(ch["src"]), int(ch["size"]), int(ch["xxh64"], 16))
+            (int(ch["src"]), int(ch["dst"]), int(ch["size"]), int(ch["xxh64"], 16))
             for ch in manifest["chunks"]
             if ch["kind"] in ("rmo", "mem")
         ]
-        dst = {int(ch["src"]): int(ch["dst"]) for ch in manifest["chunks"]}
         scrub = [ScrubRange(**r) for r in manifest.get("scrub") or []]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # reported as unreadable below
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # hvdump verify says what is wrong with it
     vm = _Vmcore(capture.vmcore_path)
     try:
-        if _differs_from_saved(vm, chunks, scrub, dst):
+        if _differs_from_saved(vm, chunks, scrub):
             return "another dump: its memory differs from what was saved"
     finally:
         vm.close()
@@ -492,11 +490,15 @@ def _already_done(
     None when its memory is still to be released (it was collected with
     ``--release never`` and this run may release).
     """
+    try:
+        manifest: dict[str, Any] | None = json.loads(out.read_bytes(MANIFEST))
+    except (OSError, ValueError):
+        manifest = None
     waiting = _waiting_identity(capture, capture.state())
     if waiting is not None and waiting == journal.identity:
         # nothing of it was released yet (collected with --release never): its
         # memory tells two crashes of one kernel in the same second apart
-        waiting = _check_saved_memory(opts, out, journal, capture) or waiting
+        waiting = _check_saved_memory(manifest, journal, capture) or waiting
     if waiting is not None and waiting != journal.identity:
         raise HvdumpError(
             f"{out.path}: holds a finished collection of another dump (identity "
@@ -516,13 +518,11 @@ def _already_done(
                     else "; its memory was released (the LPAR re-registered): it is lost"
                 )
             )
-    try:
-        manifest = json.loads(out.read_bytes(MANIFEST))
-    except (OSError, ValueError):
+    if not isinstance(manifest, dict):
         raise HvdumpError(
             f"{out.path / MANIFEST}: missing or unreadable although the journal says the "
             "collection finished; run hvdump verify on the directory"
-        ) from None
+        )
     dump = out.path / str(manifest.get("dump", {}).get("file", ""))
     if waiting is not None and opts.release != "never":
         return None
@@ -878,13 +878,13 @@ def _replay_journal(
     if rel_log.pending is not None:
         c.freed.add(*plan.writes[rel_log.pending["w"]].span)
     saved = [
-        (ch.src, ch.size, int(done_chunks[ch.index]["xxh64"]))
+        (ch.src, ch.dst, ch.size, int(done_chunks[ch.index]["xxh64"]))
         for ch in plan.chunks
         if ch.index in done_chunks
         and ch.kind in ("rmo", "mem")
         and not c.freed.overlaps(ch.src, ch.src_end)
     ]
-    if _differs_from_saved(vm, saved, scrub, {ch.src: ch.dst for ch in plan.chunks}):
+    if _differs_from_saved(vm, saved, scrub):
         raise HvdumpError(
             f"{journal.path}: is the journal of another dump (memory it saved reads "
             f"differently under {opts.root}: another crash of the same kernel in the same "
@@ -1344,6 +1344,7 @@ class _Runner:
         plan = self.plan
         rel = self.rel
         assert state.header is not None and rel is not None
+        writes_done = rel.writes_done
         elapsed = time.monotonic() - self.start
         chunks = self._manifest_chunks()
         st = os.stat(dump_file)
@@ -1400,7 +1401,7 @@ class _Runner:
                         "size": w.size,
                         "scratch": w.scratch,
                         "new_pages": list(w.new_pages),
-                        "done": w.index in rel.writes_done,
+                        "done": w.index in writes_done,
                         **({"final": True} if w.index == plan.order[-1] else {}),
                     }
                     for w in plan.writes

@@ -1,15 +1,8 @@
-"""One collector per dump: the dump's identity, its lock, and who holds it.
+"""One collector per dump: its lock, and who holds it.
 
-A dump is identified by what the crashed kernel and the hypervisor left
-behind, not by where it is written: the hypervisor's dump header, the
-crashed kernel's VMCOREINFO note (which carries ``CRASHTIME`` and the
-kernel's build id, so two crashes of one LPAR differ even when their headers
-are the same) and the machine's and partition's names from the device tree
-(so two LPARs of one kernel and size that crash in the same second differ).
-None of these is released with the memory, so the identity holds from the
-first read to the last release. The journal, the plan, the manifest and the runtime registry
-entry all carry this identity, so state left by another dump is recognised
-as such.
+A dump is known by its identity (:mod:`drgn_hvdump.dumpdir.identity`),
+which the journal, the plan, the manifest and the runtime registry entry all
+carry, so state left by another dump is recognised as such.
 
 The lock is an exclusive ``flock`` on the capture interface's release file
 (``/sys/kernel/release_region``): every collector of the machine, whatever
@@ -22,7 +15,6 @@ runtime registry entry when the caller may read it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -30,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drgn_hvdump.errors import HvdumpError
-from drgn_hvdump.fsutil import flock_holders
+from drgn_hvdump.fsutil import flock_holders, take_flock
 
 __all__ = [
     "EXIT_BUSY",
@@ -138,33 +130,28 @@ class DumpLock:
                 f"{self.path}: cannot open to lock the dump: {exc.strerror}"
                 + ("; run as root" if exc.errno == errno.EACCES else "")
             ) from None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._fd = fd
-                return
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                os.close(fd)
-                raise HvdumpError(f"{self.path}: cannot lock the dump: {exc.strerror}") from None
-            pids = flock_holders(self.path)
-            owner = _describe_holder(self.root, pids[0] if pids else None)
-            for _ in range(10):
-                # the holder registers moments after it takes the lock
-                if owner.output is not None or not pids:
-                    break
-                time.sleep(0.1)
-                owner = _describe_holder(self.root, pids[0])
-            if not wait or (deadline is not None and time.monotonic() >= deadline):
-                os.close(fd)
-                raise DumpBusyError(self.root, owner)
-            if not told and on_wait is not None:
-                on_wait(owner)
-                told = True
-            time.sleep(0.2)
+        try:
+            owner = take_flock(
+                fd, wait=wait, timeout=timeout, holder=self._holder, on_wait=on_wait
+            )
+        except OSError as exc:
+            os.close(fd)
+            raise HvdumpError(f"{self.path}: cannot lock the dump: {exc.strerror}") from None
+        if owner is not None:
+            os.close(fd)
+            raise DumpBusyError(self.root, owner)
+        self._fd = fd
+
+    def _holder(self) -> Owner:
+        pids = flock_holders(self.path)
+        owner = _describe_holder(self.root, pids[0] if pids else None)
+        for _ in range(10):
+            # the holder registers moments after it takes the lock
+            if owner.output is not None or not pids:
+                break
+            time.sleep(0.1)
+            owner = _describe_holder(self.root, pids[0])
+        return owner
 
     def release(self) -> None:
         if self._fd >= 0:

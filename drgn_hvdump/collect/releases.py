@@ -122,11 +122,21 @@ class Releases:
         self.files = files  # what must still be on disk at each release
         self.durable = durable  # source ranges of durable chunks (the pipeline adds)
         self.pos = len(done)  # plan.order[:pos] are made (in this boot of the capture kernel)
-        self.writes_done: set[int] = set(done)
         self.warnings = warnings
         self.timings = timings
         # MemTotal as this collection's own releases leave it (None: unknown)
         self.mt_expected: int | None = None
+
+    @property
+    def writes_done(self) -> set[int]:
+        """The plan's writes made in this boot of the capture kernel."""
+        return set(self.plan.order[: self.pos])
+
+    def _made(self, w: ReleaseWrite) -> None:
+        """``w``, the next write of the plan's order, was made."""
+        self.pos += 1
+        self.c.freed.add(*w.span)
+        self.c.events.append({"t": self.c.now(), "release": [w.addr, w.size]})
 
     def release_ready(self, final: bool = False) -> None:
         """Make the writes that are safe now, in plan order, all but the last.
@@ -180,12 +190,13 @@ class Releases:
             + (f"; {reserved}" if reserved else "")
         )
 
-    def check_outside(self, before: str) -> None:
+    def check_outside(self, before: str, now: int | None = None) -> None:
         """Memory released by someone else holds other data now: stop before trusting
-        what was just read, or before the next release."""
+        what was just read, or before the next release (``now``: MemTotal if just read)."""
         if self.mt_expected is None:
             return
-        now = self.capture.memtotal_kb()
+        if now is None:
+            now = self.capture.memtotal_kb()
         if now != self.mt_expected:
             raise self._stop(
                 f"MemTotal is {now} kB where this collection's own releases leave "
@@ -232,7 +243,7 @@ class Releases:
                 "(use --release never to collect without releasing)",
                 where,
             )
-        self.check_outside(where)
+        self.check_outside(where, before)
         self.journal.append(
             {
                 "t": "rel",
@@ -260,10 +271,7 @@ class Releases:
                 **({"final": True} if final else {}),
             }
         )
-        self.pos += 1
-        self.writes_done.add(w.index)
-        self.c.freed.add(*w.span)
-        self.c.events.append({"t": self.c.now(), "release": [w.addr, w.size]})
+        self._made(w)
         self.timings["release"] += time.monotonic() - t
         self.c.sample(self.plan)
         self.mt_expected = after
@@ -311,10 +319,7 @@ class Releases:
                 self.journal.append(
                     {"t": "rel", "w": w.index, "s": "done", "mt": now, "resolved": "MemTotal"}
                 )
-                self.pos += 1
-                self.writes_done.add(w.index)
-                self.c.freed.add(*w.span)
-                self.c.events.append({"t": self.c.now(), "release": [w.addr, w.size]})
+                self._made(w)
             elif now < before:
                 reboot = f"MemTotal fell from {before} to {now} kB"
             else:
@@ -348,7 +353,6 @@ class Releases:
             self.warnings.append(msg)
             self.c.events.append({"t": self.c.now(), "warning": msg})
             self.pos = 0
-            self.writes_done.clear()
             self.c.freed = IntervalSet()
             self.c.sample(self.plan)
         self.mt_expected = now

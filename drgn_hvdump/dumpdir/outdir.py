@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from drgn_hvdump.errors import HvdumpError
-from drgn_hvdump.fsutil import flock_holders, write_atomic
+from drgn_hvdump.fsutil import write_atomic
 
 __all__ = ["FileId", "OutputDir", "check_owned_dir"]
 
@@ -96,15 +95,6 @@ class OutputDir:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def lock(self) -> int | None:
-        """Take an exclusive ``flock`` on the directory; the holder's pid when busy."""
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holders = flock_holders(self.path)
-            return holders[0] if holders else -1
-        return None
 
     # -- files ---------------------------------------------------------------------
 

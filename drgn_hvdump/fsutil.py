@@ -87,24 +87,34 @@ def take_flock(
     *,
     wait: bool,
     timeout: float | None,
-    holder: Callable[[], T],
+    holder: Callable[[], T | None],
+    unknown: T,
     on_wait: Callable[[T], None] | None = None,
 ) -> T | None:
-    """Take an exclusive ``flock`` on ``fd``: None once taken, else ``holder()`` when
+    """Take an exclusive ``flock`` on ``fd``: None once taken, else the holder when
     it is busy and ``wait`` is false or ``timeout`` seconds (None: no limit) passed.
 
-    Waiting polls every 0.2 s and calls ``on_wait`` once with the holder. Errors
-    other than "busy" propagate.
+    ``holder()`` describes the holder, or gives None when it finds none: the
+    holder may have just let go, so the lock is tried again (ten times, 50 ms
+    apart, before the holder is reported as ``unknown``). Waiting polls every
+    0.2 s and calls ``on_wait`` once with the holder. Errors other than "busy"
+    propagate.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     told = False
+    gone = 0
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return None
         except BlockingIOError:
             pass
-        who = holder()
+        found = holder()
+        if found is None and gone < 10:
+            gone += 1
+            time.sleep(0.05)
+            continue
+        who = unknown if found is None else found
         if not wait or (deadline is not None and time.monotonic() >= deadline):
             return who
         if not told and on_wait is not None:

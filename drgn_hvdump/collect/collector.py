@@ -275,15 +275,16 @@ def collect(opts: CollectOptions) -> CollectResult:
 def _lock_output(out: OutputDir, opts: CollectOptions, c: RunRecord) -> None:
     """The output directory's own ``flock``: one collection writes it at a time."""
 
-    def holder() -> Owner:
+    def holder() -> Owner | None:
         pids = flock_holders(out.path)
-        return Owner(pids[0] if pids else None, str(out.path))
+        return Owner(pids[0], str(out.path)) if pids else None
 
     owner = take_flock(
         out.fd,
         wait=opts.wait,
         timeout=opts.wait_timeout,
         holder=holder,
+        unknown=Owner(None, str(out.path)),
         on_wait=lambda o: c.progress.message(f"waiting for {o.describe()} to finish"),
     )
     if owner is not None:

@@ -132,7 +132,12 @@ class DumpLock:
             ) from None
         try:
             owner = take_flock(
-                fd, wait=wait, timeout=timeout, holder=self._holder, on_wait=on_wait
+                fd,
+                wait=wait,
+                timeout=timeout,
+                holder=self._holder,
+                unknown=Owner(None),
+                on_wait=on_wait,
             )
         except OSError as exc:
             os.close(fd)
@@ -142,12 +147,14 @@ class DumpLock:
             raise DumpBusyError(self.root, owner)
         self._fd = fd
 
-    def _holder(self) -> Owner:
+    def _holder(self) -> Owner | None:
         pids = flock_holders(self.path)
-        owner = _describe_holder(self.root, pids[0] if pids else None)
+        if not pids:
+            return None  # let go meanwhile (or /proc/locks cannot tell)
+        owner = _describe_holder(self.root, pids[0])
         for _ in range(10):
             # the holder registers moments after it takes the lock
-            if owner.output is not None or not pids:
+            if owner.output is not None:
                 break
             time.sleep(0.1)
             owner = _describe_holder(self.root, pids[0])

@@ -29,6 +29,7 @@ from drgn_hvdump.collect.collector import CollectOptions, CollectResult, collect
 from drgn_hvdump.collect.ownership import DumpLock, dump_owner
 from drgn_hvdump.collect.verify import verify_dir
 from drgn_hvdump.dumpdir.journal import Journal
+from drgn_hvdump.dumpdir.manifest import parse_manifest
 from drgn_hvdump.dumpdir.names import JOURNAL, MANIFEST
 from drgn_hvdump.dumpdir.outdir import OutputDir
 from drgn_hvdump.errors import HvdumpError
@@ -87,18 +88,16 @@ def resume_options(root: Path, output: Path, **overrides: object) -> CollectOpti
 
 def pending_releases(output: Path) -> list[tuple[int, int]]:
     """The release writes a finished collection in ``output`` has not made yet."""
-    import json
-
     out = OutputDir.open(output, create=False)
     try:
-        manifest = json.loads(out.read_bytes("manifest.json"))
-    except (OSError, ValueError) as exc:
-        raise HvdumpError(f"{output}/manifest.json: no complete collection here ({exc})") from None
+        manifest = parse_manifest(out.read_bytes(MANIFEST), str(out.path / MANIFEST))
+    except (OSError, HvdumpError) as exc:
+        raise HvdumpError(f"{output}/{MANIFEST}: no complete collection here ({exc})") from None
     finally:
         out.close()
-    return [
-        (int(w["addr"]), int(w["size"])) for w in manifest["release"]["writes"] if not w["done"]
-    ]
+    if manifest.release is None:
+        raise HvdumpError(f"{output}/{MANIFEST}: not a collection (written by {manifest.tool})")
+    return manifest.release.pending()
 
 
 def release_saved(
@@ -117,9 +116,7 @@ def release_saved(
             progress=False,
         )
     )
-    after = {
-        (int(w["addr"]), int(w["size"])) for w in res.manifest["release"]["writes"] if not w["done"]
-    }
+    after = set(res.manifest.release.pending()) if res.manifest and res.manifest.release else set()
     state = open_capture(root).state()
     return Released(sorted(before - after), state.dump_waiting, res)
 

@@ -1,7 +1,9 @@
-"""Durable file updates shared by the collector and the simulator's LPAR directories."""
+"""Durable file updates shared by the collector and the simulator's LPAR directories,
+and the one line a failed write of an output file becomes."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -9,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["flock_holders", "fsync_dir", "parse_proc_locks", "take_flock", "write_atomic"]
+from drgn_hvdump.errors import HvdumpError
+
+__all__ = ["disk_error", "flock_holders", "fsync_dir", "parse_proc_locks", "take_flock", "write_atomic"]
 
 T = TypeVar("T")
 
@@ -21,6 +25,21 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def disk_error(path: str, exc: OSError, what: str, need: int | None = None) -> HvdumpError:
+    """One clear line for an output error; nothing not yet saved has been released."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        more = f"; about {need / (1 << 20):.0f} MiB more is needed" if need else ""
+        return HvdumpError(
+            f"{path}: {what}: no space left on the output device{more}; nothing that is not "
+            "saved was released: free space and run the same command again to resume"
+        )
+    if exc.errno == errno.EROFS:
+        return HvdumpError(f"{path}: {what}: the output file system is read-only")
+    if exc.errno == errno.ENOENT:
+        return HvdumpError(f"{path}: {what}: the output directory vanished")
+    return HvdumpError(f"{path}: {what}: {exc.strerror or exc}")
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, dir_fd: int | None = None) -> None:

@@ -157,7 +157,7 @@ def test_x86_64_kdump_every_codec(tmp_path: Path, codec: str) -> None:
         assert kd.header.utsname[4 * 65 : 4 * 65 + 7] == b"x86_64\0"
     finally:
         kd.close()
-    m = res.manifest
+    m = res.manifest.to_json()
     assert m["tool"] == "hvdump convert" and m["source"]["machine"] == "x86-64"
     assert m["dump"]["compression"] == codec
     assert m["dump"]["zero_pages"] == sum(c["zero_pages"] for c in m["chunks"]) > 0
@@ -352,7 +352,7 @@ def test_a_plain_core_is_not_searched_and_flags_need_ppc64(tmp_path: Path) -> No
     core = tmp_path / "vmcore"
     ppc_core(core, "little")
     res = convert(ConvertOptions(core, tmp_path / "out", progress=False))
-    assert res.manifest["source"]["read_as"] == "vmcore"
+    assert res.manifest.to_json()["source"]["read_as"] == "vmcore"
     x86 = tmp_path / "x86"
     x86_core(x86)
     bad = _cli("--find-vmcoreinfo", str(x86), str(tmp_path / "o2"))

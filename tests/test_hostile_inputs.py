@@ -729,7 +729,7 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         res = convert(
             ConvertOptions(core, d / fmt, format=fmt, chunk_size=PS, progress=False, sync=False)
         )
-        assert len(res.manifest["chunks"]) == 50
+        assert len(res.manifest.to_json()["chunks"]) == 50
         ok, lines = verify_dir(d / fmt)
         assert ok, lines
         dirs[fmt] = d / fmt

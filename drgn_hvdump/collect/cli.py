@@ -81,16 +81,15 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     if result.already_done:
         print(f"{result.output}: already collected ({result.dump_file})")
         return 0
-    read = sum(c["size"] for c in m["chunks"])
-    t = m["timings"]["elapsed_s"]
+    assert m is not None and m.release is not None
+    t = m.timings["elapsed_s"]
     print(
-        f"collected {read / (1 << 30):.2f} GiB into {result.dump_file} "
-        f"({m['dump']['allocated'] / (1 << 30):.2f} GiB on disk) in {t:.1f} s"
+        f"collected {m.read_bytes() / (1 << 30):.2f} GiB into {result.dump_file} "
+        f"({(m.dump.allocated or 0) / (1 << 30):.2f} GiB on disk) in {t:.1f} s"
         + (" (resumed)" if result.resumed else "")
     )
-    released = sum(w["size"] for w in m["release"]["writes"] if w["done"])
-    print(f"released {released / (1 << 30):.2f} GiB ({m['release']['policy']})")
-    for w in m["warnings"]:
+    print(f"released {m.release.released_bytes() / (1 << 30):.2f} GiB ({m.release.policy})")
+    for w in m.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return 0
 
@@ -146,8 +145,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         )
     )
     m = result.manifest
-    read = sum(c["size"] for c in m["chunks"])
-    t = m["timings"]["elapsed_s"]
+    read = m.read_bytes()
+    t = m.timings["elapsed_s"]
     if args.json:
         print(
             json.dumps(
@@ -157,7 +156,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         return 0
     print(
         f"converted {read / (1 << 30):.2f} GiB into {result.dump_file} "
-        f"({m['dump']['size'] / (1 << 30):.2f} GiB, {m['dump']['zero_pages']} zero pages left out) "
+        f"({m.dump.size / (1 << 30):.2f} GiB, {m.dump.zero_pages} zero pages left out) "
         f"in {t:.1f} s ({read / max(t, 1e-9) / 1e9:.2f} GB/s)"
     )
     return 0

@@ -17,14 +17,13 @@ grows by exactly the pages a write frees) before anything is written again.
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +35,29 @@ from drgn_hvdump.collect.output import (
     ElfOutput,
     KdumpOutput,
     SidecarOutput,
-    disk_error,
 )
 from drgn_hvdump.collect.ownership import DumpBusyError, DumpLock, Owner
 from drgn_hvdump.collect.plan import Chunk, Plan, make_plan
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.collect.releases import ReleaseLog, Releases, RunRecord
 from drgn_hvdump.collect.scrub import ScrubRange, apply_scrub, load_filter
-from drgn_hvdump.collect.verify import MAX_CHUNK
 from drgn_hvdump.dumpdir.identity import dump_identity
 from drgn_hvdump.dumpdir.journal import Journal
+from drgn_hvdump.dumpdir.manifest import (
+    MAX_CHUNK,
+    MEMORY_KINDS,
+    VMCOREINFO_KEPT,
+    CaptureSource,
+    ChunkRecord,
+    DumpFileInfo,
+    Manifest,
+    MetaFile,
+    ReleaseRecord,
+    ReleaseWriteRecord,
+    Source,
+    parse_manifest,
+    save_manifest,
+)
 from drgn_hvdump.dumpdir.names import (
     DUMP_NAMES,
     HPTE_FILE,
@@ -80,7 +92,7 @@ from drgn_hvdump.formats.elfcore import (
 from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, parse_regsave
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
-from drgn_hvdump.fsutil import flock_holders, take_flock, write_atomic
+from drgn_hvdump.fsutil import disk_error, flock_holders, take_flock
 from drgn_hvdump.intervals import IntervalSet
 
 __all__ = [
@@ -89,7 +101,6 @@ __all__ = [
     "collect",
 ]
 
-MANIFEST_VERSION = 1
 # Pages per compression call: 4 MiB (64 pages of 64 KiB, 1024 of 4 KiB), so
 # a C call is long next to its Python overhead and a chunk still splits
 # into several batches for the worker threads.
@@ -125,7 +136,8 @@ class CollectOptions:
 class CollectResult:
     output: Path
     dump_file: Path
-    manifest: dict[str, Any]
+    manifest: Manifest | None
+    """None for a dry run."""
     resumed: bool
     already_done: bool = False
     plan_text: list[str] = field(default_factory=list)
@@ -247,6 +259,12 @@ def collect(opts: CollectOptions) -> CollectResult:
     threads = max(1, opts.threads)
     c = RunRecord(Progress(json_lines=opts.json, tty=opts.progress), opts.hook)
     capture = open_capture(opts.root)
+    from drgn_hvdump.collect.analysable import collect_format
+
+    fmt, why = collect_format(opts.format, capture.vmcore_path)
+    if why:  # a kernel drgn cannot read in kdump files: ELF, and say so
+        opts, codec = replace(opts, format=fmt), None
+        c.progress.message(why)
     if opts.dry_run:
         return _dry_run(opts, capture)
     waiting = capture.state().dump_waiting
@@ -302,7 +320,7 @@ def _dry_run(opts: CollectOptions, capture: CaptureInterface) -> CollectResult:
         vm.close()
     dump_file = Path(os.path.abspath(opts.output)) / DUMP_NAMES[opts.format]
     return CollectResult(
-        opts.output, dump_file, {}, False, plan_text=_plan_lines(plan, opts, dump_file)
+        opts.output, dump_file, None, False, plan_text=_plan_lines(plan, opts, dump_file)
     )
 
 
@@ -459,7 +477,7 @@ def _check_no_other_collection(
 
 
 def _check_saved_memory(
-    manifest: dict[str, Any] | None, journal: Journal, capture: CaptureInterface
+    manifest: Manifest | None, journal: Journal, capture: CaptureInterface
 ) -> str | None:
     """For a finished collection whose dump still waits and was never released:
     "another dump" when its saved memory reads differently now, else None."""
@@ -467,12 +485,12 @@ def _check_saved_memory(
         return None
     try:
         chunks = [
-            (int(ch["src"]), int(ch["dst"]), int(ch["size"]), int(ch["xxh64"], 16))
-            for ch in manifest["chunks"]
-            if ch["kind"] in ("rmo", "mem")
+            (ch.src, ch.dst, ch.size, int(ch.xxh64, 16))
+            for ch in manifest.chunks
+            if ch.kind in MEMORY_KINDS and ch.src is not None
         ]
-        scrub = [ScrubRange(**r) for r in manifest.get("scrub") or []]
-    except (ValueError, KeyError, TypeError, AttributeError):
+        scrub = [ScrubRange(**r) for r in manifest.scrub or ()]
+    except (ValueError, TypeError):
         return None  # hvdump verify says what is wrong with it
     vm = _Vmcore(capture.vmcore_path)
     try:
@@ -492,8 +510,8 @@ def _already_done(
     ``--release never`` and this run may release).
     """
     try:
-        manifest: dict[str, Any] | None = json.loads(out.read_bytes(MANIFEST))
-    except (OSError, ValueError):
+        manifest: Manifest | None = parse_manifest(out.read_bytes(MANIFEST), str(out.path / MANIFEST))
+    except (OSError, HvdumpError):
         manifest = None
     waiting = _waiting_identity(capture, capture.state())
     if waiting is not None and waiting == journal.identity:
@@ -519,12 +537,12 @@ def _already_done(
                     else "; its memory was released (the LPAR re-registered): it is lost"
                 )
             )
-    if not isinstance(manifest, dict):
+    if manifest is None:
         raise HvdumpError(
             f"{out.path / MANIFEST}: missing or unreadable although the journal says the "
             "collection finished; run hvdump verify on the directory"
         )
-    dump = out.path / str(manifest.get("dump", {}).get("file", ""))
+    dump = out.path / manifest.dump.file
     if waiting is not None and opts.release != "never":
         return None
     return CollectResult(out.path, dump, manifest, True, already_done=True)
@@ -550,34 +568,32 @@ def _finish_after_last_release(
     if capture.state().dump_waiting:
         return None
     try:
-        manifest: dict[str, Any] = json.loads(out.read_bytes(MANIFEST))
-    except (OSError, ValueError):
+        manifest = parse_manifest(out.read_bytes(MANIFEST), str(out.path / MANIFEST))
+        if manifest.release is None:
+            raise HvdumpError("no release record")
+    except (OSError, HvdumpError):
         raise HvdumpError(
             f"{out.path / MANIFEST}: missing or unreadable, but the journal says the last "
             "release was made; the dump data is saved: run hvdump verify on the directory"
         ) from None
-    rel = manifest["release"]
-    for w in rel["writes"]:
-        if w.get("final"):
-            w["done"] = True
-    rel["events"].append(
-        {
-            "t": None,
-            "note": "at the rerun the dump no longer waited: the last release re-registered it",
-        }
+    manifest = replace(
+        manifest,
+        release=manifest.release.after_last_release(
+            "at the rerun the dump no longer waited: the last release re-registered it"
+        ),
     )
     try:
         journal.open(new=False)
         if log.pending is not None:
             journal.append({"t": "rel", "w": last["w"], "s": "done", "final": True, "gone": True})
-        out.write_atomic(MANIFEST, _manifest_bytes(manifest))
+        save_manifest(out, manifest)
         journal.append({"t": "done", "time": time.time()})
     except OSError as exc:
-        raise disk_error(str(out.path / MANIFEST), exc, "cannot write the manifest") from None
+        raise disk_error(str(out.path / JOURNAL), exc, "cannot write the journal") from None
     finally:
         journal.close()
     unregister_collection(opts.root, journal.identity or "")
-    return CollectResult(out.path, out.path / manifest["dump"]["file"], manifest, True)
+    return CollectResult(out.path, out.path / manifest.dump.file, manifest, True)
 
 
 def _collect(
@@ -658,10 +674,10 @@ def _collect(
             durable=durable, done=rel_log.done, warnings=warnings, timings=runner.timings,
         )  # fmt: skip
 
-        def write_manifest() -> dict[str, Any]:
-            m = runner.manifest(state, warnings, dump_file, notes, ncpus, scrub, resumed)
-            m["source"]["identity"] = identity
-            return _write_manifest(out_dir, m)
+        def write_manifest() -> Manifest:
+            m = runner.manifest(state, warnings, dump_file, ncpus, scrub, resumed, identity)
+            save_manifest(out_dir, m)
+            return m
 
         manifest = _run_and_release(runner, runner.rel, rel_log, eraseinfo, write_manifest)
     finally:
@@ -904,8 +920,8 @@ def _run_and_release(
     rel: Releases,
     rel_log: ReleaseLog,
     eraseinfo: bytes,
-    write_manifest: Callable[[], dict[str, Any]],
-) -> dict[str, Any]:
+    write_manifest: Callable[[], Manifest],
+) -> Manifest:
     """Read, store and release everything; the manifest, written before the last
     release (which re-registers the dump: vmcore and release_region go) and after."""
     opts, output = runner.opts, runner.output
@@ -936,22 +952,6 @@ def _run_and_release(
     except OSError as exc:
         raise disk_error(str(rel.journal.path), exc, "cannot write the journal") from None
     return manifest
-
-
-def _write_manifest(out_dir: OutputDir, m: dict[str, Any]) -> dict[str, Any]:
-    try:
-        out_dir.write_atomic(MANIFEST, _manifest_bytes(m))
-    except OSError as exc:
-        raise disk_error(str(out_dir.path / MANIFEST), exc, "cannot write the manifest") from None
-    return m
-
-
-def _manifest_bytes(m: dict[str, Any]) -> bytes:
-    return (json.dumps(m, indent=1, sort_keys=True) + "\n").encode()
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_atomic(path, _manifest_bytes(value))
 
 
 def _check_files_kept(
@@ -1337,106 +1337,95 @@ class _Runner:
         state: DumpState,
         warnings: list[str],
         dump_file: Path,
-        notes: list[Note],
         ncpus: int,
         scrub: list[ScrubRange],
         resumed: bool,
-    ) -> dict[str, Any]:
+        identity: str,
+    ) -> Manifest:
         plan = self.plan
         rel = self.rel
         assert state.header is not None and rel is not None
         writes_done = rel.writes_done
-        elapsed = time.monotonic() - self.start
-        chunks = self._manifest_chunks()
         st = os.stat(dump_file)
-        return {
-            "version": MANIFEST_VERSION,
-            "tool": "hvdump collect",
-            "source": {
-                "root": str(self.opts.root),
-                "interface": state.interface,
-                "vmcore": str(self.vm.path),
-                "byteorder": self.vm.core.byteorder,
-                "page_size": plan.page_size,
-                "memory": plan.memory,
-                "dump_header": build_dump_header(state.header).hex(),
-                "valid": state.valid,
-                "reason": state.reason,
-                "vmcoreinfo": {
-                    k: v
-                    for k, v in (self.vm.core.vmcoreinfo or {}).items()
-                    if k in ("OSRELEASE", "PAGESIZE", "CRASHTIME")
-                },
-                "cpus": ncpus,
+        info = self.vm.core.vmcoreinfo or {}
+        return Manifest(
+            tool="hvdump collect",
+            source=Source(
+                byteorder=self.vm.core.byteorder,
+                page_size=plan.page_size,
+                vmcoreinfo={k: info[k] for k in VMCOREINFO_KEPT if k in info},
+                cpus=ncpus,
+                memory=plan.memory,
+                vmcore=str(self.vm.path),
+                capture=CaptureSource(
+                    str(self.opts.root),
+                    state.interface,
+                    build_dump_header(state.header).hex(),
+                    state.valid,
+                    state.reason,
+                    identity,
+                ),
+            ),
+            dump=DumpFileInfo(
+                file=dump_file.name,
+                format=self.opts.format,
+                size=st.st_size,
+                segments=tuple(plan.segments),
+                compression=self.codec.name if self.codec else None,
+                level=self.opts.level,
+                allocated=st.st_blocks * 512,
+            ),
+            chunks=tuple(self._manifest_chunks()),
+            metadata={
+                kind: MetaFile(name, plan.copied[kind].size, plan.copied[kind].addr)
+                for kind, name in (("cpu", REGSAVE_FILE), ("hpte", HPTE_FILE))
             },
-            "dump": {
-                "file": dump_file.name,
-                "format": self.opts.format,
-                "compression": self.codec.name if self.codec else None,
-                "level": self.opts.level,
-                "size": st.st_size,
-                "allocated": st.st_blocks * 512,
-                "segments": [[a, s] for a, s in plan.segments],
-            },
-            "metadata": {
-                "regsave": {
-                    "file": REGSAVE_FILE,
-                    "src": plan.copied["cpu"].addr,
-                    "size": plan.copied["cpu"].size,
-                },
-                "hpte": {
-                    "file": HPTE_FILE,
-                    "src": plan.copied["hpte"].addr,
-                    "size": plan.copied["hpte"].size,
-                },
-                "dump_header_note": HVDUMP_NOTE_NAME,
-            },
-            "release": {
-                "policy": self.opts.release,
-                "reserved_start": plan.reserved.addr,
-                "reserved_bytes": plan.reserved_bytes,
-                "scratch": [plan.scratch.addr, plan.scratch.size],
-                "writes": [
-                    {
-                        "addr": w.addr,
-                        "size": w.size,
-                        "scratch": w.scratch,
-                        "new_pages": list(w.new_pages),
-                        "done": w.index in writes_done,
-                        **({"final": True} if w.index == plan.order[-1] else {}),
-                    }
+            dump_header_note=HVDUMP_NOTE_NAME,
+            release=ReleaseRecord(
+                policy=self.opts.release,
+                reserved_start=plan.reserved.addr,
+                reserved_bytes=plan.reserved_bytes,
+                scratch=(plan.scratch.addr, plan.scratch.size),
+                writes=tuple(
+                    ReleaseWriteRecord(
+                        w.addr,
+                        w.size,
+                        w.scratch,
+                        w.new_pages,
+                        w.index in writes_done,
+                        w.index == plan.order[-1],
+                    )
                     for w in plan.writes
-                ],
-                "order": plan.order,
-                "reserved_over_time": self.c.samples,
-                "events": self.c.events,
-            },
-            "chunks": chunks,
-            "scrub": [r.to_json() for r in scrub],
-            "timings": {
-                "elapsed_s": round(elapsed, 4),
+                ),
+                order=tuple(plan.order),
+                reserved_over_time=tuple(self.c.samples),
+                events=tuple(self.c.events),
+            ),
+            scrub=tuple(r.to_json() for r in scrub),
+            timings={
+                "elapsed_s": round(time.monotonic() - self.start, 4),
                 "threads": self.threads,
                 "resumed": resumed,
                 **{k: round(v, 4) for k, v in self.timings.items()},
             },
-            "warnings": warnings,
-        }
+            warnings=tuple(warnings),
+        )
 
-    def _manifest_chunks(self) -> list[dict[str, Any]]:
-        chunks = []
+    def _manifest_chunks(self) -> list[ChunkRecord]:
+        out = []
         for ch in self.plan.chunks:
             rec = self.done_chunks[ch.index]
-            chunks.append(
-                {
-                    "index": ch.index,
-                    "kind": ch.kind,
-                    "src": ch.src,
-                    "dst": ch.dst,
-                    "size": ch.size,
-                    "xxh64": f"{rec['xxh64']:016x}",
-                    "stored_offset": rec["off"],
-                    "stored_bytes": rec["len"],
-                    "zero_pages": rec["zero"],
-                }
+            out.append(
+                ChunkRecord(
+                    ch.index,
+                    ch.kind,
+                    ch.dst,
+                    ch.size,
+                    f"{rec['xxh64']:016x}",
+                    src=ch.src,
+                    stored_offset=rec["off"],
+                    stored_bytes=rec["len"],
+                    zero_pages=rec["zero"],
+                )
             )
-        return chunks
+        return out

@@ -29,16 +29,25 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from drgn_hvdump import native
 from drgn_hvdump.codecs import Codec, PageBatch, check_batch, compress_batch, get_codec
 from drgn_hvdump.collect.filewrite import WriteGate
-from drgn_hvdump.collect.output import ElfOutput, KdumpOutput, disk_error
+from drgn_hvdump.collect.output import ElfOutput, KdumpOutput
 from drgn_hvdump.collect.progress import Progress
-from drgn_hvdump.collect.verify import MAX_CHUNK
+from drgn_hvdump.dumpdir.manifest import (
+    MAX_CHUNK,
+    VMCOREINFO_KEPT,
+    ChunkRecord,
+    ConvertedSource,
+    DumpFileInfo,
+    Manifest,
+    Source,
+    save_manifest,
+)
 from drgn_hvdump.dumpdir.names import DUMP_NAMES, MANIFEST
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.elfcore import (
@@ -64,6 +73,7 @@ from drgn_hvdump.formats.guestcore import (
 from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
+from drgn_hvdump.fsutil import disk_error
 
 __all__ = [
     "ConvertOptions",
@@ -110,7 +120,7 @@ class ConvertOptions:
 class ConvertResult:
     output: Path
     dump_file: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
 
 @dataclass(frozen=True)
@@ -478,6 +488,13 @@ def _convert(
     k = _kernel(core, opts)
     info = k.info
     ps = _page_size(core, info, opts.page_size, opts.vmcore)
+    from drgn_hvdump.collect.analysable import analysable_format
+
+    fmt, why = analysable_format(opts.format, core.machine == EM_PPC64, ps)
+    if why:  # a kernel drgn cannot read in kdump files: ELF, and say so
+        opts, codec = replace(opts, format=fmt), None
+        dump_file = dump_file.with_name(DUMP_NAMES[fmt])
+        progress.message(why)
     check_bounds(core, k.segments, ps, opts.format)
     ranges, chunks = plan_chunks(k.segments, ps, opts.chunk_size)
     if not chunks:
@@ -537,12 +554,7 @@ def _convert(
     finally:
         output.close()
     manifest = run.manifest(dump_file, k, ranges, memory, ncpus, time.monotonic() - t0)
-    from drgn_hvdump.collect.collector import write_json_atomic
-
-    try:
-        write_json_atomic(out / MANIFEST, manifest)
-    except OSError as exc:
-        raise disk_error(str(out / MANIFEST), exc, "cannot write the manifest") from None
+    save_manifest(out, manifest)
     return ConvertResult(out, dump_file, manifest)
 
 
@@ -571,7 +583,7 @@ class _Run:
         self.ps = page_size
         self.chunks = chunks
         self.progress = progress
-        self.records: list[dict[str, Any]] = []
+        self.records: list[ChunkRecord] = []
         self.total = sum(ch.size for ch in chunks)
         self.done = 0
         self.stored = 0
@@ -658,17 +670,17 @@ class _Run:
         self.timings["write"] += time.monotonic() - t
         nzero = item.zero.count(1)
         self.records.append(
-            {
-                "index": ch.index,
-                "kind": "mem",
-                "src": ch.paddr,
-                "dst": ch.paddr,
-                "size": ch.size,
-                "xxh64": f"{item.xxh64:016x}",
-                "stored_offset": w.offset,
-                "stored_bytes": w.length,
-                "zero_pages": nzero,
-            }
+            ChunkRecord(
+                ch.index,
+                "mem",
+                ch.paddr,
+                ch.size,
+                f"{item.xxh64:016x}",
+                src=ch.paddr,
+                stored_offset=w.offset,
+                stored_bytes=w.length,
+                zero_pages=nzero,
+            )
         )
         self.done += ch.size
         self.stored += w.length
@@ -687,46 +699,42 @@ class _Run:
         memory: int,
         ncpus: int,
         elapsed: float,
-    ) -> dict[str, Any]:
+    ) -> Manifest:
         core = self.src.core
         st = os.stat(dump_file)
         codec = (
             get_codec(self.opts.compress, self.opts.level) if self.opts.format == "kdump" else None
         )
-        return {
-            "version": 1,
-            "tool": "hvdump convert",
-            "source": {
-                "vmcore": str(self.src.path),
-                "machine": _MACHINES[core.machine],
-                "byteorder": kernel.byteorder,
-                "elf_byteorder": core.byteorder,
-                "read_as": "whole guest (notes re-encoded)" if kernel.guest else "vmcore",
-                "page_size": self.ps,
-                "memory": memory,
-                "vmcoreinfo": {
-                    k: v
-                    for k, v in kernel.info.items()
-                    if k in ("OSRELEASE", "PAGESIZE", "CRASHTIME")
-                },
-                "cpus": ncpus,
-            },
-            "dump": {
-                "file": dump_file.name,
-                "format": self.opts.format,
-                "compression": codec.name if codec else None,
-                "level": self.opts.level,
-                "size": st.st_size,
-                "allocated": st.st_blocks * 512,
-                "segments": [[a, s] for a, s in ranges],
-                "zero_pages": self.zero_pages,
-            },
-            "chunks": self.records,
-            "timings": {
+        return Manifest(
+            tool="hvdump convert",
+            source=Source(
+                byteorder=kernel.byteorder,
+                page_size=self.ps,
+                vmcoreinfo={k: kernel.info[k] for k in VMCOREINFO_KEPT if k in kernel.info},
+                cpus=ncpus,
+                memory=memory,
+                vmcore=str(self.src.path),
+                converted=ConvertedSource(
+                    _MACHINES[core.machine],
+                    core.byteorder,
+                    "whole guest (notes re-encoded)" if kernel.guest else "vmcore",
+                ),
+            ),
+            dump=DumpFileInfo(
+                file=dump_file.name,
+                format=self.opts.format,
+                size=st.st_size,
+                segments=tuple(ranges),
+                compression=codec.name if codec else None,
+                level=self.opts.level,
+                allocated=st.st_blocks * 512,
+                zero_pages=self.zero_pages,
+            ),
+            chunks=tuple(self.records),
+            timings={
                 "elapsed_s": round(elapsed, 4),
                 "threads": self.opts.threads,
                 "checked": self.opts.check,
                 **{k: round(v, 4) for k, v in self.timings.items()},
             },
-            "warnings": [],
-        }
+        )

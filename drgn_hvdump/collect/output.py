@@ -31,24 +31,9 @@ from drgn_hvdump.native import PageBatch
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["ChunkWrite", "ElfOutput", "KdumpOutput", "SidecarOutput", "create_file", "disk_error"]
+__all__ = ["ChunkWrite", "ElfOutput", "KdumpOutput", "SidecarOutput", "create_file"]
 
 _PIECE = 1 << 20
-
-
-def disk_error(path: str, exc: OSError, what: str, need: int | None = None) -> HvdumpError:
-    """One clear line for an output error; nothing not yet saved has been released."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        more = f"; about {need / (1 << 20):.0f} MiB more is needed" if need else ""
-        return HvdumpError(
-            f"{path}: {what}: no space left on the output device{more}; nothing that is not "
-            "saved was released: free space and run the same command again to resume"
-        )
-    if exc.errno == errno.EROFS:
-        return HvdumpError(f"{path}: {what}: the output file system is read-only")
-    if exc.errno == errno.ENOENT:
-        return HvdumpError(f"{path}: {what}: the output directory vanished")
-    return HvdumpError(f"{path}: {what}: {exc.strerror or exc}")
 
 
 def create_file(path: str, size: int | None = None, *, fd: int | None = None) -> int:

@@ -10,7 +10,6 @@ table entries that map an address. The ``%hvdump`` commands print the same.
 
 from __future__ import annotations
 
-import json
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,8 @@ import drgn
 from drgn import IntegerLike
 from drgn.helpers.common.prog import takes_program_or_default
 
+from drgn_hvdump.dumpdir.manifest import read_manifest
+from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.dump_header import (
     describe_dump_header,
     section_error_names,
@@ -140,12 +141,11 @@ def hvdump_info(prog: drgn.Program) -> DumpInfo:
 def _collected_regions(src: DumpSource) -> list[RegionState]:
     segments: list[tuple[int, int]] = []
     memory = src.memory
-    manifest = src.path.parent / "manifest.json"
     try:
-        data = json.loads(manifest.read_text())
-        segments = [(int(a), int(a) + int(s)) for a, s in data["dump"]["segments"]]
-        memory = max(memory, int(data["source"]["memory"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        manifest = read_manifest(src.path.parent)
+        segments = manifest.dump.ranges()
+        memory = max(memory, manifest.source.memory or 0)
+    except HvdumpError:
         if src.path.suffix != ".kdump":
             with ElfCore.open(src.path) as core:
                 segments = [(ph.p_paddr, ph.p_paddr + ph.p_memsz) for ph in core.segments]

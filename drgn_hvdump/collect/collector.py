@@ -510,7 +510,9 @@ def _already_done(
     ``--release never`` and this run may release).
     """
     try:
-        manifest: Manifest | None = parse_manifest(out.read_bytes(MANIFEST), str(out.path / MANIFEST))
+        manifest: Manifest | None = parse_manifest(
+            out.read_bytes(MANIFEST), str(out.path / MANIFEST)
+        )
     except (OSError, HvdumpError):
         manifest = None
     waiting = _waiting_identity(capture, capture.state())

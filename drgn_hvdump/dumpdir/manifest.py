@@ -568,9 +568,7 @@ class _Parser:
                 )
         return out
 
-    def chunks(
-        self, given: list[Any], ps: int, metadata: dict[str, MetaFile]
-    ) -> list[ChunkRecord]:
+    def chunks(self, given: list[Any], ps: int, metadata: dict[str, MetaFile]) -> list[ChunkRecord]:
         chunks: list[ChunkRecord] = []
         for i, ch in enumerate(given):
             name = f"chunks[{i}]"
@@ -630,9 +628,7 @@ class _Parser:
             writes=tuple(writes),
             order=tuple(order),
             reserved_over_time=tuple(
-                (float(s[0]), int(s[1]))
-                for s in samples
-                if isinstance(s, list) and len(s) == 2
+                (float(s[0]), int(s[1])) for s in samples if isinstance(s, list) and len(s) == 2
             ),
             events=self.objects(r, "events", "release.events"),
         )

@@ -21,7 +21,7 @@ from drgn_hvdump.formats.dump_header import section_error_names, status_names
 
 from .config import QUIRKS, auto_reserve_size, format_size, parse_size
 from .fleet import add_subcommands as add_fleet_subcommands
-from .fuse_root import add_subcommands
+from .fuse_root import ROOT_FILES, add_subcommands, text_providers
 from .kernel import SCENARIOS
 from .lpar import Lpar
 from .verify import verify_dump, verify_sections
@@ -163,12 +163,13 @@ hypervisor's copy in the scratch area. Reports wrong, missing, lost and
 excluded zero pages; exits 1 on any mismatch.
 """
 
-_CAT_HELP = """\
-Print a file of the capture kernel's root without mounting it:
-/proc/version, /proc/meminfo, /sys/kernel/release_region,
-/sys/kernel/phyp_dump_active, or /proc/device-tree/PATH (binary properties
-are shown in hex). Without PATH, list the device tree's properties.
-"""
+_CAT_HELP = (
+    "Print a file of the capture kernel's root without mounting it:\n"
+    + "".join(f"  /{f.path}\n" for f in ROOT_FILES.files if f.is_text)
+    + "".join(f"  /{d}/PATH\n" for d in ROOT_FILES.device_tree.dirs)
+    + "(binary device-tree properties are shown in hex).\n"
+    + "Without PATH, list the device tree's properties.\n"
+)
 
 _VMCORE_HELP = """\
 Copy /proc/vmcore to OUTPUT (mode 0600), as 'dd if=ROOT/proc/vmcore' would.
@@ -506,17 +507,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_cat(args: argparse.Namespace) -> int:
     lpar = Lpar.open(args.lpar)
     path = (args.file or "").strip()
-    texts = {
-        "/proc/version": lpar.proc_version,
-        "/proc/meminfo": lpar.meminfo_text,
-        "/sys/kernel/release_region": lpar.release_region_text,
-        "/sys/kernel/phyp_dump_active": lpar.phyp_dump_active_text,
-    }
-    if path in texts:
-        sys.stdout.write(texts[path]())
+    texts = text_providers(lpar)
+    file = ROOT_FILES.at(path)
+    if file is not None and file.name in texts:
+        sys.stdout.write(texts[file.name]())
         return 0
     tree = lpar.device_tree()
-    for prefix in ("/proc/device-tree/", "/sys/firmware/devicetree/base/", ""):
+    for prefix in (*(f"/{d}/" for d in ROOT_FILES.device_tree.dirs), ""):
         if path.startswith(prefix) and path[len(prefix) :] in tree:
             value = tree[path[len(prefix) :]]
             printable = value.rstrip(b"\0")

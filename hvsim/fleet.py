@@ -16,7 +16,8 @@ Kinds (``--kinds`` gives them in order, cycled; otherwise the seeded mix):
 * ``no-firmware``: firmware without ``ibm,configure-kernel-dump``;
 * ``corrupt-header``: crashed, but its root is a plain directory whose
   ``ibm,kernel-dump`` is damaged (the rest links to the FUSE root), which
-  is what a tool sees when firmware hands over a bad header.
+  is what a tool sees when firmware hands over a bad header. Its files are
+  those the capture interface's table shows with a dump waiting.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from drgn_hvdump.capture import PHYP_ROOT_FILES, RootTable
+from drgn_hvdump.capture.rootfiles import CAPTURE
 from drgn_hvdump.errors import HvdumpError
 
 from .config import format_size, parse_size
@@ -68,6 +71,24 @@ class FleetHost:
     seed: int
     endian: str
 
+    @classmethod
+    def laid_out(
+        cls,
+        directory: Path,
+        name: str,
+        kind: str,
+        scenario: str | None,
+        memory: int,
+        seed: int,
+        endian: str,
+    ) -> FleetHost:
+        """A host of the fleet in ``directory``: its LPAR, mount point (also its root)
+        and dump directory are ``lpars/NAME``, ``mnt/NAME`` and ``crash/NAME`` there."""
+        mnt = str(directory / "mnt" / name)
+        lpar, dump_dir = (str(directory / sub / name) for sub in ("lpars", "crash"))
+        # Positional, in the order of the fields above.
+        return cls(name, kind, scenario, lpar, mnt, mnt, dump_dir, memory, seed, endian)
+
 
 def _kinds(count: int, seed: int, kinds: list[str] | None) -> list[tuple[str, str | None]]:
     rng = random.Random(seed)
@@ -101,26 +122,25 @@ def _kinds(count: int, seed: int, kinds: list[str] | None) -> list[tuple[str, st
     return out
 
 
-def _corrupt_root(mnt: Path, root: Path) -> None:
+def _corrupt_root(mnt: Path, root: Path, table: RootTable = PHYP_ROOT_FILES) -> None:
     """A plain-directory capture root: the FUSE root's files, but a damaged dump header."""
-    base = "sys/firmware/devicetree/base"
-    (root / "proc").mkdir(parents=True, mode=0o700)
-    (root / "sys/kernel").mkdir(parents=True, mode=0o700)
-    (root / base).mkdir(parents=True, mode=0o700)
-    for name in ("vmcore", "version", "meminfo"):
-        os.symlink(mnt / "proc" / name, root / "proc" / name)
-    for name in ("release_region", "phyp_dump_active"):
-        os.symlink(mnt / "sys/kernel" / name, root / "sys/kernel" / name)
-    os.symlink(f"../{base}", root / "proc/device-tree")
-    src = mnt / base
+    dt = table.device_tree
+    for file in table.shown(CAPTURE):
+        (root / file.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.symlink(mnt / file.path, root / file.path)
+    for link in dt.links:
+        (root / link).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.symlink(dt.link_target(link), root / link)
+    damaged = Path(table["ibm,kernel-dump"].path)
+    src = mnt / dt.base
     for dirpath, _dirnames, filenames in os.walk(src):
         rel = Path(dirpath).relative_to(src)
-        (root / base / rel).mkdir(parents=True, exist_ok=True, mode=0o700)
+        (root / dt.base / rel).mkdir(parents=True, exist_ok=True, mode=0o700)
         for f in filenames:
             data = (Path(dirpath) / f).read_bytes()
-            if rel == Path("rtas") and f == "ibm,kernel-dump":
+            if rel / f == damaged:
                 data = b"\xde\xad" + data[2:]  # a version the format does not know
-            (root / base / rel / f).write_bytes(data)
+            (root / dt.base / rel / f).write_bytes(data)
 
 
 def _inventory(directory: Path, hosts: list[FleetHost]) -> dict[str, Any]:
@@ -186,14 +206,13 @@ def fleet_up(
     record: dict[str, Any] = {"count": count, "seed": seed, "memory": mem, "hosts": []}
     try:
         for i, (kind, scenario) in enumerate(drawn, 1):
-            name = f"{prefix}{i:0{width}d}"
             endian = rng.choice(("big", "little")) if endian_mix else "big"
-            lpar_seed = seed * 1000 + i
-            lpar_path = d / "lpars" / name
+            name = f"{prefix}{i:0{width}d}"
+            host = FleetHost.laid_out(d, name, kind, scenario, mem, seed * 1000 + i, endian)
             lpar = Lpar.create(
-                lpar_path,
+                host.lpar,
                 memory=mem,
-                seed=lpar_seed,
+                seed=host.seed,
                 endian=endian,
                 firmware_dump=kind != "no-firmware",
                 name=name,
@@ -202,26 +221,13 @@ def fleet_up(
             if kind in ("crashed", "corrupt-header"):
                 lpar.crash(scenario)
             lpar.close()
-            mnt = d / "mnt" / name
-            host = FleetHost(
-                name=name,
-                kind=kind,
-                scenario=scenario,
-                lpar=str(lpar_path),
-                mount=str(mnt),
-                root=str(mnt),
-                dump_dir=str(d / "crash" / name),
-                memory=mem,
-                seed=lpar_seed,
-                endian=endian,
-            )
             hosts.append(host)
             record["hosts"] = [asdict(h) for h in hosts]
             _write_json(d / FLEET_FILE, record)
-            mount(lpar_path, mnt)
+            mount(host.lpar, host.mount)
             if kind == "corrupt-header":
                 root = d / "roots" / name
-                _corrupt_root(mnt, root)
+                _corrupt_root(Path(host.mount), root)
                 host.root = str(root)
                 record["hosts"] = [asdict(h) for h in hosts]
                 _write_json(d / FLEET_FILE, record)

@@ -38,6 +38,11 @@ ENODEV (as kernfs does) and an open ``vmcore`` answers reads with EIO (as
 procfs does). Other files refuse writes with EACCES, and the tree refuses
 changes (create: EACCES; unlink, rename, chmod: EPERM).
 
+Which files there are, their modes, which take writes and in which state
+each one shows come from the capture interface's table
+(:data:`drgn_hvdump.capture.PHYP_ROOT_FILES`); this module supplies only
+their content (:func:`text_providers`, :func:`write_handlers`, and vmcore).
+
 One difference from the real kernel: ``/proc/device-tree`` is a *relative*
 symlink, so that it resolves inside ``ROOT`` rather than on the host.
 
@@ -64,12 +69,15 @@ import signal
 import stat
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from drgn_hvdump.capture import PHYP_ROOT_FILES, RootFile, RootTable
+from drgn_hvdump.capture.rootfiles import DUMP_WAITING, KERNEL_STATES, MEMORY, dir_mode
 from drgn_hvdump.errors import HvdumpError
 
 try:
@@ -80,6 +88,7 @@ except OSError as _exc:  # mfusepy looks for libfuse at import time
 __all__ = [
     "DEVICE_TREE_LINK",
     "FSTYPE",
+    "ROOT_FILES",
     "CaptureRoot",
     "CaptureViews",
     "MountInfo",
@@ -88,20 +97,21 @@ __all__ = [
     "mount",
     "mount_info",
     "serve",
+    "text_providers",
     "tune_malloc",
     "umount",
+    "write_handlers",
 ]
 
 log = logging.getLogger(__name__)
 
 #: Filesystem type of our mounts in ``/proc/self/mountinfo`` (FUSE subtype ``hvsim``).
 FSTYPE = "fuse.hvsim"
+#: The files of the root hvsim serves (its LPARs speak hypervisor-assisted dump).
+ROOT_FILES = PHYP_ROOT_FILES
 #: Target of ``ROOT/proc/device-tree`` (relative, so it stays inside ROOT).
-DEVICE_TREE_LINK = "../sys/firmware/devicetree/base"
+DEVICE_TREE_LINK = ROOT_FILES.device_tree.link_target("proc/device-tree")
 
-_DT_BASE = "/sys/firmware/devicetree/base"
-_VMCORE = "/proc/vmcore"
-_RELEASE_REGION = "/sys/kernel/release_region"
 _VMCORE_BLKSIZE = 1 << 20  # st_blksize of vmcore: cat/cp then read 1 MiB at a time
 _TEXT_BLKSIZE = 4096
 _MOUNT_TIMEOUT = 30.0
@@ -109,6 +119,16 @@ _EXIT_TIMEOUT = 15.0
 _M_TRIM_THRESHOLD = -1  # mallopt() parameters (glibc's malloc.h)
 _M_MMAP_THRESHOLD = -3
 _LIBFUSE_LOOP_ENDED = 8  # fuse_main_real(): the session loop returned non-zero
+#: How :func:`serve` runs libfuse: raw fuse_file_info (open() sets direct_io per
+#: file), one request at a time (CaptureRoot is not thread-safe), readable by
+#: every user with the kernel checking the modes, as on procfs and sysfs.
+_FUSE_OPTIONS = {
+    "raw_fi": True,
+    "foreground": True,
+    "nothreads": True,
+    "allow_other": True,
+    "default_permissions": True,
+}
 
 
 class CaptureViews(Protocol):
@@ -160,6 +180,32 @@ class CaptureViews(Protocol):
         ...
 
 
+def text_providers(views: CaptureViews) -> dict[str, Callable[[], str]]:
+    """The content of each text file of the root, by its name in the capture table."""
+    return {
+        "version": views.proc_version,
+        "meminfo": views.meminfo_text,
+        "boot_id": views.boot_id_text,
+        "phyp_dump_active": views.phyp_dump_active_text,
+        "release_region": views.release_region_text,
+    }
+
+
+def write_handlers(views: CaptureViews) -> dict[str, Callable[[bytes], object]]:
+    """What one write(2) to each writable file does, by its name in the capture table."""
+    return {"release_region": views.release_text}
+
+
+def _check_providers(
+    table: RootTable, texts: Mapping[str, object], writers: Mapping[str, object]
+) -> None:
+    # A table entry without content would only show up as a failed read much later.
+    missing = [f.name for f in table.files if f.is_text and f.name not in texts]
+    missing += [f"{f.name} (writes)" for f in table.files if f.writable and f.name not in writers]
+    if missing:
+        raise ValueError(f"no content for {table.interface} root files: {', '.join(missing)}")
+
+
 # --------------------------------------------------------------------------------------
 # The filesystem
 # --------------------------------------------------------------------------------------
@@ -191,9 +237,10 @@ _Node = _Dir | _Link | _File
 
 @dataclass
 class _Handle:
-    path: str
     #: Snapshot taken at open for reading (like sysfs/seq_file), None for vmcore.
     data: bytes | None
+    #: The table's entry for the file (None for device-tree properties).
+    file: RootFile | None
 
 
 def _errno_of(exc: BaseException, default: int = errno.EIO) -> int:
@@ -230,71 +277,43 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
 
     use_ns = True
 
-    def __init__(self, views: CaptureViews) -> None:
+    def __init__(self, views: CaptureViews, table: RootTable = ROOT_FILES) -> None:
         self._views = views
+        self._table = table
+        self._texts = text_providers(views)
+        self._writers = write_handlers(views)
+        _check_providers(table, self._texts, self._writers)
         self._handles: dict[int, _Handle] = {}
         self._next_fh = 1
         self._time_ns = time.time_ns()
 
     # -- the tree ----------------------------------------------------------------------
 
-    def _dump_waiting(self) -> bool:
-        return self._views.state == "capture"
-
-    def _kernel_runs(self) -> bool:
-        return self._views.state in ("running", "capture")
-
-    def _text(self, fn: Callable[[], str]) -> Callable[[], bytes]:
-        return lambda: fn().encode("utf-8")
+    def _file_node(self, f: RootFile) -> _File:
+        if f.kind == MEMORY:
+            return _File(f.mode, None)
+        text = self._texts[f.name]
+        return _File(f.mode, lambda: text().encode("utf-8"), writable=f.writable)
 
     def _node(self, path: str) -> _Node | None:
-        """The node at ``path`` in the current state, or None."""
-        v = self._views
-        if path == "/":
-            return _Dir(0o755, ("proc", "sys"), 2) if self._kernel_runs() else _Dir(0o755, ())
-        if not self._kernel_runs():
-            return None  # off or crashed: nothing is mounted on this "/"
-        if path == "/proc":
-            names = ["device-tree", "meminfo", "sys", "version"]
-            if self._dump_waiting():
-                names.append("vmcore")
-            return _Dir(0o555, tuple(sorted(names)), 1)
-        if path == "/proc/version":
-            return _File(0o444, self._text(v.proc_version))
-        if path == "/proc/meminfo":
-            return _File(0o444, self._text(v.meminfo_text))
-        if path == "/proc/sys":
-            return _Dir(0o555, ("kernel",), 1)
-        if path == "/proc/sys/kernel":
-            return _Dir(0o555, ("random",), 1)
-        if path == "/proc/sys/kernel/random":
-            return _Dir(0o555, ("boot_id",))
-        if path == "/proc/sys/kernel/random/boot_id":
-            return _File(0o444, self._text(v.boot_id_text))
-        if path == "/proc/device-tree":
-            return _Link(DEVICE_TREE_LINK)
-        if path == _VMCORE:
-            return _File(0o400, None) if self._dump_waiting() else None
-        if path == "/sys":
-            return _Dir(0o555, ("firmware", "kernel"), 2)
-        if path == "/sys/kernel":
-            names = ["phyp_dump_active"]
-            if self._dump_waiting():
-                names.append("release_region")
-            return _Dir(0o755, tuple(sorted(names)))
-        if path == "/sys/kernel/phyp_dump_active":
-            return _File(0o600, self._text(v.phyp_dump_active_text))
-        if path == _RELEASE_REGION:
-            if not self._dump_waiting():
-                return None
-            return _File(0o600, self._text(v.release_region_text), writable=True)
-        if path == "/sys/firmware":
-            return _Dir(0o755, ("devicetree",), 1)
-        if path == "/sys/firmware/devicetree":
-            return _Dir(0o755, ("base",), 1)
-        if path == _DT_BASE or path.startswith(_DT_BASE + "/"):
-            return self._dt_node(path[len(_DT_BASE) :].strip("/"))
-        return None
+        """The node at ``path`` in the current state, or None (the table says what is where)."""
+        rel = path.strip("/")
+        state = self._views.state
+        dt = self._table.device_tree
+        if state in KERNEL_STATES:
+            if rel in dt.links:
+                return _Link(dt.link_target(rel))
+            if rel == dt.base or rel.startswith(dt.base + "/"):
+                return self._dt_node(rel[len(dt.base) :].strip("/"))
+            f = self._table.at(rel)
+            if f is not None:
+                return self._file_node(f) if state in f.shown_in else None
+        # Off or crashed: nothing is mounted on this "/", which lists empty.
+        children = self._table.children(rel, state)
+        if children is None:
+            return None
+        subdirs = sum(kind == "dir" for kind in children.values())
+        return _Dir(dir_mode(rel), tuple(sorted(children)), subdirs)
 
     def _dt_node(self, rel: str) -> _Node | None:
         tree = self._views.device_tree()
@@ -425,7 +444,7 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
                 raise _os_error(path, exc) from exc
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = _Handle(path, data)
+        self._handles[fh] = _Handle(data, self._table.at(path))
         fi.fh = fh
         # Every read goes to the daemon: nothing stale survives a release, and
         # reads are as large as the caller asks (up to FUSE's max_pages).
@@ -440,7 +459,7 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
             raise fuse.FuseOSError(errno.EBADF)
         if handle.data is not None:
             return handle.data[offset : offset + size]
-        if handle.path != _VMCORE:
+        if handle.file is None or handle.file.kind != MEMORY:
             raise fuse.FuseOSError(errno.EBADF)
         try:
             return self._views.read_vmcore(offset, size)
@@ -457,10 +476,11 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
         handle = self._handles.get(fi.fh)
         if handle is None:
             raise fuse.FuseOSError(errno.EBADF)
-        if handle.path != _RELEASE_REGION:
+        writer = self._writers.get(handle.file.name) if handle.file is not None else None
+        if writer is None:
             raise fuse.FuseOSError(errno.EACCES)
         try:
-            self._views.release_text(data)
+            writer(data)
         except Exception as exc:
             err = _os_error(path, exc)
             if err.errno == errno.ENOENT:
@@ -723,13 +743,9 @@ def serve(views: CaptureViews, root: str | os.PathLike[str], *, name: str = "hvs
         fuse.FUSE(
             CaptureRoot(views),
             mnt,
-            raw_fi=True,
-            foreground=True,
-            nothreads=True,
-            allow_other=True,
-            default_permissions=True,
             fsname=_fuse_option_value(name),
             subtype="hvsim",
+            **_FUSE_OPTIONS,
         )
     except RuntimeError as exc:
         status = exc.args[0] if exc.args else None
@@ -906,21 +922,40 @@ def _forget_collection(mnt: str) -> None:
 # Command line
 # --------------------------------------------------------------------------------------
 
-_MOUNT_HELP = """\
+
+def _root_lines(table: RootTable) -> str:
+    """The files of a capture root, one wrapped line each, for the mount help."""
+    rows = []
+    for f in table.files:
+        notes = [f"{f.mode:04o}"]
+        if f.shown_in == DUMP_WAITING:
+            notes.append("only while a dump waits, i.e. after a crash")
+        if f.condition:
+            notes.append(f"when {f.condition}")
+        rows.append((f.path, f"{f.meaning} ({'; '.join(notes)})"))
+    dt = table.device_tree
+    rows += [(link, f"-> {dt.link_target(link)}") for link in dt.links]
+    props = ", ".join(p.path for p in table.properties)
+    rows.append((dt.base + "/", f"the device tree: {props}, ..."))
+    return "".join(
+        textwrap.fill(
+            text,
+            79,
+            initial_indent=f"  {path:<33}",
+            subsequent_indent=" " * 35,
+            break_on_hyphens=False,
+        )
+        + "\n"
+        for path, text in rows
+    )
+
+
+_MOUNT_HELP = f"""\
 Mount a simulated LPAR as the root filesystem its capture kernel would see,
 so hvdump tools can run on it with --root ROOT as on a real LPAR with --root /.
 
 ROOT then holds:
-  proc/vmcore                      the ELF core of the crashed kernel (0400; only
-                                   while a dump is waiting, i.e. after a crash)
-  proc/version, proc/meminfo       the running kernel's banner and memory
-  proc/device-tree                 -> ../sys/firmware/devicetree/base
-  sys/firmware/devicetree/base/    device tree: rtas/ibm,dump-kernel (a dump was
-                                   taken), rtas/ibm,kernel-dump (the dump header), ...
-  sys/kernel/release_region        read: the map of the dump; write "ADDR SIZE"
-                                   (hex) to give a range back to the kernel
-  sys/kernel/phyp_dump_active      whether dumping was enabled at boot
-
+{_root_lines(ROOT_FILES)}
 Release a range from a shell once its bytes are safely stored:
   echo 0x10000000 0x1000000 > ROOT/sys/kernel/release_region
 Like the real kernel (with the default faithful quirks), a release also
@@ -959,12 +994,20 @@ def _cmd_umount(args: argparse.Namespace) -> int:
 
 def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``hvsim mount`` and ``hvsim umount``; each sets ``func(args) -> int``."""
-    p = subparsers.add_parser(
-        "mount",
-        help="mount an LPAR as its capture kernel's root (FUSE)",
-        description=_MOUNT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    commands = (
+        ("mount", "mount an LPAR as its capture kernel's root (FUSE)", _MOUNT_HELP, _cmd_mount),
+        ("umount", "unmount a root mounted with hvsim mount", _UMOUNT_HELP, _cmd_umount),
     )
+    parsers = {}
+    for name, summary, description, func in commands:
+        parsers[name] = subparsers.add_parser(
+            name,
+            help=summary,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parsers[name].set_defaults(func=func)
+    p = parsers["mount"]
     p.add_argument("lpar", metavar="LPAR", help="the LPAR directory (hvsim create)")
     p.add_argument("root", metavar="ROOT", help="mount point; created 0700 if missing")
     p.add_argument(
@@ -972,15 +1015,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         action="store_true",
         help="serve in this process until unmounted or interrupted (Ctrl-C unmounts)",
     )
-    p.set_defaults(func=_cmd_mount)
-    u = subparsers.add_parser(
-        "umount",
-        help="unmount a root mounted with hvsim mount",
-        description=_UMOUNT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    u.add_argument("root", metavar="ROOT", help="the mount point")
-    u.set_defaults(func=_cmd_umount)
+    parsers["umount"].add_argument("root", metavar="ROOT", help="the mount point")
 
 
 def _daemon_main(argv: list[str]) -> int:

@@ -5,7 +5,8 @@ for the interface of the system under ``root`` (``/`` on a real LPAR, a FUSE
 mount of a simulated one in tests) and use only :class:`CaptureInterface`.
 Today there is one generation, hypervisor-assisted dump
 (:mod:`drgn_hvdump.capture.phyp`); firmware-assisted dump (``/sys/kernel/fadump/``)
-will be a sibling module.
+will be a sibling module. Each generation names the files of its capture root
+once, as data (:mod:`drgn_hvdump.capture.rootfiles`, e.g. ``PhypDump.ROOT_FILES``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from drgn_hvdump.capture.base import CaptureInterface, DumpState, NoDumpError
-from drgn_hvdump.capture.phyp import PhypDump
+from drgn_hvdump.capture.phyp import PHYP_ROOT_FILES, PhypDump
+from drgn_hvdump.capture.rootfiles import RootFile, RootTable
 
-__all__ = ["CaptureInterface", "DumpState", "NoDumpError", "PhypDump", "open_capture"]
+__all__ = [
+    "PHYP_ROOT_FILES",
+    "CaptureInterface",
+    "DumpState",
+    "NoDumpError",
+    "PhypDump",
+    "RootFile",
+    "RootTable",
+    "open_capture",
+]
 
 # Newer generations first: a kernel offers at most one of them.
 _GENERATIONS: tuple[type[PhypDump], ...] = (PhypDump,)

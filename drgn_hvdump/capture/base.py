@@ -5,7 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
+from drgn_hvdump.capture.rootfiles import (
+    BOOT_ID,
+    COMMON_PROPERTIES,
+    DEVICE_TREE,
+    MEMINFO,
+    RootTable,
+)
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import DumpHeader
 from drgn_hvdump.formats.release_region import Extent, ReleaseMap
@@ -20,15 +28,14 @@ __all__ = [
     "read_memtotal",
 ]
 
-DT_DIRS = ("proc/device-tree", "sys/firmware/devicetree/base")
+DT_DIRS = DEVICE_TREE.dirs
 """Where a capture root shows the device tree."""
-_DT_DIRS = DT_DIRS
 
 
 def read_memtotal(root: Path) -> int | None:
     """``MemTotal`` of ``ROOT/proc/meminfo`` in kB (None when the file is not there)."""
     try:
-        text = (root / "proc/meminfo").read_text()
+        text = (root / MEMINFO.path).read_text()
     except OSError:
         return None
     for line in text.splitlines():
@@ -36,13 +43,13 @@ def read_memtotal(root: Path) -> int | None:
             parts = line.split()
             if len(parts) >= 2 and parts[1].isdigit():
                 return int(parts[1])
-    raise FormatError("no MemTotal line", path=str(root / "proc/meminfo"))
+    raise FormatError("no MemTotal line", path=str(root / MEMINFO.path))
 
 
 def read_boot_id(root: Path) -> str | None:
     """``ROOT/proc/sys/kernel/random/boot_id``: changes at every boot (None when absent)."""
     try:
-        return (root / "proc/sys/kernel/random/boot_id").read_text().strip() or None
+        return (root / BOOT_ID.path).read_text().strip() or None
     except OSError:
         return None
 
@@ -81,6 +88,8 @@ class CaptureInterface(ABC):
     """A capture kernel's view of a waiting dump: detect it, map it, release it."""
 
     name: str = "?"
+    #: The files of this interface's capture root (paths, modes, presence).
+    ROOT_FILES: ClassVar[RootTable]
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -119,13 +128,13 @@ class CaptureInterface(ABC):
         the tree has none of them. Part of a dump's identity: two LPARs of one
         kernel build and size that crash in the same second differ only here."""
         parts = []
-        for name in ("system-id", "ibm,partition-no", "ibm,partition-name"):
-            for d in _DT_DIRS:
+        for prop in COMMON_PROPERTIES:
+            for path in self.ROOT_FILES.paths(self.root, prop.name):
                 try:
-                    data = (self.root / d / name).read_bytes()[:256]
+                    data = path.read_bytes()[:256]
                 except OSError:
                     continue
-                parts.append(name.encode() + b"=" + data)
+                parts.append(prop.name.encode() + b"=" + data)
                 break
         return b"\n".join(parts)
 

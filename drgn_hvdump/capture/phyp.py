@@ -1,13 +1,13 @@
 """Hypervisor-assisted dump ("phyp dump", Linux 2.6.26 to 3.3) as a capture kernel offers it.
 
-Where things are, relative to the root of the capture kernel's filesystem:
-
-* ``proc/device-tree/rtas/ibm,configure-kernel-dump``: firmware supports dumps;
-* ``proc/device-tree/rtas/ibm,dump-kernel``: a dump was taken in the previous boot;
-* ``proc/device-tree/rtas/ibm,kernel-dump``: the dump header as the hypervisor filled it;
-* ``sys/kernel/release_region``: the map (read) and the release of a range (write);
-* ``sys/kernel/phyp_dump_active``: whether dumping was enabled at boot;
-* ``proc/vmcore``: the old memory.
+Where things are, relative to the root of the capture kernel's filesystem, is
+:data:`PHYP_ROOT_FILES` (also ``PhypDump.ROOT_FILES``): the device tree's
+``rtas/ibm,configure-kernel-dump`` (firmware supports dumps),
+``rtas/ibm,dump-kernel`` (a dump was taken in the previous boot) and
+``rtas/ibm,kernel-dump`` (the dump header as the hypervisor filled it);
+``sys/kernel/release_region`` (the map, read; the release of a range, write),
+``sys/kernel/phyp_dump_active`` (whether dumping was enabled at boot) and
+``proc/vmcore`` (the old memory).
 
 The kernel prints ``release_region`` from its own header, which in the dump-waiting
 boot may still hold bare offsets and zero lengths, so the map is cross-checked
@@ -20,7 +20,16 @@ import errno
 import os
 from pathlib import Path
 
-from drgn_hvdump.capture.base import DT_DIRS, CaptureInterface, DumpState, NoDumpError
+from drgn_hvdump.capture.base import CaptureInterface, DumpState, NoDumpError
+from drgn_hvdump.capture.rootfiles import (
+    COMMON_PROPERTIES,
+    COMMON_ROOT_FILES,
+    DUMP_WAITING,
+    MEMORY,
+    PROPERTY,
+    RootFile,
+    RootTable,
+)
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import DumpHeader, is_dump_valid, parse_dump_header
 from drgn_hvdump.formats.release_region import (
@@ -30,9 +39,67 @@ from drgn_hvdump.formats.release_region import (
     parse_release_map,
 )
 
-__all__ = ["PhypDump", "map_from_header"]
+__all__ = ["PHYP_ROOT_FILES", "PhypDump", "map_from_header"]
 
-_DT_DIRS = DT_DIRS
+_FIRMWARE = "the firmware supports dumps"
+
+PHYP_ROOT_FILES = RootTable(
+    interface="phyp-dump",
+    files=(
+        *COMMON_ROOT_FILES,
+        RootFile(
+            "vmcore",
+            "proc/vmcore",
+            0o400,
+            "the old kernel's memory as an ELF core",
+            shown_in=DUMP_WAITING,
+            kind=MEMORY,
+        ),
+        RootFile(
+            "release_region",
+            "sys/kernel/release_region",
+            0o600,
+            'read: the map of the dump; write "ADDR SIZE" (hex): give a range back',
+            shown_in=DUMP_WAITING,
+            writable=True,
+        ),
+        RootFile(
+            "phyp_dump_active",
+            "sys/kernel/phyp_dump_active",
+            0o600,
+            "whether dumping was enabled at boot: phyp_dump=1",
+            condition=_FIRMWARE,
+        ),
+    ),
+    properties=(
+        *COMMON_PROPERTIES,
+        RootFile(
+            "ibm,configure-kernel-dump",
+            "rtas/ibm,configure-kernel-dump",
+            0o444,
+            "the RTAS token of the dump call: the firmware supports dumps",
+            kind=PROPERTY,
+            condition=_FIRMWARE,
+        ),
+        RootFile(
+            "ibm,dump-kernel",
+            "rtas/ibm,dump-kernel",
+            0o444,
+            "a dump was taken in the previous boot",
+            shown_in=DUMP_WAITING,
+            kind=PROPERTY,
+        ),
+        RootFile(
+            "ibm,kernel-dump",
+            "rtas/ibm,kernel-dump",
+            0o444,
+            "the dump header as the hypervisor filled it",
+            shown_in=DUMP_WAITING,
+            kind=PROPERTY,
+        ),
+    ),
+)
+"""The files of hypervisor-assisted dump's capture root."""
 
 
 def map_from_header(header: DumpHeader, reserved: Extent) -> ReleaseMap:
@@ -48,42 +115,39 @@ def map_from_header(header: DumpHeader, reserved: Extent) -> ReleaseMap:
 class PhypDump(CaptureInterface):
     """The ``release_region`` interface of hypervisor-assisted dump."""
 
-    name = "phyp-dump"
+    name = PHYP_ROOT_FILES.interface
+    ROOT_FILES = PHYP_ROOT_FILES
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return (root / "sys/kernel/release_region").exists() or any(
-            (root / d / "rtas/ibm,configure-kernel-dump").exists() for d in _DT_DIRS
+        files = cls.ROOT_FILES
+        return (
+            files.path(root, "release_region").exists()
+            or files.find(root, "ibm,configure-kernel-dump") is not None
         )
 
     @property
     def vmcore_path(self) -> Path:
-        return self.root / "proc/vmcore"
+        return self.ROOT_FILES.path(self.root, "vmcore")
 
     @property
     def release_region_path(self) -> Path:
         """``sys/kernel/release_region`` under the root."""
-        return self.root / "sys/kernel/release_region"
+        return self.ROOT_FILES.path(self.root, "release_region")
 
     @property
     def lock_path(self) -> Path:
         return self.release_region_path
 
-    def _rtas(self, prop: str) -> Path | None:
-        for d in _DT_DIRS:
-            path = self.root / d / "rtas" / prop
-            if path.exists():
-                return path
-        return None
-
     def state(self) -> DumpState:
-        supported = self._rtas("ibm,configure-kernel-dump") is not None
-        active_file = self.root / "sys/kernel/phyp_dump_active"
+        files = self.ROOT_FILES
+        supported = files.find(self.root, "ibm,configure-kernel-dump") is not None
+        active_file = files.path(self.root, "phyp_dump_active")
         enabled: bool | None = None
         if active_file.exists():
             text = active_file.read_text().strip()
             enabled = text not in ("", "0")
-        marker = self._rtas("ibm,dump-kernel")
+        marker = files.find(self.root, "ibm,dump-kernel")
         waiting = marker is not None and self.release_region_path.exists()
         state = DumpState(
             root=str(self.root),
@@ -99,7 +163,7 @@ class PhypDump(CaptureInterface):
                 else "firmware does not support hypervisor-assisted dump"
             )
             return state
-        header_path = self._rtas("ibm,kernel-dump")
+        header_path = files.find(self.root, "ibm,kernel-dump")
         if header_path is None:
             state.reason = "ibm,dump-kernel is present but the dump header ibm,kernel-dump is not"
             return state

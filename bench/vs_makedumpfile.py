@@ -476,7 +476,7 @@ def print_kind(r: dict[str, Any]) -> None:
     if none and none["timings"]:
         t = none["timings"]
         parts = [
-            f"{k} {t[k]:.2f} s = {gb / t[k]:.2f} GB/s" for k in ("read_scan", "write") if t.get(k)
+            f"{k} {t[k]:.2f} s = {gb / t[k]:.2f} GB/s" for k in ("read", "write") if t.get(k)
         ]
         rest = ", ".join(f"{k} {t[k]:.2f} s" for k in ("compress_wait", "elapsed_s") if k in t)
         print(f"pass-through (--compress none, input GB/s): {', '.join(parts)}; {rest}")

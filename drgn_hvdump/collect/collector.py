@@ -20,17 +20,15 @@ from __future__ import annotations
 import mmap
 import os
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from drgn_hvdump import native
 from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
-from drgn_hvdump.codecs import Codec, PageBatch, check_batch, compress_batch, get_codec
-from drgn_hvdump.collect.filewrite import WriteGate
+from drgn_hvdump.codecs import Codec, get_codec
+from drgn_hvdump.collect.engine import Job, PageEngine
 from drgn_hvdump.collect.output import (
     ElfOutput,
     KdumpOutput,
@@ -101,10 +99,6 @@ __all__ = [
     "collect",
 ]
 
-# Pages per compression call: 4 MiB (64 pages of 64 KiB, 1024 of 4 KiB), so
-# a C call is long next to its Python overhead and a chunk still splits
-# into several batches for the worker threads.
-_BATCH_BYTES = 4 << 20
 
 
 @dataclass
@@ -1036,23 +1030,8 @@ def _vmcoreinfo_raw(core: ElfCore) -> bytes | None:
     return None
 
 
-@dataclass
-class _InFlight:
-    chunk: Chunk
-    buf: bytearray | mmap.mmap
-    zero: bytes
-    xxh64: int
-    prepared: list[Future[tuple[PageBatch, Future[str]]]]
-    read_s: float
-    written: Any = None
-    verify: Future[str] | None = None
-    # The page checks of a kdump chunk (decompress and compare with ``buf``,
-    # which is kept until they are done); the I/O thread waits for them.
-    checks: list[Future[str]] = field(default_factory=list)
-
-
 class _Runner:
-    """The chunk pipeline and the release bookkeeping of one collection run."""
+    """The release bookkeeping of one collection run around the page engine."""
 
     def __init__(
         self,
@@ -1076,25 +1055,14 @@ class _Runner:
         self.capture = capture
         self.journal = journal
         self.output = output
-        self.regsave = regsave
-        self.hpte = hpte
         self.codec = codec
         self.threads = threads
         self.scrub = scrub
         self.durable = IntervalSet()
         self.done_chunks: dict[int, dict[str, Any]] = {}
         self.rel: Releases | None = None
-        self.io: ThreadPoolExecutor | None = None
-        self._gate = WriteGate()
-        # Fixed for the run, so that writes never run on two threads at once
-        # (even if the file system turns O_DIRECT down part-way).
-        self._write_on_io = isinstance(output, KdumpOutput) and output.data.direct
-        self.checkers: ThreadPoolExecutor | None = None
         self._total: int | None = None
         self._done_bytes = 0
-        self._free_bufs: dict[int, list[bytearray | mmap.mmap]] = {}
-        self.stored_bytes = 0
-        self.read_bytes = 0
         self.timings = {
             "read": 0.0,
             "compress_wait": 0.0,
@@ -1103,126 +1071,64 @@ class _Runner:
             "release": 0.0,
             "final_check": 0.0,
         }
+        self.engine = PageEngine(
+            page_size=plan.page_size,
+            codec=codec,
+            threads=threads,
+            output=output,
+            sidecars={"cpu": regsave, "hpte": hpte},
+            load=self._load,
+            done=self._done,
+            fail=self._fail,
+            # Fixed for the run, so that writes never run on two threads at
+            # once (even if the file system turns O_DIRECT down part-way).
+            write_on_io=isinstance(output, KdumpOutput) and output.data.direct,
+            timings=self.timings,
+        )
         self.start = time.monotonic()
 
-    # -- space estimate for a full disk ----------------------------------------
-
     def space_needed(self) -> int:
+        """About how much more the output needs, from the ratio stored so far."""
         left = sum(ch.size for ch in self.plan.chunks if ch.index not in self.done_chunks)
-        ratio = self.stored_bytes / self.read_bytes if self.read_bytes else 1.0
+        e = self.engine
+        ratio = e.stored_bytes / e.read_bytes if e.read_bytes else 1.0
         return int(left * min(1.0, ratio + 0.05))
 
-    # -- the pipeline -----------------------------------------------------------
+    def run(self) -> None:
+        self.engine.run(ch for ch in self.plan.chunks if ch.index not in self.done_chunks)
 
-    def _prepare(self, view: memoryview, zero: bytes) -> tuple[PageBatch, Future[str]]:
-        """In a worker: compress a batch of pages and hand them to a checker thread
-        (or, with one thread in all, check them here)."""
-        assert self.codec is not None
-        ps = self.plan.page_size
-        batch = compress_batch(self.codec, view, zero, ps)
-        if self.checkers is not None:
-            return batch, self.checkers.submit(check_batch, self.codec, view, zero, batch, ps)
-        done: Future[str] = Future()
-        done.set_result(check_batch(self.codec, view, zero, batch, ps))
-        return batch, done
+    def _load(self, ch: Chunk, engine: PageEngine) -> tuple[mmap.mmap, memoryview]:
+        buf = engine.buffer(ch.size)
+        self.vm.read_into(ch.src, buf)
+        assert self.rel is not None
+        self.rel.check_outside(f"reading chunk {ch.index} ({ch.kind} {ch.src:#x}+{ch.size:#x})")
+        if self.scrub and ch.kind in MEMORY_KINDS:
+            apply_scrub(buf, ch.dst, self.scrub)
+        return buf, memoryview(buf)
 
-    def _write(self, item: _InFlight) -> None:
-        ch = item.chunk
-        view = memoryview(item.buf)
-        t = time.monotonic()
-        if ch.kind == "cpu":
-            item.written = self.regsave.write(ch.dst, view, b"")
-            self.regsave.sync()
-        elif ch.kind == "hpte":
-            item.written = self.hpte.write(ch.dst, view, item.zero)
-            self.hpte.sync()
-        elif isinstance(self.output, KdumpOutput) and not item.prepared:
-            item.written = self.output.write_raw(ch.dst, view, item.zero)
-        elif isinstance(self.output, KdumpOutput):
-            batches: list[PageBatch] = []
-            for fut in item.prepared:
-                t1 = time.monotonic()
-                batch, check = fut.result()
-                self.timings["compress_wait"] += time.monotonic() - t1
-                batches.append(batch)
-                item.checks.append(check)
-            item.written = self.output.write(ch.dst, batches)
-        else:
-            item.written = self.output.write(ch.dst, view, item.zero)
-        self.timings["write"] += time.monotonic() - t
-        self.stored_bytes += item.written.length
-        self.read_bytes += ch.size
+    def _fail(self, job: Job, problem: str) -> Exception:
+        ch = job.chunk
+        return HvdumpError(
+            f"{self.output.path}: chunk {ch.index} ({ch.kind} {ch.src:#x}+{ch.size:#x}) "
+            f"{problem}; nothing of it was released"
+        )
 
-    def _write_verify(self, item: _InFlight) -> str:
-        """In the I/O thread: write the chunk, then verify it (see :meth:`_verify`).
-
-        O_DIRECT writes are here, not on the reading thread, because they wait
-        for the disk.
-        """
-        self._write(item)
-        item.prepared = []
-        return self._verify(item)
-
-    def read_back(self, ch: Chunk) -> bytes:
-        if ch.kind == "cpu":
-            return self.regsave.read_back(ch.dst, ch.size)
-        if ch.kind == "hpte":
-            return self.hpte.read_back(ch.dst, ch.size)
-        return self.output.read_back(ch.dst, ch.size)
-
-    def _verify(self, item: _InFlight) -> str:
-        """In the I/O thread: sync, then read back (page cache dropped) and compare.
-
-        A kdump chunk's pages are decompressed and compared with the pages read
-        (whose XXH64 the journal keeps) by the checker threads; this waits for
-        them, then syncs and compares the stored bytes and the descriptors read
-        back byte for byte with what was written. Other chunks are read back
-        whole and hashed.
-        """
-        ch = item.chunk
-        if isinstance(self.output, KdumpOutput) and ch.kind in ("rmo", "mem"):
-            for check in item.checks:
-                problem = check.result()
-                if problem:
-                    return problem
-            self.output.sync()
-            return self.output.check_back(ch.dst, item.written)
-        if ch.kind not in ("cpu", "hpte"):
-            self.output.sync()
-        got = native.hash64(self.read_back(ch))
-        if got != item.xxh64:
-            return f"reads back with checksum {got:#018x}, expected {item.xxh64:#018x}"
-        return ""
-
-    def _finish(self, item: _InFlight) -> None:
-        ch = item.chunk
-        assert item.verify is not None
-        t = time.monotonic()
-        problem = item.verify.result()
-        self.timings["verify_wait"] += time.monotonic() - t
-        if problem:
-            raise HvdumpError(
-                f"{self.output.path}: chunk {ch.index} ({ch.kind} {ch.src:#x}+{ch.size:#x}) "
-                f"{problem}; nothing of it was released"
-            )
+    def _done(self, job: Job) -> None:
+        """A chunk written, checked and durable: journal it, release what it frees."""
+        ch = job.chunk
+        assert job.written is not None
         rec = {
             "t": "chunk",
             "i": ch.index,
             "kind": ch.kind,
-            "xxh64": item.xxh64,
-            "off": item.written.offset,
-            "len": item.written.length,
-            "zero": sum(item.zero),
+            "xxh64": job.xxh64,
+            "off": job.written.offset,
+            "len": job.written.length,
+            "zero": sum(job.zero),
         }
         self.journal.append(rec)
         self.done_chunks[ch.index] = rec
         self._done_bytes += ch.size
-        # Checked and durable: the read buffer is filled again by a later chunk
-        # (fresh 16 MiB buffers cost page faults and zeroing).
-        free = self._free_bufs.setdefault(len(item.buf), [])
-        if len(free) < self.threads + 1:
-            free.append(item.buf)
-        item.buf = bytearray()
         self.durable.add(ch.src, ch.src_end)
         self.c.hook("chunk", ch.index)
         if self.opts.release == "progressive":
@@ -1240,97 +1146,8 @@ class _Runner:
         total, done = self._total, self._done_bytes
         released = self.plan.reserved_bytes - self.c.reserved_now(self.plan)
         self.c.progress.update(
-            done, total, released, self.c.reserved_now(self.plan), self.stored_bytes
+            done, total, released, self.c.reserved_now(self.plan), self.engine.stored_bytes
         )
-
-    def run(self) -> None:
-        todo = [ch for ch in self.plan.chunks if ch.index not in self.done_chunks]
-        checkers = 0 if self.threads == 1 else max(1, self.threads // 4)
-        # Chunks in flight (read, compressing, checking, syncing): two more
-        # than the compressors. With one compressor and one checker, 3 against
-        # 4 was faster in 3 of 3 same-run pairs (2.62-3.27 s against
-        # 3.10-3.63 s for 1 GiB) and kept 20 MiB less.
-        depth = self.threads - checkers + 2
-        ps = self.plan.page_size
-        # ``threads`` threads compress and check. With one, it does both; with
-        # more, a quarter of them (at least one) only check (decompress and
-        # compare, about a third of the cost of compressing) and the others
-        # only compress: on 2 vCPUs one compressor and one checker took 2.66 s
-        # for 1 GiB where two threads doing both took 3.07 s (same run; 3.17
-        # against 3.00 s in another, with 4 chunks in flight), and two
-        # compressors and a checker 3.12 s. Checkers shut down last: a worker
-        # still running hands its pages to them.
-        with (
-            ThreadPoolExecutor(
-                max_workers=max(1, checkers), thread_name_prefix="hvdump-check"
-            ) as check_pool,
-            ThreadPoolExecutor(
-                max_workers=self.threads - checkers, thread_name_prefix="hvdump"
-            ) as pool,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hvdump-io") as io,
-        ):
-            self.io = io
-            self.checkers = check_pool if checkers else None
-            waiting: deque[_InFlight] = deque()
-            written: deque[_InFlight] = deque()
-            for ch in todo:
-                t = time.monotonic()
-                free = self._free_bufs.get(ch.size)
-                # Page-aligned (an anonymous mapping), so O_DIRECT can write
-                # whole pages straight from it (drgn_hvdump/collect/filewrite.py).
-                buf = free.pop() if free else mmap.mmap(-1, ch.size)
-                self.vm.read_into(ch.src, buf)
-                assert self.rel is not None
-                self.rel.check_outside(
-                    f"reading chunk {ch.index} ({ch.kind} {ch.src:#x}+{ch.size:#x})"
-                )
-                if self.scrub and ch.kind in ("rmo", "mem"):
-                    apply_scrub(buf, ch.dst, self.scrub)
-                whole = ch.size // ps * ps
-                zero = native.zero_pages(memoryview(buf)[:whole], ps) if ch.kind != "cpu" else b""
-                item = _InFlight(ch, buf, zero, native.hash64(buf), [], time.monotonic() - t)
-                self.timings["read"] += item.read_s
-                if self.codec is not None and self.codec.flag and ch.kind in ("rmo", "mem"):
-                    view = memoryview(buf)
-                    step = max(1, _BATCH_BYTES // ps)
-                    for i in range(0, len(zero), step):
-                        sub = zero[i : i + step]
-                        item.prepared.append(
-                            pool.submit(self._prepare, view[i * ps : (i + len(sub)) * ps], sub)
-                        )
-                waiting.append(item)
-                while len(waiting) + len(written) >= depth:
-                    self._advance(pool, waiting, written)
-            while waiting or written:
-                self._advance(pool, waiting, written)
-
-    def _advance(
-        self, pool: ThreadPoolExecutor, waiting: deque[_InFlight], written: deque[_InFlight]
-    ) -> None:
-        if written and (
-            (written[0].verify is not None and written[0].verify.done()) or not waiting
-        ):
-            self._finish(written.popleft())
-            return
-        if waiting:
-            item = waiting.popleft()
-            assert self.io is not None
-            if self._write_on_io:
-                item.verify = self.io.submit(
-                    self._gate.run,
-                    "not written: an earlier chunk's write failed",
-                    self._write_verify,
-                    item,
-                )
-            else:
-                # through the page cache a write returns at once: the I/O
-                # thread's sync of this chunk overlaps the next chunk's write
-                self._write(item)
-                item.prepared = []
-                item.verify = self.io.submit(self._verify, item)
-            written.append(item)
-            return
-        self._finish(written.popleft())
 
     # -- the manifest --------------------------------------------------------------
 

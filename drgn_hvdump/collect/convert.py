@@ -27,15 +27,12 @@ import itertools
 import mmap
 import os
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-from drgn_hvdump import native
-from drgn_hvdump.codecs import Codec, PageBatch, check_batch, compress_batch, get_codec
-from drgn_hvdump.collect.filewrite import WriteGate
+from drgn_hvdump.codecs import Codec, PageBatch, get_codec
+from drgn_hvdump.collect.engine import Job, PageEngine
 from drgn_hvdump.collect.output import ElfOutput, KdumpOutput
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.dumpdir.manifest import (
@@ -89,8 +86,6 @@ __all__ = [
 HELD_FACTOR = 64
 FREE_MEMORY = 1 << 30
 FREE_SPAN = 64 << 30
-# Pages per compression call, as in the collector.
-_BATCH_BYTES = 4 << 20
 _MACHINES = {EM_PPC64: "ppc64", EM_X86_64: "x86-64"}
 _MADV_POPULATE_READ = 22  # not in Python 3.11's mmap module
 
@@ -136,6 +131,14 @@ class SourceChunk:
     paddr: int
     size: int
     pieces: tuple[tuple[int, int, int], ...]
+
+    @property
+    def kind(self) -> str:
+        return "mem"
+
+    @property
+    def dst(self) -> int:
+        return self.paddr
 
     @property
     def whole(self) -> bool:
@@ -297,7 +300,7 @@ class _Source:
             with contextlib.suppress(OSError):
                 self.map.madvise(mmap.MADV_DONTNEED, start, offset + ch.size - start)
 
-    def read_into(self, ch: SourceChunk, buf: bytearray) -> None:
+    def read_into(self, ch: SourceChunk, buf: bytearray | mmap.mmap) -> None:
         view = memoryview(buf)
         if not ch.whole:
             view[:] = bytes(len(buf))
@@ -564,7 +567,10 @@ def _range_vaddr(paddr: int, vaddr: dict[int, int]) -> int | None:
 
 
 class _Run:
-    """Read, scan and hash on the calling thread; compress (and check) in workers; write in order."""
+    """The page engine over a vmcore: nothing is released, so no per-chunk sync or
+    read-back (the file is synced once at the end), and the page checks only
+    with ``--check``, by the compressors themselves; writes in order on the
+    I/O thread, while the next chunk is read and scanned."""
 
     def __init__(
         self,
@@ -577,7 +583,6 @@ class _Run:
         progress: Progress,
     ) -> None:
         self.opts = opts
-        self.codec = codec if codec is not None and codec.flag else None
         self.src = src
         self.output = output
         self.ps = page_size
@@ -586,96 +591,52 @@ class _Run:
         self.records: list[ChunkRecord] = []
         self.total = sum(ch.size for ch in chunks)
         self.done = 0
-        self.stored = 0
         self.zero_pages = 0
-        self.timings = {"read_scan": 0.0, "compress_wait": 0.0, "write": 0.0}
-        self._free: list[bytearray] = []
-        self._gate = WriteGate()
-
-    def _compress(self, view: memoryview, zero: bytes) -> PageBatch:
-        assert self.codec is not None
-        return compress_batch(self.codec, view, zero, self.ps)
-
-    def _compress_check(self, view: memoryview, zero: bytes) -> tuple[PageBatch, str]:
-        assert self.codec is not None
-        batch = compress_batch(self.codec, view, zero, self.ps)
-        return batch, check_batch(self.codec, view, zero, batch, self.ps)
+        self.timings: dict[str, float] = {}
+        self.engine = PageEngine(
+            page_size=page_size,
+            codec=codec,
+            threads=opts.threads,
+            output=output,
+            load=self._load,
+            done=self._done,
+            fail=self._fail,
+            check=opts.check,
+            separate_checks=False,
+            write_on_io=True,
+            durable_each=False,
+            timings=self.timings,
+        )
 
     def run(self) -> None:
-        threads = self.opts.threads
-        # Two chunks more than the workers in flight: one being read, one written.
-        depth = threads + 2
-        # Writes go out in order on their own thread: an O_DIRECT write waits
-        # for the disk, and the next chunk is read and scanned meanwhile.
-        with (
-            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hvdump") as pool,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hvdump-write") as writer,
-        ):
-            flight: deque[Future[None]] = deque()
-            for ch in self.chunks:
-                t = time.monotonic()
-                buf = bytearray()
-                mapped = self.src.view(ch)
-                if mapped is None:
-                    buf = self._free.pop() if self._free else bytearray(ch.size)
-                    if len(buf) != ch.size:
-                        buf = bytearray(ch.size)
-                    self.src.read_into(ch, buf)
-                view = memoryview(buf) if mapped is None else mapped
-                zero = native.zero_pages(view, self.ps)
-                item = _Item(ch, buf, view, zero, native.hash64(view))
-                self.timings["read_scan"] += time.monotonic() - t
-                futs: list[Future[Any]] = []
-                if self.codec is not None:
-                    step = max(1, _BATCH_BYTES // self.ps)
-                    fn = self._compress_check if self.opts.check else self._compress
-                    for i in range(0, len(zero), step):
-                        sub = zero[i : i + step]
-                        futs.append(
-                            pool.submit(fn, view[i * self.ps : (i + len(sub)) * self.ps], sub)
-                        )
-                flight.append(writer.submit(self._gate.run, None, self._write, item, futs))
-                while len(flight) >= depth:
-                    flight.popleft().result()
-            while flight:
-                flight.popleft().result()
+        self.engine.run(self.chunks)
 
-    def _write(self, item: _Item, futs: list[Future[Any]]) -> None:
-        ch = item.chunk
-        view = item.view
-        t = time.monotonic()
-        batches: list[PageBatch] = []
-        for fut in futs:
-            got = fut.result()
-            if isinstance(got, tuple):
-                batch, problem = got
-                if problem:
-                    raise HvdumpError(
-                        f"{self.output.path}: chunk {ch.index} ({ch.paddr:#x}+{ch.size:#x}): "
-                        f"{problem}"
-                    )
-                batches.append(batch)
-            else:
-                batches.append(got)
-        self.timings["compress_wait"] += time.monotonic() - t
-        t = time.monotonic()
-        if isinstance(self.output, KdumpOutput):
-            w = (
-                self.output.write(ch.paddr, batches)
-                if self.codec is not None
-                else self.output.write_raw(ch.paddr, view, item.zero)
-            )
-        else:
-            w = self.output.write(ch.paddr, view, item.zero)
-        self.timings["write"] += time.monotonic() - t
-        nzero = item.zero.count(1)
+    def _load(self, ch: SourceChunk, engine: PageEngine) -> tuple[mmap.mmap | None, memoryview]:
+        mapped = self.src.view(ch)
+        if mapped is not None:
+            return None, mapped
+        buf = engine.buffer(ch.size)
+        self.src.read_into(ch, buf)
+        return buf, memoryview(buf)
+
+    def _fail(self, job: Job, problem: str) -> Exception:
+        ch = job.chunk
+        return HvdumpError(
+            f"{self.output.path}: chunk {ch.index} ({ch.paddr:#x}+{ch.size:#x}): {problem}"
+        )
+
+    def _done(self, job: Job) -> None:
+        ch = job.chunk
+        w = job.written
+        assert w is not None
+        nzero = job.zero.count(1)
         self.records.append(
             ChunkRecord(
                 ch.index,
                 "mem",
                 ch.paddr,
                 ch.size,
-                f"{item.xxh64:016x}",
+                f"{job.xxh64:016x}",
                 src=ch.paddr,
                 stored_offset=w.offset,
                 stored_bytes=w.length,
@@ -683,13 +644,9 @@ class _Run:
             )
         )
         self.done += ch.size
-        self.stored += w.length
         self.zero_pages += nzero
-        view.release()
         self.src.done_with(ch)
-        if item.buf and len(self._free) < self.opts.threads + 2:
-            self._free.append(item.buf)
-        self.progress.update(self.done, self.total, None, None, self.stored)
+        self.progress.update(self.done, self.total, None, None, self.engine.stored_bytes)
 
     def manifest(
         self,

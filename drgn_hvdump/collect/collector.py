@@ -78,7 +78,6 @@ from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import build_dump_header
 from drgn_hvdump.formats.elfcore import (
     NT_PRSTATUS,
-    PAGE_OFFSET_PPC64,
     ElfCore,
     LoadSegment,
     Note,
@@ -89,6 +88,7 @@ from drgn_hvdump.formats.elfcore import (
 )
 from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, parse_regsave
+from drgn_hvdump.formats.utsname import read_utsname
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.fsutil import disk_error, flock_holders, take_flock
 from drgn_hvdump.intervals import IntervalSet
@@ -1001,26 +1001,23 @@ def _utsname(vm: _Vmcore, plan: Plan, info: dict[str, str]) -> list[str]:
     Called before anything is released (the journal keeps it for a rerun).
     """
     fallback = ["Linux", "unknown", info.get("OSRELEASE", ""), "unknown", "", "(none)"]
-    try:
-        vaddr = int(info["SYMBOL(init_uts_ns)"], 16)
-    except (KeyError, ValueError):
-        return fallback
-    paddr = vaddr - PAGE_OFFSET_PPC64 + 4  # struct uts_namespace: a 4-byte kref first
-    size = 6 * 65
     rmo = plan.copied["rmo"]
     has_rmo = any(ch.kind == "rmo" for ch in plan.chunks)
-    if has_rmo and paddr >= 0 and paddr + size <= rmo.size:
-        src = rmo.addr + paddr
-    elif plan.reserved.addr <= paddr and paddr + size <= plan.scratch.addr:
-        src = paddr
-    else:
-        return fallback
-    buf = bytearray(size)
-    vm.read_into(src, buf)
-    fields = [bytes(buf[i * 65 : (i + 1) * 65]).split(b"\0", 1)[0] for i in range(6)]
-    if fields[0] != b"Linux" or not all(f.isascii() for f in fields):
-        return fallback
-    return [f.decode("ascii") for f in fields]
+
+    def read(paddr: int, size: int) -> bytes | None:
+        # The low memory the hypervisor copied is read at its copy; the rest of
+        # the kernel's memory where it is (still reserved for the dump).
+        if has_rmo and paddr + size <= rmo.size:
+            src = rmo.addr + paddr
+        elif plan.reserved.addr <= paddr and paddr + size <= plan.scratch.addr:
+            src = paddr
+        else:
+            return None
+        buf = bytearray(size)
+        vm.read_into(src, buf)
+        return bytes(buf)
+
+    return read_utsname(info, read) or fallback
 
 
 def _vmcoreinfo_raw(core: ElfCore) -> bytes | None:

@@ -27,11 +27,10 @@ import itertools
 import mmap
 import os
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from drgn_hvdump.codecs import Codec, PageBatch, get_codec
+from drgn_hvdump.codecs import Codec, get_codec
 from drgn_hvdump.collect.engine import Job, PageEngine
 from drgn_hvdump.collect.output import ElfOutput, KdumpOutput
 from drgn_hvdump.collect.progress import Progress
@@ -69,6 +68,7 @@ from drgn_hvdump.formats.guestcore import (
 )
 from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.formats.layout import ByteOrder
+from drgn_hvdump.formats.utsname import read_utsname
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.fsutil import disk_error
 
@@ -423,35 +423,20 @@ def _utsname(
     core = src.core
     machine = _machine_name(core.machine, byteorder)
     uts = ["Linux", "unknown", info.get("OSRELEASE", ""), "unknown", machine, ""]
-    try:
-        vaddr = int(info["SYMBOL(init_uts_ns)"], 16)
-    except (KeyError, ValueError):
-        return uts
     if core.machine != EM_PPC64:
         return uts
-    paddr = vaddr - PAGE_OFFSET_PPC64 + 4  # a 4-byte kref first
-    size = 6 * 65
-    try:
-        data = core.read_phys(paddr, size)
-    except (FormatError, ValueError):
+
+    def read(paddr: int, size: int) -> bytes | None:
+        try:
+            return core.read_phys(paddr, size)
+        except (FormatError, ValueError):
+            return None
+
+    got = read_utsname(info, read)
+    if got is None:
         return uts
-    fields = [data[i * 65 : (i + 1) * 65].split(b"\0", 1)[0] for i in range(6)]
-    if fields[0] != b"Linux" or not all(f.isascii() for f in fields):
-        return uts
-    got = [f.decode("ascii") for f in fields]
-    got[4] = uts[4]
+    got[4] = machine
     return got
-
-
-@dataclass
-class _Item:
-    chunk: SourceChunk
-    buf: bytearray
-    view: memoryview
-    zero: bytes
-    xxh64: int
-    batches: list[Future[PageBatch]] = field(default_factory=list)
-    checks: list[Future[str]] = field(default_factory=list)
 
 
 def convert(opts: ConvertOptions) -> ConvertResult:

@@ -192,6 +192,13 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``collect``, ``convert`` and ``verify``."""
+    _add_collect(sub)
+    _add_convert(sub)
+    _add_verify(sub)
+
+
+def _add_collect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "collect",
         help="copy the waiting dump out and release memory as it is saved",
@@ -251,6 +258,9 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="collect a dump the hypervisor copied only in part",
     )
     p.set_defaults(func=_cmd_collect)
+
+
+def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = sub.add_parser(
         "convert",
         help="convert an ELF vmcore into a kdump-compressed (or ELF) dump and manifest",
@@ -293,6 +303,9 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     c.add_argument("--force", action="store_true", help="replace a dump already in DIR")
     c.set_defaults(func=_cmd_convert)
+
+
+def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v = sub.add_parser(
         "verify",
         help="check a collected dump against its manifest",

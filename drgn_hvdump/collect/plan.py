@@ -176,29 +176,18 @@ def _observable_writes(
     return writes, order
 
 
-def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int) -> Plan:
-    """The plan for the dump ``state`` describes; refuses layouts it cannot release exactly."""
-    header, rmap = state.header, state.release_map
-    if header is None or rmap is None:
-        raise HvdumpError(f"{state.root}: no usable dump: {state.reason}")
-    ps = page_size
-    if chunk_size % ps or chunk_size <= 0:
-        raise HvdumpError(f"chunk size {chunk_size:#x} is not a multiple of the page size {ps:#x}")
-    reserved = rmap.reserved
+def _check_layout(
+    state: DumpState,
+    sections: dict[str, Extent],
+    reserved: Extent,
+    memory: int,
+    ps: int,
+) -> None:
+    """The dump header's sections tile the scratch area, which follows the reserved
+    memory: the layout whose release counters a plan can meet exactly."""
     r0 = reserved.addr
-    sections = {
-        "cpu": Extent(header.cpu.destination_address, header.cpu.source_length),
-        "hpte": Extent(header.hpte.destination_address, header.hpte.source_length),
-        "rmo": Extent(header.rmo.destination_address, header.rmo.source_length),
-    }
-    copied = {
-        "cpu": Extent(header.cpu.destination_address, header.cpu.length_copied),
-        "hpte": Extent(header.hpte.destination_address, header.hpte.length_copied),
-        "rmo": Extent(header.rmo.destination_address, header.rmo.length_copied),
-    }
     scratch_addr = sections["cpu"].addr
-    scratch_size = sum(e.size for e in sections.values())
-    scratch = Extent(scratch_addr, scratch_size)
+    scratch_end = sections["rmo"].end
     where = "dump header (ibm,kernel-dump)"
     if r0 % ps:
         raise HvdumpError(f"{state.root}: reserved area start {r0:#x} is not page aligned")
@@ -210,7 +199,8 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
                 "(sections follow each other in the scratch area)"
             )
         prev_end = ext.end
-    if scratch_addr < r0 or scratch.end > memory:
+    if scratch_addr < r0 or scratch_end > memory:
+        scratch = Extent(scratch_addr, scratch_end - scratch_addr)
         raise HvdumpError(
             f"{where}: scratch area {scratch} is outside the reserved memory {r0:#x}-{memory:#x}"
         )
@@ -226,14 +216,13 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
             f"{state.root}: no memory between the reserved start and the scratch area: "
             "the release counters cannot be met exactly"
         )
-    mem_end = page_down(min(reserved.end, scratch_addr), ps)
-    rmo_len = page_down(copied["rmo"].size, ps)
-    warnings = []
-    if rmo_len != copied["rmo"].size:
-        warnings.append(
-            f"low memory copy ends inside a page ({copied['rmo'].size:#x} bytes); the last "
-            "partial page is left out"
-        )
+
+
+def _plan_chunks(
+    copied: dict[str, Extent], rmo_src: int, rmo_len: int, r0: int, mem_end: int, chunk_size: int
+) -> list[Chunk]:
+    """The register save area whole, then the HPTEs, the low memory copy and the
+    reserved memory in chunks of ``chunk_size``."""
     chunks: list[Chunk] = []
 
     def add(kind: str, start: int, end: int, dst0: int, base: int) -> None:
@@ -246,14 +235,22 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
     hpte = copied["hpte"]
     add("hpte", hpte.addr, hpte.end, 0, hpte.addr)
     rmo = copied["rmo"]
-    add("rmo", rmo.addr, rmo.addr + rmo_len, header.rmo.source_address, rmo.addr)
+    add("rmo", rmo.addr, rmo.addr + rmo_len, rmo_src, rmo.addr)
     add("mem", r0, mem_end, r0, r0)
+    return chunks
 
-    needed = IntervalSet()
-    for ext in copied.values():
-        needed.add(ext.addr, ext.end)
-    needed.add(r0, mem_end)
 
+def _release_pieces(
+    state: DumpState,
+    chunks: list[Chunk],
+    sections: dict[str, Extent],
+    reserved: Extent,
+    memory: int,
+) -> list[tuple[int, int, bool]]:
+    """(address, size, in the scratch area) of each release write, checked to add
+    up to the reserved memory and the scratch area exactly."""
+    r0 = reserved.addr
+    scratch_size = sum(e.size for e in sections.values())
     # The reserved memory: one write per memory chunk, the last one running to
     # the RESERVED end (into the CPU section's first page); all start below the
     # scratch area, so they count only in the reserved counter.
@@ -280,13 +277,53 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
             f"{state.root}: internal error: planned releases add up to {total:#x} "
             f"({in_scratch:#x} in the scratch area), expected {want_total:#x}"
         )
-    area = ReleaseArea(r0, memory - r0, scratch_addr, scratch_size)
+    area = ReleaseArea(r0, memory - r0, sections["cpu"].addr, scratch_size)
     for addr, size, is_scratch in pieces:
         if counts_in_scratch(addr, area) != is_scratch:
             raise HvdumpError(
                 f"{state.root}: cannot plan an exact release: write {Extent(addr, size)} would "
                 f"count {'outside' if is_scratch else 'inside'} the scratch area"
             )
+    return pieces
+
+
+def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int) -> Plan:
+    """The plan for the dump ``state`` describes; refuses layouts it cannot release exactly."""
+    header, rmap = state.header, state.release_map
+    if header is None or rmap is None:
+        raise HvdumpError(f"{state.root}: no usable dump: {state.reason}")
+    ps = page_size
+    if chunk_size % ps or chunk_size <= 0:
+        raise HvdumpError(f"chunk size {chunk_size:#x} is not a multiple of the page size {ps:#x}")
+    reserved = rmap.reserved
+    r0 = reserved.addr
+    sections = {
+        "cpu": Extent(header.cpu.destination_address, header.cpu.source_length),
+        "hpte": Extent(header.hpte.destination_address, header.hpte.source_length),
+        "rmo": Extent(header.rmo.destination_address, header.rmo.source_length),
+    }
+    copied = {
+        "cpu": Extent(header.cpu.destination_address, header.cpu.length_copied),
+        "hpte": Extent(header.hpte.destination_address, header.hpte.length_copied),
+        "rmo": Extent(header.rmo.destination_address, header.rmo.length_copied),
+    }
+    _check_layout(state, sections, reserved, memory, ps)
+    scratch = Extent(sections["cpu"].addr, sum(e.size for e in sections.values()))
+    mem_end = page_down(min(reserved.end, scratch.addr), ps)
+    rmo_len = page_down(copied["rmo"].size, ps)
+    warnings = []
+    if rmo_len != copied["rmo"].size:
+        warnings.append(
+            f"low memory copy ends inside a page ({copied['rmo'].size:#x} bytes); the last "
+            "partial page is left out"
+        )
+    chunks = _plan_chunks(copied, header.rmo.source_address, rmo_len, r0, mem_end, chunk_size)
+    needed = IntervalSet()
+    for ext in copied.values():
+        needed.add(ext.addr, ext.end)
+    needed.add(r0, mem_end)
+    pieces = _release_pieces(state, chunks, sections, reserved, memory)
+    area = ReleaseArea(r0, memory - r0, scratch.addr, scratch.size)
     data = dump_data(r0, reserved.end, [(ext.addr, ext.size) for ext in copied.values()])
     writes, order = _observable_writes(pieces, chunks, needed, data, area, ps)
     segments = []

@@ -607,6 +607,38 @@ class ElfCore:
             )
 
     def _load(self, machine: int | None) -> None:
+        ehdr = self._load_header(machine)
+        phnum = ehdr.e_phnum
+        if phnum == PN_XNUM:
+            phnum = self._extended_phnum(ehdr)
+        if phnum and ehdr.e_phentsize != ELF64_PHDR.size:
+            raise FormatError(
+                f"program header size {ehdr.e_phentsize}, expected {ELF64_PHDR.size}",
+                path=self.path,
+                offset=ELF64_EHDR.offset_of("e_phentsize"),
+            )
+        self._need(ehdr.e_phoff, phnum * ELF64_PHDR.size, f"{phnum} program headers")
+        table = self._pread(ehdr.e_phoff, phnum * ELF64_PHDR.size)
+        self.program_headers: tuple[Elf64Phdr, ...] = tuple(
+            ELF64_PHDR.iter_unpack(table, self.byteorder)
+        )
+        loads, notes = self._load_segments(ehdr)
+        self.segments: tuple[Elf64Phdr, ...] = tuple(loads)
+        self._sorted = sorted((ph for ph in loads if ph.p_memsz), key=lambda ph: ph.p_paddr)
+        for a, b in itertools.pairwise(self._sorted):
+            if a.p_paddr + a.p_memsz > b.p_paddr:
+                raise FormatError(
+                    f"load segments overlap at physical address {b.p_paddr:#x}",
+                    path=self.path,
+                    offset=ehdr.e_phoff,
+                )
+        self._starts = [ph.p_paddr for ph in self._sorted]
+        self.notes: tuple[Note, ...] = tuple(notes)
+        self.vmcoreinfo = self._find_vmcoreinfo()
+        self.prstatus = self._find_prstatus()
+
+    def _load_header(self, machine: int | None) -> Elf64Ehdr:
+        """The ELF header, checked: 64-bit, a known byte order, a core of ``machine``."""
         self._need(0, ELF64_EHDR.size, "the ELF header")
         head = self._pread(0, ELF64_EHDR.size)
         ident = head[:16]
@@ -651,18 +683,11 @@ class ElfCore:
             )
         self.machine = ehdr.e_machine
         self.flags = ehdr.e_flags
-        phnum = ehdr.e_phnum
-        if phnum == PN_XNUM:
-            phnum = self._extended_phnum(ehdr)
-        if phnum and ehdr.e_phentsize != ELF64_PHDR.size:
-            raise FormatError(
-                f"program header size {ehdr.e_phentsize}, expected {ELF64_PHDR.size}",
-                path=self.path,
-                offset=where("e_phentsize"),
-            )
-        self._need(ehdr.e_phoff, phnum * ELF64_PHDR.size, f"{phnum} program headers")
-        table = self._pread(ehdr.e_phoff, phnum * ELF64_PHDR.size)
-        self.program_headers: tuple[Elf64Phdr, ...] = tuple(ELF64_PHDR.iter_unpack(table, order))
+        return ehdr
+
+    def _load_segments(self, ehdr: Elf64Ehdr) -> tuple[list[Elf64Phdr], list[Note]]:
+        """The load segments (checked) and the notes of every note segment."""
+        order = self.byteorder
         loads: list[Elf64Phdr] = []
         notes: list[Note] = []
         note_bytes = 0
@@ -700,19 +725,7 @@ class ElfCore:
                     offset=ph_at,
                 )
             loads.append(ph)
-        self.segments: tuple[Elf64Phdr, ...] = tuple(loads)
-        self._sorted = sorted((ph for ph in loads if ph.p_memsz), key=lambda ph: ph.p_paddr)
-        for a, b in itertools.pairwise(self._sorted):
-            if a.p_paddr + a.p_memsz > b.p_paddr:
-                raise FormatError(
-                    f"load segments overlap at physical address {b.p_paddr:#x}",
-                    path=self.path,
-                    offset=ehdr.e_phoff,
-                )
-        self._starts = [ph.p_paddr for ph in self._sorted]
-        self.notes: tuple[Note, ...] = tuple(notes)
-        self.vmcoreinfo = self._find_vmcoreinfo()
-        self.prstatus = self._find_prstatus()
+        return loads, notes
 
     def _extended_phnum(self, ehdr: Elf64Ehdr) -> int:
         self._need(ehdr.e_shoff, ELF64_SHDR.size, "section header 0 (holding the PN_XNUM count)")

@@ -25,8 +25,10 @@ from typing import Any
 
 from drgn_hvdump.capture import CaptureInterface, open_capture
 from drgn_hvdump.capture.base import DT_DIRS
+from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.collect.collector import CollectOptions, CollectResult, collect
 from drgn_hvdump.collect.ownership import DumpLock, dump_owner
+from drgn_hvdump.collect.plan import plan_from_vmcore
 from drgn_hvdump.collect.verify import verify_dir
 from drgn_hvdump.dumpdir.journal import Journal
 from drgn_hvdump.dumpdir.manifest import parse_manifest
@@ -124,8 +126,6 @@ def release_saved(
 def abandon(root: Path, *, dry_run: bool = False) -> Released:
     """Give up the waiting dump without saving it (its data is lost): make every
     release write of the plan, under the dump's lock, so the LPAR re-registers."""
-    from drgn_hvdump.collect.collector import _make_plan, _Vmcore
-
     capture = open_capture(root)
     state = capture.state()
     if not state.dump_waiting:
@@ -135,9 +135,11 @@ def abandon(root: Path, *, dry_run: bool = False) -> Released:
     lock = DumpLock(root, capture.lock_path)
     lock.acquire()
     try:
-        vm = _Vmcore(capture.vmcore_path)
+        vm = Vmcore(capture.vmcore_path)
         try:
-            plan = _make_plan(CollectOptions(root=root, output=Path("/")), state, vm)
+            plan = plan_from_vmcore(
+                state, vm, CollectOptions(root=root, output=Path("/")).chunk_size
+            )
         finally:
             vm.close()
         writes = [plan.writes[i] for i in plan.order]

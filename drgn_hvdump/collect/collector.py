@@ -27,6 +27,7 @@ from typing import Any
 
 from drgn_hvdump import native
 from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
+from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.codecs import Codec, get_codec
 from drgn_hvdump.collect.engine import Job, PageEngine
 from drgn_hvdump.collect.output import (
@@ -35,7 +36,7 @@ from drgn_hvdump.collect.output import (
     SidecarOutput,
 )
 from drgn_hvdump.collect.ownership import DumpBusyError, DumpLock, Owner
-from drgn_hvdump.collect.plan import Chunk, Plan, make_plan
+from drgn_hvdump.collect.plan import Chunk, Plan, plan_from_vmcore
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.collect.releases import ReleaseLog, Releases, RunRecord
 from drgn_hvdump.collect.scrub import ScrubRange, apply_scrub, load_filter
@@ -74,7 +75,7 @@ from drgn_hvdump.dumpdir.registry import (
     unregister_collection,
 )
 from drgn_hvdump.dumpdir.view import write_plan_file
-from drgn_hvdump.errors import FormatError, HvdumpError
+from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.dump_header import build_dump_header
 from drgn_hvdump.formats.elfcore import (
     NT_PRSTATUS,
@@ -135,46 +136,6 @@ class CollectResult:
     resumed: bool
     already_done: bool = False
     plan_text: list[str] = field(default_factory=list)
-
-
-class _Vmcore:
-    """``/proc/vmcore``: physical reads through its PT_LOADs."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.core = ElfCore.open(path)
-        except OSError as exc:
-            raise HvdumpError(f"{path}: cannot open: {exc.strerror}") from None
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-
-    def file_offset(self, paddr: int, size: int) -> int:
-        for ph in self.core.segments:
-            if ph.p_paddr <= paddr and paddr + size <= ph.p_paddr + ph.p_filesz:
-                return int(ph.p_offset + paddr - ph.p_paddr)
-        raise FormatError(
-            f"physical range {paddr:#x}+{size:#x} is in no PT_LOAD with file data",
-            path=str(self.path),
-            hint="the vmcore does not match the dump header",
-        )
-
-    def read_into(self, paddr: int, buf: bytearray | mmap.mmap) -> None:
-        offset = self.file_offset(paddr, len(buf))
-        view = memoryview(buf)
-        done = 0
-        while done < len(buf):
-            n = os.preadv(self.fd, [view[done:]], offset + done)
-            if n <= 0:
-                raise FormatError(
-                    f"short read: {done} of {len(buf)} bytes",
-                    path=str(self.path),
-                    offset=offset + done,
-                )
-            done += n
-
-    def close(self) -> None:
-        os.close(self.fd)
-        self.core.close()
 
 
 def _dump_state(capture: CaptureInterface, accept_partial: bool) -> tuple[DumpState, list[str]]:
@@ -307,9 +268,9 @@ def _lock_output(out: OutputDir, opts: CollectOptions, c: RunRecord) -> None:
 
 def _dry_run(opts: CollectOptions, capture: CaptureInterface) -> CollectResult:
     state, _ = _dump_state(capture, opts.accept_partial)
-    vm = _Vmcore(capture.vmcore_path)
+    vm = Vmcore(capture.vmcore_path)
     try:
-        plan = _make_plan(opts, state, vm)
+        plan = plan_from_vmcore(state, vm, opts.chunk_size)
     finally:
         vm.close()
     dump_file = Path(os.path.abspath(opts.output)) / DUMP_NAMES[opts.format]
@@ -318,24 +279,7 @@ def _dry_run(opts: CollectOptions, capture: CaptureInterface) -> CollectResult:
     )
 
 
-def _page_size(vm: _Vmcore) -> int:
-    try:
-        return int((vm.core.vmcoreinfo or {})["PAGESIZE"])
-    except (KeyError, ValueError):
-        raise FormatError(
-            "VMCOREINFO has no PAGESIZE", path=str(vm.path), hint="cannot tell the page size"
-        ) from None
-
-
-def _make_plan(opts: CollectOptions, state: DumpState, vm: _Vmcore) -> Plan:
-    memory = max((ph.p_paddr + ph.p_memsz for ph in vm.core.segments), default=0)
-    plan = make_plan(state, page_size=_page_size(vm), memory=memory, chunk_size=opts.chunk_size)
-    for ch in plan.chunks:
-        vm.file_offset(ch.src, ch.size)
-    return plan
-
-
-def _identity(capture: CaptureInterface, state: DumpState, vm: _Vmcore) -> str:
+def _identity(capture: CaptureInterface, state: DumpState, vm: Vmcore) -> str:
     assert state.header is not None
     return dump_identity(
         build_dump_header(state.header), _vmcoreinfo_raw(vm.core), capture.machine_identity()
@@ -347,7 +291,7 @@ def _waiting_identity(capture: CaptureInterface, state: DumpState) -> str | None
     if not state.dump_waiting or state.header is None:
         return None
     try:
-        vm = _Vmcore(capture.vmcore_path)
+        vm = Vmcore(capture.vmcore_path)
     except HvdumpError:
         return None
     try:
@@ -382,7 +326,7 @@ def _collect_owned(
             return finished
     state, warnings = _dump_state(capture, opts.accept_partial)
     assert state.header is not None
-    vm = _Vmcore(capture.vmcore_path)
+    vm = Vmcore(capture.vmcore_path)
     try:
         identity = _identity(capture, state, vm)
         if journal is not None and journal.records and journal.identity != identity:
@@ -412,7 +356,7 @@ def _collect_owned(
 
 
 def _differs_from_saved(
-    vm: _Vmcore, saved: list[tuple[int, int, int, int]], scrub: list[ScrubRange]
+    vm: Vmcore, saved: list[tuple[int, int, int, int]], scrub: list[ScrubRange]
 ) -> bool:
     """Whether the last chunk the collection saved that is still reserved
     (``(src, dst, size, xxh64)``) reads differently now: the dump waiting is
@@ -486,7 +430,7 @@ def _check_saved_memory(
         scrub = [ScrubRange(**r) for r in manifest.scrub or ()]
     except (ValueError, TypeError):
         return None  # hvdump verify says what is wrong with it
-    vm = _Vmcore(capture.vmcore_path)
+    vm = Vmcore(capture.vmcore_path)
     try:
         if _differs_from_saved(vm, chunks, scrub):
             return "another dump: its memory differs from what was saved"
@@ -600,7 +544,7 @@ def _collect(
     capture: CaptureInterface,
     state: DumpState,
     warnings: list[str],
-    vm: _Vmcore,
+    vm: Vmcore,
     out_dir: OutputDir,
     journal: Journal | None,
     identity: str,
@@ -610,7 +554,7 @@ def _collect(
     core = vm.core
     byteorder = core.byteorder
     info = core.vmcoreinfo or {}
-    plan = _make_plan(opts, state, vm)
+    plan = plan_from_vmcore(state, vm, opts.chunk_size)
     warnings += plan.warnings
     out = out_dir.path
     dump_file = out / DUMP_NAMES[opts.format]
@@ -726,7 +670,7 @@ def _sidecars(
 
 
 def _cpu_state(
-    vm: _Vmcore, cpu: Chunk, regsave: SidecarOutput, journaled: dict[str, Any] | None
+    vm: Vmcore, cpu: Chunk, regsave: SidecarOutput, journaled: dict[str, Any] | None
 ) -> bytes:
     """The register save area: read back from ``regsave.bin`` when it is journaled
     (its memory may be released), else from ``/proc/vmcore``."""
@@ -743,7 +687,7 @@ def _cpu_state(
 def _dump_output(
     opts: CollectOptions,
     codec: Codec | None,
-    vm: _Vmcore,
+    vm: Vmcore,
     plan: Plan,
     notes: list[Note],
     uts: list[str],
@@ -810,7 +754,7 @@ def _write_plan(
 
 def _start_journal(
     opts: CollectOptions,
-    vm: _Vmcore,
+    vm: Vmcore,
     plan: Plan,
     out_dir: OutputDir,
     journal: Journal | None,
@@ -862,7 +806,7 @@ def _start_journal(
 def _replay_journal(
     opts: CollectOptions,
     c: RunRecord,
-    vm: _Vmcore,
+    vm: Vmcore,
     plan: Plan,
     out_dir: OutputDir,
     journal: Journal,
@@ -995,7 +939,7 @@ def _check_files_kept(
     )
 
 
-def _utsname(vm: _Vmcore, plan: Plan, info: dict[str, str]) -> list[str]:
+def _utsname(vm: Vmcore, plan: Plan, info: dict[str, str]) -> list[str]:
     """The crashed kernel's ``init_uts_ns.name``, read as makedumpfile reads it.
 
     Called before anything is released (the journal keeps it for a rerun).
@@ -1035,7 +979,7 @@ class _Runner:
         c: RunRecord,
         opts: CollectOptions,
         plan: Plan,
-        vm: _Vmcore,
+        vm: Vmcore,
         capture: CaptureInterface,
         journal: Journal,
         output: ElfOutput | KdumpOutput,

@@ -20,7 +20,7 @@ from drgn_hvdump import native
 from drgn_hvdump.codecs import Codec, decompress_page
 from drgn_hvdump.collect.filewrite import DataWriter, page_runs, pwrite_all, write_runs
 from drgn_hvdump.errors import HvdumpError
-from drgn_hvdump.formats.elfcore import CoreLayout
+from drgn_hvdump.formats.elfcore import CoreLayout, file_offset
 from drgn_hvdump.formats.kdump import (
     DUMP_DH_COMPRESSED_INCOMPLETE,
     PAGE_DESC,
@@ -127,10 +127,10 @@ class ElfOutput:
             os.fdatasync(self.fd)
 
     def file_offset(self, paddr: int, size: int) -> int:
-        for ph in self.layout.segments:
-            if ph.p_paddr <= paddr and paddr + size <= ph.p_paddr + ph.p_filesz:
-                return int(ph.p_offset + paddr - ph.p_paddr)
-        raise ValueError(f"{paddr:#x}+{size:#x} is in no segment of {self.path}")
+        offset = file_offset(self.layout.segments, paddr, size)
+        if offset is None:
+            raise ValueError(f"{paddr:#x}+{size:#x} is in no segment of {self.path}")
+        return offset
 
     def write(self, paddr: int, buf: memoryview, zero: bytes) -> ChunkWrite:
         offset = self.file_offset(paddr, buf.nbytes)

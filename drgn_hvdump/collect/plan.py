@@ -23,6 +23,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from drgn_hvdump.capture.base import DumpState
+from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.release_region import Extent
 from drgn_hvdump.intervals import IntervalSet
@@ -345,3 +346,12 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
         warnings=warnings,
         order=order,
     )
+
+
+def plan_from_vmcore(state: DumpState, vm: Vmcore, chunk_size: int) -> Plan:
+    """:func:`make_plan` for the vmcore ``vm`` (its page size and memory), every chunk
+    checked to be in the file."""
+    plan = make_plan(state, page_size=vm.page_size(), memory=vm.memory, chunk_size=chunk_size)
+    for ch in plan.chunks:
+        vm.file_offset(ch.src, ch.size)
+    return plan

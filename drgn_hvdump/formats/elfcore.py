@@ -20,7 +20,7 @@ import bisect
 import io
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -84,6 +84,7 @@ __all__ = [
     "build_core_header",
     "build_notes",
     "build_prstatus",
+    "file_offset",
     "parse_notes",
     "parse_prstatus",
     "write_core",
@@ -401,6 +402,15 @@ class CoreLayout:
     segments: tuple[Elf64Phdr, ...]
     data_start: int
     file_size: int
+
+
+def file_offset(segments: Iterable[Elf64Phdr], paddr: int, size: int) -> int | None:
+    """Where a core file holds the physical range ``paddr``+``size`` (all of it inside
+    one segment's file data), or None when no segment holds it whole."""
+    for ph in segments:
+        if ph.p_paddr <= paddr and paddr + size <= ph.p_paddr + ph.p_filesz:
+            return int(ph.p_offset + paddr - ph.p_paddr)
+    return None
 
 
 def build_core_header(

@@ -17,8 +17,8 @@ directory holds: journal progress and the manifest's summary) and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from drgn_hvdump.collect.ownership import DumpLock, dump_owner
 from drgn_hvdump.collect.plan import plan_from_vmcore
 from drgn_hvdump.collect.verify import verify_dir
 from drgn_hvdump.dumpdir.journal import Journal
-from drgn_hvdump.dumpdir.manifest import parse_manifest
+from drgn_hvdump.dumpdir.manifest import Manifest, parse_manifest, read_manifest
 from drgn_hvdump.dumpdir.names import JOURNAL, MANIFEST
 from drgn_hvdump.dumpdir.outdir import OutputDir
 from drgn_hvdump.errors import HvdumpError
@@ -239,19 +239,20 @@ def collection(output: Path) -> dict[str, Any]:
     writes made) and ``warnings`` (the collector's).
     """
     started, complete, chunks = _journal_state(output)
-    man = _read_json(output / MANIFEST)
-    dump: dict[str, Any] = man["dump"] if isinstance(man.get("dump"), dict) else {}
-    writes = (man.get("release") or {}).get("writes", [])
+    man: Manifest | None = None
+    if (output / MANIFEST).exists():
+        with contextlib.suppress(HvdumpError):
+            man = read_manifest(output)
     return {
         "started": started,
         "complete": complete,
         "chunks_saved": chunks,
-        "dump_file": str(output / dump["file"]) if dump.get("file") else None,
-        "dump_size": dump.get("size"),
-        "bytes_read": sum(c["size"] for c in man.get("chunks", [])),
-        "elapsed_s": (man.get("timings") or {}).get("elapsed_s"),
-        "released_bytes": sum(w["size"] for w in writes if w.get("done")),
-        "warnings": list(man.get("warnings", [])),
+        "dump_file": str(output / man.dump.file) if man else None,
+        "dump_size": man.dump.size if man else None,
+        "bytes_read": man.read_bytes() if man else 0,
+        "elapsed_s": man.timings.get("elapsed_s") if man else None,
+        "released_bytes": man.release.released_bytes() if man and man.release else 0,
+        "warnings": list(man.warnings) if man else [],
     }
 
 
@@ -286,14 +287,6 @@ def _held_by_meminfo(capture: CaptureInterface) -> int:
     except (OSError, ValueError, HvdumpError):
         return 0
     return max(0, ram - total * 1024) if ram and total is not None else 0
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _journal_state(output: Path) -> tuple[bool, bool, int]:

@@ -61,7 +61,9 @@ __all__ = [
     "hash_geometry",
     "hpte_page_shift",
     "iter_page_tables",
+    "mmu_from_vmcoreinfo",
     "pte_format_2_6_32",
+    "table_range_from_vmcoreinfo",
     "walk_page_tables",
 ]
 
@@ -201,6 +203,35 @@ def hash_geometry(page_size: int, variables: Mapping[str, int] | None = None) ->
             f"implausible kernel ranges: vmalloc {vstart:#x}-{vend:#x}, I/O {iostart:#x}-{ioend:#x}"
         )
     return Geometry(shift, pte, pmd, pud, pgd, vstart, vend, iostart, ioend, source)
+
+
+def mmu_from_vmcoreinfo(info: Mapping[str, str]) -> Literal["hash", "radix"] | None:
+    """The MMU a kernel ran, as its VMCOREINFO says (``NUMBER(RADIX_MMU)``, 5.x and
+    later), or None when it does not say (older kernels)."""
+    value = info.get("NUMBER(RADIX_MMU)")
+    if value == "1":
+        return "radix"
+    if value == "0":
+        return "hash"
+    return None
+
+
+def table_range_from_vmcoreinfo(info: Mapping[str, str]) -> tuple[int, int] | None:
+    """``[start, end)`` of the page-table-mapped kernel range (vmalloc, then I/O) a
+    hash kernel's VMCOREINFO gives, before its debug info is loaded: from
+    ``NUMBER(VMALLOC_START)`` up to ``SYMBOL(vmemmap)``, which follows the I/O
+    range on Book3S-64 (6.x 4 KiB pages: ``0xc0003d…``-``0xc0003f…``; 64 KiB:
+    ``0xc008…``-``0xc00c…``). None when either is missing or implausible."""
+    start_text = info.get("NUMBER(VMALLOC_START)", "")
+    end_text = info.get("SYMBOL(vmemmap)", "")
+    try:
+        start = int(start_text, 16 if start_text[:2] in ("0x", "0X") else 10)
+        end = int(end_text, 16)
+    except ValueError:
+        return None
+    if not KERNEL_BASE < start < end <= _U64:
+        return None
+    return start, end
 
 
 @dataclass(frozen=True)

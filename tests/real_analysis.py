@@ -51,6 +51,10 @@ class Analysis:
     process_traces: dict[str, list[str]]
     modules: list[str] = field(default_factory=list)
     rodata: bytes = b""
+    cpu_traces: dict[str, list[str]] = field(default_factory=dict)
+    """Each CPU's backtrace (keys are CPU numbers as text: JSON's), of the task on it."""
+    cpu_traces_from: dict[str, str] = field(default_factory=dict)
+    """``core``: drgn found the CPU's registers itself; ``pt_regs``: given to it."""
 
 
 def open_original(image: GuestImage, debug_vmlinux: Path) -> Program:
@@ -108,11 +112,39 @@ def drgn_takes_pc_from_link(release: str) -> bool:
     return stable is None or v[2] < stable
 
 
+def _cpu_traces(
+    prog: Program, cpu_regs: list[Any] | None, byteorder: str
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Every CPU's backtrace: from ``cpu_regs`` when given, else as drgn unwinds the task
+    on the CPU, else from the hypervisor's save area (a live root without notes)."""
+    from drgn.helpers.linux.cpumask import for_each_present_cpu
+    from drgn.helpers.linux.sched import cpu_curr
+
+    traces: dict[str, list[str]] = {}
+    sources: dict[str, str] = {}
+    for cpu in for_each_present_cpu(prog):  # panic() takes the others offline
+        if cpu_regs is not None:
+            trace = prog.stack_trace(pt_regs_object(prog, cpu_regs[cpu], byteorder))
+            sources[str(cpu)] = "pt_regs"
+        else:
+            try:
+                trace = prog.stack_trace(cpu_curr(prog, cpu))
+                sources[str(cpu)] = "core"
+            except LookupError:
+                from drgn_hvdump.plugin.helpers import hvdump_pt_regs
+
+                trace = prog.stack_trace(hvdump_pt_regs(prog, cpu))
+                sources[str(cpu)] = "pt_regs"
+        traces[str(cpu)] = trace_of(trace)
+    return traces, sources
+
+
 def analyse(
     prog: Program,
     process_pids: dict[str, int],
     *,
     panic_regs: Any = None,
+    cpu_regs: list[Any] | None = None,
     byteorder: str = "little",
     modules: bool = True,
     rodata: int = 0,
@@ -155,7 +187,10 @@ def analyse(
         )
     if rodata:
         data = prog.read(rodata, 256)
-    return Analysis(release, tasks, printk, panic_cpu, panic_trace, source, traces, mods, data)
+    cpus, cpus_from = _cpu_traces(prog, cpu_regs, byteorder)
+    return Analysis(
+        release, tasks, printk, panic_cpu, panic_trace, source, traces, mods, data, cpus, cpus_from
+    )
 
 
 def stock_analysis(
@@ -208,14 +243,16 @@ def _main(spec: dict[str, Any]) -> dict[str, Any]:
     from hvsim.adopt import inspect_image
 
     image = inspect_image(spec["core"])
-    regs = image.registers[spec["cpu"]]
+    every = list(image.registers)
     if spec["pc_from_link"]:
-        regs = dataclasses.replace(regs, nip=regs.link)
+        every = [dataclasses.replace(r, nip=r.link) for r in every]
+    regs = every[spec["cpu"]]
     prog = open_original(image, Path(spec["vmlinux"]))
     a = analyse(
         prog,
         spec["pids"],
         panic_regs=regs,
+        cpu_regs=every,
         byteorder=image.byteorder,
         modules=spec["modules"],
         rodata=spec["rodata"],

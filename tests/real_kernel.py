@@ -6,6 +6,9 @@ directories, so the machine's apt configuration is untouched:
 
 * ``linux-image-*-powerpc64le``: the kernel (``/boot/vmlinux-*`` boots as
   it is under ``qemu-system-ppc64 -M pseries``) and a few modules;
+  Debian 12's 6.1 (64 KiB pages, the machine's own apt sources) and
+  Debian 13's 6.12 (4 KiB pages, a private ``trixie`` source list), see
+  :data:`KERNELS`;
 * ``linux-image-*-powerpc64le-dbg``: its debug vmlinux, for drgn;
 * ``busybox-static``: the guest's userspace.
 
@@ -14,19 +17,22 @@ A tiny initramfs loads two modules, prints what the tests compare against
 of a few named processes), then panics with sysrq. QEMU keeps running after
 the panic (``-action panic=none``) so the panicking CPU is caught in
 ``panic()``'s loop in kernel mode, not inside RTAS; the test harness stops
-the guest over QMP and writes its memory with ``dump-guest-memory``.
+the guest over QMP and writes its memory with ``dump-guest-memory``. The
+sysrq writer is pinned to CPU :data:`PANIC_CPU` (``taskset``), so the crash
+happens on a CPU other than 0.
 
 Downloads and extracted files are cached in ``$HVDUMP_REAL_CACHE``
 (default ``~/.cache/hvdump-real``). :class:`RegistryUnreachable` is the only
 failure that lets the suite skip.
 
-Run by hand: ``python -m tests.real_kernel OUT_DIR [--cpu POWER8|POWER9]``.
+Run by hand: ``python -m tests.real_kernel OUT_DIR [--mmu hash|radix] [--kernel 6.1|6.12]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import os
 import re
 import shutil
@@ -40,6 +46,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "KERNELS",
+    "PANIC_CPU",
+    "Distribution",
     "GuestDump",
     "GuestInfo",
     "Parts",
@@ -59,6 +68,28 @@ PROCESSES = ("hvtest-reader", "hvtest-sleeper", "hvtest-pipe")
 """Named processes the guest starts, each blocked in a different way."""
 CPU_MODELS = {"hash": "POWER8", "radix": "POWER9"}
 """QEMU has no POWER6; POWER8 boots Linux with the hash MMU, POWER9 with radix."""
+PANIC_CPU = 1
+"""The CPU the sysrq writer is pinned to: a crash on a CPU other than 0."""
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Where one kernel series comes from."""
+
+    kernel: str
+    """The series, as the suite names it (``6.1``, ``6.12``)."""
+    suite: str | None
+    """Debian suite of a private source list; None: the machine's own apt sources."""
+    release_pattern: str
+    """Regular expression of the kernel package's release (``linux-image-RELEASE``)."""
+    page_size: int
+
+
+KERNELS = {
+    "6.1": Distribution("6.1", None, r"6\.1\.\S+-powerpc64le", 65536),
+    "6.12": Distribution("6.12", "trixie", r"6\.12\.\S+-powerpc64le", 4096),
+}
+"""Debian 12's kernel (64 KiB pages) and Debian 13's (4 KiB pages: ``CONFIG_PPC_4K_PAGES``)."""
 
 _APT_FLAVOUR = "powerpc64le"
 _INIT = r"""#!/bin/busybox sh
@@ -83,7 +114,8 @@ echo "HVTEST-PID hvtest-sleeper $!"
 echo "HVTEST-PID hvtest-pipe $!"
 sleep 1
 echo HVTEST-PANIC
-echo c > /proc/sysrq-trigger
+# On CPU @CPU@, not 0: where panic() runs is the crashed thread's CPU.
+taskset @MASK@ sh -c 'echo c > /proc/sysrq-trigger'
 """
 
 
@@ -101,6 +133,7 @@ class Parts:
     busybox: Path
     modules: dict[str, Path]
     download_s: float = 0.0
+    kernel: str = "6.1"
 
 
 @dataclass
@@ -134,12 +167,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HVDUMP_REAL_CACHE", Path.home() / ".cache" / "hvdump-real"))
 
 
-def _apt_options(cache: Path) -> list[str]:
+def _apt_options(cache: Path, suite: str | None = None) -> list[str]:
     lists = cache / "apt" / "lists"
     archives = cache / "apt" / "cache"
     for d in (lists / "partial", archives / "archives" / "partial"):
         d.mkdir(parents=True, exist_ok=True)
+    sources: list[str] = []
+    if suite is not None:
+        # Another Debian release than the machine's: a source list of our own.
+        listing = cache / "apt" / "sources.list"
+        listing.write_text(
+            "deb [arch=ppc64el signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+            f"http://deb.debian.org/debian {suite} main\n"
+        )
+        sources = [
+            "-o",
+            f"Dir::Etc::SourceList={listing}",
+            "-o",
+            "Dir::Etc::SourceParts=/nonexistent",
+        ]
     return [
+        *sources,
         "-o",
         "APT::Architecture=ppc64el",
         "-o",
@@ -194,69 +242,141 @@ def _extract(deb: Path, members: list[str], dest: Path) -> None:
         raise RuntimeError(f"{deb.name}: not found in the package: {', '.join(sorted(wanted))}")
 
 
-def fetch_parts(cache: Path | None = None) -> Parts:
-    """Download (once) and extract the kernel, its debug info, modules and busybox."""
+def _update_lists(opts: list[str], cache: Path) -> None:
+    stamp = cache / "apt" / "updated"
+    if stamp.exists() and time.time() - stamp.stat().st_mtime < 86400:
+        return
+    proc = subprocess.run(
+        ["apt-get", *opts, "update", "-qq"], capture_output=True, text=True, check=False
+    )
+    failed = [ln for ln in proc.stderr.splitlines() if ln.startswith(("E:", "W: Failed"))]
+    if proc.returncode or failed:
+        if not any(cache.glob("debs/linux-image-*-dbg_*.deb")):
+            raise RegistryUnreachable(
+                "Debian's archive cannot be reached for ppc64el packages: "
+                + "; ".join(failed or [proc.stderr.strip()[-300:]])
+            )
+    else:
+        stamp.touch()
+
+
+def _releases(opts: list[str], dist: Distribution, debs: Path) -> list[str]:
+    """Kernel releases to try, best first: one already cached, the metapackage's, the others
+    the lists name (a mirror may lag behind the metapackage)."""
+    cached = sorted(
+        m.group(1)
+        for p in debs.glob("linux-image-*-dbg_*.deb")
+        if (m := re.match(rf"linux-image-({dist.release_pattern})-dbg_", p.name))
+    )
+    found = []
+    try:
+        depends = _run(["apt-cache", *opts, "depends", f"linux-image-{_APT_FLAVOUR}"])
+        found += re.findall(rf"Depends: linux-image-({dist.release_pattern})\b", depends)
+        names = _run(["apt-cache", *opts, "search", "--names-only", "^linux-image-.*-dbg$"])
+        others = re.findall(rf"^linux-image-({dist.release_pattern})-dbg ", names, re.M)
+        found += sorted(set(others), key=_version_key, reverse=True)
+    except RuntimeError:
+        if not cached:
+            raise
+    out: list[str] = []
+    for r in [*reversed(cached), *found]:
+        if r not in out:
+            out.append(r)
+    if not out:
+        raise RuntimeError(f"no linux-image-{dist.release_pattern} in the package lists")
+    return out
+
+
+def _version_key(release: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", release))
+
+
+def _download(opts: list[str], debs: Path, releases: list[str]) -> str:
+    """The first release of ``releases`` whose image and debug packages are (now) cached."""
+    errors: list[str] = []
+    for release in releases[:3]:
+        names = [f"linux-image-{release}", f"linux-image-{release}-dbg", "busybox-static"]
+        missing = [n for n in names if not any(debs.glob(f"{n}_*.deb"))]
+        if missing:
+            proc = subprocess.run(
+                ["apt-get", *opts, "download", *missing],
+                cwd=debs,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode:
+                errors.append(f"{' '.join(missing)}: {proc.stderr.strip()[-300:]}")
+                continue
+        return release
+    raise RegistryUnreachable("apt-get download failed: " + "; ".join(errors))
+
+
+def _members(deb: Path) -> list[str]:
+    proc = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True)
+    return [line.split()[-1].removeprefix("./") for line in proc.stdout.splitlines()]
+
+
+def _module_members(deb: Path, release: str) -> dict[str, str]:
+    """Package paths of :data:`MODULES` (``lib/`` or ``usr/lib/``, plain or ``.ko.xz``)."""
+    out: dict[str, str] = {}
+    for name in _members(deb):
+        for m in MODULES:
+            for suffix in (".ko", ".ko.xz"):
+                if name.endswith(f"modules/{release}/kernel/lib/{m}{suffix}"):
+                    out[m] = name
+    if set(out) != set(MODULES):
+        raise RuntimeError(f"{deb.name}: modules {sorted(set(MODULES) - set(out))} not found")
+    return out
+
+
+def fetch_parts(cache: Path | None = None, kernel: str = "6.1") -> Parts:
+    """Download (once) and extract a kernel of :data:`KERNELS`, its debug info, modules
+    and busybox."""
+    dist = KERNELS[kernel]
     cache = cache or cache_dir()
+    if dist.suite is not None:
+        cache = cache / dist.suite
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    opts = _apt_options(cache)
-    stamp = cache / "apt" / "updated"
-    if not stamp.exists() or time.time() - stamp.stat().st_mtime > 86400:
-        proc = subprocess.run(
-            ["apt-get", *opts, "update", "-qq"], capture_output=True, text=True, check=False
-        )
-        failed = [ln for ln in proc.stderr.splitlines() if ln.startswith(("E:", "W: Failed"))]
-        if proc.returncode or failed:
-            if not any(cache.glob("debs/linux-image-*-dbg_*.deb")):
-                raise RegistryUnreachable(
-                    "Debian's archive cannot be reached for ppc64el packages: "
-                    + "; ".join(failed or [proc.stderr.strip()[-300:]])
-                )
-        else:
-            stamp.touch()
-    depends = _run(["apt-cache", *opts, "depends", f"linux-image-{_APT_FLAVOUR}"])
-    m = re.search(rf"Depends: linux-image-(\S+-{_APT_FLAVOUR})\b", depends)
-    if not m:
-        raise RuntimeError(f"cannot tell the kernel version from: {depends.strip()}")
-    release = m.group(1)
+    opts = _apt_options(cache, dist.suite)
+    _update_lists(opts, cache)
     debs = cache / "debs"
     debs.mkdir(exist_ok=True)
+    release = _download(opts, debs, _releases(opts, dist, debs))
     names = {
         "image": f"linux-image-{release}",
         "dbg": f"linux-image-{release}-dbg",
         "busybox": "busybox-static",
     }
-    missing = [n for n in names.values() if not any(debs.glob(f"{n}_*.deb"))]
-    if missing:
-        proc = subprocess.run(
-            ["apt-get", *opts, "download", *missing],
-            cwd=debs,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode:
-            raise RegistryUnreachable(
-                f"apt-get download {' '.join(missing)} failed: {proc.stderr.strip()[-400:]}"
-            )
     deb = {k: sorted(debs.glob(f"{n}_*.deb"))[-1] for k, n in names.items()}
     root = cache / "root" / release
     vmlinux = root / f"boot/vmlinux-{release}"
-    mods = {name: root / f"lib/modules/{release}/kernel/lib/{name}.ko" for name in MODULES}
+    mods = {name: root / f"modules/{name}.ko" for name in MODULES}
     if not vmlinux.exists() or not all(p.exists() for p in mods.values()):
-        _extract(
-            deb["image"],
-            [str(vmlinux.relative_to(root)), *(str(p.relative_to(root)) for p in mods.values())],
-            root,
-        )
+        members = _module_members(deb["image"], release)
+        _extract(deb["image"], [str(vmlinux.relative_to(root)), *members.values()], root)
+        for name, member in members.items():
+            data = (root / member).read_bytes()
+            if member.endswith(".xz"):
+                data = lzma.decompress(data)  # the guest's insmod and the checks want ELF
+            mods[name].parent.mkdir(parents=True, exist_ok=True)
+            mods[name].write_bytes(data)
     debug = root / f"usr/lib/debug/boot/vmlinux-{release}"
     if not debug.exists():
         _extract(deb["dbg"], [str(debug.relative_to(root))], root)
     busybox = root / "bin/busybox"
     if not busybox.exists():
-        _extract(deb["busybox"], ["bin/busybox"], root)
+        # /bin before the merged /usr (Debian 13: /usr/bin)
+        member = next(
+            m for m in ("bin/busybox", "usr/bin/busybox") if m in _members(deb["busybox"])
+        )
+        _extract(deb["busybox"], [member], root)
+        if member != "bin/busybox":
+            busybox.parent.mkdir(parents=True, exist_ok=True)
+            (root / member).rename(busybox)
     busybox.chmod(0o755)
-    return Parts(release, vmlinux, debug, busybox, mods, time.monotonic() - t0)
+    return Parts(release, vmlinux, debug, busybox, mods, time.monotonic() - t0, kernel)
 
 
 def build_initramfs(parts: Parts, out: Path) -> Path:
@@ -269,7 +389,8 @@ def build_initramfs(parts: Parts, out: Path) -> Path:
     for name, path in parts.modules.items():
         shutil.copy2(path, tree / "lib/modules" / f"{name}.ko")
     init = tree / "init"
-    init.write_text(_INIT.replace("@MODULE@", RODATA_MODULE))
+    script = _INIT.replace("@MODULE@", RODATA_MODULE).replace("@CPU@", str(PANIC_CPU))
+    init.write_text(script.replace("@MASK@", f"{1 << PANIC_CPU:x}"))
     init.chmod(0o755)
     names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
     with open(out, "wb") as f:
@@ -300,7 +421,8 @@ def parse_console(text: str) -> GuestInfo:
             info.rodata = int(f[0], 16)
         elif key == "PID":
             info.pids[f[0]] = int(f[1])
-    m = re.search(r"Kernel panic - not syncing.*\n.*?CPU: (\d+) PID", text)
+    # 6.x prints "CPU: 1 UID: 0 PID: 150", 6.1 "CPU: 1 PID: 150"
+    m = re.search(r"Kernel panic - not syncing.*\n.*?CPU: (\d+) (?:UID: \d+ )?PID", text)
     if m:
         info.panic_cpu = int(m.group(1))
     return info
@@ -344,9 +466,10 @@ def boot_and_dump(
 ) -> GuestDump:
     """Boot the guest, wait for its panic, stop it and dump its memory (1 GiB, 2 CPUs)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    console = out_dir / f"console-{mmu}.txt"
-    qmp_path = out_dir / f"qmp-{mmu}.sock"
-    core = out_dir / f"guest-{mmu}.core"
+    tag = f"{parts.kernel}-{mmu}"
+    console = out_dir / f"console-{tag}.txt"
+    qmp_path = out_dir / f"qmp-{tag}.sock"
+    core = out_dir / f"guest-{tag}.core"
     for p in (console, qmp_path, core):
         p.unlink(missing_ok=True)
     cmd = [
@@ -397,8 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("out", type=Path, help="directory for the initramfs, console and dumps")
     ap.add_argument("--mmu", choices=tuple(CPU_MODELS), action="append")
+    ap.add_argument("--kernel", choices=tuple(KERNELS), default="6.1")
     args = ap.parse_args(argv)
-    parts = fetch_parts()
+    parts = fetch_parts(kernel=args.kernel)
     print(f"kernel {parts.release}: {parts.vmlinux} ({parts.download_s:.1f} s to fetch)")
     args.out.mkdir(parents=True, exist_ok=True)
     initrd = build_initramfs(parts, args.out / "initrd.cpio")

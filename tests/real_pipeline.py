@@ -55,10 +55,16 @@ class Run:
     hvdump_verify: str
     stock_vmalloc_error: str
     converted: Analysis
-    """drgn on ``hvdump convert``'s kdump of the original image (no hvsim involved)."""
+    """drgn on ``hvdump convert``'s default output of the original image (no hvsim involved):
+    kdump, or ELF for a kernel drgn cannot read in kdump files (4 KiB pages)."""
     live_commands: str
     """What ``%hvdump``, ``%hvdump regions`` and ``%hvdump hpte`` (a module address) printed."""
     times: dict[str, float] = field(default_factory=dict)
+    converted_elf: Analysis | None = None
+    """drgn on ``hvdump convert --format elf``'s output (None: the default is ELF already)."""
+    convert_stderr: str = ""
+    kernel: str = "6.1"
+    """The series of :data:`tests.real_kernel.KERNELS`."""
 
 
 def _open(path: Path, vmlinux: Path) -> drgn.Program:
@@ -138,11 +144,12 @@ def run_pipeline(parts: Parts, initrd: Path, d: Path, mmu: str) -> Run:
     t = time.monotonic()
     checked = hvdump("verify", str(out))
     times["hvdump_verify_s"] = time.monotonic() - t
+    dump_file = out / manifest(out)["dump"]["file"]  # ELF where kdump would be unreadable
     t = time.monotonic()
-    dump_check = hvsim_cli("verify", lpar.path, str(out / "dump.kdump"))
+    dump_check = hvsim_cli("verify", lpar.path, str(dump_file))
     times["hvsim_verify_s"] = time.monotonic() - t
     t = time.monotonic()
-    collected_prog = _open(out / "dump.kdump", parts.debug_vmlinux)
+    collected_prog = _open(dump_file, parts.debug_vmlinux)
     collected = analyse(collected_prog, info.pids, rodata=info.rodata)
     collected_regs = hvdump_registers(collected_prog)
     times["drgn_collected_s"] = time.monotonic() - t
@@ -150,17 +157,25 @@ def run_pipeline(parts: Parts, initrd: Path, d: Path, mmu: str) -> Run:
     conv = hvdump("convert", "--no-progress", str(guest.core), str(d / "converted"))
     assert conv.returncode == 0, conv.stderr
     times["convert_s"] = time.monotonic() - t
-    converted = analyse(
-        _open(d / "converted" / "dump.kdump", parts.debug_vmlinux), info.pids, rodata=info.rodata
-    )
+    converted_file = d / "converted" / manifest(d / "converted")["dump"]["file"]
+    converted = analyse(_open(converted_file, parts.debug_vmlinux), info.pids, rodata=info.rodata)
+    converted_elf = None
+    if converted_file.suffix != ".elf":
+        conv_elf = hvdump(
+            "convert", "--no-progress", "--format", "elf", str(guest.core), str(d / "elf")
+        )
+        assert conv_elf.returncode == 0, conv_elf.stderr
+        converted_elf = analyse(
+            _open(d / "elf" / "dump.elf", parts.debug_vmlinux), info.pids, rodata=info.rodata
+        )
     m = manifest(out)
-    times["dump_bytes"] = (out / "dump.kdump").stat().st_size
+    times["dump_bytes"] = dump_file.stat().st_size
     times["collect_elapsed_s"] = m["timings"]["elapsed_s"]
     _report(mmu, parts, guest, times)
     return Run(
         guest, image, lpar, out, collect, direct, direct_prstatus, live, collected, live_regs,
         collected_regs, sections, dump_check, checked.stdout + checked.stderr, stock, converted,
-        commands.getvalue(), times,
+        commands.getvalue(), times, converted_elf, conv.stderr, parts.kernel,
     )  # fmt: skip
 
 
@@ -175,7 +190,7 @@ def hvsim_cli(*args: str) -> str:
 def _report(mmu: str, parts: Parts, guest: GuestDump, times: dict[str, float]) -> None:
     REPORT.parent.mkdir(exist_ok=True)
     data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    data[mmu] = {"kernel": parts.release, "cpu": CPU_MODELS[mmu], **times}
+    data[f"{parts.kernel}-{mmu}"] = {"kernel": parts.release, "cpu": CPU_MODELS[mmu], **times}
     REPORT.write_text(json.dumps(data, indent=1))
     print(f"\nreal kernel {parts.release} ({mmu}, {CPU_MODELS[mmu]}): " + ", ".join(
         f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in times.items()

@@ -9,6 +9,16 @@ from pathlib import Path
 import yaml
 
 from drgn_hvdump import api
+from drgn_hvdump.dumpdir.manifest import (
+    ChunkRecord,
+    DumpFileInfo,
+    Manifest,
+    MetaFile,
+    ReleaseRecord,
+    ReleaseWriteRecord,
+    Source,
+    save_manifest,
+)
 
 PLUGINS = (
     Path(__file__).resolve().parent.parent / "ansible/ansible_collections/hvdump/power/plugins"
@@ -62,16 +72,31 @@ def test_collection_reads_journal_and_manifest(tmp_path: Path) -> None:
     (tmp_path / "journal.jsonl").write_text(
         '{"t": "start"}\n{"t": "chunk"}\n{"t": "chunk"}\n{"t": "done"}\n{"t": "chu'
     )
-    (tmp_path / "manifest.json").write_text(
-        json.dumps(
-            {
-                "dump": {"file": "dump.kdump", "size": 123},
-                "chunks": [{"size": 4096}, {"size": 8192}],
-                "release": {"writes": [{"size": 10, "done": True}, {"size": 5, "done": False}]},
-                "timings": {"elapsed_s": 1.5},
-                "warnings": ["w"],
-            }
-        )
+    save_manifest(
+        tmp_path,
+        Manifest(
+            tool="hvdump collect",
+            source=Source(byteorder="big", page_size=4096, vmcoreinfo={}),
+            dump=DumpFileInfo("dump.kdump", "kdump", 123, ((0, 12288),)),
+            chunks=(
+                ChunkRecord(0, "mem", 0, 4096, "0" * 16),
+                ChunkRecord(1, "mem", 4096, 8192, "1" * 16),
+            ),
+            metadata={"cpu": MetaFile("regsave.bin", 0), "hpte": MetaFile("hpte.bin", 0)},
+            release=ReleaseRecord(
+                "progressive",
+                0,
+                15,
+                (0, 0),
+                (
+                    ReleaseWriteRecord(0, 10, False, (0, 0), True),
+                    ReleaseWriteRecord(10, 5, True, (0, 0), False),
+                ),
+                (0, 1),
+            ),
+            timings={"elapsed_s": 1.5},
+            warnings=("w",),
+        ),
     )
     assert api.collection(tmp_path) == {
         "started": True,

@@ -290,3 +290,40 @@ def test_combined_translation_and_disagreements(order: Order) -> None:
     assert alone.translate(stale).source == "none"
     assert alone.translate(pt_only).disagreement is None
     assert alone.disagreements() == []
+
+
+def test_vmcoreinfo_says_the_mmu_and_the_range_of_newer_kernels() -> None:
+    from drgn_hvdump.mmu import mmu_from_vmcoreinfo, table_range_from_vmcoreinfo
+
+    assert mmu_from_vmcoreinfo({"NUMBER(RADIX_MMU)": "1"}) == "radix"
+    assert mmu_from_vmcoreinfo({"NUMBER(RADIX_MMU)": "0"}) == "hash"
+    assert mmu_from_vmcoreinfo({"OSRELEASE": "6.1.0-57-powerpc64le"}) is None
+    # Debian 13's 6.12 with 4 KiB pages, hash; and a 64 KiB-page Book3S-64 kernel.
+    v4k = {"NUMBER(VMALLOC_START)": "0xc0003d0000000000", "SYMBOL(vmemmap)": "c0003f0000000000"}
+    assert table_range_from_vmcoreinfo(v4k) == (0xC0003D0000000000, 0xC0003F0000000000)
+    v64k = {"NUMBER(VMALLOC_START)": "0xc008000000000000", "SYMBOL(vmemmap)": "c00c000000000000"}
+    assert table_range_from_vmcoreinfo(v64k) == (0xC008000000000000, 0xC00C000000000000)
+    assert table_range_from_vmcoreinfo({"SYMBOL(vmemmap)": "c00c000000000000"}) is None
+    assert table_range_from_vmcoreinfo({**v4k, "SYMBOL(vmemmap)": "c0003c0000000000"}) is None
+    assert table_range_from_vmcoreinfo({**v4k, "NUMBER(VMALLOC_START)": "bogus"}) is None
+
+
+def test_6_12_4k_hash_geometry_from_the_kernels_variables() -> None:
+    # What Debian 13's 6.12 (CONFIG_PPC_4K_PAGES, hash) holds in its variables.
+    g = hash_geometry(
+        4096,
+        {
+            "__pte_index_size": 9,
+            "__pmd_index_size": 7,
+            "__pud_index_size": 9,
+            "__pgd_index_size": 9,
+            "__vmalloc_start": 0xC0003D0000000000,
+            "__vmalloc_end": 0xC0003E0000000000,
+            "__kernel_io_start": 0xC0003E0000000000,
+            "__kernel_io_end": 0xC0003F0000000000,
+        },
+    )
+    assert g.source == "the kernel's __*_index_size variables"
+    assert g.contains(0xC0003D00003490A8) and g.region(0xC0003D00003490A8) == "vmalloc"
+    assert g.pgdir_shift == 12 + 9 + 7 + 9
+    assert not g.contains(0xC008000000000000)

@@ -1,8 +1,9 @@
 """The whole pipeline on a real kernel's memory (``make test-real``; marker ``real``).
 
-Debian's ppc64el kernel boots under ``qemu-system-ppc64`` (TCG, pseries),
-once with the hash MMU (POWER8, like POWER6) and once with radix (POWER9),
-starts named processes, panics through sysrq and is dumped over QMP (see
+Debian 12's 6.1 (64 KiB pages) and Debian 13's 6.12 (4 KiB pages) ppc64el
+kernels boot under ``qemu-system-ppc64`` (TCG, pseries, 2 CPUs), each once
+with the hash MMU (POWER8, like POWER6) and once with radix (POWER9), start
+named processes, panic through sysrq on CPU 1 and are dumped over QMP (see
 :mod:`tests.real_kernel`). hvsim adopts each image; then the same life cycle
 as for a simulated kernel: boot, crash, a FUSE capture root, ``hvdump
 collect`` with progressive release, ``hvdump verify``, ``hvsim verify``.
@@ -11,8 +12,10 @@ The proof is drgn's analysis through our pipeline (the live capture root and
 the collected dump, with the plugin; also ``hvdump convert``'s kdump of the
 QEMU image itself) against drgn's analysis of the original
 image read directly (:func:`tests.real_analysis.open_original`): release,
-tasks, printk records with the panic, the panicking CPU's backtrace and each
-named process's. On the hash guest, where stock drgn cannot read vmalloc
+tasks, printk records with the panic, the panicking CPU's backtrace, every
+CPU's and each named process's. For 6.12, whose kdump files drgn cannot read,
+hvdump writes ELF and says why; for 6.1 ``hvdump convert --format elf`` is
+compared too. On the hash guest, where stock drgn cannot read vmalloc
 memory at all, the module list and a module's constant table are checked
 against the guest's own ``/proc/modules`` and the ``.ko`` file.
 
@@ -22,8 +25,6 @@ anything else that goes wrong fails.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from elftools.elf.elffile import ELFFile
 
@@ -31,7 +32,9 @@ from tests.collect_support import FUSE_MISSING, manifest
 from tests.real_analysis import Analysis
 from tests.real_kernel import (
     CPU_MODELS,
+    KERNELS,
     MODULES,
+    PANIC_CPU,
     PROCESSES,
     RODATA_MODULE,
     Parts,
@@ -49,28 +52,35 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def parts() -> Parts:
-    try:
-        return fetch_parts()
-    except RegistryUnreachable as exc:
-        pytest.skip(f"real-kernel suite skipped: {exc}")
+RUNS = [(kernel, mmu) for kernel in KERNELS for mmu in CPU_MODELS]
+_PARTS: dict[str, Parts | str] = {}
 
 
-@pytest.fixture(scope="module")
-def initrd(parts: Parts, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_initramfs(parts, tmp_path_factory.mktemp("initrd") / "initrd.cpio")
+def _parts(kernel: str) -> Parts:
+    """The kernel's parts, fetched once per session (the reason, when unreachable)."""
+    if kernel not in _PARTS:
+        try:
+            _PARTS[kernel] = fetch_parts(kernel=kernel)
+        except RegistryUnreachable as exc:
+            _PARTS[kernel] = f"real-kernel suite skipped: {exc}"
+    got = _PARTS[kernel]
+    if isinstance(got, str):
+        pytest.skip(got)
+    return got
 
 
-@pytest.fixture(scope="module", params=list(CPU_MODELS))
-def run(
-    request: pytest.FixtureRequest,
-    parts: Parts,
-    initrd: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Run:
-    mmu: str = request.param
-    return run_pipeline(parts, initrd, tmp_path_factory.mktemp(f"real-{mmu}"), mmu)
+@pytest.fixture(scope="module", params=RUNS, ids=[f"{k}-{m}" for k, m in RUNS])
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    kernel, mmu = request.param
+    parts = _parts(kernel)
+    d = tmp_path_factory.mktemp(f"real-{kernel}-{mmu}")
+    initrd = build_initramfs(parts, d / "initrd.cpio")
+    return run_pipeline(parts, initrd, d, mmu)
+
+
+@pytest.fixture
+def parts(run: Run) -> Parts:
+    return _parts(run.kernel)
 
 
 def test_adoption_reads_the_guest(run: Run) -> None:
@@ -80,7 +90,8 @@ def test_adoption_reads_the_guest(run: Run) -> None:
     assert image.vmcoreinfo_where == f"{info.vmcoreinfo_addr:#x}"
     assert image.osrelease == info.release == cfg.osrelease
     assert cfg.cpus == len(image.registers) == 2
-    assert cfg.page_size == 65536
+    assert cfg.page_size == KERNELS[run.kernel].page_size
+    assert info.panic_cpu == PANIC_CPU  # the crash is not on CPU 0
     assert len(image.segments) == 1 and image.segments[0].paddr == 0
     dump = run.lpar.last_dump()
     assert dump is not None
@@ -92,15 +103,31 @@ def test_hypervisor_saved_and_collector_verified(run: Run) -> None:
     assert run.verify_dump.rstrip().splitlines()[-1].startswith("OK:"), run.verify_dump
     assert " 0 wrong, 0 missing" in run.verify_dump
     assert "OK" in run.hvdump_verify, run.hvdump_verify
+    # kdump where drgn reads it; else ELF, and one line that says why.
+    why = "writing an ELF dump, not kdump: drgn's kdump reader (libkdumpfile) cannot read"
+    four_k = KERNELS[run.kernel].page_size == 4096
+    assert manifest(run.out)["dump"]["format"] == ("elf" if four_k else "kdump")
+    assert run.collect.stderr.count(why) == run.convert_stderr.count(why) == int(four_k)
     m = manifest(run.out)
     writes = [r for r in m["release"]["writes"] if r.get("done")]
     assert len(writes) > 1  # progressive: memory went back range by range
     assert run.lpar.protected and not run.lpar.dump_waiting
 
 
-@pytest.mark.parametrize("view", ["live", "collected", "converted"])
+def _as_prstatus(got: list[str], direct: list[str]) -> bool:
+    """Whether ``got`` (drgn unwinding a PRSTATUS note) is ``direct`` (the same registers
+    as a ``pt_regs``) as drgn reads a note: it never takes LR from a Linux kernel's
+    PRSTATUS on ppc64 (only from a pt_regs), so a CPU stopped in a function that has
+    not saved LR yet (``__delay``) loses the caller only LR named."""
+    return got == direct or got == direct[:1] + direct[2:]
+
+
+@pytest.mark.parametrize("view", ["live", "collected", "converted", "converted_elf"])
 def test_drgn_through_the_pipeline_equals_the_original(run: Run, view: str) -> None:
-    got: Analysis = getattr(run, view)
+    got: Analysis | None = getattr(run, view)
+    if got is None:
+        assert view == "converted_elf" and KERNELS[run.kernel].page_size == 4096
+        got = run.converted  # ELF already
     want = run.direct
     assert got.release == want.release
     assert got.tasks == want.tasks
@@ -111,7 +138,7 @@ def test_drgn_through_the_pipeline_equals_the_original(run: Run, view: str) -> N
     assert got.process_traces == want.process_traces
     if got.panic_trace_from == "crashed_thread":
         # drgn read a PRSTATUS note (the collected dump's), with its rule for this release.
-        assert got.panic_trace == run.direct_prstatus.panic_trace
+        assert _as_prstatus(got.panic_trace, run.direct_prstatus.panic_trace)
     else:
         # The live root has no CRASHTIME and no PRSTATUS: the plugin's saved registers.
         assert got.panic_trace == want.panic_trace
@@ -120,6 +147,15 @@ def test_drgn_through_the_pipeline_equals_the_original(run: Run, view: str) -> N
     assert "sysrq_handle_crash+" in " ".join(got.panic_trace), got.panic_trace
     for name in PROCESSES:
         assert got.process_traces[name][-1].startswith("system_call"), got.process_traces[name]
+    # Every CPU's backtrace: registers drgn found in PRSTATUS notes follow its rule for
+    # this release; the live root's come from the save area as a pt_regs.
+    assert sorted(got.cpu_traces) == sorted(want.cpu_traces) == ["0", "1"]
+    for cpu, trace in got.cpu_traces.items():
+        if got.cpu_traces_from[cpu] == "core":
+            assert _as_prstatus(trace, run.direct_prstatus.cpu_traces[cpu]), (cpu, trace)
+        else:
+            assert trace == want.cpu_traces[cpu], (cpu, trace)
+        assert trace, cpu
 
 
 @pytest.mark.parametrize("view", ["live_regs", "collected_regs"])
@@ -139,7 +175,7 @@ def test_modules_and_vmalloc(run: Run, parts: Parts) -> None:
     with open(parts.modules[RODATA_MODULE], "rb") as f:
         section = ELFFile(f).get_section_by_name(".rodata")
         want = section.data()[:256]
-    for view in (run.live, run.collected, run.converted):
+    for view in (run.live, run.collected, run.converted, run.converted_elf or run.converted):
         assert view.modules == names
         assert view.rodata == want
     if run.guest.mmu == "hash":
@@ -152,7 +188,8 @@ def test_modules_and_vmalloc(run: Run, parts: Parts) -> None:
 def test_hvdump_commands_on_the_live_root(run: Run) -> None:
     out = run.live_commands
     assert "kind:        live /proc/vmcore of a capture kernel" in out
-    assert "little-endian, 64 KiB pages" in out and "2 CPUs saved" in out
+    page_kib = KERNELS[run.kernel].page_size >> 10
+    assert f"little-endian, {page_kib} KiB pages" in out and "2 CPUs saved" in out
     assert "saved-low" in out and "scratch" in out
     # A module address, through the kernel's own page tables.
     assert f"{run.guest.info.rodata:#x} -> " in out and "from page tables" in out

@@ -39,7 +39,8 @@ def may_be_ours(path: str) -> bool:
         os.close(fd)
     if _HVDUMP_NOTE in head:
         return True
-    return head[:4] == b"\x7fELF" and _CORE_NOTE not in head
+    live = path.endswith("/proc/vmcore")  # a capture root's, with or without PRSTATUS notes
+    return head[:4] == b"\x7fELF" and (live or _CORE_NOTE not in head)
 
 
 def dump_source(prog: drgn.Program) -> DumpSource | None:
@@ -53,21 +54,25 @@ def dump_source(prog: drgn.Program) -> DumpSource | None:
 def _hash_mmu(prog: drgn.Program, source: DumpSource | None) -> bool:
     """Whether to translate vmalloc and module addresses ourselves.
 
-    Always for our dumps (POWER6, the only machine with this dump interface,
-    has no radix MMU) and for kernels that say they run the hash MMU
-    (``NUMBER(RADIX_MMU)=0``). Kernels before 6.x do not say either way
-    (Debian's 6.1): drgn 0.3 then cannot read vmalloc memory of a hash
-    kernel at all, nor of a radix kernel in a kdump file, and the walker
-    reads the Book3S-64 tables of both MMUs (the entries are the same), so it
-    is installed too; it reads the page-table geometry the kernel chose.
+    Not for a kernel whose VMCOREINFO says it ran radix (``NUMBER(RADIX_MMU)=1``,
+    5.x and later: drgn walks its tables itself), whatever the file; for one
+    that says hash. Kernels that do not say (Debian's 6.1 does not) get it:
+    our dumps (POWER6, the only machine with this dump interface, has no radix
+    MMU), and others because drgn 0.3 then reads no vmalloc memory of a hash
+    kernel, nor of a radix kernel in a kdump file, and the walker reads the
+    Book3S-64 tables of both MMUs (the entries are the same) with the
+    page-table geometry the kernel chose.
     """
-    if source is not None:
-        return True
-    try:
-        lines = prog["VMCOREINFO"].string_().decode(errors="replace").splitlines()
-    except (LookupError, drgn.FaultError):
-        return False
-    return "NUMBER(RADIX_MMU)=1" not in lines
+    from drgn_hvdump.mmu import mmu_from_vmcoreinfo
+    from drgn_hvdump.plugin.translate import program_vmcoreinfo
+
+    info = source.vmcoreinfo if source is not None and source.vmcoreinfo else None
+    if info is None:
+        info = program_vmcoreinfo(prog)
+    said = mmu_from_vmcoreinfo(info)
+    if said is not None:
+        return said == "hash"
+    return source is not None or bool(info)
 
 
 def attach(prog: drgn.Program) -> None:

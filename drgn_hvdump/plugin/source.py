@@ -594,8 +594,8 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
     header_raw, cpu_raw = _hvdump_notes(notes)
     if header_raw is not None:
         return _collected(p, core.byteorder, info, header_raw, cpu_raw, memory)
-    if not info or any(n == "CORE" and t == NT_PRSTATUS for n, t, _ in notes):
-        return None  # a kdump or QEMU core: registers in its notes, memory in place
+    if not info:
+        return None
     page_size = _page_size(info.get("PAGESIZE"))
     if page_size is None:
         return None
@@ -604,9 +604,13 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
         return None
     v = _Vmcore(p, core.byteorder, info, page_size, memory, segments)
     if p.name == "vmcore" and p.parent.name == "proc":
+        # A capture root is known by its device tree, whatever the notes: a capture
+        # kernel may build PRSTATUS notes from the save area, as fadump's does.
         live = _identify_live(v)
         if live is not None:
             return live
+    if any(n == "CORE" and t == NT_PRSTATUS for n, t, _ in notes):
+        return None  # a kdump or QEMU core: registers in its notes, memory in place
     return _identify_raw(v)
 
 

@@ -30,9 +30,16 @@ from drgn_hvdump.mmu import (
     Translation,
     hash_geometry,
     pte_format_2_6_32,
+    table_range_from_vmcoreinfo,
 )
 
-__all__ = ["CACHE_KEY", "HashTranslator", "HptSource", "install_hash_translation"]
+__all__ = [
+    "CACHE_KEY",
+    "HashTranslator",
+    "HptSource",
+    "install_hash_translation",
+    "program_vmcoreinfo",
+]
 
 CACHE_KEY = "hvdump.mmu"
 """``prog.cache`` key of the program's :class:`HashTranslator`."""
@@ -42,11 +49,14 @@ HptSource = Callable[[], "bytes | None"]
 
 _KERNEL_BASE = 0xC000000000000000
 _BOOK3S64_RANGE = (0xC008000000000000, 0xC00C000000000000)
-"""vmalloc and I/O of Book3S-64 hash kernels since 4.x (``H_KERN_VIRT_START`` up to vmemmap).
+"""vmalloc and I/O of Book3S-64 hash kernels with 64 KiB pages since 4.x (up to vmemmap).
 
-Before debug info is loaded the geometry variables cannot be read, so the
-plugin cannot tell a 2.6-era kernel from a newer one yet: it covers both
-kernels' ranges and checks an address against the real geometry at read time.
+Before debug info is loaded the geometry variables cannot be read. Kernels
+that put ``NUMBER(VMALLOC_START)`` and ``SYMBOL(vmemmap)`` in VMCOREINFO say
+where the range is (:func:`~drgn_hvdump.mmu.table_range_from_vmcoreinfo`);
+for the others the plugin cannot tell a 2.6-era kernel from a newer one yet:
+it covers both kernels' ranges. An address is checked against the real
+geometry at read time.
 """
 _VARIABLES = (
     "__pte_index_size",
@@ -58,6 +68,14 @@ _VARIABLES = (
     "__kernel_io_start",
     "__kernel_io_end",
 )
+
+
+def program_vmcoreinfo(prog: drgn.Program) -> dict[str, str]:
+    """The program's VMCOREINFO (drgn knows it without debug info); empty if unreadable."""
+    try:
+        return parse_vmcoreinfo(prog["VMCOREINFO"].string_())
+    except (LookupError, drgn.FaultError, ValueError):
+        return {}
 
 
 def _page_size(prog: drgn.Program) -> int:
@@ -182,8 +200,26 @@ class HashTranslator:
                 self.seen_disagreements[page] = t.disagreement
         return t
 
+    def _newer_geometry(self) -> bool:
+        """Whether the kernel's geometry variables now say more than the geometry in use
+        (debug info loaded after the first read); the translation starts afresh if so."""
+        if self._mmu is None or not self._mmu.geometry.source.startswith("Linux 2.6.32"):
+            return False
+        if _geometry(self._prog) == self._mmu.geometry:
+            return False
+        self._reset()
+        return True
+
     def read(self, address: int, count: int, offset: int, physical: bool) -> bytes:
         """drgn's segment callback: translate and read ``count`` bytes at virtual ``address``."""
+        try:
+            return self._read(address, count)
+        except drgn.FaultError:
+            if not self._newer_geometry():
+                raise
+        return self._read(address, count)
+
+    def _read(self, address: int, count: int) -> bytes:
         out = bytearray()
         geometry = self.mmu.geometry
         if not geometry.vmalloc_start <= address < geometry.io_end:
@@ -233,7 +269,8 @@ def install_hash_translation(prog: drgn.Program, hpt: HptSource) -> HashTranslat
     translator = HashTranslator(prog, hpt)
     ranges = {(translator.start, translator.end)}
     if translator.geometry.source.startswith("Linux 2.6.32"):
-        ranges.add(_BOOK3S64_RANGE)
+        learnt = table_range_from_vmcoreinfo(program_vmcoreinfo(prog))
+        ranges = {learnt} if learnt is not None else {*ranges, _BOOK3S64_RANGE}
     for start, end in sorted(ranges):
         prog.add_memory_segment(start, end - start, translator.read, False)
     prog.cache[CACHE_KEY] = translator

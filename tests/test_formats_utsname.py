@@ -22,6 +22,7 @@ def test_parse() -> None:
 def test_address_from_vmcoreinfo() -> None:
     info = {"SYMBOL(init_uts_ns)": f"{PAGE_OFFSET_PPC64 + 0x1000:x}"}
     assert utsname_paddr(info) == 0x1004
+    assert utsname_paddr({**info, "OFFSET(uts_namespace.name)": "0"}) == 0x1000
     assert utsname_paddr({}) is None
     assert utsname_paddr({"SYMBOL(init_uts_ns)": "zz"}) is None
 

@@ -2,8 +2,9 @@
 
 A kdump file's header repeats the kernel's utsname (system name, node name,
 release, version, machine, domain name: six fields of 65 bytes). Its address
-comes from VMCOREINFO's ``SYMBOL(init_uts_ns)``, a ppc64 linear-map address;
-the name follows the namespace's 4-byte ``kref``.
+comes from VMCOREINFO's ``SYMBOL(init_uts_ns)``, a ppc64 linear-map address,
+and ``OFFSET(uts_namespace.name)`` where the kernel gives it (6.x); older
+kernels put the name after the namespace's 4-byte ``kref``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ def utsname_paddr(info: dict[str, str]) -> int | None:
         vaddr = int(info["SYMBOL(init_uts_ns)"], 16)
     except (KeyError, ValueError):
         return None
-    return vaddr - PAGE_OFFSET_PPC64 + 4  # struct uts_namespace: a 4-byte kref first
+    # Newer kernels say where the name is (6.x: first); older ones put a
+    # 4-byte kref before it and say nothing.
+    try:
+        offset = int(info["OFFSET(uts_namespace.name)"])
+    except (KeyError, ValueError):
+        offset = 4
+    return vaddr - PAGE_OFFSET_PPC64 + offset
 
 
 def parse_utsname(data: bytes) -> list[str] | None:

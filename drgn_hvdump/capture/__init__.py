@@ -25,6 +25,7 @@ __all__ = [
     "PhypDump",
     "RootFile",
     "RootTable",
+    "detect_capture",
     "open_capture",
 ]
 
@@ -38,8 +39,14 @@ def open_capture(root: str | Path = "/") -> CaptureInterface:
     Always returns an interface, so callers can ask whether firmware supports
     dumps at all; :meth:`CaptureInterface.state` says whether one is waiting.
     """
+    return detect_capture(root) or PhypDump(Path(root))
+
+
+def detect_capture(root: str | Path = "/") -> CaptureInterface | None:
+    """The capture interface the system mounted at ``root`` shows, or None when
+    it shows none (not a capture root, or firmware without dump support)."""
     root = Path(root)
     for generation in _GENERATIONS:
         if generation.detect(root):
             return generation(root)
-    return PhypDump(root)
+    return None

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from drgn_hvdump.capture.phyp import PhypDump
+from drgn_hvdump.capture import detect_capture, open_capture
 from drgn_hvdump.dumpdir.names import HVDUMP_NOTE_NAME, NOTE_DUMP_HEADER, NOTE_REGSAVE, PLAN_FILE
 from drgn_hvdump.dumpdir.registry import find_collection, registration_path
 from drgn_hvdump.dumpdir.view import CollectionView
@@ -338,7 +338,7 @@ class DumpSource:
             core.close()
         if self.root is None:
             return None
-        machine = PhypDump(self.root).machine_identity()
+        machine = open_capture(self.root).machine_identity()
         return dump_identity(build_dump_header(self.header), vmci, machine)
 
     def _read_src(self, src: int, size: int, pa: int | None) -> Data:
@@ -682,9 +682,10 @@ def _regions(
 
 def _identify_live(v: _Vmcore) -> DumpSource | None:
     root = v.path.parent.parent
-    if not PhypDump.detect(root):
+    capture = detect_capture(root)
+    if capture is None:
         return None
-    state = PhypDump(root).state()
+    state = capture.state()
     if state.header is None or state.release_map is None:
         return None
     h = state.header

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.elfcore import ElfCore, file_offset
+from drgn_hvdump.model.pages import kernel_page_size
 
 __all__ = ["Vmcore"]
 
@@ -35,12 +36,17 @@ class Vmcore:
 
     def page_size(self) -> int:
         """The crashed kernel's page size, from its VMCOREINFO."""
-        try:
-            return int((self.core.vmcoreinfo or {})["PAGESIZE"])
-        except (KeyError, ValueError):
+        text = (self.core.vmcoreinfo or {}).get("PAGESIZE")
+        size = kernel_page_size(text)
+        if size is None:
             raise FormatError(
-                "VMCOREINFO has no PAGESIZE", path=str(self.path), hint="cannot tell the page size"
-            ) from None
+                "VMCOREINFO has no PAGESIZE"
+                if text is None
+                else f"VMCOREINFO PAGESIZE {text!r} is not a kernel's page size",
+                path=str(self.path),
+                hint="cannot tell the page size",
+            )
+        return size
 
     def file_offset(self, paddr: int, size: int) -> int:
         """Where the file holds ``paddr``+``size``, or one line saying it does not."""

@@ -71,6 +71,7 @@ from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.utsname import read_utsname
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.fsutil import disk_error
+from drgn_hvdump.model.pages import kernel_page_size
 
 __all__ = [
     "ConvertOptions",
@@ -339,7 +340,7 @@ def _page_size(core: ElfCore, info: dict[str, str], given: int | None, path: Pat
             f"{path}: no VMCOREINFO PAGESIZE to tell the page size: give --page-size "
             "(65536 for most ppc64 kernels, 4096 for the others)"
         )
-    if ps < 4096 or ps & (ps - 1) or ps > 1 << 20:
+    if kernel_page_size(ps) is None:
         raise HvdumpError(f"page size {ps} is not a power of two from 4096 to 1 MiB")
     return ps
 

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from drgn_hvdump.dumpdir.names import MANIFEST
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.fsutil import disk_error, write_atomic
+from drgn_hvdump.model.pages import MAX_PAGE_SIZE, MIN_PAGE_SIZE, kernel_page_size
 
 __all__ = [
     "CHUNK_KINDS",
@@ -490,8 +491,8 @@ class _Parser:
         )
 
     def source(self, s: dict[str, Any]) -> Source:
-        ps = self.integer(s, "page_size", "source.page_size", 4096, 1 << 20)
-        if ps & (ps - 1):
+        ps = self.integer(s, "page_size", "source.page_size", MIN_PAGE_SIZE, MAX_PAGE_SIZE)
+        if kernel_page_size(ps) is None:
             raise self.fail("source.page_size", f"{ps} is not a power of two")
         info: dict[str, str] = {}
         if "vmcoreinfo" in s:

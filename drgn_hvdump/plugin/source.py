@@ -60,6 +60,7 @@ from drgn_hvdump.formats.regsave import (
 )
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, parse_vmcoreinfo
 from drgn_hvdump.intervals import IntervalSet
+from drgn_hvdump.model.pages import kernel_page_size
 from drgn_hvdump.model.scratch import sections_from_base, top_scratch_base
 
 __all__ = [
@@ -518,6 +519,18 @@ def _hvdump_notes(notes: list[tuple[str, int, bytes]]) -> tuple[bytes | None, by
     return header, cpu
 
 
+def _collected_page_size(p: Path, info: dict[str, str]) -> int:
+    # The collector refuses a kernel without PAGESIZE, so a file without one is not ours.
+    size = kernel_page_size(info.get("PAGESIZE"))
+    if size is None:
+        raise FormatError(
+            f"VMCOREINFO PAGESIZE {info.get('PAGESIZE')!r} is not a kernel's page size",
+            path=str(p),
+            hint="hvdump writes it from the crashed kernel's VMCOREINFO: the file is damaged",
+        )
+    return size
+
+
 def _collected(
     p: Path,
     byteorder: ByteOrder,
@@ -531,7 +544,7 @@ def _collected(
         kind="collected",
         path=p,
         byteorder=byteorder,
-        page_size=_page_size(info.get("PAGESIZE", "65536")) or 65536,
+        page_size=_collected_page_size(p, info),
         memory=memory,
         vmcoreinfo=info,
         header=header,
@@ -596,7 +609,7 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
         return _collected(p, core.byteorder, info, header_raw, cpu_raw, memory)
     if not info:
         return None
-    page_size = _page_size(info.get("PAGESIZE"))
+    page_size = kernel_page_size(info.get("PAGESIZE"))
     if page_size is None:
         return None
     segments = sorted(core.segments, key=lambda ph: ph.p_paddr)
@@ -774,15 +787,6 @@ def _identify_raw(v: _Vmcore) -> DumpSource | None:
         "released before it was taken (take it before any release)"
     )
     return src
-
-
-def _page_size(text: str | None) -> int | None:
-    """VMCOREINFO's ``PAGESIZE`` if it is one a kernel can have (a power of two from
-    4 KiB to 1 MiB), else None: the value sets the step of scans and of reads."""
-    if text is None or not text.isdigit() or len(text) > 8:
-        return None
-    size = int(text)
-    return size if 4096 <= size <= 1 << 20 and size & (size - 1) == 0 else None
 
 
 def _regsave_end(buf: bytes, states: list[CpuState]) -> int:

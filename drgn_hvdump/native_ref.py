@@ -70,7 +70,8 @@ from drgn_hvdump.formats.hpte import (
     hpte_hash_raw,
     vsid_scramble_256m,
 )
-from drgn_hvdump.formats.layout import check_u64
+from drgn_hvdump.formats.kdump import PAGE_DESC, PageDesc
+from drgn_hvdump.formats.layout import ByteOrder, check_u64
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -784,13 +785,19 @@ def kdump_descs(
     check_page_size(page_size)
     if len(batch.sizes) != len(batch.flags):
         raise ValueError("batch sizes and flags differ in length")
-    st = struct.Struct(">QIIQ" if big_endian else "<QIIQ")
+    order: ByteOrder = "big" if big_endian else "little"
     out = bytearray()
     pos = data_offset
     for size, flag in zip(batch.sizes, batch.flags, strict=True):
         if size == 0:
-            out += st.pack(zero_offset, page_size, 0, 0)
+            desc = PageDesc(_signed64(zero_offset), page_size, 0, 0)
         else:
-            out += st.pack(pos & _MASK64, size, flag, 0)
+            desc = PageDesc(_signed64(pos & _MASK64), size, flag, 0)
             pos += size
+        out += PAGE_DESC.pack(desc, order)
     return bytes(out)
+
+
+def _signed64(value: int) -> int:
+    # page_desc.offset is an off_t (signed); the C twin stores the same 64 bits.
+    return value - (1 << 64) if value >= 1 << 63 else value

@@ -30,9 +30,9 @@ test: setup
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q -p no:cacheprovider -m "not real"
 
-# The pipeline on a real ppc64 kernel booted under QEMU (tests/test_real_kernel.py):
-# downloads Debian's ppc64el kernel, its debug info and busybox (cached in
-# ~/.cache/hvdump-real), about 3 minutes.
+# The pipeline on real ppc64 kernels booted under QEMU (tests/test_real_kernel.py):
+# downloads Debian 12's and 13's ppc64el kernels, their debug info and busybox
+# (cached in ~/.cache/hvdump-real), about 3 minutes once cached.
 test-real: setup
 	$(BIN)/pytest -q -p no:cacheprovider -m real -s
 

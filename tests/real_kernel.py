@@ -161,6 +161,8 @@ class GuestDump:
     boot_to_panic_s: float
     dump_s: float
     total_s: float
+    stops: int = 1
+    """QMP stops it took to catch the panicking CPU in panic()'s loop."""
 
 
 def cache_dir() -> Path:
@@ -461,6 +463,62 @@ class _Qmp:
         self.sock.close()
 
 
+PANIC_LOOP = ("panic", "__delay", "udelay", "__udelay", "mdelay", "touch_softlockup_watchdog")
+"""Functions of panic()'s endless loop (panic_timeout 0): a stop there leaves a trace
+drgn unwinds to the sysrq handler. A stop in an interrupt (a timer softirq on the
+IRQ stack, seen on 6.12 hash under load) does not."""
+_STOP_TRIES = 20
+
+
+def parse_function_ranges(readelf_symbols: str, names: tuple[str, ...]) -> list[tuple[int, int]]:
+    """``[start, end)`` of each FUNC symbol named in ``names``, from ``readelf -sW`` output."""
+    out = []
+    for line in readelf_symbols.splitlines():
+        f = line.split()
+        # Num: Value Size Type Bind Vis [<localentry>: N] Ndx Name (ELFv2 adds the bracket)
+        if len(f) >= 8 and f[3] == "FUNC" and f[-1] in names:
+            start, size = int(f[1], 16), int(f[2], 0)
+            if size:
+                out.append((start, start + size))
+    return sorted(out)
+
+
+_RANGES: dict[Path, list[tuple[int, int]]] = {}
+
+
+def panic_loop_ranges(debug_vmlinux: Path) -> list[tuple[int, int]]:
+    """Where :data:`PANIC_LOOP`'s functions are in the guest kernel (cached per file)."""
+    if debug_vmlinux not in _RANGES:
+        text = _run(["readelf", "-sW", str(debug_vmlinux)])
+        _RANGES[debug_vmlinux] = parse_function_ranges(text, PANIC_LOOP)
+    return _RANGES[debug_vmlinux]
+
+
+def _cpu_nip(qmp: _Qmp, cpu: int) -> int | None:
+    qmp.cmd("human-monitor-command", **{"command-line": f"cpu {cpu}"})
+    regs = qmp.cmd("human-monitor-command", **{"command-line": "info registers"})
+    m = re.search(r"NIP\s+([0-9a-fA-F]+)", str(regs))
+    return int(m.group(1), 16) if m else None
+
+
+def _stop_in_panic_loop(qmp: _Qmp, cpu: int, loop: list[tuple[int, int]]) -> int:
+    """Stop the guest with ``cpu`` inside panic()'s loop; the number of stops it took.
+
+    Under load TCG may stop the CPU in an interrupt that came during the
+    loop; then the guest runs on briefly and is stopped again.
+    """
+    for tries in range(1, _STOP_TRIES + 1):
+        qmp.cmd("stop")
+        nip = _cpu_nip(qmp, cpu)
+        if not loop or nip is None or any(a <= nip < b for a, b in loop):
+            return tries
+        qmp.cmd("cont")
+        time.sleep(0.05 * tries)
+    raise RuntimeError(
+        f"CPU {cpu} was not in panic()'s loop at any of {_STOP_TRIES} stops (last NIP {nip:#x})"
+    )
+
+
 def boot_and_dump(
     parts: Parts, initrd: Path, out_dir: Path, mmu: str = "hash", timeout: float = 240.0
 ) -> GuestDump:
@@ -498,8 +556,10 @@ def boot_and_dump(
             time.sleep(0.2)
             text = console.read_text(errors="replace") if console.exists() else ""
         panicked = time.monotonic()
+        cpu = parse_console(text).panic_cpu
+        loop = panic_loop_ranges(parts.debug_vmlinux)
         time.sleep(0.5)  # the panicking CPU settles into panic()'s delay loop
-        qmp.cmd("stop")
+        stops = _stop_in_panic_loop(qmp, max(cpu, 0), loop)
         t1 = time.monotonic()
         qmp.cmd("dump-guest-memory", paging=False, protocol=f"file:{core}")
         dump_s = time.monotonic() - t1
@@ -512,7 +572,7 @@ def boot_and_dump(
             qemu.wait()
     text = console.read_text(errors="replace")
     return GuestDump(
-        core, text, parse_console(text), mmu, panicked - t0, dump_s, time.monotonic() - t0
+        core, text, parse_console(text), mmu, panicked - t0, dump_s, time.monotonic() - t0, stops
     )
 
 
@@ -530,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         g = boot_and_dump(parts, initrd, args.out, mmu)
         print(
             f"{mmu}: {g.core} boot-to-panic {g.boot_to_panic_s:.1f} s, dump {g.dump_s:.1f} s, "
-            f"panic CPU {g.info.panic_cpu}, VMCOREINFO at {g.info.vmcoreinfo_addr:#x}, "
+            f"panic CPU {g.info.panic_cpu} ({g.stops} stops), VMCOREINFO at {g.info.vmcoreinfo_addr:#x}, "
             f"modules {g.info.modules}, .rodata {g.info.rodata:#x}, pids {g.info.pids}"
         )
     return 0

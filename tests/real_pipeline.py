@@ -80,7 +80,9 @@ def run_pipeline(parts: Parts, initrd: Path, d: Path, mmu: str) -> Run:
     guest = boot_and_dump(parts, initrd, d / "guest", mmu)
     info = guest.info
     assert info.panic_cpu >= 0, guest.console[-3000:]
-    times.update(boot_to_panic_s=guest.boot_to_panic_s, dump_s=guest.dump_s)
+    times.update(
+        boot_to_panic_s=guest.boot_to_panic_s, dump_s=guest.dump_s, panic_stops=guest.stops
+    )
 
     t = time.monotonic()
     lpar = Lpar.adopt(d / "lpar", guest.core, crash_cpu=info.panic_cpu, mmu=mmu, boot=True)

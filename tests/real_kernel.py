@@ -495,8 +495,8 @@ def panic_loop_ranges(debug_vmlinux: Path) -> list[tuple[int, int]]:
 
 
 def _cpu_nip(qmp: _Qmp, cpu: int) -> int | None:
-    qmp.cmd("human-monitor-command", **{"command-line": f"cpu {cpu}"})
-    regs = qmp.cmd("human-monitor-command", **{"command-line": "info registers"})
+    # Each human-monitor-command runs in a fresh monitor: "cpu N" would not last.
+    regs = qmp.cmd("human-monitor-command", **{"command-line": "info registers", "cpu-index": cpu})
     m = re.search(r"NIP\s+([0-9a-fA-F]+)", str(regs))
     return int(m.group(1), 16) if m else None
 

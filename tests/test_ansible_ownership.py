@@ -59,6 +59,16 @@ def _report(path: Path, host: str) -> dict[str, Any]:
     return data
 
 
+def _collected_attached(out: str, report: Path, name: str) -> dict[str, Any]:
+    """The run's summary line and report say ``name`` was collected, attached to the
+    collector that held the dump; its report entry."""
+    line = _line(out, name)
+    assert line.split()[1] == "collected", line
+    rep = _report(report, name)
+    assert rep["status"] == "collected" and rep["attached"] in (True, "True"), rep
+    return rep
+
+
 def _release(lpar_path: str) -> dict[str, Any]:
     """hvsim's release history of the LPAR's capture kernel (writes, counters, targets)."""
     with Lpar.open(lpar_path) as lpar:
@@ -290,10 +300,7 @@ def test_rerun_while_collector_runs_local(tmp_path: Path) -> None:
                 _end(run3)
                 raise
             assert run3.returncode == 0, out3[-4000:]
-            line = _line(out3, h.name)
-            assert line.split()[1] == "collected", line
-            rep = _report(report, h.name)
-            assert rep["status"] == "collected" and rep["attached"] in (True, "True"), rep
+            rep = _collected_attached(out3, report, h.name)
             assert rep["owner"]["pid"] == pid, rep
             assert recap(out3)[h.name]["changed"] >= 1
         finally:
@@ -384,11 +391,8 @@ def test_rerun_while_collector_runs_over_ssh(tmp_path: Path) -> None:
                     _end(run3)
                     raise
                 assert run3.returncode == 0, out3[-4000:]
-                line = _line(out3, h.name)
-                assert line.split()[1] == "collected", line
-                rep = _report(report, h.name)
-                assert rep["status"] == "collected", rep
-                assert rep["attached"] in (True, "True") and rep["resumed"] in (True, "True"), rep
+                rep = _collected_attached(out3, report, h.name)
+                assert rep["resumed"] in (True, "True"), rep
                 assert waiter not in _collectors(h.root)
             finally:
                 _end_collector(pid)

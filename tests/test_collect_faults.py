@@ -147,33 +147,14 @@ def test_disk_full_then_space_freed_resumes(tmp_path: Path) -> None:
         # the map file was emptied above: collect refuses it before writing anything
         assert res.returncode == 1 and "release_region" in res.stderr
         export_root(lpar, root, vmcore=False)
-        res = hvdump(
-            "collect",
-            "--root",
-            str(root),
-            "-o",
-            str(out),
-            "--release",
-            "never",
-            "--chunk-size",
-            "8M",
-        )
+        again = ("collect", "--root", str(root), "-o", str(out), "--release", "never")
+        res = hvdump(*again, "--chunk-size", "8M")
         assert res.returncode == 1
         err = res.stderr.strip().splitlines()
         assert len(err) == 1 and "no space left" in err[0] and "MiB more is needed" in err[0], err
         assert "Traceback" not in res.stderr
         subprocess.run(["mount", "-o", "remount,size=600m", str(mnt)], check=True)
-        res = hvdump(
-            "collect",
-            "--root",
-            str(root),
-            "-o",
-            str(out),
-            "--release",
-            "never",
-            "--chunk-size",
-            "8M",
-        )
+        res = hvdump(*again, "--chunk-size", "8M")
         assert res.returncode == 0, res.stderr
         assert verify_dir(out)[0]
         assert compare_with_truth(lpar, out) == []

@@ -24,12 +24,14 @@ from pathlib import Path
 
 from drgn_hvdump.errors import FormatError
 from drgn_hvdump.formats.elfcore import EM_PPC64, PAGE_OFFSET_PPC64, ElfCore, parse_notes
+from drgn_hvdump.formats.utsname import UTS_FIELD as _UTS_FIELD
 from drgn_hvdump.formats.vmcoreinfo import (
     VMCOREINFO_NOTE_NAME,
     parse_vmcoreinfo,
     vmcoreinfo_offset,
     vmcoreinfo_symbol,
 )
+from drgn_hvdump.model.pages import kernel_page_size
 
 __all__ = [
     "KDUMP_PPC64_PAGE_SIZE",
@@ -44,7 +46,6 @@ __all__ = [
 KDUMP_PPC64_PAGE_SIZE = 65536
 """The only ppc64 page size libkdumpfile translates (its ``addrxlat`` ppc64 method)."""
 
-_UTS_FIELD = 65  # __NEW_UTS_LEN + 1: struct new_utsname's fields
 # What drgn refuses a kernel without.
 _REQUIRED = ("OSRELEASE", "PAGESIZE", "SYMBOL(swapper_pg_dir)")
 
@@ -77,10 +78,10 @@ def collect_format(requested: str, vmcore: Path) -> tuple[str, str | None]:
             machine, info = core.machine, core.vmcoreinfo or {}
     except (OSError, FormatError):
         return requested, None
-    size = info.get("PAGESIZE", "")
-    if not size.isdigit():
+    size = kernel_page_size(info.get("PAGESIZE"))
+    if size is None:
         return requested, None
-    return analysable_format(requested, machine == EM_PPC64, int(size))
+    return analysable_format(requested, machine == EM_PPC64, size)
 
 
 def vmcoreinfo_problems(info: Mapping[str, str] | None) -> list[str]:
@@ -132,8 +133,7 @@ def _dump_facts(dump: Path, fmt: str) -> tuple[bool, int, dict[str, str] | None]
             return machine.startswith(b"ppc64"), kd.page_size, info
     with ElfCore.open(dump, machine=None) as core:
         info = core.vmcoreinfo
-        size = (info or {}).get("PAGESIZE", "")
-        page_size = int(size) if size.isdigit() else 0
+        page_size = kernel_page_size((info or {}).get("PAGESIZE")) or 0
         return core.machine == EM_PPC64, page_size, info
 
 

@@ -13,9 +13,11 @@ from collections.abc import Callable
 
 from drgn_hvdump.formats.elfcore import PAGE_OFFSET_PPC64
 
-__all__ = ["UTSNAME_SIZE", "parse_utsname", "read_utsname", "utsname_paddr"]
+__all__ = ["UTSNAME_SIZE", "UTS_FIELD", "parse_utsname", "read_utsname", "utsname_paddr"]
 
-_FIELD = 65
+UTS_FIELD = 65
+"""Bytes of each field (``__NEW_UTS_LEN + 1``)."""
+_FIELD = UTS_FIELD
 UTSNAME_SIZE = 6 * _FIELD
 """Bytes of ``struct new_utsname``."""
 

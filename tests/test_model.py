@@ -15,25 +15,25 @@ from hypothesis import strategies as st
 
 from drgn_hvdump.formats.dump_header import RMO_SIZE, build_dump_header, parse_dump_header
 from drgn_hvdump.intervals import IntervalSet
-from drgn_hvdump.model import (
-    MIN_HPT_SIZE,
+from drgn_hvdump.model.pages import page_down, page_span, page_up
+from drgn_hvdump.model.release import (
     U64_MASK,
     ReleaseArea,
     ReleaseCounters,
-    ScratchLayout,
     corrected_release,
     counts_in_reserved,
     counts_in_scratch,
     dump_data,
     faithful_release,
-    hpt_size,
-    page_down,
-    page_span,
-    page_up,
     release_span,
     reregisters,
-    sections_from_base,
     simulate_frees,
+)
+from drgn_hvdump.model.scratch import (
+    MIN_HPT_SIZE,
+    ScratchLayout,
+    hpt_size,
+    sections_from_base,
     top_scratch_base,
 )
 

@@ -334,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _main,
         argv,
         interrupted="nothing unsaved was released; run the same command again to resume",
+        process=argv is None,
     )
 
 

@@ -69,12 +69,20 @@ def run_main(
     *,
     user_errors: tuple[type[Exception], ...] = (),
     interrupted: str = "",
+    process: bool = False,
 ) -> int:
     """Run a command's main: user errors become one line on stderr and a non-zero exit.
 
     User errors are :class:`HvdumpError`, the ``user_errors`` a command adds,
     and any ``OSError`` (a file that is missing, unreadable or full is the
     user's to fix: named, with the system's reason).
+
+    SIGTERM ends the command as Ctrl-C does while it works. Once its work is
+    over, a SIGTERM could only cut the exit short (a silent death, or an
+    interpreter killing itself with SIGINT for an uncaught interrupt): when
+    ``process`` says this call is the whole process (a command line, not a
+    caller in the same interpreter), it is ignored from then on; otherwise the
+    caller's handler comes back.
     """
     errors: tuple[type[Exception], ...] = (HvdumpError, *user_errors)
     stopped_by = [signal.SIGINT]
@@ -85,15 +93,39 @@ def run_main(
         stopped_by[0] = signal.Signals(signum)
         raise KeyboardInterrupt
 
+    previous = None
     with contextlib.suppress(ValueError):  # not the main thread: keep the default
-        signal.signal(signal.SIGTERM, on_term)
+        previous = signal.signal(signal.SIGTERM, on_term)
+
+    def finished() -> None:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN if process else previous)
+
     try:
-        return func(argv)
+        return _run(prog, func, argv, errors, interrupted, stopped_by, finished)
+    finally:
+        finished()
+
+
+def _run(
+    prog: str,
+    func: Callable[[Sequence[str] | None], int],
+    argv: Sequence[str] | None,
+    errors: tuple[type[Exception], ...],
+    interrupted: str,
+    stopped_by: list[signal.Signals],
+    finished: Callable[[], None],
+) -> int:
+    try:
+        code = func(argv)
+        finished()
+        return code
     except errors as error:
         message = str(error).replace("\n", " ")
         print(f"{prog}: error: {message}", file=sys.stderr)
         return int(getattr(error, "exit_code", EXIT_ERROR))
     except KeyboardInterrupt:
+        finished()
         hint = f"; {interrupted}" if interrupted else ""
         print(f"{prog}: interrupted by {stopped_by[0].name}{hint}", file=sys.stderr)
         return 128 + int(stopped_by[0])

@@ -680,4 +680,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # The simulator's API reports bad values (sizes, names, ranges) as ValueError.
-    return run_main("hvsim", lambda _: int(args.func(args)), None, user_errors=(ValueError,))
+    return run_main(
+        "hvsim",
+        lambda _: int(args.func(args)),
+        None,
+        user_errors=(ValueError,),
+        process=argv is None,
+    )

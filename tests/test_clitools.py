@@ -50,3 +50,23 @@ def test_a_command_adds_its_own_user_errors(capsys: pytest.CaptureFixture[str]) 
 def test_interrupt(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main("tool", _raising(KeyboardInterrupt()), None) == 130
     assert capsys.readouterr().err == "tool: interrupted by SIGINT\n"
+
+
+def test_sigterm_after_the_work_is_over() -> None:
+    """In-process callers get their SIGTERM handler back; a whole process ignores a
+    SIGTERM that would only cut its exit short."""
+    import signal
+
+    def mine(signum: int, frame: object) -> None:
+        pass
+
+    old = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert run_main("tool", lambda _: 0, None) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert run_main("tool", _raising(KeyboardInterrupt()), None) == 130
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert run_main("tool", lambda _: 3, None, process=True) == 3
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -1092,7 +1092,7 @@ def test_sigterm_is_one_line_and_resumable(
                         and "interrupted by SIGTERM" in lines[0]
                         and "Traceback" not in r.stderr
                     ):
-                        problems.append(f"{fmt} SIGTERM {terms}: rc {r.rc} {r.stderr[-800:]!r}")
+                        problems.append(f"{fmt} SIGTERM {terms}: rc {r.rc} {r.stderr[-6000:]!r}")
                     early = released_before_durable(lpar, out, lpar.config.page_size)
                     counts["unsaved_releases"] += len(early)
                     if early:

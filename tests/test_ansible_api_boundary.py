@@ -9,16 +9,7 @@ from pathlib import Path
 import yaml
 
 from drgn_hvdump import api
-from drgn_hvdump.dumpdir.manifest import (
-    ChunkRecord,
-    DumpFileInfo,
-    Manifest,
-    MetaFile,
-    ReleaseRecord,
-    ReleaseWriteRecord,
-    Source,
-    save_manifest,
-)
+from drgn_hvdump.dumpdir import manifest as mf
 
 PLUGINS = (
     Path(__file__).resolve().parent.parent / "ansible/ansible_collections/hvdump/power/plugins"
@@ -72,25 +63,25 @@ def test_collection_reads_journal_and_manifest(tmp_path: Path) -> None:
     (tmp_path / "journal.jsonl").write_text(
         '{"t": "start"}\n{"t": "chunk"}\n{"t": "chunk"}\n{"t": "done"}\n{"t": "chu'
     )
-    save_manifest(
+    mf.save_manifest(
         tmp_path,
-        Manifest(
+        mf.Manifest(
             tool="hvdump collect",
-            source=Source(byteorder="big", page_size=4096, vmcoreinfo={}),
-            dump=DumpFileInfo("dump.kdump", "kdump", 123, ((0, 12288),)),
+            source=mf.Source(byteorder="big", page_size=4096, vmcoreinfo={}),
+            dump=mf.DumpFileInfo("dump.kdump", "kdump", 123, ((0, 12288),)),
             chunks=(
-                ChunkRecord(0, "mem", 0, 4096, "0" * 16),
-                ChunkRecord(1, "mem", 4096, 8192, "1" * 16),
+                mf.ChunkRecord(0, "mem", 0, 4096, "0" * 16),
+                mf.ChunkRecord(1, "mem", 4096, 8192, "1" * 16),
             ),
-            metadata={"cpu": MetaFile("regsave.bin", 0), "hpte": MetaFile("hpte.bin", 0)},
-            release=ReleaseRecord(
+            metadata={"cpu": mf.MetaFile("regsave.bin", 0), "hpte": mf.MetaFile("hpte.bin", 0)},
+            release=mf.ReleaseRecord(
                 "progressive",
                 0,
                 15,
                 (0, 0),
                 (
-                    ReleaseWriteRecord(0, 10, False, (0, 0), True),
-                    ReleaseWriteRecord(10, 5, True, (0, 0), False),
+                    mf.ReleaseWriteRecord(0, 10, False, (0, 0), True),
+                    mf.ReleaseWriteRecord(10, 5, True, (0, 0), False),
                 ),
                 (0, 1),
             ),

@@ -13,7 +13,14 @@ from typing import TypeVar
 
 from drgn_hvdump.errors import HvdumpError
 
-__all__ = ["disk_error", "flock_holders", "fsync_dir", "parse_proc_locks", "take_flock", "write_atomic"]
+__all__ = [
+    "disk_error",
+    "flock_holders",
+    "fsync_dir",
+    "parse_proc_locks",
+    "take_flock",
+    "write_atomic",
+]
 
 T = TypeVar("T")
 

@@ -85,7 +85,13 @@ from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import DUMP_ERROR_FLAG, DumpHeader, describe_dump_header
 from drgn_hvdump.formats.elfcore import CoreLayout, LoadSegment, Note, build_core_header
 from drgn_hvdump.formats.layout import ByteOrder
-from drgn_hvdump.formats.regsave import CpuState, build_regsave
+from drgn_hvdump.formats.regsave import (
+    CpuState,
+    build_regsave,
+    cpu_state_to_pt_regs,
+    parse_regsave,
+    prstatus_notes,
+)
 from drgn_hvdump.formats.release_region import (
     Extent,
     ReleaseMap,
@@ -587,7 +593,7 @@ class Lpar:
         with self._reading() as st:
             return st["hv"]["dump"] is not None
 
-    def _hv(self, work: dict[str, Any]) -> Hypervisor:
+    def _hv(self, work: Mapping[str, Any]) -> Hypervisor:
         return Hypervisor(self.config, work["hv"])
 
     def dump_header(self) -> DumpHeader | None:
@@ -902,7 +908,7 @@ class Lpar:
         """Lay the hypervisor's saved sections into memory as layers."""
         cpu, hpte, rmo = header.cpu, header.hpte, header.rmo
         if cpu.length_copied:
-            regsave = build_regsave(image.cpu_states())[: cpu.length_copied]
+            regsave = _saved_regsave(image, header)
             self._push_overlay(work, [(cpu.destination_address, regsave)], "hypervisor: CPU state")
         if hpte.length_copied:
             entries = [
@@ -1459,7 +1465,8 @@ class Lpar:
         image = self._dump_image(st)
         assert image is not None
         cfg = self.config
-        notes = [Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, image.vmcoreinfo())]
+        notes = _cpu_notes(image, self._hv(st).dump, cfg.endian)
+        notes.append(Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, image.vmcoreinfo()))
         segments = [
             LoadSegment(0, cfg.reserve_size),
             LoadSegment(cfg.reserve_size, cfg.memory - cfg.reserve_size),
@@ -1483,8 +1490,11 @@ class Lpar:
     def read_vmcore(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of ``/proc/vmcore`` at ``offset`` (short at the end).
 
-        An ELF64 core in the kernel's byte order: one PT_NOTE with the crashed
-        kernel's VMCOREINFO note, and PT_LOADs for ``[0, reserve_size)`` (the
+        An ELF64 core in the kernel's byte order: one PT_NOTE with an
+        ``NT_PRSTATUS`` note per CPU that the capture kernel found in the
+        hypervisor's register save area at boot (``pr_pid`` = CPU + 1, none
+        when that section was not copied whole) and the crashed kernel's
+        VMCOREINFO note, and PT_LOADs for ``[0, reserve_size)`` (the
         capture kernel's own memory, as a real capture kernel exposes it) and
         ``[reserve_size, RAM)`` (the reserved memory with the scratch area in
         it). Released ranges read as the data that reused them.
@@ -1612,3 +1622,23 @@ def replace_layout_base(header: DumpHeader, base: int) -> DumpHeader:
     return registration_header(
         header.cpu.source_length, header.hpte.source_length, header.rmo.source_length, base
     )
+
+
+def _saved_regsave(image: CrashedKernel, header: DumpHeader) -> bytes:
+    """The register save area as the hypervisor copied it (cut short by a partial copy)."""
+    return build_regsave(image.cpu_states())[: header.cpu.length_copied]
+
+
+def _cpu_notes(image: CrashedKernel, header: DumpHeader | None, order: ByteOrder) -> list[Note]:
+    """The capture kernel's ``NT_PRSTATUS`` notes, built at boot from the saved CPU state.
+
+    A register save area the hypervisor did not copy whole gives none: the
+    capture kernel cannot tell which CPUs' entries are complete.
+    """
+    if header is None or not header.cpu.length_copied:
+        return []
+    try:
+        states = parse_regsave(_saved_regsave(image, header), "register save area")
+    except FormatError:
+        return []
+    return prstatus_notes(((s.cpu, cpu_state_to_pt_regs(s)) for s in states), order)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import drgn
-from drgn import Object, Platform, PlatformFlags, Program
+from drgn import Platform, PlatformFlags, Program
 from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.pid import find_task, for_each_task
 from drgn.helpers.linux.printk import get_printk_records
@@ -116,7 +116,7 @@ def _cpu_traces(
     prog: Program, cpu_regs: list[Any] | None, byteorder: str
 ) -> tuple[dict[str, list[str]], dict[str, str]]:
     """Every CPU's backtrace: from ``cpu_regs`` when given, else as drgn unwinds the task
-    on the CPU, else from the hypervisor's save area (a live root without notes)."""
+    on the CPU (registers it finds itself: a PRSTATUS note, or ``crash_notes``)."""
     from drgn.helpers.linux.cpumask import for_each_present_cpu
     from drgn.helpers.linux.sched import cpu_curr
 
@@ -127,14 +127,8 @@ def _cpu_traces(
             trace = prog.stack_trace(pt_regs_object(prog, cpu_regs[cpu], byteorder))
             sources[str(cpu)] = "pt_regs"
         else:
-            try:
-                trace = prog.stack_trace(cpu_curr(prog, cpu))
-                sources[str(cpu)] = "core"
-            except LookupError:
-                from drgn_hvdump.plugin.helpers import hvdump_pt_regs
-
-                trace = prog.stack_trace(hvdump_pt_regs(prog, cpu))
-                sources[str(cpu)] = "pt_regs"
+            trace = prog.stack_trace(cpu_curr(prog, cpu))
+            sources[str(cpu)] = "core"
         traces[str(cpu)] = trace_of(trace)
     return traces, sources
 
@@ -151,29 +145,19 @@ def analyse(
 ) -> Analysis:
     """What drgn shows first.
 
-    The panicking CPU's trace is ``prog.crashed_thread()``'s; where drgn
-    cannot find that CPU's registers (a live root of a kernel without
-    ``CRASHTIME``) it unwinds from ``panic_regs``, given or, for a dump the
-    plugin knows, the hypervisor's (``hvdump_pt_regs``).
+    The panicking CPU's trace is ``prog.crashed_thread()``'s, or unwound from
+    ``panic_regs`` when given (stock drgn on QEMU's image, which has no notes
+    drgn can use).
     """
     release = prog["init_uts_ns"].name.release.string_().decode()
     tasks = sorted((t.comm.string_().decode(), int(t.pid)) for t in for_each_task(prog))
     printk = [r.text.decode(errors="replace") for r in get_printk_records(prog)]
     panic_cpu = int(prog["panic_cpu"].counter)
-    regs: Object | None = None
     if panic_regs is not None:
-        regs = pt_regs_object(prog, panic_regs, byteorder)
+        trace = prog.stack_trace(pt_regs_object(prog, panic_regs, byteorder))
+        source = "pt_regs"
     else:
-        try:
-            trace = prog.crashed_thread().stack_trace()
-        except LookupError:
-            from drgn_hvdump.plugin.helpers import hvdump_pt_regs
-
-            regs = hvdump_pt_regs(prog, panic_cpu)
-    if regs is not None:
-        trace, source = prog.stack_trace(regs), "pt_regs"
-    else:
-        source = "crashed_thread"
+        trace, source = prog.crashed_thread().stack_trace(), "crashed_thread"
     panic_trace = trace_of(trace)
     traces = {
         name: trace_of(prog.stack_trace(find_task(prog, pid))) for name, pid in process_pids.items()

@@ -29,9 +29,12 @@ from hvsim import Lpar
 from hvsim.adopt import inspect_image
 from tests.collect_support import hvdump, manifest, mounted
 from tests.real_analysis import Analysis, analyse, drgn_takes_pc_from_link, stock_analysis
-from tests.real_kernel import CPU_MODELS, GuestDump, Parts, boot_and_dump
+from tests.real_kernel import CPU_MODELS, KERNELS, GuestDump, Parts, boot_and_dump
 
-__all__ = ["REPORT", "Run", "run_pipeline"]
+__all__ = ["LIVE_COMMANDS", "REPORT", "Run", "run_pipeline"]
+
+LIVE_COMMANDS = ("hvdump", "hvdump regions", "hvdump hpte {rodata:#x}", "crash bt")
+"""Commands run on the live root: the plugin's, then drgn's own ``bt`` of the panicking task."""
 
 REPORT = Path(__file__).resolve().parent.parent / "bench" / "out" / "real-kernel.json"
 """Each step's time, written for docs/benchmarks.md (bench/out is not committed)."""
@@ -58,13 +61,15 @@ class Run:
     """drgn on ``hvdump convert``'s default output of the original image (no hvsim involved):
     kdump, or ELF for a kernel drgn cannot read in kdump files (4 KiB pages)."""
     live_commands: str
-    """What ``%hvdump``, ``%hvdump regions`` and ``%hvdump hpte`` (a module address) printed."""
+    """What :data:`LIVE_COMMANDS` printed on the live root."""
     times: dict[str, float] = field(default_factory=dict)
     converted_elf: Analysis | None = None
     """drgn on ``hvdump convert --format elf``'s output (None: the default is ELF already)."""
     convert_stderr: str = ""
     kernel: str = "6.1"
     """The series of :data:`tests.real_kernel.KERNELS`."""
+    collected_elf: Analysis | None = None
+    """drgn on ``hvdump collect --format elf``'s output (None: the default is ELF already)."""
 
 
 def _open(path: Path, vmlinux: Path) -> drgn.Program:
@@ -129,13 +134,25 @@ def run_pipeline(parts: Parts, initrd: Path, d: Path, mmu: str) -> Run:
             times["drgn_live_s"] = time.monotonic() - t
             commands = io.StringIO()
             with contextlib.redirect_stdout(commands):
-                for cmd in ("hvdump", "hvdump regions", f"hvdump hpte {info.rodata:#x}"):
-                    run_command(live_prog, cmd)
+                for cmd in LIVE_COMMANDS:
+                    run_command(live_prog, cmd.format(rodata=info.rodata))
         finally:
             # drgn and the plugin keep the vmcore open until the program goes
             # (also when a check fails: the unmount must not hide the failure).
             del live_prog
             gc.collect()
+        collected_elf = None
+        if KERNELS[parts.kernel].page_size != 4096:
+            # The other format through the capture root, before any memory goes back.
+            elf = hvdump(
+                "collect", "--root", str(root), "--output", str(d / "dump-elf"),
+                "--format", "elf", "--release", "never", "--no-progress", timeout=600,
+            )  # fmt: skip
+            assert elf.returncode == 0, elf.stderr
+            collected_elf = analyse(
+                _open(d / "dump-elf" / "dump.elf", parts.debug_vmlinux), info.pids,
+                rodata=info.rodata,
+            )  # fmt: skip
         t = time.monotonic()
         collect = hvdump(
             "collect", "--root", str(root), "--output", str(out), "--release", "progressive",
@@ -177,7 +194,7 @@ def run_pipeline(parts: Parts, initrd: Path, d: Path, mmu: str) -> Run:
     return Run(
         guest, image, lpar, out, collect, direct, direct_prstatus, live, collected, live_regs,
         collected_regs, sections, dump_check, checked.stdout + checked.stderr, stock, converted,
-        commands.getvalue(), times, converted_elf, conv.stderr, parts.kernel,
+        commands.getvalue(), times, converted_elf, conv.stderr, parts.kernel, collected_elf,
     )  # fmt: skip
 
 

@@ -176,6 +176,26 @@ def test_registers_come_from_the_save_area_not_crash_notes(
     assert -1 not in positions and positions == sorted(positions), text
 
 
+def test_without_crashtime_drgn_takes_the_capture_kernels_notes(crashed: Crashed) -> None:
+    # A kernel that crashed into the hypervisor without crash_kexec() (a real one)
+    # has no CRASHTIME and never filled crash_notes: stock drgn then takes each
+    # CPU's registers from the PRSTATUS notes the capture kernel built from the
+    # save area, by pr_pid = CPU + 1.
+    text = crashed.image.vmcoreinfo()
+    kept = b"".join(
+        line + b"\n" for line in text.splitlines() if not line.startswith(b"CRASHTIME=")
+    )
+    assert kept != text
+    prog = Program(vmcoreinfo=kept)
+    prog.set_core_dump(str(crashed.raw))
+    prog.load_debug_info([crashed.vmlinux])
+    check_kernel(prog, crashed.image)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        run_command(prog, "crash bt")
+    assert f" {crashed.image.backtrace()[-1]} " in out.getvalue(), out.getvalue()
+
+
 def test_drgn_cli_opens_a_raw_copy_with_no_extra_flags(crashed: Crashed) -> None:
     script = (
         "print([f.name for f in prog.crashed_thread().stack_trace()]);"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from drgn_hvdump.formats.elfcore import EM_PPC64, ET_CORE, PT_LOAD, ElfCore
+from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs
 from drgn_hvdump.formats.release_region import parse_release_request
 from hvsim import Lpar, ViewUnavailable
 
@@ -73,7 +74,10 @@ def test_vmcore_parses_with_elfcore(tmp_path: Path, endian: str, page_size: int)
     assert core.vmcoreinfo["OSRELEASE"] == "2.6.32-hvsim"
     assert core.vmcoreinfo["PAGESIZE"] == str(page_size)
     assert core.vmcoreinfo["CRASHTIME"] == str(info.crash_time)
-    assert core.prstatus == ()
+    # The capture kernel's notes: each CPU's saved registers, pr_pid = CPU + 1.
+    states = lpar.expected_cpu_states()
+    assert [p.pr_pid for p in core.prstatus] == [s.cpu + 1 for s in states] == [1, 2, 3]
+    assert [p.pr_reg for p in core.prstatus] == [cpu_state_to_pt_regs(s) for s in states]
     # Low memory is the capture kernel's; the reserved area is the crashed kernel's.
     assert core.read_phys(64 * M, M) != lpar.expected(64 * M, M)
     assert core.read_phys(64 * M, M) == lpar.read_phys(64 * M, M)
@@ -151,3 +155,11 @@ def test_readelf_reads_a_copy_of_the_vmcore(tmp_path: Path, endian: str) -> None
     assert text.count("LOAD") == 2
     assert "0xc000000010000000" in text
     assert "VMCOREINFO" in text
+
+
+def test_vmcore_has_no_cpu_notes_when_the_save_area_was_cut_short(tmp_path: Path) -> None:
+    # The capture kernel cannot tell which CPUs' entries are whole: no notes at all.
+    lpar = Lpar.create(tmp_path / "lpar", memory=G, cpus=2, seed=3, boot=True)
+    lpar.crash(partial={"cpu": 100})
+    core = ElfCore(_VmcoreIO(lpar), "vmcore")  # type: ignore[arg-type]
+    assert core.prstatus == () and core.vmcoreinfo is not None

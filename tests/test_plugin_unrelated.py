@@ -40,7 +40,11 @@ from drgn_hvdump.formats.elfcore import (
     write_core,
 )
 from drgn_hvdump.formats.kdump import plan_kdump
-from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME
+from drgn_hvdump.formats.vmcoreinfo import (
+    VMCOREINFO_NOTE_NAME,
+    VMCOREINFO_NOTE_TYPE,
+    build_vmcoreinfo,
+)
 from hvsim import Lpar
 from hvsim.groundcore import write_truth_core
 from hvsim.kernel import vmlinux_path
@@ -393,3 +397,34 @@ def test_hook_on_other_programs_imports_nothing(tmp_path: Path, kind: str) -> No
     assert res.result["new"] == []
     assert res.stderr == ""
     assert ("X86_64" if kind == "x86-64" else "PPC64") in res.result["platform"]
+
+
+@pytest.mark.parametrize(("pids", "looked"), [([0, 4242], False), ([1, 2], True)])
+def test_kernel_core_notes_numbered_by_task_are_not_searched(
+    tmp_path: Path, pids: list[int], looked: bool
+) -> None:
+    # kdump numbers its PRSTATUS notes by the task on each CPU: such a kernel core is
+    # left before the plugin's dump machinery is imported. Notes numbered by CPU (a
+    # capture kernel's, QEMU's) may be a copy of /proc/vmcore and are looked at.
+    info = build_vmcoreinfo(
+        [
+            ("OSRELEASE", "6.1.0"),
+            ("PAGESIZE", "65536"),
+            ("SYMBOL(swapper_pg_dir)", "c000000001000000"),
+        ]
+    )
+    notes = [
+        Note("CORE", NT_PRSTATUS, build_prstatus(_regs(n), "big", pid=p))
+        for n, p in enumerate(pids)
+    ]
+    notes.append(Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, info))
+    data = bytes(1 << 20)
+    segments = [
+        (LoadSegment(0, len(data), vaddr=PAGE_OFFSET), data),
+        (LoadSegment(len(data), len(data), vaddr=PAGE_OFFSET + len(data)), data),
+    ]
+    core = tmp_path / "vmcore"
+    write_core(core, notes, segments, "big")
+    res = probe(core, {}, plugin=True, code=_HOOK)
+    assert ("drgn_hvdump.plugin.source" in res.result["new"]) == looked, res.result["new"]
+    assert res.stderr == ""

@@ -122,12 +122,22 @@ def _as_prstatus(got: list[str], direct: list[str]) -> bool:
     return got == direct or got == direct[:1] + direct[2:]
 
 
-@pytest.mark.parametrize("view", ["live", "collected", "converted", "converted_elf"])
-def test_drgn_through_the_pipeline_equals_the_original(run: Run, view: str) -> None:
+VIEWS = ["live", "collected", "collected_elf", "converted", "converted_elf"]
+
+
+def _view(run: Run, view: str) -> Analysis:
+    """A view's analysis; the ``_elf`` views of a 4 KiB kernel are its default ones (ELF)."""
     got: Analysis | None = getattr(run, view)
     if got is None:
-        assert view == "converted_elf" and KERNELS[run.kernel].page_size == 4096
-        got = run.converted  # ELF already
+        assert view.endswith("_elf") and KERNELS[run.kernel].page_size == 4096
+        got = getattr(run, view.removesuffix("_elf"))
+        assert got is not None
+    return got
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_drgn_through_the_pipeline_equals_the_original(run: Run, view: str) -> None:
+    got = _view(run, view)
     want = run.direct
     assert got.release == want.release
     assert got.tasks == want.tasks
@@ -136,25 +146,21 @@ def test_drgn_through_the_pipeline_equals_the_original(run: Run, view: str) -> N
     assert any("Kernel panic - not syncing: sysrq triggered crash" in r for r in got.printk)
     assert got.panic_cpu == want.panic_cpu == run.guest.info.panic_cpu
     assert got.process_traces == want.process_traces
-    if got.panic_trace_from == "crashed_thread":
-        # drgn read a PRSTATUS note (the collected dump's), with its rule for this release.
-        assert _as_prstatus(got.panic_trace, run.direct_prstatus.panic_trace)
-    else:
-        # The live root has no CRASHTIME and no PRSTATUS: the plugin's saved registers.
-        assert got.panic_trace == want.panic_trace
+    # Stock drgn found the panicking CPU's registers itself, in every view (the live
+    # root's PRSTATUS notes come from the save area as the dump's do), and read them
+    # with its rule for a note of this release.
+    assert got.panic_trace_from == "crashed_thread"
+    assert _as_prstatus(got.panic_trace, run.direct_prstatus.panic_trace)
     # Wherever the CPU was stopped (panic()'s delay loop, or an interrupt in
     # it), its stack holds the way there.
     assert "sysrq_handle_crash+" in " ".join(got.panic_trace), got.panic_trace
     for name in PROCESSES:
         assert got.process_traces[name][-1].startswith("system_call"), got.process_traces[name]
-    # Every CPU's backtrace: registers drgn found in PRSTATUS notes follow its rule for
-    # this release; the live root's come from the save area as a pt_regs.
+    # Every CPU's backtrace (stack_trace of the task on it), from the notes as above.
     assert sorted(got.cpu_traces) == sorted(want.cpu_traces) == ["0", "1"]
     for cpu, trace in got.cpu_traces.items():
-        if got.cpu_traces_from[cpu] == "core":
-            assert _as_prstatus(trace, run.direct_prstatus.cpu_traces[cpu]), (cpu, trace)
-        else:
-            assert trace == want.cpu_traces[cpu], (cpu, trace)
+        assert got.cpu_traces_from[cpu] == "core"
+        assert _as_prstatus(trace, run.direct_prstatus.cpu_traces[cpu]), (cpu, trace)
         assert trace, cpu
 
 
@@ -175,7 +181,7 @@ def test_modules_and_vmalloc(run: Run, parts: Parts) -> None:
     with open(parts.modules[RODATA_MODULE], "rb") as f:
         section = ELFFile(f).get_section_by_name(".rodata")
         want = section.data()[:256]
-    for view in (run.live, run.collected, run.converted, run.converted_elf or run.converted):
+    for view in (_view(run, name) for name in VIEWS):
         assert view.modules == names
         assert view.rodata == want
     if run.guest.mmu == "hash":
@@ -193,3 +199,6 @@ def test_hvdump_commands_on_the_live_root(run: Run) -> None:
     assert "saved-low" in out and "scratch" in out
     # A module address, through the kernel's own page tables.
     assert f"{run.guest.info.rodata:#x} -> " in out and "from page tables" in out
+    # drgn's own crash-style bt of the panicking task, from the live root's notes.
+    bt = out[out.index("PID:") :]
+    assert f"CPU: {run.guest.info.panic_cpu}" in bt and "sysrq_handle_crash" in bt, bt

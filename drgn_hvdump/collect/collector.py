@@ -84,11 +84,10 @@ from drgn_hvdump.formats.elfcore import (
     Note,
     build_core_header,
     build_notes,
-    build_prstatus,
     note_desc_offset,
 )
 from drgn_hvdump.formats.kdump import plan_kdump
-from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, parse_regsave
+from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, parse_regsave, prstatus_notes
 from drgn_hvdump.formats.utsname import read_utsname
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.fsutil import disk_error, flock_holders, take_flock
@@ -99,7 +98,6 @@ __all__ = [
     "CollectResult",
     "collect",
 ]
-
 
 
 @dataclass
@@ -158,10 +156,7 @@ def _notes(
     cpu_raw: bytes, header_raw: bytes, vmcoreinfo_desc: bytes | None, byteorder: Any
 ) -> tuple[list[Note], int]:
     states = parse_regsave(cpu_raw, "register save area")
-    notes = [
-        Note("CORE", NT_PRSTATUS, build_prstatus(cpu_state_to_pt_regs(s), byteorder, pid=s.cpu + 1))
-        for s in states
-    ]
+    notes = prstatus_notes(((s.cpu, cpu_state_to_pt_regs(s)) for s in states), byteorder)
     if vmcoreinfo_desc is not None:
         notes.append(Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, vmcoreinfo_desc))
     notes.append(Note(HVDUMP_NOTE_NAME, NOTE_DUMP_HEADER, header_raw))
@@ -261,9 +256,7 @@ def _lock_output(out: OutputDir, opts: CollectOptions, c: RunRecord) -> None:
         on_wait=lambda o: c.progress.message(f"waiting for {o.describe()} to finish"),
     )
     if owner is not None:
-        raise DumpBusyError(
-            opts.root, owner, what=f"{out.path}: the output directory is in use by"
-        )
+        raise DumpBusyError(opts.root, owner, what=f"{out.path}: the output directory is in use by")
 
 
 def _dry_run(opts: CollectOptions, capture: CaptureInterface) -> CollectResult:

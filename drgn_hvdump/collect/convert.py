@@ -58,7 +58,6 @@ from drgn_hvdump.formats.elfcore import (
     Note,
     build_core_header,
     build_notes,
-    build_prstatus,
     note_desc_offset,
 )
 from drgn_hvdump.formats.guestcore import (
@@ -68,6 +67,7 @@ from drgn_hvdump.formats.guestcore import (
 )
 from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.formats.layout import ByteOrder
+from drgn_hvdump.formats.regsave import prstatus_notes
 from drgn_hvdump.formats.utsname import read_utsname
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.fsutil import disk_error
@@ -402,10 +402,7 @@ def _kernel(core: ElfCore, opts: ConvertOptions) -> _Kernel:
             return plain
     guest = read_guest_core(opts.vmcore, vmcoreinfo_at=opts.vmcoreinfo_at)
     bo = guest.byteorder
-    notes = [
-        Note("CORE", NT_PRSTATUS, build_prstatus(regs, bo, pid=cpu + 1))
-        for cpu, regs in enumerate(guest.registers)
-    ]
+    notes = prstatus_notes(enumerate(guest.registers), bo)
     notes.append(Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, guest.vmcoreinfo))
     return _Kernel(
         bo,

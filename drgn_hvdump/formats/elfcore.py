@@ -85,6 +85,7 @@ __all__ = [
     "build_notes",
     "build_prstatus",
     "file_offset",
+    "numbered_by_cpu",
     "parse_notes",
     "parse_prstatus",
     "write_core",
@@ -254,6 +255,17 @@ def build_prstatus(regs: PtRegs, byteorder: ByteOrder, pid: int = 0, cursig: int
     """The 504-byte ``NT_PRSTATUS`` descriptor for one CPU; all but pid, signal and registers zero."""
     status = ElfPrstatus(pr_cursig=cursig, pr_pid=pid, pr_reg=regs)
     return ELF_PRSTATUS_PPC64.pack(status, check_byteorder(byteorder))
+
+
+def numbered_by_cpu(prstatus: Iterable[ElfPrstatus]) -> bool:
+    """Whether notes are numbered ``pr_pid`` = CPU + 1 in CPU order (or there are none).
+
+    That is how QEMU's ``dump-guest-memory`` and a capture kernel building its
+    notes from the hypervisor's save area number them; kdump gives each note
+    the pid of the task on its CPU.
+    """
+    pids = [p.pr_pid for p in prstatus]
+    return pids == list(range(1, len(pids) + 1))
 
 
 def parse_prstatus(

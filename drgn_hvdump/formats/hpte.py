@@ -110,6 +110,7 @@ def hpte_hash(vsid: int, ea: int, page_shift: int, ssize: int) -> int:
     check_hpte_args(page_shift, ssize)
     return hpte_hash_raw(vsid, ea, page_shift, ssize)
 
+
 HPTES_PER_GROUP = 8
 SSIZE_256M = 0
 SSIZE_1T = 1

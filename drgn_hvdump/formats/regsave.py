@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from drgn_hvdump.errors import FormatError
-from drgn_hvdump.formats.elfcore import PtRegs
-from drgn_hvdump.formats.layout import Layout, u32, u64
+from drgn_hvdump.formats.elfcore import NT_PRSTATUS, Note, PtRegs, build_prstatus
+from drgn_hvdump.formats.layout import ByteOrder, Layout, u32, u64
 
 __all__ = [
     "CPUEND",
@@ -34,6 +34,7 @@ __all__ = [
     "build_regsave",
     "cpu_state_to_pt_regs",
     "parse_regsave",
+    "prstatus_notes",
     "pt_regs_to_cpu_state",
     "reg_id",
     "reg_name",
@@ -279,6 +280,20 @@ def cpu_state_to_pt_regs(state: CpuState) -> PtRegs:
         elif name in _PT_REGS_FIELDS:
             named[_PT_REGS_FIELDS[name]] = value
     return PtRegs(gpr=tuple(gpr), **named)
+
+
+def prstatus_notes(cpus: Iterable[tuple[int, PtRegs]], byteorder: ByteOrder) -> list[Note]:
+    """One ``CORE``/``NT_PRSTATUS`` note per CPU, in the order given, ``pr_pid`` = CPU + 1.
+
+    That is where drgn looks for an on-CPU task's registers in a kernel core
+    whose VMCOREINFO has no ``CRASHTIME`` (QEMU's ``dump-guest-memory``
+    numbering); with ``CRASHTIME`` it reads the crashed kernel's
+    ``crash_notes`` instead, and the plugin answers those.
+    """
+    return [
+        Note("CORE", NT_PRSTATUS, build_prstatus(regs, byteorder, pid=cpu + 1))
+        for cpu, regs in cpus
+    ]
 
 
 def pt_regs_to_cpu_state(cpu: int, regs: PtRegs, pir: int | None = None) -> CpuState:

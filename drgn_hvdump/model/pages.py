@@ -7,7 +7,14 @@ reading one from VMCOREINFO's ``PAGESIZE``, is :func:`kernel_page_size`.
 
 from __future__ import annotations
 
-__all__ = ["MAX_PAGE_SIZE", "MIN_PAGE_SIZE", "kernel_page_size", "page_down", "page_span", "page_up"]
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "MIN_PAGE_SIZE",
+    "kernel_page_size",
+    "page_down",
+    "page_span",
+    "page_up",
+]
 
 MIN_PAGE_SIZE = 4096
 MAX_PAGE_SIZE = 1 << 20

@@ -48,7 +48,7 @@ from drgn_hvdump.formats.dump_header import (
     build_dump_header,
     parse_dump_header,
 )
-from drgn_hvdump.formats.elfcore import NT_PRSTATUS, Elf64Phdr, ElfCore, parse_notes
+from drgn_hvdump.formats.elfcore import Elf64Phdr, ElfCore, numbered_by_cpu, parse_notes
 from drgn_hvdump.formats.kdump import KDUMP_SIGNATURE, KdumpFile
 from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.regsave import (
@@ -490,8 +490,9 @@ def identify(path: str | os.PathLike[str]) -> DumpSource | None:
     """What ``path`` is, or None when it is not a hypervisor-assisted dump.
 
     Cheap for other files: one read of the file's first bytes, the ELF notes,
-    and (only for a ppc64 kernel core with no PRSTATUS note) a scan for the
-    register save area's magic at page starts near the top of memory.
+    and (only for a ppc64 kernel core whose PRSTATUS notes, if any, are
+    numbered as a capture kernel's) a scan for the register save area's magic
+    at page starts near the top of memory.
     """
     p = Path(path)
     try:
@@ -622,8 +623,8 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
         live = _identify_live(v)
         if live is not None:
             return live
-    if any(n == "CORE" and t == NT_PRSTATUS for n, t, _ in notes):
-        return None  # a kdump or QEMU core: registers in its notes, memory in place
+    if not numbered_by_cpu(core.prstatus):
+        return None  # a kdump core: registers in its notes, memory in place
     return _identify_raw(v)
 
 

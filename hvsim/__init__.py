@@ -6,15 +6,10 @@ truth), :class:`LparConfig` what it is made of. See ``hvsim --help`` and
 """
 
 from .config import LparConfig, parse_size
-from .lpar import (
-    DumpInfo,
-    HvsimError,
-    Lpar,
-    LparStateError,
-    ReleaseError,
-    ReleaseResult,
-    ViewUnavailable,
-)
+from .lpar import Lpar
+from .machine import HvsimError, LparStateError, ReleaseError, ViewUnavailable
+from .releasing import ReleaseResult
+from .state import DumpInfo
 from .store import StoreError
 
 __all__ = [

@@ -103,8 +103,7 @@ def inspect_image(
         image = read_guest_core(full, vmcoreinfo_at=vmcoreinfo_at, endian=endian)
         if image.page_size not in (4096, 65536):
             raise ImageError(
-                f"{image.path}: VMCOREINFO PAGESIZE={image.page_size}: hvsim models 4K or 64K "
-                "pages"
+                f"{image.path}: VMCOREINFO PAGESIZE={image.page_size}: hvsim models 4K or 64K pages"
             )
         if len(_images) >= 16:
             _images.clear()

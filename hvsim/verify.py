@@ -47,8 +47,10 @@ from drgn_hvdump.formats.kdump import KdumpFile
 from drgn_hvdump.formats.regsave import parse_regsave
 from drgn_hvdump.formats.vmcoreinfo import parse_vmcoreinfo
 
-from .lpar import DumpInfo, HvsimError, Lpar
+from .lpar import Lpar
+from .machine import HvsimError
 from .memory import IntervalSet
+from .state import DumpInfo
 
 __all__ = ["DumpKind", "VerifyReport", "detect_format", "verify_dump", "verify_sections"]
 

@@ -28,7 +28,6 @@ from drgn_hvdump.capture.base import DT_DIRS
 from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.collect.collector import CollectOptions, CollectResult, collect
 from drgn_hvdump.collect.ownership import DumpLock, dump_owner
-from drgn_hvdump.collect.plan import plan_from_vmcore
 from drgn_hvdump.collect.verify import verify_dir
 from drgn_hvdump.dumpdir.journal import Journal
 from drgn_hvdump.dumpdir.manifest import Manifest, parse_manifest, read_manifest
@@ -137,7 +136,7 @@ def abandon(root: Path, *, dry_run: bool = False) -> Released:
     try:
         vm = Vmcore(capture.vmcore_path)
         try:
-            plan = plan_from_vmcore(
+            plan = capture.plan(
                 state, vm, CollectOptions(root=root, output=Path("/")).chunk_size
             )
         finally:

@@ -174,7 +174,7 @@ def released_before_durable(lpar: Lpar, out: Path, page_size: int) -> list[str]:
 
 def _plan_chunks(lpar: Lpar, start: dict[str, Any]) -> list[Any]:
     from drgn_hvdump.capture.base import DumpState
-    from drgn_hvdump.collect.plan import make_plan
+    from drgn_hvdump.capture.phyp_plan import make_plan
     from drgn_hvdump.formats.dump_header import parse_dump_header
     from drgn_hvdump.formats.release_region import Extent, ReleaseMap
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from drgn_hvdump.capture.plan import Plan
 from drgn_hvdump.capture.rootfiles import (
     BOOT_ID,
     COMMON_PROPERTIES,
@@ -14,6 +15,7 @@ from drgn_hvdump.capture.rootfiles import (
     MEMINFO,
     RootTable,
 )
+from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import DumpHeader
 from drgn_hvdump.formats.release_region import Extent, ReleaseMap
@@ -137,6 +139,12 @@ class CaptureInterface(ABC):
                 parts.append(prop.name.encode() + b"=" + data)
                 break
         return b"\n".join(parts)
+
+    @abstractmethod
+    def plan(self, state: DumpState, vm: Vmcore, chunk_size: int) -> Plan:
+        """The collection of the dump ``state`` describes, from the vmcore ``vm``: its
+        chunks (each in the file) and the release writes with what each must free.
+        Refuses (:class:`HvdumpError`) a dump whose memory it cannot give back exactly."""
 
     @abstractmethod
     def release(self, extent: Extent) -> None:

@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 
 from drgn_hvdump.capture.base import CaptureInterface, DumpState, NoDumpError
+from drgn_hvdump.capture.phyp_plan import make_plan
+from drgn_hvdump.capture.plan import Plan, checked_against
 from drgn_hvdump.capture.rootfiles import (
     COMMON_PROPERTIES,
     COMMON_ROOT_FILES,
@@ -30,6 +32,7 @@ from drgn_hvdump.capture.rootfiles import (
     RootFile,
     RootTable,
 )
+from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import DumpHeader, is_dump_valid, parse_dump_header
 from drgn_hvdump.formats.release_region import (
@@ -188,6 +191,10 @@ class PhypDump(CaptureInterface):
         state.reserved_bytes = shown.reserved.size + scratch
         state.valid, state.reason = is_dump_valid(state.header)
         return state
+
+    def plan(self, state: DumpState, vm: Vmcore, chunk_size: int) -> Plan:
+        plan = make_plan(state, page_size=vm.page_size(), memory=vm.memory, chunk_size=chunk_size)
+        return checked_against(plan, vm)
 
     def release(self, extent: Extent) -> None:
         path = self.release_region_path

@@ -1,6 +1,6 @@
 """``hvdump collect``: copy a waiting dump out, durably, and give memory back as it goes.
 
-One pass over the plan's chunks (:mod:`drgn_hvdump.collect.plan`): read a
+One pass over the plan's chunks (:mod:`drgn_hvdump.capture.plan`): read a
 chunk from ``/proc/vmcore``, scan zero pages and take its XXH64 (native code),
 compress its pages in worker threads, decompress each compressed page again in
 checker threads and compare it with the page read, write the chunk where the
@@ -27,6 +27,7 @@ from typing import Any
 
 from drgn_hvdump import native
 from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
+from drgn_hvdump.capture.plan import Chunk, Plan
 from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.codecs import Codec, get_codec
 from drgn_hvdump.collect.engine import Job, PageEngine
@@ -36,7 +37,6 @@ from drgn_hvdump.collect.output import (
     SidecarOutput,
 )
 from drgn_hvdump.collect.ownership import DumpBusyError, DumpLock, Owner
-from drgn_hvdump.collect.plan import Chunk, Plan, plan_from_vmcore
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.collect.releases import ReleaseLog, Releases, RunRecord
 from drgn_hvdump.collect.scrub import ScrubRange, apply_scrub, load_filter
@@ -263,7 +263,7 @@ def _dry_run(opts: CollectOptions, capture: CaptureInterface) -> CollectResult:
     state, _ = _dump_state(capture, opts.accept_partial)
     vm = Vmcore(capture.vmcore_path)
     try:
-        plan = plan_from_vmcore(state, vm, opts.chunk_size)
+        plan = capture.plan(state, vm, opts.chunk_size)
     finally:
         vm.close()
     dump_file = Path(os.path.abspath(opts.output)) / DUMP_NAMES[opts.format]
@@ -547,7 +547,7 @@ def _collect(
     core = vm.core
     byteorder = core.byteorder
     info = core.vmcoreinfo or {}
-    plan = plan_from_vmcore(state, vm, opts.chunk_size)
+    plan = capture.plan(state, vm, opts.chunk_size)
     warnings += plan.warnings
     out = out_dir.path
     dump_file = out / DUMP_NAMES[opts.format]

@@ -20,7 +20,7 @@ from typing import Any
 
 from drgn_hvdump.capture import CaptureInterface
 from drgn_hvdump.capture.base import memtotal_after
-from drgn_hvdump.collect.plan import Plan, ReleaseWrite
+from drgn_hvdump.capture.plan import Plan, ReleaseWrite
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.dumpdir.journal import Journal
 from drgn_hvdump.dumpdir.outdir import OutputDir

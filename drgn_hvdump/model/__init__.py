@@ -1,6 +1,6 @@
 """The pure rules of a hypervisor-assisted dump: no I/O, one definition each.
 
-The collector (:mod:`drgn_hvdump.collect.plan`), the drgn plugin
+The collector (:mod:`drgn_hvdump.capture.phyp_plan`), the drgn plugin
 (:mod:`drgn_hvdump.plugin.source`) and the simulator (:mod:`hvsim`) all ask
 these modules rather than writing a rule again:
 

@@ -1,4 +1,4 @@
-"""What to read, where it goes, and which release writes to make, decided before any I/O.
+"""The plan of a phyp dump's collection (see :mod:`drgn_hvdump.capture.plan`).
 
 The crashed kernel's memory is, in the capture kernel's ``/proc/vmcore``:
 
@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from dataclasses import dataclass, field
 
 from drgn_hvdump.capture.base import DumpState
-from drgn_hvdump.capture.vmcore import Vmcore
+from drgn_hvdump.capture.plan import Chunk, Plan, ReleaseWrite
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.release_region import Extent
 from drgn_hvdump.intervals import IntervalSet
@@ -36,82 +35,7 @@ from drgn_hvdump.model.release import (
     simulate_frees,
 )
 
-__all__ = ["Chunk", "Plan", "ReleaseWrite", "make_plan"]
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One unit of read, checksum, write, fsync, verify and journal.
-
-    ``kind`` is ``cpu``/``hpte`` (metadata files, ``dst`` = offset in the file)
-    or ``rmo``/``mem`` (crashed memory, ``dst`` = its physical address).
-    ``src`` is the physical address in ``/proc/vmcore``.
-    """
-
-    index: int
-    kind: str
-    src: int
-    dst: int
-    size: int
-
-    @property
-    def src_end(self) -> int:
-        return self.src + self.size
-
-
-@dataclass(frozen=True)
-class ReleaseWrite:
-    """One ``ADDR SIZE`` write to release_region and the pages it may free.
-
-    ``new_pages`` is how many pages the write newly frees when the writes are
-    made in the plan's order (``Plan.order``), under the faithful kernel and
-    under a corrected one: what ``MemTotal`` must grow by (see
-    :func:`drgn_hvdump.model.release.simulate_frees`). ``ready`` is the index of
-    the last chunk that must be durable first (-1: none).
-    """
-
-    index: int
-    addr: int
-    size: int
-    span: tuple[int, int]
-    scratch: bool
-    ready: int = -1
-    new_pages: tuple[int, int] = (0, 0)
-
-    @property
-    def extent(self) -> Extent:
-        return Extent(self.addr, self.size)
-
-
-@dataclass
-class Plan:
-    """The whole collection decided up front (see the module docstring)."""
-
-    page_size: int
-    memory: int
-    reserved: Extent
-    scratch: Extent
-    sections: dict[str, Extent]
-    copied: dict[str, Extent]
-    chunks: list[Chunk]
-    writes: list[ReleaseWrite]
-    needed: IntervalSet
-    segments: list[tuple[int, int]]
-    warnings: list[str] = field(default_factory=list)
-    # The order the writes are made in, always (a run's done writes are a
-    # prefix of it); the last one re-registers the dump.
-    order: list[int] = field(default_factory=list)
-
-    @property
-    def reserved_bytes(self) -> int:
-        return self.memory - self.reserved.addr
-
-    def write_is_safe(self, w: ReleaseWrite, durable: IntervalSet) -> bool:
-        """Whether every needed byte in the pages ``w`` may free is durable."""
-        return all(durable.contains(a, b) for a, b in self.needed.intersect(*w.span))
-
-    def read_bytes(self) -> int:
-        return sum(c.size for c in self.chunks)
+__all__ = ["make_plan"]
 
 
 def _split(start: int, end: int, step: int) -> list[tuple[int, int]]:
@@ -346,12 +270,3 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
         warnings=warnings,
         order=order,
     )
-
-
-def plan_from_vmcore(state: DumpState, vm: Vmcore, chunk_size: int) -> Plan:
-    """:func:`make_plan` for the vmcore ``vm`` (its page size and memory), every chunk
-    checked to be in the file."""
-    plan = make_plan(state, page_size=vm.page_size(), memory=vm.memory, chunk_size=chunk_size)
-    for ch in plan.chunks:
-        vm.file_offset(ch.src, ch.size)
-    return plan

@@ -34,7 +34,6 @@ from drgn_hvdump.dumpdir.manifest import Manifest, parse_manifest, read_manifest
 from drgn_hvdump.dumpdir.names import JOURNAL, MANIFEST
 from drgn_hvdump.dumpdir.outdir import OutputDir
 from drgn_hvdump.errors import HvdumpError
-from drgn_hvdump.formats.release_region import Extent
 
 __all__ = [
     "Released",
@@ -129,16 +128,14 @@ def abandon(root: Path, *, dry_run: bool = False) -> Released:
     state = capture.state()
     if not state.dump_waiting:
         return Released([], False)
-    if state.header is None or state.release_map is None:
+    if not state.readable:
         raise HvdumpError(f"{root}: cannot plan the release: {state.reason}")
     lock = DumpLock(root, capture.lock_path)
     lock.acquire()
     try:
         vm = Vmcore(capture.vmcore_path)
         try:
-            plan = capture.plan(
-                state, vm, CollectOptions(root=root, output=Path("/")).chunk_size
-            )
+            plan = capture.plan(state, vm, CollectOptions(root=root, output=Path("/")).chunk_size)
         finally:
             vm.close()
         writes = [plan.writes[i] for i in plan.order]
@@ -148,7 +145,7 @@ def abandon(root: Path, *, dry_run: bool = False) -> Released:
         for w in writes:
             if not capture.state().dump_waiting:
                 break
-            capture.release(Extent(w.addr, w.size))
+            capture.release(w)
             done.append((w.addr, w.size))
         return Released(done, capture.state().dump_waiting)
     finally:
@@ -178,23 +175,10 @@ def facts(root: Path) -> dict[str, Any]:
     """
     capture = open_capture(root)
     state = capture.state()
-    data = dataclasses.asdict(state)
     info = _vmcoreinfo(capture.vmcore_path) if state.dump_waiting else {}
     crash = info.get("CRASHTIME", "")
-    sections: dict[str, dict[str, int]] = {}
-    if state.header is not None:
-        for name in ("cpu", "hpte", "rmo"):
-            sec = getattr(state.header, name)
-            sections[name] = {
-                "source_length": sec.source_length,
-                "length_copied": sec.length_copied,
-                "error_flags": sec.error_flags,
-                "destination_address": sec.destination_address,
-            }
-    dump_bytes = 0
-    if state.release_map is not None:
-        rm = state.release_map
-        dump_bytes = rm.reserved.size + rm.cpu.size + rm.hpte.size + rm.dump.size
+    sections = {name: dataclasses.asdict(sec) for name, sec in state.sections.items()}
+    dump_bytes = state.dump_bytes
     reserved = state.reserved_bytes
     if state.dump_waiting and not reserved:
         # The header could not be read: what the capture kernel holds back is RAM minus MemTotal.
@@ -218,8 +202,8 @@ def facts(root: Path) -> dict[str, Any]:
         "reason": state.reason,
         "warnings": list(state.warnings),
         "reserved_bytes": reserved,
-        "header": data["header"],
-        "release_map": data["release_map"],
+        "header": state.details.get("header"),
+        "release_map": state.details.get("release_map"),
         "sections": sections,
         "dump_bytes": dump_bytes,
         "osrelease": info.get("OSRELEASE"),

@@ -9,7 +9,6 @@ support, whether a dump waits, the hypervisor's header, the release map) and
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -51,7 +50,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(
             {
-                **dataclasses.asdict(state),
+                **state.to_json(),
                 "owner": owner.to_json() if owner is not None else None,
                 "collection": entry.get("output") if entry else None,
                 "stopped": stopped,
@@ -64,14 +63,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if state.dump_enabled is not None:
         print(f"dump enabled:        {'yes' if state.dump_enabled else 'no'}")
     print(f"dump waiting:        {'yes' if state.dump_waiting else 'no'}")
-    if state.header is not None:
-        print("hypervisor header:")
-        for line in describe_dump_header(state.header):
-            print(f"  {line}")
-    if state.release_map is not None:
-        print("release map:")
-        for name, extent in state.release_map.extents():
-            print(f"  {name:<9} {extent.addr:#018x} {extent.size:#14x} bytes")
+    for line in state.description:
+        print(line)
+    if state.readable:
         print(f"reserved:            {state.reserved_bytes / (1 << 30):.2f} GiB")
     if state.dump_waiting:
         print(f"dump usable:         {'yes' if state.valid else 'no'} ({state.reason})")

@@ -173,7 +173,6 @@ def released_before_durable(lpar: Lpar, out: Path, page_size: int) -> list[str]:
 
 
 def _plan_chunks(lpar: Lpar, start: dict[str, Any]) -> list[Any]:
-    from drgn_hvdump.capture.base import DumpState
     from drgn_hvdump.capture.phyp_plan import make_plan
     from drgn_hvdump.formats.dump_header import parse_dump_header
     from drgn_hvdump.formats.release_region import Extent, ReleaseMap
@@ -186,10 +185,10 @@ def _plan_chunks(lpar: Lpar, start: dict[str, Any]) -> list[Any]:
         Extent(h.rmo.destination_address, h.rmo.length_copied),
         r,
     )
-    state = DumpState("", "phyp-dump", True, True, True, header=h, release_map=rmap, valid=True)
     plan = make_plan(
-        state, page_size=start["page_size"], memory=start["memory"], chunk_size=start["chunk_size"]
-    )
+        "", h, rmap,
+        page_size=start["page_size"], memory=start["memory"], chunk_size=start["chunk_size"],
+    )  # fmt: skip
     return plan.chunks
 
 

@@ -66,15 +66,15 @@ def test_waiting_dump_is_valid(tmp_path: Path) -> None:
     state = open_capture(make_root(tmp_path)).state()
     assert state.firmware_supported and state.dump_waiting and state.valid
     assert state.warnings == []
-    assert state.release_map is not None
-    assert state.release_map.dump.size == RMO
+    assert state.readable and state.sections["rmo"].length_copied == RMO
+    assert state.details["release_map"]["dump"]["size"] == RMO
     assert state.reserved_bytes == RAM - (256 << 20)
 
 
 def test_literal_map_is_corrected_from_header_with_warning(tmp_path: Path) -> None:
     state = open_capture(make_root(tmp_path, literal=True)).state()
     assert state.valid
-    assert state.release_map is not None and state.release_map.cpu.addr != 0
+    assert state.details["release_map"]["cpu"]["addr"] != 0
     assert len(state.warnings) == 1 and "disagrees" in state.warnings[0]
 
 
@@ -113,7 +113,7 @@ def test_corrupt_header_named(tmp_path: Path) -> None:
 def test_release_without_dump_is_clear(tmp_path: Path) -> None:
     capture = PhypDump(make_root(tmp_path, waiting=False))
     with pytest.raises(NoDumpError, match="no dump is waiting"):
-        capture.release(Extent(1 << 28, 1 << 16))
+        capture.release_extent(Extent(1 << 28, 1 << 16))
 
 
 def test_cli_status_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -296,7 +296,7 @@ def _live_identity(root: Path) -> str:
 
     capture = open_capture(root)
     state = capture.state()
-    assert state.header is not None
+    assert state.readable
     core = ElfCore.open(capture.vmcore_path)
     try:
         vmci = next(
@@ -309,7 +309,7 @@ def _live_identity(root: Path) -> str:
         )
     finally:
         core.close()
-    return dump_identity(build_dump_header(state.header), vmci, capture.machine_identity())
+    return dump_identity(state.header_raw, vmci, capture.machine_identity())
 
 
 # -- 1. two collectors on one root ------------------------------------------------------------

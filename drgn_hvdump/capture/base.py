@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from drgn_hvdump.capture.plan import Plan
+from drgn_hvdump.capture.plan import Plan, ReleaseWrite
 from drgn_hvdump.capture.rootfiles import (
     BOOT_ID,
     COMMON_PROPERTIES,
@@ -17,14 +17,14 @@ from drgn_hvdump.capture.rootfiles import (
 )
 from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.errors import FormatError, HvdumpError
-from drgn_hvdump.formats.dump_header import DumpHeader
-from drgn_hvdump.formats.release_region import Extent, ReleaseMap
+from drgn_hvdump.model.physmap import Region
 
 __all__ = [
     "DT_DIRS",
     "CaptureInterface",
     "DumpState",
     "NoDumpError",
+    "Section",
     "memtotal_after",
     "read_boot_id",
     "read_memtotal",
@@ -69,21 +69,70 @@ class NoDumpError(HvdumpError):
     """No dump is waiting under the given root."""
 
 
+@dataclass(frozen=True)
+class Section:
+    """One section the firmware saved: how long it is, how much it copied, where to."""
+
+    source_length: int
+    length_copied: int
+    error_flags: int
+    destination_address: int
+
+
 @dataclass
 class DumpState:
-    """What a capture kernel says about dumps, as plain data (for ``--json`` and Ansible facts)."""
+    """What a capture kernel says about dumps, as plain data (for ``--json`` and Ansible facts).
+
+    Whatever the interface: ``readable`` when the dump's description could be
+    read (a collection can be planned), ``valid`` when the firmware saved it
+    whole, ``partial`` when it saved part and what it saved can be collected
+    (``--accept-partial``); ``header_raw`` is the firmware's dump header as
+    saved (part of the dump's identity); ``sections`` what each section holds;
+    ``description`` lines for ``hvdump status``; ``details`` the interface's
+    own view as JSON data (Ansible facts); ``native`` what only the interface
+    that made this state reads (its parsed header and map).
+    """
 
     root: str
     interface: str
     firmware_supported: bool
     dump_enabled: bool | None
     dump_waiting: bool
-    header: DumpHeader | None = None
-    release_map: ReleaseMap | None = None
+    readable: bool = False
+    header_raw: bytes = b""
+    sections: dict[str, Section] = field(default_factory=dict)
+    dump_bytes: int = 0
     reserved_bytes: int = 0
     valid: bool = False
+    partial: bool = False
     reason: str = ""
+    description: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    native: Any = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The state as JSON data (``hvdump status --json``): the fields above but
+        ``native`` and ``description``, the header as hex, and ``details``' keys."""
+        return {
+            "root": self.root,
+            "interface": self.interface,
+            "firmware_supported": self.firmware_supported,
+            "dump_enabled": self.dump_enabled,
+            "dump_waiting": self.dump_waiting,
+            "readable": self.readable,
+            "valid": self.valid,
+            "partial": self.partial,
+            "reason": self.reason,
+            "warnings": list(self.warnings),
+            "reserved_bytes": self.reserved_bytes,
+            "dump_bytes": self.dump_bytes,
+            "header_raw": self.header_raw.hex(),
+            "sections": {name: asdict(sec) for name, sec in self.sections.items()},
+            "header": None,
+            "release_map": None,
+            **self.details,
+        }
 
 
 class CaptureInterface(ABC):
@@ -147,5 +196,10 @@ class CaptureInterface(ABC):
         Refuses (:class:`HvdumpError`) a dump whose memory it cannot give back exactly."""
 
     @abstractmethod
-    def release(self, extent: Extent) -> None:
-        """Give ``extent`` back to the running kernel. Its old contents are gone afterwards."""
+    def physical_map(self, state: DumpState, memory: int) -> list[Region]:
+        """Where each range of the crashed kernel's memory (RAM of ``memory`` bytes) is in
+        ``/proc/vmcore`` now, or why it is gone (``state`` must be readable)."""
+
+    @abstractmethod
+    def release(self, write: ReleaseWrite) -> None:
+        """Make one release write of a plan. The old contents of what it frees are gone."""

@@ -16,13 +16,14 @@ against the hypervisor's header and the header wins where they disagree.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from pathlib import Path
 
-from drgn_hvdump.capture.base import CaptureInterface, DumpState, NoDumpError
+from drgn_hvdump.capture.base import CaptureInterface, DumpState, NoDumpError, Section
 from drgn_hvdump.capture.phyp_plan import make_plan
-from drgn_hvdump.capture.plan import Plan, checked_against
+from drgn_hvdump.capture.plan import Plan, ReleaseWrite, checked_against
 from drgn_hvdump.capture.rootfiles import (
     COMMON_PROPERTIES,
     COMMON_ROOT_FILES,
@@ -34,13 +35,20 @@ from drgn_hvdump.capture.rootfiles import (
 )
 from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.errors import FormatError, HvdumpError
-from drgn_hvdump.formats.dump_header import DumpHeader, is_dump_valid, parse_dump_header
+from drgn_hvdump.formats.dump_header import (
+    DumpHeader,
+    build_dump_header,
+    describe_dump_header,
+    is_dump_valid,
+    parse_dump_header,
+)
 from drgn_hvdump.formats.release_region import (
     Extent,
     ReleaseMap,
     format_release_request,
     parse_release_map,
 )
+from drgn_hvdump.model.physmap import Region, saved_low_map
 
 __all__ = ["PHYP_ROOT_FILES", "PhypDump", "map_from_header"]
 
@@ -171,7 +179,7 @@ class PhypDump(CaptureInterface):
             state.reason = "ibm,dump-kernel is present but the dump header ibm,kernel-dump is not"
             return state
         try:
-            state.header = parse_dump_header(header_path.read_bytes(), path=str(header_path))
+            header = parse_dump_header(header_path.read_bytes(), path=str(header_path))
         except FormatError as error:
             state.reason = str(error)
             return state
@@ -181,22 +189,40 @@ class PhypDump(CaptureInterface):
         except FormatError as error:
             state.reason = str(error)
             return state
-        state.release_map = map_from_header(state.header, shown.reserved)
-        if shown != state.release_map:
+        rmap = map_from_header(header, shown.reserved)
+        if shown != rmap:
             state.warnings.append(
                 f"{path} disagrees with the hypervisor's dump header "
-                f"({_describe_difference(shown, state.release_map)}); using the header"
+                f"({_describe_difference(shown, rmap)}); using the header"
             )
-        scratch = sum(s.source_length for s in state.header.sections())
-        state.reserved_bytes = shown.reserved.size + scratch
-        state.valid, state.reason = is_dump_valid(state.header)
+        _describe(state, header, rmap)
         return state
 
     def plan(self, state: DumpState, vm: Vmcore, chunk_size: int) -> Plan:
-        plan = make_plan(state, page_size=vm.page_size(), memory=vm.memory, chunk_size=chunk_size)
+        header, rmap = _native(state)
+        plan = make_plan(
+            state.root, header, rmap, page_size=vm.page_size(), memory=vm.memory,
+            chunk_size=chunk_size,
+        )  # fmt: skip
         return checked_against(plan, vm)
 
-    def release(self, extent: Extent) -> None:
+    def physical_map(self, state: DumpState, memory: int) -> list[Region]:
+        header, rmap = _native(state)
+        rmo = header.rmo
+        return saved_low_map(
+            rmo.destination_address,
+            rmo.length_copied,
+            rmo.source_length,
+            rmap.reserved.addr,
+            header.cpu.destination_address,
+            memory,
+        )
+
+    def release(self, write: ReleaseWrite) -> None:
+        self.release_extent(write.extent)
+
+    def release_extent(self, extent: Extent) -> None:
+        """Write ``ADDR SIZE`` of ``extent`` to ``release_region``."""
         path = self.release_region_path
         request = format_release_request(extent.addr, extent.size).encode()
         try:
@@ -227,3 +253,35 @@ def _describe_difference(shown: ReleaseMap, meant: ReleaseMap) -> str:
         if a != b:
             parts.append(f"{name} shows {a}, header says {b}")
     return "; ".join(parts)
+
+
+def _describe(state: DumpState, header: DumpHeader, rmap: ReleaseMap) -> None:
+    """Fill the interface-neutral fields of ``state`` from the header and the map."""
+    state.readable = True
+    state.header_raw = build_dump_header(header)  # canonical: the bytes a dump's identity hashes
+    state.native = (header, rmap)
+    state.sections = {
+        name: Section(s.source_length, s.length_copied, s.error_flags, s.destination_address)
+        for name, s in (("cpu", header.cpu), ("hpte", header.hpte), ("rmo", header.rmo))
+    }
+    state.dump_bytes = rmap.reserved.size + rmap.cpu.size + rmap.hpte.size + rmap.dump.size
+    state.reserved_bytes = rmap.reserved.size + sum(s.source_length for s in header.sections())
+    state.valid, state.reason = is_dump_valid(header)
+    state.partial = (
+        not state.valid and "incomplete" in state.reason and bool(header.cpu.length_copied)
+    )
+    state.description = ["hypervisor header:"]
+    state.description += [f"  {line}" for line in describe_dump_header(header)]
+    state.description.append("release map:")
+    state.description += [
+        f"  {name:<9} {extent.addr:#018x} {extent.size:#14x} bytes"
+        for name, extent in rmap.extents()
+    ]
+    state.details = {"header": dataclasses.asdict(header), "release_map": dataclasses.asdict(rmap)}
+
+
+def _native(state: DumpState) -> tuple[DumpHeader, ReleaseMap]:
+    if not state.readable or not isinstance(state.native, tuple):
+        raise HvdumpError(f"{state.root}: no usable dump: {state.reason}")
+    header, rmap = state.native
+    return header, rmap

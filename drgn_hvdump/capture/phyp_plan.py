@@ -21,10 +21,10 @@ from __future__ import annotations
 import bisect
 import itertools
 
-from drgn_hvdump.capture.base import DumpState
 from drgn_hvdump.capture.plan import Chunk, Plan, ReleaseWrite
 from drgn_hvdump.errors import HvdumpError
-from drgn_hvdump.formats.release_region import Extent
+from drgn_hvdump.formats.dump_header import DumpHeader
+from drgn_hvdump.formats.release_region import Extent, ReleaseMap
 from drgn_hvdump.intervals import IntervalSet
 from drgn_hvdump.model.pages import page_down
 from drgn_hvdump.model.release import (
@@ -102,7 +102,7 @@ def _observable_writes(
 
 
 def _check_layout(
-    state: DumpState,
+    root: str,
     sections: dict[str, Extent],
     reserved: Extent,
     memory: int,
@@ -115,7 +115,7 @@ def _check_layout(
     scratch_end = sections["rmo"].end
     where = "dump header (ibm,kernel-dump)"
     if r0 % ps:
-        raise HvdumpError(f"{state.root}: reserved area start {r0:#x} is not page aligned")
+        raise HvdumpError(f"{root}: reserved area start {r0:#x} is not page aligned")
     prev_end = scratch_addr
     for name, ext in sections.items():
         if ext.addr != prev_end:
@@ -133,12 +133,12 @@ def _check_layout(
         raise HvdumpError(f"{where}: scratch area start {scratch_addr:#x} is not page aligned")
     if reserved.end > scratch_addr + ps or reserved.end < scratch_addr - ps:
         raise HvdumpError(
-            f"{state.root}: release map: RESERVED ends at {reserved.end:#x}, but the scratch "
+            f"{root}: release map: RESERVED ends at {reserved.end:#x}, but the scratch "
             f"area starts at {scratch_addr:#x}"
         )
     if reserved.size and r0 >= scratch_addr:
         raise HvdumpError(
-            f"{state.root}: no memory between the reserved start and the scratch area: "
+            f"{root}: no memory between the reserved start and the scratch area: "
             "the release counters cannot be met exactly"
         )
 
@@ -166,7 +166,7 @@ def _plan_chunks(
 
 
 def _release_pieces(
-    state: DumpState,
+    root: str,
     chunks: list[Chunk],
     sections: dict[str, Extent],
     reserved: Extent,
@@ -199,24 +199,31 @@ def _release_pieces(
     want_total = memory - r0 if reserved.size else total
     if in_scratch != scratch_size or (reserved.size and total != reserved.size + scratch_size):
         raise HvdumpError(
-            f"{state.root}: internal error: planned releases add up to {total:#x} "
+            f"{root}: internal error: planned releases add up to {total:#x} "
             f"({in_scratch:#x} in the scratch area), expected {want_total:#x}"
         )
     area = ReleaseArea(r0, memory - r0, sections["cpu"].addr, scratch_size)
     for addr, size, is_scratch in pieces:
         if counts_in_scratch(addr, area) != is_scratch:
             raise HvdumpError(
-                f"{state.root}: cannot plan an exact release: write {Extent(addr, size)} would "
+                f"{root}: cannot plan an exact release: write {Extent(addr, size)} would "
                 f"count {'outside' if is_scratch else 'inside'} the scratch area"
             )
     return pieces
 
 
-def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int) -> Plan:
-    """The plan for the dump ``state`` describes; refuses layouts it cannot release exactly."""
-    header, rmap = state.header, state.release_map
-    if header is None or rmap is None:
-        raise HvdumpError(f"{state.root}: no usable dump: {state.reason}")
+def make_plan(
+    root: str,
+    header: DumpHeader,
+    rmap: ReleaseMap,
+    *,
+    page_size: int,
+    memory: int,
+    chunk_size: int,
+) -> Plan:
+    """The plan for the dump the hypervisor's ``header`` and the kernel's release map
+    ``rmap`` describe (under the capture root ``root``, for messages); refuses layouts
+    it cannot release exactly."""
     ps = page_size
     if chunk_size % ps or chunk_size <= 0:
         raise HvdumpError(f"chunk size {chunk_size:#x} is not a multiple of the page size {ps:#x}")
@@ -232,7 +239,7 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
         "hpte": Extent(header.hpte.destination_address, header.hpte.length_copied),
         "rmo": Extent(header.rmo.destination_address, header.rmo.length_copied),
     }
-    _check_layout(state, sections, reserved, memory, ps)
+    _check_layout(root, sections, reserved, memory, ps)
     scratch = Extent(sections["cpu"].addr, sum(e.size for e in sections.values()))
     mem_end = page_down(min(reserved.end, scratch.addr), ps)
     rmo_len = page_down(copied["rmo"].size, ps)
@@ -247,7 +254,7 @@ def make_plan(state: DumpState, *, page_size: int, memory: int, chunk_size: int)
     for ext in copied.values():
         needed.add(ext.addr, ext.end)
     needed.add(r0, mem_end)
-    pieces = _release_pieces(state, chunks, sections, reserved, memory)
+    pieces = _release_pieces(root, chunks, sections, reserved, memory)
     area = ReleaseArea(r0, memory - r0, scratch.addr, scratch.size)
     data = dump_data(r0, reserved.end, [(ext.addr, ext.size) for ext in copied.values()])
     writes, order = _observable_writes(pieces, chunks, needed, data, area, ps)

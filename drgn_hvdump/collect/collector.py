@@ -76,7 +76,6 @@ from drgn_hvdump.dumpdir.registry import (
 )
 from drgn_hvdump.dumpdir.view import write_plan_file
 from drgn_hvdump.errors import HvdumpError
-from drgn_hvdump.formats.dump_header import build_dump_header
 from drgn_hvdump.formats.elfcore import (
     NT_PRSTATUS,
     ElfCore,
@@ -141,12 +140,11 @@ def _dump_state(capture: CaptureInterface, accept_partial: bool) -> tuple[DumpSt
     warnings = list(state.warnings)
     if not state.dump_waiting:
         raise HvdumpError(f"{capture.root}: no dump to collect: {state.reason}")
-    if state.header is None or state.release_map is None:
+    if not state.readable:
         raise HvdumpError(f"{capture.root}: the waiting dump cannot be read: {state.reason}")
     if not state.valid:
-        partial = "incomplete" in state.reason and state.header.cpu.length_copied
-        if not (partial and accept_partial):
-            hint = " (collect what was copied with --accept-partial)" if partial else ""
+        if not (state.partial and accept_partial):
+            hint = " (collect what was copied with --accept-partial)" if state.partial else ""
             raise HvdumpError(f"{capture.root}: {state.reason}{hint}")
         warnings.append(f"the hypervisor reported a partial copy: {state.reason}")
     return state, warnings
@@ -273,15 +271,12 @@ def _dry_run(opts: CollectOptions, capture: CaptureInterface) -> CollectResult:
 
 
 def _identity(capture: CaptureInterface, state: DumpState, vm: Vmcore) -> str:
-    assert state.header is not None
-    return dump_identity(
-        build_dump_header(state.header), _vmcoreinfo_raw(vm.core), capture.machine_identity()
-    )
+    return dump_identity(state.header_raw, _vmcoreinfo_raw(vm.core), capture.machine_identity())
 
 
 def _waiting_identity(capture: CaptureInterface, state: DumpState) -> str | None:
     """The identity of the dump waiting under the root, or None when none (or unreadable)."""
-    if not state.dump_waiting or state.header is None:
+    if not state.dump_waiting or not state.readable:
         return None
     try:
         vm = Vmcore(capture.vmcore_path)
@@ -318,7 +313,6 @@ def _collect_owned(
         if finished is not None:
             return finished
     state, warnings = _dump_state(capture, opts.accept_partial)
-    assert state.header is not None
     vm = Vmcore(capture.vmcore_path)
     try:
         identity = _identity(capture, state, vm)
@@ -543,7 +537,6 @@ def _collect(
     identity: str,
     facts: dict[str, Any],
 ) -> CollectResult:
-    assert state.header is not None
     core = vm.core
     byteorder = core.byteorder
     info = core.vmcoreinfo or {}
@@ -552,7 +545,7 @@ def _collect(
     out = out_dir.path
     dump_file = out / DUMP_NAMES[opts.format]
 
-    header_raw = build_dump_header(state.header)
+    header_raw = state.header_raw
     fingerprint = _fingerprint(opts, codec, plan, header_raw)
     resumed = journal is not None and bool(journal.records)
     journal, uts = _start_journal(opts, vm, plan, out_dir, journal, identity, facts, fingerprint)
@@ -1097,7 +1090,7 @@ class _Runner:
     ) -> Manifest:
         plan = self.plan
         rel = self.rel
-        assert state.header is not None and rel is not None
+        assert rel is not None
         writes_done = rel.writes_done
         st = os.stat(dump_file)
         info = self.vm.core.vmcoreinfo or {}
@@ -1113,7 +1106,7 @@ class _Runner:
                 capture=CaptureSource(
                     str(self.opts.root),
                     state.interface,
-                    build_dump_header(state.header).hex(),
+                    state.header_raw.hex(),
                     state.valid,
                     state.reason,
                     identity,

@@ -258,7 +258,7 @@ class Releases:
             }
         )
         self.c.hook("release-intent", w.index)
-        self.capture.release(w.extent)
+        self.capture.release(w)
         self.c.hook("release", w.index)
         after = None if final else self.capture.memtotal_kb()
         self.journal.append(

@@ -21,7 +21,7 @@ dump. Three kinds are recognised:
     dump header and the register save area, ``hpte.bin`` beside it the HPTEs.
 
 For ``live`` and ``raw`` the crashed kernel's physical memory is a list of
-:class:`Region`\\ s: the hypervisor's copy of low memory (read from the
+:class:`~drgn_hvdump.model.physmap.Region`\\ s: the hypervisor's copy of low memory (read from the
 scratch area), the reserved memory (read in place), memory the capture kernel
 overwrote, and the scratch area itself, which holds saved sections rather
 than kernel memory. :meth:`DumpSource.read` raises :class:`Unreadable` with
@@ -61,13 +61,13 @@ from drgn_hvdump.formats.regsave import (
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, parse_vmcoreinfo
 from drgn_hvdump.intervals import IntervalSet
 from drgn_hvdump.model.pages import kernel_page_size
+from drgn_hvdump.model.physmap import Region, saved_low_map
 from drgn_hvdump.model.scratch import sections_from_base, top_scratch_base
 
 __all__ = [
     "NOTE_DUMP_HEADER",
     "NOTE_REGSAVE",
     "DumpSource",
-    "Region",
     "Unreadable",
     "identify",
     "split_ranges",
@@ -75,7 +75,6 @@ __all__ = [
 
 
 Kind = Literal["live", "raw", "collected"]
-RegionKind = Literal["saved-low", "memory", "lost", "scratch"]
 _MAGIC = REGSAVE_MAGIC.to_bytes(8, "big")
 _VIEW_MIN = 4096
 _WINDOW_SHIFT = 21
@@ -90,22 +89,6 @@ class Unreadable(HvdumpError):
     def __init__(self, message: str, address: int) -> None:
         super().__init__(message)
         self.address = address
-
-
-@dataclass(frozen=True)
-class Region:
-    """``[start, end)`` of the crashed kernel's physical memory and where it is now.
-
-    ``src`` is the ``/proc/vmcore`` physical address of ``start`` for the
-    readable kinds (``saved-low``: the hypervisor's copy; ``memory``: in
-    place); ``why`` says why the other kinds cannot be read.
-    """
-
-    start: int
-    end: int
-    kind: RegionKind
-    src: int | None = None
-    why: str = ""
 
 
 @dataclass
@@ -656,70 +639,23 @@ def _open_source(kind: Kind, v: _Vmcore) -> DumpSource:
     return src
 
 
-def _regions(
-    rmo_dest: int, rmo_copied: int, rmo_length: int, reserved: int, scratch: int, memory: int
-) -> list[Region]:
-    """The crashed kernel's physical memory laid out (see the module docstring)."""
-    regions = [Region(0, rmo_copied, "saved-low", rmo_dest)] if rmo_copied else []
-    if rmo_copied < rmo_length:
-        regions.append(
-            Region(
-                rmo_copied,
-                rmo_length,
-                "lost",
-                why=f"the hypervisor copied only {rmo_copied:#x} bytes of low memory "
-                "(a partial dump); the rest was overwritten by the capture kernel",
-            )
-        )
-    if rmo_length < reserved:
-        regions.append(
-            Region(
-                rmo_length,
-                reserved,
-                "lost",
-                why="overwritten by the capture kernel (only the low "
-                f"{rmo_length >> 20} MiB are saved by the hypervisor)",
-            )
-        )
-    regions.append(Region(reserved, scratch, "memory", reserved))
-    regions.append(
-        Region(
-            scratch,
-            memory,
-            "scratch",
-            why="the hypervisor's scratch area (saved register, HPTE and low-memory "
-            "sections), not memory the crashed kernel used",
-        )
-    )
-    return [r for r in regions if r.start < r.end]
-
-
 def _identify_live(v: _Vmcore) -> DumpSource | None:
     root = v.path.parent.parent
     capture = detect_capture(root)
     if capture is None:
         return None
     state = capture.state()
-    if state.header is None or state.release_map is None:
+    if not state.readable:
         return None
-    h = state.header
     src = _open_source("live", v)
     src.root = root
-    src.header = h
+    src.header = parse_dump_header(state.header_raw, path=f"{root}: dump header")
     if not state.valid:
         src.warnings.append(state.reason)
     src.warnings += state.warnings
-    src.regions = _regions(
-        h.rmo.destination_address,
-        h.rmo.length_copied,
-        h.rmo.source_length,
-        state.release_map.reserved.addr,
-        h.cpu.destination_address,
-        v.memory,
-    )
+    src.regions = capture.physical_map(state, v.memory)
     src.sections = {
-        name: (s.destination_address, s.length_copied)
-        for name, s in (("cpu", h.cpu), ("hpte", h.hpte), ("rmo", h.rmo))
+        name: (s.destination_address, s.length_copied) for name, s in state.sections.items()
     }
     src.warnings.append(
         f"{_NO_COLLECTION}: ranges released by another tool cannot be told apart from the dump"
@@ -769,7 +705,7 @@ def _identify_raw(v: _Vmcore) -> DumpSource | None:
     rmo_dest, rmo_size = layout.rmo
     src = _open_source("raw", v)
     src.cpu_raw = window[:cpu_size]
-    src.regions = _regions(rmo_dest, rmo_size, rmo_size, reserved, base, memory)
+    src.regions = saved_low_map(rmo_dest, rmo_size, rmo_size, reserved, base, memory)
     if src._view is not None:
         for r in src.regions:
             for start, end, offset in src._segments:

@@ -1,6 +1,6 @@
 """The pure rules of a hypervisor-assisted dump: no I/O, one definition each.
 
-The collector (:mod:`drgn_hvdump.capture.phyp_plan`), the drgn plugin
+The capture interfaces (e.g. phyp's planner, :mod:`drgn_hvdump.capture.phyp_plan`), the drgn plugin
 (:mod:`drgn_hvdump.plugin.source`) and the simulator (:mod:`hvsim`) all ask
 these modules rather than writing a rule again:
 
@@ -12,6 +12,9 @@ these modules rather than writing a rule again:
   ``/sys/kernel/release_region`` does, under the faithful (Linux 2.6) kernel
   and a corrected one: the pages it frees, the naive released-bytes counters
   and the exact-equality test that re-registers the dump.
+- :mod:`~drgn_hvdump.model.physmap`: the crashed kernel's physical memory
+  after a capture boot: what is where (the saved low-memory copy, memory in
+  place, the scratch area), or why it is gone.
 
 The model sits above :mod:`drgn_hvdump.formats` and below everything else.
 """

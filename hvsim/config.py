@@ -28,6 +28,7 @@ __all__ = [
     "auto_reserve_size",
     "format_size",
     "parse_size",
+    "parse_tasks",
 ]
 
 MEMORY_GRANULE = 256 << 20
@@ -93,7 +94,7 @@ class LparConfig:
         the LPAR's host name (``init_uts_ns``' nodename).
     ``tasks``
         the crashed kernel's user processes, ``"comm[:pid],..."`` (empty: a
-        default set; see :func:`hvsim.kernel.parse_tasks`).
+        default set; see :func:`parse_tasks`).
     ``image``
         an adopted real memory image (absolute path of an ELF core): the
         first kernel's memory, registers and VMCOREINFO come from it, not
@@ -174,8 +175,6 @@ class LparConfig:
         if not isinstance(self.tasks, str):
             raise ValueError(f"tasks must be a string like 'sshd,bash:1234', got {self.tasks!r}")
         if self.tasks:
-            from .kernel import parse_tasks  # the kernel defines what a task list is
-
             parse_tasks(self.tasks)
         if not isinstance(self.image, str) or (self.image and not self.image.startswith("/")):
             raise ValueError(f"image must be an absolute path, got {self.image!r}")
@@ -223,3 +222,30 @@ class LparConfig:
         if "mix" in values and isinstance(values["mix"], str):
             values["mix"] = PageMix.parse(values["mix"])
         return cls(**values)
+
+
+def parse_tasks(text: str) -> list[tuple[str, int | None]]:
+    """``"sshd,bash:1234,db:2000"`` → ``[("sshd", None), ("bash", 1234), ...]`` (user processes).
+
+    Raises ValueError for a bad entry (empty name, name longer than 15
+    characters, a pid outside 2..4194304).
+    """
+    out: list[tuple[str, int | None]] = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        comm, sep, pid_text = item.partition(":")
+        if not comm or len(comm) > 15 or not comm.isprintable():
+            raise ValueError(f"task name must be 1 to 15 printable characters, got {comm!r}")
+        pid: int | None = None
+        if sep:
+            try:
+                pid = int(pid_text)
+            except ValueError:
+                raise ValueError(
+                    f"task {comm!r}: pid must be an integer, got {pid_text!r}"
+                ) from None
+            if not 2 <= pid <= 4194304:
+                raise ValueError(f"task {comm!r}: pid must be from 2 to 4194304, got {pid}")
+        out.append((comm, pid))
+    return out

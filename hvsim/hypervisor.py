@@ -31,12 +31,11 @@ from drgn_hvdump.formats.dump_header import (
     build_dump_header,
     parse_dump_header,
 )
-from drgn_hvdump.formats.regsave import regsave_size
+from drgn_hvdump.formats.regsave import POWER6_REGISTERS, regsave_size
 from drgn_hvdump.model import scratch as model_scratch
 from drgn_hvdump.model.scratch import MIN_HPT_SIZE, hpt_size
 
 from .config import LparConfig, format_size
-from .kernel import REGISTERS
 
 __all__ = [
     "MIN_HPT_SIZE",
@@ -58,7 +57,7 @@ SECTION_NAMES = ("cpu", "hpte", "rmo")
 
 def cpu_state_size(cpus: int) -> int:
     """Bytes of the register save area for ``cpus`` CPUs (the firmware's type-1 size)."""
-    return regsave_size(cpus, len(REGISTERS))
+    return regsave_size(cpus, len(POWER6_REGISTERS))
 
 
 def sizes_property(cpu_size: int, hpte_size: int) -> bytes:

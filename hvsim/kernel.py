@@ -68,8 +68,10 @@ from drgn_hvdump.formats.vmcoreinfo import (
     VMCOREINFO_NOTE_TYPE,
     build_vmcoreinfo,
 )
+from drgn_hvdump.model.scratch import hpt_size
 
-from .config import LparConfig
+from .config import LparConfig, parse_tasks
+from .hypervisor import scratch_layout
 from .kernel_image import KERNELBASE, Vmlinux, image_path, load_vmlinux
 from .memory import derive_seed
 
@@ -89,7 +91,6 @@ __all__ = [
     "TaskInfo",
     "VmallocMapping",
     "kernel_symbol",
-    "parse_tasks",
     "vmlinux_path",
 ]
 
@@ -360,33 +361,6 @@ _USER_DEFAULT = (
     ("sshd", "poll"),
     ("bash", "wait4"),
 )
-
-
-def parse_tasks(text: str) -> list[tuple[str, int | None]]:
-    """``"sshd,bash:1234,db:2000"`` → ``[("sshd", None), ("bash", 1234), ...]`` (user processes).
-
-    Raises ValueError for a bad entry (empty name, name longer than 15
-    characters, a pid outside 2..4194304).
-    """
-    out: list[tuple[str, int | None]] = []
-    for item in (p.strip() for p in text.split(",")):
-        if not item:
-            continue
-        comm, sep, pid_text = item.partition(":")
-        if not comm or len(comm) > 15 or not comm.isprintable():
-            raise ValueError(f"task name must be 1 to 15 printable characters, got {comm!r}")
-        pid: int | None = None
-        if sep:
-            try:
-                pid = int(pid_text)
-            except ValueError:
-                raise ValueError(
-                    f"task {comm!r}: pid must be an integer, got {pid_text!r}"
-                ) from None
-            if not 2 <= pid <= 4194304:
-                raise ValueError(f"task {comm!r}: pid must be from 2 to 4194304, got {pid}")
-        out.append((comm, pid))
-    return out
 
 
 @dataclass(frozen=True)
@@ -873,8 +847,6 @@ class KernelImage:
 
     def _vmalloc_entries(self, mask: int, used: dict[int, int]) -> Iterable[tuple[int, int, int]]:
         """The hash entries of vmalloc pages (:meth:`vmalloc_mappings` with ``in_hpt``)."""
-        from .hypervisor import hpt_size  # hypervisor imports this module
-
         cfg = self.config
         shift = cfg.page_shift
         penc = 1 if shift == 16 else 0  # POWER6's LP encoding of 64 KiB pages
@@ -1068,8 +1040,6 @@ def _hvdemo_stats_bytes(image: KernelImage, base: int, order: Literal["big", "li
 @functools.lru_cache(maxsize=8)
 def _vmalloc_plan(image: KernelImage) -> _VmallocPlan:
     """The vmalloc range at the crash: pages, their page tables and their hash entries."""
-    from .hypervisor import hpt_size, scratch_layout  # hypervisor imports this module
-
     cfg = image.config
     order = cfg.endian
     geo = _GEOMETRIES[cfg.page_shift]

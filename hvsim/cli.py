@@ -230,23 +230,48 @@ def _section_value(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``hvsim`` argument parser (subcommands set ``func``)."""
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = _Parser(prog="hvsim", description=_TOP_HELP, formatter_class=raw)
+    parser = _Parser(prog="hvsim", description=_TOP_HELP, formatter_class=_RAW)
     # Subparsers are _Parser too (argparse uses the parent's class), typed as the base.
     sub = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",
         parser.add_subparsers(dest="command", metavar="COMMAND"),
     )
     sub.required = True
+    _add_create(sub)
+    _add_adopt(sub)
+    _add(sub, "boot", "boot an LPAR that is off or crashed", _BOOT_HELP).set_defaults(
+        func=_cmd_boot
+    )
+    _add_crash(sub)
+    _add(sub, "reboot", "reboot without a crash", _REBOOT_HELP).set_defaults(func=_cmd_reboot)
+    _add(sub, "invalidate", "give up the waiting dump", _INVALIDATE_HELP).set_defaults(
+        func=_cmd_invalidate
+    )
+    _add_views(sub)
+    add_subcommands(sub)
+    add_fleet_subcommands(sub)
+    return parser
 
-    def add(name: str, help_: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=description, formatter_class=raw)
-        p.add_argument("lpar", metavar="LPAR", help="the LPAR directory")
-        return p
 
-    p = add("create", "create a new LPAR", _CREATE_HELP)
+def _add(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """A subcommand whose first argument is the LPAR directory."""
+    p = sub.add_parser(name, help=help_, description=description, formatter_class=_RAW)
+    p.add_argument("lpar", metavar="LPAR", help="the LPAR directory")
+    return p
+
+
+def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _add(sub, "create", "create a new LPAR", _CREATE_HELP)
     p.add_argument("--memory", type=_size_arg, required=True, help="RAM, e.g. 4G or 1T")
     p.add_argument("--cpus", type=int, default=4, help="logical CPUs (default 4)")
     p.add_argument("--endian", choices=("big", "little"), default="big", help="kernel byte order")
@@ -279,11 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boot", action="store_true", help="boot it right away")
     p.set_defaults(func=_cmd_create)
 
+
+def _add_adopt(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "adopt",
         help="create an LPAR from a real memory image (an ELF core)",
         description=_ADOPT_HELP,
-        formatter_class=raw,
+        formatter_class=_RAW,
     )
     p.add_argument("image", metavar="CORE", help="ELF core of the whole guest")
     p.add_argument("lpar", metavar="LPAR", help="the LPAR directory to create")
@@ -297,8 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--endian", choices=("big", "little"), help="kernel byte order (default: from the image)"
     )
     p.add_argument(
-        "--crash-cpu", type=int, default=0, help="the CPU that panicked (default 0; drgn reads "
-        "panic_cpu from memory itself)"
+        "--crash-cpu",
+        type=int,
+        default=0,
+        help="the CPU that panicked (default 0; drgn reads panic_cpu from memory itself)",
     )
     p.add_argument(
         "--mmu",
@@ -309,10 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boot", action="store_true", help="boot it right away")
     p.set_defaults(func=_cmd_adopt)
 
-    add("boot", "boot an LPAR that is off or crashed", _BOOT_HELP).set_defaults(func=_cmd_boot)
 
+def _add_crash(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     scen = "".join(f"  {s.name:<14} {s.description}\n" for s in SCENARIOS.values())
-    p = add("crash", "crash the running kernel", _CRASH_HELP + scen)
+    p = _add(sub, "crash", "crash the running kernel", _CRASH_HELP + scen)
     p.add_argument("--scenario", choices=tuple(SCENARIOS), help="how it crashes (default panic)")
     p.add_argument("--no-reboot", action="store_true", help="stay crashed; boot later")
     p.add_argument(
@@ -334,21 +363,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_crash)
 
-    add("reboot", "reboot without a crash", _REBOOT_HELP).set_defaults(func=_cmd_reboot)
-    add("invalidate", "give up the waiting dump", _INVALIDATE_HELP).set_defaults(
-        func=_cmd_invalidate
-    )
 
-    p = add("status", "show state, dump header, reserved and released memory", _STATUS_HELP)
+def _add_views(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The subcommands that show or copy what the LPAR holds, or release a range."""
+    p = _add(sub, "status", "show state, dump header, reserved and released memory", _STATUS_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_status)
 
-    p = add("release", "release a range (like a write to release_region)", _RELEASE_HELP)
+    p = _add(sub, "release", "release a range (like a write to release_region)", _RELEASE_HELP)
     p.add_argument("addr", metavar="ADDR", help="start address (hex)")
     p.add_argument("size", metavar="SIZE", help="size in bytes (hex)")
     p.set_defaults(func=_cmd_release)
 
-    p = add("verify", "check saved sections or a dump file against ground truth", _VERIFY_HELP)
+    p = _add(
+        sub, "verify", "check saved sections or a dump file against ground truth", _VERIFY_HELP
+    )
     p.add_argument("dumpfile", metavar="DUMPFILE", nargs="?", help="an ELF dump to check")
     p.add_argument(
         "--as",
@@ -359,25 +388,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_verify)
 
-    p = add("cat", "print a file of the capture kernel's root", _CAT_HELP)
+    p = _add(sub, "cat", "print a file of the capture kernel's root", _CAT_HELP)
     p.add_argument("file", metavar="PATH", nargs="?", help="e.g. /sys/kernel/release_region")
     p.set_defaults(func=_cmd_cat)
 
-    p = add("vmcore", "copy /proc/vmcore to a file", _VMCORE_HELP)
+    p = _add(sub, "vmcore", "copy /proc/vmcore to a file", _VMCORE_HELP)
     p.add_argument("output", metavar="OUTPUT", help="file to write (created 0600)")
     p.set_defaults(func=_cmd_vmcore)
 
-    p = add("truth-core", "write the crashed kernel's memory as an ELF core", _TRUTH_CORE_HELP)
+    p = _add(
+        sub, "truth-core", "write the crashed kernel's memory as an ELF core", _TRUTH_CORE_HELP
+    )
     p.add_argument("output", metavar="OUTPUT", help="file to write (created 0600)")
     p.add_argument("--full", action="store_true", help="all of RAM, not just the low 256 MiB")
     p.set_defaults(func=_cmd_truth_core)
 
-    p = add("vmlinux", "print the path of the LPAR kernel's debug-info image", _VMLINUX_HELP)
+    p = _add(sub, "vmlinux", "print the path of the LPAR kernel's debug-info image", _VMLINUX_HELP)
     p.set_defaults(func=_cmd_vmlinux)
-
-    add_subcommands(sub)
-    add_fleet_subcommands(sub)
-    return parser
 
 
 def _fail(message: str) -> int:

@@ -687,109 +687,19 @@ class KernelImage:
 
     def _plan_tasks(self) -> list[TaskInfo]:
         cfg = self.config
-        kind = self.kind
-        crash = self.crash_cpu
-        tasks: list[TaskInfo] = []
-        idle0 = TaskInfo("swapper/0", 0, 0, 0, False, [], state=0, cpu=0, idle=True)
-        tasks.append(idle0)
-        for cpu in range(1, cfg.cpus):
-            tasks.append(
-                TaskInfo(f"swapper/{cpu}", 0, 0, 0, False, [], state=0, cpu=cpu, idle=True)
-            )
-        pid = 1
-        user_pid_next = 0
-
-        def kthread(comm: str, chain: str, cpu: int = 0) -> TaskInfo:
-            nonlocal pid
-            pid += 1
-            t = TaskInfo(comm, pid, pid, 2, False, _SLEEPS[chain], cpu=cpu)
-            tasks.append(t)
-            return t
-
-        init = TaskInfo("init", 1, 1, 0, True, _SLEEPS["epoll"], cpu=0)
-        tasks.append(init)
-        pid = 1
-        kthread("kthreadd", "kthreadd").ppid = 0
-        for cpu in range(cfg.cpus):
-            kthread(f"migration/{cpu}", "smpboot", cpu)
-            kthread(f"ksoftirqd/{cpu}", "smpboot", cpu)
-            kthread(f"kworker/{cpu}:0", "worker", cpu)
-        kthread("rcu_sched", "rcu")
-        hung = kthread("khungtaskd", "khungtaskd")
-        kthread("kswapd0", "kswapd")
-        jbd2 = kthread("jbd2/sda2-8", "jbd2")
-        kthread(f"kworker/u{2 * cfg.cpus}:1", "worker")
-        user_pid_next = pid + 260 + self._draws("pid-base") % 200
-
-        def user(comm: str, chain: str, want: int | None = None) -> TaskInfo:
-            nonlocal user_pid_next
-            if want is None:
-                want = user_pid_next
-                user_pid_next += 1 + self._draws("pid-gap", comm, user_pid_next) % 40
-            t = TaskInfo(
-                comm,
-                want,
-                want,
-                1,
-                True,
-                _SLEEPS[chain],
-                cpu=self._draws("cpu", comm, want) % cfg.cpus,
-            )
-            tasks.append(t)
-            return t
-
+        tl = _TaskList(self)
+        hung, jbd2 = tl.kernel_threads()
         if cfg.tasks:
             chains = [c for _, c in _USER_DEFAULT]
             for i, (comm, want) in enumerate(parse_tasks(cfg.tasks)):
-                user(comm, chains[i % len(chains)], want)
+                tl.user(comm, chains[i % len(chains)], want)
         else:
             for comm, chain in _USER_DEFAULT:
-                user(comm, chain)
-        # The task on the crashing CPU, and what the scenario adds.
-        if kind == "sysrq":
-            crasher = user("bash", "wait4")
-        elif kind == "oops":
-            names = [t.comm for t in tasks if t.user and t.comm not in ("init", "bash", "agetty")]
-            comm = _OOPS_TASKS[self._draws("oops-task") % len(_OOPS_TASKS)]
-            crasher = (
-                user(comm, "futex")
-                if comm not in names
-                else next(t for t in tasks if t.comm == comm)
-            )
-        elif kind == "hung-task":
-            crasher = hung
-            jbd2.chain = _SLEEPS["jbd2-blocked"]
-            jbd2.state = 2  # TASK_UNINTERRUPTIBLE
-        else:
-            crasher = tasks[crash]  # machine check: the CPU's idle task
-        used = {t.pid for t in tasks if t.pid}
-        if len(used) != len([t for t in tasks if t.pid]):
-            raise ValueError("two tasks have the same pid (check --tasks)")
-        if len(tasks) > _MAX_TASKS:
-            raise ValueError(f"too many tasks ({len(tasks)}); hvsim lays out at most {_MAX_TASKS}")
-        room = (_IRQ_STACK_TOP - _STACK_BASE) // _THREAD_SIZE - 2 * cfg.cpus
-        if len(tasks) - 1 > room:  # init_task's stack is in the image
-            raise ValueError(
-                f"too many tasks ({len(tasks)}); with {cfg.cpus} CPUs' interrupt stacks"
-                f" hvsim lays out at most {room + 1}"
-            )
-        crasher.cpu = crash
-        crasher.running = True
-        crasher.state = 0
-        if kind in _PANIC_PATHS:
-            path = list(_PANIC_PATHS[kind])
-            if kind == "machine-check":
-                path += _IDLE_BOOT if crash == 0 else _IDLE_SECONDARY
-            crasher.chain = path
-        for t in tasks:
-            if t.idle:
-                if t.cpu != crash:
-                    t.running = True
-                    t.chain = _IDLE_BOOT if t.cpu == 0 else _IDLE_SECONDARY
-                elif not t.running:
-                    t.state = 0
-                    tail = _IDLE_BOOT if t.cpu == 0 else _IDLE_SECONDARY
-                    t.chain = [*_SLEEP_HEAD, *tail[tail.index("do_idle") :]]
+                tl.user(comm, chain)
+        tasks = tl.tasks
+        crasher = self._crasher(tl, hung, jbd2)
+        _check_tasks(tasks, cfg.cpus)
+        _set_running(tasks, crasher, self.kind, self.crash_cpu)
         slot = 0
         for t in tasks:
             if t.pid == 0 and t.cpu == 0:
@@ -797,6 +707,23 @@ class KernelImage:
             t.slot = slot
             slot += 1
         return tasks
+
+    def _crasher(self, tl: _TaskList, hung: TaskInfo, jbd2: TaskInfo) -> TaskInfo:
+        """The task on the crashing CPU, and what the scenario adds."""
+        kind, tasks = self.kind, tl.tasks
+        if kind == "sysrq":
+            return tl.user("bash", "wait4")
+        if kind == "oops":
+            names = [t.comm for t in tasks if t.user and t.comm not in ("init", "bash", "agetty")]
+            comm = _OOPS_TASKS[self._draws("oops-task") % len(_OOPS_TASKS)]
+            if comm not in names:
+                return tl.user(comm, "futex")
+            return next(t for t in tasks if t.comm == comm)
+        if kind == "hung-task":
+            jbd2.chain = _SLEEPS["jbd2-blocked"]
+            jbd2.state = 2  # TASK_UNINTERRUPTIBLE
+            return hung
+        return tasks[self.crash_cpu]  # machine check: the CPU's idle task
 
     # ------------------------------------------------------- page table
 
@@ -1042,94 +969,126 @@ def _vmalloc_plan(image: KernelImage) -> _VmallocPlan:
     """The vmalloc range at the crash: pages, their page tables and their hash entries."""
     cfg = image.config
     order = cfg.endian
-    geo = _GEOMETRIES[cfg.page_shift]
-    ps = cfg.page_size
-    d = image._draws
     mask = htab_hash_mask(hpt_size(cfg.memory))
     used: dict[int, int] = {}
     for _ in image._linear_map(mask, used):
         pass
+    lay = _VmallocLayout(image, mask, used)
+    lay.lay_areas()
+    tables = _page_tables(_GEOMETRIES[cfg.page_shift], order, lay.ptes)
+    pieces = [(pa, bytes(buf)) for pa, buf in sorted(tables.items())]
+    ps = cfg.page_size
+    stats_page = next(m for m in lay.mappings if m.what == "hvdemo stats")
+    data = _hvdemo_stats_bytes(image, lay.stats_va, order)
+    first = ps - 0x100
+    pieces.append((stats_page.pa + 0x100, data[:first]))
+    second = next(m for m in lay.mappings if m.ea == stats_page.ea + ps)
+    pieces.append((second.pa, data[first:]))
+    return _VmallocPlan(lay.mappings, lay.hpt_slots, pieces, lay.stats_va)
 
-    # Physical pages: distinct, drawn from what the kernel owned. The hvdemo
-    # buffer comes from low memory (it is in the 256 MiB every dump saves).
-    pa_top = scratch_layout(cfg).base
-    taken: set[int] = set()
 
-    def page(label: str, i: int, low: bool = False) -> int:
-        top = min(pa_top, 256 << 20) if low else pa_top
+class _VmallocLayout:
+    """The vmalloc areas laid out: their pages, PTEs and hash entries (see :func:`_vmalloc_plan`)."""
+
+    def __init__(self, image: KernelImage, mask: int, used: dict[int, int]) -> None:
+        self.image = image
+        self.geo = _GEOMETRIES[image.config.page_shift]
+        self.ps = image.config.page_size
+        self.mask = mask
+        self.used = used  # hash groups' filled slots, the linear map's already counted
+        # Physical pages: distinct, drawn from what the kernel owned.
+        self.pa_top = scratch_layout(image.config).base
+        self.taken: set[int] = set()
+        self.mappings: list[VmallocMapping] = []
+        self.hpt_slots: dict[int, tuple[int, bool, int]] = {}
+        self.ptes: dict[int, int] = {}  # ea -> PTE value (0: cleared)
+        self.stats_va = 0
+
+    def page(self, label: str, i: int, low: bool = False) -> int:
+        """A physical page not used yet (``low``: below 256 MiB, which every dump saves)."""
+        ps = self.ps
+        top = min(self.pa_top, 256 << 20) if low else self.pa_top
         span = (top - _VMALLOC_PA_BASE) // ps
         n = 0
         while True:
-            pa = _VMALLOC_PA_BASE + (d("vmalloc-pa", label, i, n) % span) * ps
-            if pa not in taken:
-                taken.add(pa)
+            pa = _VMALLOC_PA_BASE + (self.image._draws("vmalloc-pa", label, i, n) % span) * ps
+            if pa not in self.taken:
+                self.taken.add(pa)
                 return pa
             n += 1
 
-    def place(ea: int, pa: int) -> tuple[bool, int] | None:
+    def place(self, ea: int) -> tuple[bool, int] | None:
         """Insert a hash entry as hash_page does: first free slot, primary then secondary."""
-        h = native.hpte_hash(kernel_vsid(ea), ea, geo.page_shift, 0)
+        h = native.hpte_hash(kernel_vsid(ea), ea, self.geo.page_shift, 0)
         for secondary in (False, True):
-            group = (~h if secondary else h) & mask
-            n = used.get(group, 0)
+            group = (~h if secondary else h) & self.mask
+            n = self.used.get(group, 0)
             if n < HPTES_PER_GROUP:
-                used[group] = n + 1
+                self.used[group] = n + 1
                 return secondary, group * HPTES_PER_GROUP + n
         return None  # both groups full: this model leaves the page unhashed
 
-    mappings: list[VmallocMapping] = []
-    hpt_slots: dict[int, tuple[int, bool, int]] = {}
-    ptes: dict[int, int] = {}  # ea -> PTE value (0: cleared)
-    cursor = VMALLOC_BASE
-    stats_va = 0
-    areas = [(what, size, "live") for what, size in _VMALLOC_AREAS]
-    # The freed areas sit between the live ones, where vmalloc had put them.
-    areas.insert(3, (*_VFREED_AREAS[0], "freed"))
-    areas.insert(10, (*_VFREED_AREAS[1], "freed"))
-    reused_done = False
-    for a, (what, size, kind) in enumerate(areas):
-        pages = -(-size // ps)
-        start = cursor
-        cursor += (pages + 1) * ps  # a guard page after every area
-        low = what == "hvdemo stats"
-        if low:
-            stats_va = start + 0x100
-        for i in range(pages):
-            ea = start + i * ps
-            pa = page(what, i, low)
-            exec_ = _PAGE_EXEC if what.startswith("module") else 0
-            if kind == "freed":
-                # vfree() cleared the PTE; the hash entry was never flushed.
-                slot = place(ea, pa)
-                ptes[ea] = 0
-                if slot is not None:
-                    hpt_slots[ea] = (pa, *slot)
-                    mappings.append(VmallocMapping(ea, pa, ps, False, True, what))
-                continue
-            # Most pages were touched since vmalloc() and so faulted into the
-            # hash table; a seeded few never were (the hvdemo buffer always was).
-            faulted = low or d("vmalloc-faulted", a, i) % 10 != 0
-            slot = place(ea, pa) if faulted else None
-            pte = ((pa >> geo.page_shift) << geo.rpn_shift) | _PAGE_KERNEL | exec_
-            if slot is not None:
-                secondary, s = slot
-                pte |= _PAGE_HASHPTE | (s % HPTES_PER_GROUP) << _PAGE_F_GIX_SHIFT
-                pte |= _PAGE_F_SECOND if secondary else 0
-                hpt_slots[ea] = (pa, secondary, s)
-            ptes[ea] = pte
-            mappings.append(VmallocMapping(ea, pa, ps, True, slot is not None, what))
-        if kind == "freed" and not reused_done:
-            # vmalloc() reused the freed area's first page for a new buffer
-            # not yet touched: the page tables map a new page, the stale hash
-            # entry still maps the old one.
-            reused_done = True
-            ea = start
-            pa = page("reused", 0)
-            ptes[ea] = ((pa >> geo.page_shift) << geo.rpn_shift) | _PAGE_KERNEL
-            mappings.append(VmallocMapping(ea, pa, ps, True, False, "vmalloc: reused address"))
+    def lay_areas(self) -> None:
+        ps = self.ps
+        cursor = VMALLOC_BASE
+        areas = [(what, size, "live") for what, size in _VMALLOC_AREAS]
+        # The freed areas sit between the live ones, where vmalloc had put them.
+        areas.insert(3, (*_VFREED_AREAS[0], "freed"))
+        areas.insert(10, (*_VFREED_AREAS[1], "freed"))
+        reused_done = False
+        for a, (what, size, kind) in enumerate(areas):
+            pages = -(-size // ps)
+            start = cursor
+            cursor += (pages + 1) * ps  # a guard page after every area
+            # The hvdemo buffer comes from low memory (the 256 MiB every dump saves).
+            low = what == "hvdemo stats"
+            if low:
+                self.stats_va = start + 0x100
+            for i in range(pages):
+                self.lay_page(a, i, start + i * ps, what, kind, low)
+            if kind == "freed" and not reused_done:
+                # vmalloc() reused the freed area's first page for a new buffer
+                # not yet touched: the page tables map a new page, the stale hash
+                # entry still maps the old one.
+                reused_done = True
+                pa = self.page("reused", 0)
+                geo = self.geo
+                self.ptes[start] = ((pa >> geo.page_shift) << geo.rpn_shift) | _PAGE_KERNEL
+                self.mappings.append(
+                    VmallocMapping(start, pa, ps, True, False, "vmalloc: reused address")
+                )
 
-    # The tables: swapper_pg_dir, then PUD/PMD tables and PTE pages from the
-    # page-table area, each aligned to its size as the kernel's caches align them.
+    def lay_page(self, a: int, i: int, ea: int, what: str, kind: str, low: bool) -> None:
+        ps, geo = self.ps, self.geo
+        pa = self.page(what, i, low)
+        if kind == "freed":
+            # vfree() cleared the PTE; the hash entry was never flushed.
+            slot = self.place(ea)
+            self.ptes[ea] = 0
+            if slot is not None:
+                self.hpt_slots[ea] = (pa, *slot)
+                self.mappings.append(VmallocMapping(ea, pa, ps, False, True, what))
+            return
+        # Most pages were touched since vmalloc() and so faulted into the
+        # hash table; a seeded few never were (the hvdemo buffer always was).
+        faulted = low or self.image._draws("vmalloc-faulted", a, i) % 10 != 0
+        slot = self.place(ea) if faulted else None
+        exec_ = _PAGE_EXEC if what.startswith("module") else 0
+        pte = ((pa >> geo.page_shift) << geo.rpn_shift) | _PAGE_KERNEL | exec_
+        if slot is not None:
+            secondary, s = slot
+            pte |= _PAGE_HASHPTE | (s % HPTES_PER_GROUP) << _PAGE_F_GIX_SHIFT
+            pte |= _PAGE_F_SECOND if secondary else 0
+            self.hpt_slots[ea] = (pa, secondary, s)
+        self.ptes[ea] = pte
+        self.mappings.append(VmallocMapping(ea, pa, ps, True, slot is not None, what))
+
+
+def _page_tables(
+    geo: _Geometry, order: Literal["big", "little"], ptes: Mapping[int, int]
+) -> dict[int, bytearray]:
+    """swapper_pg_dir, then PUD/PMD tables and PTE pages from the page-table area, each
+    aligned to its size as the kernel's caches align them, mapping ``ptes``."""
     pte_size, pmd_size, pud_size, pgd_size = (8 << n if n else 0 for n in geo.index_sizes)
     if geo.page_shift == 16:
         pte_size *= 2  # real_pte_t: the PTEs, then as many hidx words (2.6.32 64K)
@@ -1137,23 +1096,19 @@ def _vmalloc_plan(image: KernelImage) -> _VmallocPlan:
     tables: dict[int, bytearray] = {pgd_pa: bytearray(pgd_size)}
     free = _PGTABLE_BASE
 
-    def alloc(size: int) -> int:
+    def entry(table: int, index: int, size: int) -> int:
+        """The next-level table an entry points at, allocated on first use."""
         nonlocal free
+        buf = tables[table]
+        value = int.from_bytes(buf[8 * index : 8 * index + 8], order)
+        if value:
+            return value - KERNELBASE
         free = -(-free // size) * size
         pa = free
         free += size
         if free > _PGTABLE_END:  # pragma: no cover - guards the area's size
             raise AssertionError("page-table area full")
         tables[pa] = bytearray(size)
-        return pa
-
-    def entry(table: int, index: int, size: int) -> int:
-        """The next-level table an entry points at, allocated on first use."""
-        buf = tables[table]
-        value = int.from_bytes(buf[8 * index : 8 * index + 8], order)
-        if value:
-            return value - KERNELBASE
-        pa = alloc(size)
         buf[8 * index : 8 * index + 8] = (KERNELBASE + pa).to_bytes(8, order)
         return pa
 
@@ -1166,15 +1121,7 @@ def _vmalloc_plan(image: KernelImage) -> _VmallocPlan:
             pmd = entry(pgd_pa, i_pgd, pmd_size)
         pte_page = entry(pmd, i_pmd, pte_size)
         tables[pte_page][8 * i_pte : 8 * i_pte + 8] = pte.to_bytes(8, order)
-
-    pieces = [(pa, bytes(buf)) for pa, buf in sorted(tables.items())]
-    stats_page = next(m for m in mappings if m.what == "hvdemo stats")
-    data = _hvdemo_stats_bytes(image, stats_va, order)
-    first = ps - 0x100
-    pieces.append((stats_page.pa + 0x100, data[:first]))
-    second = next(m for m in mappings if m.ea == stats_page.ea + ps)
-    pieces.append((second.pa, data[first:]))
-    return _VmallocPlan(mappings, hpt_slots, pieces, stats_va)
+    return tables
 
 
 def _frames(
@@ -1210,19 +1157,142 @@ def _irq_stack(cpu: int, hard: int) -> int:
     return _IRQ_STACK_TOP - (2 * cpu + hard + 1) * _THREAD_SIZE
 
 
+class _TaskList:
+    """The tasks of a kernel image as they are planned: pids handed out as Linux would."""
+
+    def __init__(self, image: KernelImage) -> None:
+        self.image = image
+        cpus = image.config.cpus
+        self.tasks: list[TaskInfo] = [
+            TaskInfo(f"swapper/{cpu}", 0, 0, 0, False, [], state=0, cpu=cpu, idle=True)
+            for cpu in range(cpus)
+        ]
+        self.pid = 1
+        self.user_pid_next = 0
+
+    def kthread(self, comm: str, chain: str, cpu: int = 0) -> TaskInfo:
+        self.pid += 1
+        t = TaskInfo(comm, self.pid, self.pid, 2, False, _SLEEPS[chain], cpu=cpu)
+        self.tasks.append(t)
+        return t
+
+    def kernel_threads(self) -> tuple[TaskInfo, TaskInfo]:
+        """init and the kernel threads; returns khungtaskd and the jbd2 thread."""
+        cpus = self.image.config.cpus
+        self.tasks.append(TaskInfo("init", 1, 1, 0, True, _SLEEPS["epoll"], cpu=0))
+        self.kthread("kthreadd", "kthreadd").ppid = 0
+        for cpu in range(cpus):
+            self.kthread(f"migration/{cpu}", "smpboot", cpu)
+            self.kthread(f"ksoftirqd/{cpu}", "smpboot", cpu)
+            self.kthread(f"kworker/{cpu}:0", "worker", cpu)
+        self.kthread("rcu_sched", "rcu")
+        hung = self.kthread("khungtaskd", "khungtaskd")
+        self.kthread("kswapd0", "kswapd")
+        jbd2 = self.kthread("jbd2/sda2-8", "jbd2")
+        self.kthread(f"kworker/u{2 * cpus}:1", "worker")
+        self.user_pid_next = self.pid + 260 + self.image._draws("pid-base") % 200
+        return hung, jbd2
+
+    def user(self, comm: str, chain: str, want: int | None = None) -> TaskInfo:
+        draws = self.image._draws
+        if want is None:
+            want = self.user_pid_next
+            self.user_pid_next += 1 + draws("pid-gap", comm, self.user_pid_next) % 40
+        cpu = draws("cpu", comm, want) % self.image.config.cpus
+        t = TaskInfo(comm, want, want, 1, True, _SLEEPS[chain], cpu=cpu)
+        self.tasks.append(t)
+        return t
+
+
+def _check_tasks(tasks: list[TaskInfo], cpus: int) -> None:
+    used = {t.pid for t in tasks if t.pid}
+    if len(used) != len([t for t in tasks if t.pid]):
+        raise ValueError("two tasks have the same pid (check --tasks)")
+    if len(tasks) > _MAX_TASKS:
+        raise ValueError(f"too many tasks ({len(tasks)}); hvsim lays out at most {_MAX_TASKS}")
+    room = (_IRQ_STACK_TOP - _STACK_BASE) // _THREAD_SIZE - 2 * cpus
+    if len(tasks) - 1 > room:  # init_task's stack is in the image
+        raise ValueError(
+            f"too many tasks ({len(tasks)}); with {cpus} CPUs' interrupt stacks"
+            f" hvsim lays out at most {room + 1}"
+        )
+
+
+def _set_running(tasks: list[TaskInfo], crasher: TaskInfo, kind: str, crash: int) -> None:
+    """The crashing task runs on the crashing CPU; every other CPU runs its idle task."""
+    crasher.cpu = crash
+    crasher.running = True
+    crasher.state = 0
+    if kind in _PANIC_PATHS:
+        path = list(_PANIC_PATHS[kind])
+        if kind == "machine-check":
+            path += _IDLE_BOOT if crash == 0 else _IDLE_SECONDARY
+        crasher.chain = path
+    for t in tasks:
+        if t.idle:
+            if t.cpu != crash:
+                t.running = True
+                t.chain = _IDLE_BOOT if t.cpu == 0 else _IDLE_SECONDARY
+            elif not t.running:
+                t.state = 0
+                tail = _IDLE_BOOT if t.cpu == 0 else _IDLE_SECONDARY
+                t.chain = [*_SLEEP_HEAD, *tail[tail.index("do_idle") :]]
+
+
+@dataclass
+class _Build:
+    """What the steps of :func:`_build_state` share: the image, its memory, its tasks."""
+
+    image: KernelImage
+    mem: _Mem
+    tasks: list[TaskInfo]
+    offsets: list[int] = field(default_factory=list)  # per-CPU area offsets
+    uptime_ns: int = 0
+
+    @property
+    def vm(self) -> Vmlinux:
+        return self.image.vmlinux
+
+    @property
+    def cpus(self) -> int:
+        return self.image.config.cpus
+
+    def sym(self, name: str) -> int:
+        return self.vm.symbol(name)
+
+    @property
+    def cfa_top_off(self) -> int:
+        """Where a task's outermost frame's CFA is, from its stack's base."""
+        return _THREAD_SIZE - _STACK_FRAME_OVERHEAD - _PT_REGS_SIZE - 16
+
+
 @functools.lru_cache(maxsize=8)
 def _build_state(image: KernelImage) -> _State:
-    cfg = image.config
-    vm = image.vmlinux
-    order = cfg.endian
-    mem = _Mem(vm, order)
-    sym = vm.symbol
-    tasks = image._plan_tasks()
-    crash = image.crash_cpu
+    b = _Build(image, _Mem(image.vmlinux, image.config.endian), image._plan_tasks())
+    _lay_sections(b)
+    _lay_percpu(b)
+    _lay_irq_stacks(b)
+    _lay_globals(b)
+    by_pid = _place_tasks(b)
+    for t in b.tasks:
+        _lay_task_stack(b, t)
+        _fill_task_struct(b, t)
+        if t.pid:
+            _hash_pid(b, t)
+    _link_tasks(b, by_pid)
+    running, regs_all = _lay_cpus(b)
+    _lay_crash_notes(b, running, regs_all)
+    log = _log(image, b.tasks, running, b.uptime_ns)
+    _write_printk(b.mem, b.vm, log)
+    _lay_vmcoreinfo(b)
+    return _State(b.tasks, running, regs_all, b.mem.pieces(), log, b.uptime_ns)
 
-    # The image's sections at their physical addresses; .bss without unused pacas.
-    paca0 = sym("paca")
-    paca_end = paca0 + cfg.cpus * PACA_SIZE
+
+def _lay_sections(b: _Build) -> None:
+    """The image's sections at their physical addresses; .bss without unused pacas."""
+    vm, mem = b.vm, b.mem
+    paca0 = b.sym("paca")
+    paca_end = paca0 + b.cpus * PACA_SIZE
     full_paca_end = paca0 + vm.variable_size("paca")
     for s in vm.sections:
         if s.data is not None:
@@ -1234,17 +1304,19 @@ def _build_state(image: KernelImage) -> _State:
         else:
             mem.alloc(s.paddr, s.size)
 
-    # Per-CPU areas, one unit per CPU, each a copy of .data..percpu.
+
+def _lay_percpu(b: _Build) -> None:
+    """Per-CPU areas, one unit per CPU, each a copy of .data..percpu; the CPU masks."""
+    vm, mem, cpus = b.vm, b.mem, b.cpus
     pcpu = next(s for s in vm.sections if s.name == ".data..percpu")
     assert pcpu.data is not None
-    offsets = []
-    for cpu in range(cfg.cpus):
+    for cpu in range(cpus):
         area = _PERCPU_BASE + cpu * pcpu.size
         mem.alloc(area, pcpu.size, pcpu.data)
-        offsets.append(KERNELBASE + area - pcpu.addr)
-    for cpu, off in enumerate(offsets):
-        mem.put_int(sym("__per_cpu_offset") + 8 * cpu, 8, off)
-    words = (cfg.cpus + 63) // 64
+        b.offsets.append(KERNELBASE + area - pcpu.addr)
+    for cpu, off in enumerate(b.offsets):
+        mem.put_int(b.sym("__per_cpu_offset") + 8 * cpu, 8, off)
+    words = (cpus + 63) // 64
     for mask in (
         "__cpu_possible_mask",
         "__cpu_online_mask",
@@ -1252,30 +1324,34 @@ def _build_state(image: KernelImage) -> _State:
         "__cpu_active_mask",
     ):
         for w in range(words):
-            n = min(64, cfg.cpus - 64 * w)
-            mem.put_int(sym(mask) + 8 * w, 8, (1 << n) - 1)
-    mem.put_int(sym("nr_cpu_ids"), 4, cfg.cpus)
+            n = min(64, cpus - 64 * w)
+            mem.put_int(b.sym(mask) + 8 * w, 8, (1 << n) - 1)
+    mem.put_int(b.sym("nr_cpu_ids"), 4, cpus)
 
-    # Interrupt stacks (CONFIG_IRQSTACKS): hardirq_ctx[cpu] and softirq_ctx[cpu]
-    # point at their bottoms, where irq_ctx_init() left a thread_info with the
-    # matching preempt_count.
-    for cpu in range(cfg.cpus):
+
+def _lay_irq_stacks(b: _Build) -> None:
+    """Interrupt stacks (CONFIG_IRQSTACKS): hardirq_ctx[cpu] and softirq_ctx[cpu]
+    point at their bottoms, where irq_ctx_init() left a thread_info with the
+    matching preempt_count."""
+    for cpu in range(b.cpus):
         for i, (ctx, count) in enumerate(
             (("softirq_ctx", _SOFTIRQ_OFFSET), ("hardirq_ctx", _HARDIRQ_OFFSET))
         ):
             base = _irq_stack(cpu, i)
-            mem.alloc(base, vm.sizeof("thread_info"))
-            mem.put(KERNELBASE + base, "thread_info", "preempt_count", count)
-            mem.put_int(sym(ctx) + 8 * cpu, 8, KERNELBASE + base)
+            b.mem.alloc(base, b.vm.sizeof("thread_info"))
+            b.mem.put(KERNELBASE + base, "thread_info", "preempt_count", count)
+            b.mem.put_int(b.sym(ctx) + 8 * cpu, 8, KERNELBASE + base)
 
-    uptime_ns = (2 * 3600 + image._draws("uptime") % (200 * 86400)) * 10**9 + image._draws(
+
+def _lay_globals(b: _Build) -> None:
+    """Uptime and jiffies, panic_cpu, the banner, utsname, command line and pid_hash."""
+    image, mem, vm, sym = b.image, b.mem, b.vm, b.sym
+    b.uptime_ns = (2 * 3600 + image._draws("uptime") % (200 * 86400)) * 10**9 + image._draws(
         "uptime-ns"
     ) % 10**9
     hz = 250
-    mem.put_int(sym("jiffies"), 8, (uptime_ns // (10**9 // hz) + 0xFFFB6C20) & _U64)
-    mem.put_int(sym("panic_cpu"), 4, crash)
-
-    # Strings: banner, utsname, command line.
+    mem.put_int(sym("jiffies"), 8, (b.uptime_ns // (10**9 // hz) + 0xFFFB6C20) & _U64)
+    mem.put_int(sym("panic_cpu"), 4, image.crash_cpu)
     mem.write(
         sym("linux_banner"),
         image.banner().encode().ljust(vm.variable_size("linux_banner"), b"\0")[:256],
@@ -1285,31 +1361,30 @@ def _build_state(image: KernelImage) -> _State:
     cmdline = b"root=/dev/sda2 ro phyp_dump=1 console=hvc0\0"
     mem.alloc(cmdline_pa, len(cmdline), cmdline)
     mem.put_int(sym("saved_command_line"), 8, KERNELBASE + cmdline_pa)
-
     # pid_hash (2.6.32's struct upid hash), sized at boot.
     buckets = 1 << _PIDHASH_SHIFT
     mem.alloc(_PIDHASH_BASE, 8 * buckets)
     mem.put_int(sym("pid_hash"), 8, KERNELBASE + _PIDHASH_BASE)
     mem.put_int(sym("pidhash_shift"), 4, _PIDHASH_SHIFT)
 
-    ts = "task_struct"
-    t_size = vm.sizeof(ts)
-    pid_off = (t_size + 63) & ~63
+
+def _place_tasks(b: _Build) -> dict[int, TaskInfo]:
+    """Each task's slot: its task_struct, struct pid, signal_struct and mm_struct, its stack."""
+    vm, sym = b.vm, b.sym
+    pid_off = (vm.sizeof("task_struct") + 63) & ~63
     sig_off = pid_off + ((vm.sizeof("pid") + 63) & ~63)
     mm_off = sig_off + ((vm.sizeof("signal_struct") + 63) & ~63)
     if mm_off + vm.sizeof("mm_struct") > _TASK_SLOT:  # pragma: no cover - guards a struct change
         raise AssertionError("task slot too small")
-    init_task = sym("init_task")
-    init_ns = sym("init_pid_ns")
     by_pid: dict[int, TaskInfo] = {}
-    for t in tasks:
+    for t in b.tasks:
         if t.slot < 0:
-            t.address = init_task
+            t.address = sym("init_task")
             t.stack = sym("init_thread_union")
             t.signal = sym("init_signals")
         else:
             base = _TASK_BASE + t.slot * _TASK_SLOT
-            mem.alloc(base, _TASK_SLOT)
+            b.mem.alloc(base, _TASK_SLOT)
             t.address = KERNELBASE + base
             t.stack = KERNELBASE + _STACK_BASE + t.slot * _THREAD_SIZE
             t.pid_struct = t.address + pid_off
@@ -1318,223 +1393,247 @@ def _build_state(image: KernelImage) -> _State:
                 t.mm = t.address + mm_off
         if t.pid:
             by_pid[t.pid] = t
+    return by_pid
 
-    # Each task's frames; running tasks' top frame just returned from a call.
-    fault = vm.fault_sites()[0]
-    cfa_top_off = _THREAD_SIZE - _STACK_FRAME_OVERHEAD - _PT_REGS_SIZE - 16
+
+def _lay_task_stack(b: _Build, t: TaskInfo) -> None:
+    """A task's frames (a running task's top frame just returned from a call), the
+    user registers above them, and a sleeping task's switch frame."""
+    vm, mem, image = b.vm, b.mem, b.image
+    chain = t.chain
+    if t.running:
+        top_callee = _PANIC_CALLEE if chain[0] == "panic" else "plpar_hcall_norets"
+    else:
+        top_callee = "_switch"
+    interrupted: dict[int, int] = {}
+    if "data_access_common" in chain:
+        interrupted[chain.index("data_access_common") + 1] = vm.fault_sites()[0]
+    if "machine_check_common" in chain:
+        i = chain.index("machine_check_common") + 1
+        interrupted[i] = vm.call_site(chain[i], "plpar_hcall_norets")
+    top_pc = vm.call_site(chain[0], top_callee)
+    cfa = t.stack + b.cfa_top_off
+    frames, lr_offs = _frames(vm, chain, top_pc, cfa, interrupted)
+    t.frames = frames
     switch_frame = _STACK_FRAME_OVERHEAD + vm.sizeof("pt_regs")
-    for t in tasks:
-        chain = t.chain
-        if t.running:
-            top_callee = _PANIC_CALLEE if chain[0] == "panic" else "plpar_hcall_norets"
-        else:
-            top_callee = "_switch"
-        interrupted: dict[int, int] = {}
-        if "data_access_common" in chain:
-            interrupted[chain.index("data_access_common") + 1] = fault
-        if "machine_check_common" in chain:
-            i = chain.index("machine_check_common") + 1
-            interrupted[i] = vm.call_site(chain[i], "plpar_hcall_norets")
-        top_pc = vm.call_site(chain[0], top_callee)
-        frames, lr_offs = _frames(vm, chain, top_pc, t.stack + cfa_top_off, interrupted)
-        t.frames = frames
-        if t.slot >= 0:  # init_task's stack is in .data
-            low = frames[0].sp - switch_frame - 288
-            mem.alloc(low - KERNELBASE, t.stack + _THREAD_SIZE - low)
-            mem.alloc(t.stack - KERNELBASE, 8)
-        mem.put_int(t.stack, 8, _STACK_END_MAGIC)
-        for i, f in enumerate(frames[:-1]):
-            caller_sp = frames[i + 1].sp
-            mem.put_int(f.sp, 8, caller_sp)
-            mem.put_int(caller_sp + lr_offs[i], 8, frames[i + 1].pc)
-        cfa = t.stack + cfa_top_off
-        mem.put_int(cfa, 8, 0)  # the entry frame: a zero back chain ends the stack
-        # The user's registers above the outermost frame, as the system call saved them.
-        uregs = cfa + _STACK_FRAME_OVERHEAD
-        if t.user:
-            user_sp = 0x7FFFF0000000 + (image._draws("usp", t.pid) % 0x10000000 & ~0xF)
-            user_pc = 0x10000000 + (image._draws("upc", t.pid) % 0x100000 & ~3)
-            mem.put_int(uregs + 8, 8, user_sp)
-            mem.put_int(uregs + 8 * 32, 8, user_pc)
-            mem.put_int(
-                uregs + 8 * 33,
-                8,
-                _MSR_SF
-                | _MSR_EE
-                | _MSR_PR
-                | _MSR_ME
-                | _MSR_IR
-                | _MSR_DR
-                | _MSR_RI
-                | (_MSR_LE if order == "little" else 0),
-            )
-            mem.put_int(uregs + 8 * 40, 8, 0xC00)
-        # A sleeping task's switch frame: what _switch saved, ksp points at it.
+    if t.slot >= 0:  # init_task's stack is in .data
+        low = frames[0].sp - switch_frame - 288
+        mem.alloc(low - KERNELBASE, t.stack + _THREAD_SIZE - low)
+        mem.alloc(t.stack - KERNELBASE, 8)
+    mem.put_int(t.stack, 8, _STACK_END_MAGIC)
+    for i, f in enumerate(frames[:-1]):
+        caller_sp = frames[i + 1].sp
+        mem.put_int(f.sp, 8, caller_sp)
+        mem.put_int(caller_sp + lr_offs[i], 8, frames[i + 1].pc)
+    mem.put_int(cfa, 8, 0)  # the entry frame: a zero back chain ends the stack
+    if t.user:
+        _lay_user_regs(b, t, cfa + _STACK_FRAME_OVERHEAD)
+    if not t.running:
         ksp = frames[0].sp - switch_frame
-        if not t.running:
-            mem.put_int(ksp, 8, frames[0].sp)
-            regs_at = frames[0].sp - vm.sizeof("pt_regs")
-            for n in range(14, 32):
-                mem.put_int(regs_at + 8 * n, 8, image._draws("nvgpr", t.pid, t.slot + 1, n))
-            mem.put_int(regs_at + 8 * 32, 8, frames[0].pc)  # nip
-            mem.put_int(regs_at + 8 * 36, 8, frames[0].pc)  # link
-            mem.put_int(regs_at + 8 * 38, 8, image._draws("ccr", t.slot + 1) & 0xFFFFFFFF)
+        mem.put_int(ksp, 8, frames[0].sp)
+        regs_at = frames[0].sp - vm.sizeof("pt_regs")
+        for n in range(14, 32):
+            mem.put_int(regs_at + 8 * n, 8, image._draws("nvgpr", t.pid, t.slot + 1, n))
+        mem.put_int(regs_at + 8 * 32, 8, frames[0].pc)  # nip
+        mem.put_int(regs_at + 8 * 36, 8, frames[0].pc)  # link
+        mem.put_int(regs_at + 8 * 38, 8, image._draws("ccr", t.slot + 1) & 0xFFFFFFFF)
 
-        # struct task_struct
-        a = t.address
-        put = mem.put
-        flags = (0x00200000 if not t.user else 0x00400100) | (0x2 if t.idle else 0)
-        put(a, ts, "state", t.state)
-        put(a, ts, "stack", t.stack)
-        put(a, ts, "usage", 2)
-        put(a, ts, "flags", flags)
-        put(a, ts, "on_cpu", 1 if t.running else 0)
-        put(a, ts, "cpu", t.cpu)
-        put(a, ts, "on_rq", 1 if t.running else 0)
-        prio = (
-            0
-            if t.comm.startswith("migration/")
-            else 120
-            if not t.comm.startswith("kworker")
-            else 100
-        )
-        put(a, ts, "prio", prio)
-        put(a, ts, "static_prio", 120)
-        put(a, ts, "normal_prio", prio)
-        put(a, ts, "policy", 1 if prio == 0 else 0)
-        put(a, ts, "mm", t.mm)
-        put(a, ts, "active_mm", t.mm or sym("init_mm"))
-        put(a, ts, "exit_signal", 17 if t.user else -1 if t.idle else 17)
-        put(a, ts, "pid", t.pid)
-        put(a, ts, "tgid", t.tgid)
-        put(a, ts, "group_leader", a)
-        put(a, ts, "comm", t.comm.encode())
-        put(a, ts, "signal", t.signal)
-        put(a, ts, "thread.ksp", ksp if not t.running else ksp - 0x400)
-        put(a, ts, "thread.regs", uregs if t.user else 0)
-        put(
-            a,
-            ts,
+
+def _lay_user_regs(b: _Build, t: TaskInfo, uregs: int) -> None:
+    """The user's registers above the outermost frame, as the system call saved them."""
+    image, mem = b.image, b.mem
+    user_sp = 0x7FFFF0000000 + (image._draws("usp", t.pid) % 0x10000000 & ~0xF)
+    user_pc = 0x10000000 + (image._draws("upc", t.pid) % 0x100000 & ~3)
+    mem.put_int(uregs + 8, 8, user_sp)
+    mem.put_int(uregs + 8 * 32, 8, user_pc)
+    msr = _MSR_SF | _MSR_EE | _MSR_PR | _MSR_ME | _MSR_IR | _MSR_DR | _MSR_RI
+    mem.put_int(uregs + 8 * 33, 8, msr | (_MSR_LE if image.config.endian == "little" else 0))
+    mem.put_int(uregs + 8 * 40, 8, 0xC00)
+
+
+def _task_prio(comm: str) -> int:
+    if comm.startswith("migration/"):
+        return 0
+    return 100 if comm.startswith("kworker") else 120
+
+
+def _fill_task_struct(b: _Build, t: TaskInfo) -> None:
+    """struct task_struct, and the task's signal_struct and mm_struct."""
+    vm, mem, image, ts = b.vm, b.mem, b.image, "task_struct"
+    a = t.address
+    put = mem.put
+    switch_frame = _STACK_FRAME_OVERHEAD + vm.sizeof("pt_regs")
+    ksp = t.frames[0].sp - switch_frame
+    uregs = t.stack + b.cfa_top_off + _STACK_FRAME_OVERHEAD
+    flags = (0x00200000 if not t.user else 0x00400100) | (0x2 if t.idle else 0)
+    prio = _task_prio(t.comm)
+    draw = image._draws
+    for field_name, value in (
+        ("state", t.state),
+        ("stack", t.stack),
+        ("usage", 2),
+        ("flags", flags),
+        ("on_cpu", 1 if t.running else 0),
+        ("cpu", t.cpu),
+        ("on_rq", 1 if t.running else 0),
+        ("prio", prio),
+        ("static_prio", 120),
+        ("normal_prio", prio),
+        ("policy", 1 if prio == 0 else 0),
+        ("mm", t.mm),
+        ("active_mm", t.mm or b.sym("init_mm")),
+        ("exit_signal", 17 if t.user else -1 if t.idle else 17),
+        ("pid", t.pid),
+        ("tgid", t.tgid),
+        ("group_leader", a),
+        ("comm", t.comm.encode()),
+        ("signal", t.signal),
+        ("thread.ksp", ksp if not t.running else ksp - 0x400),
+        ("thread.regs", uregs if t.user else 0),
+        (
             "start_time",
-            uptime_ns // 1000 * (t.pid % 97 + 1) // 4000 if t.pid > 30 else t.pid * 10**7,
-        )
-        put(a, ts, "utime", image._draws("utime", t.pid, t.slot + 1) % 10**12 if t.user else 0)
-        put(a, ts, "stime", image._draws("stime", t.pid, t.slot + 1) % 10**11)
-        put(a, ts, "nvcsw", image._draws("nvcsw", t.pid, t.slot + 1) % 10**6)
-        put(a, ts, "nivcsw", image._draws("nivcsw", t.pid, t.slot + 1) % 10**4)
-        put(a, ts, "last_switch_time", 0)
-        for lst in ("children", "sibling", "thread_group"):
-            mem.list_init(a + vm.offsetof(ts, lst))
-        if t.slot >= 0:
-            sig = t.signal
-            put(sig, "signal_struct", "sigcnt", 1)
-            put(sig, "signal_struct", "live", 1)
-            put(sig, "signal_struct", "nr_threads", 1)
-            put(sig, "signal_struct", "leader", 1)
-            head = sig + vm.offsetof("signal_struct", "thread_head")
-            mem.list_init(head)
-            mem.list_add_tail(a + vm.offsetof(ts, "thread_node"), head)
-        if t.mm:
-            m = t.mm
-            for name, value in (
-                ("mm_users", 1),
-                ("mm_count", 1),
-                ("map_count", 20 + t.pid % 40),
-                ("total_vm", 1000 + image._draws("vm", t.pid) % 100000),
-                ("start_stack", 0x7FFFFFFF0000),
-                ("mmap_base", 0x7FFF80000000),
-                ("task_size", 0x400000000000),
-                ("owner", a),
-            ):
-                put(m, "mm_struct", name, value)
-        # struct pid, hashed into pid_hash, and the task's pid link
-        if t.pid:
-            p = t.pid_struct
-            put(p, "pid", "count", 1)
-            put(p, "pid", "level", 0)
-            put(p, "pid", "numbers[0].nr", t.pid)
-            put(p, "pid", "numbers[0].ns", init_ns)
-            node = a + vm.offsetof(ts, "pids[0].node")
-            first = p + vm.offsetof("pid", "tasks[0]")
-            mem.put_int(first, 8, node)
-            mem.put_int(node, 8, 0)
-            mem.put_int(node + 8, 8, first)
-            put(a, ts, "pids[0].pid", p)
-            chain_node = p + vm.offsetof("pid", "numbers[0].pid_chain")
-            h = ((t.pid + init_ns) * _GOLDEN_RATIO_PRIME_64 & _U64) >> (64 - _PIDHASH_SHIFT)
-            bucket = KERNELBASE + _PIDHASH_BASE + 8 * h
-            old = mem.get_u64(bucket)
-            mem.put_int(chain_node, 8, old)
-            mem.put_int(chain_node + 8, 8, bucket)
-            if old:
-                mem.put_int(old + 8, 8, chain_node)
-            mem.put_int(bucket, 8, chain_node)
+            b.uptime_ns // 1000 * (t.pid % 97 + 1) // 4000 if t.pid > 30 else t.pid * 10**7,
+        ),
+        ("utime", draw("utime", t.pid, t.slot + 1) % 10**12 if t.user else 0),
+        ("stime", draw("stime", t.pid, t.slot + 1) % 10**11),
+        ("nvcsw", draw("nvcsw", t.pid, t.slot + 1) % 10**6),
+        ("nivcsw", draw("nivcsw", t.pid, t.slot + 1) % 10**4),
+        ("last_switch_time", 0),
+    ):
+        put(a, ts, field_name, value)
+    for lst in ("children", "sibling", "thread_group"):
+        mem.list_init(a + vm.offsetof(ts, lst))
+    if t.slot >= 0:
+        sig = t.signal
+        for name in ("sigcnt", "live", "nr_threads", "leader"):
+            put(sig, "signal_struct", name, 1)
+        head = sig + vm.offsetof("signal_struct", "thread_head")
+        mem.list_init(head)
+        mem.list_add_tail(a + vm.offsetof(ts, "thread_node"), head)
+    if t.mm:
+        for name, value in (
+            ("mm_users", 1),
+            ("mm_count", 1),
+            ("map_count", 20 + t.pid % 40),
+            ("total_vm", 1000 + draw("vm", t.pid) % 100000),
+            ("start_stack", 0x7FFFFFFF0000),
+            ("mmap_base", 0x7FFF80000000),
+            ("task_size", 0x400000000000),
+            ("owner", a),
+        ):
+            put(t.mm, "mm_struct", name, value)
 
-    # The task list (init_task is its head) and the family tree.
+
+def _hash_pid(b: _Build, t: TaskInfo) -> None:
+    """The task's struct pid, hashed into pid_hash, and the task's pid link."""
+    vm, mem, ts = b.vm, b.mem, "task_struct"
+    put = mem.put
+    a, p = t.address, t.pid_struct
+    init_ns = b.sym("init_pid_ns")
+    put(p, "pid", "count", 1)
+    put(p, "pid", "level", 0)
+    put(p, "pid", "numbers[0].nr", t.pid)
+    put(p, "pid", "numbers[0].ns", init_ns)
+    node = a + vm.offsetof(ts, "pids[0].node")
+    first = p + vm.offsetof("pid", "tasks[0]")
+    mem.put_int(first, 8, node)
+    mem.put_int(node, 8, 0)
+    mem.put_int(node + 8, 8, first)
+    put(a, ts, "pids[0].pid", p)
+    chain_node = p + vm.offsetof("pid", "numbers[0].pid_chain")
+    h = ((t.pid + init_ns) * _GOLDEN_RATIO_PRIME_64 & _U64) >> (64 - _PIDHASH_SHIFT)
+    bucket = KERNELBASE + _PIDHASH_BASE + 8 * h
+    old = mem.get_u64(bucket)
+    mem.put_int(chain_node, 8, old)
+    mem.put_int(chain_node + 8, 8, bucket)
+    if old:
+        mem.put_int(old + 8, 8, chain_node)
+    mem.put_int(bucket, 8, chain_node)
+
+
+def _link_tasks(b: _Build, by_pid: dict[int, TaskInfo]) -> None:
+    """The task list (init_task is its head) and the family tree."""
+    vm, mem, ts = b.vm, b.mem, "task_struct"
+    init_task = b.sym("init_task")
     head = init_task + vm.offsetof(ts, "tasks")
     mem.list_init(head)
     mem.list_init(init_task + vm.offsetof(ts, "children"))
-    swapper = tasks[0]
-    for t in tasks:
+    swapper = b.tasks[0]
+    for t in b.tasks:
         parent = swapper if t.pid == 0 else by_pid.get(t.ppid, swapper)
-        put(t.address, ts, "real_parent", parent.address)
-        put(t.address, ts, "parent", parent.address)
+        mem.put(t.address, ts, "real_parent", parent.address)
+        mem.put(t.address, ts, "parent", parent.address)
         if t.pid:
             mem.list_add_tail(t.address + vm.offsetof(ts, "tasks"), head)
             mem.list_add_tail(
                 t.address + vm.offsetof(ts, "sibling"), parent.address + vm.offsetof(ts, "children")
             )
 
-    # Per-CPU: runqueues, paca, the registers and crash_notes.
+
+def _lay_cpus(b: _Build) -> tuple[list[TaskInfo], list[dict[str, int]]]:
+    """Per CPU: its runqueue and paca; returns each CPU's running task and registers."""
+    vm, mem, image = b.vm, b.mem, b.image
+    put = mem.put
     running: list[TaskInfo] = []
     regs_all: list[dict[str, int]] = []
-    rq_sym = sym("runqueues")
-    notes_sym = sym("crash_notes_percpu")
-    mem.put_int(sym("crash_notes"), 8, notes_sym)
+    rq_sym = b.sym("runqueues")
+    paca0 = b.sym("paca")
     toc = vm.symbols.get("__toc_start", KERNELBASE + 0x10000) + 0x8000
-    for cpu in range(cfg.cpus):
-        run = next(t for t in tasks if t.running and t.cpu == cpu)
-        idle = next(t for t in tasks if t.idle and t.cpu == cpu)
+    for cpu in range(b.cpus):
+        run = next(t for t in b.tasks if t.running and t.cpu == cpu)
+        idle = next(t for t in b.tasks if t.idle and t.cpu == cpu)
         running.append(run)
-        rq = rq_sym + offsets[cpu]
-        put = mem.put
-        put(rq, "rq", "curr", run.address)
-        put(rq, "rq", "idle", idle.address)
-        put(rq, "rq", "cpu", cpu)
-        put(rq, "rq", "online", 1)
-        put(rq, "rq", "nr_running", 0 if run.idle else 1)
-        put(rq, "rq", "clock", uptime_ns)
-        put(rq, "rq", "clock_task", uptime_ns - image._draws("irqtime", cpu) % 10**9)
-        put(rq, "rq", "nr_switches", image._draws("switches", cpu) % 10**9)
+        rq = rq_sym + b.offsets[cpu]
+        for name, value in (
+            ("curr", run.address),
+            ("idle", idle.address),
+            ("cpu", cpu),
+            ("online", 1),
+            ("nr_running", 0 if run.idle else 1),
+            ("clock", b.uptime_ns),
+            ("clock_task", b.uptime_ns - image._draws("irqtime", cpu) % 10**9),
+            ("nr_switches", image._draws("switches", cpu) % 10**9),
+        ):
+            put(rq, "rq", name, value)
         pa = paca0 + cpu * PACA_SIZE
-        put(pa, "paca_struct", "lock_token", 0x8000)
-        put(pa, "paca_struct", "paca_index", cpu)
-        put(pa, "paca_struct", "kernel_toc", toc)
-        put(pa, "paca_struct", "kernelbase", KERNELBASE)
-        put(pa, "paca_struct", "hw_cpu_id", cpu)
-        put(pa, "paca_struct", "cpu_start", 1)
-        put(pa, "paca_struct", "kexec_state", 2 if cpu == crash else 1)
-        put(pa, "paca_struct", "__current", run.address)
-        put(pa, "paca_struct", "kstack", run.stack + cfa_top_off)
-        regs = _registers(image, cpu, run, toc)
-        regs_all.append(regs)
-    for cpu in range(cfg.cpus):
+        for name, value in (
+            ("lock_token", 0x8000),
+            ("paca_index", cpu),
+            ("kernel_toc", toc),
+            ("kernelbase", KERNELBASE),
+            ("hw_cpu_id", cpu),
+            ("cpu_start", 1),
+            ("kexec_state", 2 if cpu == image.crash_cpu else 1),
+            ("__current", run.address),
+            ("kstack", run.stack + b.cfa_top_off),
+        ):
+            put(pa, "paca_struct", name, value)
+        regs_all.append(_registers(image, cpu, run, toc))
+    return running, regs_all
+
+
+def _lay_crash_notes(b: _Build, running: list[TaskInfo], regs_all: list[dict[str, int]]) -> None:
+    """crash_notes: each CPU's ``NT_PRSTATUS`` as crash_save_cpu() leaves it."""
+    order = b.image.config.endian
+    notes_sym = b.sym("crash_notes_percpu")
+    b.mem.put_int(b.sym("crash_notes"), 8, notes_sym)
+    for cpu in range(b.cpus):
         desc = build_prstatus(
-            _pt_regs_of(regs_all[cpu], cpu == crash, image.scenario.trap),
+            _pt_regs_of(regs_all[cpu], cpu == b.image.crash_cpu, b.image.scenario.trap),
             order,
             pid=running[cpu].pid,
         )
         note = build_notes([Note("CORE", NT_PRSTATUS, desc)], order) + bytes(12)  # final_note
-        mem.write(notes_sym + offsets[cpu], note)
+        b.mem.write(notes_sym + b.offsets[cpu], note)
 
-    log = _log(image, tasks, running, uptime_ns)
-    _write_printk(mem, vm, log)
-    note = image.vmcoreinfo_note()
-    mem.write(sym("vmcoreinfo_note"), note)
-    text = image.vmcoreinfo()
-    mem.write(sym("vmcoreinfo_data"), text[: vm.variable_size("vmcoreinfo_data")])
+
+def _lay_vmcoreinfo(b: _Build) -> None:
+    """The VMCOREINFO note and text, as crash_save_vmcoreinfo() left them."""
+    mem, sym = b.mem, b.sym
+    mem.write(sym("vmcoreinfo_note"), b.image.vmcoreinfo_note())
+    text = b.image.vmcoreinfo()
+    mem.write(sym("vmcoreinfo_data"), text[: b.vm.variable_size("vmcoreinfo_data")])
     mem.put_int(sym("vmcoreinfo_size"), 8, len(text))
-    return _State(tasks, running, regs_all, mem.pieces(), log, uptime_ns)
 
 
 def _pt_regs_of(regs: Mapping[str, int], crashing: bool, trap: int) -> PtRegs:

@@ -32,8 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drgn_hvdump import native
-from hvsim import Lpar
+from hvsim import Lpar, pages
 from hvsim.config import format_size, parse_size
 from hvsim.verify import verify_sections
 
@@ -87,7 +86,7 @@ def bench_life(memory: int, work: str) -> dict[str, float]:
 def _generator(size: int, ps: int, lpar: Lpar) -> Callable[[int], object]:
     buf = bytearray(size)
     n = size // ps
-    return lambda i: native.gen_pages_into(buf, 7, i * n, n, ps, lpar.config.mix, True)
+    return lambda i: pages.gen_pages_into(buf, 7, i * n, n, ps, lpar.config.mix, True)
 
 
 def _preader(fd: int, size: int) -> Callable[[int], object]:

@@ -38,11 +38,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drgn_hvdump import native, native_ref
+from hvsim import pages, pages_ref
 
 PAGE = 65536
 KIND_MIXES = {
-    name: native.PageMix(*(1.0 if i == k else 0.0 for i in range(4)))
-    for k, name in enumerate(native.PAGE_KIND_NAMES)
+    name: pages.PageMix(*(1.0 if i == k else 0.0 for i in range(4)))
+    for k, name in enumerate(pages.PAGE_KIND_NAMES)
 }
 
 
@@ -125,19 +126,19 @@ class Table:
 def bench_gen(table: Table, size: int, repeat: int) -> bytearray:
     npages = size // PAGE
     buf = bytearray(size)
-    mix = native.BUSY_MIX
-    t = best_time(lambda: native.gen_pages_into(buf, 1, 0, npages, PAGE, mix, True), repeat)
+    mix = pages.BUSY_MIX
+    t = best_time(lambda: pages.gen_pages_into(buf, 1, 0, npages, PAGE, mix, True), repeat)
     table.add("gen", "native gen_pages_into BUSY_MIX (BE)", size, t)
-    t = best_time(lambda: native.gen_pages_into(buf, 1, 0, npages, PAGE, mix, False), repeat)
+    t = best_time(lambda: pages.gen_pages_into(buf, 1, 0, npages, PAGE, mix, False), repeat)
     table.add("gen", "native gen_pages_into BUSY_MIX (LE)", size, t)
     for name, kind_mix in KIND_MIXES.items():
 
-        def gen(m: native.PageMix = kind_mix) -> None:
-            native.gen_pages_into(buf, 1, 0, npages, PAGE, m, True)
+        def gen(m: pages.PageMix = kind_mix) -> None:
+            pages.gen_pages_into(buf, 1, 0, npages, PAGE, m, True)
 
         table.add("gen", f"native gen_pages_into {name} only", size, best_time(gen, repeat))
     small = bytearray(8 * PAGE)
-    t = best_time(lambda: native_ref.gen_pages_into(small, 1, 0, 8, PAGE, mix, True), 1)
+    t = best_time(lambda: pages_ref.gen_pages_into(small, 1, 0, 8, PAGE, mix, True), 1)
     table.add("gen", "python twin gen_pages_into BUSY_MIX", len(small), t)
     t = best_time(lambda: os.urandom(size), repeat)
     table.add("gen", "os.urandom(n)", size, t)
@@ -151,7 +152,7 @@ def bench_gen(table: Table, size: int, repeat: int) -> bytearray:
 
     table.add("gen", "memcpy (memoryview[:] = bytes)", size, best_time(copy, repeat))
     table.baselines["gen"] = ["memcpy (memoryview[:] = bytes)", "os.urandom(n)"]
-    native.gen_pages_into(buf, 1, 0, npages, PAGE, mix, True)
+    pages.gen_pages_into(buf, 1, 0, npages, PAGE, mix, True)
     return buf
 
 
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "pinned_cpu": cpu,
         "size_mib": args.size_mib,
         "page_size": PAGE,
-        "mix": str(native.BUSY_MIX),
+        "mix": str(pages.BUSY_MIX),
         "results": [dict(row, ratios=table.ratios(row)) for row in table.rows],
         "dup_pages": dup,
         "compression": ratios,

@@ -64,7 +64,7 @@ from drgn_hvdump.formats.elfcore import (
     build_core_header,
     build_prstatus,
 )
-from drgn_hvdump.native_ref import BUSY_MIX, PageMix
+from hvsim.pages import BUSY_MIX, PageMix, gen_pages_into
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -168,9 +168,7 @@ def build_core(path: Path, kind: Kind, size: int, mix: PageMix) -> tuple[int, fl
         while done < size:
             n = min(STEP, size - done)
             view = memoryview(buf)[:n]
-            native.gen_pages_into(
-                view, SEED, (kind.paddr + done) // ps, n // ps, ps, mix, order == "big"
-            )
+            gen_pages_into(view, SEED, (kind.paddr + done) // ps, n // ps, ps, mix, order == "big")
             zero += sum(native.zero_pages(view, ps))
             f.write(view)
             done += n
@@ -475,9 +473,7 @@ def print_kind(r: dict[str, Any]) -> None:
     none = runs.get("hvdump convert none")
     if none and none["timings"]:
         t = none["timings"]
-        parts = [
-            f"{k} {t[k]:.2f} s = {gb / t[k]:.2f} GB/s" for k in ("read", "write") if t.get(k)
-        ]
+        parts = [f"{k} {t[k]:.2f} s = {gb / t[k]:.2f} GB/s" for k in ("read", "write") if t.get(k)]
         rest = ", ".join(f"{k} {t[k]:.2f} s" for k in ("compress_wait", "elapsed_s") if k in t)
         print(f"pass-through (--compress none, input GB/s): {', '.join(parts)}; {rest}")
     for codec, res in r["page_checks"].items():

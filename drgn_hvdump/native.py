@@ -1,11 +1,11 @@
-"""hvdump's hot loops in C: page generation, zero/duplicate page scans, hashes.
+"""hvdump's hot loops in C: zero/duplicate page scans, hashes, page codecs, writes.
 
 The same API as :mod:`drgn_hvdump.native_ref`, which defines every result and
-owns the shared pieces (page kinds, :class:`PageMix`, :data:`BUSY_MIX`); this
-module re-exports those and runs the loops in ``drgn_hvdump._native``, the
-cffi build of ``native/hvnative.c``. Arguments are checked here, in Python,
+owns the shared pieces (page sizes, batches, codec numbers); this module
+re-exports those and runs the loops in ``drgn_hvdump._native``, the cffi build
+of ``native/hvnative.c`` and ``native/hvcodec.c``. Arguments are checked here, in Python,
 by the same checks as the twins; the C trusts them. The C calls release the
-GIL, so threads can scan or generate different buffers in parallel.
+GIL, so threads can scan or compress different buffers in parallel.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from drgn_hvdump.formats.hpte import check_hpte_args
 from drgn_hvdump.formats.layout import check_u64
 from drgn_hvdump.native_ref import (
-    BUSY_MIX,
     CODEC_LZO,
     CODEC_NONE,
     CODEC_SNAPPY,
@@ -26,21 +25,11 @@ from drgn_hvdump.native_ref import (
     CODEC_ZSTD,
     MAX_PAGE_SIZE,
     MIN_PAGE_SIZE,
-    PAGE_KIND_NAMES,
-    PAGE_POINTER,
-    PAGE_RANDOM,
-    PAGE_TEXT,
-    PAGE_ZERO,
     PageBatch,
-    PageMix,
-    PageMixError,
     buffer_address,
     byte_view,
     check_batch,
     check_codec,
-    check_gen_args,
-    check_kind,
-    check_mix,
     check_page_size,
     check_pages,
     check_zero_flags,
@@ -59,7 +48,6 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 __all__ = [
-    "BUSY_MIX",
     "CODEC_LZO",
     "CODEC_NONE",
     "CODEC_SNAPPY",
@@ -67,71 +55,19 @@ __all__ = [
     "CODEC_ZSTD",
     "MAX_PAGE_SIZE",
     "MIN_PAGE_SIZE",
-    "PAGE_KIND_NAMES",
-    "PAGE_POINTER",
-    "PAGE_RANDOM",
-    "PAGE_TEXT",
-    "PAGE_ZERO",
     "PageBatch",
     "PageCodec",
-    "PageMix",
-    "PageMixError",
     "buffer_address",
     "dup_pages",
-    "gen_page",
-    "gen_pages_into",
     "hash64",
     "hpte_hash",
     "hpte_hashes",
     "kdump_descs",
     "page_hashes",
-    "page_kind",
     "vsid_scramble_256m",
     "write_pages",
     "zero_pages",
 ]
-
-
-def page_kind(seed: int, pfn: int, mix: PageMix) -> int:
-    """The kind of page ``pfn`` in memory generated from ``seed`` with ``mix``."""
-    check_u64("seed", seed)
-    check_u64("pfn", pfn)
-    check_mix(mix)
-    return int(lib.hv_page_kind(seed, pfn, *mix.thresholds()))
-
-
-def gen_page(seed: int, pfn: int, kind: int, page_size: int, big_endian: bool) -> bytes:
-    """The content of page ``pfn`` as a page of ``kind`` (whatever the mix says)."""
-    check_u64("seed", seed)
-    check_u64("pfn", pfn)
-    check_kind(kind)
-    check_page_size(page_size)
-    out = ffi.new("uint8_t[]", page_size)
-    lib.hv_gen_page(out, seed, pfn, kind, page_size, int(bool(big_endian)))
-    return bytes(ffi.buffer(out))
-
-
-def gen_pages_into(
-    buf: Buffer,
-    seed: int,
-    pfn: int,
-    npages: int,
-    page_size: int,
-    mix: PageMix,
-    big_endian: bool,
-) -> None:
-    """Fill ``buf`` (exactly ``npages * page_size`` writable bytes) with pages pfn, pfn+1, ..."""
-    with byte_view(buf, writable=True) as view:
-        check_gen_args(view.nbytes, seed, pfn, npages, page_size, mix)
-        if npages == 0:
-            return
-        c_buf = ffi.from_buffer("uint8_t[]", view, require_writable=True)
-        try:
-            lib.hv_gen_pages(
-                c_buf, seed, pfn, npages, page_size, *mix.thresholds(), int(bool(big_endian))
-            )
-        finally:
-            ffi.release(c_buf)
 
 
 def write_pages(fd: int, buf: Buffer, zero: bytes, page_size: int, offset: int) -> int:

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from drgn_hvdump.native import BUSY_MIX, PageMix
 from drgn_hvdump.units import format_size, parse_size
+
+from .pages import BUSY_MIX, PageMix
 
 __all__ = [
     "DEFAULT_RESERVE_SIZE",

@@ -86,7 +86,6 @@ from drgn_hvdump.formats.release_region import (
     format_release_map,
     parse_release_request,
 )
-from drgn_hvdump.native import PageMix
 
 from . import lifecycle, releasing, views
 from .adopt import adoption_config, inspect_image
@@ -94,6 +93,7 @@ from .config import DEFAULT_RESERVE_SIZE, LparConfig, format_size, parse_size
 from .hypervisor import ScratchLayout, hpt_size, scratch_layout
 from .kernel import SCENARIOS, CrashedKernel, Scenario
 from .machine import LparStateError, Machine, ReleaseError
+from .pages import PageMix
 from .published import PublishedState
 from .releasing import ReleaseResult
 from .state import DumpInfo, LparState

@@ -4,7 +4,7 @@ Nothing the size of RAM is ever stored. Memory is a stack of **layers**, each
 covering a set of physical ranges (its extents) and supplying their bytes:
 
 ``generated``
-    pages made by :func:`drgn_hvdump.native.gen_pages_into` from a seed (a
+    pages made by :func:`hvsim.pages.gen_pages_into` from a seed (a
     kernel's memory, the capture kernel's low memory, memory reused after a
     release). A boot pushes one covering all of RAM.
 ``overlay``
@@ -40,8 +40,9 @@ from typing import Any, Literal
 
 from drgn_hvdump import native
 from drgn_hvdump.intervals import IntervalSet
-from drgn_hvdump.native import PageMix
 
+from . import pages
+from .pages import PageMix
 from .store import LparStore
 
 __all__ = [
@@ -265,7 +266,7 @@ class MemoryReader:
         if first_full < last_full:
             a = first_full * ps - paddr
             b = last_full * ps - paddr
-            native.gen_pages_into(
+            pages.gen_pages_into(
                 out[a:b], seed, first_full, last_full - first_full, ps, self.mix, self.big_endian
             )
             # Partial pages at either edge come from a whole generated page.
@@ -284,7 +285,7 @@ class MemoryReader:
 
     def _edge(self, seed: int, pfn: int, out: memoryview, offset: int) -> None:
         page = self._edge_page
-        native.gen_pages_into(page, seed, pfn, 1, self.page_size, self.mix, self.big_endian)
+        pages.gen_pages_into(page, seed, pfn, 1, self.page_size, self.mix, self.big_endian)
         out[:] = page[offset : offset + len(out)]
 
     def _fill_overlay(self, layer: Layer, out: memoryview, paddr: int) -> None:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from drgn_hvdump import native
 from drgn_hvdump.codecs import decompress_page
 from drgn_hvdump.collect.convert import ConvertOptions, SourceChunk, convert, plan_chunks
 from drgn_hvdump.collect.verify import verify_dir
@@ -33,7 +32,7 @@ from drgn_hvdump.formats.elfcore import (
     write_core,
 )
 from drgn_hvdump.formats.kdump import KdumpFile
-from drgn_hvdump.native_ref import BUSY_MIX
+from hvsim.pages import BUSY_MIX, gen_pages_into
 
 HVDUMP = [sys.executable, "-m", "drgn_hvdump.cli"]
 
@@ -76,7 +75,7 @@ def test_plan_of_nothing() -> None:
 
 def _pages(n: int, ps: int, big: bool, seed: int = 5, first: int = 0) -> bytes:
     buf = bytearray(n * ps)
-    native.gen_pages_into(buf, seed, first, n, ps, BUSY_MIX, big)
+    gen_pages_into(buf, seed, first, n, ps, BUSY_MIX, big)
     return bytes(buf)
 
 

@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 
-from drgn_hvdump import native
 from drgn_hvdump.collect.convert import ConvertOptions, convert
 from drgn_hvdump.collect.verify import verify_dir
 from drgn_hvdump.formats.dump_header import build_dump_header, registration_header
@@ -63,7 +62,7 @@ from drgn_hvdump.formats.kdump import (
 )
 from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.regsave import CpuState, build_regsave
-from drgn_hvdump.native_ref import BUSY_MIX
+from hvsim.pages import BUSY_MIX, gen_pages_into
 
 PROJECT = Path(__file__).resolve().parent.parent
 TIME_LIMIT = 20.0
@@ -152,7 +151,7 @@ def _notes(*extra: Note, vmcoreinfo: bytes = VMCI, prstatus: int = 0) -> bytes:
 
 def _pages(n: int, seed: int = 3, first: int = 0) -> bytes:
     buf = bytearray(n * PS)
-    native.gen_pages_into(buf, seed, first, n, PS, BUSY_MIX, True)
+    gen_pages_into(buf, seed, first, n, PS, BUSY_MIX, True)
     return bytes(buf)
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from drgn_hvdump.native import PageMix
 from hvsim.config import LparConfig, auto_reserve_size, format_size, parse_size
+from hvsim.pages import PageMix
 from hvsim.store import LparStore, StoreError
 
 

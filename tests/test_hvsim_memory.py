@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drgn_hvdump import native
-from drgn_hvdump.native import BUSY_MIX
 from hvsim.memory import IntervalSet, Layer, MemoryReader, derive_seed, pack_hpte_records
+from hvsim.pages import BUSY_MIX, gen_pages_into
 from hvsim.store import LparStore
 
 # ------------------------------------------------------------------ IntervalSet
@@ -81,7 +80,7 @@ MEM = 64 * PS
 
 def _gen(seed: int) -> bytearray:
     out = bytearray(MEM)
-    native.gen_pages_into(out, seed, 0, MEM // PS, PS, BUSY_MIX, True)
+    gen_pages_into(out, seed, 0, MEM // PS, PS, BUSY_MIX, True)
     return out
 
 
@@ -156,7 +155,7 @@ def test_uncovered_memory_reads_zero(tmp_path: Path) -> None:
     data = reader.read(["A"], 0, 3 * PS)
     assert data[:PS] == bytes(PS) and data[2 * PS :] == bytes(PS)
     page = bytearray(PS)
-    native.gen_pages_into(page, 1, 1, 1, PS, BUSY_MIX, False)
+    gen_pages_into(page, 1, 1, 1, PS, BUSY_MIX, False)
     assert data[PS : 2 * PS] == page
 
 

@@ -624,6 +624,7 @@ class Disagreement:
         )
 
 
+@dataclass(eq=False)
 class HashMmu:
     """Translation of a hash kernel's addresses from its page tables and a saved hash table.
 
@@ -632,19 +633,11 @@ class HashMmu:
     the page tables alone.
     """
 
-    def __init__(
-        self,
-        geometry: Geometry,
-        fmt: PteFormat,
-        pgd_pa: int,
-        read: ReadFn,
-        hpt: SavedHpt | None = None,
-    ) -> None:
-        self.geometry = geometry
-        self.format = fmt
-        self.pgd_pa = pgd_pa
-        self.read = read
-        self.hpt = hpt
+    geometry: Geometry
+    format: PteFormat
+    pgd_pa: int
+    read: ReadFn
+    hpt: SavedHpt | None = None
 
     def hpte_entries(self, ea: int) -> list[HpteMatch]:
         """Saved HPTEs mapping ``ea`` (empty without a saved table)."""

@@ -35,7 +35,7 @@ import errno
 import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal
 
 from drgn_hvdump import native
@@ -177,6 +177,7 @@ class _HpteTable:
         self.r = list(words[2::3])
 
 
+@dataclass(eq=False)
 class MemoryReader:
     """Reads physical memory through a stack of layers.
 
@@ -185,26 +186,20 @@ class MemoryReader:
     content uses the kernel's ``page_size``, ``mix`` and byte order.
     """
 
-    def __init__(
-        self,
-        store: LparStore,
-        layers: Mapping[str, Layer],
-        snapshots: Mapping[str, Sequence[str]],
-        *,
-        page_size: int,
-        mix: PageMix,
-        big_endian: bool,
-    ) -> None:
-        self.store = store
-        self.layers = layers
-        self.snapshots = snapshots
-        self.page_size = page_size
-        self.mix = mix
-        self.big_endian = big_endian
-        self._hpte_cache: dict[str, _HpteTable] = {}
-        self._image_fds: dict[str, int] = {}
-        self._edge_page = bytearray(page_size)
-        self._zeros = b""
+    store: LparStore
+    layers: Mapping[str, Layer]
+    snapshots: Mapping[str, Sequence[str]]
+    _: KW_ONLY
+    page_size: int
+    mix: PageMix
+    big_endian: bool
+    _hpte_cache: dict[str, _HpteTable] = field(default_factory=dict, init=False)
+    _image_fds: dict[str, int] = field(default_factory=dict, init=False)
+    _edge_page: bytearray = field(init=False)
+    _zeros: bytes = field(default=b"", init=False)
+
+    def __post_init__(self) -> None:
+        self._edge_page = bytearray(self.page_size)
 
     def read(self, stack: Sequence[str], paddr: int, size: int) -> bytearray:
         """``size`` bytes of physical memory at ``paddr`` as the layer stack shows it."""

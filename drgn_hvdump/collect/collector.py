@@ -21,7 +21,7 @@ import mmap
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -957,51 +957,39 @@ def _vmcoreinfo_raw(core: ElfCore) -> bytes | None:
     return None
 
 
+@dataclass(eq=False)
 class _Runner:
     """The release bookkeeping of one collection run around the page engine."""
 
-    def __init__(
-        self,
-        c: RunRecord,
-        opts: CollectOptions,
-        plan: Plan,
-        vm: Vmcore,
-        capture: CaptureInterface,
-        journal: Journal,
-        output: ElfOutput | KdumpOutput,
-        regsave: SidecarOutput,
-        hpte: SidecarOutput,
-        codec: Codec | None,
-        threads: int,
-        scrub: list[ScrubRange],
-    ) -> None:
-        self.c = c
-        self.opts = opts
-        self.plan = plan
-        self.vm = vm
-        self.capture = capture
-        self.journal = journal
-        self.output = output
-        self.codec = codec
-        self.threads = threads
-        self.scrub = scrub
-        self.durable = IntervalSet()
-        self.done_chunks: dict[int, dict[str, Any]] = {}
-        self.rel: Releases | None = None
-        self._total: int | None = None
-        self._done_bytes = 0
-        self.timings = {
-            "read": 0.0,
-            "compress_wait": 0.0,
-            "write": 0.0,
-            "verify_wait": 0.0,
-            "release": 0.0,
-            "final_check": 0.0,
-        }
+    c: RunRecord
+    opts: CollectOptions
+    plan: Plan
+    vm: Vmcore
+    capture: CaptureInterface
+    journal: Journal
+    output: ElfOutput | KdumpOutput
+    regsave: InitVar[SidecarOutput]
+    hpte: InitVar[SidecarOutput]
+    codec: Codec | None
+    threads: int
+    scrub: list[ScrubRange]
+    durable: IntervalSet = field(default_factory=IntervalSet, init=False)
+    done_chunks: dict[int, dict[str, Any]] = field(default_factory=dict, init=False)
+    rel: Releases | None = field(default=None, init=False)
+    _total: int | None = field(default=None, init=False)
+    _done_bytes: int = field(default=0, init=False)
+    timings: dict[str, float] = field(init=False)
+    engine: PageEngine = field(init=False)
+    start: float = field(default_factory=time.monotonic, init=False)
+
+    def __post_init__(self, regsave: SidecarOutput, hpte: SidecarOutput) -> None:
+        steps = ("read", "compress_wait", "write", "verify_wait", "release", "final_check")
+        self.timings = dict.fromkeys(steps, 0.0)
+        output = self.output
         self.engine = PageEngine(
-            page_size=plan.page_size,
-            codec=codec,
-            threads=threads,
+            page_size=self.plan.page_size,
+            codec=self.codec,
+            threads=self.threads,
             output=output,
             sidecars={"cpu": regsave, "hpte": hpte},
             load=self._load,
@@ -1012,7 +1000,6 @@ class _Runner:
             write_on_io=isinstance(output, KdumpOutput) and output.data.direct,
             timings=self.timings,
         )
-        self.start = time.monotonic()
 
     def space_needed(self) -> int:
         """About how much more the output needs, from the ratio stored so far."""

@@ -27,7 +27,7 @@ import itertools
 import mmap
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 
 from drgn_hvdump.codecs import Codec, get_codec
@@ -549,42 +549,38 @@ def _range_vaddr(paddr: int, vaddr: dict[int, int]) -> int | None:
     return vaddr.get(paddr)
 
 
+@dataclass(eq=False)
 class _Run:
     """The page engine over a vmcore: nothing is released, so no per-chunk sync or
     read-back (the file is synced once at the end), and the page checks only
     with ``--check``, by the compressors themselves; writes in order on the
     I/O thread, while the next chunk is read and scanned."""
 
-    def __init__(
-        self,
-        opts: ConvertOptions,
-        codec: Codec | None,
-        src: _Source,
-        output: ElfOutput | KdumpOutput,
-        page_size: int,
-        chunks: list[SourceChunk],
-        progress: Progress,
-    ) -> None:
-        self.opts = opts
-        self.src = src
-        self.output = output
-        self.ps = page_size
-        self.chunks = chunks
-        self.progress = progress
-        self.records: list[ChunkRecord] = []
-        self.total = sum(ch.size for ch in chunks)
-        self.done = 0
-        self.zero_pages = 0
-        self.timings: dict[str, float] = {}
+    opts: ConvertOptions
+    codec: InitVar[Codec | None]
+    src: _Source
+    output: ElfOutput | KdumpOutput
+    ps: int
+    chunks: list[SourceChunk]
+    progress: Progress
+    records: list[ChunkRecord] = field(default_factory=list, init=False)
+    total: int = field(init=False)
+    done: int = field(default=0, init=False)
+    zero_pages: int = field(default=0, init=False)
+    timings: dict[str, float] = field(default_factory=dict, init=False)
+    engine: PageEngine = field(init=False)
+
+    def __post_init__(self, codec: Codec | None) -> None:
+        self.total = sum(ch.size for ch in self.chunks)
         self.engine = PageEngine(
-            page_size=page_size,
+            page_size=self.ps,
             codec=codec,
-            threads=opts.threads,
-            output=output,
+            threads=self.opts.threads,
+            output=self.output,
             load=self._load,
             done=self._done,
             fail=self._fail,
-            check=opts.check,
+            check=self.opts.check,
             separate_checks=False,
             write_on_io=True,
             durable_each=False,

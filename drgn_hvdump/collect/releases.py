@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,39 +93,35 @@ class RunRecord:
             self._hook(event, n)
 
 
+@dataclass(eq=False)
 class Releases:
-    """The release bookkeeping of one collection run (see the module docstring)."""
+    """The release bookkeeping of one collection run (see the module docstring).
 
-    def __init__(
-        self,
-        c: RunRecord,
-        *,
-        root: Path,
-        policy: str,
-        plan: Plan,
-        capture: CaptureInterface,
-        journal: Journal,
-        out_dir: OutputDir,
-        files: dict[str, int],
-        durable: IntervalSet,
-        done: list[int],
-        warnings: list[str],
-        timings: dict[str, float],
-    ) -> None:
-        self.c = c
-        self.root = root
-        self.policy = policy
-        self.plan = plan
-        self.capture = capture
-        self.journal = journal
-        self.out_dir: OutputDir | None = out_dir
-        self.files = files  # what must still be on disk at each release
-        self.durable = durable  # source ranges of durable chunks (the pipeline adds)
-        self.pos = len(done)  # plan.order[:pos] are made (in this boot of the capture kernel)
-        self.warnings = warnings
-        self.timings = timings
-        # MemTotal as this collection's own releases leave it (None: unknown)
-        self.mt_expected: int | None = None
+    ``files``: what must still be on disk at each release; ``durable``: source
+    ranges of durable chunks (the pipeline adds); ``done``: the writes already
+    made in this boot of the capture kernel (``plan.order[:pos]``);
+    ``mt_expected``: MemTotal as this collection's own releases leave it
+    (None: unknown).
+    """
+
+    c: RunRecord
+    _: KW_ONLY
+    root: Path
+    policy: str
+    plan: Plan
+    capture: CaptureInterface
+    journal: Journal
+    out_dir: OutputDir | None
+    files: dict[str, int]
+    durable: IntervalSet
+    done: InitVar[list[int]]
+    warnings: list[str]
+    timings: dict[str, float]
+    pos: int = field(init=False)
+    mt_expected: int | None = field(default=None, init=False)
+
+    def __post_init__(self, done: list[int]) -> None:
+        self.pos = len(done)
 
     @property
     def writes_done(self) -> set[int]:

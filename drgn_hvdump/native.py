@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from drgn_hvdump.formats.hpte import check_hpte_args
 from drgn_hvdump.formats.layout import check_u64
@@ -57,6 +58,7 @@ __all__ = [
     "MIN_PAGE_SIZE",
     "PageBatch",
     "PageCodec",
+    "borrowed",
     "buffer_address",
     "dup_pages",
     "hash64",
@@ -68,6 +70,17 @@ __all__ = [
     "write_pages",
     "zero_pages",
 ]
+
+
+@contextmanager
+def borrowed(ffi_: Any, view: Any, *, writable: bool = False) -> Iterator[Any]:
+    """``view``'s bytes as a cffi ``uint8_t[]`` of ``ffi_`` for a C call, let go after
+    (so an mmap behind it can be closed); shared with :mod:`hvsim.pages`."""
+    c_buf = ffi_.from_buffer("uint8_t[]", view, require_writable=writable)
+    try:
+        yield c_buf
+    finally:
+        ffi_.release(c_buf)
 
 
 def write_pages(fd: int, buf: Buffer, zero: bytes, page_size: int, offset: int) -> int:
@@ -82,11 +95,8 @@ def write_pages(fd: int, buf: Buffer, zero: bytes, page_size: int, offset: int) 
         npages = check_pages(view.nbytes, page_size)
         check_zero_flags(zero, npages)
         check_u64("offset", offset)
-        c_buf = ffi.from_buffer("uint8_t[]", view)
-        try:
+        with borrowed(ffi, view) as c_buf:
             got = int(lib.hv_write_pages(fd, c_buf, npages, page_size, zero, offset))
-        finally:
-            ffi.release(c_buf)
     if got < 0:
         raise OSError(-got, os.strerror(-got))
     return got
@@ -99,23 +109,16 @@ def zero_pages(buf: Buffer, page_size: int) -> bytes:
         if npages == 0:
             return b""
         out = ffi.new("uint8_t[]", npages)
-        c_buf = ffi.from_buffer("uint8_t[]", view)
-        try:
+        with borrowed(ffi, view) as c_buf:
             lib.hv_zero_pages(c_buf, npages, page_size, out)
-        finally:
-            ffi.release(c_buf)
         return bytes(ffi.buffer(out))
 
 
 def hash64(buf: Buffer, seed: int = 0) -> int:
     """XXH64 of ``buf`` (any length) with ``seed``; see :mod:`drgn_hvdump.native_ref`."""
     check_u64("seed", seed)
-    with byte_view(buf) as view:
-        c_buf = ffi.from_buffer("uint8_t[]", view)
-        try:
-            return int(lib.hv_hash64(c_buf, view.nbytes, seed))
-        finally:
-            ffi.release(c_buf)
+    with byte_view(buf) as view, borrowed(ffi, view) as c_buf:
+        return int(lib.hv_hash64(c_buf, view.nbytes, seed))
 
 
 def page_hashes(buf: Buffer, page_size: int) -> list[int]:
@@ -125,11 +128,8 @@ def page_hashes(buf: Buffer, page_size: int) -> list[int]:
         if npages == 0:
             return []
         out = ffi.new("uint64_t[]", npages)
-        c_buf = ffi.from_buffer("uint8_t[]", view)
-        try:
+        with borrowed(ffi, view) as c_buf:
             lib.hv_page_hashes(c_buf, npages, page_size, out)
-        finally:
-            ffi.release(c_buf)
         return list(ffi.unpack(out, npages))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from drgn_hvdump.formats.layout import check_u64
+from drgn_hvdump.native import borrowed
 from drgn_hvdump.native_ref import byte_view, check_page_size
 from hvsim.pages_ref import (
     BUSY_MIX,
@@ -87,10 +88,7 @@ def gen_pages_into(
         check_gen_args(view.nbytes, seed, pfn, npages, page_size, mix)
         if npages == 0:
             return
-        c_buf = ffi.from_buffer("uint8_t[]", view, require_writable=True)
-        try:
+        with borrowed(ffi, view, writable=True) as c_buf:
             lib.hv_gen_pages(
                 c_buf, seed, pfn, npages, page_size, *mix.thresholds(), int(bool(big_endian))
             )
-        finally:
-            ffi.release(c_buf)

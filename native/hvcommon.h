@@ -44,12 +44,9 @@ static inline uint64_t load_le64(const uint8_t *p)
 
 static inline uint32_t load_le32(const uint8_t *p)
 {
-    uint32_t v;
-    memcpy(&v, p, 4);
-#if HOST_BIG_ENDIAN
-    v = __builtin_bswap32(v);
-#endif
-    return v;
+    /* Byte by byte: compilers turn this into one load (and a swap on a
+     * big-endian host). */
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 static inline uint64_t rotl64(uint64_t x, unsigned int r)

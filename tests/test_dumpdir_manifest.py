@@ -16,53 +16,34 @@ from typing import Any
 import pytest
 
 from drgn_hvdump.collect.convert import ConvertOptions, convert
-from drgn_hvdump.dumpdir.manifest import (
-    CaptureSource,
-    ChunkRecord,
-    ConvertedSource,
-    DumpFileInfo,
-    Manifest,
-    MetaFile,
-    ReleaseRecord,
-    ReleaseWriteRecord,
-    Source,
-    parse_manifest,
-    read_manifest,
-    save_manifest,
-)
+from drgn_hvdump.dumpdir import manifest as mf
 from drgn_hvdump.dumpdir.names import MANIFEST
 from drgn_hvdump.errors import FormatError
-from drgn_hvdump.formats.elfcore import (
-    NT_PRSTATUS,
-    LoadSegment,
-    Note,
-    PtRegs,
-    build_core_header,
-    build_prstatus,
-)
+from drgn_hvdump.formats.elfcore import LoadSegment, Note, PtRegs, build_core_header
 from drgn_hvdump.formats.layout import ByteOrder
+from drgn_hvdump.formats.regsave import prstatus_notes
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 
 PS = 65536
 
 
-def _chunk(i: int, kind: str, dst: int, size: int) -> ChunkRecord:
-    return ChunkRecord(i, kind, dst, size, f"{i:016x}", dst, i * size, size // 2, 1)
+def _chunk(i: int, kind: str, dst: int, size: int) -> mf.ChunkRecord:
+    return mf.ChunkRecord(i, kind, dst, size, f"{i:016x}", dst, i * size, size // 2, 1)
 
 
-def collected(byteorder: str) -> Manifest:
-    return Manifest(
+def collected(byteorder: str) -> mf.Manifest:
+    return mf.Manifest(
         tool="hvdump collect",
-        source=Source(
+        source=mf.Source(
             byteorder=byteorder,
             page_size=PS,
             vmcoreinfo={"OSRELEASE": "2.6.32", "PAGESIZE": str(PS)},
             cpus=2,
             memory=4 * PS,
             vmcore="/proc/vmcore",
-            capture=CaptureSource("/", "phyp", "d0", True, None, "abc"),
+            capture=mf.CaptureSource("/", "phyp", "d0", True, None, "abc"),
         ),
-        dump=DumpFileInfo(
+        dump=mf.DumpFileInfo(
             "dump.kdump", "kdump", 1234, ((0, 2 * PS), (3 * PS, PS)), "zstd", None, 4096
         ),
         chunks=(
@@ -71,16 +52,19 @@ def collected(byteorder: str) -> Manifest:
             _chunk(2, "rmo", 0, 2 * PS),
             _chunk(3, "mem", 3 * PS, PS),
         ),
-        metadata={"cpu": MetaFile("regsave.bin", 100, 7), "hpte": MetaFile("hpte.bin", 64, 9)},
+        metadata={
+            "cpu": mf.MetaFile("regsave.bin", 100, 7),
+            "hpte": mf.MetaFile("hpte.bin", 64, 9),
+        },
         dump_header_note="HVDUMP",
-        release=ReleaseRecord(
+        release=mf.ReleaseRecord(
             "progressive",
             0,
             4 * PS,
             (3 * PS, PS),
             (
-                ReleaseWriteRecord(PS, PS, False, (1, 2), True),
-                ReleaseWriteRecord(0, PS, True, (0, 1), False, final=True),
+                mf.ReleaseWriteRecord(PS, PS, False, (1, 2), True),
+                mf.ReleaseWriteRecord(0, PS, True, (0, 1), False, final=True),
             ),
             (0, 1),
             ((0.0, 4 * PS), (1.5, 3 * PS)),
@@ -92,19 +76,19 @@ def collected(byteorder: str) -> Manifest:
     )
 
 
-def converted(byteorder: str) -> Manifest:
-    return Manifest(
+def converted(byteorder: str) -> mf.Manifest:
+    return mf.Manifest(
         tool="hvdump convert",
-        source=Source(
+        source=mf.Source(
             byteorder=byteorder,
             page_size=4096,
             vmcoreinfo={},
             cpus=1,
             memory=8192,
             vmcore="/tmp/core",
-            converted=ConvertedSource("ppc64", "big", "vmcore"),
+            converted=mf.ConvertedSource("ppc64", "big", "vmcore"),
         ),
-        dump=DumpFileInfo("dump.elf", "elf", 9000, ((0, 8192),), None, None, 8192, 1),
+        dump=mf.DumpFileInfo("dump.elf", "elf", 9000, ((0, 8192),), None, None, 8192, 1),
         chunks=(_chunk(0, "mem", 0, 8192),),
         timings={"elapsed_s": 0.5},
     )
@@ -114,7 +98,7 @@ def converted(byteorder: str) -> Manifest:
 @pytest.mark.parametrize("make", [collected, converted])
 def test_round_trip(byteorder: str, make: Any) -> None:
     m = make(byteorder)
-    again = parse_manifest(m.to_bytes(), "m.json")
+    again = mf.parse_manifest(m.to_bytes(), "m.json")
     assert again == m
     assert again.to_bytes() == m.to_bytes()
 
@@ -130,9 +114,9 @@ def test_release_record_helpers() -> None:
 
 def test_save_and_read(tmp_path: Path) -> None:
     m = collected("little")
-    save_manifest(tmp_path, m)
+    mf.save_manifest(tmp_path, m)
     assert os.stat(tmp_path / MANIFEST).st_mode & 0o777 == 0o600
-    assert read_manifest(tmp_path) == m
+    assert mf.read_manifest(tmp_path) == m
 
 
 def _mutated(edit: Any) -> bytes:
@@ -164,7 +148,7 @@ def _mutated(edit: Any) -> bytes:
 )
 def test_bad_values_name_their_key(edit: Any, key: str) -> None:
     with pytest.raises(FormatError) as exc:
-        parse_manifest(_mutated(edit), "/d/manifest.json")
+        mf.parse_manifest(_mutated(edit), "/d/manifest.json")
     assert f"key {key}:" in str(exc.value)
     assert "/d/manifest.json" in str(exc.value)
 
@@ -180,7 +164,7 @@ def test_bad_values_name_their_key(edit: Any, key: str) -> None:
 )
 def test_not_a_manifest(raw: bytes, what: str) -> None:
     with pytest.raises(FormatError, match=what):
-        parse_manifest(raw, "m.json")
+        mf.parse_manifest(raw, "m.json")
 
 
 @pytest.mark.parametrize("byteorder", ["big", "little"])
@@ -188,7 +172,7 @@ def test_what_convert_writes_reads_back_unchanged(tmp_path: Path, byteorder: Byt
     ps = 4096
     info = f"OSRELEASE=6.1.0\nPAGESIZE={ps}\nCRASHTIME=5\n".encode()
     notes = [
-        Note("CORE", NT_PRSTATUS, build_prstatus(PtRegs(gpr=(0,) * 32), byteorder, pid=1)),
+        *prstatus_notes([(0, PtRegs(gpr=(0,) * 32))], byteorder),
         Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, info),
     ]
     memory = 64 * ps
@@ -201,7 +185,7 @@ def test_what_convert_writes_reads_back_unchanged(tmp_path: Path, byteorder: Byt
     out = tmp_path / "out"
     res = convert(ConvertOptions(core, out, chunk_size=16 * ps, progress=False))
     raw = (out / MANIFEST).read_bytes()
-    m = read_manifest(out)
+    m = mf.read_manifest(out)
     assert m == res.manifest
     assert m.to_bytes() == raw
     assert m.source.byteorder == byteorder and m.source.vmcoreinfo["CRASHTIME"] == "5"

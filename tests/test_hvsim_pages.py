@@ -20,16 +20,10 @@ from hypothesis import strategies as st
 from drgn_hvdump import native
 from drgn_hvdump.errors import HvdumpError
 from hvsim import pages, pages_ref
-from hvsim.pages_ref import (
-    BUSY_MIX,
-    PAGE_POINTER,
-    PAGE_RANDOM,
-    PAGE_TEXT,
-    PAGE_ZERO,
-    PageMix,
-    PageMixError,
-)
+from hvsim.pages_ref import BUSY_MIX, PageMix, PageMixError
 from tests.fuzz import TWIN_EXAMPLES
+
+PAGE_ZERO, PAGE_TEXT, PAGE_POINTER, PAGE_RANDOM = range(len(pages_ref.PAGE_KIND_NAMES))
 
 MODULES = [pytest.param(pages, id="c"), pytest.param(pages_ref, id="ref")]
 U64 = st.integers(0, 2**64 - 1)
@@ -63,12 +57,9 @@ def mixes(draw: st.DrawFn) -> PageMix:
 def test_c_kind_constants_match() -> None:
     from hvsim._gen import lib
 
-    assert (lib.HV_PAGE_ZERO, lib.HV_PAGE_TEXT, lib.HV_PAGE_POINTER, lib.HV_PAGE_RANDOM) == (
-        PAGE_ZERO,
-        PAGE_TEXT,
-        PAGE_POINTER,
-        PAGE_RANDOM,
-    )
+    c = (lib.HV_PAGE_ZERO, lib.HV_PAGE_TEXT, lib.HV_PAGE_POINTER, lib.HV_PAGE_RANDOM)
+    ref = (pages_ref.PAGE_ZERO, pages_ref.PAGE_TEXT, pages_ref.PAGE_POINTER, pages_ref.PAGE_RANDOM)
+    assert c == ref == (PAGE_ZERO, PAGE_TEXT, PAGE_POINTER, PAGE_RANDOM)
 
 
 @TWIN

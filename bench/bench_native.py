@@ -31,12 +31,12 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.timing import best_time, cpu_model
 from drgn_hvdump import native, native_ref
 from hvsim import pages, pages_ref
 
@@ -47,22 +47,6 @@ KIND_MIXES = {
 }
 
 
-def cpu_model() -> str:
-    lscpu = shutil.which("lscpu")
-    if lscpu:
-        out = subprocess.run([lscpu], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def pin_one_core() -> int | None:
     """Run on one CPU so the numbers are single-core numbers."""
     try:
@@ -71,16 +55,6 @@ def pin_one_core() -> int | None:
         return cpu
     except (AttributeError, OSError):
         return None
-
-
-def best_time(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm up: page faults, caches, lazy allocation
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 class Table:

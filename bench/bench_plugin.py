@@ -57,6 +57,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.timing import best_time
+
 PY = sys.executable
 MIB = 1 << 20
 LOW = 256 * MIB
@@ -76,17 +78,6 @@ def _patterns() -> list[tuple[str, int, int, bool]]:
         ("linear map 1 MiB reads", MIB, PAGE_OFFSET, False),
         ("linear map 64 KiB reads", 64 << 10, PAGE_OFFSET, False),
     ]
-
-
-def _best(fn: Callable[[], object], tries: int) -> float:
-    """The fastest of ``tries`` timings of ``fn``: other processes on the machine only
-    ever add time, so the minimum is the most repeatable single number."""
-    best = float("inf")
-    for _ in range(tries):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def worker(core: str, vmlinux: str, span: int, small: int, rounds: int, tries: int) -> None:
@@ -109,7 +100,7 @@ def worker(core: str, vmlinux: str, span: int, small: int, rounds: int, tries: i
             read(a, size, physical)
 
     for label, size, base, physical in _patterns():
-        res[label] = _best(lambda: bulk(size, base, physical), tries)  # noqa: B023
+        res[label] = best_time(lambda: bulk(size, base, physical), tries, warm=False)  # noqa: B023
     rng = random.Random(1)
     addrs = [PAGE_OFFSET + rng.randrange(0, span // 8) * 8 for _ in range(small)]
 
@@ -117,7 +108,7 @@ def worker(core: str, vmlinux: str, span: int, small: int, rounds: int, tries: i
         for a in addrs:
             read_u64(a)
 
-    res[f"linear map 8 B random reads ({small // 1000}k)"] = _best(words, tries)
+    res[f"linear map 8 B random reads ({small // 1000}k)"] = best_time(words, tries, warm=False)
     prog.load_debug_info([vmlinux])
     ntasks = 0
 
@@ -134,7 +125,7 @@ def worker(core: str, vmlinux: str, span: int, small: int, rounds: int, tries: i
             get_dmesg(prog)
 
     analysis()  # untimed: drgn's type and symbol caches
-    t = _best(analysis, tries)
+    t = best_time(analysis, tries, warm=False)
     res[f"analysis: {ntasks} tasks + stacks + dmesg, x{rounds}"] = t
     print(json.dumps(res))
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_collect import RUNS, _collect, _loadavg, _timed
 from bench.export_root import export_root
-from bench.run_all import machine_line
+from bench.timing import machine_line
 from hvsim import Lpar
 from tests.real_kernel import CPU_MODELS, build_initramfs, fetch_parts
 from tests.real_pipeline import run_pipeline

@@ -399,13 +399,16 @@ def test_hook_on_other_programs_imports_nothing(tmp_path: Path, kind: str) -> No
     assert ("X86_64" if kind == "x86-64" else "PPC64") in res.result["platform"]
 
 
-@pytest.mark.parametrize(("pids", "looked"), [([0, 4242], False), ([1, 2], True)])
+@pytest.mark.parametrize(
+    ("pids", "loads", "looked"), [([0, 4242], 2, False), ([1, 2], 2, True), ([1, 2], 1, False)]
+)
 def test_kernel_core_notes_numbered_by_task_are_not_searched(
-    tmp_path: Path, pids: list[int], looked: bool
+    tmp_path: Path, pids: list[int], loads: int, looked: bool
 ) -> None:
     # kdump numbers its PRSTATUS notes by the task on each CPU: such a kernel core is
     # left before the plugin's dump machinery is imported. Notes numbered by CPU (a
-    # capture kernel's, QEMU's) may be a copy of /proc/vmcore and are looked at.
+    # capture kernel's, QEMU's) may be a copy of /proc/vmcore and are looked at, if
+    # the core has the copy's shape (memory in two PT_LOADs at least; QEMU writes one).
     info = build_vmcoreinfo(
         [
             ("OSRELEASE", "6.1.0"),
@@ -420,8 +423,8 @@ def test_kernel_core_notes_numbered_by_task_are_not_searched(
     notes.append(Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, info))
     data = bytes(1 << 20)
     segments = [
-        (LoadSegment(0, len(data), vaddr=PAGE_OFFSET), data),
-        (LoadSegment(len(data), len(data), vaddr=PAGE_OFFSET + len(data)), data),
+        (LoadSegment(i * len(data), len(data), vaddr=PAGE_OFFSET + i * len(data)), data)
+        for i in range(loads)
     ]
     core = tmp_path / "vmcore"
     write_core(core, notes, segments, "big")

@@ -44,6 +44,8 @@ def may_be_ours(path: str) -> bool:
         return False
     if _CORE_NOTE not in head or path.endswith("/proc/vmcore"):
         return True
+    if _program_headers(head) < 3:
+        return False  # a copy has a PT_NOTE and two PT_LOADs at least; QEMU's cores one
     from drgn_hvdump.errors import FormatError
     from drgn_hvdump.formats.elfcore import ElfCore, numbered_by_cpu
 
@@ -52,6 +54,14 @@ def may_be_ours(path: str) -> bool:
             return numbered_by_cpu(core.prstatus)
     except (FormatError, OSError):
         return False
+
+
+def _program_headers(head: bytes) -> int:
+    """``e_phnum`` of a 64-bit ELF header (0xFFFF: more, counted elsewhere), read
+    without importing the ELF reader: the field at offset 56, in ``EI_DATA``'s order."""
+    if len(head) < 64 or head[5] not in (1, 2):
+        return 0
+    return int.from_bytes(head[56:58], "little" if head[5] == 1 else "big")
 
 
 def dump_source(prog: drgn.Program) -> DumpSource | None:

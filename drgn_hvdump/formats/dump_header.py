@@ -28,6 +28,7 @@ __all__ = [
     "NUM_SECTIONS",
     "RMO_SIZE",
     "SECTION_DEST_TOO_SMALL",
+    "SECTION_HEADER",
     "SECTION_INVALID_DATA_TYPE",
     "SECTION_INVALID_DEST_ADDR",
     "SECTION_INVALID_SOURCE_ADDR",
@@ -38,6 +39,7 @@ __all__ = [
     "SOURCE_RMO",
     "DumpHeader",
     "DumpSection",
+    "SectionHeader",
     "build_dump_header",
     "describe_dump_header",
     "is_dump_valid",
@@ -105,8 +107,11 @@ SECTION_SIZE = DUMP_SECTION.size
 
 
 @dataclass(frozen=True)
-class DumpHeader:
-    """``struct phyp_dump_header`` with its three sections."""
+class SectionHeader:
+    """The 40 bytes before the sections, the same in phyp dump and fadump
+    (``struct rtas_fadump_section_header``): format version, section count,
+    status flags, offset of the first section, the unused disk-dump fields
+    and the automatic-reboot time."""
 
     version: int = u32(DUMP_HEADER_VERSION)
     num_of_sections: int = u16(NUM_SECTIONS)
@@ -117,6 +122,15 @@ class DumpHeader:
     num_of_blocks_dd: int = u64()
     offset_dd: int = u32()
     maxtime_to_auto: int = u32()
+
+
+SECTION_HEADER = Layout(SectionHeader, size=FIRST_SECTION_OFFSET, name="dump_section_header")
+
+
+@dataclass(frozen=True)
+class DumpHeader(SectionHeader):
+    """``struct phyp_dump_header``: the section header and its three sections."""
+
     cpu: DumpSection = nested(DUMP_SECTION)
     hpte: DumpSection = nested(DUMP_SECTION)
     rmo: DumpSection = nested(DUMP_SECTION)

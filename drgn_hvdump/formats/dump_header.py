@@ -41,7 +41,9 @@ __all__ = [
     "DumpSection",
     "SectionHeader",
     "build_dump_header",
+    "check_section_header",
     "describe_dump_header",
+    "describe_section",
     "is_dump_valid",
     "parse_dump_header",
     "registration_header",
@@ -154,6 +156,36 @@ def build_dump_header(h: DumpHeader) -> bytes:
     return DUMP_HEADER.pack(h, "big")
 
 
+def check_section_header(
+    h: SectionHeader, *, name: str, noun: str, counts: range, path: str | None, offset: int = 0
+) -> None:
+    """Check the version (recognising a byte-swapped one), the section count (one
+    of ``counts``) and the first section's offset of a header read at ``offset``;
+    ``name`` and ``noun`` say what holds it in the error."""
+    where = SECTION_HEADER.offset_of
+    if h.version != DUMP_HEADER_VERSION:
+        raise FormatError(
+            f"little-endian {noun}: hypervisor structures are big-endian"
+            if h.version == _BYTESWAPPED_VERSION
+            else f"{name} version {h.version:#x}, expected {DUMP_HEADER_VERSION}",
+            path=path,
+            offset=offset + where("version"),
+        )
+    if h.num_of_sections not in counts:
+        expected = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+        raise FormatError(
+            f"{name} has {h.num_of_sections} sections, expected {expected}",
+            path=path,
+            offset=offset + where("num_of_sections"),
+        )
+    if h.first_offset_section != FIRST_SECTION_OFFSET:
+        raise FormatError(
+            f"first section at {h.first_offset_section:#x}, expected {FIRST_SECTION_OFFSET:#x}",
+            path=path,
+            offset=offset + where("first_offset_section"),
+        )
+
+
 def parse_dump_header(
     buf: bytes | bytearray | memoryview, path: str | None = None, offset: int = 0
 ) -> DumpHeader:
@@ -170,31 +202,11 @@ def parse_dump_header(
             offset=offset,
         )
     h = DUMP_HEADER.unpack_from(buf, offset, "big", path=path)
+    one_count = range(NUM_SECTIONS, NUM_SECTIONS + 1)
+    check_section_header(
+        h, name="dump header", noun="header", counts=one_count, path=path, offset=offset
+    )
     where = DUMP_HEADER.offset_of
-    if h.version != DUMP_HEADER_VERSION:
-        if h.version == _BYTESWAPPED_VERSION:
-            raise FormatError(
-                "little-endian header: hypervisor structures are big-endian",
-                path=path,
-                offset=offset + where("version"),
-            )
-        raise FormatError(
-            f"dump header version {h.version:#x}, expected {DUMP_HEADER_VERSION}",
-            path=path,
-            offset=offset + where("version"),
-        )
-    if h.num_of_sections != NUM_SECTIONS:
-        raise FormatError(
-            f"dump header has {h.num_of_sections} sections, expected {NUM_SECTIONS}",
-            path=path,
-            offset=offset + where("num_of_sections"),
-        )
-    if h.first_offset_section != FIRST_SECTION_OFFSET:
-        raise FormatError(
-            f"first section at {h.first_offset_section:#x}, expected {FIRST_SECTION_OFFSET:#x}",
-            path=path,
-            offset=offset + where("first_offset_section"),
-        )
     for name, expected in _EXPECTED_SOURCES:
         section: DumpSection = getattr(h, name)
         if section.source_type != expected:
@@ -276,12 +288,15 @@ def describe_dump_header(h: DumpHeader) -> list[str]:
     """Human-readable lines: the status and each section's range, copy and errors."""
     status = ", ".join(status_names(h.status)) or "none"
     lines = [f"status {h.status:#06x} ({status})"]
-    for section in h.sections():
-        errors = ", ".join(section_error_names(section.error_flags)) or "none"
-        lines.append(
-            f"{source_type_name(section.source_type)}: "
-            f"source {section.source_address:#x}+{section.source_length:#x} -> "
-            f"{section.destination_address:#x}, copied {section.length_copied:#x}, "
-            f"flags {section.dump_flags:#x}, errors {errors}"
-        )
+    lines += [describe_section(source_type_name(s.source_type), s) for s in h.sections()]
     return lines
+
+
+def describe_section(name: str, s: DumpSection) -> str:
+    """One line: the section's source range, destination, bytes copied, flags and errors."""
+    errors = ", ".join(section_error_names(s.error_flags)) or "none"
+    return (
+        f"{name}: source {s.source_address:#x}+{s.source_length:#x} -> "
+        f"{s.destination_address:#x}, copied {s.length_copied:#x}, "
+        f"flags {s.dump_flags:#x}, errors {errors}"
+    )

@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 from drgn_hvdump.errors import FormatError
 from drgn_hvdump.formats.dump_header import (
     DUMP_ERROR_FLAG,
-    DUMP_HEADER_VERSION,
     DUMP_REQUEST_FLAG,
     DUMP_SECTION,
     FIRST_SECTION_OFFSET,
@@ -32,6 +31,8 @@ from drgn_hvdump.formats.dump_header import (
     SOURCE_RMO,
     DumpSection,
     SectionHeader,
+    check_section_header,
+    describe_section,
     section_error_names,
     status_names,
 )
@@ -64,7 +65,6 @@ _NAMES = {
     SOURCE_BOOT_MEMORY: "boot",
     SOURCE_PARAM_AREA: "param",
 }
-_BYTESWAPPED_VERSION = int.from_bytes(DUMP_HEADER_VERSION.to_bytes(4, "big"), "little")
 
 
 @dataclass(frozen=True)
@@ -128,28 +128,14 @@ def parse_fadump_mem(buf: bytes | bytearray | memoryview, path: str | None = Non
             offset=0,
         )
     header = SECTION_HEADER.unpack_from(buf, 0, "big", path=path)
-    where = SECTION_HEADER.offset_of
-    if header.version != DUMP_HEADER_VERSION:
-        why = (
-            "little-endian structure: firmware structures are big-endian"
-            if header.version == _BYTESWAPPED_VERSION
-            else f"fadump format version {header.version:#x}, expected {DUMP_HEADER_VERSION}"
-        )
-        raise FormatError(why, path=path, offset=where("version"))
-    count = header.num_of_sections
-    if not 1 <= count <= MAX_SECTIONS:
-        raise FormatError(
-            f"{count} sections, expected 1 to {MAX_SECTIONS}",
-            path=path,
-            offset=where("num_of_sections"),
-        )
-    first = header.first_offset_section
-    if first != FIRST_SECTION_OFFSET:
-        raise FormatError(
-            f"first section at {first:#x}, expected {FIRST_SECTION_OFFSET:#x}",
-            path=path,
-            offset=where("first_offset_section"),
-        )
+    check_section_header(
+        header,
+        name="fadump memory structure",
+        noun="structure",
+        counts=range(1, MAX_SECTIONS + 1),
+        path=path,
+    )
+    count, first = header.num_of_sections, header.first_offset_section
     need = first + count * DUMP_SECTION.size
     if size < need:
         raise FormatError(
@@ -269,10 +255,5 @@ def describe_fadump_mem(mem: FadumpMem) -> list[str]:
     for s in mem.sections:
         name = section_name(s, boot)
         boot += s.source_type == SOURCE_BOOT_MEMORY
-        errors = ", ".join(section_error_names(s.error_flags)) or "none"
-        lines.append(
-            f"{name}: source {s.source_address:#x}+{s.source_length:#x} -> "
-            f"{s.destination_address:#x}, copied {s.length_copied:#x}, "
-            f"flags {s.dump_flags:#x}, errors {errors}"
-        )
+        lines.append(describe_section(name, s))
     return lines

@@ -11,17 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn, cast
 
+from drgn_hvdump.capture import RootTable
 from drgn_hvdump.clitools import run_main
 from drgn_hvdump.formats.dump_header import section_error_names, status_names
 
 from .config import QUIRKS, auto_reserve_size, format_size, parse_size
 from .fleet import add_subcommands as add_fleet_subcommands
-from .fuse_root import ROOT_FILES, add_subcommands, text_providers
+from .fuse_root import ROOT_FILES, add_subcommands, root_table, text_providers
 from .kernel import SCENARIOS
 from .lpar import Lpar
 from .verify import verify_dump, verify_sections
@@ -283,10 +285,25 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--no-dump", action="store_true", help="kernel booted with phyp_dump=0 (never registers)"
     )
     p.add_argument(
+        "--dump",
+        choices=("phyp", "fadump"),
+        default="phyp",
+        help="the kernel's dump interface: phyp (hypervisor-assisted dump, phyp_dump=1, the "
+        "default) or fadump (firmware-assisted dump, fadump=on, today's POWER8-10 LPARs)",
+    )
+    p.add_argument(
+        "--boot-regions",
+        type=int,
+        default=1,
+        metavar="N",
+        help="fadump: register boot memory as N sections (1-7, as newer kernels do)",
+    )
+    p.add_argument(
         "--reserve-size",
-        default="256M",
-        help="phyp_dump_reserve_size=: capture region and third part of the scratch area; "
-        "'auto' for 5%% of RAM (at least 256M)",
+        default=None,
+        help="phyp: phyp_dump_reserve_size=, the capture region and third part of the scratch "
+        "area (default 256M); fadump: the boot memory size, crashkernel= (default 'auto'); "
+        "'auto' for 5%% of RAM rounded down to 256M, at least 256M",
     )
     p.add_argument("--quirks", choices=QUIRKS, default="faithful", help="release semantics")
     p.add_argument(
@@ -416,7 +433,7 @@ def _fail(message: str) -> int:
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
-    reserve = args.reserve_size
+    reserve = args.reserve_size or ("auto" if args.dump == "fadump" else "256M")
     if reserve == "auto":
         reserve = auto_reserve_size(args.memory)
     lpar = Lpar.create(
@@ -435,11 +452,16 @@ def _cmd_create(args: argparse.Namespace) -> int:
         osrelease=args.osrelease,
         tasks=args.tasks,
         boot=args.boot,
+        dump=args.dump,
+        boot_regions=args.boot_regions,
     )
     cfg = lpar.config
+    fadump = (
+        f", fadump with {format_size(cfg.reserve_size)} boot memory" if cfg.dump == "fadump" else ""
+    )
     print(
         f"created {lpar.path}: {format_size(cfg.memory)} RAM, {cfg.cpus} CPUs, {cfg.endian}-endian, "
-        f"{format_size(cfg.page_size)} pages, seed {cfg.seed}; state {lpar.state}"
+        f"{format_size(cfg.page_size)} pages, seed {cfg.seed}{fadump}; state {lpar.state}"
     )
     return 0
 
@@ -535,12 +557,13 @@ def _cmd_cat(args: argparse.Namespace) -> int:
     lpar = Lpar.open(args.lpar)
     path = (args.file or "").strip()
     texts = text_providers(lpar)
-    file = ROOT_FILES.at(path)
+    table = root_table(lpar.config.dump)
+    file = table.at(path) or table.at(_link_target(table, path))
     if file is not None and file.name in texts:
         sys.stdout.write(texts[file.name]())
         return 0
     tree = lpar.device_tree()
-    for prefix in (*(f"/{d}/" for d in ROOT_FILES.device_tree.dirs), ""):
+    for prefix in (*(f"/{d}/" for d in table.device_tree.dirs), ""):
         if path.startswith(prefix) and path[len(prefix) :] in tree:
             value = tree[path[len(prefix) :]]
             printable = value.rstrip(b"\0")
@@ -554,6 +577,14 @@ def _cmd_cat(args: argparse.Namespace) -> int:
             print(f"{name} ({len(value)} bytes)")
         return 0
     return _fail(f"{path}: no such file in the capture root (try without PATH for a list)")
+
+
+def _link_target(table: RootTable, path: str) -> str:
+    """``path`` with an older name (``/sys/kernel/fadump_registered``) resolved."""
+    target = table.link_at(path)
+    if target is None:
+        return path
+    return posixpath.normpath(posixpath.join(posixpath.dirname(path.strip("/")), target))
 
 
 def _cmd_truth_core(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ from .pages import BUSY_MIX, PageMix
 
 __all__ = [
     "DEFAULT_RESERVE_SIZE",
+    "DUMP_KINDS",
+    "MAX_BOOT_REGIONS",
     "MAX_CPUS",
     "MAX_MEMORY",
     "MEMORY_GRANULE",
@@ -42,8 +44,12 @@ DEFAULT_RESERVE_SIZE = 256 << 20
 """What the capture kernel keeps for itself (the first kernels' fixed 256 MiB)."""
 
 QUIRKS = ("faithful", "corrected")
+DUMP_KINDS = ("phyp", "fadump")
+MAX_BOOT_REGIONS = 7
+"""fadump registers at most 7 boot-memory sections (``RTAS_FADUMP_MAX_BOOT_MEM_REGS``)."""
 Quirks = Literal["faithful", "corrected"]
 Endian = Literal["big", "little"]
+DumpKind = Literal["phyp", "fadump"]
 
 
 def auto_reserve_size(memory: int) -> int:
@@ -110,6 +116,15 @@ class LparConfig:
     ``image_mmu``
         the adopted kernel's MMU, ``"hash"`` or ``"radix"`` (what its
         hashed page table section holds).
+    ``dump``
+        the kernel's dump interface: ``"phyp"`` (hypervisor-assisted dump,
+        ``phyp_dump=1``, Linux 2.6.26-3.3) or ``"fadump"`` (firmware-assisted
+        dump, ``fadump=on``, Linux 3.4 on; see :mod:`hvsim.fadump`). With
+        fadump ``reserve_size`` is the boot memory size and ``dump_enabled``
+        is ``fadump=on``.
+    ``boot_regions``
+        fadump: how many boot-memory sections the kernel registers (1 to 7;
+        newer kernels split boot memory into several).
     """
 
     memory: int
@@ -131,6 +146,8 @@ class LparConfig:
     image_vmcoreinfo: int = -1
     image_crash_cpu: int = 0
     image_mmu: str = "hash"
+    dump: DumpKind = "phyp"
+    boot_regions: int = 1
 
     def __post_init__(self) -> None:
         memory = _check_int("memory", self.memory)
@@ -187,6 +204,13 @@ class LparConfig:
             )
         if self.image_mmu not in ("hash", "radix"):
             raise ValueError(f"image_mmu must be 'hash' or 'radix', got {self.image_mmu!r}")
+        if self.dump not in DUMP_KINDS:
+            raise ValueError(f"dump must be 'phyp' or 'fadump', got {self.dump!r}")
+        regions = _check_int("boot_regions", self.boot_regions)
+        if not 1 <= regions <= MAX_BOOT_REGIONS:
+            raise ValueError(f"boot_regions must be from 1 to {MAX_BOOT_REGIONS}, got {regions}")
+        if regions > 1 and self.dump != "fadump":
+            raise ValueError("boot_regions is fadump's: phyp dump copies one low-memory section")
         for name in ("firmware_dump", "dump_enabled", "literal_release_map"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false")

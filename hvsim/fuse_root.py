@@ -13,6 +13,12 @@ exactly as it runs on a real POWER LPAR with ``--root /``::
     ROOT/sys/kernel/release_region        0600, read: the map; write "ADDR SIZE": release
     ROOT/sys/kernel/phyp_dump_active      0600, read-only: dump enabled at boot
 
+and for an LPAR created with ``--dump fadump`` (:data:`FADUMP_ROOT_FILES
+<drgn_hvdump.capture.FADUMP_ROOT_FILES>`), instead of the last two::
+
+    ROOT/sys/kernel/fadump/{enabled,registered,release_mem,mem_reserved,hotplug_ready}
+    ROOT/sys/kernel/fadump_{enabled,registered,release_mem}   -> fadump/... (old names)
+
 Everything is computed from the LPAR's live state on every access, nothing
 is cached by the kernel (zero attribute, entry and negative timeouts;
 ``direct_io`` on every file), so a release made by another process
@@ -62,9 +68,11 @@ import argparse
 import contextlib
 import ctypes
 import errno
+import functools
 import json
 import logging
 import os
+import posixpath
 import signal
 import stat
 import subprocess
@@ -76,7 +84,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from drgn_hvdump.capture import PHYP_ROOT_FILES, RootFile, RootTable
+from drgn_hvdump.capture import FADUMP_ROOT_FILES, PHYP_ROOT_FILES, RootFile, RootTable
 from drgn_hvdump.capture.rootfiles import DUMP_WAITING, KERNEL_STATES, MEMORY, dir_mode
 from drgn_hvdump.errors import HvdumpError
 
@@ -96,6 +104,7 @@ __all__ = [
     "is_mounted",
     "mount",
     "mount_info",
+    "root_table",
     "serve",
     "text_providers",
     "tune_malloc",
@@ -107,8 +116,13 @@ log = logging.getLogger(__name__)
 
 #: Filesystem type of our mounts in ``/proc/self/mountinfo`` (FUSE subtype ``hvsim``).
 FSTYPE = "fuse.hvsim"
-#: The files of the root hvsim serves (its LPARs speak hypervisor-assisted dump).
+#: The files of the root hvsim serves for an LPAR of the default interface (phyp dump).
 ROOT_FILES = PHYP_ROOT_FILES
+
+
+def root_table(dump: str) -> RootTable:
+    """The files of the root of an LPAR whose ``LparConfig.dump`` is ``dump``."""
+    return FADUMP_ROOT_FILES if dump == "fadump" else PHYP_ROOT_FILES
 #: Target of ``ROOT/proc/device-tree`` (relative, so it stays inside ROOT).
 DEVICE_TREE_LINK = ROOT_FILES.device_tree.link_target("proc/device-tree")
 
@@ -171,6 +185,14 @@ class CaptureViews(Protocol):
         """One write to ``release_region``; raises an error carrying ``.errno``."""
         ...
 
+    def fadump_text(self, name: str) -> str:
+        """Contents of ``/sys/kernel/fadump/NAME`` (fadump LPARs)."""
+        ...
+
+    def fadump_write(self, name: str, data: bytes) -> object:
+        """One write to ``/sys/kernel/fadump/NAME``; raises an error carrying ``.errno``."""
+        ...
+
     def vmcore_size(self) -> int:
         """Size of ``/proc/vmcore`` in bytes (state ``capture`` only)."""
         ...
@@ -188,12 +210,22 @@ def text_providers(views: CaptureViews) -> dict[str, Callable[[], str]]:
         "boot_id": views.boot_id_text,
         "phyp_dump_active": views.phyp_dump_active_text,
         "release_region": views.release_region_text,
+        **{
+            name: functools.partial(views.fadump_text, name)
+            for name in ("enabled", "registered", "mem_reserved", "hotplug_ready")
+        },
     }
 
 
 def write_handlers(views: CaptureViews) -> dict[str, Callable[[bytes], object]]:
     """What one write(2) to each writable file does, by its name in the capture table."""
-    return {"release_region": views.release_text}
+    return {
+        "release_region": views.release_text,
+        **{
+            name: functools.partial(views.fadump_write, name)
+            for name in ("registered", "release_mem")
+        },
+    }
 
 
 def _check_providers(
@@ -303,6 +335,10 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
         if state in KERNEL_STATES:
             if rel in dt.links:
                 return _Link(dt.link_target(rel))
+            target = self._table.link_at(rel)
+            if target is not None:
+                f = self._table.at(posixpath.normpath(posixpath.join(posixpath.dirname(rel), target)))
+                return _Link(target) if f is not None and state in f.shown_in else None
             if rel == dt.base or rel.startswith(dt.base + "/"):
                 return self._dt_node(rel[len(dt.base) :].strip("/"))
             f = self._table.at(rel)
@@ -728,7 +764,13 @@ def tune_malloc() -> bool:
     return bool(mallopt(_M_TRIM_THRESHOLD, 256 << 20) == 1) and ok
 
 
-def serve(views: CaptureViews, root: str | os.PathLike[str], *, name: str = "hvsim") -> None:
+def serve(
+    views: CaptureViews,
+    root: str | os.PathLike[str],
+    *,
+    name: str = "hvsim",
+    table: RootTable = ROOT_FILES,
+) -> None:
     """Serve ``views`` at ``root`` in this process until it is unmounted or signalled.
 
     SIGTERM, SIGINT and SIGHUP end the loop and unmount cleanly (libfuse's own
@@ -741,7 +783,7 @@ def serve(views: CaptureViews, root: str | os.PathLike[str], *, name: str = "hvs
         signal.signal(sig, signal.SIG_DFL)
     try:
         fuse.FUSE(
-            CaptureRoot(views),
+            CaptureRoot(views, table),
             mnt,
             fsname=_fuse_option_value(name),
             subtype="hvsim",
@@ -763,7 +805,7 @@ def _serve_lpar(lpar_path: str, root: str) -> None:
     lpar = Lpar.open(lpar_path)
     _write_pidfile(mnt, lpar_path)
     try:
-        serve(lpar, mnt, name=f"hvsim:{lpar_path}")
+        serve(lpar, mnt, name=f"hvsim:{lpar_path}", table=root_table(lpar.config.dump))
     finally:
         _remove_own_pidfile(mnt)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from drgn_hvdump.formats.dump_header import (
     DUMP_ERROR_FLAG,
@@ -31,6 +31,7 @@ from drgn_hvdump.formats.dump_header import (
     build_dump_header,
     parse_dump_header,
 )
+from drgn_hvdump.formats.fadump_mem import FadumpMem
 from drgn_hvdump.formats.regsave import POWER6_REGISTERS, regsave_size
 from drgn_hvdump.model import scratch as model_scratch
 from drgn_hvdump.model.scratch import MIN_HPT_SIZE, hpt_size
@@ -41,11 +42,14 @@ __all__ = [
     "MIN_HPT_SIZE",
     "RTAS_CONFIGURE_KERNEL_DUMP_TOKEN",
     "SECTION_NAMES",
+    "Firmware",
     "Hypervisor",
     "ScratchLayout",
     "cpu_state_size",
+    "fill_section",
     "hpt_size",
     "perform_dump",
+    "saved_status",
     "scratch_layout",
     "sizes_property",
 ]
@@ -117,35 +121,49 @@ def perform_dump(
     for name in (*copied, *errors):
         if name not in SECTION_NAMES:
             raise ValueError(f"unknown dump section {name!r}; the sections are cpu, hpte, rmo")
-    sections: dict[str, DumpSection] = {}
-    for name in SECTION_NAMES:
-        s: DumpSection = getattr(registered, name)
-        if not s.dump_flags & DUMP_REQUEST_FLAG:
-            sections[name] = s
-            continue
-        err = errors.get(name, 0)
-        length = copied.get(name, 0 if err else s.source_length)
-        if not 0 <= length <= s.source_length:
-            raise ValueError(
-                f"{name} section: cannot copy {length:#x} bytes of a {s.source_length:#x}-byte source"
-            )
-        flags = s.dump_flags | (DUMP_PERFORMED if length else 0)
-        sections[name] = replace(s, error_flags=err, length_copied=length, dump_flags=flags)
-    status = DUMP_TRIGGERED | DUMP_PERFORMED | (DUMP_ERROR_FLAG if hv_error else 0)
+    sections = {
+        name: fill_section(
+            getattr(registered, name), name, copied=copied.get(name), error=errors.get(name, 0)
+        )
+        for name in SECTION_NAMES
+    }
     return replace(
         registered,
-        status=status,
+        status=saved_status(hv_error),
         cpu=sections["cpu"],
         hpte=sections["hpte"],
         rmo=sections["rmo"],
     )
 
 
-class Hypervisor:
-    """The firmware's dump state for one LPAR, kept in ``state["hv"]``.
+def fill_section(s: DumpSection, name: str, *, copied: int | None, error: int) -> DumpSection:
+    """Section ``s`` as the firmware leaves it after the crash: a section the kernel did not
+    request is skipped; ``error`` flags copy nothing unless ``copied`` (bytes) says otherwise."""
+    if not s.dump_flags & DUMP_REQUEST_FLAG:
+        return s
+    length = (0 if error else s.source_length) if copied is None else copied
+    if not 0 <= length <= s.source_length:
+        raise ValueError(
+            f"{name} section: cannot copy {length:#x} bytes of a {s.source_length:#x}-byte source"
+        )
+    flags = s.dump_flags | (DUMP_PERFORMED if length else 0)
+    return replace(s, error_flags=error, length_copied=length, dump_flags=flags)
 
-    ``registered``: the header the running kernel registered (None when
-    unprotected). ``dump``: the filled header of a dump that is waiting
+
+def saved_status(hv_error: bool) -> int:
+    """The header's status after the firmware saved a dump (with its error flag)."""
+    return DUMP_TRIGGERED | DUMP_PERFORMED | (DUMP_ERROR_FLAG if hv_error else 0)
+
+
+_S = TypeVar("_S", DumpHeader, FadumpMem)
+
+
+class Firmware(Generic[_S]):
+    """The firmware's dump state for one LPAR, kept in ``state["hv"]``, whatever the
+    structure the kernel registers (phyp's header or fadump's memory structure).
+
+    ``registered``: what the running kernel registered (None when
+    unprotected). ``dump``: the filled structure of a dump that is waiting
     (``ibm,kernel-dump``), None when there is none. Like QEMU's pseries
     firmware, registering while a dump waits is refused: the kernel must
     invalidate the old dump first.
@@ -157,36 +175,44 @@ class Hypervisor:
         hv_state.setdefault("registered", None)
         hv_state.setdefault("dump", None)
 
+    @staticmethod
+    def parse(raw: bytes) -> _S:
+        raise NotImplementedError
+
+    @staticmethod
+    def build(value: _S) -> bytes:
+        raise NotImplementedError
+
     @property
     def supported(self) -> bool:
         """Whether the firmware offers ``ibm,configure-kernel-dump``."""
         return self.config.firmware_dump
 
-    @staticmethod
-    def _header(value: str | None) -> DumpHeader | None:
-        return None if value is None else parse_dump_header(bytes.fromhex(value))
+    def _get(self, key: str) -> _S | None:
+        value = self._state[key]
+        return None if value is None else self.parse(bytes.fromhex(value))
 
     @property
-    def registered(self) -> DumpHeader | None:
-        return self._header(self._state["registered"])
+    def registered(self) -> _S | None:
+        return self._get("registered")
 
     @property
-    def dump(self) -> DumpHeader | None:
-        return self._header(self._state["dump"])
+    def dump(self) -> _S | None:
+        return self._get("dump")
 
     @property
     def dump_bytes(self) -> bytes | None:
-        """The waiting dump's header as ``/rtas/ibm,kernel-dump`` holds it."""
+        """The waiting dump's structure as ``/rtas/ibm,kernel-dump`` holds it."""
         value = self._state["dump"]
         return None if value is None else bytes.fromhex(value)
 
-    def register(self, header: DumpHeader) -> None:
+    def register(self, value: _S) -> None:
         """RTAS ``ibm,configure-kernel-dump`` request 1."""
         if not self.supported:
             raise RuntimeError("firmware has no dump support")
         if self._state["dump"] is not None:
             raise RuntimeError("a dump is waiting: invalidate it before registering")
-        self._state["registered"] = build_dump_header(header).hex()
+        self._state["registered"] = self.build(value).hex()
 
     def unregister(self) -> None:
         """Request 2: forget the registration (phyp_dump called this "invalidate")."""
@@ -195,6 +221,34 @@ class Hypervisor:
     def invalidate(self) -> None:
         """Forget the waiting dump; the next boot is an ordinary one."""
         self._state["dump"] = None
+
+    def support_properties(self) -> dict[str, bytes]:
+        """``/rtas`` properties saying the firmware supports dumps: the call's token and
+        the sizes of the CPU state and HPTE sections (none without support)."""
+        if not self.supported:
+            return {}
+        sizes = sizes_property(cpu_state_size(self.config.cpus), hpt_size(self.config.memory))
+        return {
+            "rtas/ibm,configure-kernel-dump": struct.pack(">I", RTAS_CONFIGURE_KERNEL_DUMP_TOKEN),
+            "rtas/ibm,configure-kernel-dump-sizes": sizes,
+        }
+
+    def _saved(self, value: _S) -> None:
+        """The registration was consumed by a crash: ``value`` is the dump now waiting."""
+        self._state["registered"] = None
+        self._state["dump"] = self.build(value).hex()
+
+
+class Hypervisor(Firmware[DumpHeader]):
+    """Hypervisor-assisted dump's firmware: the three-section dump header."""
+
+    @staticmethod
+    def parse(raw: bytes) -> DumpHeader:
+        return parse_dump_header(raw)
+
+    @staticmethod
+    def build(value: DumpHeader) -> bytes:
+        return build_dump_header(value)
 
     def crash(
         self,
@@ -212,23 +266,14 @@ class Hypervisor:
         if registered is None:
             return None
         header = perform_dump(registered, copied=copied, errors=errors, hv_error=hv_error)
-        self._state["registered"] = None
-        self._state["dump"] = build_dump_header(header).hex()
+        self._saved(header)
         return header
 
     def rtas_properties(self, *, dump_kernel: bool, kernel_dump: bytes | None) -> dict[str, bytes]:
         """The ``/rtas`` properties of a boot: support token, sizes, and a waiting dump."""
-        if not self.supported:
-            return {}
-        layout = scratch_layout(self.config)
-        props = {
-            "rtas/ibm,configure-kernel-dump": struct.pack(">I", RTAS_CONFIGURE_KERNEL_DUMP_TOKEN),
-            "rtas/ibm,configure-kernel-dump-sizes": sizes_property(
-                layout.cpu_size, layout.hpte_size
-            ),
-        }
-        if dump_kernel:
+        props = self.support_properties()
+        if props and dump_kernel:
             props["rtas/ibm,dump-kernel"] = b""
-        if kernel_dump is not None:
+        if props and kernel_dump is not None:
             props["rtas/ibm,kernel-dump"] = kernel_dump
         return props

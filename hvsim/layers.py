@@ -14,11 +14,18 @@ from drgn_hvdump.intervals import IntervalSet
 
 from .adopt import open_adopted
 from .config import LparConfig
-from .memory import Layer
+from .memory import Layer, pack_hpte_records
 from .state import LparState
 from .store import LparStore
 
-__all__ = ["collect_garbage", "push_generated", "push_image", "push_overlay"]
+__all__ = [
+    "collect_garbage",
+    "push_copy",
+    "push_generated",
+    "push_hptes",
+    "push_image",
+    "push_overlay",
+]
 
 
 def push_generated(st: LparState, seed: int, ranges: Sequence[tuple[int, int]], note: str) -> Layer:
@@ -58,6 +65,34 @@ def push_overlay(
     store.write_data(layer.file, [(p - base, data) for p, data in pieces])
     for p, data in pieces:
         layer.extents.add(p, p + len(data))
+    st.stack.append(layer.id)
+    return layer
+
+
+def push_hptes(
+    st: LparState,
+    store: LparStore,
+    entries: Sequence[tuple[int, int, int]],
+    dest: int,
+    copied: int,
+    note: str,
+) -> Layer:
+    """The hash page table entries ``(slot, v, r)`` saved at ``dest``, the first ``copied``
+    bytes of the table (entries past them are left out), on top of the stack."""
+    kept = [e for e in entries if 16 * e[0] + 16 <= copied]
+    layer = st.add_layer(
+        Layer("", "hpte", IntervalSet([(dest, dest + copied)]), base=dest, note=note)
+    )
+    layer.file = f"{layer.id}.hpt"
+    store.write_data(layer.file, [(0, pack_hpte_records(kept))])
+    st.stack.append(layer.id)
+    return layer
+
+
+def push_copy(st: LparState, snap: str, source: int, dest: int, length: int, note: str) -> Layer:
+    """``length`` bytes of the memory snapshot ``snap`` at ``source``, copied to ``dest``."""
+    extent = IntervalSet([(dest, dest + length)])
+    layer = st.add_layer(Layer("", "copy", extent, snapshot=snap, delta=dest - source, note=note))
     st.stack.append(layer.id)
     return layer
 

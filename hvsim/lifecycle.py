@@ -13,16 +13,18 @@ import time
 from collections.abc import Mapping
 
 from drgn_hvdump.formats.dump_header import DUMP_ERROR_FLAG, DumpHeader, describe_dump_header
+from drgn_hvdump.formats.fadump_mem import describe_fadump_mem
 from drgn_hvdump.formats.regsave import build_regsave
 from drgn_hvdump.intervals import IntervalSet
 from drgn_hvdump.model.pages import page_down, page_span, page_up
 from drgn_hvdump.model.release import dump_data
 
+from . import fadump
 from .hypervisor import Hypervisor, scratch_layout
 from .kernel import CrashedKernel, Scenario
-from .layers import push_generated, push_image, push_overlay
+from .layers import push_copy, push_generated, push_hptes, push_image, push_overlay
 from .machine import LparStateError, Machine
-from .memory import Layer, derive_seed, pack_hpte_records
+from .memory import derive_seed
 from .releasing import free, replace_layout_base, reregister
 from .state import CaptureState, DumpRecord, KernelState, LparState
 
@@ -35,14 +37,17 @@ def boot(m: Machine, st: LparState) -> None:
     """The next boot: a capture boot when a dump waits (and dumps are on), else ordinary."""
     st.generation += 1
     st.counters.boots += 1
-    hv = m.hv(st)
-    if hv.dump is not None and m.config.dump_enabled and hv.supported:
-        _capture_boot(m, st, hv)
+    fw = m.firmware(st)
+    if fw.dump is not None and m.config.dump_enabled and fw.supported:
+        if m.config.dump == "fadump":
+            fadump.capture_boot(m, st)
+        else:
+            _capture_boot(m, st, m.hv(st))
     else:
-        _normal_boot(m, st, hv)
+        _normal_boot(m, st)
 
 
-def _normal_boot(m: Machine, st: LparState, hv: Hypervisor) -> None:
+def _normal_boot(m: Machine, st: LparState) -> None:
     gen = st.generation
     cfg = m.config
     # A fresh kernel owns all of RAM: one new layer covers it, older layers
@@ -55,26 +60,35 @@ def _normal_boot(m: Machine, st: LparState, hv: Hypervisor) -> None:
     kernel = KernelState("normal", gen)
     st.kernel = kernel
     st.state = "running"
-    if not hv.supported:
-        kernel.reason = "Phyp-dump not supported on this hardware (no ibm,configure-kernel-dump)"
-    elif not cfg.dump_enabled:
-        kernel.reason = "Phyp-dump disabled at boot time (phyp_dump=0)"
+    if cfg.dump == "fadump":
+        where = fadump.register_at_boot(m, st, kernel)
     else:
-        layout = scratch_layout(cfg)
-        problem = layout.problem()
-        if problem:
-            kernel.reason = problem
-        else:
-            hv.register(layout.registration())
-            st.counters.registrations += 1
-            kernel.reserved = IntervalSet([(layout.base, cfg.memory)])
+        where = _register_phyp(m, st, kernel)
     if kernel.reason:
         st.event(f"boot g{gen}: ordinary kernel, unprotected: {kernel.reason}")
     else:
-        st.event(
-            f"boot g{gen}: ordinary kernel, dump registered, scratch area at "
-            f"{next(iter(kernel.reserved))[0]:#x}"
-        )
+        st.event(f"boot g{gen}: ordinary kernel, dump registered, {where}")
+
+
+def _register_phyp(m: Machine, st: LparState, kernel: KernelState) -> str:
+    """An ordinary boot with ``phyp_dump=1`` registers; returns where (or sets ``kernel.reason``)."""
+    cfg = m.config
+    hv = m.hv(st)
+    if not hv.supported:
+        kernel.reason = "Phyp-dump not supported on this hardware (no ibm,configure-kernel-dump)"
+        return ""
+    if not cfg.dump_enabled:
+        kernel.reason = "Phyp-dump disabled at boot time (phyp_dump=0)"
+        return ""
+    layout = scratch_layout(cfg)
+    problem = layout.problem()
+    if problem:
+        kernel.reason = problem
+        return ""
+    hv.register(layout.registration())
+    st.counters.registrations += 1
+    kernel.reserved = IntervalSet([(layout.base, cfg.memory)])
+    return f"scratch area at {layout.base:#x}"
 
 
 def _capture_boot(m: Machine, st: LparState, hv: Hypervisor) -> None:
@@ -89,15 +103,8 @@ def _capture_boot(m: Machine, st: LparState, hv: Hypervisor) -> None:
     )
     kernel = KernelState("capture", gen, IntervalSet([(cfg.reserve_size, cfg.memory)]))
     st.kernel = kernel
-    dump = st.dump
-    if dump is not None:
-        # Released ranges of an earlier capture boot of this dump were reused
-        # by that kernel: their crashed contents are gone for good.
-        for s, e in dump.capture_released:
-            dump.add_lost(s, e, f"released in capture boot g{dump.last_capture}")
-        dump.capture_released = IntervalSet()
-        dump.captures += 1
-        dump.last_capture = gen
+    if st.dump is not None:
+        st.dump.captured_again(gen)
     if header.status & DUMP_ERROR_FLAG:
         _invalidate_in_error(m, st, hv, header)
         return
@@ -176,8 +183,7 @@ def crash(
     overlays = image.overlays()
     if overlays:
         push_overlay(st, m.store, overlays, f"kernel g{gen} crash data")
-    hv = m.hv(st)
-    registered = hv.registered
+    registered = m.firmware(st).registered
     st.state = "crashed"
     st.kernel = None
     if registered is None:
@@ -186,35 +192,55 @@ def crash(
             why = "capture kernel crashed; the waiting dump stays in the firmware"
         st.event(f"crash g{gen} ({sc.name}, CPU {image.crash_cpu}): {why}")
         return
+    st.counters.dumps += 1
+    # Ground truth: memory as the kernel left it, before the firmware writes.
+    snap = f"S{gen}"
+    st.snapshots[snap] = list(st.stack)
+    st.truth = snap
+    record = DumpRecord(
+        generation=gen,
+        crash_time=crash_time,
+        crash_cpu=image.crash_cpu,
+        scenario=sc.name,
+        sections={},
+    )
+    if m.config.dump == "fadump":
+        mem = fadump.save(m, st, image, sc, partial, errors, snap)
+        st.dump = fadump.dump_record(m, mem, record)
+        flags = f"firmware saved the dump, {describe_fadump_mem(mem)[0]}"
+    else:
+        header = _phyp_save(m, st, image, sc, partial, errors, snap)
+        st.dump = _dump_record(m, header, record)
+        flags = f"hypervisor saved the dump, {describe_dump_header(header)[0]}"
+    st.event(f"crash g{gen} ({sc.name}, CPU {image.crash_cpu}): {flags}")
+
+
+def _phyp_save(
+    m: Machine,
+    st: LparState,
+    image: CrashedKernel,
+    sc: Scenario,
+    partial: Mapping[str, int],
+    errors: Mapping[str, int],
+    snap: str,
+) -> DumpHeader:
+    hv = m.hv(st)
+    registered = hv.registered
+    assert registered is not None
     copied = dict(partial)
     if sc.rmo_fraction < 1.0 and "rmo" not in copied:
         copied["rmo"] = page_down(int(registered.rmo.source_length * sc.rmo_fraction), 4096)
     header = hv.crash(copied=copied, errors=errors, hv_error=sc.hv_error)
     assert header is not None
-    st.counters.dumps += 1
-    # Ground truth: memory as the kernel left it, before the hypervisor writes.
-    snap = f"S{gen}"
-    st.snapshots[snap] = list(st.stack)
-    st.truth = snap
     _hv_save(m, st, image, header, snap)
-    st.dump = _dump_record(m, image, header, gen, crash_time, sc)
-    flags = describe_dump_header(header)[0]
-    st.event(f"crash g{gen} ({sc.name}, CPU {image.crash_cpu}): hypervisor saved the dump, {flags}")
+    return header
 
 
-def _dump_record(
-    m: Machine, image: CrashedKernel, header: DumpHeader, gen: int, crash_time: int, sc: Scenario
-) -> DumpRecord:
-    dump = DumpRecord(
-        generation=gen,
-        crash_time=crash_time,
-        crash_cpu=image.crash_cpu,
-        scenario=sc.name,
-        sections={
-            name: (s.destination_address, s.source_length, s.length_copied)
-            for name, s in (("cpu", header.cpu), ("hpte", header.hpte), ("rmo", header.rmo))
-        },
-    )
+def _dump_record(m: Machine, header: DumpHeader, dump: DumpRecord) -> DumpRecord:
+    dump.sections = {
+        name: (s.destination_address, s.source_length, s.length_copied)
+        for name, s in (("cpu", header.cpu), ("hpte", header.hpte), ("rmo", header.rmo))
+    }
     rmo = header.rmo
     dump.add_lost(
         rmo.source_address + rmo.length_copied,
@@ -241,42 +267,19 @@ def _hv_save(
         pieces = [(cpu.destination_address, saved_regsave(image, header))]
         push_overlay(st, m.store, pieces, "hypervisor: CPU state")
     if hpte.length_copied:
-        entries = [
-            e
-            for e in image.hash_page_table(hpte.source_length)
-            if 16 * e[0] + 16 <= hpte.length_copied
-        ]
-        extent = IntervalSet(
-            [(hpte.destination_address, hpte.destination_address + hpte.length_copied)]
-        )
-        layer = st.add_layer(
-            Layer("", "hpte", extent, base=hpte.destination_address, note="hypervisor: HPTEs")
-        )
-        layer.file = f"{layer.id}.hpt"
-        m.store.write_data(layer.file, [(0, pack_hpte_records(entries))])
-        st.stack.append(layer.id)
+        entries = image.hash_page_table(hpte.source_length)
+        push_hptes(st, m.store, entries, hpte.destination_address, hpte.length_copied,
+                   "hypervisor: HPTEs")  # fmt: skip
     if rmo.length_copied:
-        extent = IntervalSet(
-            [(rmo.destination_address, rmo.destination_address + rmo.length_copied)]
-        )
-        layer = st.add_layer(
-            Layer(
-                "",
-                "copy",
-                extent,
-                snapshot=snap,
-                delta=rmo.destination_address - rmo.source_address,
-                note="hypervisor: low-memory copy",
-            )
-        )
-        st.stack.append(layer.id)
+        push_copy(st, snap, rmo.source_address, rmo.destination_address, rmo.length_copied,
+                  "hypervisor: low-memory copy")  # fmt: skip
 
 
 def reboot(m: Machine, st: LparState) -> None:
     """Reboot without a crash (see :meth:`hvsim.lpar.Lpar.reboot`)."""
     was = st.state
     if was in ("running", "capture"):
-        m.hv(st).unregister()
+        m.firmware(st).unregister()
         st.state = "off"
         st.event(f"reboot g{st.generation} ({was}), no crash")
     boot(m, st)
@@ -284,11 +287,14 @@ def reboot(m: Machine, st: LparState) -> None:
 
 def invalidate(m: Machine, st: LparState) -> None:
     """Give up the waiting dump (see :meth:`hvsim.lpar.Lpar.invalidate`)."""
-    hv = m.hv(st)
+    hv = m.firmware(st)
     if hv.dump is None:
         raise LparStateError(f"{m.path}: no dump is waiting; nothing to invalidate")
     kernel = st.kernel
-    if st.state == "capture" and kernel is not None and kernel.capture is not None:
+    capture = st.state == "capture" and kernel is not None and kernel.capture is not None
+    if capture and m.config.dump == "fadump":
+        fadump.release_mem(m, st, "invalidated by request")
+    elif capture and kernel is not None and kernel.capture is not None:
         cap = kernel.capture
         ps = m.config.page_size
         scratch = page_span(cap.scratch_addr, cap.scratch_addr + cap.scratch_size, ps)

@@ -87,12 +87,12 @@ from drgn_hvdump.formats.release_region import (
     parse_release_request,
 )
 
-from . import lifecycle, releasing, views
+from . import fadump, lifecycle, releasing, views
 from .adopt import adoption_config, inspect_image
 from .config import DEFAULT_RESERVE_SIZE, LparConfig, format_size, parse_size
 from .hypervisor import ScratchLayout, hpt_size, scratch_layout
 from .kernel import SCENARIOS, CrashedKernel, Scenario
-from .machine import LparStateError, Machine, ReleaseError
+from .machine import LparStateError, Machine, ReleaseError, ViewUnavailable
 from .pages import PageMix
 from .published import PublishedState
 from .releasing import ReleaseResult
@@ -129,7 +129,9 @@ class Lpar:
         self._reading = self._shared.reading
         self._mutate = self._shared.mutate
         self._reader = self._shared.reader
-        self._vmcore_cache: tuple[tuple[int, int], CoreLayout] | None = None
+        self._vmcore_cache: tuple[tuple[int, int], tuple[CoreLayout, dict[int, int]]] | None = (
+            None
+        )
 
     # ------------------------------------------------------------------ creation
 
@@ -154,6 +156,8 @@ class Lpar:
         tasks: str = "",
         boot: bool = False,
         adopted: Mapping[str, Any] | None = None,
+        dump: str = "phyp",
+        boot_regions: int = 1,
     ) -> Lpar:
         """Create a new LPAR directory at ``path`` (powered off unless ``boot``).
 
@@ -177,6 +181,8 @@ class Lpar:
             "osrelease": osrelease,
             "name": name if name is not None else _host_name(path),
             "tasks": tasks,
+            "dump": dump,
+            "boot_regions": boot_regions,
         }
         if mix is not None:
             values["mix"] = mix
@@ -189,7 +195,13 @@ class Lpar:
                 f"created: {format_size(config.memory)} RAM, {config.cpus} CPUs, "
                 f"{config.endian}-endian, {format_size(config.page_size)} pages, "
                 + (f"adopted image {config.image}" if config.adopted else f"seed {config.seed}")
-                + f", quirks {config.quirks}",
+                + f", quirks {config.quirks}"
+                + (
+                    f", fadump ({format_size(config.reserve_size)} boot memory in "
+                    f"{config.boot_regions} sections)"
+                    if config.dump == "fadump"
+                    else ""
+                ),
             )
         if boot:
             lpar.boot()
@@ -404,6 +416,26 @@ class Lpar:
         with self._mutate() as work:
             return releasing.release(self._machine, work, addr, size)
 
+    def fadump_text(self, name: str) -> str:
+        """``/sys/kernel/fadump/NAME`` (see :func:`hvsim.fadump.sysfs_text`)."""
+        self._need_fadump(name)
+        return self._view(functools.partial(fadump.sysfs_text, name=name))
+
+    def fadump_write(self, name: str, data: bytes | str) -> str:
+        """One write to ``/sys/kernel/fadump/NAME`` (``registered``, ``release_mem``) with
+        the kernel's errors (``.errno`` EPERM, EINVAL); says what it did."""
+        self._need_fadump(name)
+        raw = data.encode("latin-1") if isinstance(data, str) else bytes(data)
+        with self._mutate() as work:
+            return fadump.sysfs_write(self._machine, work, name, raw)
+
+    def _need_fadump(self, name: str) -> None:
+        if self.config.dump != "fadump":
+            raise ViewUnavailable(
+                f"{self.path}: /sys/kernel/fadump/{name} does not exist: the LPAR runs "
+                "phyp dump (create it with --dump fadump)"
+            )
+
     # --------------------------------------------------------------- memory
 
     def read_phys(self, paddr: int, size: int) -> bytes:
@@ -535,13 +567,16 @@ class Lpar:
         """
         return format_release_map(self.release_map())
 
-    def _vmcore_layout(self, st: LparState) -> CoreLayout:
+    def _vmcore(self, st: LparState) -> tuple[CoreLayout, dict[int, int]]:
         self._machine.need_capture(st, "/proc/vmcore")
         assert st.dump is not None
         key = (st.dump.generation, st.dump.crash_time)
         if self._vmcore_cache is None or self._vmcore_cache[0] != key:
             self._vmcore_cache = (key, views.vmcore_layout(self._machine, st))
         return self._vmcore_cache[1]
+
+    def _vmcore_layout(self, st: LparState) -> CoreLayout:
+        return self._vmcore(st)[0]
 
     def vmcore_size(self) -> int:
         """Size of ``/proc/vmcore`` in bytes."""
@@ -568,9 +603,9 @@ class Lpar:
         if offset < 0 or size < 0:
             raise ValueError("negative vmcore offset or size")
         with self._reading() as st:
-            layout = self._vmcore_layout(st)
+            layout, moved = self._vmcore(st)
             return views.read_core(
-                layout, functools.partial(self._reader.read_into, st.stack), offset, size
+                layout, functools.partial(self._reader.read_into, st.stack), offset, size, moved
             )
 
     # ------------------------------------------------------------------- status

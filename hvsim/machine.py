@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from drgn_hvdump.errors import HvdumpError
 
 from .adopt import AdoptedKernel
 from .config import LparConfig
-from .hypervisor import Hypervisor
+from .hypervisor import Firmware, Hypervisor
 from .kernel import SCENARIOS, CrashedKernel, KernelImage, Scenario
 from .memory import derive_seed
 from .state import DumpRecord, KernelState, LparState
 from .store import LparStore
+
+if TYPE_CHECKING:
+    from .fadump import FadumpFirmware
 
 __all__ = [
     "HvsimError",
@@ -70,6 +74,16 @@ class Machine:
         """The firmware's dump state, over ``st`` (changes made through it land in ``st``)."""
         return Hypervisor(self.config, st.hv)
 
+    def fadump(self, st: LparState) -> FadumpFirmware:
+        """The firmware's fadump state, over ``st``."""
+        from .fadump import FadumpFirmware
+
+        return FadumpFirmware(self.config, st.hv)
+
+    def firmware(self, st: LparState) -> Firmware[Any]:
+        """The firmware's dump state for the LPAR's interface (phyp or fadump)."""
+        return self.fadump(st) if self.config.dump == "fadump" else self.hv(st)
+
     def kernel_seed(self, gen: int) -> int:
         # The first kernel's memory is exactly what the LPAR's seed generates.
         return self.config.seed if gen == 1 else derive_seed(self.config.seed, "kernel", gen)
@@ -102,7 +116,9 @@ class Machine:
         return st.kernel, st.dump
 
     def no_dump_message(self, st: LparState) -> str:
-        return (
-            f"{self.path}: no dump is waiting (LPAR {st.state}): "
-            "/sys/kernel/release_region does not exist"
+        where = (
+            "/sys/kernel/fadump/release_mem"
+            if self.config.dump == "fadump"
+            else "/sys/kernel/release_region"
         )
+        return f"{self.path}: no dump is waiting (LPAR {st.state}): {where} does not exist"

@@ -159,6 +159,20 @@ class DumpRecord:
     last_capture: int | None = None
     capture_released: IntervalSet = field(default_factory=IntervalSet)
     lost: list[tuple[int, int, str]] = field(default_factory=list)
+    sources: dict[str, int] = field(default_factory=dict)
+
+    def captured_again(self, gen: int) -> None:
+        """A capture boot (generation ``gen``) of this dump: what an earlier capture boot
+        released was reused by that kernel, so its crashed contents are gone for good."""
+        for s, e in self.capture_released:
+            self.add_lost(s, e, f"released in capture boot g{self.last_capture}")
+        self.capture_released = IntervalSet()
+        self.captures += 1
+        self.last_capture = gen
+
+    def source(self, name: str) -> int:
+        """Where section ``name`` was copied from (phyp's low memory: 0)."""
+        return self.sources.get(name, 0)
 
     def add_lost(self, start: int, end: int, reason: str) -> None:
         # A range lost again (released in two capture boots) is listed once.
@@ -175,6 +189,7 @@ class DumpRecord:
             capture_boots=self.captures,
             sections=dict(self.sections),
             lost=tuple(sorted(self.lost)),
+            sources=dict(self.sources),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -189,6 +204,7 @@ class DumpRecord:
             "capture_released": self.capture_released.to_json(),
             "lost": [list(x) for x in self.lost],
             "sections": {k: list(v) for k, v in self.sections.items()},
+            **({"sources": dict(self.sources)} if self.sources else {}),
         }
 
     @classmethod
@@ -204,6 +220,7 @@ class DumpRecord:
             last_capture=data["last_capture"],
             capture_released=IntervalSet(data["capture_released"]),
             lost=[(int(a), int(b), str(r)) for a, b, r in data["lost"]],
+            sources={k: int(v) for k, v in data.get("sources", {}).items()},
         )
 
 
@@ -225,17 +242,32 @@ class DumpInfo:
     capture_boots: int
     sections: Mapping[str, tuple[int, int, int]]
     lost: tuple[tuple[int, int, str], ...]
+    sources: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def waiting(self) -> bool:
         return self.status == "waiting"
 
     @property
+    def fadump(self) -> bool:
+        """Whether fadump took the dump (its sections: cpu, hpte, boot0..., param)."""
+        return "rmo" not in self.sections
+
+    def copies(self) -> list[tuple[str, int, int, int]]:
+        """``(name, source, destination, bytes copied)`` of each memory copy the firmware made."""
+        return [
+            (name, self.sources.get(name, 0), dest, copied)
+            for name, (dest, _, copied) in self.sections.items()
+            if name == "rmo" or name.startswith("boot")
+        ]
+
+    @property
     def scratch(self) -> tuple[int, int]:
-        """The scratch area ``[start, end)`` the sections were saved in."""
+        """The area ``[start, end)`` the sections were saved in (phyp's scratch area,
+        fadump's reserved area without its headers)."""
         start = self.sections["cpu"][0]
-        dest, length, _ = self.sections["rmo"]
-        return start, dest + length
+        end = max(d + n for name, (d, n, _) in self.sections.items() if name != "param")
+        return start, end
 
 
 @dataclass

@@ -11,19 +11,21 @@ have raises :class:`hvsim.machine.ViewUnavailable`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
 from drgn_hvdump.errors import FormatError
 from drgn_hvdump.formats.dump_header import DumpHeader, section_error_names, status_names
 from drgn_hvdump.formats.elfcore import CoreLayout, LoadSegment, Note, build_core_header
+from drgn_hvdump.formats.fadump_mem import FadumpMem, section_names
 from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, parse_regsave, prstatus_notes
 from drgn_hvdump.formats.release_region import Extent, ReleaseMap
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.intervals import IntervalSet
 
+from . import fadump
 from .hypervisor import hpt_size
 from .kernel import SCENARIOS, CrashedKernel
 from .lifecycle import saved_regsave
@@ -53,22 +55,27 @@ def device_tree(m: Machine, st: LparState) -> dict[str, bytes]:
     """The running kernel's device tree properties (see :meth:`hvsim.lpar.Lpar.device_tree`)."""
     m.need_running(st, "/proc/device-tree")
     cfg = m.config
+    fadump = cfg.dump == "fadump"
+    # phyp dump ran on POWER6 (9117-MMA); fadump LPARs are today's POWER10 (9080-HEX).
+    model, cpu = (b"IBM,9080-HEX", "POWER10") if fadump else (b"IBM,9117-MMA", "POWER6")
     tree: dict[str, bytes] = {
-        "model": b"IBM,9117-MMA\0",
-        "compatible": b"IBM,9117-MMA\0chrp\0",
+        "model": model + b"\0",
+        "compatible": model + b"\0chrp\0",
         "device_type": b"chrp\0",
         "ibm,partition-name": cfg.name.encode() + b"\0",
         "memory@0/device_type": b"memory\0",
         "memory@0/reg": cfg.memory.to_bytes(16, "big"),
         "rtas/name": b"rtas\0",
-        "cpus/PowerPC,POWER6@0/ibm,pft-size": (0).to_bytes(4, "big")
+        f"cpus/PowerPC,{cpu}@0/ibm,pft-size": (0).to_bytes(4, "big")
         + (hpt_size(cfg.memory).bit_length() - 1).to_bytes(4, "big"),
     }
     waiting = st.state == "capture"
-    hv = m.hv(st)
-    tree.update(
-        hv.rtas_properties(dump_kernel=waiting, kernel_dump=hv.dump_bytes if waiting else None)
-    )
+    if fadump:
+        tree.update(m.fadump(st).rtas_properties(waiting=waiting))
+    else:
+        hv = m.hv(st)
+        kernel_dump = hv.dump_bytes if waiting else None
+        tree.update(hv.rtas_properties(dump_kernel=waiting, kernel_dump=kernel_dump))
     return tree
 
 
@@ -165,8 +172,12 @@ def release_map(m: Machine, st: LparState) -> ReleaseMap:
     )
 
 
-def vmcore_layout(m: Machine, st: LparState) -> CoreLayout:
-    """The ELF layout of ``/proc/vmcore`` (see :meth:`hvsim.lpar.Lpar.read_vmcore`)."""
+def vmcore_layout(m: Machine, st: LparState) -> tuple[CoreLayout, dict[int, int]]:
+    """The ELF layout of ``/proc/vmcore`` (see :meth:`hvsim.lpar.Lpar.read_vmcore`), and
+    where a ``PT_LOAD`` whose bytes are not at its own address reads them from
+    (its ``p_paddr`` -> the physical address of its first byte now)."""
+    if m.config.dump == "fadump":
+        return fadump.vmcore_layout(m, st)
     m.need_capture(st, "/proc/vmcore")
     image = m.dump_image(st)
     assert image is not None
@@ -177,14 +188,19 @@ def vmcore_layout(m: Machine, st: LparState) -> CoreLayout:
         LoadSegment(0, cfg.reserve_size),
         LoadSegment(cfg.reserve_size, cfg.memory - cfg.reserve_size),
     ]
-    return build_core_header(notes, segments, cfg.endian, page_size=cfg.page_size)
+    return build_core_header(notes, segments, cfg.endian, page_size=cfg.page_size), {}
 
 
 def read_core(
-    layout: CoreLayout, read_into: Callable[[int, memoryview], None], offset: int, size: int
+    layout: CoreLayout,
+    read_into: Callable[[int, memoryview], None],
+    offset: int,
+    size: int,
+    moved: Mapping[int, int] | None = None,
 ) -> bytes:
     """Up to ``size`` bytes at ``offset`` of the core ``layout`` describes, its memory
-    read by ``read_into(paddr, buffer)`` (short at the end)."""
+    read by ``read_into(paddr, buffer)`` (short at the end); ``moved`` maps a
+    segment's ``p_paddr`` to where its bytes are now."""
     end = min(offset + size, layout.file_size)
     if offset >= end:
         return b""
@@ -197,7 +213,8 @@ def read_core(
         lo = max(offset, ph.p_offset)
         hi = min(end, ph.p_offset + ph.p_filesz)
         if lo < hi:
-            read_into(ph.p_paddr + (lo - ph.p_offset), view[lo - offset : hi - offset])
+            base = ph.p_paddr if moved is None else moved.get(ph.p_paddr, ph.p_paddr)
+            read_into(base + (lo - ph.p_offset), view[lo - offset : hi - offset])
     return bytes(out)
 
 
@@ -219,7 +236,7 @@ def _cpu_notes(image: CrashedKernel, header: DumpHeader | None, order: ByteOrder
 def status(m: Machine, st: LparState) -> dict[str, Any]:
     """Everything ``hvsim status`` shows, as JSON-ready data."""
     cfg = m.config
-    hv = m.hv(st)
+    hv = m.firmware(st)
     out: dict[str, Any] = {
         "path": m.path,
         "config": cfg.to_json(),
@@ -228,6 +245,7 @@ def status(m: Machine, st: LparState) -> dict[str, Any]:
         "protected": hv.registered is not None,
         "dump_waiting": hv.dump is not None,
         "firmware_dump": cfg.firmware_dump,
+        "interface": "fadump" if cfg.dump == "fadump" else "phyp-dump",
     }
     kernel = st.kernel
     if kernel is not None:
@@ -278,11 +296,15 @@ def _release_status(cap: CaptureState, *, active: bool) -> dict[str, Any]:
     }
 
 
-def header_json(h: DumpHeader) -> dict[str, Any]:
-    """A dump header as ``hvsim status`` shows it."""
+def header_json(h: DumpHeader | FadumpMem) -> dict[str, Any]:
+    """A dump header (phyp) or memory structure (fadump) as ``hvsim status`` shows it."""
+    if isinstance(h, FadumpMem):
+        status, named = h.header.status, list(zip(section_names(h), h.sections, strict=True))
+    else:
+        status, named = h.status, [("cpu", h.cpu), ("hpte", h.hpte), ("rmo", h.rmo)]
     return {
-        "status": h.status,
-        "status_flags": status_names(h.status),
+        "status": status,
+        "status_flags": status_names(status),
         "sections": {
             name: {
                 "dump_flags": s.dump_flags,
@@ -294,6 +316,6 @@ def header_json(h: DumpHeader) -> dict[str, Any]:
                 "length_copied": s.length_copied,
                 "destination_address": s.destination_address,
             }
-            for name, s in (("cpu", h.cpu), ("hpte", h.hpte), ("rmo", h.rmo))
+            for name, s in named
         },
     }

@@ -124,9 +124,9 @@ def _conditional(file: RootFile | None) -> bool:
 
 def test_a_table_file_without_content_is_refused(tmp_path: Path) -> None:
     """A second interface needs content for each of its files, and nothing else."""
-    extra = RootFile("enabled", "sys/kernel/fadump/enabled", 0o444, "fadump is enabled")
+    extra = RootFile("bootargs_append", "sys/kernel/fadump/bootargs_append", 0o644, "arguments")
     table = RootTable("fadump-like", (*TABLE.files, extra), TABLE.properties)
-    with pytest.raises(ValueError, match="enabled"):
+    with pytest.raises(ValueError, match="bootargs_append"):
         fr.CaptureRoot(_lpar(tmp_path, RUNNING), table)
 
 

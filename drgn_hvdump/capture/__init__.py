@@ -3,9 +3,9 @@
 The collector, the drgn plugin and the Ansible modules ask :func:`open_capture`
 for the interface of the system under ``root`` (``/`` on a real LPAR, a FUSE
 mount of a simulated one in tests) and use only :class:`CaptureInterface`.
-Today there is one generation, hypervisor-assisted dump
-(:mod:`drgn_hvdump.capture.phyp`); firmware-assisted dump (``/sys/kernel/fadump/``)
-will be a sibling module. Each generation names the files of its capture root
+Two generations: hypervisor-assisted dump (:mod:`drgn_hvdump.capture.phyp`,
+``release_region``) and firmware-assisted dump (:mod:`drgn_hvdump.capture.fadump`,
+``/sys/kernel/fadump/``). Each generation names the files of its capture root
 once, as data (:mod:`drgn_hvdump.capture.rootfiles`, e.g. ``PhypDump.ROOT_FILES``).
 """
 
@@ -14,13 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from drgn_hvdump.capture.base import CaptureInterface, DumpState, NoDumpError
+from drgn_hvdump.capture.fadump import FADUMP_ROOT_FILES, FadumpDump
 from drgn_hvdump.capture.phyp import PHYP_ROOT_FILES, PhypDump
 from drgn_hvdump.capture.rootfiles import RootFile, RootTable
 
 __all__ = [
+    "FADUMP_ROOT_FILES",
     "PHYP_ROOT_FILES",
     "CaptureInterface",
     "DumpState",
+    "FadumpDump",
     "NoDumpError",
     "PhypDump",
     "RootFile",
@@ -30,7 +33,7 @@ __all__ = [
 ]
 
 # Newer generations first: a kernel offers at most one of them.
-_GENERATIONS: tuple[type[PhypDump], ...] = (PhypDump,)
+_GENERATIONS: tuple[type[CaptureInterface], ...] = (FadumpDump, PhypDump)
 
 
 def open_capture(root: str | Path = "/") -> CaptureInterface:

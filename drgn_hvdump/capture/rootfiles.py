@@ -85,6 +85,8 @@ class RootFile:
     kind: str = TEXT
     #: When set, the file is there only if this also holds (in the states above).
     condition: str = ""
+    #: Older names of the file, shown as symlinks to it (read when ``path`` is absent).
+    also: tuple[str, ...] = ()
 
     @property
     def is_text(self) -> bool:
@@ -165,6 +167,9 @@ class RootTable:
 
     def __post_init__(self) -> None:
         names = [f.name for f in (*self.files, *self.properties)]
+        paths = [p for f in self.files for p in (f.path, *f.also)]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"{self.interface}: a path is used twice in {paths}")
         if len(set(names)) != len(names):
             raise ValueError(f"{self.interface}: a name is used twice in {names}")
 
@@ -192,11 +197,20 @@ class RootTable:
         return None
 
     def paths(self, root: Path, name: str) -> tuple[Path, ...]:
-        """Every place the file ``name`` may be under ``root`` (properties: one per spelling)."""
+        """Every place the file ``name`` may be under ``root`` (properties: one per spelling;
+        files: the name first, then older names)."""
         f = self[name]
         if f.kind == PROPERTY:
             return tuple(root / d / f.path for d in self.device_tree.dirs)
-        return (root / f.path,)
+        return tuple(root / p for p in (f.path, *f.also))
+
+    def link_at(self, path: str) -> str | None:
+        """The target of the older name ``path`` (a symlink relative to its directory), or None."""
+        path = path.strip("/")
+        for f in self.files:
+            if path in f.also:
+                return posixpath.relpath(f.path, posixpath.dirname(path))
+        return None
 
     def path(self, root: Path, name: str) -> Path:
         """Where the file ``name`` is under ``root`` (a property: its first spelling)."""
@@ -216,6 +230,7 @@ class RootTable:
         if state not in KERNEL_STATES:
             return {}
         out: dict[str, str] = {f.path: "file" for f in self.shown(state)}
+        out.update({p: "link" for f in self.shown(state) for p in f.also})
         out.update(dict.fromkeys(self.device_tree.links, "link"))
         out[self.device_tree.base] = "dir"
         for path in list(out):

@@ -49,6 +49,7 @@ __all__ = [
     "fadump_validity",
     "parse_fadump_mem",
     "section_name",
+    "section_names",
 ]
 
 SOURCE_BOOT_MEMORY = SOURCE_RMO
@@ -98,6 +99,16 @@ def section_name(s: DumpSection, index: int = 0) -> str:
     """``cpu``, ``hpte``, ``param``, ``boot0``, ``boot1``… or the type in hex."""
     name = _NAMES.get(s.source_type, f"type{s.source_type:#06x}")
     return f"{name}{index}" if s.source_type == SOURCE_BOOT_MEMORY else name
+
+
+def section_names(mem: FadumpMem) -> list[str]:
+    """Each section's :func:`section_name`, boot regions numbered in order."""
+    names = []
+    boot = 0
+    for s in mem.sections:
+        names.append(section_name(s, boot))
+        boot += s.source_type == SOURCE_BOOT_MEMORY
+    return names
 
 
 def build_fadump_mem(mem: FadumpMem) -> bytes:
@@ -251,9 +262,6 @@ def describe_fadump_mem(mem: FadumpMem) -> list[str]:
     """Human-readable lines: the status and each section's range, copy and errors."""
     status = ", ".join(status_names(mem.header.status)) or "none"
     lines = [f"status {mem.header.status:#06x} ({status}), {len(mem.sections)} sections"]
-    boot = 0
-    for s in mem.sections:
-        name = section_name(s, boot)
-        boot += s.source_type == SOURCE_BOOT_MEMORY
+    for name, s in zip(section_names(mem), mem.sections, strict=True):
         lines.append(describe_section(name, s))
     return lines

@@ -282,16 +282,19 @@ def cpu_state_to_pt_regs(state: CpuState) -> PtRegs:
     return PtRegs(gpr=tuple(gpr), **named)
 
 
-def prstatus_notes(cpus: Iterable[tuple[int, PtRegs]], byteorder: ByteOrder) -> list[Note]:
+def prstatus_notes(
+    cpus: Iterable[tuple[int, PtRegs]], byteorder: ByteOrder, *, numbered: bool = True
+) -> list[Note]:
     """One ``CORE``/``NT_PRSTATUS`` note per CPU, in the order given, ``pr_pid`` = CPU + 1.
 
     That is where drgn looks for an on-CPU task's registers in a kernel core
     whose VMCOREINFO has no ``CRASHTIME`` (QEMU's ``dump-guest-memory``
     numbering); with ``CRASHTIME`` it reads the crashed kernel's
-    ``crash_notes`` instead, and the plugin answers those.
+    ``crash_notes`` instead, and the plugin answers those. ``numbered=False``
+    gives every note ``pr_pid`` 0, as fadump's capture kernel writes them.
     """
     return [
-        Note("CORE", NT_PRSTATUS, build_prstatus(regs, byteorder, pid=cpu + 1))
+        Note("CORE", NT_PRSTATUS, build_prstatus(regs, byteorder, pid=cpu + 1 if numbered else 0))
         for cpu, regs in cpus
     ]
 

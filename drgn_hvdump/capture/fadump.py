@@ -1,0 +1,441 @@
+"""Firmware-assisted dump (fadump, Linux 3.4 on) as a capture kernel offers it.
+
+Where things are, relative to the capture kernel's root, is
+:data:`FADUMP_ROOT_FILES` (also ``FadumpDump.ROOT_FILES``): the device tree's
+``rtas/ibm,configure-kernel-dump`` (the firmware supports dumps) and
+``rtas/ibm,kernel-dump`` (the memory structure as the firmware filled it, in
+the capture boot), ``/sys/kernel/fadump/`` (``enabled``, ``registered``,
+``release_mem``, ``mem_reserved``, ``hotplug_ready``; kernels before 5.x
+named the first three ``/sys/kernel/fadump_*``, newer ones keep those names
+as symlinks) and ``/proc/vmcore``.
+
+Unlike phyp dump, the capture kernel builds ``/proc/vmcore`` itself: every
+``PT_LOAD`` is the crashed kernel's memory at its own physical address (boot
+memory read from the firmware's copy), the reserved area is left out (its
+old contents are gone), and the notes are one ``NT_PRSTATUS`` per CPU from
+the firmware's CPU state data (``pr_pid`` 0) and VMCOREINFO. Memory goes back
+in one write of ``1`` to ``release_mem``, which invalidates the dump and
+frees everything above boot memory but the reserved area and the parameter
+area; user space then registers again (``registered`` <- ``1``). So a plan has
+one release write, made after the whole dump is durable and verified.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from drgn_hvdump.capture.base import CaptureInterface, DumpState, NoDumpError, Section
+from drgn_hvdump.capture.plan import Chunk, Plan, ReleaseWrite, checked_against
+from drgn_hvdump.capture.rootfiles import (
+    COMMON_PROPERTIES,
+    COMMON_ROOT_FILES,
+    DUMP_WAITING,
+    MEMORY,
+    PROPERTY,
+    RootFile,
+    RootTable,
+)
+from drgn_hvdump.capture.vmcore import Vmcore
+from drgn_hvdump.errors import FormatError, HvdumpError
+from drgn_hvdump.formats.dump_header import SOURCE_CPU
+from drgn_hvdump.formats.fadump_mem import (
+    SOURCE_BOOT_MEMORY,
+    SOURCE_PARAM_AREA,
+    FadumpMem,
+    build_fadump_mem,
+    describe_fadump_mem,
+    fadump_validity,
+    parse_fadump_mem,
+    section_names,
+)
+from drgn_hvdump.formats.release_region import Extent
+from drgn_hvdump.intervals import IntervalSet
+from drgn_hvdump.model.pages import page_down, page_up
+from drgn_hvdump.model.physmap import Region
+
+__all__ = ["FADUMP_ROOT_FILES", "FadumpDump", "FadumpLayout", "fadump_layout"]
+
+_FIRMWARE = "the kernel has fadump and the firmware supports dumps"
+
+FADUMP_ROOT_FILES = RootTable(
+    interface="fadump",
+    files=(
+        *COMMON_ROOT_FILES,
+        RootFile(
+            "vmcore",
+            "proc/vmcore",
+            0o400,
+            "the old kernel's memory as an ELF core the capture kernel built",
+            shown_in=DUMP_WAITING,
+            kind=MEMORY,
+        ),
+        RootFile(
+            "enabled",
+            "sys/kernel/fadump/enabled",
+            0o444,
+            "1 when the kernel was booted with fadump=on",
+            condition=_FIRMWARE,
+            also=("sys/kernel/fadump_enabled",),
+        ),
+        RootFile(
+            "registered",
+            "sys/kernel/fadump/registered",
+            0o644,
+            "1 while a dump is registered; write 1: register (again), 0: unregister",
+            writable=True,
+            condition=_FIRMWARE,
+            also=("sys/kernel/fadump_registered",),
+        ),
+        RootFile(
+            "release_mem",
+            "sys/kernel/fadump/release_mem",
+            0o200,
+            "write 1: invalidate the dump and give all its memory back at once",
+            shown_in=DUMP_WAITING,
+            writable=True,
+            also=("sys/kernel/fadump_release_mem",),
+        ),
+        RootFile(
+            "mem_reserved",
+            "sys/kernel/fadump/mem_reserved",
+            0o444,
+            "bytes of the reserved area (CPU state, HPTE, boot-memory copies, headers)",
+            condition=_FIRMWARE,
+        ),
+        RootFile(
+            "hotplug_ready",
+            "sys/kernel/fadump/hotplug_ready",
+            0o444,
+            "1: the kernel updates its registration itself on memory hotplug",
+            condition=_FIRMWARE,
+        ),
+    ),
+    properties=(
+        *COMMON_PROPERTIES,
+        RootFile(
+            "ibm,configure-kernel-dump",
+            "rtas/ibm,configure-kernel-dump",
+            0o444,
+            "the RTAS token of the dump call: the firmware supports dumps",
+            kind=PROPERTY,
+            condition="the firmware supports dumps",
+        ),
+        RootFile(
+            "ibm,configure-kernel-dump-version",
+            "rtas/ibm,configure-kernel-dump-version",
+            0o444,
+            "the versions of the memory structure the firmware accepts",
+            kind=PROPERTY,
+            condition="the firmware supports dumps",
+        ),
+        RootFile(
+            "ibm,kernel-dump",
+            "rtas/ibm,kernel-dump",
+            0o444,
+            "the memory structure as the firmware filled it (capture boot)",
+            shown_in=DUMP_WAITING,
+            kind=PROPERTY,
+        ),
+    ),
+)
+"""The files of firmware-assisted dump's capture root."""
+
+
+class FadumpLayout:
+    """Where a fadump dump's parts are, from its memory structure and the vmcore's map.
+
+    ``boot_mem_top``: the end of boot memory (the capture kernel runs below
+    it and reserves everything above); ``ra``: the reserved area, from the
+    CPU state data's destination to the first ``PT_LOAD`` above it (the
+    kernel's own headers end it, which the structure does not show);
+    ``param``: the parameter area (registered in place, never freed).
+    """
+
+    def __init__(self, mem: FadumpMem, loads: list[tuple[int, int]], memory: int) -> None:
+        cpu = mem.one(SOURCE_CPU)
+        if cpu is None:
+            raise HvdumpError("the fadump memory structure has no CPU state data section")
+        boot = mem.boot_regions
+        self.mem = mem
+        self.memory = memory
+        self.boot_mem_top = max(s.source_address + s.source_length for s in boot)
+        copies_end = max(
+            s.destination_address + s.source_length
+            for s in mem.sections
+            if s.source_type != SOURCE_PARAM_AREA
+        )
+        above = [a for a, _ in loads if a >= copies_end]
+        self.ra = Extent(
+            cpu.destination_address, min(above, default=memory) - cpu.destination_address
+        )
+        param = mem.one(SOURCE_PARAM_AREA)
+        self.param = None if param is None else Extent(param.source_address, param.source_length)
+
+    def kept(self, page_size: int) -> IntervalSet:
+        """Pages a release leaves reserved: the reserved area and the parameter area."""
+        kept = IntervalSet([(page_down(self.ra.addr, page_size), page_up(self.ra.end, page_size))])
+        if self.param is not None and self.param.size:
+            kept.add(page_down(self.param.addr, page_size), page_up(self.param.end, page_size))
+        return kept
+
+    def freed_pages(self, page_size: int) -> int:
+        """Pages ``release_mem`` gives back: everything above boot memory but :meth:`kept`."""
+        freed = IntervalSet([(self.boot_mem_top, self.memory)])
+        for a, b in self.kept(page_size):
+            freed.remove(a, b)
+        return freed.total() // page_size
+
+
+def fadump_layout(mem: FadumpMem, vm: Vmcore) -> FadumpLayout:
+    """The layout of the dump ``mem`` describes, ``vm`` its ``/proc/vmcore``."""
+    loads = [(ph.p_paddr, ph.p_memsz) for ph in vm.core.segments]
+    return FadumpLayout(mem, loads, vm.memory)
+
+
+class FadumpDump(CaptureInterface):
+    """The ``/sys/kernel/fadump`` interface of firmware-assisted dump."""
+
+    name = FADUMP_ROOT_FILES.interface
+    ROOT_FILES = FADUMP_ROOT_FILES
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        files = cls.ROOT_FILES
+        return any(
+            files.find(root, name) is not None for name in ("enabled", "registered", "release_mem")
+        )
+
+    @property
+    def vmcore_path(self) -> Path:
+        return self.ROOT_FILES.path(self.root, "vmcore")
+
+    @property
+    def lock_path(self) -> Path:
+        return self.ROOT_FILES.find(self.root, "release_mem") or self.ROOT_FILES.path(
+            self.root, "release_mem"
+        )
+
+    def _flag(self, name: str) -> bool | None:
+        path = self.ROOT_FILES.find(self.root, name)
+        if path is None:
+            return None
+        try:
+            return path.read_text().strip() not in ("", "0")
+        except OSError:
+            return None
+
+    def registered(self) -> bool | None:
+        """Whether a dump is registered (None when the kernel shows no fadump files)."""
+        return self._flag("registered")
+
+    def state(self) -> DumpState:
+        files = self.ROOT_FILES
+        supported = files.find(self.root, "ibm,configure-kernel-dump") is not None
+        prop = files.find(self.root, "ibm,kernel-dump")
+        # Linux keeps its boot-time device tree: after release_mem the property
+        # stays, but the vmcore is gone.
+        waiting = prop is not None and self.vmcore_path.exists()
+        state = DumpState(
+            root=str(self.root),
+            interface=self.name,
+            firmware_supported=supported,
+            dump_enabled=self._flag("enabled"),
+            dump_waiting=waiting,
+        )
+        registered = self.registered()
+        state.details = {"registered": registered, "mem_reserved": self._mem_reserved()}
+        if not waiting:
+            if not supported:
+                state.reason = "firmware does not support firmware-assisted dump"
+            elif state.dump_enabled is False:
+                state.reason = "fadump is disabled in this kernel (boot with fadump=on)"
+            else:
+                state.reason = "no dump is waiting" + (
+                    "; the LPAR is registered for the next crash"
+                    if registered
+                    else "; the LPAR is NOT registered (echo 1 > /sys/kernel/fadump/registered)"
+                    if registered is False
+                    else ""
+                )
+            return state
+        assert prop is not None
+        try:
+            mem = parse_fadump_mem(prop.read_bytes(), path=str(prop))
+        except FormatError as error:
+            state.reason = str(error)
+            return state
+        _describe(state, mem)
+        return state
+
+    def _mem_reserved(self) -> int | None:
+        path = self.ROOT_FILES.find(self.root, "mem_reserved")
+        try:
+            return int(path.read_text().strip()) if path is not None else None
+        except (OSError, ValueError):
+            return None
+
+    def plan(self, state: DumpState, vm: Vmcore, chunk_size: int) -> Plan:
+        mem = _native(state)
+        ps = vm.page_size()
+        lay = fadump_layout(mem, vm)
+        warnings: list[str] = []
+        segments: list[tuple[int, int]] = []
+        for ph in sorted(vm.core.segments, key=lambda p: p.p_paddr):
+            start, end = page_up(ph.p_paddr, ps), page_down(ph.p_paddr + ph.p_filesz, ps)
+            if start != ph.p_paddr:
+                # The kernel's headers end the reserved area mid-page: the rest of
+                # that page is in no whole page of the vmcore.
+                warnings.append(
+                    f"{vm.path}: PT_LOAD at {ph.p_paddr:#x} starts mid-page; its first "
+                    f"{start - ph.p_paddr:#x} bytes (shared with the reserved area's last "
+                    "page) are not saved"
+                )
+            if end > start:
+                segments.append((start, end - start))
+        chunks: list[Chunk] = []
+        for a, n in segments:
+            for s in range(a, a + n, chunk_size):
+                size = min(chunk_size, a + n - s)
+                chunks.append(Chunk(len(chunks), "mem", s, s, size))
+        if not chunks:
+            raise HvdumpError(f"{vm.path}: holds no memory of the crashed kernel")
+        pages = lay.freed_pages(ps)
+        write = ReleaseWrite(
+            index=0,
+            addr=lay.boot_mem_top,
+            size=lay.memory - lay.boot_mem_top,
+            span=(lay.boot_mem_top, lay.memory),
+            scratch=False,
+            ready=chunks[-1].index,
+            new_pages=(pages, pages),
+        )
+        sections = {
+            name: Extent(s.destination_address, s.length_copied)
+            for name, s in zip(section_names(mem), mem.sections, strict=True)
+        }
+        plan = Plan(
+            page_size=ps,
+            memory=lay.memory,
+            reserved=Extent(lay.boot_mem_top, lay.memory - lay.boot_mem_top),
+            scratch=lay.ra,
+            sections=sections,
+            copied={},
+            chunks=chunks,
+            writes=[write],
+            # Every byte of the vmcore is needed: the one write waits for them all.
+            needed=IntervalSet((c.src, c.src_end) for c in chunks),
+            segments=segments,
+            warnings=warnings,
+            order=[0],
+        )
+        return checked_against(plan, vm)
+
+    def physical_map(self, state: DumpState, memory: int) -> list[Region]:
+        mem = _native(state)
+        vm = Vmcore(self.vmcore_path)
+        try:
+            lay = fadump_layout(mem, vm)
+            loads = sorted((ph.p_paddr, ph.p_paddr + ph.p_memsz) for ph in vm.core.segments)
+        finally:
+            vm.close()
+        regions: list[Region] = []
+        pos = 0
+        for a, b in loads:
+            if pos < a:
+                regions.append(_gap(pos, a, lay))
+            regions.append(Region(a, b, "memory", a))
+            pos = b
+        if pos < memory:
+            regions.append(_gap(pos, memory, lay))
+        return regions
+
+    def release(self, write: ReleaseWrite) -> None:
+        """``release_mem`` <- 1 (the whole dump at once), then register again."""
+        self._write("release_mem", b"1\n")
+        self.protect()
+
+    def protect(self) -> str:
+        """Register for the next crash if the kernel is not registered (``registered`` <- 1);
+        says what it did."""
+        if self.registered() is not False:
+            return ""
+        self._write("registered", b"1\n")
+        return "registered again for the next crash"
+
+    def _write(self, name: str, data: bytes) -> None:
+        path = self.ROOT_FILES.find(self.root, name)
+        if path is None:
+            if name == "release_mem":
+                raise NoDumpError(
+                    f"{self.ROOT_FILES.path(self.root, name)}: not present; no dump is waiting"
+                )
+            raise HvdumpError(f"{self.ROOT_FILES.path(self.root, name)}: not present")
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError as error:
+            raise HvdumpError(f"{path}: cannot open for writing: {error.strerror}") from None
+        try:
+            os.write(fd, data)
+        except OSError as error:
+            eperm = (
+                "no dump is active"
+                if name == "release_mem"
+                else "a dump is waiting or fadump is disabled"
+            )
+            hint = {errno.EPERM: eperm, errno.EINVAL: "the kernel refused the value"}.get(
+                error.errno or 0, ""
+            )
+            raise HvdumpError(
+                f"{path}: writing {data.strip().decode()} failed: {error.strerror}"
+                + (f" ({hint})" if hint else "")
+            ) from None
+        finally:
+            os.close(fd)
+
+
+def _gap(start: int, end: int, lay: FadumpLayout) -> Region:
+    if lay.ra.addr <= start and end <= page_up(lay.ra.end, 1):
+        why = (
+            "fadump's reserved area: the firmware's copies of CPU state, HPTE and boot "
+            "memory overwrote what the crashed kernel kept there"
+        )
+    else:
+        why = "not in /proc/vmcore: the capture kernel does not offer it"
+    return Region(start, end, "lost", why=why)
+
+
+def _describe(state: DumpState, mem: FadumpMem) -> None:
+    state.readable = True
+    state.header_raw = build_fadump_mem(mem)
+    state.native = mem
+    state.sections = {
+        name: Section(s.source_length, s.length_copied, s.error_flags, s.destination_address)
+        for name, s in zip(section_names(mem), mem.sections, strict=True)
+    }
+    boot = mem.of_type(SOURCE_BOOT_MEMORY)
+    state.dump_bytes = sum(s.length_copied for s in boot)
+    state.reserved_bytes = sum(
+        s.source_length for s in mem.sections if s.source_type != SOURCE_PARAM_AREA
+    )
+    state.valid, state.reason = fadump_validity(mem)
+    # The capture kernel offers no vmcore for a dump it finds invalid; one it
+    # offers is whole.
+    state.partial = False
+    state.description = ["fadump memory structure:"]
+    state.description += [f"  {line}" for line in describe_fadump_mem(mem)]
+    registered = state.details.get("registered")
+    if registered is not None:
+        state.description.append(f"registered for the next crash: {'yes' if registered else 'no'}")
+    state.details = {
+        **state.details,
+        "header": {**asdict(mem.header), "sections": [asdict(s) for s in mem.sections]},
+    }
+
+
+def _native(state: DumpState) -> FadumpMem:
+    if not state.readable or not isinstance(state.native, FadumpMem):
+        raise HvdumpError(f"{state.root}: no usable dump: {state.reason}")
+    return state.native

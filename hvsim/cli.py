@@ -671,7 +671,13 @@ def format_status(st: dict[str, Any]) -> str:
             if cfg["firmware_dump"]
             else "no dump support"
         )
-        + ("" if cfg["dump_enabled"] else "; kernel booted with phyp_dump=0"),
+        + (
+            ""
+            if cfg["dump_enabled"]
+            else "; kernel booted with "
+            + ("fadump=off" if cfg.get("dump") == "fadump" else "phyp_dump=0")
+        )
+        + ("; kernel: fadump" if cfg.get("dump") == "fadump" else ""),
     ]
     kernel = st.get("kernel")
     if st["protected"]:
@@ -708,6 +714,8 @@ def format_status(st: dict[str, Any]) -> str:
                 f"{rel['writes']} writes); dump data still reserved: "
                 f"{rel['unreleased_dump_bytes']:#x} bytes"
             )
+        # fadump releases in one write: it has no counters.
+        if rel and cfg.get("dump") != "fadump":
             out.append(
                 f"  release counters: reserved {rel['reserved_counter']:#x} of "
                 f"{rel['reserved_target']:#x}, scratch {rel['scratch_counter']:#x} of "

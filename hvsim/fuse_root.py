@@ -232,7 +232,9 @@ def _check_providers(
     table: RootTable, texts: Mapping[str, object], writers: Mapping[str, object]
 ) -> None:
     # A table entry without content would only show up as a failed read much later.
-    missing = [f.name for f in table.files if f.is_text and f.name not in texts]
+    missing = [
+        f.name for f in table.files if f.is_text and f.mode & 0o444 and f.name not in texts
+    ]
     missing += [f"{f.name} (writes)" for f in table.files if f.writable and f.name not in writers]
     if missing:
         raise ValueError(f"no content for {table.interface} root files: {', '.join(missing)}")
@@ -324,6 +326,9 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
     def _file_node(self, f: RootFile) -> _File:
         if f.kind == MEMORY:
             return _File(f.mode, None)
+        if not f.mode & 0o444:
+            # Write-only (release_mem): sysfs has no content to show.
+            return _File(f.mode, lambda: b"", writable=f.writable)
         text = self._texts[f.name]
         return _File(f.mode, lambda: text().encode("utf-8"), writable=f.writable)
 

@@ -107,14 +107,22 @@ def verify_sections(lpar: Lpar) -> VerifyReport:
         )
     report = VerifyReport()
     released = IntervalSet(lpar.released_ranges())
-    for name, check in (("cpu", _check_cpu), ("hpte", _check_hpte), ("rmo", _check_rmo)):
-        dest, length, copied = info.sections[name]
-        label = {"cpu": "CPU state", "hpte": "HPTEs", "rmo": "low memory copy"}[name]
+    for name, (dest, length, copied) in info.sections.items():
+        if name == "param":
+            continue  # registered in place: nothing was copied
+        label = {"cpu": "CPU state", "hpte": "HPTEs", "rmo": "low memory copy"}.get(
+            name, f"{name} copy"
+        )
         if released.overlaps(dest, dest + length):
             report.note(f"{label}: partly released already, reused memory not compared")
         if copied < length:
-            report.note(f"{label}: hypervisor copied {copied:#x} of {length:#x} bytes")
-        check(lpar, info, dest, copied, released, report)
+            report.note(f"{label}: firmware copied {copied:#x} of {length:#x} bytes")
+        if name == "cpu":
+            _check_cpu(lpar, info, dest, copied, released, report)
+        elif name == "hpte":
+            _check_hpte(lpar, info, dest, copied, released, report)
+        else:
+            _check_copy(lpar, label, info.sources.get(name, 0), dest, copied, released, report)
     report.summary = (
         f"{'OK' if report.ok else 'FAILED'}: saved sections of the dump of generation "
         f"{info.generation} ({lpar.path}) "
@@ -203,8 +211,14 @@ def _hptes_in(data: bytes | bytearray, offset: int) -> Iterator[tuple[int, int, 
                 yield (offset + pos) // 16, v, r
 
 
-def _check_rmo(
-    lpar: Lpar, info: DumpInfo, dest: int, copied: int, released: IntervalSet, report: VerifyReport
+def _check_copy(
+    lpar: Lpar,
+    label: str,
+    source: int,
+    dest: int,
+    copied: int,
+    released: IntervalSet,
+    report: VerifyReport,
 ) -> None:
     ps = lpar.config.page_size
     wrong: list[int] = []
@@ -217,7 +231,7 @@ def _check_rmo(
         if len(got) != n:
             got, want = bytearray(n), bytearray(n)
         lpar.read_phys_into(dest + off, memoryview(got))
-        lpar.expected_into(off, memoryview(want))
+        lpar.expected_into(source + off, memoryview(want))
         compared += n
         if got == want:
             continue
@@ -225,14 +239,14 @@ def _check_rmo(
             if released.overlaps(dest + off + p, dest + off + p + ps):
                 continue
             if got[p : p + ps] != want[p : p + ps]:
-                wrong.append(off + p)
+                wrong.append(source + off + p)
     if wrong:
         report.fail(
-            f"low memory copy: {len(wrong)} pages differ from the crashed kernel's "
+            f"{label}: {len(wrong)} pages differ from the crashed kernel's "
             f"(source addresses {_hexlist(wrong, len(wrong))})"
         )
     else:
-        report.note(f"low memory copy: {compared:#x} bytes match")
+        report.note(f"{label}: {compared:#x} bytes match")
 
 
 # ---------------------------------------------------------------- dump files
@@ -441,6 +455,8 @@ def _sample_pages(lpar: Lpar, count: int) -> list[int]:
 
 
 def _detect_kind(lpar: Lpar, info: DumpInfo, mem: _FileMemory) -> DumpKind:
+    if info.fadump:
+        return "collected"  # fadump's vmcore maps boot memory back at its own addresses
     ps = lpar.config.page_size
     rmo_dest, _, rmo_copied = info.sections["rmo"]
     samples = [a for a in _sample_pages(lpar, 16) if a + ps <= rmo_copied]
@@ -498,7 +514,7 @@ def _compare_pages(lpar: Lpar, info: DumpInfo, mem: _FileMemory, kind: DumpKind)
     scratch_start, scratch_end = info.scratch
     scratch = IntervalSet([(scratch_start - scratch_start % ps, -(-scratch_end // ps) * ps)])
     released = IntervalSet(lpar.released_ranges())
-    rmo_dest = info.sections["rmo"][0]
+    rmo_dest = info.sections["rmo"][0] if "rmo" in info.sections else 0
     want = bytearray(_CHUNK)
     for base in range(0, cfg.memory, _CHUNK):
         n = min(_CHUNK, cfg.memory - base)

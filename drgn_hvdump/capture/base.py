@@ -203,3 +203,12 @@ class CaptureInterface(ABC):
     @abstractmethod
     def release(self, write: ReleaseWrite) -> None:
         """Make one release write of a plan. The old contents of what it frees are gone."""
+
+    #: Whether memory can go back range by range while the dump is collected
+    #: (``--release progressive``); otherwise all of it goes in the last write.
+    RELEASES_PROGRESSIVELY: ClassVar[bool] = True
+
+    def protect(self) -> str:
+        """After the dump is gone: make sure the LPAR is registered for the next crash
+        (phyp dump's kernel re-registers by itself: nothing to do); says what it did."""
+        return ""

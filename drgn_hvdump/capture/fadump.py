@@ -181,12 +181,12 @@ class FadumpLayout:
             kept.add(page_down(self.param.addr, page_size), page_up(self.param.end, page_size))
         return kept
 
-    def freed_pages(self, page_size: int) -> int:
-        """Pages ``release_mem`` gives back: everything above boot memory but :meth:`kept`."""
+    def freed(self, page_size: int) -> IntervalSet:
+        """What ``release_mem`` gives back: everything above boot memory but :meth:`kept`."""
         freed = IntervalSet([(self.boot_mem_top, self.memory)])
         for a, b in self.kept(page_size):
             freed.remove(a, b)
-        return freed.total() // page_size
+        return freed
 
 
 def fadump_layout(mem: FadumpMem, vm: Vmcore) -> FadumpLayout:
@@ -200,6 +200,7 @@ class FadumpDump(CaptureInterface):
 
     name = FADUMP_ROOT_FILES.interface
     ROOT_FILES = FADUMP_ROOT_FILES
+    RELEASES_PROGRESSIVELY = False
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -268,6 +269,18 @@ class FadumpDump(CaptureInterface):
             state.reason = str(error)
             return state
         _describe(state, mem)
+        try:
+            vm = Vmcore(self.vmcore_path)
+        except (HvdumpError, FormatError) as error:
+            state.warnings.append(str(error))
+        else:
+            # Everything above boot memory is reserved until release_mem.
+            try:
+                top = max(s.source_address + s.source_length for s in mem.boot_regions)
+                state.reserved_bytes = max(0, vm.memory - top)
+                state.dump_bytes = sum(ph.p_filesz for ph in vm.core.segments)
+            finally:
+                vm.close()
         return state
 
     def _mem_reserved(self) -> int | None:
@@ -302,12 +315,16 @@ class FadumpDump(CaptureInterface):
                 chunks.append(Chunk(len(chunks), "mem", s, s, size))
         if not chunks:
             raise HvdumpError(f"{vm.path}: holds no memory of the crashed kernel")
-        pages = lay.freed_pages(ps)
+        freed = list(lay.freed(ps))
+        pages = sum(b - a for a, b in freed) // ps
+        # The pages it frees, from the first to the last (the kept areas are
+        # usually at boot memory's top, so this is exactly what it frees).
+        span = (freed[0][0], freed[-1][1]) if freed else (lay.memory, lay.memory)
         write = ReleaseWrite(
             index=0,
             addr=lay.boot_mem_top,
             size=lay.memory - lay.boot_mem_top,
-            span=(lay.boot_mem_top, lay.memory),
+            span=span,
             scratch=False,
             ready=chunks[-1].index,
             new_pages=(pages, pages),

@@ -65,7 +65,16 @@ class Vmcore:
         view = memoryview(buf)
         done = 0
         while done < len(buf):
-            n = os.preadv(self.fd, [view[done:]], offset + done)
+            try:
+                n = os.preadv(self.fd, [view[done:]], offset + done)
+            except OSError as exc:
+                # procfs answers EIO once the kernel removed the vmcore (the dump
+                # was released or invalidated under the reader).
+                raise HvdumpError(
+                    f"{self.path}: read of {paddr:#x}+{len(buf):#x} failed at offset "
+                    f"{offset + done:#x}: {exc.strerror}"
+                    + ("; the dump is gone (released?)" if not self.path.exists() else "")
+                ) from None
             if n <= 0:
                 raise FormatError(
                     f"short read: {done} of {len(buf)} bytes",

@@ -64,6 +64,7 @@ from drgn_hvdump.dumpdir.names import (
     JOURNAL,
     MANIFEST,
     NOTE_DUMP_HEADER,
+    NOTE_FADUMP_MEM,
     NOTE_REGSAVE,
     PLAN_FILE,
     REGSAVE_FILE,
@@ -77,6 +78,7 @@ from drgn_hvdump.dumpdir.registry import (
 from drgn_hvdump.dumpdir.view import write_plan_file
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import (
+    ELF_PRSTATUS_PPC64,
     NT_PRSTATUS,
     ElfCore,
     LoadSegment,
@@ -151,15 +153,34 @@ def _dump_state(capture: CaptureInterface, accept_partial: bool) -> tuple[DumpSt
 
 
 def _notes(
-    cpu_raw: bytes, header_raw: bytes, vmcoreinfo_desc: bytes | None, byteorder: Any
+    cpu_raw: bytes | None, core: ElfCore, header_raw: bytes, interface: str
 ) -> tuple[list[Note], int]:
-    states = parse_regsave(cpu_raw, "register save area")
-    notes = prstatus_notes(((s.cpu, cpu_state_to_pt_regs(s)) for s in states), byteorder)
+    """The dump's notes: one ``NT_PRSTATUS`` per CPU numbered ``pr_pid`` = CPU + 1, the
+    crashed kernel's VMCOREINFO, and hvdump's own (the firmware's header or structure,
+    the register save area whole).
+
+    phyp dump: the CPUs' registers come from the register save area ``cpu_raw``.
+    fadump: from the capture kernel's notes (``pr_pid`` 0, in the CPU state
+    data's order, which is CPU order), numbered here so that drgn finds them.
+    """
+    order = core.byteorder
+    if cpu_raw is not None:
+        states = parse_regsave(cpu_raw, "register save area")
+        notes = prstatus_notes(((s.cpu, cpu_state_to_pt_regs(s)) for s in states), order)
+    else:
+        notes = [
+            Note("CORE", NT_PRSTATUS, ELF_PRSTATUS_PPC64.pack(replace(p, pr_pid=i + 1), order))
+            for i, p in enumerate(core.prstatus)
+        ]
+    ncpus = len(notes)
+    vmcoreinfo_desc = _vmcoreinfo_raw(core)
     if vmcoreinfo_desc is not None:
         notes.append(Note(VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE, vmcoreinfo_desc))
-    notes.append(Note(HVDUMP_NOTE_NAME, NOTE_DUMP_HEADER, header_raw))
-    notes.append(Note(HVDUMP_NOTE_NAME, NOTE_REGSAVE, cpu_raw))
-    return notes, len(states)
+    header_type = NOTE_FADUMP_MEM if interface == "fadump" else NOTE_DUMP_HEADER
+    notes.append(Note(HVDUMP_NOTE_NAME, header_type, header_raw))
+    if cpu_raw is not None:
+        notes.append(Note(HVDUMP_NOTE_NAME, NOTE_REGSAVE, cpu_raw))
+    return notes, ncpus
 
 
 def _plan_lines(plan: Plan, opts: CollectOptions, dump_file: Path) -> list[str]:
@@ -176,7 +197,11 @@ def _plan_lines(plan: Plan, opts: CollectOptions, dump_file: Path) -> list[str]:
         + ", ".join(f"{k} {v / gib:.3f} GiB" for k, v in kinds.items()),
         "memory: "
         + ", ".join(f"{a:#x}+{s:#x}" for a, s in plan.segments)
-        + f" (low memory from the copy at {plan.copied['rmo'].addr:#x})",
+        + (
+            f" (low memory from the copy at {plan.copied['rmo'].addr:#x})"
+            if "rmo" in plan.copied
+            else ""
+        ),
         f"release ({opts.release}): {len(plan.writes)} writes, "
         f"{plan.reserved_bytes / gib:.2f} GiB reserved now",
     ]
@@ -213,6 +238,11 @@ def collect(opts: CollectOptions) -> CollectResult:
     if why:  # a kernel drgn cannot read in kdump files: ELF, and say so
         opts, codec = replace(opts, format=fmt), None
         c.progress.message(why)
+    if opts.release == "progressive" and not capture.RELEASES_PROGRESSIVELY:
+        c.progress.message(
+            f"{capture.name} gives memory back in one write: --release progressive "
+            "releases it once the whole dump is saved and verified"
+        )
     if opts.dry_run:
         return _dry_run(opts, capture)
     waiting = capture.state().dump_waiting
@@ -509,6 +539,9 @@ def _finish_after_last_release(
             "at the rerun the dump no longer waited: the last release re-registered it"
         ),
     )
+    protected = capture.protect()
+    if protected:
+        manifest = replace(manifest, warnings=(*manifest.warnings, f"at the rerun: {protected}"))
     try:
         journal.open(new=False)
         if log.pending is not None:
@@ -538,7 +571,6 @@ def _collect(
     facts: dict[str, Any],
 ) -> CollectResult:
     core = vm.core
-    byteorder = core.byteorder
     info = core.vmcoreinfo or {}
     plan = capture.plan(state, vm, opts.chunk_size)
     warnings += plan.warnings
@@ -552,9 +584,9 @@ def _collect(
     scrub: list[ScrubRange] = load_filter(opts.scrub, info, plan.memory) if opts.scrub else []
     durable, done_chunks, rel_log = _replay_journal(opts, c, vm, plan, out_dir, journal, scrub)
 
-    # Metadata first: the register save area makes the PRSTATUS notes.
+    # Metadata first: the register save area makes phyp's PRSTATUS notes.
     cpu_chunk = next((ch for ch in plan.chunks if ch.kind == "cpu"), None)
-    if cpu_chunk is None:
+    if cpu_chunk is None and "cpu" in plan.copied:
         raise HvdumpError(f"{opts.root}: the hypervisor saved no CPU state")
     known = journal.file_ids()
     fds: dict[str, int] = {}
@@ -566,11 +598,14 @@ def _collect(
         fds[name] = fd
         return fd
 
-    regsave, hpte = _sidecars(out, plan, open_file, fds)
+    sidecars = _sidecars(out, plan, open_file, fds)
     output: ElfOutput | KdumpOutput | None = None
     try:
-        cpu_raw = _cpu_state(vm, cpu_chunk, regsave, done_chunks.get(cpu_chunk.index))
-        notes, ncpus = _notes(cpu_raw, header_raw, _vmcoreinfo_raw(core), byteorder)
+        cpu_raw = None
+        if cpu_chunk is not None:
+            journaled = done_chunks.get(cpu_chunk.index)
+            cpu_raw = _cpu_state(vm, cpu_chunk, sidecars["cpu"], journaled)
+        notes, ncpus = _notes(cpu_raw, core, header_raw, state.interface)
         eraseinfo = "".join(r.eraseinfo_line() for r in scrub).encode()
 
         try:
@@ -590,7 +625,7 @@ def _collect(
         _register(opts, out, identity, facts)
 
         runner = _Runner(
-            c, opts, plan, vm, capture, journal, output, regsave, hpte, codec, threads, scrub
+            c, opts, plan, vm, capture, journal, output, sidecars, codec, threads, scrub
         )
         runner.durable = durable
         runner.done_chunks = done_chunks
@@ -609,8 +644,8 @@ def _collect(
     finally:
         if output is not None:
             output.close()
-        regsave.close()
-        hpte.close()
+        for side in sidecars.values():
+            side.close()
         journal.close()
     if opts.release != "never":
         unregister_collection(opts.root, identity)
@@ -634,25 +669,27 @@ def _fingerprint(
     }
 
 
+#: The metadata file of each kind of metadata chunk a plan may have.
+_META_FILES = {"cpu": REGSAVE_FILE, "hpte": HPTE_FILE}
+
+
 def _sidecars(
     out: Path, plan: Plan, open_file: Callable[[str], int], fds: dict[str, int]
-) -> tuple[SidecarOutput, SidecarOutput]:
-    """The register save area's and the HPTEs' files, as the hypervisor saved them."""
+) -> dict[str, SidecarOutput]:
+    """The metadata files the plan copies into (phyp: the register save area and the
+    HPTEs, as the hypervisor saved them; fadump: none), by chunk kind."""
+    sidecars: dict[str, SidecarOutput] = {}
     try:
-        regsave = SidecarOutput(
-            str(out / REGSAVE_FILE),
-            plan.copied["cpu"].size,
-            plan.page_size,
-            fd=open_file(REGSAVE_FILE),
-        )
-        hpte = SidecarOutput(
-            str(out / HPTE_FILE), plan.copied["hpte"].size, plan.page_size, fd=open_file(HPTE_FILE)
-        )
+        for kind, name in _META_FILES.items():
+            if kind in plan.copied:
+                sidecars[kind] = SidecarOutput(
+                    str(out / name), plan.copied[kind].size, plan.page_size, fd=open_file(name)
+                )
     except OSError as exc:
         for fd in fds.values():
             os.close(fd)
         raise disk_error(str(out), exc, "cannot create the metadata files") from None
-    return regsave, hpte
+    return sidecars
 
 
 def _cpu_state(
@@ -900,7 +937,7 @@ def _check_files_kept(
             gone[name] = "removed" if st is None else "replaced by another file"
     if not gone:
         return
-    kind_file = {"cpu": REGSAVE_FILE, "hpte": HPTE_FILE, "rmo": dump_name, "mem": dump_name}
+    kind_file = {**_META_FILES, "rmo": dump_name, "mem": dump_name}
     lost: list[tuple[int, int]] = []
     for i in done:
         ch = plan.chunks[i]
@@ -931,15 +968,21 @@ def _utsname(vm: Vmcore, plan: Plan, info: dict[str, str]) -> list[str]:
     Called before anything is released (the journal keeps it for a rerun).
     """
     fallback = ["Linux", "unknown", info.get("OSRELEASE", ""), "unknown", "", "(none)"]
-    rmo = plan.copied["rmo"]
-    has_rmo = any(ch.kind == "rmo" for ch in plan.chunks)
+    rmo = plan.copied.get("rmo")
+    has_rmo = rmo is not None and any(ch.kind == "rmo" for ch in plan.chunks)
+    # phyp: the kernel's memory above the capture region, where it is; fadump: the
+    # vmcore holds all of it at its own addresses (boot memory mapped to its copy).
+    in_place = (
+        [(plan.reserved.addr, plan.scratch.addr - plan.reserved.addr)]
+        if rmo is not None
+        else list(plan.segments)
+    )
 
     def read(paddr: int, size: int) -> bytes | None:
-        # The low memory the hypervisor copied is read at its copy; the rest of
-        # the kernel's memory where it is (still reserved for the dump).
-        if has_rmo and paddr + size <= rmo.size:
+        # The low memory the hypervisor copied is read at its copy.
+        if has_rmo and rmo is not None and paddr + size <= rmo.size:
             src = rmo.addr + paddr
-        elif plan.reserved.addr <= paddr and paddr + size <= plan.scratch.addr:
+        elif any(a <= paddr and paddr + size <= a + n for a, n in in_place):
             src = paddr
         else:
             return None
@@ -968,8 +1011,7 @@ class _Runner:
     capture: CaptureInterface
     journal: Journal
     output: ElfOutput | KdumpOutput
-    regsave: InitVar[SidecarOutput]
-    hpte: InitVar[SidecarOutput]
+    sidecars: InitVar[dict[str, SidecarOutput]]
     codec: Codec | None
     threads: int
     scrub: list[ScrubRange]
@@ -982,7 +1024,7 @@ class _Runner:
     engine: PageEngine = field(init=False)
     start: float = field(default_factory=time.monotonic, init=False)
 
-    def __post_init__(self, regsave: SidecarOutput, hpte: SidecarOutput) -> None:
+    def __post_init__(self, sidecars: dict[str, SidecarOutput]) -> None:
         steps = ("read", "compress_wait", "write", "verify_wait", "release", "final_check")
         self.timings = dict.fromkeys(steps, 0.0)
         output = self.output
@@ -991,7 +1033,7 @@ class _Runner:
             codec=self.codec,
             threads=self.threads,
             output=output,
-            sidecars={"cpu": regsave, "hpte": hpte},
+            sidecars=sidecars,
             load=self._load,
             done=self._done,
             fail=self._fail,
@@ -1013,9 +1055,14 @@ class _Runner:
 
     def _load(self, ch: Chunk, engine: PageEngine) -> tuple[mmap.mmap, memoryview]:
         buf = engine.buffer(ch.size)
-        self.vm.read_into(ch.src, buf)
         assert self.rel is not None
-        self.rel.check_outside(f"reading chunk {ch.index} ({ch.kind} {ch.src:#x}+{ch.size:#x})")
+        where = f"reading chunk {ch.index} ({ch.kind} {ch.src:#x}+{ch.size:#x})"
+        try:
+            self.vm.read_into(ch.src, buf)
+        except HvdumpError:
+            self.rel.check_outside(where)  # a release someone else made explains it
+            raise
+        self.rel.check_outside(where)
         if self.scrub and ch.kind in MEMORY_KINDS:
             apply_scrub(buf, ch.dst, self.scrub)
         return buf, memoryview(buf)
@@ -1111,7 +1158,8 @@ class _Runner:
             chunks=tuple(self._manifest_chunks()),
             metadata={
                 kind: MetaFile(name, plan.copied[kind].size, plan.copied[kind].addr)
-                for kind, name in (("cpu", REGSAVE_FILE), ("hpte", HPTE_FILE))
+                for kind, name in _META_FILES.items()
+                if kind in plan.copied
             },
             dump_header_note=HVDUMP_NOTE_NAME,
             release=ReleaseRecord(

@@ -468,7 +468,10 @@ class _Parser:
         source = self.source(self.obj(m, "source", "source"))
         dump = self.dump(self.obj(m, "dump", "dump"), source.page_size)
         meta = self.obj(m, "metadata", "metadata") if "metadata" in m else {}
-        metadata = self.metadata(meta, tool == "hvdump collect")
+        # phyp dump's register save area and HPTEs are files of their own; fadump's
+        # capture kernel offers neither (its notes carry the registers).
+        phyp = source.capture is None or source.capture.interface != "fadump"
+        metadata = self.metadata(meta, tool == "hvdump collect" and phyp)
         chunks = self.chunks(self.get(m, "chunks", "chunks", list), source.page_size, metadata)
         self.check_cover(chunks, dump.ranges(), metadata)
         note = meta.get("dump_header_note")

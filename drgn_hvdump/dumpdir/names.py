@@ -13,6 +13,7 @@ __all__ = [
     "JOURNAL",
     "MANIFEST",
     "NOTE_DUMP_HEADER",
+    "NOTE_FADUMP_MEM",
     "NOTE_REGSAVE",
     "PLAN_FILE",
     "REGSAVE_FILE",
@@ -37,3 +38,6 @@ NOTE_DUMP_HEADER = 1
 """Note type: the hypervisor's dump header, as the capture kernel showed it."""
 NOTE_REGSAVE = 2
 """Note type: the register save area, whole."""
+NOTE_FADUMP_MEM = 3
+"""Note type: fadump's memory structure (``rtas/ibm,kernel-dump``), as the capture
+kernel showed it (a type of its own: readers of the phyp header skip it)."""

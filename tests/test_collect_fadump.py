@@ -1,0 +1,219 @@
+"""``hvdump collect`` of firmware-assisted dumps: hvsim's fadump LPARs behind a FUSE root.
+
+The same engine as phyp dump; what differs is checked here: no metadata files,
+the capture kernel's PRSTATUS notes numbered by CPU, one release at the very
+end (``release_mem``) and the registration after it, the older sysfs names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drgn_hvdump.capture import FadumpDump, open_capture
+from drgn_hvdump.collect.collector import CollectOptions, collect
+from drgn_hvdump.collect.verify import verify_dir
+from drgn_hvdump.formats.elfcore import NT_PRSTATUS, ElfCore, parse_notes, parse_prstatus
+from drgn_hvdump.formats.kdump import KdumpFile
+from hvsim import Lpar
+from hvsim.fadump import reservation
+from hvsim.verify import verify_dump
+from tests.collect_support import (
+    FUSE_MISSING,
+    compare_with_truth,
+    hvdump,
+    make_lpar,
+    manifest,
+    mounted,
+    start_collect,
+)
+
+needs_fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING)
+pytestmark = [needs_fuse, pytest.mark.fuse]
+
+
+def _fadump_lpar(path: Path, **kw: Any) -> Lpar:
+    return make_lpar(path, dump="fadump", **kw)
+
+
+def _journal(out: Path) -> list[dict[str, Any]]:
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines if x.strip().endswith("}")]
+
+
+def _released_early(lpar: Lpar, out: Path) -> list[str]:
+    """fadump releases once: memory freed before every chunk was journaled is a loss."""
+    if not lpar.released_ranges():
+        return []
+    if not (out / "plan.json").exists():
+        return ["released before the collection wrote its plan"]
+    chunks = json.loads((out / "plan.json").read_text())["chunks"]
+    done = {r["i"] for r in _journal(out) if r.get("t") == "chunk"}
+    missing = len(chunks) - len(done)
+    return [f"released with {missing} chunks not durable"] if missing else []
+
+
+@pytest.mark.parametrize(("endian", "fmt"), [("big", "kdump"), ("little", "elf")])
+def test_collect_saves_everything_then_releases_once_and_registers(
+    tmp_path: Path, endian: str, fmt: str
+) -> None:
+    lpar = _fadump_lpar(tmp_path / "lpar", endian=endian, boot_regions=2, cpus=3)
+    out = tmp_path / "out"
+    with mounted(lpar, tmp_path / "root") as root:
+        capture = open_capture(root)
+        assert isinstance(capture, FadumpDump)
+        state = capture.state()
+        assert state.dump_waiting and state.valid and state.interface == "fadump"
+        assert list(state.sections) == ["cpu", "hpte", "boot0", "boot1", "param"]
+        assert state.reserved_bytes == lpar.config.memory - lpar.config.reserve_size
+        status = hvdump("status", "--root", str(root))
+        assert status.returncode == 0 and "interface:           fadump" in status.stdout
+        assert "registered for the next crash: no" in status.stdout
+        result = hvdump("collect", "--root", str(root), "-o", str(out), "--format", fmt)
+        assert result.returncode == 0, result.stderr
+        assert "gives memory back in one write" in result.stderr
+        assert (root / "sys/kernel/fadump/registered").read_text() == "1\n"
+        assert not (root / "proc/vmcore").exists()
+    assert lpar.state == "running" and lpar.protected
+    res = reservation(lpar.config)
+    assert lpar.reserved_ranges() == [res.kept]
+    assert sorted(os.listdir(out)) == sorted(
+        ["journal.jsonl", "manifest.json", "plan.json", f"dump.{fmt}"]
+    )
+    m = manifest(out)
+    assert m["source"]["interface"] == "fadump" and "metadata" not in m
+    assert [w["done"] for w in m["release"]["writes"]] == [True]
+    assert compare_with_truth(lpar, out) == []
+    assert verify_dir(out)[0]
+    report = verify_dump(lpar, out / f"dump.{fmt}")
+    assert report.ok, report.text()
+    # PRSTATUS numbered by CPU (the capture kernel wrote pr_pid 0), registers exact
+    want = [(s.regs["NIA"], s.regs["GPR01"]) for s in lpar.expected_cpu_states()]
+    if fmt == "elf":
+        core = ElfCore.open(out / "dump.elf")
+        prstatus = list(core.prstatus)
+        core.close()
+    else:
+        from drgn_hvdump.codecs import decompress_page
+
+        kd = KdumpFile.open(out / "dump.kdump", decompress_page)
+        notes = parse_notes(kd.notes, endian)
+        kd.close()
+        prstatus = [
+            parse_prstatus(n.desc, endian)
+            for n in notes
+            if n.type == NT_PRSTATUS and n.name == "CORE"
+        ]
+    assert [p.pr_pid for p in prstatus] == [1, 2, 3]
+    assert [(p.pr_reg.nip, p.pr_reg.gpr[1]) for p in prstatus] == want
+    events = [e for _, e in lpar.status()["events"]]
+    assert sum("release_mem" in e for e in events) == 1
+
+
+def test_drgn_reads_a_collected_fadump_dump(tmp_path: Path) -> None:
+    from hvsim.kernel import vmlinux_path
+    from tests.drgn_support import open_core
+
+    lpar = _fadump_lpar(tmp_path / "lpar", endian="little", boot_regions=3)
+    out = tmp_path / "out"
+    with mounted(lpar, tmp_path / "root") as root:
+        collect(CollectOptions(root=root, output=out, progress=False))
+    prog = open_core(out / "dump.kdump", vmlinux_path("little"))
+    image = lpar.crashed_kernel()
+    assert image is not None
+    release = prog["init_uts_ns"].name.release.string_().decode()
+    assert release == lpar.config.osrelease
+    thread = prog.crashed_thread()
+    frames = [str(f.name) for f in thread.stack_trace() if f.name]
+    assert "panic" in frames, frames
+
+
+def test_release_never_then_a_rerun_releases(tmp_path: Path) -> None:
+    lpar = _fadump_lpar(tmp_path / "lpar")
+    out = tmp_path / "out"
+    with mounted(lpar, tmp_path / "root") as root:
+        collect(CollectOptions(root=root, output=out, release="never", progress=False))
+        assert lpar.state == "capture" and lpar.released_ranges() == []
+        dry = hvdump("collect", "--root", str(root), "-o", str(tmp_path / "dry"), "--dry-run")
+        assert dry.returncode == 0 and "1 writes" in dry.stdout, dry.stdout
+        res = collect(CollectOptions(root=root, output=out, progress=False))
+        assert res.resumed
+    assert lpar.state == "running" and lpar.protected
+    assert compare_with_truth(lpar, out) == []
+
+
+class _Killed(Exception):
+    """Stands for kill -9 at a hook point."""
+
+
+def test_killed_between_release_mem_and_registration_registers_at_the_rerun(
+    tmp_path: Path,
+) -> None:
+    lpar = _fadump_lpar(tmp_path / "lpar")
+    out = tmp_path / "out"
+
+    def hook(event: str, n: int) -> None:
+        if event == "release-intent":
+            # The kernel made the release; the collector died before registering.
+            lpar.fadump_write("release_mem", b"1")
+            raise _Killed(event)
+
+    with mounted(lpar, tmp_path / "root") as root:
+        with pytest.raises(_Killed):
+            collect(CollectOptions(root=root, output=out, hook=hook, progress=False))
+        assert lpar.state == "running" and not lpar.protected
+        res = collect(CollectOptions(root=root, output=out, progress=False))
+        assert res.resumed
+    assert lpar.protected
+    m = manifest(out)
+    assert any("registered again" in w for w in m["warnings"]), m["warnings"]
+    assert compare_with_truth(lpar, out) == []
+
+
+def test_a_release_made_by_hand_stops_the_collection(tmp_path: Path) -> None:
+    lpar = _fadump_lpar(tmp_path / "lpar")
+    out = tmp_path / "out"
+
+    def hook(event: str, n: int) -> None:
+        if event == "chunk" and n == 3:
+            lpar.fadump_write("release_mem", b"1")
+
+    with mounted(lpar, tmp_path / "root") as root, pytest.raises(Exception) as exc:
+        collect(
+            CollectOptions(root=root, output=out, hook=hook, chunk_size=8 << 20, progress=False)
+        )
+    text = str(exc.value)
+    assert "released outside this collection" in text or "vmcore" in text, text
+    assert "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_loses_nothing(tmp_path: Path) -> None:
+    rng = random.Random(int(os.environ.get("HVDUMP_KILL_SEED", "5")))
+    kills = 0
+    for n in range(3):
+        lpar = _fadump_lpar(tmp_path / f"lpar{n}", endian=("big", "little")[n % 2], seed=n)
+        out = tmp_path / f"out{n}"
+        with mounted(lpar, tmp_path / f"root{n}") as root:
+            while True:
+                proc = start_collect(root, out, "--threads", str(1 + n % 2))
+                try:
+                    proc.wait(timeout=rng.uniform(0.3, 1.5))
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    kills += 1
+                    assert _released_early(lpar, out) == [], kills
+                    continue
+                assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+                break
+        assert lpar.state == "running" and lpar.protected
+        assert compare_with_truth(lpar, out) == []
+    assert kills >= 3

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drgn_hvdump.capture import CaptureInterface, open_capture
+from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
 from drgn_hvdump.capture.base import DT_DIRS
 from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.collect.collector import CollectOptions, CollectResult, collect
@@ -194,9 +194,7 @@ def facts(root: Path) -> dict[str, Any]:
         "interface": state.interface,
         "firmware_supported": state.firmware_supported,
         "dump_enabled": state.dump_enabled,
-        "registered": bool(
-            state.firmware_supported and state.dump_enabled and not state.dump_waiting
-        ),
+        "registered": _registered(state),
         "dump_waiting": state.dump_waiting,
         "dump_valid": state.valid,
         "reason": state.reason,
@@ -210,6 +208,15 @@ def facts(root: Path) -> dict[str, Any]:
         "crash_time": int(crash) if str(crash).isdigit() else None,
         "owner": held,
     }
+
+
+def _registered(state: DumpState) -> bool:
+    """Whether the LPAR is protected: what the kernel says (fadump's ``registered``),
+    else what a kernel with dump support enabled does when no dump waits (registers)."""
+    said = state.details.get("registered")
+    if isinstance(said, bool):
+        return said
+    return bool(state.firmware_supported and state.dump_enabled and not state.dump_waiting)
 
 
 def collection(output: Path) -> dict[str, Any]:

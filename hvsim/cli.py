@@ -82,6 +82,15 @@ size costs no disk. The kernel's byte order (--endian) and page size
 (--page-size) shape memory and the ELF core; the hypervisor's structures are
 big-endian either way. The scratch area needs room above the capture region:
 with the default 256 MiB reserve an LPAR needs at least 768M to be protected.
+
+--dump fadump makes today's POWER LPAR instead: firmware-assisted dump
+(fadump=on). --reserve-size is then the boot memory (default 5% of RAM, at
+least 256M), registered as --boot-regions sections; the capture kernel shows
+/sys/kernel/fadump/{enabled,registered,release_mem,mem_reserved,hotplug_ready}
+and builds /proc/vmcore itself; one write of 1 to release_mem gives all
+memory back, and 1 to registered protects the LPAR again (docs/fadump.md):
+
+  hvsim create /tmp/fa --memory 4G --dump fadump --boot-regions 3 --boot
 """
 
 _ADOPT_HELP = """\
@@ -282,7 +291,9 @@ def _add_create(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--mix", help="page mix, e.g. zero=0.3,text=0.3,pointer=0.3,random=0.1")
     p.add_argument("--no-firmware", action="store_true", help="firmware without dump support")
     p.add_argument(
-        "--no-dump", action="store_true", help="kernel booted with phyp_dump=0 (never registers)"
+        "--no-dump",
+        action="store_true",
+        help="kernel booted with phyp_dump=0 (fadump: fadump=off): never registers",
     )
     p.add_argument(
         "--dump",

@@ -39,8 +39,8 @@ from drgn_hvdump.capture import PHYP_ROOT_FILES, RootTable
 from drgn_hvdump.capture.rootfiles import CAPTURE
 from drgn_hvdump.errors import HvdumpError
 
-from .config import format_size, parse_size
-from .fuse_root import is_mounted, mount, umount
+from .config import DUMP_KINDS, format_size, parse_size
+from .fuse_root import is_mounted, mount, root_table, umount
 from .kernel import SCENARIOS
 from .lpar import Lpar
 
@@ -70,6 +70,7 @@ class FleetHost:
     memory: int
     seed: int
     endian: str
+    dump: str = "phyp"
 
     @classmethod
     def laid_out(
@@ -81,13 +82,14 @@ class FleetHost:
         memory: int,
         seed: int,
         endian: str,
+        dump: str = "phyp",
     ) -> FleetHost:
         """A host of the fleet in ``directory``: its LPAR, mount point (also its root)
         and dump directory are ``lpars/NAME``, ``mnt/NAME`` and ``crash/NAME`` there."""
         mnt = str(directory / "mnt" / name)
         lpar, dump_dir = (str(directory / sub / name) for sub in ("lpars", "crash"))
         # Positional, in the order of the fields above.
-        return cls(name, kind, scenario, lpar, mnt, mnt, dump_dir, memory, seed, endian)
+        return cls(name, kind, scenario, lpar, mnt, mnt, dump_dir, memory, seed, endian, dump)
 
 
 def _kinds(count: int, seed: int, kinds: list[str] | None) -> list[tuple[str, str | None]]:
@@ -151,6 +153,7 @@ def _inventory(directory: Path, hosts: list[FleetHost]) -> dict[str, Any]:
             "hvdump_dump_dir": h.dump_dir,
             "hvsim_lpar": h.lpar,
             "hvsim_kind": h.kind if h.scenario is None else f"{h.kind}:{h.scenario}",
+            "hvsim_dump": h.dump,
         }
     return {
         "all": {
@@ -188,10 +191,19 @@ def fleet_up(
     kinds: list[str] | None = None,
     endian_mix: bool = True,
     prefix: str = "lpar",
+    dumps: list[str] | None = None,
 ) -> list[FleetHost]:
-    """Create, crash as drawn, and mount ``count`` LPARs; write the inventory."""
+    """Create, crash as drawn, and mount ``count`` LPARs; write the inventory.
+
+    ``dumps`` is the dump interface of each LPAR, cycled (``phyp``, ``fadump``;
+    default all ``phyp``): ``["phyp", "fadump"]`` makes a mixed fleet.
+    """
     if count < 1:
         raise ValueError("a fleet has at least one LPAR")
+    dumps = dumps or ["phyp"]
+    for dump in dumps:
+        if dump not in DUMP_KINDS:
+            raise ValueError(f"unknown dump interface {dump!r}; known: {', '.join(DUMP_KINDS)}")
     d = Path(directory).absolute()
     if (d / FLEET_FILE).exists():
         raise HvdumpError(f"{d}: a fleet is already up here (hvsim fleet down --dir {d})")
@@ -208,7 +220,8 @@ def fleet_up(
         for i, (kind, scenario) in enumerate(drawn, 1):
             endian = rng.choice(("big", "little")) if endian_mix else "big"
             name = f"{prefix}{i:0{width}d}"
-            host = FleetHost.laid_out(d, name, kind, scenario, mem, seed * 1000 + i, endian)
+            dump = dumps[(i - 1) % len(dumps)]
+            host = FleetHost.laid_out(d, name, kind, scenario, mem, seed * 1000 + i, endian, dump)
             lpar = Lpar.create(
                 host.lpar,
                 memory=mem,
@@ -217,6 +230,7 @@ def fleet_up(
                 firmware_dump=kind != "no-firmware",
                 name=name,
                 boot=True,
+                dump=dump,
             )
             if kind in ("crashed", "corrupt-header"):
                 lpar.crash(scenario)
@@ -227,7 +241,7 @@ def fleet_up(
             mount(host.lpar, host.mount)
             if kind == "corrupt-header":
                 root = d / "roots" / name
-                _corrupt_root(Path(host.mount), root)
+                _corrupt_root(Path(host.mount), root, root_table(dump))
                 host.root = str(root)
                 record["hosts"] = [asdict(h) for h in hosts]
                 _write_json(d / FLEET_FILE, record)
@@ -278,6 +292,7 @@ def fleet_status(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
             {
                 "name": h.name,
                 "kind": h.kind if h.scenario is None else f"{h.kind}:{h.scenario}",
+                "dump": h.dump,
                 "state": st["state"],
                 "protected": st["protected"],
                 "dump_waiting": st["dump_waiting"],
@@ -312,10 +327,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
         memory=args.memory,
         kinds=kinds,
         endian_mix=not args.big_endian_only,
+        dumps=["phyp", "fadump"] if args.dump == "mixed" else args.dump.split(","),
     )
     for h in hosts:
         kind = h.kind if h.scenario is None else f"{h.kind} ({h.scenario})"
-        print(f"{h.name}: {format_size(h.memory)} {h.endian}-endian, {kind}, root {h.root}")
+        print(
+            f"{h.name}: {format_size(h.memory)} {h.endian}-endian {h.dump}, {kind}, root {h.root}"
+        )
     print(f"inventory: {Path(args.dir).absolute() / INVENTORY}")
     return 0
 
@@ -335,7 +353,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         flags = "protected" if r["protected"] else ("dump waiting" if r["dump_waiting"] else "-")
         print(
-            f"{r['name']:<10} {r['kind']:<22} {r['state']:<8} {flags:<13} "
+            f"{r['name']:<10} {r['dump']:<6} {r['kind']:<22} {r['state']:<8} {flags:<13} "
             f"reserved {r['reserved_bytes'] / (1 << 30):6.2f} GiB "
             f"{'mounted' if r['mounted'] else 'NOT mounted'}"
         )
@@ -366,6 +384,13 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "no-firmware, corrupt-header (default: the seeded mix)",
     )
     p.add_argument("--big-endian-only", action="store_true", help="no little-endian LPARs")
+    p.add_argument(
+        "--dump",
+        default="phyp",
+        metavar="INTERFACES",
+        help="dump interface of the LPARs, a comma list cycled: phyp, fadump; 'mixed' for "
+        "phyp,fadump (default phyp)",
+    )
     p.set_defaults(func=_cmd_up)
     p = fsub.add_parser("down", help="unmount the roots and delete the fleet directory")
     p.add_argument("--dir", required=True)

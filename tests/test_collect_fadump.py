@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,11 @@ def test_collect_saves_everything_then_releases_once_and_registers(
     # PRSTATUS numbered by CPU (the capture kernel wrote pr_pid 0), registers exact
     want = [(s.regs["NIA"], s.regs["GPR01"]) for s in lpar.expected_cpu_states()]
     if fmt == "elf":
+        readelf = subprocess.run(
+            ["readelf", "-W", "-n", "-l", str(out / "dump.elf")], capture_output=True, text=True
+        )
+        assert readelf.returncode == 0 and readelf.stderr == "", readelf.stderr
+        assert readelf.stdout.count("NT_PRSTATUS") == 3 and "VMCOREINFO" in readelf.stdout
         core = ElfCore.open(out / "dump.elf")
         prstatus = list(core.prstatus)
         core.close()
@@ -117,22 +123,54 @@ def test_collect_saves_everything_then_releases_once_and_registers(
     assert sum("release_mem" in e for e in events) == 1
 
 
-def test_drgn_reads_a_collected_fadump_dump(tmp_path: Path) -> None:
+_PLAIN_DRGN = r"""
+import sys, drgn
+prog = drgn.Program()
+prog.set_core_dump(sys.argv[1])
+prog.load_debug_info([sys.argv[2]])
+print(" ".join(str(f.name) for f in prog.crashed_thread().stack_trace() if f.name))
+"""
+
+
+@pytest.mark.parametrize("endian", ["big", "little"])
+def test_tools_we_did_not_write_read_a_collected_fadump_dump(tmp_path: Path, endian: str) -> None:
+    """drgn with and without the plugin (the crashed thread's backtrace from the
+    renumbered notes) and libkdumpfile, on boot memory and above the reserved area."""
     from hvsim.kernel import vmlinux_path
     from tests.drgn_support import open_core
+    from tests.test_collect import _drgn_reads, _libkdumpfile_reads
 
-    lpar = _fadump_lpar(tmp_path / "lpar", endian="little", boot_regions=3)
+    lpar = _fadump_lpar(tmp_path / "lpar", endian=endian, boot_regions=3)
     out = tmp_path / "out"
     with mounted(lpar, tmp_path / "root") as root:
         collect(CollectOptions(root=root, output=out, progress=False))
-    prog = open_core(out / "dump.kdump", vmlinux_path("little"))
-    image = lpar.crashed_kernel()
-    assert image is not None
-    release = prog["init_uts_ns"].name.release.string_().decode()
-    assert release == lpar.config.osrelease
-    thread = prog.crashed_thread()
-    frames = [str(f.name) for f in thread.stack_trace() if f.name]
-    assert "panic" in frames, frames
+    res = reservation(lpar.config)
+    regions = res.boot_regions()
+    addrs = [
+        0,
+        0x10000,
+        regions[1][0],
+        regions[2][0] + 0x20000,
+        res.ra_end,
+        lpar.config.memory - 65536,
+    ]
+    dump = out / "dump.kdump"
+    _drgn_reads(lpar, dump, addrs)
+    _libkdumpfile_reads(lpar, dump, addrs)
+    vmlinux = vmlinux_path(endian)
+    prog = open_core(dump, vmlinux)
+    assert prog["init_uts_ns"].name.release.string_().decode() == lpar.config.osrelease
+    frames = [str(f.name) for f in prog.crashed_thread().stack_trace() if f.name]
+    assert frames[0] == "panic", frames
+    plain = subprocess.run(
+        [sys.executable, "-c", _PLAIN_DRGN, str(dump), vmlinux],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DRGN_DISABLE_PLUGINS": "*"},
+        timeout=120,
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.split() == frames
 
 
 def test_release_never_then_a_rerun_releases(tmp_path: Path) -> None:

@@ -255,3 +255,19 @@ def test_kill_9_at_random_points_loses_nothing(tmp_path: Path) -> None:
         assert lpar.state == "running" and lpar.protected
         assert compare_with_truth(lpar, out) == []
     assert kills >= 3
+
+
+def test_drgn_on_the_live_fadump_vmcore(tmp_path: Path) -> None:
+    """The plugin leaves fadump's own vmcore to drgn: no complaint, the backtrace works."""
+    from hvsim.kernel import vmlinux_path
+
+    lpar = _fadump_lpar(tmp_path / "lpar", endian="big")
+    with mounted(lpar, tmp_path / "root") as root:
+        res = subprocess.run(
+            [sys.executable, "-c", _PLAIN_DRGN, str(root / "proc/vmcore"), vmlinux_path("big")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert res.stdout.split()[0] == "panic"

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from drgn_hvdump.capture import detect_capture, open_capture
+from drgn_hvdump.capture import FADUMP_ROOT_FILES, detect_capture, open_capture
 from drgn_hvdump.dumpdir.names import HVDUMP_NOTE_NAME, NOTE_DUMP_HEADER, NOTE_REGSAVE, PLAN_FILE
 from drgn_hvdump.dumpdir.registry import find_collection, registration_path
 from drgn_hvdump.dumpdir.view import CollectionView
@@ -642,7 +642,9 @@ def _open_source(kind: Kind, v: _Vmcore) -> DumpSource:
 def _identify_live(v: _Vmcore) -> DumpSource | None:
     root = v.path.parent.parent
     capture = detect_capture(root)
-    if capture is None:
+    if capture is None or capture.name == FADUMP_ROOT_FILES.interface:
+        # fadump's capture kernel maps the crashed memory back itself: drgn reads
+        # its vmcore as it is (the plugin's release awareness is phyp dump's).
         return None
     state = capture.state()
     if not state.readable:

@@ -1,4 +1,5 @@
-"""collect-dumps.yml against a fleet of 8 simulated LPARs (+1 unreachable) with failures injected.
+"""collect-dumps.yml against a mixed fleet of 8 simulated LPARs (+1 unreachable): odd hosts
+run phyp dump, even ones fadump, with failures injected.
 
 One collector killed part-way (the rerun resumes it), one output disk full, one
 corrupt dump header, one unreachable host, one host whose archive path refuses
@@ -62,7 +63,10 @@ def test_collect_dumps_failures_resume_idempotence(tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     mounts: list[Path] = []
     try:
-        with fleet(tmp_path / "fleet", 8, kinds=KINDS, memory="1G", seed=5) as hosts:
+        with fleet(
+            tmp_path / "fleet", 8, kinds=KINDS, memory="1G", seed=5, dumps=["phyp", "fadump"]
+        ) as hosts:
+            assert [h.dump for h in hosts] == ["phyp", "fadump"] * 4
             byname = {h.name: h for h in hosts}
             inv = yaml.safe_load((tmp_path / "fleet/inventory.yml").read_text())
             group = inv["all"]["children"]["lpars"]
@@ -133,7 +137,8 @@ def test_collect_dumps_failures_resume_idempotence(tmp_path: Path) -> None:
                 lines, KILLED
             ) and "rerun to resume" in _line(lines, KILLED)
             assert "failed" in _line(lines, DISKFULL) and "space" in _line(lines, DISKFULL).lower()
-            assert "dump header version" in _line(lines, CORRUPT)
+            # lpar06 runs fadump: its damaged structure is named as such
+            assert "fadump memory structure version 0xdead" in _line(lines, CORRUPT)
             # The archive check before collecting: nothing collected, nothing released.
             assert "the archive target cannot be used" in _line(lines, ARCH_RO)
             assert "not writable" in _line(lines, ARCH_RO)

@@ -271,3 +271,41 @@ def test_drgn_on_the_live_fadump_vmcore(tmp_path: Path) -> None:
         )
     assert res.returncode == 0 and res.stderr == "", res.stderr
     assert res.stdout.split()[0] == "panic"
+
+
+def test_two_collectors_at_once_one_owner(tmp_path: Path) -> None:
+    """Two collectors started together: one owns the dump and releases it once; the other
+    refuses naming the owner (75) or, if it came too late, finds no dump waiting."""
+    lpar = _fadump_lpar(tmp_path / "lpar", endian="little")
+    with mounted(lpar, tmp_path / "root") as root:
+        procs = [start_collect(root, tmp_path / f"out{i}") for i in range(2)]
+        results = []
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            results.append((proc.returncode, err.decode() if isinstance(err, bytes) else err))
+    codes = sorted(rc for rc, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, results
+    loser = next(err for rc, err in results if rc != 0)
+    assert "Traceback" not in loser and len(loser.strip().splitlines()) == 1, loser
+    assert (codes[1] == 75 and "pid" in loser) or "no dump" in loser, loser
+    assert lpar.status()["counters"]["releases"] == 1
+    assert lpar.state == "running" and lpar.protected
+    winner = next(i for i, (rc, _) in enumerate(results) if rc == 0)
+    assert compare_with_truth(lpar, tmp_path / f"out{winner}") == []
+
+
+def test_a_damaged_structure_is_one_line_and_releases_nothing(tmp_path: Path) -> None:
+    from drgn_hvdump.capture import FADUMP_ROOT_FILES
+    from hvsim.fleet import _corrupt_root
+
+    lpar = _fadump_lpar(tmp_path / "lpar")
+    with mounted(lpar, tmp_path / "mnt") as mnt:
+        root = tmp_path / "root"
+        _corrupt_root(mnt, root, FADUMP_ROOT_FILES)
+        status = hvdump("status", "--root", str(root))
+        assert "fadump memory structure version 0xdead" in status.stdout, status.stdout
+        res = hvdump("collect", "--root", str(root), "-o", str(tmp_path / "out"))
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "fadump memory structure version 0xdead" in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+    assert lpar.state == "capture" and lpar.released_ranges() == []

@@ -238,15 +238,12 @@ def collect(opts: CollectOptions) -> CollectResult:
     if why:  # a kernel drgn cannot read in kdump files: ELF, and say so
         opts, codec = replace(opts, format=fmt), None
         c.progress.message(why)
-    if opts.release == "progressive" and not capture.RELEASES_PROGRESSIVELY:
-        c.progress.message(
-            f"{capture.name} gives memory back in one write: --release progressive "
-            "releases it once the whole dump is saved and verified"
-        )
     if opts.dry_run:
+        _say_release_policy(c, opts, capture)
         return _dry_run(opts, capture)
-    waiting = capture.state().dump_waiting
-    if not waiting and not os.path.lexists(opts.output):
+    first = capture.state()
+    waiting = first.dump_waiting
+    if not (waiting and first.readable) and not os.path.lexists(opts.output):
         _dump_state(capture, opts.accept_partial)  # says why; nothing is created
     lock = DumpLock(opts.root, capture.lock_path)
     out: OutputDir | None = None
@@ -260,12 +257,21 @@ def collect(opts: CollectOptions) -> CollectResult:
             )
         out = OutputDir.open(opts.output)
         _lock_output(out, opts, c)
+        _say_release_policy(c, opts, capture)
         return _collect_owned(c, opts, codec, threads, capture, out)
     finally:
         c.progress.close()
         lock.release()
         if out is not None:
             out.close()
+
+
+def _say_release_policy(c: RunRecord, opts: CollectOptions, capture: CaptureInterface) -> None:
+    if opts.release == "progressive" and not capture.RELEASES_PROGRESSIVELY:
+        c.progress.message(
+            f"{capture.name} gives memory back in one write: --release progressive "
+            "releases it once the whole dump is saved and verified"
+        )
 
 
 def _lock_output(out: OutputDir, opts: CollectOptions, c: RunRecord) -> None:

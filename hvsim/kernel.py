@@ -1613,10 +1613,17 @@ def _lay_cpus(b: _Build) -> tuple[list[TaskInfo], list[dict[str, int]]]:
 
 
 def _lay_crash_notes(b: _Build, running: list[TaskInfo], regs_all: list[dict[str, int]]) -> None:
-    """crash_notes: each CPU's ``NT_PRSTATUS`` as crash_save_cpu() leaves it."""
+    """crash_notes: each CPU's ``NT_PRSTATUS`` as crash_save_cpu() leaves it.
+
+    A fadump kernel crashes into the firmware (``crash_fadump()``), which never
+    runs crash_save_cpu(): its buffers stay empty, and drgn then finds no
+    registers for any CPU (as on a real fadump vmcore) unless told.
+    """
     order = b.image.config.endian
     notes_sym = b.sym("crash_notes_percpu")
     b.mem.put_int(b.sym("crash_notes"), 8, notes_sym)
+    if b.image.config.dump == "fadump":
+        return
     for cpu in range(b.cpus):
         desc = build_prstatus(
             _pt_regs_of(regs_all[cpu], cpu == b.image.crash_cpu, b.image.scenario.trap),

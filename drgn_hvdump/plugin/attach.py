@@ -24,8 +24,9 @@ def may_be_ours(path: str) -> bool:
     A cheap filter before the plugin's modules are imported (about 0.1 s):
     a file ``hvdump collect`` wrote has an ``HVDUMP`` note, and a capture
     kernel's ``/proc/vmcore`` (or a copy) is an ELF core whose ``NT_PRSTATUS``
-    notes, if any, are numbered by CPU (a kdump core's carry task pids); every
-    note sits near the start of the file.
+    notes, if any, are numbered by CPU (a kdump core's carry task pids) or, as
+    fadump's capture kernel writes them, all 0; every note sits near the start
+    of the file.
     :func:`drgn_hvdump.plugin.source.identify` decides.
     """
     try:
@@ -51,7 +52,8 @@ def may_be_ours(path: str) -> bool:
 
     try:
         with ElfCore.open(path) as core:
-            return numbered_by_cpu(core.prstatus)
+            pids = [ps.pr_pid for ps in core.prstatus]
+            return numbered_by_cpu(core.prstatus) or (len(pids) > 1 and not any(pids))
     except (FormatError, OSError):
         return False
 
@@ -111,9 +113,11 @@ def attach(prog: drgn.Program) -> None:
 
         if source.kind in ("live", "raw"):
             install_memory(prog, source)
-        else:
+        elif source.kind == "collected":
             install_pending(prog, source)
-        install_registers(prog, source.cpu_states(), source.byteorder)
+        # fadump: drgn reads the file's memory itself; only the registers are missing.
+        keep = source.kind == "fadump"
+        install_registers(prog, source.cpu_states(), source.byteorder, keep_saved=keep)
     from drgn_hvdump.plugin.symbols import install_elfv1_symbols
 
     install_elfv1_symbols(prog)

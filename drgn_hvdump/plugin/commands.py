@@ -37,13 +37,15 @@ def _print_info(prog: drgn.Program) -> None:
         "live": f"live /proc/vmcore of a capture kernel (root {info.root})",
         "raw": "a copy of a capture kernel's /proc/vmcore",
         "collected": "a dump written by hvdump collect",
+        "fadump": "a firmware-assisted dump (fadump): registers from its PRSTATUS notes"
+        + (f", live on root {info.root}" if info.root else ""),
     }
     print(f"dump:        {info.path}")
     print(f"kind:        {kinds[info.kind]}")
     print(f"kernel:      ppc64, {info.byteorder}-endian, {info.page_size // 1024} KiB pages")
     print(f"memory:      {_size(info.memory)} ({info.memory:#x} bytes), {info.cpus} CPUs saved")
     if info.header:
-        print("dump header (hypervisor):")
+        print("fadump memory structure:" if info.kind == "fadump" else "dump header (hypervisor):")
         for line in info.header:
             print(f"  {line}")
     else:

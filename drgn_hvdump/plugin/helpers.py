@@ -26,6 +26,7 @@ from drgn_hvdump.formats.dump_header import (
     status_names,
 )
 from drgn_hvdump.formats.elfcore import PT_REGS_PPC64, ElfCore, PtRegs
+from drgn_hvdump.formats.fadump_mem import describe_fadump_mem, section_names
 from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.regsave import CpuState, cpu_state_to_pt_regs
 from drgn_hvdump.mmu import Disagreement, Translation
@@ -117,6 +118,20 @@ def hvdump_info(prog: drgn.Program) -> DumpInfo:
             "bytes_to_save": sum(c.size for c in mem_chunks),
             "bytes_released": cv.released.total(),
         }
+    header: list[str] = []
+    status: list[str] = []
+    errors: dict[str, list[str]] = {}
+    if h is not None:
+        header, status = describe_dump_header(h), status_names(h.status)
+        named = [("cpu", h.cpu), ("hpte", h.hpte), ("rmo", h.rmo)]
+        errors = {name: section_error_names(s.error_flags) for name, s in named}
+    elif src.fadump is not None:
+        mem = src.fadump
+        header, status = describe_fadump_mem(mem), status_names(mem.header.status)
+        errors = {
+            name: section_error_names(s.error_flags)
+            for name, s in zip(section_names(mem), mem.sections, strict=True)
+        }
     return DumpInfo(
         kind=src.kind,
         path=str(src.path),
@@ -125,14 +140,9 @@ def hvdump_info(prog: drgn.Program) -> DumpInfo:
         page_size=src.page_size,
         memory=src.memory,
         cpus=len(src.cpu_states()),
-        header=describe_dump_header(h) if h else [],
-        status=status_names(h.status) if h else [],
-        section_errors={
-            name: section_error_names(s.error_flags)
-            for name, s in (("cpu", h.cpu), ("hpte", h.hpte), ("rmo", h.rmo))
-        }
-        if h
-        else {},
+        header=header,
+        status=status,
+        section_errors=errors,
         collection=collection,
         warnings=list(src.warnings),
     )

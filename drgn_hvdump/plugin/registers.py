@@ -46,8 +46,24 @@ def _running_pid(prog: drgn.Program, cpu: int) -> int:
         return 0
 
 
-def install_registers(prog: drgn.Program, states: list[CpuState], byteorder: ByteOrder) -> None:
-    """Make drgn's on-CPU registers come from ``states`` (see the module docstring)."""
+def _has_note(prog: drgn.Program, addr: int, byteorder: ByteOrder) -> bool:
+    """Whether the ``crash_notes`` buffer at ``addr`` holds a ``CORE`` note already."""
+    try:
+        head = prog.read(addr, 12)
+    except drgn.FaultError:
+        return False
+    namesz = int.from_bytes(head[0:4], byteorder)
+    kind = int.from_bytes(head[8:12], byteorder)
+    return namesz == 5 and kind == NT_PRSTATUS
+
+
+def install_registers(
+    prog: drgn.Program, states: list[CpuState], byteorder: ByteOrder, *, keep_saved: bool = False
+) -> None:
+    """Make drgn's on-CPU registers come from ``states`` (see the module docstring).
+
+    ``keep_saved``: leave a CPU whose buffer the kernel filled (fadump's kernel
+    fills none; a buffer it did fill is the kernel's own truth)."""
     if not states or _CACHE_KEY in prog.cache:
         return
     busy = False
@@ -64,6 +80,8 @@ def install_registers(prog: drgn.Program, states: list[CpuState], byteorder: Byt
             offsets = prog["__per_cpu_offset"]
             for state in states:
                 addr = (notes + offsets[state.cpu].value_()) & ((1 << 64) - 1)
+                if keep_saved and _has_note(prog, addr, byteorder):
+                    continue
                 buf = crash_note(state, byteorder, _running_pid(prog, state.cpu))
 
                 def read(

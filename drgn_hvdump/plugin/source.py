@@ -20,6 +20,16 @@ dump. Three kinds are recognised:
     ``HVDUMP`` notes): memory is already where it belongs; the notes give the
     dump header and the register save area, ``hpte.bin`` beside it the HPTEs.
 
+``fadump``
+    a firmware-assisted dump: its capture kernel's ``/proc/vmcore`` (live, on a
+    root showing ``/sys/kernel/fadump``), a copy of one (``NT_PRSTATUS`` notes
+    all with ``pr_pid`` 0), or a file ``hvdump collect`` wrote of one (the
+    ``HVDUMP`` note holds the firmware's memory structure). Memory is where it
+    belongs in every one of them: drgn reads the file itself. What the kernel
+    did not leave is the CPUs' registers in ``crash_notes`` (a kernel that
+    crashes into the firmware never saves them): they come from the file's
+    ``NT_PRSTATUS`` notes, in CPU order.
+
 For ``live`` and ``raw`` the crashed kernel's physical memory is a list of
 :class:`~drgn_hvdump.model.physmap.Region`\\ s: the hypervisor's copy of low memory (read from the
 scratch area), the reserved memory (read in place), memory the capture kernel
@@ -38,8 +48,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from drgn_hvdump.capture import FADUMP_ROOT_FILES, detect_capture, open_capture
-from drgn_hvdump.dumpdir.names import HVDUMP_NOTE_NAME, NOTE_DUMP_HEADER, NOTE_REGSAVE, PLAN_FILE
+from drgn_hvdump.capture import detect_capture, open_capture
+from drgn_hvdump.dumpdir.names import (
+    HVDUMP_NOTE_NAME,
+    NOTE_DUMP_HEADER,
+    NOTE_FADUMP_MEM,
+    NOTE_REGSAVE,
+    PLAN_FILE,
+)
 from drgn_hvdump.dumpdir.registry import find_collection, registration_path
 from drgn_hvdump.dumpdir.view import CollectionView
 from drgn_hvdump.errors import FormatError, HvdumpError
@@ -48,7 +64,15 @@ from drgn_hvdump.formats.dump_header import (
     build_dump_header,
     parse_dump_header,
 )
-from drgn_hvdump.formats.elfcore import Elf64Phdr, ElfCore, numbered_by_cpu, parse_notes
+from drgn_hvdump.formats.elfcore import (
+    NT_PRSTATUS,
+    Elf64Phdr,
+    ElfCore,
+    numbered_by_cpu,
+    parse_notes,
+    parse_prstatus,
+)
+from drgn_hvdump.formats.fadump_mem import FadumpMem, parse_fadump_mem, section_names
 from drgn_hvdump.formats.kdump import KDUMP_SIGNATURE, KdumpFile
 from drgn_hvdump.formats.layout import ByteOrder
 from drgn_hvdump.formats.regsave import (
@@ -56,7 +80,9 @@ from drgn_hvdump.formats.regsave import (
     REGSAVE_HEADER,
     REGSAVE_MAGIC,
     CpuState,
+    build_regsave,
     parse_regsave,
+    pt_regs_to_cpu_state,
 )
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, parse_vmcoreinfo
 from drgn_hvdump.intervals import IntervalSet
@@ -74,7 +100,7 @@ __all__ = [
 ]
 
 
-Kind = Literal["live", "raw", "collected"]
+Kind = Literal["live", "raw", "collected", "fadump"]
 _MAGIC = REGSAVE_MAGIC.to_bytes(8, "big")
 _VIEW_MIN = 4096
 _WINDOW_SHIFT = 21
@@ -118,6 +144,8 @@ class DumpSource:
     # Readable regions a copy serves straight from its map: (start, end, file offset).
     _direct: list[tuple[int, int, int]] = field(default_factory=list)
     _reg_path: Path | None = None
+    #: fadump: the firmware's memory structure (None when the file does not hold it).
+    fadump: FadumpMem | None = None
 
     # -- what it holds ----------------------------------------------------------
 
@@ -562,11 +590,16 @@ def _identify_kdump(p: Path) -> DumpSource | None:
     try:
         notes = [(n.name, n.type, n.desc) for n in parse_notes(kd.notes, kd.byteorder, str(p))]
         header_raw, cpu_raw = _hvdump_notes(notes)
-        if header_raw is None:
-            return None
         vmci = next((d for n, _, d in notes if n == VMCOREINFO_NOTE_NAME), b"")
         info = parse_vmcoreinfo(vmci, str(p)) if vmci else {}
-        return _collected(p, kd.byteorder, info, header_raw, cpu_raw, kd.max_mapnr * kd.page_size)
+        memory = kd.max_mapnr * kd.page_size
+        fadump = _fadump_note(notes)
+        if fadump is not None:
+            regions = [Region(a, b, "memory", a) for a, b in _kdump_ranges(kd)]
+            return _fadump(p, kd.byteorder, info, memory, notes, fadump, regions)
+        if header_raw is None:
+            return None
+        return _collected(p, kd.byteorder, info, header_raw, cpu_raw, memory)
     except FormatError:
         return None
     finally:
@@ -589,6 +622,11 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
     info = core.vmcoreinfo or {}
     memory = max((ph.p_paddr + ph.p_memsz for ph in core.segments), default=0)
     header_raw, cpu_raw = _hvdump_notes(notes)
+    fadump = _fadump_note(notes)
+    if fadump is not None:
+        loads = [(ph.p_paddr, ph.p_paddr + ph.p_memsz) for ph in core.segments]
+        regions = [Region(a, b, "memory", a) for a, b in sorted(loads)]
+        return _fadump(p, core.byteorder, info, memory, notes, fadump, regions)
     if header_raw is not None:
         return _collected(p, core.byteorder, info, header_raw, cpu_raw, memory)
     if not info:
@@ -606,6 +644,13 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
         live = _identify_live(v)
         if live is not None:
             return live
+    if len(core.prstatus) > 1 and all(ps.pr_pid == 0 for ps in core.prstatus):
+        # fadump's capture kernel numbers none of its notes (kdump gives each the
+        # pid on its CPU: only idle CPUs have 0, and their crash_notes are filled).
+        regions = [
+            Region(ph.p_paddr, ph.p_paddr + ph.p_memsz, "memory", ph.p_paddr) for ph in segments
+        ]
+        return _fadump(p, core.byteorder, info, memory, notes, None, regions)
     if not numbered_by_cpu(core.prstatus):
         return None  # a kdump core: registers in its notes, memory in place
     return _identify_raw(v)
@@ -642,13 +687,23 @@ def _open_source(kind: Kind, v: _Vmcore) -> DumpSource:
 def _identify_live(v: _Vmcore) -> DumpSource | None:
     root = v.path.parent.parent
     capture = detect_capture(root)
-    if capture is None or capture.name == FADUMP_ROOT_FILES.interface:
-        # fadump's capture kernel maps the crashed memory back itself: drgn reads
-        # its vmcore as it is (the plugin's release awareness is phyp dump's).
+    if capture is None:
         return None
     state = capture.state()
     if not state.readable:
         return None
+    if isinstance(state.native, FadumpMem):
+        # fadump's capture kernel maps the crashed memory back itself: drgn reads
+        # its vmcore as it is; the registers come from its notes.
+        with ElfCore.open(v.path) as core:
+            notes = [(n.name, n.type, n.desc) for n in core.notes]
+        src = _fadump(
+            v.path, v.byteorder, v.info, v.memory, notes, state.native,
+            capture.physical_map(state, v.memory),
+        )  # fmt: skip
+        src.root = root
+        src.warnings += state.warnings
+        return src
     src = _open_source("live", v)
     src.root = root
     src.header = parse_dump_header(state.header_raw, path=f"{root}: dump header")
@@ -726,6 +781,58 @@ def _identify_raw(v: _Vmcore) -> DumpSource | None:
         "released before it was taken (take it before any release)"
     )
     return src
+
+
+def _fadump_note(notes: list[tuple[str, int, bytes]]) -> FadumpMem | None:
+    raw = next((d for n, t, d in notes if n == HVDUMP_NOTE_NAME and t == NOTE_FADUMP_MEM), None)
+    if raw is None:
+        return None
+    try:
+        return parse_fadump_mem(raw)
+    except FormatError:
+        return None
+
+
+def _kdump_ranges(kd: KdumpFile) -> list[tuple[int, int]]:
+    ps = kd.page_size
+    return [(a * ps, b * ps) for a, b in kd.present_runs()]
+
+
+def _fadump(
+    p: Path,
+    byteorder: ByteOrder,
+    info: dict[str, str],
+    memory: int,
+    notes: list[tuple[str, int, bytes]],
+    mem: FadumpMem | None,
+    regions: list[Region],
+) -> DumpSource:
+    """A fadump dump: memory as the file holds it, registers from its PRSTATUS notes
+    (one per CPU in the CPU state data's order, which is CPU order)."""
+    prstatus = [
+        parse_prstatus(d, byteorder, str(p))
+        for n, t, d in notes
+        if n == "CORE" and t == NT_PRSTATUS
+    ]
+    states = [pt_regs_to_cpu_state(cpu, ps.pr_reg) for cpu, ps in enumerate(prstatus)]
+    return DumpSource(
+        kind="fadump",
+        path=p,
+        byteorder=byteorder,
+        page_size=kernel_page_size(info.get("PAGESIZE")) or 65536,
+        memory=memory,
+        vmcoreinfo=info,
+        header=None,
+        regions=regions,
+        cpu_raw=build_regsave(states) if states else None,
+        fadump=mem,
+        sections={
+            name: (s.destination_address, s.length_copied)
+            for name, s in zip(section_names(mem), mem.sections, strict=True)
+        }
+        if mem is not None
+        else {},
+    )
 
 
 def _regsave_end(buf: bytes, states: list[CpuState]) -> int:

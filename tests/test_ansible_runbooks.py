@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_ansible_helpers import fleet, free_port, needs_ansible, recap, run_playbook
+from tests.test_ansible_helpers import (
+    fleet,
+    free_port,
+    needs_ansible,
+    recap,
+    run_playbook,
+    summary_lines,
+)
 
 pytestmark = [needs_ansible, pytest.mark.slow, pytest.mark.fuse]
 
@@ -58,3 +65,31 @@ def test_scrub_and_dir_target_override(tmp_path: Path) -> None:
         again = run_playbook("collect-dumps.yml", inv_path, tmp_path / "ansible", "-e", target)
         assert again.returncode == 0, again.stdout[-3000:]
         assert recap(again.stdout)[hosts[0].name]["changed"] == 0
+
+
+def test_status_shows_each_lpars_interface_on_a_mixed_fleet(tmp_path: Path) -> None:
+    """dump-status.yml on phyp and fadump LPARs: the interface column, fadump's own
+    registered flag, and facts that name the interface."""
+    kinds = ["crashed", "crashed", "healthy", "healthy"]
+    with fleet(
+        tmp_path / "fleet", 4, kinds=kinds, memory="1G", seed=4, dumps=["phyp", "fadump"]
+    ) as hosts:
+        res = run_playbook(
+            "dump-status.yml",
+            tmp_path / "fleet/inventory.yml",
+            tmp_path / "ansible",
+            "-e",
+            f"hvdump_report_file={tmp_path / 'status.json'}",
+        )
+        assert res.returncode == 0, res.stdout[-3000:]
+    report = json.loads((tmp_path / "status.json").read_text())
+    lines = {ln.split()[0]: ln.split() for ln in summary_lines(res.stdout)[2:]}
+    for h in hosts:
+        want = "fadump" if h.dump == "fadump" else "phyp"
+        assert lines[h.name][1] == want, lines[h.name]
+        assert report[h.name]["interface"] == ("fadump" if h.dump == "fadump" else "phyp-dump")
+        crashed = h.kind == "crashed"
+        assert report[h.name]["dump_waiting"] is crashed
+        assert report[h.name]["registered"] is not crashed, report[h.name]
+        assert lines[h.name][3] == ("no" if crashed else "yes")
+    assert recap(res.stdout)[hosts[0].name]["changed"] == 0

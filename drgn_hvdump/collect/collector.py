@@ -78,7 +78,6 @@ from drgn_hvdump.dumpdir.registry import (
 from drgn_hvdump.dumpdir.view import write_plan_file
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import (
-    ELF_PRSTATUS_PPC64,
     NT_PRSTATUS,
     ElfCore,
     LoadSegment,
@@ -86,6 +85,7 @@ from drgn_hvdump.formats.elfcore import (
     build_core_header,
     build_notes,
     note_desc_offset,
+    numbered_notes,
 )
 from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.formats.regsave import cpu_state_to_pt_regs, parse_regsave, prstatus_notes
@@ -168,10 +168,7 @@ def _notes(
         states = parse_regsave(cpu_raw, "register save area")
         notes = prstatus_notes(((s.cpu, cpu_state_to_pt_regs(s)) for s in states), order)
     else:
-        notes = [
-            Note("CORE", NT_PRSTATUS, ELF_PRSTATUS_PPC64.pack(replace(p, pr_pid=i + 1), order))
-            for i, p in enumerate(core.prstatus)
-        ]
+        notes = numbered_notes(core.prstatus, order)
     ncpus = len(notes)
     vmcoreinfo_desc = _vmcoreinfo_raw(core)
     if vmcoreinfo_desc is not None:

@@ -44,7 +44,7 @@ from drgn_hvdump.dumpdir.manifest import (
     Source,
     save_manifest,
 )
-from drgn_hvdump.dumpdir.names import DUMP_NAMES, MANIFEST
+from drgn_hvdump.dumpdir.names import DUMP_NAMES, HVDUMP_NOTE_NAME, MANIFEST, NOTE_FADUMP_MEM
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.elfcore import (
     ELF64_PHDR,
@@ -59,6 +59,8 @@ from drgn_hvdump.formats.elfcore import (
     build_core_header,
     build_notes,
     note_desc_offset,
+    numbered_notes,
+    unnumbered,
 )
 from drgn_hvdump.formats.guestcore import (
     note_registers,
@@ -379,10 +381,17 @@ def _kernel(core: ElfCore, opts: ConvertOptions) -> _Kernel:
     written in the kernel's order with its notes re-encoded. ``--vmcoreinfo``
     and ``--find-vmcoreinfo`` ask for that on any ppc64 core.
     """
+    notes = list(core.notes)
+    if core.machine == EM_PPC64 and unnumbered(core.prstatus):
+        # A fadump vmcore: its notes numbered by CPU, and marked as fadump's so that
+        # the drgn plugin supplies the registers its kernel left out of crash_notes.
+        others = [n for n in notes if not (n.name == "CORE" and n.type == NT_PRSTATUS)]
+        notes = numbered_notes(core.prstatus, core.byteorder) + others
+        notes.append(Note(HVDUMP_NOTE_NAME, NOTE_FADUMP_MEM, b""))
     plain = _Kernel(
         core.byteorder,
         dict(core.vmcoreinfo or {}),
-        list(core.notes),
+        notes,
         _segments(core),
         {ph.p_paddr: ph.p_vaddr for ph in core.segments},
     )

@@ -21,7 +21,7 @@ import io
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from drgn_hvdump.errors import FormatError
@@ -86,8 +86,10 @@ __all__ = [
     "build_prstatus",
     "file_offset",
     "numbered_by_cpu",
+    "numbered_notes",
     "parse_notes",
     "parse_prstatus",
+    "unnumbered",
     "write_core",
 ]
 
@@ -266,6 +268,22 @@ def numbered_by_cpu(prstatus: Iterable[ElfPrstatus]) -> bool:
     """
     pids = [p.pr_pid for p in prstatus]
     return pids == list(range(1, len(pids) + 1))
+
+
+def unnumbered(prstatus: Sequence[ElfPrstatus]) -> bool:
+    """Whether the notes are fadump's: more than one, every ``pr_pid`` 0 (its capture
+    kernel builds them from the firmware's CPU state data, in CPU order, and numbers
+    none; kdump gives each the pid on its CPU, so only an all-idle machine looks so)."""
+    return len(prstatus) > 1 and not any(p.pr_pid for p in prstatus)
+
+
+def numbered_notes(prstatus: Sequence[ElfPrstatus], byteorder: ByteOrder) -> list[Note]:
+    """The notes again, ``pr_pid`` = CPU + 1 in the order given (where drgn looks)."""
+    order = check_byteorder(byteorder)
+    return [
+        Note("CORE", NT_PRSTATUS, ELF_PRSTATUS_PPC64.pack(replace(p, pr_pid=i + 1), order))
+        for i, p in enumerate(prstatus)
+    ]
 
 
 def parse_prstatus(

@@ -48,12 +48,11 @@ def may_be_ours(path: str) -> bool:
     if _program_headers(head) < 3:
         return False  # a copy has a PT_NOTE and two PT_LOADs at least; QEMU's cores one
     from drgn_hvdump.errors import FormatError
-    from drgn_hvdump.formats.elfcore import ElfCore, numbered_by_cpu
+    from drgn_hvdump.formats.elfcore import ElfCore, numbered_by_cpu, unnumbered
 
     try:
         with ElfCore.open(path) as core:
-            pids = [ps.pr_pid for ps in core.prstatus]
-            return numbered_by_cpu(core.prstatus) or (len(pids) > 1 and not any(pids))
+            return numbered_by_cpu(core.prstatus) or unnumbered(core.prstatus)
     except (FormatError, OSError):
         return False
 

@@ -71,6 +71,7 @@ from drgn_hvdump.formats.elfcore import (
     numbered_by_cpu,
     parse_notes,
     parse_prstatus,
+    unnumbered,
 )
 from drgn_hvdump.formats.fadump_mem import FadumpMem, parse_fadump_mem, section_names
 from drgn_hvdump.formats.kdump import KDUMP_SIGNATURE, KdumpFile
@@ -593,8 +594,8 @@ def _identify_kdump(p: Path) -> DumpSource | None:
         vmci = next((d for n, _, d in notes if n == VMCOREINFO_NOTE_NAME), b"")
         info = parse_vmcoreinfo(vmci, str(p)) if vmci else {}
         memory = kd.max_mapnr * kd.page_size
-        fadump = _fadump_note(notes)
-        if fadump is not None:
+        is_fadump, fadump = _fadump_note(notes)
+        if is_fadump:
             regions = [Region(a, b, "memory", a) for a, b in _kdump_ranges(kd)]
             return _fadump(p, kd.byteorder, info, memory, notes, fadump, regions)
         if header_raw is None:
@@ -622,8 +623,8 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
     info = core.vmcoreinfo or {}
     memory = max((ph.p_paddr + ph.p_memsz for ph in core.segments), default=0)
     header_raw, cpu_raw = _hvdump_notes(notes)
-    fadump = _fadump_note(notes)
-    if fadump is not None:
+    is_fadump, fadump = _fadump_note(notes)
+    if is_fadump:
         loads = [(ph.p_paddr, ph.p_paddr + ph.p_memsz) for ph in core.segments]
         regions = [Region(a, b, "memory", a) for a, b in sorted(loads)]
         return _fadump(p, core.byteorder, info, memory, notes, fadump, regions)
@@ -644,9 +645,9 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
         live = _identify_live(v)
         if live is not None:
             return live
-    if len(core.prstatus) > 1 and all(ps.pr_pid == 0 for ps in core.prstatus):
-        # fadump's capture kernel numbers none of its notes (kdump gives each the
-        # pid on its CPU: only idle CPUs have 0, and their crash_notes are filled).
+    if unnumbered(core.prstatus):
+        # fadump's capture kernel numbers none of its notes (an all-idle kdump core's
+        # crash_notes are filled: the registers are kept where the kernel saved them).
         regions = [
             Region(ph.p_paddr, ph.p_paddr + ph.p_memsz, "memory", ph.p_paddr) for ph in segments
         ]
@@ -783,14 +784,16 @@ def _identify_raw(v: _Vmcore) -> DumpSource | None:
     return src
 
 
-def _fadump_note(notes: list[tuple[str, int, bytes]]) -> FadumpMem | None:
+def _fadump_note(notes: list[tuple[str, int, bytes]]) -> tuple[bool, FadumpMem | None]:
+    """Whether the file is a fadump dump hvdump wrote, and the firmware's structure if
+    its note holds one (``hvdump convert`` of a vmcore copy leaves the note empty)."""
     raw = next((d for n, t, d in notes if n == HVDUMP_NOTE_NAME and t == NOTE_FADUMP_MEM), None)
     if raw is None:
-        return None
+        return False, None
     try:
-        return parse_fadump_mem(raw)
+        return True, parse_fadump_mem(raw) if raw else None
     except FormatError:
-        return None
+        return True, None
 
 
 def _kdump_ranges(kd: KdumpFile) -> list[tuple[int, int]]:

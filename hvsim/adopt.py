@@ -69,11 +69,22 @@ __all__ = [
 _LINEAR_PAGE_SHIFT = 24
 
 
-def adopted_memory_size(ram_end: int, cpus: int, page_size: int) -> int:
-    """RAM for an LPAR adopting an image that ends at ``ram_end``: the scratch area fits above."""
+def adopted_memory_size(ram_end: int, cpus: int, page_size: int, dump: str = "phyp") -> int:
+    """RAM for an LPAR adopting an image that ends at ``ram_end``: phyp's scratch area, or
+    fadump's reserved and parameter areas, fit above it."""
+    from .fadump import reservation
+
     memory = max(2 * MEMORY_GRANULE, -(-ram_end // MEMORY_GRANULE) * MEMORY_GRANULE)
     while True:
         memory += MEMORY_GRANULE
+        if dump == "fadump":
+            cfg = LparConfig(
+                memory=memory, cpus=cpus, page_size=page_size, dump="fadump", image="/adopted"
+            )
+            res = reservation(cfg)
+            if res.ra_start >= ram_end and res.problem() is None:
+                return memory
+            continue
         cfg = LparConfig(memory=memory, cpus=cpus, page_size=page_size)
         if scratch_layout(cfg).base >= ram_end:
             return memory
@@ -193,6 +204,7 @@ def adoption_config(
     quirks: str = "faithful",
     name: str = "hvsim-lpar",
     mmu: str | None = None,
+    dump: str = "phyp",
 ) -> dict[str, Any]:
     """The :meth:`hvsim.lpar.Lpar.create` arguments of an LPAR adopting ``image``.
 
@@ -203,7 +215,8 @@ def adoption_config(
     if not 0 <= crash_cpu < cpus:
         raise ImageError(f"{image.path}: --crash-cpu {crash_cpu}: the image has {cpus} CPUs")
     return {
-        "memory": adopted_memory_size(image.ram_end, cpus, image.page_size),
+        "memory": adopted_memory_size(image.ram_end, cpus, image.page_size, dump),
+        "dump": dump,
         "cpus": cpus,
         "endian": image.byteorder,
         "page_size": image.page_size,

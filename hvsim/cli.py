@@ -363,6 +363,13 @@ def _add_adopt(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the kernel's MMU (default: VMCOREINFO's NUMBER(RADIX_MMU), else hash)",
     )
     p.add_argument("--quirks", choices=QUIRKS, default="faithful", help="release semantics")
+    p.add_argument(
+        "--dump",
+        choices=("phyp", "fadump"),
+        default="phyp",
+        help="the dump interface of the LPAR (fadump: its reserved area above the image; "
+        "a fadump vmcore's own hole is kept as it is)",
+    )
     p.add_argument("--boot", action="store_true", help="boot it right away")
     p.set_defaults(func=_cmd_adopt)
 
@@ -487,6 +494,7 @@ def _cmd_adopt(args: argparse.Namespace) -> int:
         quirks=args.quirks,
         mmu=args.mmu,
         boot=args.boot,
+        dump=args.dump,
     )
     cfg = lpar.config
     print(

@@ -118,6 +118,9 @@ class FadumpReservation:
     hpte_size: int
     boot_size: int
     regions: int
+    #: The reserved area starts here at the lowest (an adopted image's end: the
+    #: kernel finds room for it above what is in use).
+    ra_floor: int = 0
 
     @property
     def boot_mem_top(self) -> int:
@@ -132,13 +135,17 @@ class FadumpReservation:
         return out
 
     @property
+    def ra_size(self) -> int:
+        size = self.cpu_size + self.hpte_size + self.boot_size + CRASH_INFO_SIZE
+        return page_up(size, self.page_size)
+
+    @property
     def ra_start(self) -> int:
-        return self.boot_mem_top
+        return max(self.boot_mem_top, page_up(self.ra_floor, self.page_size))
 
     @property
     def ra_end(self) -> int:
-        size = self.cpu_size + self.hpte_size + self.boot_size + CRASH_INFO_SIZE
-        return page_up(self.ra_start + size, self.page_size)
+        return self.ra_start + self.ra_size
 
     @property
     def param_end(self) -> int:
@@ -171,8 +178,12 @@ class FadumpReservation:
 
 
 def reservation(config: LparConfig) -> FadumpReservation:
-    """The reservation a fadump kernel of ``config`` makes (``reserve_size``: boot memory)."""
-    return FadumpReservation(
+    """The reservation a fadump kernel of ``config`` makes (``reserve_size``: boot memory).
+
+    The reserved area follows boot memory; an LPAR adopting a real image keeps
+    it at the top of RAM, above the image, so that none of the image is lost.
+    """
+    res = FadumpReservation(
         memory=config.memory,
         page_size=config.page_size,
         cpu_size=cpu_state_size(config.cpus),
@@ -180,6 +191,10 @@ def reservation(config: LparConfig) -> FadumpReservation:
         boot_size=config.reserve_size,
         regions=config.boot_regions,
     )
+    if config.adopted:
+        top = config.memory - res.page_size - page_up(PARAM_AREA_SIZE, res.page_size)
+        res = replace(res, ra_floor=page_down(top - res.ra_size, res.page_size))
+    return res
 
 
 class FadumpFirmware(Firmware[FadumpMem]):
@@ -345,6 +360,8 @@ def capture_boot(m: Machine, st: LparState) -> None:
     data = IntervalSet(
         (s.destination_address, s.destination_address + s.length_copied) for s in mem.boot_regions
     )
+    if top < res.ra_start:
+        data.add(top, res.ra_start)
     data.add(res.ra_end, cfg.memory)
     kernel.capture = CaptureState(
         data, top, cfg.memory - top, res.ra_start, res.ra_end - res.ra_start
@@ -488,6 +505,9 @@ def vmcore_layout(m: Machine, st: LparState) -> tuple[CoreLayout, dict[int, int]
         segments.append(LoadSegment(s.source_address, s.length_copied))
         moved[s.source_address] = s.destination_address
     res = reservation(cfg)
+    top = max(s.source_address + s.source_length for s in mem.boot_regions)
+    if top < res.ra_start:
+        segments.append(LoadSegment(top, res.ra_start - top))
     segments.append(LoadSegment(res.ra_end, cfg.memory - res.ra_end))
     return build_core_header(notes, segments, cfg.endian, page_size=cfg.page_size), moved
 

@@ -123,6 +123,8 @@ ROOT_FILES = PHYP_ROOT_FILES
 def root_table(dump: str) -> RootTable:
     """The files of the root of an LPAR whose ``LparConfig.dump`` is ``dump``."""
     return FADUMP_ROOT_FILES if dump == "fadump" else PHYP_ROOT_FILES
+
+
 #: Target of ``ROOT/proc/device-tree`` (relative, so it stays inside ROOT).
 DEVICE_TREE_LINK = ROOT_FILES.device_tree.link_target("proc/device-tree")
 
@@ -232,9 +234,7 @@ def _check_providers(
     table: RootTable, texts: Mapping[str, object], writers: Mapping[str, object]
 ) -> None:
     # A table entry without content would only show up as a failed read much later.
-    missing = [
-        f.name for f in table.files if f.is_text and f.mode & 0o444 and f.name not in texts
-    ]
+    missing = [f.name for f in table.files if f.is_text and f.mode & 0o444 and f.name not in texts]
     missing += [f"{f.name} (writes)" for f in table.files if f.writable and f.name not in writers]
     if missing:
         raise ValueError(f"no content for {table.interface} root files: {', '.join(missing)}")
@@ -342,7 +342,9 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
                 return _Link(dt.link_target(rel))
             target = self._table.link_at(rel)
             if target is not None:
-                f = self._table.at(posixpath.normpath(posixpath.join(posixpath.dirname(rel), target)))
+                f = self._table.at(
+                    posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+                )
                 return _Link(target) if f is not None and state in f.shown_in else None
             if rel == dt.base or rel.startswith(dt.base + "/"):
                 return self._dt_node(rel[len(dt.base) :].strip("/"))

@@ -129,9 +129,7 @@ class Lpar:
         self._reading = self._shared.reading
         self._mutate = self._shared.mutate
         self._reader = self._shared.reader
-        self._vmcore_cache: tuple[tuple[int, int], tuple[CoreLayout, dict[int, int]]] | None = (
-            None
-        )
+        self._vmcore_cache: tuple[tuple[int, int], tuple[CoreLayout, dict[int, int]]] | None = None
 
     # ------------------------------------------------------------------ creation
 
@@ -220,8 +218,11 @@ class Lpar:
         name: str | None = None,
         mmu: str | None = None,
         boot: bool = False,
+        dump: str = "phyp",
     ) -> Lpar:
         """Create an LPAR whose first kernel's memory is a real image (see :mod:`hvsim.adopt`).
+
+        ``dump="fadump"``: a fadump LPAR (its reserved area above the image).
 
         Memory, CPUs, byte order, page size and release come from the image;
         the LPAR's RAM is larger, so the scratch area fits above the image.
@@ -234,6 +235,7 @@ class Lpar:
             quirks=quirks,
             name=name if name is not None else _host_name(path),
             mmu=mmu,
+            dump=dump,
         )
         lpar = cls.create(path, **values)
         with lpar._mutate() as st:

@@ -215,3 +215,29 @@ def test_raw_vmcore_verifies_against_ground_truth(tmp_path: Path) -> None:
     report = verify_dump(lpar, core)
     assert report.ok, report.text()
     assert report.counts["wrong"] == report.counts["missing"] == 0
+
+
+def test_adopt_turns_a_fadump_vmcore_into_a_fadump_lpar(tmp_path: Path) -> None:
+    """A fadump vmcore (PRSTATUS with pr_pid 0, a hole where the reserved area was)
+    adopted as a fadump LPAR: its reserved area goes above the image, so nothing of
+    the image is lost, and its own dump verifies against the image."""
+    first = _lpar(tmp_path, "first", endian="little", cpus=2)
+    first.crash("oops")
+    core = tmp_path / "fadump.vmcore"
+    core.write_bytes(first.read_vmcore(0, first.vmcore_size()))
+    lpar = Lpar.adopt(tmp_path / "adopted", core, dump="fadump", boot=True)
+    cfg = lpar.config
+    assert cfg.dump == "fadump" and cfg.adopted and lpar.protected
+    res = reservation(cfg)
+    image_end = max(ph.p_paddr + ph.p_memsz for ph in ElfCore.open(core).segments)
+    assert res.ra_start >= image_end and res.problem() is None
+    assert lpar.crash() == "capture"
+    assert lpar.lost_ranges()[0][:2] == (res.ra_start, res.ra_end)
+    copy = tmp_path / "vmcore2"
+    copy.write_bytes(lpar.read_vmcore(0, lpar.vmcore_size()))
+    report = verify_dump(lpar, copy)
+    assert report.ok, report.text()
+    # the image's registers (its PRSTATUS notes, CPU order) are the crashed CPUs'
+    want = [(s.regs["NIA"], s.regs["GPR01"]) for s in first.expected_cpu_states()]
+    got = [(s.regs["NIA"], s.regs["GPR01"]) for s in lpar.expected_cpu_states()]
+    assert got == want

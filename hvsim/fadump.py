@@ -251,24 +251,18 @@ class FadumpFirmware(Firmware[FadumpMem]):
 
 def register_at_boot(m: Machine, st: LparState, kernel: KernelState) -> str:
     """An ordinary boot with ``fadump=on`` registers; returns where (or sets ``kernel.reason``)."""
-    cfg = m.config
-    fw = m.fadump(st)
-    if not fw.supported:
-        kernel.reason = "Firmware-Assisted Dump is not supported on this hardware"
-        return ""
-    if not cfg.dump_enabled:
-        kernel.reason = "Firmware-Assisted Dump is disabled (boot with fadump=on)"
-        return ""
-    res = reservation(cfg)
-    problem = res.problem()
-    if problem:
-        kernel.reason = problem
-        return ""
-    fw.register(res.registration())
-    st.counters.registrations += 1
-    # The reserved area is CMA (the kernel uses it); the parameter area is not.
-    kernel.reserved = IntervalSet([(res.ra_end, res.param_end)])
-    return f"reserved area at {res.ra_start:#x}-{res.ra_end:#x}"
+    res = reservation(m.config)
+    return m.register_at_boot(
+        st,
+        kernel,
+        unsupported="Firmware-Assisted Dump is not supported on this hardware",
+        disabled="Firmware-Assisted Dump is disabled (boot with fadump=on)",
+        problem=res.problem(),
+        registration=res.registration(),
+        # The reserved area is CMA (the kernel uses it); the parameter area is not.
+        reserved=[(res.ra_end, res.param_end)],
+        where=f"reserved area at {res.ra_start:#x}-{res.ra_end:#x}",
+    )
 
 
 def save(

@@ -72,23 +72,17 @@ def _normal_boot(m: Machine, st: LparState) -> None:
 
 def _register_phyp(m: Machine, st: LparState, kernel: KernelState) -> str:
     """An ordinary boot with ``phyp_dump=1`` registers; returns where (or sets ``kernel.reason``)."""
-    cfg = m.config
-    hv = m.hv(st)
-    if not hv.supported:
-        kernel.reason = "Phyp-dump not supported on this hardware (no ibm,configure-kernel-dump)"
-        return ""
-    if not cfg.dump_enabled:
-        kernel.reason = "Phyp-dump disabled at boot time (phyp_dump=0)"
-        return ""
-    layout = scratch_layout(cfg)
-    problem = layout.problem()
-    if problem:
-        kernel.reason = problem
-        return ""
-    hv.register(layout.registration())
-    st.counters.registrations += 1
-    kernel.reserved = IntervalSet([(layout.base, cfg.memory)])
-    return f"scratch area at {layout.base:#x}"
+    layout = scratch_layout(m.config)
+    return m.register_at_boot(
+        st,
+        kernel,
+        unsupported="Phyp-dump not supported on this hardware (no ibm,configure-kernel-dump)",
+        disabled="Phyp-dump disabled at boot time (phyp_dump=0)",
+        problem=layout.problem(),
+        registration=layout.registration(),
+        reserved=[(layout.base, m.config.memory)],
+        where=f"scratch area at {layout.base:#x}",
+    )
 
 
 def _capture_boot(m: Machine, st: LparState, hv: Hypervisor) -> None:

@@ -8,10 +8,12 @@ on a :class:`Machine` and a typed :class:`hvsim.state.LparState`;
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from drgn_hvdump.errors import HvdumpError
+from drgn_hvdump.intervals import IntervalSet
 
 from .adopt import AdoptedKernel
 from .config import LparConfig
@@ -114,6 +116,36 @@ class Machine:
                 f"{self.path}: {what} does not exist: no dump is waiting (LPAR {st.state})"
             )
         return st.kernel, st.dump
+
+    def register_at_boot(
+        self,
+        st: LparState,
+        kernel: KernelState,
+        *,
+        unsupported: str,
+        disabled: str,
+        problem: str | None,
+        registration: Any,
+        reserved: Sequence[tuple[int, int]],
+        where: str,
+    ) -> str:
+        """An ordinary boot registers a dump if the firmware supports it, the kernel was
+        told to and the layout fits: returns ``where``, or sets ``kernel.reason``."""
+        fw = self.firmware(st)
+        why = (
+            unsupported
+            if not fw.supported
+            else disabled
+            if not self.config.dump_enabled
+            else problem
+        )
+        if why:
+            kernel.reason = why
+            return ""
+        fw.register(registration)
+        st.counters.registrations += 1
+        kernel.reserved = IntervalSet(reserved)
+        return where
 
     def no_dump_message(self, st: LparState) -> str:
         where = (

@@ -32,9 +32,10 @@ from drgn_hvdump.capture.plan import Chunk, Plan, ReleaseWrite, checked_against
 from drgn_hvdump.capture.rootfiles import (
     COMMON_PROPERTIES,
     COMMON_ROOT_FILES,
+    CONFIGURE_KERNEL_DUMP,
     DUMP_WAITING,
-    MEMORY,
     PROPERTY,
+    VMCORE,
     RootFile,
     RootTable,
 )
@@ -64,14 +65,7 @@ FADUMP_ROOT_FILES = RootTable(
     interface="fadump",
     files=(
         *COMMON_ROOT_FILES,
-        RootFile(
-            "vmcore",
-            "proc/vmcore",
-            0o400,
-            "the old kernel's memory as an ELF core the capture kernel built",
-            shown_in=DUMP_WAITING,
-            kind=MEMORY,
-        ),
+        VMCORE,
         RootFile(
             "enabled",
             "sys/kernel/fadump/enabled",
@@ -115,14 +109,7 @@ FADUMP_ROOT_FILES = RootTable(
     ),
     properties=(
         *COMMON_PROPERTIES,
-        RootFile(
-            "ibm,configure-kernel-dump",
-            "rtas/ibm,configure-kernel-dump",
-            0o444,
-            "the RTAS token of the dump call: the firmware supports dumps",
-            kind=PROPERTY,
-            condition="the firmware supports dumps",
-        ),
+        CONFIGURE_KERNEL_DUMP,
         RootFile(
             "ibm,configure-kernel-dump-version",
             "rtas/ibm,configure-kernel-dump-version",

@@ -27,9 +27,10 @@ from drgn_hvdump.capture.plan import Plan, ReleaseWrite, checked_against
 from drgn_hvdump.capture.rootfiles import (
     COMMON_PROPERTIES,
     COMMON_ROOT_FILES,
+    CONFIGURE_KERNEL_DUMP,
     DUMP_WAITING,
-    MEMORY,
     PROPERTY,
+    VMCORE,
     RootFile,
     RootTable,
 )
@@ -58,14 +59,7 @@ PHYP_ROOT_FILES = RootTable(
     interface="phyp-dump",
     files=(
         *COMMON_ROOT_FILES,
-        RootFile(
-            "vmcore",
-            "proc/vmcore",
-            0o400,
-            "the old kernel's memory as an ELF core",
-            shown_in=DUMP_WAITING,
-            kind=MEMORY,
-        ),
+        VMCORE,
         RootFile(
             "release_region",
             "sys/kernel/release_region",
@@ -84,14 +78,7 @@ PHYP_ROOT_FILES = RootTable(
     ),
     properties=(
         *COMMON_PROPERTIES,
-        RootFile(
-            "ibm,configure-kernel-dump",
-            "rtas/ibm,configure-kernel-dump",
-            0o444,
-            "the RTAS token of the dump call: the firmware supports dumps",
-            kind=PROPERTY,
-            condition=_FIRMWARE,
-        ),
+        CONFIGURE_KERNEL_DUMP,
         RootFile(
             "ibm,dump-kernel",
             "rtas/ibm,dump-kernel",

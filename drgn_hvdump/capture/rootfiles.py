@@ -33,6 +33,7 @@ __all__ = [
     "CAPTURE",
     "COMMON_PROPERTIES",
     "COMMON_ROOT_FILES",
+    "CONFIGURE_KERNEL_DUMP",
     "DEVICE_TREE",
     "DUMP_WAITING",
     "KERNEL_STATES",
@@ -42,6 +43,7 @@ __all__ = [
     "RUNNING",
     "TEXT",
     "VERSION",
+    "VMCORE",
     "DeviceTree",
     "RootFile",
     "RootTable",
@@ -129,6 +131,25 @@ BOOT_ID = RootFile(
 )
 COMMON_ROOT_FILES = (VERSION, MEMINFO, BOOT_ID)
 """Files every capture kernel shows, whatever its dump interface."""
+
+VMCORE = RootFile(
+    "vmcore",
+    "proc/vmcore",
+    0o400,
+    "the old kernel's memory as an ELF core",
+    shown_in=DUMP_WAITING,
+    kind=MEMORY,
+)
+"""``/proc/vmcore``: every capture kernel shows it while a dump waits."""
+CONFIGURE_KERNEL_DUMP = RootFile(
+    "ibm,configure-kernel-dump",
+    "rtas/ibm,configure-kernel-dump",
+    0o444,
+    "the RTAS token of the dump call: the firmware supports dumps",
+    kind=PROPERTY,
+    condition="the firmware supports dumps",
+)
+"""The device-tree property both dump interfaces are offered through."""
 
 COMMON_PROPERTIES = tuple(
     RootFile(name, name, 0o444, meaning, kind=PROPERTY, condition="the firmware names it")

@@ -278,10 +278,7 @@ def save(
     fw = m.fadump(st)
     registered = fw.registered
     assert registered is not None
-    copied = dict(partial)
-    first = registered.boot_regions[0]
-    if sc.rmo_fraction < 1.0 and "boot0" not in copied:
-        copied["boot0"] = page_down(int(first.source_length * sc.rmo_fraction), 4096)
+    copied = sc.copied(partial, "boot0", registered.boot_regions[0].source_length)
     mem = fw.crash(copied=copied, errors=errors, hv_error=sc.hv_error)
     assert mem is not None
     for name, s in zip(section_names(mem), mem.sections, strict=True):

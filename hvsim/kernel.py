@@ -198,6 +198,14 @@ class Scenario:
     hv_error: bool = False
     kind: str = "oops"
 
+    def copied(self, partial: Mapping[str, int], low: str, length: int) -> dict[str, int]:
+        """Bytes the firmware copies per section: ``partial``'s, and for the low-memory
+        section ``low`` (``length`` bytes) this scenario's share of it, if it says one."""
+        out = dict(partial)
+        if self.rmo_fraction < 1.0 and low not in out:
+            out[low] = int(length * self.rmo_fraction) // 4096 * 4096
+        return out
+
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s

@@ -221,9 +221,7 @@ def _phyp_save(
     hv = m.hv(st)
     registered = hv.registered
     assert registered is not None
-    copied = dict(partial)
-    if sc.rmo_fraction < 1.0 and "rmo" not in copied:
-        copied["rmo"] = page_down(int(registered.rmo.source_length * sc.rmo_fraction), 4096)
+    copied = sc.copied(partial, "rmo", registered.rmo.source_length)
     header = hv.crash(copied=copied, errors=errors, hv_error=sc.hv_error)
     assert header is not None
     _hv_save(m, st, image, header, snap)

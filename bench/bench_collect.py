@@ -142,15 +142,21 @@ LZO_RUN = ("collect lzo, 1 thread", ["--compress", "lzo", "--threads", "1"], "lz
 
 
 def speed(
-    base: Path, memory: str, repeat: int, compare: Path | None, lzo: bool, only: str | None
+    base: Path,
+    memory: str,
+    repeat: int,
+    compare: Path | None,
+    lzo: bool,
+    only: str | None,
+    dump: str = "phyp",
 ) -> None:
-    lpar = Lpar.create(base / "lpar", memory=memory, boot=True)
+    lpar = Lpar.create(base / "lpar", memory=memory, boot=True, dump=dump)
     lpar.crash()
     root = export_root(lpar, base / "root")
     vmcore = root / "proc/vmcore"
     subprocess.run(["cat", str(vmcore)], stdout=subprocess.DEVNULL, check=True)  # page cache
     size = vmcore.stat().st_size
-    print(f"vmcore {size / (1 << 30):.2f} GiB (page cache), hvsim default page mix")
+    print(f"{dump} vmcore {size / (1 << 30):.2f} GiB (page cache), hvsim default page mix")
     print(
         f"load average at start: {_loadavg()}; best of {repeat} runs each, wall (CPU); "
         "each run waits for idle CPUs first; 'others' is CPU time other processes used meanwhile"
@@ -326,6 +332,9 @@ def main() -> None:
         "--safety", action="store_true", help="time progressive release on FUSE against --compare"
     )
     ap.add_argument("--lzo", action="store_true", help="also time LZO")
+    ap.add_argument(
+        "--dump", choices=("phyp", "fadump"), default="phyp", help="the LPAR's dump interface"
+    )
     ap.add_argument("--only", help="time only the collector runs whose label contains this")
     ap.add_argument(
         "--compare",
@@ -338,7 +347,9 @@ def main() -> None:
         base = Path(tmp)
         if not args.skip_speed:
             (base / "s").mkdir()
-            speed(base / "s", args.memory, args.repeat, args.compare, args.lzo, args.only)
+            speed(
+                base / "s", args.memory, args.repeat, args.compare, args.lzo, args.only, args.dump
+            )
         if args.safety:
             (base / "x").mkdir()
             safety_cost(base / "x", "2G", args.repeat, args.compare)

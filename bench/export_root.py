@@ -1,9 +1,10 @@
 """Export a simulated LPAR's capture-kernel root as plain files (no FUSE).
 
 ``ROOT/proc/vmcore`` becomes an ordinary file (page cache speed, for the
-benchmarks), the device tree and ``release_region`` plain files; a write to
-that ``release_region`` just lands in the file, so tests can see whether a
-tool wrote anything there.
+benchmarks), the device tree and the interface's sysfs files (phyp:
+``release_region``; fadump: ``/sys/kernel/fadump/*``) plain files; a write to
+one just lands in the file, so tests can see whether a tool wrote anything
+there.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from hvsim import Lpar
+from hvsim.fuse_root import root_table, text_providers
 
 
 def export_root(lpar: Lpar, root: Path, *, vmcore: bool = True) -> Path:
@@ -25,9 +27,15 @@ def export_root(lpar: Lpar, root: Path, *, vmcore: bool = True) -> Path:
     link = root / "proc/device-tree"
     if not link.exists():
         link.symlink_to("../sys/firmware/devicetree/base")
-    (root / "sys/kernel").mkdir(parents=True, exist_ok=True)
-    (root / "sys/kernel/release_region").write_text(lpar.release_region_text())
-    (root / "sys/kernel/phyp_dump_active").write_text(lpar.phyp_dump_active_text())
+    # The interface's own text files (phyp: release_region, phyp_dump_active;
+    # fadump: /sys/kernel/fadump/*), as its capture kernel shows them.
+    table = root_table(lpar.config.dump)
+    texts = text_providers(lpar)
+    for f in table.shown(lpar.state):
+        if f.is_text and f.path.startswith("sys/") and f.mode & 0o444:
+            path = root / f.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(texts[f.name]())
     if vmcore:
         size = lpar.vmcore_size()
         with open(root / "proc/vmcore", "wb") as f:

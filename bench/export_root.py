@@ -32,10 +32,11 @@ def export_root(lpar: Lpar, root: Path, *, vmcore: bool = True) -> Path:
     table = root_table(lpar.config.dump)
     texts = text_providers(lpar)
     for f in table.shown(lpar.state):
-        if f.is_text and f.path.startswith("sys/") and f.mode & 0o444:
+        if f.is_text and f.path.startswith("sys/"):
             path = root / f.path
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(texts[f.name]())
+            # Write-only files (fadump's release_mem) show nothing.
+            path.write_text(texts[f.name]() if f.mode & 0o444 else "")
     if vmcore:
         size = lpar.vmcore_size()
         with open(root / "proc/vmcore", "wb") as f:

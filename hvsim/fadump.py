@@ -367,12 +367,9 @@ def _release(
     """fadump_invalidate_release_mem(): invalidate, free all but the kept areas; bytes freed."""
     m.fadump(st).invalidate()
     cap = kernel.capture
-    freed = 0
-    for a, b in list(kernel.reserved):
-        lo, hi = res.kept
-        for s, e in ((a, min(b, lo)), (max(a, hi), b)):
-            if s < e:
-                freed += sum(y - x for x, y in free(m, st, s, e))
+    to_free = kernel.reserved.copy()
+    to_free.remove(*res.kept)
+    freed = sum(y - x for s, e in list(to_free) for x, y in free(m, st, s, e))
     if cap is not None:
         cap.releases += 1
         kernel.capture_done = cap

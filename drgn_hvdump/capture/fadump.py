@@ -43,7 +43,6 @@ from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import SOURCE_CPU
 from drgn_hvdump.formats.fadump_mem import (
-    SOURCE_BOOT_MEMORY,
     SOURCE_PARAM_AREA,
     FadumpMem,
     build_fadump_mem,
@@ -419,11 +418,6 @@ def _describe(state: DumpState, mem: FadumpMem) -> None:
         name: Section(s.source_length, s.length_copied, s.error_flags, s.destination_address)
         for name, s in zip(section_names(mem), mem.sections, strict=True)
     }
-    boot = mem.of_type(SOURCE_BOOT_MEMORY)
-    state.dump_bytes = sum(s.length_copied for s in boot)
-    state.reserved_bytes = sum(
-        s.source_length for s in mem.sections if s.source_type != SOURCE_PARAM_AREA
-    )
     state.valid, state.reason = fadump_validity(mem)
     # The capture kernel offers no vmcore for a dump it finds invalid; one it
     # offers is whole.

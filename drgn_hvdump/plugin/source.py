@@ -596,8 +596,9 @@ def _identify_kdump(p: Path) -> DumpSource | None:
         memory = kd.max_mapnr * kd.page_size
         is_fadump, fadump = _fadump_note(notes)
         if is_fadump:
-            regions = [Region(a, b, "memory", a) for a, b in _kdump_ranges(kd)]
-            return _fadump(p, kd.byteorder, info, memory, notes, fadump, regions)
+            ps = kd.page_size
+            held = _in_place([(a * ps, b * ps) for a, b in kd.present_runs()])
+            return _fadump(p, kd.byteorder, info, memory, notes, fadump, held)
         if header_raw is None:
             return None
         return _collected(p, kd.byteorder, info, header_raw, cpu_raw, memory)
@@ -616,6 +617,7 @@ class _Vmcore(NamedTuple):
     page_size: int
     memory: int
     segments: list[Elf64Phdr]
+    notes: list[tuple[str, int, bytes]]
 
 
 def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
@@ -623,11 +625,10 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
     info = core.vmcoreinfo or {}
     memory = max((ph.p_paddr + ph.p_memsz for ph in core.segments), default=0)
     header_raw, cpu_raw = _hvdump_notes(notes)
+    loads = _in_place([(ph.p_paddr, ph.p_paddr + ph.p_memsz) for ph in core.segments])
     is_fadump, fadump = _fadump_note(notes)
     if is_fadump:
-        loads = [(ph.p_paddr, ph.p_paddr + ph.p_memsz) for ph in core.segments]
-        regions = [Region(a, b, "memory", a) for a, b in sorted(loads)]
-        return _fadump(p, core.byteorder, info, memory, notes, fadump, regions)
+        return _fadump(p, core.byteorder, info, memory, notes, fadump, loads)
     if header_raw is not None:
         return _collected(p, core.byteorder, info, header_raw, cpu_raw, memory)
     if not info:
@@ -638,7 +639,7 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
     segments = sorted(core.segments, key=lambda ph: ph.p_paddr)
     if len(segments) < 2 or segments[0].p_paddr != 0:
         return None
-    v = _Vmcore(p, core.byteorder, info, page_size, memory, segments)
+    v = _Vmcore(p, core.byteorder, info, page_size, memory, segments, notes)
     if p.name == "vmcore" and p.parent.name == "proc":
         # A capture root is known by its device tree, whatever the notes: a capture
         # kernel may build PRSTATUS notes from the save area, as fadump's does.
@@ -648,10 +649,7 @@ def _identify_elf(p: Path, core: ElfCore) -> DumpSource | None:
     if unnumbered(core.prstatus):
         # fadump's capture kernel numbers none of its notes (an all-idle kdump core's
         # crash_notes are filled: the registers are kept where the kernel saved them).
-        regions = [
-            Region(ph.p_paddr, ph.p_paddr + ph.p_memsz, "memory", ph.p_paddr) for ph in segments
-        ]
-        return _fadump(p, core.byteorder, info, memory, notes, None, regions)
+        return _fadump(p, core.byteorder, info, memory, notes, None, loads)
     if not numbered_by_cpu(core.prstatus):
         return None  # a kdump core: registers in its notes, memory in place
     return _identify_raw(v)
@@ -696,10 +694,8 @@ def _identify_live(v: _Vmcore) -> DumpSource | None:
     if isinstance(state.native, FadumpMem):
         # fadump's capture kernel maps the crashed memory back itself: drgn reads
         # its vmcore as it is; the registers come from its notes.
-        with ElfCore.open(v.path) as core:
-            notes = [(n.name, n.type, n.desc) for n in core.notes]
         src = _fadump(
-            v.path, v.byteorder, v.info, v.memory, notes, state.native,
+            v.path, v.byteorder, v.info, v.memory, v.notes, state.native,
             capture.physical_map(state, v.memory),
         )  # fmt: skip
         src.root = root
@@ -796,9 +792,9 @@ def _fadump_note(notes: list[tuple[str, int, bytes]]) -> tuple[bool, FadumpMem |
         return True, None
 
 
-def _kdump_ranges(kd: KdumpFile) -> list[tuple[int, int]]:
-    ps = kd.page_size
-    return [(a * ps, b * ps) for a, b in kd.present_runs()]
+def _in_place(ranges: list[tuple[int, int]]) -> list[Region]:
+    """``[start, end)`` ranges a file holds, each read at its own address."""
+    return [Region(a, b, "memory", a) for a, b in sorted(ranges)]
 
 
 def _fadump(

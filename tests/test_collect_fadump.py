@@ -22,6 +22,7 @@ import pytest
 from drgn_hvdump.capture import FadumpDump, open_capture
 from drgn_hvdump.collect.collector import CollectOptions, collect
 from drgn_hvdump.collect.verify import verify_dir
+from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import NT_PRSTATUS, ElfCore, parse_notes, parse_prstatus
 from drgn_hvdump.formats.kdump import KdumpFile
 from hvsim import Lpar
@@ -224,6 +225,11 @@ def test_a_release_made_by_hand_stops_the_collection(tmp_path: Path) -> None:
     text = str(exc.value)
     assert "released outside this collection" in text or "vmcore" in text, text
     assert "Traceback" not in text
+    # The simulator's history: the one release is the hand's, the collector made none.
+    releases = [e for _, e in lpar.status()["events"] if e.startswith("release_mem")]
+    assert lpar.status()["counters"]["releases"] == 1 and len(releases) == 1, releases
+    journal = _journal(out)
+    assert not [r for r in journal if r.get("t") == "rel"], journal[-3:]
 
 
 @pytest.mark.slow
@@ -369,3 +375,29 @@ def test_a_damaged_structure_is_one_line_and_releases_nothing(tmp_path: Path) ->
     assert "fadump memory structure version 0xdead" in res.stderr, res.stderr
     assert not (tmp_path / "out").exists()
     assert lpar.state == "capture" and lpar.released_ranges() == []
+
+
+def test_removed_and_planted_files_release_nothing(tmp_path: Path) -> None:
+    """The dump file removed during the collection, or a file planted in the output
+    directory before it: the collection stops or refuses, and the simulator's history
+    shows no release; a new collection then saves the whole dump and releases once."""
+    lpar = _fadump_lpar(tmp_path / "lpar")
+    out = tmp_path / "out"
+
+    def remove(event: str, n: int) -> None:
+        if event == "chunk" and n == 2:
+            (out / "dump.kdump").unlink()
+
+    planted = tmp_path / "planted"
+    planted.mkdir(mode=0o700)
+    (planted / "dump.kdump").write_bytes(b"not ours")
+    with mounted(lpar, tmp_path / "root") as root:
+        with pytest.raises(HvdumpError):
+            collect(CollectOptions(root=root, output=out, hook=remove, progress=False))
+        res = hvdump("collect", "--root", str(root), "-o", str(planted), "--no-progress")
+        assert res.returncode != 0 and "exists" in res.stderr, res.stderr
+        assert (planted / "dump.kdump").read_bytes() == b"not ours"
+        assert lpar.status()["counters"]["releases"] == 0 and lpar.released_ranges() == []
+        collect(CollectOptions(root=root, output=tmp_path / "again", progress=False))
+    assert lpar.status()["counters"]["releases"] == 1 and lpar.protected
+    assert compare_with_truth(lpar, tmp_path / "again") == []

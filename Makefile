@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hvdump-installed
 SRC    := pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
 
-.PHONY: all setup system-deps demo test test-real lint bench bench-makedumpfile clean
+.PHONY: all setup system-deps demo test test-real test-firmware lint bench bench-makedumpfile clean
 
 all: setup
 
@@ -28,13 +28,20 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q -p no:cacheprovider -m "not real"
+	$(BIN)/pytest -q -p no:cacheprovider -m "not real and not firmware"
 
 # The pipeline on real ppc64 kernels booted under QEMU (tests/test_real_kernel.py):
 # downloads Debian 12's and 13's ppc64el kernels, their debug info and busybox
 # (cached in ~/.cache/hvdump-real), about 3 minutes once cached.
 test-real: setup
 	$(BIN)/pytest -q -p no:cacheprovider -m real -s
+
+# fadump on QEMU's PAPR firmware with hvdump inside the real capture kernel
+# (tests/test_real_firmware.py): downloads QEMU 11 and a ppc64el userland from
+# Debian, builds a guest kernel with fadump (about 8 minutes, once; all cached in
+# ~/.cache/hvdump-firmware), then about 10 minutes.
+test-firmware: setup
+	$(BIN)/pytest -q -p no:cacheprovider -m firmware -s
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py

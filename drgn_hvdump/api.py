@@ -147,6 +147,8 @@ def abandon(root: Path, *, dry_run: bool = False) -> Released:
                 break
             capture.release(w)
             done.append((w.addr, w.size))
+        if done and not capture.state().dump_waiting:
+            capture.protect(plan.page_size)
         return Released(done, capture.state().dump_waiting)
     finally:
         lock.release()

@@ -6,14 +6,12 @@ Each page is compressed on its own and kept compressed only if that is
 smaller than the page. Batches are compressed and checked in C
 (:class:`drgn_hvdump.native.PageCodec`: one call per batch with the GIL
 released, so threads run in parallel); single pages are decoded for readers
-with the Python libraries.
+in C too.
 """
 
 from __future__ import annotations
 
 import threading
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from drgn_hvdump import native
@@ -113,37 +111,19 @@ def get_codec(name: str, level: int | None = None) -> Codec:
     return Codec(name, CODECS[name], level)
 
 
-def _zlib_page(data: bytes, page_size: int) -> bytes:
-    # At most one page more than a page is decoded: a zlib bomb costs nothing.
-    d = zlib.decompressobj()
-    out = d.decompress(data, page_size + 1)
-    if len(out) > page_size:
-        raise ValueError(f"a zlib page decodes to more than {page_size} bytes")
-    return out
-
-
-def _decoders() -> dict[int, Callable[[bytes, int], bytes]]:
-    decoders: dict[int, Callable[[bytes, int], bytes]] | None = getattr(_local, "decoders", None)
-    if decoders is None:
-        import cramjam
-        import lzallright
-        import zstandard
-
-        zd = zstandard.ZstdDecompressor()
-        lzo = lzallright.LZOCompressor()
-        decoders = {
-            DUMP_DH_COMPRESSED_ZLIB: _zlib_page,
-            DUMP_DH_COMPRESSED_ZSTD: lambda data, ps: zd.decompress(data, max_output_size=ps),
-            DUMP_DH_COMPRESSED_LZO: lambda data, ps: lzo.decompress(data, output_size_hint=ps),
-            DUMP_DH_COMPRESSED_SNAPPY: lambda data, ps: bytes(cramjam.snappy.decompress_raw(data)),
-        }
-        _local.decoders = decoders
-    return decoders
+_FLAGS = frozenset(
+    (
+        DUMP_DH_COMPRESSED_ZLIB,
+        DUMP_DH_COMPRESSED_LZO,
+        DUMP_DH_COMPRESSED_SNAPPY,
+        DUMP_DH_COMPRESSED_ZSTD,
+    )
+)
 
 
 def decompress_page(data: bytes, flag: int, page_size: int) -> bytes:
-    """Decode one stored page with the codec ``flag`` names."""
-    decoder = _decoders().get(flag)
-    if decoder is None:
+    """Decode one stored page with the codec ``flag`` names (in C: no Python codec package
+    is needed to read a dump); ValueError if it does not decode to exactly one page."""
+    if flag not in _FLAGS:
         raise ValueError(f"unknown codec flag {flag:#x}")
-    return decoder(data, page_size)
+    return Codec("", flag, None).page_codec(page_size).decode(data, flag)

@@ -241,6 +241,24 @@ class PageCodec:
                 raise RuntimeError(f"codec {self.codec}: the compression library failed")
             return PageBatch(memoryview(out)[:n], sizes, flags)
 
+    def decode(self, data: Buffer, flag: int) -> bytes:
+        """One stored page (compressed with codec ``flag``, this codec), decoded; ValueError
+        if it does not decode to exactly one page."""
+        out = bytearray(self.page_size)
+        with byte_view(data) as view:
+            c_in = ffi.from_buffer("uint8_t[]", view)
+            c_out = ffi.from_buffer("uint8_t[]", out, require_writable=True)
+            try:
+                rc = lib.hv_decode_page(self._c, c_in, view.nbytes, flag, c_out)
+            finally:
+                ffi.release(c_in)
+                ffi.release(c_out)
+        if rc:
+            raise ValueError(
+                f"a page stored with codec {flag:#x} does not decode (codec {self.codec})"
+            )
+        return bytes(out)
+
     def check(self, buf: Buffer, zero: bytes, batch: PageBatch) -> int:
         """-1 if ``batch`` decodes to the pages of ``buf``, else the first page that does not."""
         ps = self.page_size

@@ -377,6 +377,21 @@ class PageCodec:
                     sizes[i] = ps
             return PageBatch(b"".join(parts), sizes, flags)
 
+    def decode(self, data: Buffer, flag: int) -> bytes:
+        """One stored page (compressed with codec ``flag``, this codec), decoded; ValueError
+        if it does not decode to exactly one page."""
+        with byte_view(data) as view:
+            raw = bytes(view)
+        page = None
+        if flag == self.codec and flag != CODEC_NONE and len(raw) < self.page_size:
+            try:
+                page = self._decode(raw)
+            except Exception:  # the library's own error: a corrupt block
+                page = None
+        if page is None or len(page) != self.page_size:
+            raise ValueError(f"a page stored with codec {flag:#x} does not decode (codec {self.codec})")
+        return bytes(page)
+
     def check(self, buf: Buffer, zero: bytes, batch: PageBatch) -> int:
         """-1 if ``batch`` decodes to the pages of ``buf``, else the first page that does not."""
         ps = self.page_size

@@ -8,11 +8,11 @@ for the firmware). Physical memory (:class:`FadumpReservation`)::
     0 .. boot_mem_top            boot memory (reserve_size bytes, 1-7 sections):
                                  the capture kernel boots here
     ra_start .. ra_end           the reserved area, from boot_mem_top: CPU state
-                                 data, HPTE, the boot-memory copies back to back,
-                                 then room for the kernel's crash-info and ELF
-                                 headers (page aligned)
-    ra_end .. +1 page            the parameter area (registered in place,
-                                 source == destination; never freed)
+                                 data and HPTE (page aligned), the boot-memory
+                                 copies back to back, then the kernel's crash-info
+                                 header (0x2a8 bytes: ra_end is not page aligned)
+    page_up(ra_end) .. +1 page   the parameter area (registered in place,
+                                 source == destination)
     the rest                     ordinary memory, preserved across the dump
 
 * An ordinary boot registers the structure (``registered`` reads 1). The
@@ -30,13 +30,23 @@ for the firmware). Physical memory (:class:`FadumpReservation`)::
   ``[ra_end, RAM)``.
 * ``release_mem`` <- ``1`` invalidates the dump in the firmware, removes
   ``/proc/vmcore`` and frees everything above boot memory but the reserved
-  and parameter areas, which the next registration uses. It does not
-  register: ``registered`` <- ``1`` does. ``registered`` refuses writes with
-  EPERM while a dump is active, EINVAL for anything but 0 or 1.
+  area. It does not register: ``registered`` <- ``1`` does. ``registered``
+  refuses writes with EPERM while a dump is active, EINVAL for anything but 0
+  or 1.
+* Linux's bug, as measured on 6.12 under QEMU (``quirks="faithful"``, the
+  default): the release frees from ``page_down(ra_end)``, so the page holding
+  the crash-info header goes back to the allocator (and the parameter area
+  with the rest); registering again then writes the header into that page.
+  hvsim takes the worst case the kernel shows: the page's new user
+  overwrites the header, and the next capture boot finds "Fadump header is
+  corrupted", invalidates the dump and frees it (all of it lost). Unless the
+  page was taken out of use first through
+  ``/sys/devices/system/memory/soft_offline_page`` (``CONFIG_MEMORY_FAILURE``),
+  which moves a page's data away and never hands it out again: then
+  registering is harmless. ``quirks="corrected"`` keeps the header's page
+  and the parameter area reserved, as a fixed kernel would.
 
-Left out: the 6.12 bug that frees the page holding the crash-info header
-(hvsim's reserved area ends on a page boundary), ``bootargs_append``, and
-memory hotplug.
+Left out: ``bootargs_append``, and memory hotplug.
 """
 
 from __future__ import annotations
@@ -95,13 +105,15 @@ __all__ = [
     "release_mem",
     "reservation",
     "save",
+    "soft_offline",
     "sysfs_text",
     "sysfs_write",
     "vmcore_layout",
 ]
 
-CRASH_INFO_SIZE = 0x2000
-"""Room the kernel keeps after the copies for its crash-info header and ELF headers."""
+CRASH_INFO_SIZE = 0x2A8
+"""``sizeof(struct fadump_crash_info_header)`` (Linux 6.12, ppc64): the reserved area's
+last bytes, after the boot-memory copies."""
 PARAM_AREA_SIZE = 2048
 """The parameter area: ``COMMAND_LINE_SIZE`` bytes on powerpc."""
 VERSION_PROPERTY = bytes([1, 0, 1, 0])
@@ -136,8 +148,8 @@ class FadumpReservation:
 
     @property
     def ra_size(self) -> int:
-        size = self.cpu_size + self.hpte_size + self.boot_size + CRASH_INFO_SIZE
-        return page_up(size, self.page_size)
+        """``get_fadump_area_size()``: never a whole number of pages."""
+        return page_up(self.cpu_size + self.hpte_size, self.page_size) + self.boot_size + CRASH_INFO_SIZE
 
     @property
     def ra_start(self) -> int:
@@ -148,13 +160,24 @@ class FadumpReservation:
         return self.ra_start + self.ra_size
 
     @property
-    def param_end(self) -> int:
-        return page_up(self.ra_end + PARAM_AREA_SIZE, self.page_size)
+    def header_page(self) -> int:
+        """The page that holds the crash-info header, the reserved area's last bytes."""
+        return page_down(self.ra_end, self.page_size)
 
     @property
-    def kept(self) -> tuple[int, int]:
-        """What stays reserved after ``release_mem``: the reserved and parameter areas."""
-        return self.ra_start, self.param_end
+    def param_addr(self) -> int:
+        return page_up(self.ra_end, self.page_size)
+
+    @property
+    def param_end(self) -> int:
+        return page_up(self.param_addr + PARAM_AREA_SIZE, self.page_size)
+
+    def kept(self, quirks: str = "faithful") -> tuple[int, int]:
+        """What stays reserved after ``release_mem``: the reserved area up to its last page
+        (Linux), or with that page and the parameter area (``corrected``)."""
+        if quirks == "corrected":
+            return self.ra_start, self.param_end
+        return self.ra_start, self.header_page
 
     def problem(self) -> str | None:
         """Why a kernel of this configuration cannot register, or None."""
@@ -173,7 +196,7 @@ class FadumpReservation:
             hpte_size=self.hpte_size,
             boot_regions=self.boot_regions(),
             dest_base=self.ra_start,
-            param_area=(self.ra_end, PARAM_AREA_SIZE),
+            param_area=(self.param_addr, PARAM_AREA_SIZE),
         )
 
 
@@ -235,14 +258,31 @@ class FadumpFirmware(Firmware[FadumpMem]):
         self._saved(mem)
         return mem
 
+    @property
+    def clobbered_header(self) -> int | None:
+        """The page the kernel wrote its crash-info header into after that page was freed
+        (another user's since: the header will not survive), or None."""
+        value = self._state.get("clobbered_header")
+        return None if value is None else int(value)
+
+    def register_header(self, page: int | None) -> None:
+        """Where the registration just made wrote the header: ``page`` if freed memory."""
+        self._state["clobbered_header"] = page
+
+    def boot_with(self, dump: bytes | None) -> None:
+        """A boot starts: the structure its device tree shows (None: an ordinary boot)."""
+        self._state["boot_dump"] = None if dump is None else dump.hex()
+
     def rtas_properties(self, *, waiting: bool) -> dict[str, bytes]:
-        """The ``/rtas`` properties of a boot: support, sizes, version, a waiting dump."""
+        """The ``/rtas`` properties of a boot: support, sizes, version, and in a capture
+        boot the dump's structure as the boot found it (Linux keeps its boot-time device
+        tree: the property stays after ``release_mem``)."""
         props = self.support_properties()
         if props:
             props["rtas/ibm,configure-kernel-dump-version"] = VERSION_PROPERTY
-            dump = self.dump_bytes
-            if waiting and dump is not None:
-                props["rtas/ibm,kernel-dump"] = dump
+            boot = self._state.get("boot_dump")
+            if boot is not None:
+                props["rtas/ibm,kernel-dump"] = bytes.fromhex(boot)
         return props
 
 
@@ -252,6 +292,7 @@ class FadumpFirmware(Firmware[FadumpMem]):
 def register_at_boot(m: Machine, st: LparState, kernel: KernelState) -> str:
     """An ordinary boot with ``fadump=on`` registers; returns where (or sets ``kernel.reason``)."""
     res = reservation(m.config)
+    m.fadump(st).boot_with(None)
     return m.register_at_boot(
         st,
         kernel,
@@ -260,7 +301,7 @@ def register_at_boot(m: Machine, st: LparState, kernel: KernelState) -> str:
         problem=res.problem(),
         registration=res.registration(),
         # The reserved area is CMA (the kernel uses it); the parameter area is not.
-        reserved=[(res.ra_end, res.param_end)],
+        reserved=[(res.header_page, res.param_end)],
         where=f"reserved area at {res.ra_start:#x}-{res.ra_end:#x}",
     )
 
@@ -329,6 +370,7 @@ def capture_boot(m: Machine, st: LparState) -> None:
     mem = fw.dump
     assert mem is not None
     st.counters.capture_boots += 1
+    fw.boot_with(fw.dump_bytes)
     top = max(s.source_address + s.source_length for s in mem.boot_regions)
     push_generated(st, derive_seed(cfg.seed, "capture", gen), [(0, top)], f"capture kernel g{gen}")
     kernel = KernelState("capture", gen, IntervalSet([(top, cfg.memory)]))
@@ -337,6 +379,9 @@ def capture_boot(m: Machine, st: LparState) -> None:
         st.dump.captured_again(gen)
     res = reservation(cfg)
     ok, why = fadump_validity(mem)
+    if ok and fw.clobbered_header is not None:
+        # fadump_process(): the header's magic is gone (the page had another user)
+        ok, why = False, "Fadump header is corrupted"
     if not ok:
         # fadump_process() failed: the kernel invalidates the dump and frees
         # its memory at once; nothing of it can be collected.
@@ -368,7 +413,7 @@ def _release(
     m.fadump(st).invalidate()
     cap = kernel.capture
     to_free = kernel.reserved.copy()
-    to_free.remove(*res.kept)
+    to_free.remove(*res.kept(m.config.quirks))
     freed = sum(y - x for s, e in list(to_free) for x, y in free(m, st, s, e))
     if cap is not None:
         cap.releases += 1
@@ -435,6 +480,8 @@ def _parse_int(data: bytes, what: str) -> int:
 
 def sysfs_write(m: Machine, st: LparState, name: str, data: bytes) -> str:
     """One write to ``registered`` or ``release_mem``, with the kernel's errors; says what it did."""
+    if name == "soft_offline_page":
+        return soft_offline(m, st, data)
     what = f"/sys/kernel/fadump/{name}"
     kernel = _need_files(m, st, what)
     cfg = m.config
@@ -468,6 +515,13 @@ def sysfs_write(m: Machine, st: LparState, name: str, data: bytes) -> str:
     again = fw.registered is not None
     fw.unregister()
     fw.register(res.registration())
+    clobbered = _freed_header(m, kernel, res)
+    fw.register_header(clobbered)
+    if clobbered is not None:
+        st.event(
+            f"fadump registration wrote the crash-info header into page {clobbered:#x}, "
+            "which release_mem had freed (Linux bug): the next dump will be lost"
+        )
     st.counters.registrations += 1
     if kernel.release_state is not None:
         st.counters.reregistrations += 1
@@ -475,6 +529,34 @@ def sysfs_write(m: Machine, st: LparState, name: str, data: bytes) -> str:
         f"fadump {'registered again' if again else 'registered'}, reserved area at {res.ra_start:#x}"
     )
     return "registered"
+
+
+def _freed_header(m: Machine, kernel: KernelState, res: FadumpReservation) -> int | None:
+    """The header's page if a release in this boot freed it and it is still in use."""
+    if m.config.quirks != "faithful" or kernel.release_state is None:
+        return None
+    page = res.header_page
+    if kernel.offline.intersect(page, page + res.page_size):
+        return None
+    return page
+
+
+def soft_offline(m: Machine, st: LparState, data: bytes) -> str:
+    """``soft_offline_page`` <- ADDR: the page holding ADDR is never handed out again
+    (its data moved elsewhere); EBUSY for memory the kernel keeps reserved."""
+    what = "/sys/devices/system/memory/soft_offline_page"
+    kernel = _need_files(m, st, what)
+    addr = _parse_int(data, what)
+    if not 0 <= addr < m.config.memory:
+        raise HvsimError(f"{m.path}: {what}: {addr:#x} is not RAM (ENXIO)", errno.ENXIO)
+    page = page_down(addr, m.config.page_size)
+    end = page + m.config.page_size
+    if kernel.reserved.intersect(page, end):
+        raise HvsimError(f"{m.path}: {what}: {page:#x} is reserved (EBUSY)", errno.EBUSY)
+    if not kernel.offline.intersect(page, end):
+        kernel.offline.add(page, end)
+        st.event(f"soft_offline_page: page {page:#x} taken out of use")
+    return f"page {page:#x} offline"
 
 
 def vmcore_layout(m: Machine, st: LparState) -> tuple[CoreLayout, dict[int, int]]:

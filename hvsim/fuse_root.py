@@ -225,7 +225,7 @@ def write_handlers(views: CaptureViews) -> dict[str, Callable[[bytes], object]]:
         "release_region": views.release_text,
         **{
             name: functools.partial(views.fadump_write, name)
-            for name in ("registered", "release_mem")
+            for name in ("registered", "release_mem", "soft_offline_page")
         },
     }
 
@@ -478,6 +478,9 @@ class CaptureRoot(fuse.Operations):  # type: ignore[misc]
             raise fuse.FuseOSError(errno.ELOOP)
         accmode = fi.flags & os.O_ACCMODE
         if accmode != os.O_RDONLY and not node.writable:
+            raise fuse.FuseOSError(errno.EACCES)
+        if accmode != os.O_WRONLY and not node.mode & 0o444:
+            # kernfs: a file with no read method cannot be opened for reading, by root neither
             raise fuse.FuseOSError(errno.EACCES)
         data: bytes | None = None
         if node.content is not None and accmode != os.O_WRONLY:

@@ -424,7 +424,8 @@ class Lpar:
         return self._view(functools.partial(fadump.sysfs_text, name=name))
 
     def fadump_write(self, name: str, data: bytes | str) -> str:
-        """One write to ``/sys/kernel/fadump/NAME`` (``registered``, ``release_mem``) with
+        """One write to ``/sys/kernel/fadump/NAME`` (``registered``, ``release_mem``; and
+        ``soft_offline_page``, under ``/sys/devices/system/memory``) with
         the kernel's errors (``.errno`` EPERM, EINVAL); says what it did."""
         self._need_fadump(name)
         raw = data.encode("latin-1") if isinstance(data, str) else bytes(data)

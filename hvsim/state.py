@@ -106,6 +106,8 @@ class KernelState:
     capture: CaptureState | None = None
     capture_done: CaptureState | None = None
     boot_time: float = field(default_factory=lambda: round(time.time(), 3))
+    offline: IntervalSet = field(default_factory=IntervalSet)
+    """Pages taken out of use (``soft_offline_page``): never handed out again this boot."""
 
     @property
     def release_state(self) -> CaptureState | None:
@@ -123,6 +125,8 @@ class KernelState:
         }
         if self.capture_done is not None:
             out["capture_done"] = self.capture_done.to_json()
+        if self.offline:
+            out["offline"] = self.offline.to_json()
         return out
 
     @classmethod
@@ -136,6 +140,7 @@ class KernelState:
             capture=None if cap is None else CaptureState.from_json(cap),
             capture_done=None if done is None else CaptureState.from_json(done),
             boot_time=data["boot_time"],
+            offline=IntervalSet(data.get("offline", [])),
         )
 
 

@@ -202,6 +202,14 @@ static int decode_one(hv_codec *c, const uint8_t *data, size_t size, uint32_t fl
     }
 }
 
+int hv_decode_page(hv_codec *c, const uint8_t *data, size_t size, uint32_t flag, uint8_t *out)
+{
+    if (size >= c->page_size || decode_one(c, data, size, flag) != 0)
+        return -1;
+    memcpy(out, c->page, c->page_size);
+    return 0;
+}
+
 int64_t hv_check_pages(hv_codec *c, const uint8_t *src, size_t npages, const uint8_t *zero,
                        const uint8_t *stored, const uint32_t *sizes, const uint32_t *flags)
 {

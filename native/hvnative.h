@@ -75,6 +75,10 @@ int64_t hv_compress_pages(hv_codec *c, const uint8_t *src, size_t npages, const 
 int64_t hv_check_pages(hv_codec *c, const uint8_t *src, size_t npages, const uint8_t *zero,
                        const uint8_t *stored, const uint32_t *sizes, const uint32_t *flags);
 
+/* Decode one stored page (flag: its codec, which must be c's) into out
+ * (page_size bytes). Returns 0, or -1 if it does not decode to exactly one page. */
+int hv_decode_page(hv_codec *c, const uint8_t *data, size_t size, uint32_t flag, uint8_t *out);
+
 /* The kdump page descriptors (offset, size, flags, page_flags = 0; 24 bytes
  * each, in the dump's byte order) of a batch whose stored bytes start at
  * data_offset; zero pages point at the shared zero page at zero_offset. */

@@ -169,7 +169,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HVDUMP_REAL_CACHE", Path.home() / ".cache" / "hvdump-real"))
 
 
-def _apt_options(cache: Path, suite: str | None = None) -> list[str]:
+def _apt_options(
+    cache: Path, suite: str | None = None, arch: str = "ppc64el", suites: tuple[str, ...] = ()
+) -> list[str]:
+    """apt options for ``arch`` packages with lists and cache under ``cache/apt``; with
+    ``suite``, a private source list naming it and ``suites`` (e.g. its backports)."""
     lists = cache / "apt" / "lists"
     archives = cache / "apt" / "cache"
     for d in (lists / "partial", archives / "archives" / "partial"):
@@ -179,8 +183,11 @@ def _apt_options(cache: Path, suite: str | None = None) -> list[str]:
         # Another Debian release than the machine's: a source list of our own.
         listing = cache / "apt" / "sources.list"
         listing.write_text(
-            "deb [arch=ppc64el signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-            f"http://deb.debian.org/debian {suite} main\n"
+            "".join(
+                f"deb [arch={arch} signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                f"http://deb.debian.org/debian {s} main\n"
+                for s in (suite, *suites)
+            )
         )
         sources = [
             "-o",
@@ -191,9 +198,9 @@ def _apt_options(cache: Path, suite: str | None = None) -> list[str]:
     return [
         *sources,
         "-o",
-        "APT::Architecture=ppc64el",
+        f"APT::Architecture={arch}",
         "-o",
-        "APT::Architectures=ppc64el",
+        f"APT::Architectures={arch}",
         "-o",
         f"Dir::State::Lists={lists}",
         "-o",

@@ -86,7 +86,7 @@ def test_collect_saves_everything_then_releases_once_and_registers(
         assert not (root / "proc/vmcore").exists()
     assert lpar.state == "running" and lpar.protected
     res = reservation(lpar.config)
-    assert lpar.reserved_ranges() == [res.kept]
+    assert lpar.reserved_ranges() == [res.kept()]
     assert sorted(os.listdir(out)) == sorted(
         ["journal.jsonl", "manifest.json", "plan.json", f"dump.{fmt}"]
     )
@@ -153,7 +153,7 @@ def test_tools_we_did_not_write_read_a_collected_fadump_dump(tmp_path: Path, end
         0x10000,
         regions[1][0],
         regions[2][0] + 0x20000,
-        res.ra_end,
+        res.param_addr,  # the first whole page above the reserved area
         lpar.config.memory - 65536,
     ]
     dump = out / "dump.kdump"

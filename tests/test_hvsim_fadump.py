@@ -46,13 +46,17 @@ def test_reservation_layout_and_registration() -> None:
     assert len(regions) == 3 and regions[0][0] == 0
     assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(regions))
     assert sum(n for _, n in regions) == res.boot_mem_top == 256 << 20
-    assert res.ra_start == res.boot_mem_top and res.ra_end % cfg.page_size == 0
-    assert res.ra_end - res.ra_start >= res.cpu_size + res.hpte_size + res.boot_size
-    assert res.kept == (res.ra_start, res.ra_end + cfg.page_size)
+    # Linux's size: the CPU state and HPTE page aligned, the copies, the 0x2a8-byte header
+    assert res.ra_start == res.boot_mem_top
+    assert res.ra_end - res.ra_start == 0x1010000 + res.boot_size + 0x2A8
+    assert res.ra_end % cfg.page_size == 0x2A8 and res.header_page == res.ra_end - 0x2A8
+    # Linux frees the header's page (and the parameter area); a fixed kernel keeps both
+    assert res.kept() == (res.ra_start, res.header_page)
+    assert res.kept("corrected") == (res.ra_start, res.param_end)
     mem = res.registration()
     assert section_names(mem) == ["cpu", "hpte", "boot0", "boot1", "boot2", "param"]
     param = mem.sections[-1]
-    assert param.source_address == param.destination_address == res.ra_end
+    assert param.source_address == param.destination_address == res.param_addr
     assert param.source_length == PARAM_AREA_SIZE
     # boot-memory copies back to back after the CPU state data and the HPTEs
     dests = [s.destination_address for s in mem.sections[:-1]]
@@ -162,17 +166,26 @@ def test_release_mem_frees_all_but_what_the_next_registration_needs(tmp_path: Pa
             lpar.fadump_write("release_mem", junk)
         assert exc.value.errno == errno.EINVAL
     assert lpar.state == "capture"
+    info_tree = lpar.device_tree()["rtas/ibm,kernel-dump"]
     lpar.fadump_write("release_mem", b"1\n")
     assert lpar.state == "running" and not lpar.protected
-    freed = lpar.config.memory - res.kept[1]
+    freed = lpar.config.memory - res.kept()[1]
     assert _memtotal(lpar) - before == freed // 1024
-    assert lpar.reserved_ranges() == [res.kept]
+    assert lpar.reserved_ranges() == [res.kept()]
     with pytest.raises(ViewUnavailable):
         lpar.vmcore_size()
     with pytest.raises(HvsimError) as exc:
         lpar.fadump_write("release_mem", b"1")
     assert exc.value.errno == errno.EPERM
-    assert "rtas/ibm,kernel-dump" not in lpar.device_tree()
+    # Linux keeps its boot-time device tree
+    assert lpar.device_tree()["rtas/ibm,kernel-dump"] == info_tree
+    # Linux freed the header's page: take it out of use before registering again
+    # (the reserved area's own pages refuse: EBUSY; MemTotal does not change)
+    with pytest.raises(HvsimError) as exc:
+        lpar.fadump_write("soft_offline_page", f"{res.ra_start:#x}".encode())
+    assert exc.value.errno == errno.EBUSY
+    lpar.fadump_write("soft_offline_page", f"{res.ra_end:#x}\n".encode())
+    assert _memtotal(lpar) - before == freed // 1024
     lpar.fadump_write("registered", b"1")
     assert lpar.protected and lpar.status()["counters"]["reregistrations"] == 1
     # the re-registered capture kernel crashes: a second dump, collected the same way
@@ -182,6 +195,25 @@ def test_release_mem_frees_all_but_what_the_next_registration_needs(tmp_path: Pa
     assert verify_sections(lpar).ok
 
 
+@pytest.mark.parametrize("quirks", ["faithful", "corrected"])
+def test_registering_after_release_mem_loses_the_next_dump(tmp_path: Path, quirks: str) -> None:
+    """Linux 6.12's bug, as QEMU showed it: registering again after release_mem writes the
+    crash-info header into a page the release freed; the next capture boot finds "Fadump
+    header is corrupted" and frees the dump. A fixed kernel (corrected) keeps the page."""
+    lpar = _lpar(tmp_path, quirks=quirks)
+    assert lpar.crash("panic") == "capture"
+    lpar.fadump_write("release_mem", b"1")
+    lpar.fadump_write("registered", b"1")
+    assert lpar.protected
+    if quirks == "corrected":
+        assert lpar.crash("panic") == "capture"
+        return
+    assert any("freed (Linux bug)" in text for _, text in lpar.status()["events"])
+    assert lpar.crash("panic") == "running"
+    assert not lpar.dump_waiting and not lpar.protected
+    assert any("Fadump header is corrupted" in why for _, _, why in lpar.lost_ranges())
+
+
 def test_invalid_dump_is_invalidated_at_the_capture_boot(tmp_path: Path) -> None:
     lpar = _lpar(tmp_path)
     assert lpar.crash(errors={"boot0": 0x8000}) == "running"
@@ -189,7 +221,7 @@ def test_invalid_dump_is_invalidated_at_the_capture_boot(tmp_path: Path) -> None
     with pytest.raises(ViewUnavailable):
         lpar.vmcore_size()
     assert any("invalid" in why for _, _, why in lpar.lost_ranges())
-    assert lpar.reserved_ranges() == [reservation(lpar.config).kept]
+    assert lpar.reserved_ranges() == [reservation(lpar.config).kept()]
     lpar.fadump_write("registered", b"1")
     with pytest.raises(ValueError, match="sections are cpu, hpte, boot0, param"):
         lpar.crash(errors={"rmo": 1})

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -418,6 +419,16 @@ def test_twin_page_codec(pages: tuple[bytes, int], codec: int, seed: int) -> Non
                 assert batch.sizes[i] == ps
             else:
                 assert batch.flags[i] == codec and 0 < batch.sizes[i] < ps
+        # One page at a time too, as readers decode: both twins agree with the source.
+        pos = 0
+        for i in range(n):
+            size, flag = batch.sizes[i], batch.flags[i]
+            data = bytes(batch.data[pos : pos + size])
+            pos += size
+            if flag:
+                page = buf[i * ps : (i + 1) * ps]
+                assert other.PageCodec(codec, None, ps).decode(data, flag) == page
+                assert maker.PageCodec(codec, None, ps).decode(data, flag) == page
         assert batch.stored == sum(batch.sizes)
         for big in (False, True):
             c = native.kdump_descs(batch, 1 << 40, 4096, ps, big)
@@ -453,3 +464,22 @@ def test_page_codec_refuses_bad_arguments(mod: ModuleType) -> None:
     codec = mod.PageCodec(native_ref.CODEC_LZO, None, 4096)
     with pytest.raises(ValueError, match="zero flags"):
         codec.compress(bytes(8192), b"\0")
+
+
+@pytest.mark.parametrize("mod", [native, native_ref], ids=["c", "python"])
+@pytest.mark.parametrize("codec", [c for c in CODEC_FLAGS if c])
+def test_decode_refuses_what_is_not_one_page(mod: Any, codec: int) -> None:
+    """A corrupt block, a block of another codec, a block as large as a page, a block that
+    decodes to less than a page: ValueError, never a short or wrong page."""
+    ps = 4096
+    page = bytes(range(256)) * 16
+    good = bytes(mod.PageCodec(codec, None, ps).compress(page, b"\0").data)
+    half = bytes(mod.PageCodec(codec, None, 2 * ps).compress(page * 2, b"\0").data)
+    pc = mod.PageCodec(codec, None, ps)
+    assert pc.decode(good, codec) == page
+    for data, flag in ((good[: len(good) // 2], codec), (good, codec ^ 0x40), (page, codec)):
+        with pytest.raises(ValueError):
+            pc.decode(data, flag)
+    with pytest.raises(ValueError):
+        mod.PageCodec(codec, None, 2 * ps).decode(good, codec)  # half a page
+    assert mod.PageCodec(codec, None, 2 * ps).decode(half, codec) == page * 2

@@ -24,6 +24,7 @@ __all__ = [
     "CaptureInterface",
     "DumpState",
     "NoDumpError",
+    "NotProtectedError",
     "Section",
     "memtotal_after",
     "read_boot_id",
@@ -67,6 +68,11 @@ def memtotal_after(before_kb: int, new_pages: tuple[int, ...], page_size: int) -
 
 class NoDumpError(HvdumpError):
     """No dump is waiting under the given root."""
+
+
+class NotProtectedError(HvdumpError):
+    """The dump is gone, but the LPAR was left unregistered on purpose (registering would
+    harm the running kernel); the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,9 @@ class CaptureInterface(ABC):
     #: (``--release progressive``); otherwise all of it goes in the last write.
     RELEASES_PROGRESSIVELY: ClassVar[bool] = True
 
-    def protect(self) -> str:
+    def protect(self, page_size: int | None = None) -> str:
         """After the dump is gone: make sure the LPAR is registered for the next crash
-        (phyp dump's kernel re-registers by itself: nothing to do); says what it did."""
+        (phyp dump's kernel re-registers by itself: nothing to do); says what it did.
+        ``page_size``: the crashed kernel's, when the caller knows it. Raises
+        :class:`NotProtectedError` when registering would do harm."""
         return ""

@@ -27,7 +27,13 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from drgn_hvdump.capture.base import CaptureInterface, DumpState, NoDumpError, Section
+from drgn_hvdump.capture.base import (
+    CaptureInterface,
+    DumpState,
+    NoDumpError,
+    NotProtectedError,
+    Section,
+)
 from drgn_hvdump.capture.plan import Chunk, Plan, ReleaseWrite, checked_against
 from drgn_hvdump.capture.rootfiles import (
     COMMON_PROPERTIES,
@@ -56,7 +62,7 @@ from drgn_hvdump.intervals import IntervalSet
 from drgn_hvdump.model.pages import page_down, page_up
 from drgn_hvdump.model.physmap import Region
 
-__all__ = ["FADUMP_ROOT_FILES", "FadumpDump", "FadumpLayout", "fadump_layout"]
+__all__ = ["FADUMP_ROOT_FILES", "FadumpDump", "FadumpLayout", "fadump_layout", "shared_header_page"]
 
 _FIRMWARE = "the kernel has fadump and the firmware supports dumps"
 
@@ -97,6 +103,14 @@ FADUMP_ROOT_FILES = RootTable(
             0o444,
             "bytes of the reserved area (CPU state, HPTE, boot-memory copies, headers)",
             condition=_FIRMWARE,
+        ),
+        RootFile(
+            "soft_offline_page",
+            "sys/devices/system/memory/soft_offline_page",
+            0o200,
+            "write a physical address: move that page's data away and never use it again",
+            writable=True,
+            condition="the kernel has CONFIG_MEMORY_FAILURE",
         ),
         RootFile(
             "hotplug_ready",
@@ -160,17 +174,22 @@ class FadumpLayout:
         param = mem.one(SOURCE_PARAM_AREA)
         self.param = None if param is None else Extent(param.source_address, param.source_length)
 
-    def kept(self, page_size: int) -> IntervalSet:
-        """Pages a release leaves reserved: the reserved area and the parameter area."""
-        kept = IntervalSet([(page_down(self.ra.addr, page_size), page_up(self.ra.end, page_size))])
+    def kept(self, page_size: int, *, fixed: bool = False) -> IntervalSet:
+        """Pages a release leaves reserved. Linux (up to 6.12 at least) keeps the reserved
+        area only up to the page its end falls in (:func:`shared_header_page`) and frees
+        that page and the parameter area; a fixed kernel (``fixed``) keeps both."""
+        start = page_down(self.ra.addr, page_size)
+        if not fixed:
+            return IntervalSet([(start, page_down(self.ra.end, page_size))])
+        kept = IntervalSet([(start, page_up(self.ra.end, page_size))])
         if self.param is not None and self.param.size:
             kept.add(page_down(self.param.addr, page_size), page_up(self.param.end, page_size))
         return kept
 
-    def freed(self, page_size: int) -> IntervalSet:
+    def freed(self, page_size: int, *, fixed: bool = False) -> IntervalSet:
         """What ``release_mem`` gives back: everything above boot memory but :meth:`kept`."""
         freed = IntervalSet([(self.boot_mem_top, self.memory)])
-        for a, b in self.kept(page_size):
+        for a, b in self.kept(page_size, fixed=fixed):
             freed.remove(a, b)
         return freed
 
@@ -303,6 +322,8 @@ class FadumpDump(CaptureInterface):
             raise HvdumpError(f"{vm.path}: holds no memory of the crashed kernel")
         freed = list(lay.freed(ps))
         pages = sum(b - a for a, b in freed) // ps
+        # MemTotal grows by either count, as the kernel has the bug or not.
+        fixed = sum(b - a for a, b in lay.freed(ps, fixed=True)) // ps
         # The pages it frees, from the first to the last (the kept areas are
         # usually at boot memory's top, so this is exactly what it frees).
         span = (freed[0][0], freed[-1][1]) if freed else (lay.memory, lay.memory)
@@ -313,7 +334,7 @@ class FadumpDump(CaptureInterface):
             span=span,
             scratch=False,
             ready=chunks[-1].index,
-            new_pages=(pages, pages),
+            new_pages=(min(pages, fixed), max(pages, fixed)),
         )
         sections = {
             name: Extent(s.destination_address, s.length_copied)
@@ -356,17 +377,73 @@ class FadumpDump(CaptureInterface):
         return regions
 
     def release(self, write: ReleaseWrite) -> None:
-        """``release_mem`` <- 1 (the whole dump at once), then register again."""
+        """``release_mem`` <- 1: the whole dump at once (:meth:`protect` registers again)."""
         self._write("release_mem", b"1\n")
-        self.protect()
 
-    def protect(self) -> str:
+    def protect(self, page_size: int | None = None) -> str:
         """Register for the next crash if the kernel is not registered (``registered`` <- 1);
-        says what it did."""
+        says what it did.
+
+        Linux's ``release_mem`` frees the page that holds the end of the reserved
+        area, the crash-info header included, when that end is not on a page
+        boundary (:func:`shared_header_page`); registering again writes the header
+        there, into memory the kernel may have handed out since (Linux 6.12:
+        corrupted kernel memory, or "Fadump header is corrupted" and the next dump
+        lost). So that page is first taken out of use with ``soft_offline_page``;
+        where that is impossible the LPAR is left unregistered
+        (:class:`NotProtectedError`)."""
         if self.registered() is not False:
             return ""
+        page = self._shared_header_page(page_size)
+        note = ""
+        if page is not None:
+            self._take_out_of_use(page)
+            note = (
+                f" (first took the page at {page:#x} out of use: Linux's release freed it "
+                "although it holds the crash-info header)"
+            )
         self._write("registered", b"1\n")
-        return "registered again for the next crash"
+        return "registered again for the next crash" + note
+
+    def _shared_header_page(self, page_size: int | None) -> int | None:
+        prop = self.ROOT_FILES.find(self.root, "ibm,kernel-dump")
+        reserved = self._mem_reserved()
+        if prop is None or not reserved:
+            return None
+        try:
+            cpu = parse_fadump_mem(prop.read_bytes(), path=str(prop)).one(SOURCE_CPU)
+        except (OSError, FormatError):
+            return None
+        if page_size is None and self.root == Path("/"):
+            page_size = os.sysconf("SC_PAGE_SIZE")
+        if cpu is None or not page_size:
+            return None
+        return shared_header_page(cpu.destination_address, reserved, page_size)
+
+    def _take_out_of_use(self, page: int) -> None:
+        why = (
+            f"not registered again: Linux's release_mem freed the page at {page:#x}, which "
+            "holds the end of the reserved area (the crash-info header), and registering "
+            "would write into it while the kernel may be using it (docs/real-firmware.md)"
+        )
+        path = self.ROOT_FILES.find(self.root, "soft_offline_page")
+        if path is None:
+            raise NotProtectedError(
+                f"{why}; this kernel cannot take the page out of use "
+                f"({self.ROOT_FILES.path(self.root, 'soft_offline_page')} is missing: "
+                "CONFIG_MEMORY_FAILURE): reboot the LPAR to register for the next crash"
+            )
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, f"{page:#x}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError as error:
+            raise NotProtectedError(
+                f"{why}; {path}: taking it out of use failed: {error.strerror} (the kernel "
+                "holds it and cannot move it): reboot the LPAR to register for the next crash"
+            ) from None
 
     def _write(self, name: str, data: bytes) -> None:
         path = self.ROOT_FILES.find(self.root, name)
@@ -397,6 +474,19 @@ class FadumpDump(CaptureInterface):
             ) from None
         finally:
             os.close(fd)
+
+
+def shared_header_page(ra_start: int, mem_reserved: int, page_size: int) -> int | None:
+    """The page ``release_mem`` frees although the reserved area's last bytes are in it
+    (the kernel's crash-info header; ``mem_reserved`` is the area's size), or None when the
+    area ends on a page boundary.
+
+    Linux (``fadump_release_reserved_area``, 5.x to 6.12 at least) frees from
+    ``PHYS_PFN(end)``, rounding the start of what it frees down to a page; the
+    area's size is ``PAGE_ALIGN(cpu + hpte) + boot memory + sizeof(header)``,
+    so it never ends on a boundary."""
+    end = ra_start + mem_reserved
+    return None if end % page_size == 0 else page_down(end, page_size)
 
 
 def _gap(start: int, end: int, lay: FadumpLayout) -> Region:

@@ -27,6 +27,7 @@ from typing import Any
 
 from drgn_hvdump import native
 from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
+from drgn_hvdump.capture.base import NotProtectedError
 from drgn_hvdump.capture.plan import Chunk, Plan
 from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.codecs import Codec, get_codec
@@ -542,7 +543,10 @@ def _finish_after_last_release(
             "at the rerun the dump no longer waited: the last release re-registered it"
         ),
     )
-    protected = capture.protect()
+    try:
+        protected = capture.protect(manifest.source.page_size)
+    except NotProtectedError as exc:
+        protected = str(exc)
     if protected:
         manifest = replace(manifest, warnings=(*manifest.warnings, f"at the rerun: {protected}"))
     try:

@@ -97,6 +97,17 @@ def _describe_holder(root: Path, pid: int | None) -> Owner:
     return Owner(pid)
 
 
+def _lock_access(path: Path) -> int:
+    """How to open the lock file: sysfs refuses to open a write-only file (fadump's
+    ``release_mem``, mode 0200) for reading, even to root; opening one for writing
+    writes nothing."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return os.O_RDONLY
+    return os.O_RDONLY if mode & 0o444 else os.O_WRONLY
+
+
 class DumpLock:
     """The exclusive lock of one capture root's dump, held until :meth:`release`."""
 
@@ -122,7 +133,7 @@ class DumpLock:
         most, None for no limit), calling ``on_wait`` once with the holder.
         """
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(self.path, _lock_access(self.path) | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise HvdumpError(f"{self.path}: not present; no dump is waiting") from None
         except OSError as exc:

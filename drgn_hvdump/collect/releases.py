@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from drgn_hvdump.capture import CaptureInterface
-from drgn_hvdump.capture.base import memtotal_after
+from drgn_hvdump.capture.base import NotProtectedError, memtotal_after
 from drgn_hvdump.capture.plan import Plan, ReleaseWrite
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.dumpdir.journal import Journal
@@ -158,6 +158,15 @@ class Releases:
         if not self.plan.write_is_safe(w, self.durable):
             raise HvdumpError(f"internal error: release {w.extent} is not safe at the end")
         self._release(w, final=True)
+        try:
+            note = self.capture.protect(self.plan.page_size)
+        except NotProtectedError as exc:
+            self.warnings.append(str(exc))
+            self.c.events.append({"t": self.c.now(), "warning": str(exc)})
+            self.c.progress.message(str(exc))
+        else:
+            if note:
+                self.c.progress.message(note)
         state = self.capture.state()
         if state.dump_waiting:
             msg = (

@@ -122,6 +122,9 @@ production() {  # production CRASH WAY
 
 capture() {  # capture DUMP
     echo "HVFW-STAGE capture $1 $(up)"
+    for p in ibm,kernel-dump ibm,configure-kernel-dump-sizes ibm,configure-kernel-dump-version; do
+        echo "HVFW-DT $p $(od -An -tx1 -v /proc/device-tree/rtas/$p | tr -d ' \n')"
+    done
     echo "HVFW-MEMTOTAL before $(grep MemTotal /proc/meminfo)"
     timed hvdump-status hvdump status
     if [ "$1" = 1 ]; then
@@ -285,6 +288,8 @@ class Capture:
     rcs: dict[str, int] = field(default_factory=dict)
     memtotal_kb: dict[str, int] = field(default_factory=dict)
     registered: str = ""
+    device_tree: dict[str, bytes] = field(default_factory=dict)
+    """``/proc/device-tree/rtas`` properties the capture kernel booted with."""
     boot_s: float = 0.0
     """The capture kernel's uptime when /init started."""
     text: str = ""
@@ -300,7 +305,10 @@ class FirmwareRun:
     registered: dict[int, str]
     captures: dict[int, Capture]
     images: dict[int, Path]
-    """QEMU's image of the guest at each panic (``crash_fadump``), by crash number."""
+    """QEMU's image of the guest at each crash (:data:`BREAK_AT`), by crash number."""
+    saved: dict[int, Path]
+    """:data:`SAVE_AREA` bytes from the reserved area's start as the capture kernel found
+    them (QEMU's CPU state data), by dump number."""
     disk: Path
     files: Path
     """The dump disk's contents, copied out."""
@@ -334,8 +342,14 @@ def parse_captures(console: str) -> dict[int, Capture]:
             cap.memtotal_kb[m.group(1)] = int(m.group(2))
         if m := re.search(r"HVFW-REGISTERED (\d)", text):
             cap.registered = m.group(1)
+        for m in re.finditer(r"HVFW-DT (\S+) ([0-9a-f]*)", text):
+            cap.device_tree[m.group(1)] = bytes.fromhex(m.group(2))
         caps[n] = cap
     return caps
+
+
+def _size(text: str) -> int:
+    return int(text[:-1]) << {"K": 10, "M": 20, "G": 30}[text[-1]]
 
 
 def _free_port() -> int:
@@ -358,13 +372,18 @@ def _entry(vmlinux: Path, name: str, local: bool) -> int:
     raise RuntimeError(f"{vmlinux}: no function {name}")
 
 
+SAVE_AREA = 0x10000
+"""Bytes saved from the reserved area's start when the capture kernel releases it: the
+CPU state data as QEMU's firmware wrote it (and the HPTE section's start)."""
+
 _GDB_SCRIPT = """\
 set pagination off
 set confirm off
 set architecture powerpc:common64
 set endian little
 target remote 127.0.0.1:{port}
-break *{addr:#x}
+break *{crash:#x}
+break *{release:#x}
 python
 import gdb
 n = 0
@@ -375,6 +394,10 @@ while True:
         break
     if not gdb.selected_inferior().threads():  # QEMU exited
         break
+    if int(gdb.parse_and_eval("$pc")) == {release:#x}:
+        gdb.execute('monitor pmemsave {area:#x} {size:#x} "{out}/saved-%d.bin"' % n)
+        print("HVFW-GDB saved the reserved area of dump %d" % n, flush=True)
+        continue
     n += 1
     gdb.execute("monitor dump-guest-memory {out}/guest-%d.core" % n)
     print("HVFW-GDB dumped %d" % n, flush=True)
@@ -417,9 +440,18 @@ def run_guest(
         "-gdb", f"tcp:127.0.0.1:{port}",
     ]  # fmt: skip
     script = work / "gdb.cmd"
-    addr = _entry(parts.kernel.vmlinux, BREAK_AT, local=False)
-    script.write_text(_GDB_SCRIPT.format(port=port, addr=addr, out=work))
-    for old in work.glob("guest-*.core"):
+    script.write_text(
+        _GDB_SCRIPT.format(
+            port=port,
+            crash=_entry(parts.kernel.vmlinux, BREAK_AT, local=False),
+            # sysfs calls it through a pointer; the reserved area is intact until it runs
+            release=_entry(parts.kernel.vmlinux, "release_mem_store", local=False),
+            area=_size(BOOT_MEMORY),
+            size=SAVE_AREA,
+            out=work,
+        )
+    )
+    for old in [*work.glob("guest-*.core"), *work.glob("saved-*.bin")]:
         old.unlink()
     t0 = time.monotonic()
     seen: dict[str, float] = {}
@@ -470,8 +502,20 @@ def run_guest(
     shutil.rmtree(files, ignore_errors=True)
     read_disk(disk, files)
     images = {int(p.stem.split("-")[1]): p for p in work.glob("guest-*.core")}
+    saved = {int(p.stem.split("-")[1]): p for p in work.glob("saved-*.bin")}
     return FirmwareRun(
-        mmu, work, text, infos, registered, parse_captures(text), images, disk, files, seen, total
+        mmu,
+        work,
+        text,
+        infos,
+        registered,
+        parse_captures(text),
+        images,
+        saved,
+        disk,
+        files,
+        seen,
+        total,
     )
 
 
@@ -498,3 +542,47 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+FIXTURE_FILES = (
+    "ibm,kernel-dump",
+    "ibm,configure-kernel-dump-sizes",
+    "ibm,configure-kernel-dump-version",
+)
+
+
+def save_fixtures(run: FirmwareRun, dest: Path) -> Path:
+    """What QEMU's firmware produced for the first crash of ``run``, as files that
+    ``make test`` compares hvsim with (``tests/test_hvsim_qemu_fadump.py``): the
+    capture boot's ``rtas`` properties, the CPU state data as the firmware wrote it
+    (the CPU section's bytes dumped), and the configuration that produced them."""
+    import json
+
+    from drgn_hvdump.formats.dump_header import SOURCE_CPU
+    from drgn_hvdump.formats.fadump_mem import parse_fadump_mem
+
+    cap = run.captures[1]
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in FIXTURE_FILES:
+        (dest / name).write_bytes(cap.device_tree[name])
+    mem = parse_fadump_mem(cap.device_tree["ibm,kernel-dump"])
+    cpu = mem.one(SOURCE_CPU)
+    assert cpu is not None
+    saved = run.saved[1].read_bytes()
+    start = cpu.destination_address - _size(BOOT_MEMORY)
+    (dest / "cpu-state.bin").write_bytes(saved[start : start + cpu.length_copied])
+    info = run.infos[1]
+    config = {
+        "memory": _size(MEMORY),
+        "cpus": 2,
+        "boot_memory": _size(BOOT_MEMORY),
+        "mmu": run.mmu,
+        "cpu_model": CPU_MODELS[run.mmu],
+        "kernel": info.release,
+        "page_size": 65536,
+        "byteorder": "little",
+        "crash_cpu": info.panic_cpu,
+        "qemu": "QEMU 11.1.3 (Debian 1:11.1.3+ds-2~bpo13+1)",
+    }
+    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return dest

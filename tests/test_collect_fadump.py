@@ -401,3 +401,76 @@ def test_removed_and_planted_files_release_nothing(tmp_path: Path) -> None:
         collect(CollectOptions(root=root, output=tmp_path / "again", progress=False))
     assert lpar.status()["counters"]["releases"] == 1 and lpar.protected
     assert compare_with_truth(lpar, tmp_path / "again") == []
+
+
+def _fake_fadump_root(root: Path, *, soft_offline: bool) -> tuple[int, int]:
+    """A capture root after release_mem, as plain files: not registered, the boot-time
+    structure still in the device tree; (the header's page, the page size)."""
+    from drgn_hvdump.capture.fadump import FADUMP_ROOT_FILES
+    from drgn_hvdump.formats.fadump_mem import build_fadump_mem, fadump_registration
+
+    ps = 65536
+    mem = fadump_registration(
+        cpu_size=0xA00, hpte_size=0, boot_regions=[(0, 0x20000000)], dest_base=0x20000000
+    )
+    files = {
+        "registered": "0\n",
+        "enabled": "1\n",
+        "mem_reserved": f"{0x10000 + 0x20000000 + 0x2A8}\n",  # as Linux 6.12 showed it
+    }
+    for name, text in files.items():
+        path = FADUMP_ROOT_FILES.path(root, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    prop = FADUMP_ROOT_FILES.path(root, "ibm,kernel-dump")
+    prop.parent.mkdir(parents=True, exist_ok=True)
+    prop.write_bytes(build_fadump_mem(mem))
+    if soft_offline:
+        path = FADUMP_ROOT_FILES.path(root, "soft_offline_page")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    return 0x40010000, ps
+
+
+@pytest.mark.parametrize("soft_offline", [True, False])
+def test_protect_takes_the_header_page_out_of_use_first(tmp_path: Path, soft_offline: bool) -> None:
+    """Linux's release_mem freed the page holding the crash-info header; registering
+    writes the header there. With soft_offline_page the page goes out of use first;
+    without it the LPAR stays unregistered, with one line that says why and what to do."""
+    from drgn_hvdump.capture.base import NotProtectedError
+    from drgn_hvdump.capture.fadump import FADUMP_ROOT_FILES, shared_header_page
+
+    page, ps = _fake_fadump_root(tmp_path, soft_offline=soft_offline)
+    assert shared_header_page(0x20000000, 0x200102A8, ps) == page
+    assert shared_header_page(0x20000000, 0x20010000, ps) is None  # a fixed size: no page
+    capture = FadumpDump(tmp_path)
+    registered = FADUMP_ROOT_FILES.path(tmp_path, "registered")
+    if soft_offline:
+        said = capture.protect(ps)
+        assert f"took the page at {page:#x} out of use" in said
+        assert FADUMP_ROOT_FILES.path(tmp_path, "soft_offline_page").read_text() == f"{page:#x}\n"
+        assert registered.read_text() == "1\n"
+        assert capture.protect(ps) == ""  # registered: nothing to do
+    else:
+        with pytest.raises(NotProtectedError, match=f"page at {page:#x}.*CONFIG_MEMORY_FAILURE"):
+            capture.protect(ps)
+        assert registered.read_text() == "0\n"
+
+
+def test_the_next_dump_survives_the_collectors_re_registration(tmp_path: Path) -> None:
+    """On hvsim's faithful 6.12 kernel: collect, release, re-register (the collector takes
+    the header's page out of use), crash again: the second dump is there and collects."""
+    lpar = _fadump_lpar(tmp_path / "lpar")
+    res = reservation(lpar.config)
+    for n in (1, 2):
+        out = tmp_path / f"out{n}"
+        with mounted(lpar, tmp_path / "root") as root:
+            result = hvdump("collect", "--root", str(root), "-o", str(out), "--no-progress")
+            assert result.returncode == 0, result.stderr
+            assert f"took the page at {res.header_page:#x} out of use" in result.stderr
+        assert lpar.protected
+        assert compare_with_truth(lpar, out) == []
+        events = [e for _, e in lpar.status()["events"]]
+        assert not any("(Linux bug)" in e for e in events)
+        if n == 1:
+            assert lpar.crash("panic") == "capture"

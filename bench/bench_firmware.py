@@ -59,8 +59,7 @@ def report(run: FirmwareRun) -> list[str]:
     hv = boot + t.get("hvdump-collect", 0.0)
     mdf = boot + t.get("makedumpfile-d31", 0.0) + t.get("hvdump-collect", 0.0) * 0
     rows.append(
-        f"| {run.mmu} | panic to production (hvdump) | {hv:.1f} s | | | "
-        f"capture boot {boot:.1f} s |"
+        f"| {run.mmu} | panic to production (hvdump) | {hv:.1f} s | | | capture boot {boot:.1f} s |"
     )
     rows.append(
         f"| {run.mmu} | panic to production (makedumpfile -d 31 + release_mem) | {mdf:.1f} s "
@@ -76,13 +75,15 @@ def main() -> int:
     args = ap.parse_args()
     print(f"machine: {machine_line()}", flush=True)
     parts = fetch_parts()
-    print(f"guest kernel {parts.kernel.version} (built in {parts.kernel.build_s:.0f} s), "
-          f"{parts.qemu.version}")
+    print(
+        f"guest kernel {parts.kernel.version} (built in {parts.kernel.build_s:.0f} s), "
+        f"{parts.qemu.version}"
+    )
     out = args.out or Path(tempfile.mkdtemp(prefix="hvfw-bench-"))
-    initrd = build_initramfs(parts, out / "initrd.cpio")
     print("| MMU | what | wall | output | vs makedumpfile -d 1 | |")
     print("|---|---|---|---|---|---|")
     for mmu in args.mmu or list(CPU_MODELS):
+        initrd = build_initramfs(parts, out / f"initrd-{mmu}.cpio", mmu)
         run = run_guest(parts, initrd, out / mmu, mmu)
         for row in report(run):
             print(row, flush=True)

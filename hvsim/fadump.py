@@ -70,6 +70,8 @@ from drgn_hvdump.formats.fadump_mem import (
     section_names,
 )
 from drgn_hvdump.formats.regsave import (
+    QEMU_FADUMP_REGISTERS,
+    CpuState,
     build_regsave,
     cpu_state_to_pt_regs,
     parse_regsave,
@@ -101,6 +103,7 @@ __all__ = [
     "FadumpFirmware",
     "FadumpReservation",
     "capture_boot",
+    "firmware_cpu_states",
     "register_at_boot",
     "release_mem",
     "reservation",
@@ -149,7 +152,11 @@ class FadumpReservation:
     @property
     def ra_size(self) -> int:
         """``get_fadump_area_size()``: never a whole number of pages."""
-        return page_up(self.cpu_size + self.hpte_size, self.page_size) + self.boot_size + CRASH_INFO_SIZE
+        return (
+            page_up(self.cpu_size + self.hpte_size, self.page_size)
+            + self.boot_size
+            + CRASH_INFO_SIZE
+        )
 
     @property
     def ra_start(self) -> int:
@@ -197,6 +204,7 @@ class FadumpReservation:
             boot_regions=self.boot_regions(),
             dest_base=self.ra_start,
             param_area=(self.param_addr, PARAM_AREA_SIZE),
+            page_size=self.page_size,
         )
 
 
@@ -209,7 +217,7 @@ def reservation(config: LparConfig) -> FadumpReservation:
     res = FadumpReservation(
         memory=config.memory,
         page_size=config.page_size,
-        cpu_size=cpu_state_size(config.cpus),
+        cpu_size=cpu_state_size(config.cpus, QEMU_FADUMP_REGISTERS),
         hpte_size=hpt_size(config.memory),
         boot_size=config.reserve_size,
         regions=config.boot_regions,
@@ -220,8 +228,21 @@ def reservation(config: LparConfig) -> FadumpReservation:
     return res
 
 
+def firmware_cpu_states(image: CrashedKernel) -> list[CpuState]:
+    """Each CPU's registers as QEMU's firmware saves them: its registers, in its order
+    (:data:`QEMU_FADUMP_REGISTERS`), those the kernel image does not model 0 (the save
+    area's header says version 0, as QEMU's does)."""
+    return [
+        CpuState(s.cpu, {name: s.regs.get(name, 0) for name in QEMU_FADUMP_REGISTERS})
+        for s in image.cpu_states()
+    ]
+
+
 class FadumpFirmware(Firmware[FadumpMem]):
     """The firmware's side of fadump: the registered and the filled memory structure."""
+
+    def cpu_state_size(self) -> int:
+        return cpu_state_size(self.config.cpus, QEMU_FADUMP_REGISTERS)
 
     @staticmethod
     def parse(raw: bytes) -> FadumpMem:
@@ -326,7 +347,7 @@ def save(
         if not s.length_copied or s.source_type == SOURCE_PARAM_AREA:
             continue
         if s.source_type == SOURCE_CPU:
-            data = build_regsave(image.cpu_states())[: s.length_copied]
+            data = build_regsave(firmware_cpu_states(image), version=0)[: s.length_copied]
             push_overlay(st, m.store, [(s.destination_address, data)], "firmware: CPU state data")
         elif s.source_type == SOURCE_HPTE:
             entries = image.hash_page_table(s.source_length)
@@ -587,7 +608,7 @@ def _cpu_notes(image: CrashedKernel, mem: FadumpMem, cfg: LparConfig) -> list[No
     if cpu is None or not cpu.length_copied:
         return []
     try:
-        states = parse_regsave(build_regsave(image.cpu_states()), "CPU state data")
+        states = parse_regsave(build_regsave(firmware_cpu_states(image)), "CPU state data")
     except FormatError:
         return []
     return prstatus_notes(

@@ -59,9 +59,9 @@ RTAS_CONFIGURE_KERNEL_DUMP_TOKEN = 0x2C
 SECTION_NAMES = ("cpu", "hpte", "rmo")
 
 
-def cpu_state_size(cpus: int) -> int:
+def cpu_state_size(cpus: int, registers: tuple[str, ...] = POWER6_REGISTERS) -> int:
     """Bytes of the register save area for ``cpus`` CPUs (the firmware's type-1 size)."""
-    return regsave_size(cpus, len(POWER6_REGISTERS))
+    return regsave_size(cpus, len(registers))
 
 
 def sizes_property(cpu_size: int, hpte_size: int) -> bytes:
@@ -222,12 +222,16 @@ class Firmware(Generic[_S]):
         """Forget the waiting dump; the next boot is an ordinary one."""
         self._state["dump"] = None
 
+    def cpu_state_size(self) -> int:
+        """Bytes of this firmware's CPU state data."""
+        return cpu_state_size(self.config.cpus)
+
     def support_properties(self) -> dict[str, bytes]:
         """``/rtas`` properties saying the firmware supports dumps: the call's token and
         the sizes of the CPU state and HPTE sections (none without support)."""
         if not self.supported:
             return {}
-        sizes = sizes_property(cpu_state_size(self.config.cpus), hpt_size(self.config.memory))
+        sizes = sizes_property(self.cpu_state_size(), hpt_size(self.config.memory))
         return {
             "rtas/ibm,configure-kernel-dump": struct.pack(">I", RTAS_CONFIGURE_KERNEL_DUMP_TOKEN),
             "rtas/ibm,configure-kernel-dump-sizes": sizes,

@@ -481,10 +481,15 @@ class Lpar:
     # ------------------------------------------------------------- ground truth
 
     def expected_cpu_states(self) -> list[CpuState]:
-        """Every CPU's registers at the crash of the last dump (empty before any dump)."""
+        """Every CPU's registers at the crash of the last dump as the firmware saves them
+        (fadump: QEMU's registers and order); empty before any dump."""
         with self._reading() as st:
             image = self._machine.dump_image(st)
-            return [] if image is None else image.cpu_states()
+            if image is None:
+                return []
+            if self.config.dump == "fadump":
+                return fadump.firmware_cpu_states(image)
+            return image.cpu_states()
 
     def expected_hptes(self) -> list[tuple[int, int, int]]:
         """The crashed kernel's hash page table as ``(slot, v, r)`` (empty before any dump)."""

@@ -142,6 +142,7 @@ def analyse(
     byteorder: str = "little",
     modules: bool = True,
     rodata: int = 0,
+    crashed_cpu: int | None = None,
 ) -> Analysis:
     """What drgn shows first.
 
@@ -157,7 +158,16 @@ def analyse(
         trace = prog.stack_trace(pt_regs_object(prog, panic_regs, byteorder))
         source = "pt_regs"
     else:
-        trace, source = prog.crashed_thread().stack_trace(), "crashed_thread"
+        try:
+            trace, source = prog.crashed_thread().stack_trace(), "crashed_thread"
+        except LookupError:
+            # no panic_cpu (an oops that went to the firmware from oops_end): the
+            # task on the CPU that crashed, as the caller knows it
+            if crashed_cpu is None:
+                raise
+            from drgn.helpers.linux.sched import cpu_curr
+
+            trace, source = prog.stack_trace(cpu_curr(prog, crashed_cpu)), "cpu_curr"
     panic_trace = trace_of(trace)
     traces = {
         name: trace_of(prog.stack_trace(find_task(prog, pid))) for name, pid in process_pids.items()
@@ -187,6 +197,7 @@ def stock_analysis(
     modules: bool = False,
     rodata: int = 0,
     vmalloc_probe: int = 0,
+    vmcoreinfo_at: int | None = None,
 ) -> tuple[Analysis, str]:
     """:func:`analyse` of the original image by stock drgn (a process with the plugin off).
 
@@ -203,6 +214,7 @@ def stock_analysis(
         "modules": modules,
         "rodata": rodata,
         "probe": vmalloc_probe,
+        "vmcoreinfo_at": vmcoreinfo_at,
     }
     env = dict(os.environ, DRGN_DISABLE_PLUGINS="*")
     root = Path(__file__).resolve().parent.parent
@@ -226,7 +238,7 @@ def stock_analysis(
 def _main(spec: dict[str, Any]) -> dict[str, Any]:
     from hvsim.adopt import inspect_image
 
-    image = inspect_image(spec["core"])
+    image = inspect_image(spec["core"], vmcoreinfo_at=spec.get("vmcoreinfo_at"))
     every = list(image.registers)
     if spec["pc_from_link"]:
         every = [dataclasses.replace(r, nip=r.link) for r in every]

@@ -53,6 +53,7 @@ from tests.real_kernel import PANIC_CPU, GuestInfo, parse_console
 
 __all__ = [
     "CPU_MODELS",
+    "FIXTURES",
     "INIT",
     "Capture",
     "FirmwareRun",
@@ -64,6 +65,8 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "data" / "qemu-fadump"
+"""QEMU's structures for one crash per MMU (:func:`save_fixtures`), committed."""
 CPU_MODELS = {"hash": "POWER9", "radix": "POWER9"}
 """POWER9 either way; ``disable_radix`` on the command line makes it hash."""
 MEMORY = "2G"
@@ -115,7 +118,7 @@ production() {  # production CRASH WAY
         taskset 1 sh -c 'echo c > /proc/sysrq-trigger'
     else
         echo 1 > /proc/sys/kernel/panic_on_oops
-        taskset @MASK@ sh -c 'echo EXCEPTION > /sys/kernel/debug/provoke-crash/DIRECT'
+        taskset @MASK@ sh -c 'echo @OOPS@ > /sys/kernel/debug/provoke-crash/DIRECT'
     fi
     echo "HVFW-ERROR still running after the crash"; poweroff -f
 }
@@ -184,10 +187,18 @@ def _copy_libs(src: Path, dest: Path) -> None:
             shutil.copy2(p, dest / p.name, follow_symlinks=False)
 
 
-def build_initramfs(parts: Parts, out: Path) -> Path:
+OOPS = {"radix": "EXCEPTION", "hash": "BUG"}
+"""The lkdtm crash of the second kernel, by MMU: a NULL write (page fault) on radix, a
+``BUG()`` on hash, where an oops from the hash page-fault path cannot reach the firmware
+on 6.12 (``crash_fadump`` from ``oops_end`` with interrupts on hits ``BUG_ON(!irqs_disabled())``
+in ``rtas_call_unlocked``, the kernel hangs and no dump is taken: docs/real-firmware.md)."""
+
+
+def build_initramfs(parts: Parts, out: Path, mmu: str = "radix") -> Path:
     """A newc cpio: busybox, Python with hvdump (its C extension cross-built), makedumpfile,
     the two modules and :data:`INIT`. Python's files are compiled on the host (the same
     3.11 bytecode), so the guest never compiles under emulation."""
+    oops = OOPS[mmu]
     tree = out.parent / (out.name + ".d")
     shutil.rmtree(tree, ignore_errors=True)
     root = parts.user.root
@@ -236,7 +247,7 @@ def build_initramfs(parts: Parts, out: Path) -> Path:
         shutil.copy2(path, tree / "lib/modules" / f"{name}.ko")
     init = tree / "init"
     script = INIT.replace("@MODULE@", RODATA_MODULE).replace("@SECTION@", RODATA_SECTION)
-    init.write_text(script.replace("@MASK@", f"{1 << PANIC_CPU:x}"))
+    init.write_text(script.replace("@MASK@", f"{1 << PANIC_CPU:x}").replace("@OOPS@", oops))
     init.chmod(0o755)
     names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
     with open(out, "wb") as f:
@@ -431,6 +442,15 @@ def run_guest(
     cmd = [
         *parts.qemu.command(),
         "-M", "pseries", "-cpu", CPU_MODELS[mmu], "-m", MEMORY, "-smp", "2",
+        # Node 0 as large as boot memory: QEMU makes the RMA all of node 0, and the
+        # capture boot's firmware and prom_init allocate from the RMA's top; with one
+        # 2 GiB node that is the crashed kernel's memory above boot memory (CPU 0's
+        # per-CPU area: drgn's crashed_thread() read garbage). PowerVM's RMA is
+        # within boot memory, which Linux requires to be at least the RMA.
+        "-object", f"memory-backend-ram,id=m0,size={BOOT_MEMORY}",
+        "-object", f"memory-backend-ram,id=m1,size={_size(MEMORY) - _size(BOOT_MEMORY) >> 20}M",
+        "-numa", "node,nodeid=0,cpus=0-1,memdev=m0",
+        "-numa", "node,nodeid=1,memdev=m1",
         "-nographic", "-nodefaults", "-S",
         "-chardev", f"file,id=con,path={console}",
         "-device", "spapr-vty,chardev=con",
@@ -526,9 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     parts = fetch_parts()
     args.out.mkdir(parents=True, exist_ok=True)
-    initrd = build_initramfs(parts, args.out / "initrd.cpio")
-    print(f"initramfs {initrd.stat().st_size >> 20} MiB; kernel {parts.kernel.version}")
     for mmu in args.mmu or list(CPU_MODELS):
+        initrd = build_initramfs(parts, args.out / f"initrd-{mmu}.cpio", mmu)
+        print(f"initramfs {initrd.stat().st_size >> 20} MiB; kernel {parts.kernel.version}")
         r = run_guest(parts, initrd, args.out / mmu, mmu)
         print(f"{mmu}: {r.total_s:.0f} s; markers {r.seen}")
         for n, cap in r.captures.items():

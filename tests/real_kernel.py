@@ -432,6 +432,8 @@ def parse_console(text: str) -> GuestInfo:
             info.pids[f[0]] = int(f[1])
     # 6.x prints "CPU: 1 UID: 0 PID: 150", 6.1 "CPU: 1 PID: 150"
     m = re.search(r"Kernel panic - not syncing.*\n.*?CPU: (\d+) (?:UID: \d+ )?PID", text)
+    # an oops that goes to the firmware before any panic (fadump's oops_end)
+    m = m or re.search(r"Oops: .*(?:\n.*?){1,4}CPU: (\d+) (?:UID: \d+ )?PID", text)
     if m:
         info.panic_cpu = int(m.group(1))
     return info

@@ -58,11 +58,13 @@ def test_reservation_layout_and_registration() -> None:
     param = mem.sections[-1]
     assert param.source_address == param.destination_address == res.param_addr
     assert param.source_length == PARAM_AREA_SIZE
-    # boot-memory copies back to back after the CPU state data and the HPTEs
+    # the CPU state data, the HPTEs, then the boot-memory copies back to back from the
+    # next page boundary (Linux's layout, and QEMU's firmware's: test_hvsim_qemu_fadump)
     dests = [s.destination_address for s in mem.sections[:-1]]
     sizes = [s.source_length for s in mem.sections[:-1]]
-    assert dests[0] == res.ra_start
-    assert all(d + n == e for d, n, e in zip(dests, sizes, dests[1:], strict=False))
+    assert dests[0] == res.ra_start and dests[1] == dests[0] + sizes[0]
+    assert dests[2] == res.ra_start + 0x1010000
+    assert all(d + n == e for d, n, e in zip(dests[2:], sizes[2:], dests[3:], strict=False))
     assert res.problem() is None
     small = reservation(LparConfig(memory=512 << 20, dump="fadump"))
     assert small.problem() and "not registered" in (small.problem() or "")

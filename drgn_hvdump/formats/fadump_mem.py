@@ -195,10 +195,12 @@ def fadump_registration(
     boot_regions: list[tuple[int, int]],
     dest_base: int,
     param_area: tuple[int, int] | None = None,
+    page_size: int = 1,
 ) -> FadumpMem:
-    """The structure a kernel registers: request flags set, the CPU state data, HPTE
-    and boot-memory copies at consecutive destinations from ``dest_base`` (the
-    reserved area's start), the parameter area left where it is."""
+    """The structure a kernel registers: request flags set, the CPU state data and HPTE
+    from ``dest_base`` (the reserved area's start), then the boot-memory copies back to
+    back from the next ``page_size`` boundary (Linux aligns them so the capture kernel
+    can mmap them), the parameter area left where it is."""
     if not 1 <= len(boot_regions) <= MAX_BOOT_MEM_REGIONS:
         raise ValueError(
             f"1 to {MAX_BOOT_MEM_REGIONS} boot-memory regions, got {len(boot_regions)}"
@@ -221,6 +223,7 @@ def fadump_registration(
     dest += cpu_size
     add(SOURCE_HPTE, 0, hpte_size, dest)
     dest += hpte_size
+    dest = -(-dest // page_size) * page_size
     for start, length in boot_regions:
         add(SOURCE_BOOT_MEMORY, start, length, dest)
         dest += length

@@ -25,6 +25,7 @@ __all__ = [
     "CPUEND",
     "CPUSTRT",
     "POWER6_REGISTERS",
+    "QEMU_FADUMP_REGISTERS",
     "REGSAVE_ENTRY",
     "REGSAVE_HEADER",
     "REGSAVE_MAGIC",
@@ -128,6 +129,16 @@ POWER6_REGISTERS: tuple[str, ...] = (
     "VRSAVE",
     "VSCR",
 )
+
+QEMU_FADUMP_REGISTERS: tuple[str, ...] = (
+    *["ACOP", "AMR", "BESCR", "CFAR", "CIABR", "CR", "CTR", "CTRL", "DABR", "DABRX", "DAR", "DAWR0", "DAWR1", "DAWRX0"],
+    *["DAWRX1", "DPDES", "DSCR", "DSISR", "EBBHR", "EBBRR", "FPSCR", "FSCR"],
+    *(f"GPR{n:02d}" for n in range(32)),
+    *["IAMR", "IC", "LR", "MSR", "NIA", "PIR", "PSPB", "PVR", "RPR", "SPURR", "SRR0", "SRR1", "TAR", "TEXASR", "TFHAR", "TFIAR"],
+    *["TIR", "UAMOR", "VRSAVE", "VSCR", "VTB", "WORT", "XER"],
+)
+"""The registers of each CPU in QEMU 11's fadump CPU state data (``hw/ppc/spapr_fadump.c``),
+in its order: sorted by name, as captured from a real run (tests/data/qemu-fadump)."""
 """A POWER6-era register list: the names fadump maps plus common SPRs.
 
 What PowerVM firmware on POWER6 emitted exactly is not documented in what we

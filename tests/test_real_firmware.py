@@ -89,10 +89,9 @@ def _report(run: FirmwareRun, parts: Parts) -> None:
     """The run's numbers, for docs/benchmarks.md and bench/bench_firmware.py."""
     cap = run.captures.get(1)
     sizes = {p.name: p.stat().st_size for p in run.files.iterdir() if p.is_file()}
-    for n in (1, 2):
-        d = _dump_dir(run, n)
-        if d.is_dir():
-            sizes[f"dump-{n}"] = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+    for d in run.files.iterdir():
+        if d.is_dir() and d.name != "lost+found":
+            sizes[d.name] = sum(p.stat().st_blocks * 512 for p in d.iterdir() if p.is_file())
     out = {
         "mmu": run.mmu,
         "kernel": parts.kernel.version,

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.real_kernel import RegistryUnreachable, _apt_options, _run
+from tests.real_kernel import RegistryUnreachable, _apt_options, _run, update_lists
 
 __all__ = [
     "DEV_PACKAGES",
@@ -125,26 +125,6 @@ def _say(msg: str) -> None:
     print(f"firmware-parts: {msg}", file=sys.stderr, flush=True)
 
 
-def _lists(opts: list[str], cache: Path, cached: bool) -> None:
-    """Refresh the package lists once a day; unreachable is fatal only with nothing cached."""
-    stamp = cache / "apt" / "updated"
-    if stamp.exists() and time.time() - stamp.stat().st_mtime < 86400:
-        return
-    proc = subprocess.run(
-        ["apt-get", *opts, "update", "-qq"], capture_output=True, text=True, check=False
-    )
-    failed = [ln for ln in proc.stderr.splitlines() if ln.startswith(("E:", "W: Failed"))]
-    if proc.returncode or failed:
-        if not cached:
-            raise RegistryUnreachable(
-                "Debian's archive cannot be reached: "
-                + "; ".join(failed or [proc.stderr.strip()[-300:]])
-            )
-        _say("package lists not refreshed (archive unreachable); using the cache")
-    else:
-        stamp.touch()
-
-
 def _download_closure(
     cache: Path,
     arch: str,
@@ -165,9 +145,9 @@ def _download_closure(
     if listing.exists() and listing.read_text().splitlines()[0] == key:
         names = listing.read_text().splitlines()[1:]
         if all((archives / n).exists() for n in names):
-            _lists(opts, cache, cached=True)
+            update_lists(opts, cache, cached=True)
             return [archives / n for n in names]
-    _lists(opts, cache, cached=False)
+    update_lists(opts, cache, cached=False)
     before = {p.name for p in archives.glob("*.deb")}
     if closure:
         cmd = ["apt-get", *opts, "install", "-d", "-y", "-qq", "--no-install-recommends"]

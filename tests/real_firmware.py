@@ -49,7 +49,7 @@ from tests.firmware_parts import (
     fetch_qemu,
     fetch_userland,
 )
-from tests.real_kernel import PANIC_CPU, GuestInfo, parse_console
+from tests.real_kernel import PANIC_CPU, START_PROCESSES, GuestInfo, parse_console, write_cpio
 
 __all__ = [
     "CPU_MODELS",
@@ -105,12 +105,7 @@ production() {  # production CRASH WAY
     while read -r line; do echo "HVTEST-MODULE $line"; done < /proc/modules
     echo "HVTEST-RODATA $(cat /sys/module/@MODULE@/sections/@SECTION@)"
     rm -f /tmp/fifo /tmp/pipe; mkfifo /tmp/fifo /tmp/pipe
-    ( echo -n hvtest-reader > /proc/self/comm; read -r x < /tmp/fifo ) &
-    echo "HVTEST-PID hvtest-reader $!"
-    ( echo -n hvtest-sleeper > /proc/self/comm; sleep 100000; : ) &
-    echo "HVTEST-PID hvtest-sleeper $!"
-    ( echo -n hvtest-pipe > /proc/self/comm; exec 3<>/tmp/pipe; read -r x <&3 ) &
-    echo "HVTEST-PID hvtest-pipe $!"
+@PROCESSES@
     echo "$1" > /out/step; sync
     sleep 1
     echo "HVFW-PANIC $1 $2"
@@ -147,15 +142,24 @@ capture() {  # capture DUMP
     sync
 }
 
+bare() {  # bare DUMP: what a hand-written script does with fadump's sysfs files
+    echo "HVFW-STAGE capture $1 $(up)"
+    echo 1 > /sys/kernel/fadump/release_mem; echo "HVFW-RELEASED $?"
+    echo 1 > /sys/kernel/fadump/registered
+    echo "HVFW-REGISTERED $(cat /sys/kernel/fadump/registered)"
+}
+
 if [ -e /proc/vmcore ]; then
     step=$(cat /out/step 2>/dev/null)
-    capture "$step"
+    @CAPTURE@ "$step"
     if [ "$step" = 1 ]; then
         production 2 oops
     fi
     echo "HVFW-DONE"
     umount /out
     poweroff -f
+elif [ "$(cat /out/step 2>/dev/null)" = 2 ]; then
+    echo "HVFW-NO-DUMP the second crash left no dump"; umount /out; poweroff -f
 else
     production 1 sysrq
 fi
@@ -194,7 +198,7 @@ on 6.12 (``crash_fadump`` from ``oops_end`` with interrupts on hits ``BUG_ON(!ir
 in ``rtas_call_unlocked``, the kernel hangs and no dump is taken: docs/real-firmware.md)."""
 
 
-def build_initramfs(parts: Parts, out: Path, mmu: str = "radix") -> Path:
+def build_initramfs(parts: Parts, out: Path, mmu: str = "radix", bare: bool = False) -> Path:
     """A newc cpio: busybox, Python with hvdump (its C extension cross-built), makedumpfile,
     the two modules and :data:`INIT`. Python's files are compiled on the host (the same
     3.11 bytecode), so the guest never compiles under emulation."""
@@ -247,19 +251,11 @@ def build_initramfs(parts: Parts, out: Path, mmu: str = "radix") -> Path:
         shutil.copy2(path, tree / "lib/modules" / f"{name}.ko")
     init = tree / "init"
     script = INIT.replace("@MODULE@", RODATA_MODULE).replace("@SECTION@", RODATA_SECTION)
+    script = script.replace("@CAPTURE@", "bare" if bare else "capture")
+    script = script.replace("@PROCESSES@", START_PROCESSES)
     init.write_text(script.replace("@MASK@", f"{1 << PANIC_CPU:x}").replace("@OOPS@", oops))
     init.chmod(0o755)
-    names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
-    with open(out, "wb") as f:
-        subprocess.run(
-            ["cpio", "-o", "-H", "newc", "--quiet"],
-            input="\n".join([".", *names]).encode(),
-            cwd=tree,
-            stdout=f,
-            check=True,
-        )
-    shutil.rmtree(tree)
-    return out
+    return write_cpio(tree, out)
 
 
 def make_disk(path: Path, size: str = "8G") -> Path:
@@ -424,6 +420,7 @@ _MARKERS = (
     "HVFW-PANIC 2",
     "HVFW-STAGE capture 2",
     "HVFW-DONE",
+    "HVFW-NO-DUMP",
 )
 
 

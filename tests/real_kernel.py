@@ -48,6 +48,7 @@ from typing import Any
 __all__ = [
     "KERNELS",
     "PANIC_CPU",
+    "START_PROCESSES",
     "Distribution",
     "GuestDump",
     "GuestInfo",
@@ -58,6 +59,8 @@ __all__ = [
     "cache_dir",
     "fetch_parts",
     "parse_console",
+    "update_lists",
+    "write_cpio",
 ]
 
 MODULES = ("crc7", "crc8")
@@ -106,17 +109,24 @@ echo "HVTEST-RODATA $(cat /sys/module/@MODULE@/sections/.rodata)"
 mkfifo /tmp/fifo /tmp/pipe
 # Subshells rename themselves (comm) and block where a shell builtin leaves
 # them: opening a FIFO, waiting for a child, reading a pipe.
+@PROCESSES@
+sleep 1
+echo HVTEST-PANIC
+# On CPU @CPU@, not 0: where panic() runs is the crashed thread's CPU.
+taskset @MASK@ sh -c 'echo c > /proc/sysrq-trigger'
+"""
+
+
+START_PROCESSES = """\
 ( echo -n hvtest-reader > /proc/self/comm; read -r x < /tmp/fifo ) &
 echo "HVTEST-PID hvtest-reader $!"
 ( echo -n hvtest-sleeper > /proc/self/comm; sleep 100000; : ) &
 echo "HVTEST-PID hvtest-sleeper $!"
 ( echo -n hvtest-pipe > /proc/self/comm; exec 3<>/tmp/pipe; read -r x <&3 ) &
 echo "HVTEST-PID hvtest-pipe $!"
-sleep 1
-echo HVTEST-PANIC
-# On CPU @CPU@, not 0: where panic() runs is the crashed thread's CPU.
-taskset @MASK@ sh -c 'echo c > /proc/sysrq-trigger'
 """
+"""Shell lines that start :data:`PROCESSES` (FIFOs /tmp/fifo and /tmp/pipe must exist)
+and print their pids for :func:`parse_console`."""
 
 
 class RegistryUnreachable(RuntimeError):
@@ -251,7 +261,8 @@ def _extract(deb: Path, members: list[str], dest: Path) -> None:
         raise RuntimeError(f"{deb.name}: not found in the package: {', '.join(sorted(wanted))}")
 
 
-def _update_lists(opts: list[str], cache: Path) -> None:
+def update_lists(opts: list[str], cache: Path, *, cached: bool) -> None:
+    """Refresh the package lists once a day; unreachable is fatal only with nothing cached."""
     stamp = cache / "apt" / "updated"
     if stamp.exists() and time.time() - stamp.stat().st_mtime < 86400:
         return
@@ -260,13 +271,17 @@ def _update_lists(opts: list[str], cache: Path) -> None:
     )
     failed = [ln for ln in proc.stderr.splitlines() if ln.startswith(("E:", "W: Failed"))]
     if proc.returncode or failed:
-        if not any(cache.glob("debs/linux-image-*-dbg_*.deb")):
+        if not cached:
             raise RegistryUnreachable(
-                "Debian's archive cannot be reached for ppc64el packages: "
+                "Debian's archive cannot be reached: "
                 + "; ".join(failed or [proc.stderr.strip()[-300:]])
             )
     else:
         stamp.touch()
+
+
+def _update_lists(opts: list[str], cache: Path) -> None:
+    update_lists(opts, cache, cached=any(cache.glob("debs/linux-image-*-dbg_*.deb")))
 
 
 def _releases(opts: list[str], dist: Distribution, debs: Path) -> list[str]:
@@ -399,8 +414,14 @@ def build_initramfs(parts: Parts, out: Path) -> Path:
         shutil.copy2(path, tree / "lib/modules" / f"{name}.ko")
     init = tree / "init"
     script = _INIT.replace("@MODULE@", RODATA_MODULE).replace("@CPU@", str(PANIC_CPU))
+    script = script.replace("@PROCESSES@", START_PROCESSES)
     init.write_text(script.replace("@MASK@", f"{1 << PANIC_CPU:x}"))
     init.chmod(0o755)
+    return write_cpio(tree, out)
+
+
+def write_cpio(tree: Path, out: Path) -> Path:
+    """``tree`` as a newc cpio archive (an initramfs) at ``out``; the tree is removed."""
     names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
     with open(out, "wb") as f:
         subprocess.run(

@@ -106,6 +106,13 @@ production() {  # production CRASH WAY
     echo "HVTEST-RODATA $(cat /sys/module/@MODULE@/sections/@SECTION@)"
     rm -f /tmp/fifo /tmp/pipe; mkfifo /tmp/fifo /tmp/pipe
 @PROCESSES@
+    if [ "$1" = 2 ]; then
+        # back in production after the release, the kernel uses the freed memory
+        mb=$(awk '/MemAvailable/ { print int($2 * 0.85 / 1024) }' /proc/meminfo)
+        mkdir -p /fill; mount -t tmpfs -o size=${mb}m tmpfs /fill
+        dd if=/dev/zero of=/fill/zero bs=1M count="$mb" 2>/dev/null
+        echo "HVFW-FILLED $mb MiB"; rm /fill/zero; umount /fill
+    fi
     echo "$1" > /out/step; sync
     sleep 1
     echo "HVFW-PANIC $1 $2"

@@ -323,7 +323,6 @@ class FirmwareRun:
     saved: dict[int, Path]
     """:data:`SAVE_AREA` bytes from the reserved area's start as the capture kernel found
     them (QEMU's CPU state data), by dump number."""
-    disk: Path
     files: Path
     """The dump disk's contents, copied out."""
     seen: dict[str, float]
@@ -525,6 +524,7 @@ def run_guest(
     files = work / "disk"
     shutil.rmtree(files, ignore_errors=True)
     read_disk(disk, files)
+    disk.unlink()  # its files are copied out: GiBs a CI machine needs for the next run
     images = {int(p.stem.split("-")[1]): p for p in work.glob("guest-*.core")}
     saved = {int(p.stem.split("-")[1]): p for p in work.glob("saved-*.bin")}
     return FirmwareRun(

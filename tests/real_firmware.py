@@ -528,18 +528,17 @@ def run_guest(
     images = {int(p.stem.split("-")[1]): p for p in work.glob("guest-*.core")}
     saved = {int(p.stem.split("-")[1]): p for p in work.glob("saved-*.bin")}
     return FirmwareRun(
-        mmu,
-        work,
-        text,
-        infos,
-        registered,
-        parse_captures(text),
-        images,
-        saved,
-        disk,
-        files,
-        seen,
-        total,
+        mmu=mmu,
+        work=work,
+        console=text,
+        infos=infos,
+        registered=registered,
+        captures=parse_captures(text),
+        images=images,
+        saved=saved,
+        files=files,
+        seen=seen,
+        total_s=total,
     )
 
 

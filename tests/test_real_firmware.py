@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -303,13 +304,22 @@ def bare_run(parts: Parts, tmp_path_factory: pytest.TempPathFactory) -> Firmware
     return run_guest(parts, initrd, d, "radix")
 
 
-def test_without_the_workaround_linux_loses_the_next_dump(bare_run: FirmwareRun) -> None:
-    """Linux 6.12's bug, reproduced on the real kernel: the release frees the page that
-    holds the crash-info header, registering writes the header into it, and by the next
-    crash the page has another user: the capture boot finds the header corrupted and
-    frees the dump. (hvdump's runs above keep that page out of use and lose nothing.)"""
+def test_without_the_workaround_linux_writes_the_header_into_freed_memory(
+    bare_run: FirmwareRun,
+) -> None:
+    """Linux 6.12's bug on the real kernel, with what a bare script does: the release
+    frees from the page the reserved area ends in (the crash-info header's, below the
+    area's end 0x400102a8), and registering again succeeds, writing the header there.
+    Whether the page has another user by the next crash is chance (2 of 3 runs here:
+    "Fadump header is corrupted", the dump freed); when it happens the dump is gone."""
     console = bare_run.console
-    assert "freeing reserved memory (0x40010000 - 0x80000000)" in console
+    freed = [int(m, 16) for m in re.findall(r"freeing reserved memory \((0x[0-9a-f]+) - ", console)]
+    assert freed and all(start == 0x40010000 < 0x400102A8 for start in freed)
     assert bare_run.registered == {1: "1", 2: "1"}
-    assert "Fadump header is corrupted" in console
-    assert "HVFW-NO-DUMP" in console and 2 not in bare_run.captures
+    assert bare_run.captures[1].registered == "1"  # registered again after the release
+    lost = "Fadump header is corrupted" in console
+    print(f"\nbare script: the second dump was {'LOST' if lost else 'kept (this time)'}")
+    if lost:
+        assert "HVFW-NO-DUMP" in console and 2 not in bare_run.captures
+    else:
+        assert sorted(bare_run.captures) == [1, 2]

@@ -310,7 +310,7 @@ def test_without_the_workaround_linux_writes_the_header_into_freed_memory(
     """Linux 6.12's bug on the real kernel, with what a bare script does: the release
     frees from the page the reserved area ends in (the crash-info header's, below the
     area's end 0x400102a8), and registering again succeeds, writing the header there.
-    Whether the page has another user by the next crash is chance (2 of 3 runs here:
+    Whether the page has another user by the next crash is chance (2 of 4 runs here:
     "Fadump header is corrupted", the dump freed); when it happens the dump is gone."""
     console = bare_run.console
     freed = [int(m, 16) for m in re.findall(r"freeing reserved memory \((0x[0-9a-f]+) - ", console)]

@@ -434,15 +434,11 @@ class FadumpDump(CaptureInterface):
                 "CONFIG_MEMORY_FAILURE): reboot the LPAR to register for the next crash"
             )
         try:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, f"{page:#x}\n".encode())
-            finally:
-                os.close(fd)
-        except OSError as error:
+            self._write("soft_offline_page", f"{page:#x}\n".encode())
+        except HvdumpError as error:
             raise NotProtectedError(
-                f"{why}; {path}: taking it out of use failed: {error.strerror} (the kernel "
-                "holds it and cannot move it): reboot the LPAR to register for the next crash"
+                f"{why}; {error} (the kernel holds the page and cannot move it): reboot the "
+                "LPAR to register for the next crash"
             ) from None
 
     def _write(self, name: str, data: bytes) -> None:

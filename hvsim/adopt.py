@@ -187,6 +187,10 @@ class AdoptedKernel:
         """Nothing: the dying kernel's memory is the image as it is."""
         return []
 
+    def memory_model(self) -> None:
+        """None: the image holds its kernel's own ``struct page`` arrays."""
+        return None
+
     def hash_page_table(self, table_size: int) -> list[tuple[int, int, int]]:
         """The bolted linear map of a hash-MMU kernel (none for radix)."""
         if self.config.image_mmu == "radix":

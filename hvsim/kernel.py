@@ -73,6 +73,7 @@ from drgn_hvdump.model.scratch import hpt_size
 from .config import LparConfig, parse_tasks
 from .hypervisor import scratch_layout
 from .kernel_image import KERNELBASE, Vmlinux, image_path, load_vmlinux
+from .memmodel import MemModel, vmcoreinfo_entries
 from .memory import derive_seed
 
 __all__ = [
@@ -506,6 +507,8 @@ class CrashedKernel(Protocol):
 
     def hash_page_table(self, table_size: int) -> list[tuple[int, int, int]]: ...
 
+    def memory_model(self) -> MemModel | None: ...
+
 
 @dataclass(frozen=True)
 class KernelImage:
@@ -586,9 +589,22 @@ class KernelImage:
             ("SYMBOL(paca)", f"{kernel_symbol('paca'):x}"),
             ("KERNELOFFSET", "0"),
             ("NUMBER(RADIX_MMU)", "0"),
-            ("CRASHTIME", str(self.crash_time)),
         ]
+        model = self.memory_model()
+        if model is not None:
+            entries += vmcoreinfo_entries(model)
+        entries.append(("CRASHTIME", str(self.crash_time)))
         return build_vmcoreinfo(entries)
+
+    def memory_model(self) -> MemModel | None:
+        """Where its ``struct page`` array and ``mem_section`` are, and each page's type
+        (:mod:`hvsim.memmodel`); None when RAM is too small to hold them above 256 MiB."""
+        cfg = self.config
+        top = cfg.memory if cfg.dump == "fadump" else scratch_layout(cfg).base
+        model = MemModel(
+            cfg.memory, cfg.page_size, cfg.endian == "big", self._draws("page-types"), top
+        )
+        return model if model.fits else None
 
     def vmcoreinfo_note(self) -> bytes:
         """The VMCOREINFO ELF note in the kernel's byte order (what /proc/vmcore's PT_NOTE holds)."""

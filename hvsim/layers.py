@@ -14,6 +14,7 @@ from drgn_hvdump.intervals import IntervalSet
 
 from .adopt import open_adopted
 from .config import LparConfig
+from .memmodel import MemModel
 from .memory import Layer, pack_hpte_records
 from .state import LparState
 from .store import LparStore
@@ -65,6 +66,16 @@ def push_overlay(
     store.write_data(layer.file, [(p - base, data) for p, data in pieces])
     for p, data in pieces:
         layer.extents.add(p, p + len(data))
+    st.stack.append(layer.id)
+    return layer
+
+
+def push_memmap(st: LparState, model: MemModel, note: str) -> Layer:
+    """The crashed kernel's memory model (:mod:`hvsim.memmodel`), on top of the stack."""
+    extent = IntervalSet([(model.meta, model.base + model.memmap_size)])
+    layer = st.add_layer(
+        Layer("", "memmap", extent, seed=model.seed, base=model.top, delta=model.memory, note=note)
+    )
     st.stack.append(layer.id)
     return layer
 

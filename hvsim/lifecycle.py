@@ -22,7 +22,7 @@ from drgn_hvdump.model.release import dump_data
 from . import fadump
 from .hypervisor import Hypervisor, scratch_layout
 from .kernel import CrashedKernel, Scenario
-from .layers import push_copy, push_generated, push_hptes, push_image, push_overlay
+from .layers import push_copy, push_generated, push_hptes, push_image, push_memmap, push_overlay
 from .machine import LparStateError, Machine
 from .memory import derive_seed
 from .releasing import free, replace_layout_base, reregister
@@ -177,6 +177,9 @@ def crash(
     overlays = image.overlays()
     if overlays:
         push_overlay(st, m.store, overlays, f"kernel g{gen} crash data")
+    model = image.memory_model()
+    if model is not None:
+        push_memmap(st, model, f"kernel g{gen} struct pages")
     registered = m.firmware(st).registered
     st.state = "crashed"
     st.kernel = None

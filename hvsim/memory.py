@@ -20,6 +20,10 @@ covering a set of physical ranges (its extents) and supplying their bytes:
     the hypervisor's copy of low memory: bytes at ``addr`` are those of the
     named *snapshot* (a frozen stack) at ``addr - delta``. Nothing is copied
     on disk; the snapshot keeps the layers it needs alive.
+``memmap``
+    the crashed kernel's memory model (:mod:`hvsim.memmodel`): its metadata
+    and a ``struct page`` for every page, generated from ``seed`` for RAM of
+    ``delta`` bytes whose kernel owns memory up to ``base``.
 
 A read resolves, for each byte, the topmost layer covering it, then fills one
 output buffer piece by piece: generated pages straight into the buffer with
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import functools
 import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +47,7 @@ from drgn_hvdump import native
 from drgn_hvdump.intervals import IntervalSet
 
 from . import pages
+from .memmodel import MemModel, memmap_into
 from .pages import PageMix
 from .store import LparStore
 
@@ -59,7 +65,7 @@ _MASK64 = (1 << 64) - 1
 HPTE_RECORD = struct.Struct(">QQQ")
 """A stored HPTE: slot index in the table, then the V and R doublewords."""
 
-LayerKind = Literal["generated", "overlay", "hpte", "image", "copy"]
+LayerKind = Literal["generated", "overlay", "hpte", "image", "copy", "memmap"]
 
 
 def _mix64(z: int) -> int:
@@ -127,6 +133,10 @@ class Layer:
         out: dict[str, Any] = {"id": self.id, "kind": self.kind, "extents": self.extents.to_json()}
         if self.kind == "generated":
             out["seed"] = self.seed
+        elif self.kind == "memmap":
+            out["seed"] = self.seed
+            out["base"] = self.base
+            out["delta"] = self.delta
         elif self.kind in ("overlay", "hpte"):
             out["file"] = self.file
             out["base"] = self.base
@@ -144,7 +154,7 @@ class Layer:
     def from_json(cls, data: Mapping[str, Any]) -> Layer:
         """The inverse of :meth:`to_json`."""
         kind = data["kind"]
-        if kind not in ("generated", "overlay", "hpte", "image", "copy"):
+        if kind not in ("generated", "overlay", "hpte", "image", "copy", "memmap"):
             raise ValueError(f"unknown layer kind {kind!r}")
         return cls(
             id=str(data["id"]),
@@ -157,6 +167,11 @@ class Layer:
             delta=int(data.get("delta", 0)),
             note=str(data.get("note", "")),
         )
+
+
+@functools.lru_cache(maxsize=4)
+def _metadata(model: MemModel) -> bytes:
+    return model.metadata()
 
 
 def pack_hpte_records(entries: Iterable[tuple[int, int, int]]) -> bytes:
@@ -250,6 +265,8 @@ class MemoryReader:
             self._fill_hpte(layer, out, paddr)
         elif layer.kind == "image":
             self._fill_image(layer, out, paddr)
+        elif layer.kind == "memmap":
+            self._fill_memmap(layer, out, paddr)
         else:
             self.read_into(self.snapshots[layer.snapshot], paddr - layer.delta, out)
 
@@ -282,6 +299,23 @@ class MemoryReader:
         page = self._edge_page
         pages.gen_pages_into(page, seed, pfn, 1, self.page_size, self.mix, self.big_endian)
         out[:] = page[offset : offset + len(out)]
+
+    def memmap_model(self, layer: Layer) -> MemModel:
+        """The memory model a ``memmap`` layer generates."""
+        return MemModel(layer.delta, self.page_size, self.big_endian, layer.seed, layer.base)
+
+    def _fill_memmap(self, layer: Layer, out: memoryview, paddr: int) -> None:
+        model = self.memmap_model(layer)
+        end = paddr + len(out)
+        if paddr < model.base:
+            meta = _metadata(model)
+            n = min(end, model.base) - paddr
+            lo = paddr - model.meta
+            out[:n] = meta[lo : lo + n].ljust(n, b"\0")
+            paddr += n
+            out = out[n:]
+        if len(out):
+            memmap_into(model, out, paddr - model.base)
 
     def _fill_overlay(self, layer: Layer, out: memoryview, paddr: int) -> None:
         fd = self.store.data_fd(layer.file)

@@ -19,7 +19,11 @@ Two checks:
 
 Page categories in the report: *wrong* (present, different), *missing*
 (absent and not all zero in the crashed kernel), *excluded zero* (absent,
-all zero: what dump filters leave out), *lost* (in a range the LPAR itself
+all zero: what dump filters leave out), *left out by the dump level*
+(absent, and of a type the dump's level leaves out: page cache, user, free,
+by the crashed kernel's own record of each page's type, not by reading its
+``struct page``; a page of such a type the dump holds fails as *not left
+out*), *lost* (in a range the LPAR itself
 lost: released and reused before a capture kernel crashed, memory above the
 copied 256 MiB that the capture kernel overwrote, an incomplete hypervisor
 copy), *scratch* (the hypervisor's save area, whose earlier contents no dump
@@ -29,6 +33,7 @@ lost pages a collected dump claims to hold, and on wrong notes.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +54,7 @@ from drgn_hvdump.formats.vmcoreinfo import parse_vmcoreinfo
 
 from .lpar import Lpar
 from .machine import HvsimError
+from .memmodel import expected_exclusions
 from .memory import IntervalSet
 from .state import DumpInfo
 
@@ -281,11 +287,14 @@ class _Counts:
     lost_absent: int = 0
     lost_other: list[int] = field(default_factory=list)
     scratch: int = 0
+    level_excluded: dict[str, int] = field(default_factory=dict)
+    not_excluded: list[int] = field(default_factory=list)
 
 
 class _FileMemory:
     """Physical memory of a dump file: which ranges it holds, reading them, and its notes."""
 
+    dump_level: int = 1
     byteorder: str
     vmcoreinfo: dict[str, str] | None
     prstatus: list[ElfPrstatus]
@@ -332,6 +341,7 @@ class _KdumpMemory(_FileMemory):
         for n in notes:
             if n.name == "VMCOREINFO":
                 self.vmcoreinfo = parse_vmcoreinfo(n.desc, dump.path)
+        self.dump_level = dump.sub_header.dump_level
         self.present = IntervalSet()
         for first, end in dump.present_runs():
             self.present.add(first * ps, min(end, dump.max_mapnr) * ps)
@@ -353,9 +363,39 @@ def _open_dump(path: str | os.PathLike[str]) -> _FileMemory:
             from drgn_hvdump.codecs import decompress_page
 
             return _KdumpMemory(KdumpFile.open(path, decompress_page))
-        return _ElfMemory(ElfCore.open(path))
+        elf = _ElfMemory(ElfCore.open(path))
+        elf.dump_level = _manifest_level(path)
+        return elf
     except FormatError as exc:
         raise HvsimError(str(exc)) from None
+
+
+def _manifest_level(path: str | os.PathLike[str]) -> int:
+    """An ELF dump's level, from the manifest beside it (1 without one)."""
+    import json
+
+    manifest = os.path.join(os.path.dirname(os.fspath(path)) or ".", "manifest.json")
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            level = json.load(f).get("dump", {}).get("dump_level")
+    except (OSError, ValueError, AttributeError):
+        return 1
+    return level if isinstance(level, int) else 1
+
+
+def _level_exclusions(lpar: Lpar, level: int, report: VerifyReport) -> list[tuple[int, int, str]]:
+    """The crashed kernel's pages ``level`` leaves out, by type (its own record)."""
+    if level & ~1 == 0:
+        return []
+    image = lpar.crashed_kernel()
+    model = image.memory_model() if image is not None else None
+    if model is None:
+        report.note(
+            f"dump level {level}: the crashed kernel has no simulated memory model "
+            "(adopted image or small LPAR); pages it left out are counted as missing"
+        )
+        return []
+    return list(expected_exclusions(model, level, IntervalSet([(0, lpar.config.memory)])))
 
 
 def verify_dump(
@@ -385,8 +425,9 @@ def verify_dump(
             )
         )
         _check_notes(lpar, info, mem, report)
+        excluded = _level_exclusions(lpar, mem.dump_level, report)
         try:
-            counts = _compare_pages(lpar, info, mem, kind)
+            counts = _compare_pages(lpar, info, mem, kind, excluded)
         except FormatError as exc:
             # A page the dump holds but cannot give back is a broken dump, not a crash of ours.
             report.fail(str(exc))
@@ -403,6 +444,14 @@ def verify_dump(
         report.fail(f"wrong pages: {len(c.wrong)}{extra}: {_hexlist(c.wrong, len(c.wrong))}")
     if c.missing:
         report.fail(f"missing pages: {len(c.missing)}: {_hexlist(c.missing, len(c.missing))}")
+    if c.not_excluded:
+        report.fail(
+            f"pages dump level {mem.dump_level} leaves out, held by the dump: "
+            f"{len(c.not_excluded)}: {_hexlist(c.not_excluded, len(c.not_excluded))}"
+        )
+    if c.level_excluded:
+        per = ", ".join(f"{n} {k}" for k, n in sorted(c.level_excluded.items()))
+        report.note(f"pages left out by dump level {mem.dump_level}: {per}")
     if c.lost_other:
         line = (
             f"pages in lost ranges holding other data: {len(c.lost_other)}: "
@@ -428,6 +477,8 @@ def verify_dump(
         "lost_absent": c.lost_absent,
         "lost_other": len(c.lost_other),
         "scratch": c.scratch,
+        "level_excluded": sum(c.level_excluded.values()),
+        "not_excluded": len(c.not_excluded),
         "page_size": ps,
     }
     total = cfg.memory // ps
@@ -435,7 +486,12 @@ def verify_dump(
         f"{'OK' if report.ok else 'FAILED'}: {fname} vs {lpar.path} (dump of generation "
         f"{info.generation}): {c.ok} of {total} pages match, {len(c.wrong)} wrong, "
         f"{len(c.missing)} missing, {c.zero_excluded} zero excluded, "
-        f"{c.lost_absent + len(c.lost_other)} lost, {c.scratch} scratch"
+        + (
+            f"{sum(c.level_excluded.values())} left out by level {mem.dump_level}, "
+            if excluded
+            else ""
+        )
+        + f"{c.lost_absent + len(c.lost_other)} lost, {c.scratch} scratch"
     )
     return report
 
@@ -503,10 +559,17 @@ def _check_notes(lpar: Lpar, info: DumpInfo, core: _FileMemory, report: VerifyRe
             report.note(f"NT_PRSTATUS notes: {len(got)} CPUs match")
 
 
-def _compare_pages(lpar: Lpar, info: DumpInfo, mem: _FileMemory, kind: DumpKind) -> _Counts:
+def _compare_pages(
+    lpar: Lpar,
+    info: DumpInfo,
+    mem: _FileMemory,
+    kind: DumpKind,
+    excluded: list[tuple[int, int, str]],
+) -> _Counts:
     cfg = lpar.config
     ps = cfg.page_size
     counts = _Counts()
+    left_out = _TypedRanges(excluded)
     lost = IntervalSet((a, b) for a, b, _ in info.lost)
     if kind == "vmcore":
         # The capture kernel's own memory above the copied 256 MiB is lost too.
@@ -531,13 +594,29 @@ def _compare_pages(lpar: Lpar, info: DumpInfo, mem: _FileMemory, kind: DumpKind)
             mem.present.contains(src, src + n)
             and not lost.overlaps(base, base + n)
             and not (scratch.overlaps(base, base + n))
+            and not left_out.ranges.overlaps(base, base + n)
         ):
             got = mem.read(src, n)
             if got == want:
                 counts.ok += n // ps
                 continue
-        _compare_chunk(lpar, counts, want, base, src, mem, lost, scratch, released)
+        _compare_chunk(lpar, counts, want, base, src, mem, lost, scratch, released, left_out)
     return counts
+
+
+class _TypedRanges:
+    """Byte ranges with a type each, looked up by address."""
+
+    def __init__(self, ranges: list[tuple[int, int, str]]) -> None:
+        self.items = sorted(ranges)
+        self.starts = [a for a, _, _ in self.items]
+        self.ranges = IntervalSet((a, b) for a, b, _ in self.items)
+
+    def type_at(self, addr: int) -> str | None:
+        i = bisect.bisect_right(self.starts, addr) - 1
+        if i >= 0 and addr < self.items[i][1]:
+            return self.items[i][2]
+        return None
 
 
 def _compare_chunk(
@@ -550,6 +629,7 @@ def _compare_chunk(
     lost: IntervalSet,
     scratch: IntervalSet,
     released: IntervalSet,
+    left_out: _TypedRanges,
 ) -> None:
     ps = lpar.config.page_size
     zero = native.zero_pages(want, ps)
@@ -568,6 +648,13 @@ def _compare_chunk(
                 counts.ok += 1
             else:
                 counts.lost_other.append(addr)
+            continue
+        level_type = left_out.type_at(addr)
+        if level_type is not None:
+            if present:
+                counts.not_excluded.append(addr)
+            else:
+                counts.level_excluded[level_type] = counts.level_excluded.get(level_type, 0) + 1
             continue
         if not present:
             if zero[i]:

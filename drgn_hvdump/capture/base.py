@@ -17,6 +17,7 @@ from drgn_hvdump.capture.rootfiles import (
 )
 from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.errors import FormatError, HvdumpError
+from drgn_hvdump.intervals import IntervalSet
 from drgn_hvdump.model.physmap import Region
 
 __all__ = [
@@ -196,10 +197,18 @@ class CaptureInterface(ABC):
         return b"\n".join(parts)
 
     @abstractmethod
-    def plan(self, state: DumpState, vm: Vmcore, chunk_size: int) -> Plan:
+    def plan(
+        self,
+        state: DumpState,
+        vm: Vmcore,
+        chunk_size: int,
+        excluded: IntervalSet | None = None,
+    ) -> Plan:
         """The collection of the dump ``state`` describes, from the vmcore ``vm``: its
         chunks (each in the file) and the release writes with what each must free.
-        Refuses (:class:`HvdumpError`) a dump whose memory it cannot give back exactly."""
+        ``excluded`` (the crashed kernel's physical addresses, whole pages) is left
+        out of the chunks and released without being saved. Refuses
+        (:class:`HvdumpError`) a dump whose memory it cannot give back exactly."""
 
     @abstractmethod
     def physical_map(self, state: DumpState, memory: int) -> list[Region]:

@@ -34,7 +34,7 @@ from drgn_hvdump.capture.base import (
     NotProtectedError,
     Section,
 )
-from drgn_hvdump.capture.plan import Chunk, Plan, ReleaseWrite, checked_against
+from drgn_hvdump.capture.plan import Chunk, Plan, ReleaseWrite, checked_against, kept_pieces
 from drgn_hvdump.capture.rootfiles import (
     COMMON_PROPERTIES,
     COMMON_ROOT_FILES,
@@ -295,7 +295,13 @@ class FadumpDump(CaptureInterface):
         except (OSError, ValueError):
             return None
 
-    def plan(self, state: DumpState, vm: Vmcore, chunk_size: int) -> Plan:
+    def plan(
+        self,
+        state: DumpState,
+        vm: Vmcore,
+        chunk_size: int,
+        excluded: IntervalSet | None = None,
+    ) -> Plan:
         mem = _native(state)
         ps = vm.page_size()
         lay = fadump_layout(mem, vm)
@@ -314,11 +320,13 @@ class FadumpDump(CaptureInterface):
             if end > start:
                 segments.append((start, end - start))
         chunks: list[Chunk] = []
+        excluded = IntervalSet() if excluded is None else excluded
         for a, n in segments:
-            for s in range(a, a + n, chunk_size):
-                size = min(chunk_size, a + n - s)
-                chunks.append(Chunk(len(chunks), "mem", s, s, size))
-        if not chunks:
+            for x, y in kept_pieces(a, a + n, excluded):
+                for s in range(x, y, chunk_size):
+                    size = min(chunk_size, y - s)
+                    chunks.append(Chunk(len(chunks), "mem", s, s, size))
+        if not segments:
             raise HvdumpError(f"{vm.path}: holds no memory of the crashed kernel")
         freed = list(lay.freed(ps))
         pages = sum(b - a for a, b in freed) // ps
@@ -333,7 +341,7 @@ class FadumpDump(CaptureInterface):
             size=lay.memory - lay.boot_mem_top,
             span=span,
             scratch=False,
-            ready=chunks[-1].index,
+            ready=chunks[-1].index if chunks else -1,
             new_pages=(min(pages, fixed), max(pages, fixed)),
         )
         sections = {
@@ -353,6 +361,9 @@ class FadumpDump(CaptureInterface):
             needed=IntervalSet((c.src, c.src_end) for c in chunks),
             segments=segments,
             warnings=warnings,
+            excluded=IntervalSet(
+                x for a, n in segments for x in excluded.intersect(a, a + n)
+            ),
             order=[0],
         )
         return checked_against(plan, vm)

@@ -49,6 +49,7 @@ from drgn_hvdump.formats.release_region import (
     format_release_request,
     parse_release_map,
 )
+from drgn_hvdump.intervals import IntervalSet
 from drgn_hvdump.model.physmap import Region, saved_low_map
 
 __all__ = ["PHYP_ROOT_FILES", "PhypDump", "map_from_header"]
@@ -185,11 +186,17 @@ class PhypDump(CaptureInterface):
         _describe(state, header, rmap)
         return state
 
-    def plan(self, state: DumpState, vm: Vmcore, chunk_size: int) -> Plan:
+    def plan(
+        self,
+        state: DumpState,
+        vm: Vmcore,
+        chunk_size: int,
+        excluded: IntervalSet | None = None,
+    ) -> Plan:
         header, rmap = _native(state)
         plan = make_plan(
             state.root, header, rmap, page_size=vm.page_size(), memory=vm.memory,
-            chunk_size=chunk_size,
+            chunk_size=chunk_size, excluded=excluded,
         )  # fmt: skip
         return checked_against(plan, vm)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 import itertools
 
-from drgn_hvdump.capture.plan import Chunk, Plan, ReleaseWrite
+from drgn_hvdump.capture.plan import Chunk, Plan, ReleaseWrite, kept_pieces
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.dump_header import DumpHeader
 from drgn_hvdump.formats.release_region import Extent, ReleaseMap
@@ -35,7 +35,11 @@ from drgn_hvdump.model.release import (
     simulate_frees,
 )
 
-__all__ = ["make_plan"]
+__all__ = ["EARLY_RELEASE", "make_plan"]
+
+EARLY_RELEASE = 1 << 20
+"""An excluded run this long gets a release write of its own, made before any chunk
+is read; shorter runs are released with the chunk after them."""
 
 
 def _split(start: int, end: int, step: int) -> list[tuple[int, int]]:
@@ -144,25 +148,44 @@ def _check_layout(
 
 
 def _plan_chunks(
-    copied: dict[str, Extent], rmo_src: int, rmo_len: int, r0: int, mem_end: int, chunk_size: int
+    copied: dict[str, Extent],
+    rmo_src: int,
+    rmo_len: int,
+    r0: int,
+    mem_end: int,
+    chunk_size: int,
+    excluded: IntervalSet,
 ) -> list[Chunk]:
     """The register save area whole, then the HPTEs, the low memory copy and the
-    reserved memory in chunks of ``chunk_size``."""
+    reserved memory in chunks of ``chunk_size``, without the ``excluded`` pages."""
     chunks: list[Chunk] = []
 
     def add(kind: str, start: int, end: int, dst0: int, base: int) -> None:
-        for a, b in _split(start, end, chunk_size):
-            chunks.append(Chunk(len(chunks), kind, a, dst0 + a - base, b - a))
+        for x, y in kept_pieces(start, end, excluded, dst0 - base):
+            for a, b in _split(x, y, chunk_size):
+                chunks.append(Chunk(len(chunks), kind, a, dst0 + a - base, b - a))
 
     cpu = copied["cpu"]
     if cpu.size:
         chunks.append(Chunk(0, "cpu", cpu.addr, 0, cpu.size))
     hpte = copied["hpte"]
-    add("hpte", hpte.addr, hpte.end, 0, hpte.addr)
+    for a, b in _split(hpte.addr, hpte.end, chunk_size):
+        chunks.append(Chunk(len(chunks), "hpte", a, a - hpte.addr, b - a))
     rmo = copied["rmo"]
     add("rmo", rmo.addr, rmo.addr + rmo_len, rmo_src, rmo.addr)
     add("mem", r0, mem_end, r0, r0)
     return chunks
+
+
+def _early_bounds(excluded: IntervalSet, r0: int, mem_end: int, ps: int) -> set[int]:
+    """Write boundaries that give each excluded run of at least :data:`EARLY_RELEASE`
+    bytes a write of its own, one page short of its end: the faithful kernel frees
+    one page past a write, so the write frees the run and nothing after it."""
+    bounds: set[int] = set()
+    for a, b in excluded.intersect(r0, mem_end):
+        if b - a >= EARLY_RELEASE:
+            bounds.update((a, b - ps))
+    return bounds
 
 
 def _release_pieces(
@@ -171,18 +194,20 @@ def _release_pieces(
     sections: dict[str, Extent],
     reserved: Extent,
     memory: int,
+    early: set[int],
 ) -> list[tuple[int, int, bool]]:
     """(address, size, in the scratch area) of each release write, checked to add
     up to the reserved memory and the scratch area exactly."""
     r0 = reserved.addr
     scratch_size = sum(e.size for e in sections.values())
-    # The reserved memory: one write per memory chunk, the last one running to
-    # the RESERVED end (into the CPU section's first page); all start below the
-    # scratch area, so they count only in the reserved counter.
+    # The reserved memory: one write per memory chunk and per long excluded run,
+    # the last one running to the RESERVED end (into the CPU section's first page);
+    # all start below the scratch area, so they count only in the reserved counter.
     pieces: list[tuple[int, int, bool]] = []
     mem_chunks = [c for c in chunks if c.kind == "mem"]
-    if mem_chunks:
-        bounds = [c.src for c in mem_chunks] + [reserved.end]
+    if mem_chunks or early:
+        starts = {r0, *(c.src for c in mem_chunks), *early}
+        bounds = [*sorted(b for b in starts if r0 <= b < reserved.end), reserved.end]
         pieces += [(a, b - a, False) for a, b in itertools.pairwise(bounds)]
     elif reserved.size:
         pieces.append((r0, reserved.size, False))
@@ -220,6 +245,7 @@ def make_plan(
     page_size: int,
     memory: int,
     chunk_size: int,
+    excluded: IntervalSet | None = None,
 ) -> Plan:
     """The plan for the dump the hypervisor's ``header`` and the kernel's release map
     ``rmap`` describe (under the capture root ``root``, for messages); refuses layouts
@@ -249,12 +275,22 @@ def make_plan(
             f"low memory copy ends inside a page ({copied['rmo'].size:#x} bytes); the last "
             "partial page is left out"
         )
-    chunks = _plan_chunks(copied, header.rmo.source_address, rmo_len, r0, mem_end, chunk_size)
+    excluded = IntervalSet() if excluded is None else excluded
+    rmo_src = header.rmo.source_address
+    chunks = _plan_chunks(copied, rmo_src, rmo_len, r0, mem_end, chunk_size, excluded)
     needed = IntervalSet()
     for ext in copied.values():
         needed.add(ext.addr, ext.end)
     needed.add(r0, mem_end)
-    pieces = _release_pieces(root, chunks, sections, reserved, memory)
+    # What the level leaves out needs no saving: in place, and in the low-memory copy.
+    left_out = IntervalSet(excluded.intersect(r0, mem_end))
+    for a, b in excluded.intersect(rmo_src, rmo_src + rmo_len):
+        left_out.add(a, b)
+        needed.remove(a - rmo_src + copied["rmo"].addr, b - rmo_src + copied["rmo"].addr)
+    for a, b in excluded.intersect(r0, mem_end):
+        needed.remove(a, b)
+    early = _early_bounds(excluded, r0, mem_end, ps)
+    pieces = _release_pieces(root, chunks, sections, reserved, memory, early)
     area = ReleaseArea(r0, memory - r0, scratch.addr, scratch.size)
     data = dump_data(r0, reserved.end, [(ext.addr, ext.size) for ext in copied.values()])
     writes, order = _observable_writes(pieces, chunks, needed, data, area, ps)
@@ -275,5 +311,6 @@ def make_plan(
         needed=needed,
         segments=segments,
         warnings=warnings,
+        excluded=left_out,
         order=order,
     )

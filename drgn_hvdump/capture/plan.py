@@ -16,7 +16,7 @@ from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.formats.release_region import Extent
 from drgn_hvdump.intervals import IntervalSet
 
-__all__ = ["Chunk", "Plan", "ReleaseWrite", "checked_against"]
+__all__ = ["Chunk", "Plan", "ReleaseWrite", "checked_against", "kept_pieces"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,9 @@ class Plan:
     needed: IntervalSet
     segments: list[tuple[int, int]]
     warnings: list[str] = field(default_factory=list)
+    excluded: IntervalSet = field(default_factory=IntervalSet)
+    """The crashed kernel's memory the dump level leaves out (physical addresses):
+    in no chunk, released without being saved."""
     # The order the writes are made in, always (a run's done writes are a
     # prefix of it); the last one re-registers the dump.
     order: list[int] = field(default_factory=list)
@@ -92,6 +95,31 @@ class Plan:
 
     def read_bytes(self) -> int:
         return sum(c.size for c in self.chunks)
+
+    def kept_segments(self) -> list[tuple[int, int]]:
+        """``(address, size)`` of the memory the dump holds: the segments without
+        what the dump level leaves out."""
+        return [
+            (a, b - a)
+            for start, size in self.segments
+            for a, b in kept_pieces(start, start + size, self.excluded)
+        ]
+
+
+def kept_pieces(
+    start: int, end: int, excluded: IntervalSet, delta: int = 0
+) -> list[tuple[int, int]]:
+    """``[start, end)`` without what ``excluded`` holds, where ``excluded`` is in
+    addresses ``delta`` above ``start``'s (the crashed kernel's, for a copy)."""
+    out: list[tuple[int, int]] = []
+    pos = start
+    for a, b in excluded.intersect(start + delta, end + delta):
+        if a - delta > pos:
+            out.append((pos, a - delta))
+        pos = b - delta
+    if pos < end:
+        out.append((pos, end))
+    return out
 
 
 def checked_against(plan: Plan, vm: Vmcore) -> Plan:

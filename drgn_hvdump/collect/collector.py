@@ -32,6 +32,12 @@ from drgn_hvdump.capture.plan import Chunk, Plan
 from drgn_hvdump.capture.vmcore import Vmcore
 from drgn_hvdump.codecs import Codec, get_codec
 from drgn_hvdump.collect.engine import Job, PageEngine
+from drgn_hvdump.collect.levels import (
+    decide_exclusions,
+    exclusions_from_record,
+    exclusions_record,
+    reader_for,
+)
 from drgn_hvdump.collect.output import (
     ElfOutput,
     KdumpOutput,
@@ -94,6 +100,8 @@ from drgn_hvdump.formats.utsname import read_utsname
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.fsutil import disk_error, flock_holders, take_flock
 from drgn_hvdump.intervals import IntervalSet
+from drgn_hvdump.model.mem_sections import Exclusions
+from drgn_hvdump.model.page_types import DL_ZERO
 
 __all__ = [
     "CollectOptions",
@@ -119,6 +127,9 @@ class CollectOptions:
     progress: bool | None = None
     scrub: Path | None = None
     accept_partial: bool = False
+    # makedumpfile's -d bits: above 1, page cache, user and free pages are left
+    # out (decided from each page's struct page) and released without saving.
+    dump_level: int = 1
     # Another collector holds the dump or the directory: wait for it (at most
     # wait_timeout seconds, None for no limit) instead of refusing.
     wait: bool = False
@@ -580,6 +591,9 @@ def _collect(
     core = vm.core
     info = core.vmcoreinfo or {}
     plan = capture.plan(state, vm, opts.chunk_size)
+    excl = _exclusions(c, opts, vm, plan, journal, warnings)
+    if excl is not None:
+        plan = capture.plan(state, vm, opts.chunk_size, excl.byte_ranges(plan.page_size))
     warnings += plan.warnings
     out = out_dir.path
     dump_file = out / DUMP_NAMES[opts.format]
@@ -587,7 +601,10 @@ def _collect(
     header_raw = state.header_raw
     fingerprint = _fingerprint(opts, codec, plan, header_raw)
     resumed = journal is not None and bool(journal.records)
-    journal, uts = _start_journal(opts, vm, plan, out_dir, journal, identity, facts, fingerprint)
+    start_extra = {"exclusions": exclusions_record(excl)} if excl is not None else {}
+    journal, uts = _start_journal(
+        opts, vm, plan, out_dir, journal, identity, facts, fingerprint, start_extra
+    )
     scrub: list[ScrubRange] = load_filter(opts.scrub, info, plan.memory) if opts.scrub else []
     durable, done_chunks, rel_log = _replay_journal(opts, c, vm, plan, out_dir, journal, scrub)
 
@@ -619,6 +636,7 @@ def _collect(
             output = _dump_output(
                 opts, codec, vm, plan, notes, uts, eraseinfo, done_chunks, resumed,
                 dump_file, open_file(dump_file.name),
+                excl.level if excl is not None else opts.dump_level & DL_ZERO,
             )  # fmt: skip
             if not known:
                 ids = {name: list(fid) for name, fid in out_dir.file_ids(list(fds)) if fid}
@@ -634,6 +652,7 @@ def _collect(
         runner = _Runner(
             c, opts, plan, vm, capture, journal, output, sidecars, codec, threads, scrub
         )
+        runner.exclusions = excl
         runner.durable = durable
         runner.done_chunks = done_chunks
         runner.rel = Releases(
@@ -673,6 +692,7 @@ def _fingerprint(
         "memory": plan.memory,
         "reserved": [plan.reserved.addr, plan.reserved.size],
         "scrub": str(opts.scrub) if opts.scrub else None,
+        "dump_level": opts.dump_level,
     }
 
 
@@ -726,12 +746,14 @@ def _dump_output(
     resumed: bool,
     dump_file: Path,
     fd: int,
+    dump_level: int,
 ) -> ElfOutput | KdumpOutput:
     """The dump file's writer, its headers in place (resumed: where the journal says)."""
     byteorder, ps = vm.core.byteorder, plan.page_size
+    kept = plan.kept_segments()
     if opts.format == "elf":
         layout = build_core_header(
-            notes, [LoadSegment(a, s) for a, s in plan.segments], byteorder, page_size=ps
+            notes, [LoadSegment(a, s) for a, s in kept], byteorder, page_size=ps
         )
         return ElfOutput(str(dump_file), layout, ps, resumed, fd=fd)
     assert codec is not None
@@ -748,6 +770,8 @@ def _dump_output(
         timestamp=int((vm.core.vmcoreinfo or {}).get("CRASHTIME", "0") or 0),
         codec_flag=codec.flag,
         eraseinfo_size=len(eraseinfo),
+        kept=[(a // ps, (a + s) // ps) for a, s in kept],
+        dump_level=dump_level,
     )
     output = KdumpOutput(str(dump_file), klayout, codec, resumed, fd=fd)
     ends = [r["off"] + r["len"] for r in done_chunks.values() if r["kind"] in ("rmo", "mem")]
@@ -791,6 +815,7 @@ def _start_journal(
     identity: str,
     facts: dict[str, Any],
     fingerprint: dict[str, Any],
+    extra: dict[str, Any],
 ) -> tuple[Journal, list[str]]:
     """The journal opened for appending (a new one starts with its ``start`` record,
     bound to the dump's identity) and the crashed kernel's utsname."""
@@ -826,6 +851,7 @@ def _start_journal(
                     "fingerprint": fingerprint,
                     "utsname": uts,
                     **facts,
+                    **extra,
                 }
             )
     except OSError as exc:
@@ -975,6 +1001,12 @@ def _utsname(vm: Vmcore, plan: Plan, info: dict[str, str]) -> list[str]:
     Called before anything is released (the journal keeps it for a rerun).
     """
     fallback = ["Linux", "unknown", info.get("OSRELEASE", ""), "unknown", "", "(none)"]
+    return read_utsname(info, _crashed_reader(vm, plan)) or fallback
+
+
+def _crashed_reader(vm: Vmcore, plan: Plan) -> Callable[[int, int], bytes | None]:
+    """Reads the crashed kernel's memory by its physical address, before any release
+    (None: the dump does not hold that range)."""
     rmo = plan.copied.get("rmo")
     has_rmo = rmo is not None and any(ch.kind == "rmo" for ch in plan.chunks)
     # phyp: the kernel's memory above the capture region, where it is; fadump: the
@@ -997,7 +1029,35 @@ def _utsname(vm: Vmcore, plan: Plan, info: dict[str, str]) -> list[str]:
         vm.read_into(src, buf)
         return bytes(buf)
 
-    return read_utsname(info, read) or fallback
+    return read
+
+
+def _exclusions(
+    c: RunRecord,
+    opts: CollectOptions,
+    vm: Vmcore,
+    plan: Plan,
+    journal: Journal | None,
+    warnings: list[str],
+) -> Exclusions | None:
+    """What the dump level leaves out: from the journal on a rerun (the memory the
+    decision was read from may be released), else decided now, before any release."""
+    if journal is not None and journal.records:
+        rec = journal.start.get("exclusions")
+        return None if rec is None else exclusions_from_record(rec, str(journal.path))
+    if opts.dump_level & ~DL_ZERO == 0:
+        return None
+    ps = plan.page_size
+    return decide_exclusions(
+        opts.dump_level,
+        vm.core.vmcoreinfo or {},
+        vm.core.byteorder,
+        ps,
+        [(a // ps, (a + n) // ps) for a, n in plan.segments],
+        reader_for(_crashed_reader(vm, plan)),
+        c.progress,
+        warnings,
+    )
 
 
 def _vmcoreinfo_raw(core: ElfCore) -> bytes | None:
@@ -1025,6 +1085,7 @@ class _Runner:
     durable: IntervalSet = field(default_factory=IntervalSet, init=False)
     done_chunks: dict[int, dict[str, Any]] = field(default_factory=dict, init=False)
     rel: Releases | None = field(default=None, init=False)
+    exclusions: Exclusions | None = field(default=None, init=False)
     _total: int | None = field(default=None, init=False)
     _done_bytes: int = field(default=0, init=False)
     timings: dict[str, float] = field(init=False)
@@ -1157,10 +1218,12 @@ class _Runner:
                 file=dump_file.name,
                 format=self.opts.format,
                 size=st.st_size,
-                segments=tuple(plan.segments),
+                segments=tuple(plan.kept_segments()),
                 compression=self.codec.name if self.codec else None,
                 level=self.opts.level,
                 allocated=st.st_blocks * 512,
+                dump_level=self.exclusions.level if self.exclusions else None,
+                excluded=dict(self.exclusions.counts) if self.exclusions else None,
             ),
             chunks=tuple(self._manifest_chunks()),
             metadata={

@@ -195,6 +195,10 @@ class DumpFileInfo:
     level: int | None = None
     allocated: int | None = None
     zero_pages: int | None = None
+    dump_level: int | None = None
+    """makedumpfile's ``-d`` bits this dump was taken with (None: 1, zero pages only)."""
+    excluded: dict[str, int] | None = None
+    """Pages the dump level left out, per type (``cache``, ``user``, ``free`` ...)."""
 
     def ranges(self) -> list[tuple[int, int]]:
         """The segments as (start, end)."""
@@ -208,6 +212,8 @@ class DumpFileInfo:
             allocated=self.allocated,
             segments=[[a, n] for a, n in self.segments],
             zero_pages=self.zero_pages,
+            dump_level=self.dump_level,
+            excluded=self.excluded,
         )
         # null means "stored raw" (ELF, or kdump without compression): always written
         out.update(compression=self.compression, level=self.level)
@@ -435,6 +441,13 @@ class _Parser:
     def optional_int(self, obj: dict[str, Any], key: str, name: str) -> int | None:
         return self.integer(obj, key, name) if obj.get(key) is not None else None
 
+    def counts(self, obj: dict[str, Any], key: str, name: str) -> dict[str, int] | None:
+        """An optional object of non-negative counts by name."""
+        if obj.get(key) is None:
+            return None
+        value: dict[str, Any] = self.get(obj, key, name, dict)
+        return {str(k): self.integer(value, k, f"{name}.{k}") for k in value}
+
     def string(
         self, obj: dict[str, Any], key: str, name: str, choices: tuple[str, ...] = ()
     ) -> str:
@@ -558,6 +571,8 @@ class _Parser:
             else None,
             allocated=self.optional_int(d, "allocated", "dump.allocated"),
             zero_pages=self.optional_int(d, "zero_pages", "dump.zero_pages"),
+            dump_level=self.optional_int(d, "dump_level", "dump.dump_level"),
+            excluded=self.counts(d, "excluded", "dump.excluded"),
         )
 
     def metadata(self, meta: dict[str, Any], required: bool) -> dict[str, MetaFile]:

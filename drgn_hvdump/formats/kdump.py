@@ -137,15 +137,18 @@ def _ceil(a: int, b: int) -> int:
 class KdumpLayout:
     """Where everything of a kdump-compressed file goes, known before any page is written.
 
-    ``ranges`` are the PFN ranges ``[start, end)`` the file holds (ascending,
-    disjoint); every page in them gets a descriptor (zero pages share one
-    stored zero page), so the descriptor table's size is fixed up front.
+    ``ranges`` are the PFN ranges ``[start, end)`` of RAM the file covers (the
+    1st bitmap); ``kept`` those it holds (the 2nd bitmap: ``ranges`` without
+    what the dump level left out). Every kept page gets a descriptor (zero
+    pages share one stored zero page), so the descriptor table's size is
+    fixed up front.
     """
 
     byteorder: ByteOrder
     page_size: int
     max_mapnr: int
     ranges: tuple[tuple[int, int], ...]
+    kept: tuple[tuple[int, int], ...]
     header: DiskDumpHeader
     sub_header: KdumpSubHeader
     notes: bytes
@@ -172,17 +175,20 @@ class KdumpLayout:
         return bytes(out)
 
     def bitmap_pieces(self, piece: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
-        """``(file offset, bytes)`` of both bitmaps, in pieces (both bitmaps are equal)."""
+        """``(file offset, bytes)`` of both bitmaps, in pieces."""
         half = self.bitmap_size // 2
-        for base in (self.bitmap_offset, self.bitmap_offset + half):
+        for base, ranges in (
+            (self.bitmap_offset, self.ranges),
+            (self.bitmap_offset + half, self.kept),
+        ):
             for off in range(0, half, piece):
                 n = min(piece, half - off)
-                yield base + off, _bitmap_bytes(self.ranges, off * 8, n)
+                yield base + off, _bitmap_bytes(ranges, off * 8, n)
 
     def desc_index(self, pfn: int) -> int:
-        """The descriptor slot of ``pfn`` (which must be in one of the ranges)."""
+        """The descriptor slot of ``pfn`` (which must be a kept page)."""
         rank = 0
-        for start, end in self.ranges:
+        for start, end in self.kept:
             if start <= pfn < end:
                 return rank + pfn - start
             rank += end - start
@@ -227,6 +233,8 @@ def plan_kdump(
     timestamp: int,
     codec_flag: int,
     eraseinfo_size: int = 0,
+    kept: Sequence[tuple[int, int]] | None = None,
+    dump_level: int = DUMP_LEVEL_ZERO,
 ) -> KdumpLayout:
     """Lay out a kdump-compressed file.
 
@@ -234,7 +242,8 @@ def plan_kdump(
     ``notes``; ``utsname`` is (sysname, nodename, release, version, machine,
     domainname): ``machine`` must be ``ppc64`` or ``ppc64le`` for readers to
     know the architecture. ``eraseinfo_size`` reserves room for the erase
-    info right after the notes.
+    info right after the notes. ``kept`` (default: all of ``ranges``) are the
+    pages the file holds, ``dump_level`` the ``-d`` bits that left the rest out.
     """
     ps = page_size
     if ps <= 0 or ps & (ps - 1):
@@ -245,13 +254,17 @@ def plan_kdump(
             raise ValueError("PFN ranges must be ascending and disjoint")
     if rs and rs[-1][1] > max_mapnr:
         raise ValueError("PFN range past max_mapnr")
+    ks = rs if kept is None else tuple((int(a), int(b)) for a, b in kept if b > a)
+    for (_, b), (c, _) in itertools.pairwise(ks):
+        if c < b:
+            raise ValueError("kept PFN ranges must be ascending and disjoint")
     offset_note = ps + KDUMP_SUB_HEADER.size
     offset_erase = offset_note + len(notes)
     sub_hdr_size = _ceil(KDUMP_SUB_HEADER.size + len(notes) + eraseinfo_size, ps)
     bitmap_blocks = 2 * _ceil(_ceil(max_mapnr, 8), ps)
     bitmap_offset = (1 + sub_hdr_size) * ps
     desc_offset = bitmap_offset + bitmap_blocks * ps
-    npages = sum(b - a for a, b in rs)
+    npages = sum(b - a for a, b in ks)
     # Page data starts on a page boundary, so that whole pages can be written
     # with O_DIRECT (collect/filewrite.py); readers follow the descriptors.
     zero_page_offset = _ceil(desc_offset + PAGE_DESC.size * npages, ps) * ps
@@ -269,7 +282,7 @@ def plan_kdump(
         nr_cpus=max(1, nr_cpus),
     )
     sub = KdumpSubHeader(
-        dump_level=DUMP_LEVEL_ZERO,
+        dump_level=dump_level,
         offset_vmcoreinfo=vm_off,
         size_vmcoreinfo=vm_size,
         offset_note=offset_note,
@@ -283,6 +296,7 @@ def plan_kdump(
         page_size=ps,
         max_mapnr=max_mapnr,
         ranges=rs,
+        kept=ks,
         header=header,
         sub_header=sub,
         notes=notes,

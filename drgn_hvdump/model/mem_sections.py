@@ -170,6 +170,8 @@ class MemoryModel:
         """Where the physically contiguous piece holding ``vaddr`` ends (virtually)."""
         if PAGE_OFFSET <= vaddr < _LINEAR_END:
             return _LINEAR_END
+        if not self._block_size:
+            self.vtop(vaddr)  # says why it cannot be read
         return vaddr - (vaddr % self._block_size) + self._block_size
 
     # ---------------------------------------------------------- sections

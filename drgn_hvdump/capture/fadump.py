@@ -361,9 +361,7 @@ class FadumpDump(CaptureInterface):
             needed=IntervalSet((c.src, c.src_end) for c in chunks),
             segments=segments,
             warnings=warnings,
-            excluded=IntervalSet(
-                x for a, n in segments for x in excluded.intersect(a, a + n)
-            ),
+            excluded=IntervalSet(x for a, n in segments for x in excluded.intersect(a, a + n)),
             order=[0],
         )
         return checked_against(plan, vm)

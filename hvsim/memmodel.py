@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 VMEMMAP_BASE = 0xF000_0000_0000_0000
+VMALLOC_START = 0xD000_0000_0000_0000
 PAGE_OFFSET = 0xC000_0000_0000_0000
 GROUP_PAGES = 16
 _GROUP_ORDER = 4
@@ -296,6 +297,9 @@ def vmcoreinfo_entries(model: MemModel) -> list[tuple[str, str]]:
         ("OFFSET(vmemmap_backing.virt_addr)", "16"),
         ("SIZE(mmu_psize_def)", str(_PSIZE_DEF_SIZE)),
         ("OFFSET(mmu_psize_def.shift)", "0"),
+        # makedumpfile sets up its vmemmap translation only once it knows where
+        # vmalloc space starts (2.6.32's hash MMU: region 0xd).
+        ("NUMBER(VMALLOC_START)", f"{VMALLOC_START:#x}"),
     ]
 
 

@@ -465,17 +465,19 @@ class KdumpFile:
             rank += value.bit_count()
         return rank
 
-    def present_runs(self, piece: int = 1 << 20) -> Iterator[tuple[int, int]]:
-        """``(first, end)`` PFN runs the second bitmap marks present, in order.
+    def present_runs(self, piece: int = 1 << 20, *, ram: bool = False) -> Iterator[tuple[int, int]]:
+        """``(first, end)`` PFN runs the second bitmap marks present (with ``ram``: the
+        first bitmap, RAM with or without a page in the file), in order.
 
         Reads the bitmap a piece at a time; whole 0x00 and 0xff bytes are
         skipped or taken by the regular expression engine, so a dump of
         millions of pages is not walked bit by bit in Python.
         """
         nbytes = _ceil(self.max_mapnr, 8)
+        base = self.bitmap_offset if ram else self._bitmap2_offset
         run = -1
         for at in range(0, nbytes, piece):
-            data = self._pread(self._bitmap2_offset + at, min(piece, nbytes - at), "bitmap")
+            data = self._pread(base + at, min(piece, nbytes - at), "bitmap")
             pos = 0
             for m in _BITMAP_RUNS.finditer(data):
                 if m.start() > pos and run >= 0:  # zero bytes in between end the run

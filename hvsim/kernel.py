@@ -73,7 +73,7 @@ from drgn_hvdump.model.scratch import hpt_size
 from .config import LparConfig, parse_tasks
 from .hypervisor import scratch_layout
 from .kernel_image import KERNELBASE, Vmlinux, image_path, load_vmlinux
-from .memmodel import MemModel, vmcoreinfo_entries
+from .memmodel import GROUP_PAGES, MemModel, vmcoreinfo_entries
 from .memory import derive_seed
 
 __all__ = [
@@ -600,10 +600,16 @@ class KernelImage:
         """Where its ``struct page`` array and ``mem_section`` are, and each page's type
         (:mod:`hvsim.memmodel`); None when RAM is too small to hold them above 256 MiB."""
         cfg = self.config
-        top = cfg.memory if cfg.dump == "fadump" else scratch_layout(cfg).base
-        model = MemModel(
-            cfg.memory, cfg.page_size, cfg.endian == "big", self._draws("page-types"), top
-        )
+        if cfg.dump == "fadump":
+            from .fadump import reservation
+
+            top, low = cfg.memory, max(256 << 20, reservation(cfg).ra_end)
+        else:
+            top, low = scratch_layout(cfg).base, 256 << 20
+        group = GROUP_PAGES * cfg.page_size
+        low = -(-low // group) * group
+        seed = self._draws("page-types")
+        model = MemModel(cfg.memory, cfg.page_size, cfg.endian == "big", seed, top, low)
         return model if model.fits else None
 
     def vmcoreinfo_note(self) -> bytes:

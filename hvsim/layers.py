@@ -74,7 +74,16 @@ def push_memmap(st: LparState, model: MemModel, note: str) -> Layer:
     """The crashed kernel's memory model (:mod:`hvsim.memmodel`), on top of the stack."""
     extent = IntervalSet([(model.meta, model.base + model.memmap_size)])
     layer = st.add_layer(
-        Layer("", "memmap", extent, seed=model.seed, base=model.top, delta=model.memory, note=note)
+        Layer(
+            "",
+            "memmap",
+            extent,
+            seed=model.seed,
+            base=model.top,
+            delta=model.memory,
+            low=model.low,
+            note=note,
+        )
     )
     st.stack.append(layer.id)
     return layer

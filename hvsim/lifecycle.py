@@ -177,7 +177,9 @@ def crash(
     overlays = image.overlays()
     if overlays:
         push_overlay(st, m.store, overlays, f"kernel g{gen} crash data")
-    model = image.memory_model()
+    # A capture kernel's struct pages are in its own small memory, not over the
+    # dump it holds reserved; only an ordinary kernel's dump can use them.
+    model = image.memory_model() if st.state == "running" else None
     if model is not None:
         push_memmap(st, model, f"kernel g{gen} struct pages")
     registered = m.firmware(st).registered

@@ -19,12 +19,14 @@ Where things are (:class:`MemModel`):
   sections.
 
 What each page is (:func:`page_type_of`): memory is cut into groups of 16
-pages, each of one type drawn from the LPAR's seed (:data:`TYPE_MIX`): kernel
+pages, each of one type drawn from the LPAR's seed (:data:`TYPE_MIX`) unless
+it touches reserved memory (then kernel): kernel
 (``PG_reserved``), slab (``page_type`` slab, ``mapping`` odd, as a slab's
 overlaid fields can be), page cache (LRU, file mapping), page cache with
 private data, anonymous user pages (a quarter of them one 16-page THP) and
 free pages (one order-4 buddy block). The low 256 MiB (the kernel's own
-image and data) and the model's own pages are kernel pages. The struct pages
+image and data; for fadump up to the end of its reserved area), the model's
+own pages and the phyp scratch area above them are kernel pages. The struct pages
 are generated when read (layer kind ``memmap``), so RAM of any size costs
 nothing to store. :func:`expected_exclusions` is the ground truth of what a
 dump level leaves out, decided from the types, not from the struct pages.
@@ -64,7 +66,6 @@ PAGE_OFFSET = 0xC000_0000_0000_0000
 GROUP_PAGES = 16
 _GROUP_ORDER = 4
 _BLOCK = 16 << 20
-_KERNEL_LOW = 256 << 20
 _SECTION_BITS = 24
 _PHYSMEM_BITS = 46
 _SECTION_SIZE = 32
@@ -142,6 +143,9 @@ class MemModel:
     seed: int
     top: int
     """The end of the memory the crashed kernel owns."""
+    low: int = 256 << 20
+    """Everything below is the kernel's (its image and data; for fadump also the
+    reserved area above boot memory, which the buddy allocator never had)."""
 
     @property
     def npages(self) -> int:
@@ -200,12 +204,12 @@ class MemModel:
     @property
     def fits(self) -> bool:
         """Whether the model fits in the crashed kernel's memory above its low 256 MiB."""
-        return self.meta >= _KERNEL_LOW and self.base + self.memmap_size <= self.top
+        return self.meta >= self.low and self.base + self.memmap_size <= self.top
 
     @property
     def kernel_ranges(self) -> IntervalSet:
-        """Memory that holds only kernel pages: the low 256 MiB and the model itself."""
-        return IntervalSet([(0, _KERNEL_LOW), (self.meta, self.base + self.memmap_size)])
+        """Memory that holds only kernel pages: below ``low``, the model and above it."""
+        return IntervalSet([(0, self.low), (self.meta, self.memory)])
 
     def struct_page(self) -> StructPage:
         from drgn_hvdump.model.page_types import struct_page_from_vmcoreinfo
@@ -220,7 +224,9 @@ class MemModel:
     def group_type(self, group: int) -> str:
         ps = self.page_size
         start, end = group * GROUP_PAGES * ps, (group + 1) * GROUP_PAGES * ps
-        if start < _KERNEL_LOW or (end > self.meta and start < self.base + self.memmap_size):
+        # The model's own pages and what lies above them (phyp's scratch area) are
+        # reserved memory, as is everything below ``low``.
+        if start < self.low or end > self.meta:
             return "kernel"
         return _draw_type(self.seed, group)
 

@@ -23,7 +23,7 @@ covering a set of physical ranges (its extents) and supplying their bytes:
 ``memmap``
     the crashed kernel's memory model (:mod:`hvsim.memmodel`): its metadata
     and a ``struct page`` for every page, generated from ``seed`` for RAM of
-    ``delta`` bytes whose kernel owns memory up to ``base``.
+    ``delta`` bytes whose kernel owns memory up to ``base``, all of it below ``low``.
 
 A read resolves, for each byte, the topmost layer covering it, then fills one
 output buffer piece by piece: generated pages straight into the buffer with
@@ -126,6 +126,7 @@ class Layer:
     base: int = 0
     snapshot: str = ""
     delta: int = 0
+    low: int = 0
     note: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -137,6 +138,7 @@ class Layer:
             out["seed"] = self.seed
             out["base"] = self.base
             out["delta"] = self.delta
+            out["low"] = self.low
         elif self.kind in ("overlay", "hpte"):
             out["file"] = self.file
             out["base"] = self.base
@@ -165,6 +167,7 @@ class Layer:
             base=int(data.get("base", 0)),
             snapshot=str(data.get("snapshot", "")),
             delta=int(data.get("delta", 0)),
+            low=int(data.get("low", 0)),
             note=str(data.get("note", "")),
         )
 
@@ -302,7 +305,9 @@ class MemoryReader:
 
     def memmap_model(self, layer: Layer) -> MemModel:
         """The memory model a ``memmap`` layer generates."""
-        return MemModel(layer.delta, self.page_size, self.big_endian, layer.seed, layer.base)
+        return MemModel(
+            layer.delta, self.page_size, self.big_endian, layer.seed, layer.base, layer.low
+        )
 
     def _fill_memmap(self, layer: Layer, out: memoryview, paddr: int) -> None:
         model = self.memmap_model(layer)

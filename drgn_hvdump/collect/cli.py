@@ -125,8 +125,12 @@ kernel's order, with the registers as PRSTATUS notes, so drgn and crash open
 it like any kdump file. --find-vmcoreinfo asks for that search on any ppc64
 core, --vmcoreinfo ADDR gives the note's physical address.
 
+--dump-level (-d) leaves out page cache, user and free pages of a ppc64
+kernel as makedumpfile -d does (see hvdump collect --help).
+
 examples:
   hvdump convert vmcore.elf out                    # zstd level 1, one thread
+  hvdump convert -d 31 --compress lzo vmcore out   # as makedumpfile -l -d 31
   hvdump convert --compress lzo --threads 2 vmcore out
   hvdump convert --compress none vmcore out        # only drop zero pages
   hvdump convert guest.core out                    # QEMU's dump of a ppc64le guest
@@ -156,6 +160,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             progress=False if args.no_progress else None,
             vmcoreinfo_at=args.vmcoreinfo,
             find_vmcoreinfo=args.find_vmcoreinfo,
+            dump_level=args.dump_level,
         )
     )
     m = result.manifest
@@ -173,6 +178,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         f"({m.dump.size / (1 << 30):.2f} GiB, {m.dump.zero_pages} zero pages left out) "
         f"in {t:.1f} s ({read / max(t, 1e-9) / 1e9:.2f} GB/s)"
     )
+    if m.dump.excluded is not None:
+        left = ", ".join(f"{n} {kind}" for kind, n in m.dump.excluded.items() if n)
+        print(f"dump level {m.dump.dump_level}: left out {left or 'nothing'} (pages)")
     return 0
 
 
@@ -306,6 +314,7 @@ def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     c.add_argument("vmcore", type=Path, metavar="VMCORE", help="the ELF vmcore to read")
     c.add_argument("output", type=Path, metavar="DIR", help="output directory (created 0700)")
     _add_output_args(c)
+    _add_dump_level(c)
     c.add_argument(
         "--chunk-size", type=parse_size, default=16 << 20, help="unit of reading (default 16M)"
     )

@@ -30,8 +30,10 @@ import time
 from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 
+from drgn_hvdump.capture.plan import kept_pieces
 from drgn_hvdump.codecs import Codec, get_codec
 from drgn_hvdump.collect.engine import Job, PageEngine
+from drgn_hvdump.collect.levels import decide_exclusions
 from drgn_hvdump.collect.output import ElfOutput, KdumpOutput
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.dumpdir.manifest import (
@@ -73,6 +75,9 @@ from drgn_hvdump.formats.regsave import prstatus_notes
 from drgn_hvdump.formats.utsname import read_utsname
 from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_TYPE
 from drgn_hvdump.fsutil import disk_error
+from drgn_hvdump.intervals import IntervalSet
+from drgn_hvdump.model.mem_sections import Exclusions
+from drgn_hvdump.model.page_types import DL_ZERO
 from drgn_hvdump.model.pages import kernel_page_size
 
 __all__ = [
@@ -112,6 +117,7 @@ class ConvertOptions:
     progress: bool | None = None
     vmcoreinfo_at: int | None = None
     find_vmcoreinfo: bool = False
+    dump_level: int = 1
 
 
 @dataclass
@@ -257,6 +263,20 @@ def plan_chunks(
             chunks.append(SourceChunk(len(chunks), start, end - start, tuple(sorted(pieces))))
             start = end
     return [(a, b - a) for a, b in ranges], chunks
+
+
+def without_excluded(chunks: list[SourceChunk], excluded: IntervalSet) -> list[SourceChunk]:
+    """The chunks cut to the pages ``excluded`` (physical addresses) does not hold, renumbered."""
+    out: list[SourceChunk] = []
+    for ch in chunks:
+        for x, y in kept_pieces(ch.paddr, ch.paddr + ch.size, excluded):
+            pieces = []
+            for offset, at, length in ch.pieces:
+                lo, hi = max(x, ch.paddr + at), min(y, ch.paddr + at + length)
+                if lo < hi:
+                    pieces.append((offset + lo - ch.paddr - at, lo - x, hi - lo))
+            out.append(SourceChunk(len(out), x, y - x, tuple(pieces)))
+    return out
 
 
 class _Source:
@@ -495,6 +515,12 @@ def _convert(
     if not chunks:
         raise FormatError("no PT_LOAD segment holds memory", path=str(opts.vmcore))
     memory = max(a + s for a, s in ranges)
+    excl = _exclusions(opts, src, k, ps, ranges, progress)
+    kept = ranges
+    if excl is not None:
+        left_out = excl.byte_ranges(ps)
+        chunks = without_excluded(chunks, left_out)
+        kept = [(x, y - x) for a, n in ranges for x, y in kept_pieces(a, a + n, left_out)]
     out = opts.output
     try:
         out.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -512,7 +538,7 @@ def _convert(
         if opts.format == "elf":
             layout = build_core_header(
                 notes,
-                [LoadSegment(a, s, vaddr=_range_vaddr(a, k.vaddr)) for a, s in ranges],
+                [LoadSegment(a, s, vaddr=_range_vaddr(a, k.vaddr)) for a, s in kept],
                 k.byteorder,
                 machine=core.machine,
                 flags=None if k.guest else core.flags,
@@ -533,12 +559,15 @@ def _convert(
                 utsname=_utsname(src, ranges, info, k.byteorder),
                 timestamp=int(info.get("CRASHTIME", "0") or 0),
                 codec_flag=codec.flag,
+                kept=[(a // ps, (a + s) // ps) for a, s in kept],
+                dump_level=excl.level if excl is not None else opts.dump_level & DL_ZERO,
             )
             output = KdumpOutput(str(dump_file), klayout, codec, False)
     except OSError as exc:
         raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
 
     run = _Run(opts, codec, src, output, ps, chunks, progress)
+    run.exclusions = excl
     try:
         run.run()
         t = time.monotonic()
@@ -548,9 +577,38 @@ def _convert(
         raise disk_error(str(dump_file), exc, "write failed") from None
     finally:
         output.close()
-    manifest = run.manifest(dump_file, k, ranges, memory, ncpus, time.monotonic() - t0)
+    manifest = run.manifest(dump_file, k, kept, memory, ncpus, time.monotonic() - t0)
     save_manifest(out, manifest)
     return ConvertResult(out, dump_file, manifest)
+
+
+def _exclusions(
+    opts: ConvertOptions,
+    src: _Source,
+    k: _Kernel,
+    ps: int,
+    ranges: list[tuple[int, int]],
+    progress: Progress,
+) -> Exclusions | None:
+    """What ``--dump-level`` leaves out of the vmcore's pages (None: zero pages only)."""
+    if opts.dump_level & ~DL_ZERO == 0:
+        return None
+    if src.core.machine != EM_PPC64:
+        raise HvdumpError(
+            f"{opts.vmcore}: --dump-level {opts.dump_level}: hvdump reads struct pages of "
+            "ppc64 kernels only; use --dump-level 1"
+        )
+    warnings: list[str] = []
+    return decide_exclusions(
+        opts.dump_level,
+        k.info,
+        k.byteorder,
+        ps,
+        [(a // ps, (a + n) // ps) for a, n in ranges],
+        lambda paddr, size: src.core.read_phys(paddr, size),
+        progress,
+        warnings,
+    )
 
 
 def _range_vaddr(paddr: int, vaddr: dict[int, int]) -> int | None:
@@ -578,6 +636,7 @@ class _Run:
     zero_pages: int = field(default=0, init=False)
     timings: dict[str, float] = field(default_factory=dict, init=False)
     engine: PageEngine = field(init=False)
+    exclusions: Exclusions | None = field(default=None, init=False)
 
     def __post_init__(self, codec: Codec | None) -> None:
         self.total = sum(ch.size for ch in self.chunks)
@@ -674,6 +733,8 @@ class _Run:
                 level=self.opts.level,
                 allocated=st.st_blocks * 512,
                 zero_pages=self.zero_pages,
+                dump_level=self.exclusions.level if self.exclusions else None,
+                excluded=dict(self.exclusions.counts) if self.exclusions else None,
             ),
             chunks=tuple(self.records),
             timings={

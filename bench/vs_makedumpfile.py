@@ -50,7 +50,7 @@ from typing import Any, Literal
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_all import cpu_model
+from timing import cpu_model
 
 from drgn_hvdump import native
 from drgn_hvdump.clitools import parse_size

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from drgn_hvdump.formats.hpte import check_hpte_args
 from drgn_hvdump.formats.layout import check_u64
+from drgn_hvdump.model.page_types import EXCLUDED_TYPES, StructPage
 from drgn_hvdump.native_ref import (
     CODEC_LZO,
     CODEC_NONE,
@@ -60,6 +61,7 @@ __all__ = [
     "PageCodec",
     "borrowed",
     "buffer_address",
+    "decide_pages",
     "dup_pages",
     "hash64",
     "hpte_hash",
@@ -309,3 +311,75 @@ def kdump_descs(
         for c in (c_sizes, c_flags, c_out):
             ffi.release(c)
     return bytes(out)
+
+
+def _opt(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+def _page_layout(sp: StructPage) -> Any:
+    """The C description of ``sp`` (``hv_page_layout``), built once per layout."""
+    cached = _LAYOUTS.get(sp)
+    if cached is not None:
+        return cached
+    L = ffi.new("hv_page_layout *")
+    L.size = sp.size
+    L.big_endian = int(sp.byteorder == "big")
+    for name in ("flags", "refcount", "mapping", "mapcount", "compound_head"):
+        setattr(L, name, _opt(getattr(sp, name)))
+    L.private_ = _opt(sp.private)
+    for name in ("pg_lru", "pg_private", "pg_swapcache", "pg_swapbacked", "pg_slab"):
+        setattr(L, name, _opt(getattr(sp, name)))
+    L.pg_hwpoison, L.pg_hugetlb, L.pg_buddy = (
+        _opt(sp.pg_hwpoison), _opt(sp.pg_hugetlb), _opt(sp.pg_buddy)
+    )  # fmt: skip
+    L.pg_head_mask = sp.pg_head_mask
+    for short, value in (
+        ("buddy", sp.buddy_mapcount),
+        ("slab", sp.slab_mapcount),
+        ("offline", sp.offline_mapcount),
+        ("hugetlb", sp.hugetlb_mapcount),
+        ("unaccepted", sp.unaccepted_mapcount),
+    ):
+        setattr(L, f"has_{short}_mc", int(value is not None))
+        # page_type values are compared as the kernel's 32-bit int.
+        setattr(
+            L, f"{short}_mc", 0 if value is None else (value + (1 << 31)) % (1 << 32) - (1 << 31)
+        )
+    L.free_area_length = _opt(sp.free_area_length)
+    L.knows_buddies = int(sp.knows_buddies)
+    L.order_off, L.order_size = sp.compound_order or (-1, 0)
+    L.dtor_off, L.dtor_size = sp.compound_dtor or (-1, 0)
+    dtors = sp.hugetlb_dtors[:2]
+    L.ndtors = len(dtors)
+    for i, d in enumerate(dtors):
+        L.dtors[i] = d
+    _LAYOUTS[sp] = L
+    return L
+
+
+_LAYOUTS: dict[StructPage, Any] = {}
+
+
+def decide_pages(
+    sp: StructPage, raw: Buffer, first_pfn: int, count: int, level: int
+) -> list[tuple[int, int, str]]:
+    """:func:`drgn_hvdump.model.page_types.decide_pages` in C (the same results, as a list)."""
+    check_u64("first_pfn", first_pfn)
+    if not 0 <= level <= 31:
+        raise ValueError(f"dump level {level} is not 0 to 31")
+    with byte_view(raw) as view:
+        if count < 0 or view.nbytes < count * sp.size:
+            raise ValueError(
+                f"{count} struct pages need {count * sp.size} bytes, got {view.nbytes}"
+            )
+        if count == 0:
+            return []
+        starts = ffi.new("uint64_t[]", count)
+        ends = ffi.new("uint64_t[]", count)
+        types = ffi.new("uint8_t[]", count)
+        with borrowed(ffi, view) as c_raw:
+            n = lib.hv_decide_pages(
+                c_raw, count, first_pfn, _page_layout(sp), level, starts, ends, types
+            )
+    return [(starts[i], ends[i], EXCLUDED_TYPES[types[i] - 1]) for i in range(n)]

@@ -1,7 +1,8 @@
 """cffi API-mode builds of the C in ``native/``: two extensions, one per package.
 
-``ffibuilder``: ``native/hvnative.c`` and ``native/hvcodec.c`` into
-``drgn_hvdump._native`` (the dump tool's hot loops and page codecs).
+``ffibuilder``: ``native/hvnative.c``, ``native/hvcodec.c`` and
+``native/hvpages.c`` into ``drgn_hvdump._native`` (the dump tool's hot loops,
+page codecs and dump-level decisions).
 ``genbuilder``: ``native/hvgen.c`` into ``hvsim._gen`` (the simulator's page
 generator, which the tool never needs). setuptools imports both from here
 (``setup.py``'s ``cffi_modules``) and compiles them at install time,
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from cffi import FFI
 
-__all__ = ["GEN_MODULE", "MODULE", "ffibuilder", "genbuilder", "main"]
+__all__ = ["GEN_MODULE", "MODULE", "NATIVE_SOURCES", "ffibuilder", "genbuilder", "main"]
 
 MODULE = "drgn_hvdump._native"
 GEN_MODULE = "hvsim._gen"
@@ -53,6 +54,9 @@ def _rel(path: Path) -> str:
     return os.path.relpath(path, _ROOT)
 
 
+NATIVE_SOURCES = ("hvnative.c", "hvcodec.c", "hvpages.c")
+"""The C files of ``drgn_hvdump._native`` (the firmware suite cross-builds the same)."""
+
 _CFLAGS = ["-O3", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"]
 
 ffibuilder = FFI()
@@ -60,7 +64,7 @@ ffibuilder.cdef(_cdef_text(_HEADER))
 ffibuilder.set_source(
     MODULE,
     '#include "hvnative.h"',
-    sources=[_rel(_HERE / "hvnative.c"), _rel(_HERE / "hvcodec.c")],
+    sources=[_rel(_HERE / name) for name in NATIVE_SOURCES],
     # The page codecs of the kdump format (Debian: liblzo2-dev libdeflate-dev
     # libsnappy-dev libzstd-dev, installed by scripts/install-system-deps.sh).
     libraries=["deflate", "lzo2", "snappy", "zstd"],

@@ -79,6 +79,40 @@ int64_t hv_check_pages(hv_codec *c, const uint8_t *src, size_t npages, const uin
  * (page_size bytes). Returns 0, or -1 if it does not decode to exactly one page. */
 int hv_decode_page(hv_codec *c, const uint8_t *data, size_t size, uint32_t flag, uint8_t *out);
 
+/* ---- dump levels (native/hvpages.c) ----
+ * struct page as a kernel's VMCOREINFO describes it; offsets and numbers are
+ * -1 when absent, has_* say whether a value is known. Types are the index
+ * into drgn_hvdump.model.page_types.EXCLUDED_TYPES plus one. */
+#define HV_PAGE_CACHE 1
+#define HV_PAGE_CACHE_PRIVATE 2
+#define HV_PAGE_USER 3
+#define HV_PAGE_FREE 4
+#define HV_PAGE_HWPOISON 5
+#define HV_PAGE_OFFLINE 6
+
+typedef struct {
+    uint32_t size;
+    int32_t big_endian;
+    int32_t flags, refcount, mapping, mapcount, private_, compound_head;
+    int32_t pg_lru, pg_private, pg_swapcache, pg_swapbacked, pg_slab, pg_hwpoison;
+    int32_t pg_hugetlb, pg_buddy;
+    uint64_t pg_head_mask;
+    int32_t has_buddy_mc, has_slab_mc, has_offline_mc, has_hugetlb_mc, has_unaccepted_mc;
+    int32_t buddy_mc, slab_mc, offline_mc, hugetlb_mc, unaccepted_mc;
+    int32_t free_area_length, knows_buddies;
+    int32_t order_off, order_size, dtor_off, dtor_size;
+    uint32_t ndtors;
+    uint64_t dtors[2];
+} hv_page_layout;
+
+/* makedumpfile's decision for count struct pages of raw (count * size bytes)
+ * from first_pfn at dump level level: each run left out as starts[k], ends[k],
+ * types[k] (arrays of count entries); returns how many. A run may end past
+ * first_pfn + count (a free block or compound page): the walk stops there. */
+size_t hv_decide_pages(const uint8_t *raw, size_t count, uint64_t first_pfn,
+                       const hv_page_layout *L, uint32_t level, uint64_t *starts,
+                       uint64_t *ends, uint8_t *types);
+
 /* The kdump page descriptors (offset, size, flags, page_flags = 0; 24 bytes
  * each, in the dump's byte order) of a batch whose stored bytes start at
  * data_offset; zero pages point at the shared zero page at zero_offset. */

@@ -377,7 +377,7 @@ def build_kernel(cache: Path | None = None, jobs: int | None = None) -> Kernel:
 
 def build_native(user: Userland, cache: Path | None = None) -> Path:
     """``drgn_hvdump/_native.abi3.so`` for ppc64le (cached by the C sources' hash)."""
-    from native.build_native import ffibuilder  # the one description of the extension
+    from native.build_native import NATIVE_SOURCES, ffibuilder  # the one description
 
     repo = Path(__file__).resolve().parent.parent
     native = repo / "native"
@@ -397,7 +397,7 @@ def build_native(user: Userland, cache: Path | None = None) -> Path:
         [
             f"{CROSS}gcc", "-shared", "-fPIC", "-O2", "-Wall",
             "-DPy_LIMITED_API=0x030B0000", *incs,
-            str(gen), str(native / "hvnative.c"), str(native / "hvcodec.c"),
+            str(gen), *(str(native / name) for name in NATIVE_SOURCES),
             *libs, "-o", str(tmp),
         ]
     )  # fmt: skip

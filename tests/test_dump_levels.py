@@ -341,7 +341,8 @@ def test_collect_level_31_leaves_out_exactly_and_releases_it_first(
                 output=out,
                 format=fmt,
                 dump_level=31,
-                chunk_size=8 << 20,
+                # Runs of a chunk or more go back before any chunk is read.
+                chunk_size=1 << 20,
                 hook=lambda e, n: events.append(e),
             )
         )
@@ -513,3 +514,48 @@ def test_convert_refuses_levels_for_other_machines(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "struct pages of ppc64 kernels only; use --dump-level 1" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def _random_struct_pages(sp: Any, count: int, seed: int) -> bytes:
+    """struct pages mixing every case the decision looks at, and plain noise."""
+    import random
+
+    rnd = random.Random(seed)
+    flag_bits = [5, 6, 7, 10, 13, 14, 15, 17, 20, 31, 40]
+    mapcounts = [-1, 0, 1, BUDDY, SLAB, OFFLINE, -128, -2, 0x7FFFFFFF]
+    out = []
+    for _ in range(count):
+        if rnd.random() < 0.1:
+            out.append(bytes(rnd.getrandbits(8) for _ in range(sp.size)))
+            continue
+        flags = sum(1 << b for b in flag_bits if rnd.random() < 0.2) | rnd.randrange(4)
+        out.append(
+            sp.pack(
+                PageFields(
+                    flags=flags,
+                    refcount=rnd.randrange(3),
+                    mapping=rnd.choice([0, PAGE_OFFSET, PAGE_OFFSET | 1, 1]),
+                    mapcount=rnd.choice(mapcounts),
+                    private=rnd.choice([0, 1, 3, 8, 12, 70, PAGE_OFFSET]),
+                    compound_head=rnd.choice([0, 0, 0, PAGE_OFFSET | 1]),
+                )
+            )
+        )
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("order", ["big", "little"])
+@pytest.mark.parametrize("info", [_INFO_612, _INFO_2632], ids=["6.12", "2.6.32"])
+def test_c_decision_is_the_python_one(order: str, info: dict[str, str]) -> None:
+    from drgn_hvdump import native
+
+    sp = struct_page_from_vmcoreinfo(info, order)  # type: ignore[arg-type]
+    assert sp is not None
+    raw = _random_struct_pages(sp, 4000, 7 if order == "big" else 8)
+    for level in (31, 16, 15, 8, 6, 2, 1):
+        for first in (0, 4096, 12345):
+            want = list(decide_pages(sp, raw, first, 4000, level))
+            assert native.decide_pages(sp, raw, first, 4000, level) == want
+    assert native.decide_pages(sp, raw, 0, 0, 31) == []
+    with pytest.raises(ValueError, match="need"):
+        native.decide_pages(sp, raw[:100], 0, 4, 31)

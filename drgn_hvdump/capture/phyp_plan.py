@@ -35,11 +35,8 @@ from drgn_hvdump.model.release import (
     simulate_frees,
 )
 
-__all__ = ["EARLY_RELEASE", "make_plan"]
+__all__ = ["make_plan"]
 
-EARLY_RELEASE = 1 << 20
-"""An excluded run this long gets a release write of its own, made before any chunk
-is read; shorter runs are released with the chunk after them."""
 
 
 def _split(start: int, end: int, step: int) -> list[tuple[int, int]]:
@@ -177,13 +174,18 @@ def _plan_chunks(
     return chunks
 
 
-def _early_bounds(excluded: IntervalSet, r0: int, mem_end: int, ps: int) -> set[int]:
-    """Write boundaries that give each excluded run of at least :data:`EARLY_RELEASE`
-    bytes a write of its own, one page short of its end: the faithful kernel frees
-    one page past a write, so the write frees the run and nothing after it."""
+def _early_bounds(
+    excluded: IntervalSet, r0: int, mem_end: int, ps: int, chunk_size: int
+) -> set[int]:
+    """Write boundaries that give each excluded run of a chunk or more a write of its
+    own, made before any chunk is read, one page short of its end: the faithful
+    kernel frees one page past a write, so the write frees the run and nothing
+    after it. Shorter runs go back with the chunk-size span they are in: each
+    write costs the kernel a memory-block update and the collector two journal
+    syncs, so thousands of tiny writes would cost more time than they give back."""
     bounds: set[int] = set()
     for a, b in excluded.intersect(r0, mem_end):
-        if b - a >= EARLY_RELEASE:
+        if b - a >= max(chunk_size, 2 * ps):
             bounds.update((a, b - ps))
     return bounds
 
@@ -195,18 +197,22 @@ def _release_pieces(
     reserved: Extent,
     memory: int,
     early: set[int],
+    grid: range,
 ) -> list[tuple[int, int, bool]]:
     """(address, size, in the scratch area) of each release write, checked to add
     up to the reserved memory and the scratch area exactly."""
     r0 = reserved.addr
     scratch_size = sum(e.size for e in sections.values())
-    # The reserved memory: one write per memory chunk and per long excluded run,
-    # the last one running to the RESERVED end (into the CPU section's first page);
-    # all start below the scratch area, so they count only in the reserved counter.
+    # The reserved memory: one write per chunk-size span (what one chunk covers
+    # when nothing is left out) and per long excluded run, the last one running
+    # to the RESERVED end (into the CPU section's first page); all start below
+    # the scratch area, so they count only in the reserved counter. A span whose
+    # pages a dump level left out in part is released when its kept chunks are
+    # durable: one write for many short runs, not one each.
     pieces: list[tuple[int, int, bool]] = []
     mem_chunks = [c for c in chunks if c.kind == "mem"]
     if mem_chunks or early:
-        starts = {r0, *(c.src for c in mem_chunks), *early}
+        starts = {r0, *grid, *early}
         bounds = [*sorted(b for b in starts if r0 <= b < reserved.end), reserved.end]
         pieces += [(a, b - a, False) for a, b in itertools.pairwise(bounds)]
     elif reserved.size:
@@ -289,8 +295,9 @@ def make_plan(
         needed.remove(a - rmo_src + copied["rmo"].addr, b - rmo_src + copied["rmo"].addr)
     for a, b in excluded.intersect(r0, mem_end):
         needed.remove(a, b)
-    early = _early_bounds(excluded, r0, mem_end, ps)
-    pieces = _release_pieces(root, chunks, sections, reserved, memory, early)
+    early = _early_bounds(excluded, r0, mem_end, ps, chunk_size)
+    grid = range(r0, mem_end, chunk_size)
+    pieces = _release_pieces(root, chunks, sections, reserved, memory, early, grid)
     area = ReleaseArea(r0, memory - r0, scratch.addr, scratch.size)
     data = dump_data(r0, reserved.end, [(ext.addr, ext.size) for ext in copied.values()])
     writes, order = _observable_writes(pieces, chunks, needed, data, area, ps)

@@ -18,6 +18,7 @@ from array import array
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
+from drgn_hvdump import native
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.intervals import IntervalSet
@@ -60,7 +61,7 @@ def decide_exclusions(
 
     try:
         model = MemoryModel(info, byteorder, read, page_size)
-        return exclusions(model, usable, ranges, tick)
+        return exclusions(model, usable, ranges, tick, native.decide_pages)
     except HvdumpError as exc:
         raise HvdumpError(
             f"dump level {level}: cannot decide page types: {exc}; collect with "

@@ -286,11 +286,16 @@ class Exclusions:
 _RUN_PAGES = 1 << 14
 
 
+Decide = Callable[[StructPage, memoryview, int, int, int], Iterable[tuple[int, int, str]]]
+""":func:`~drgn_hvdump.model.page_types.decide_pages`, or its C twin."""
+
+
 def exclusions(
     model: MemoryModel,
     level: int,
     pfn_ranges: Iterable[tuple[int, int]],
     progress: Callable[[int], None] | None = None,
+    decide: Decide = decide_pages,
 ) -> Exclusions:
     """The pages of ``pfn_ranges`` (the dump's, ascending) that ``level`` leaves out.
 
@@ -313,7 +318,7 @@ def exclusions(
             start = max(first, skip_to)
             lo = start - first
             view = memoryview(raw)[lo * sp.size :]
-            for a, b, kind in decide_pages(sp, view, start, count - lo + extra, level):
+            for a, b, kind in decide(sp, view, start, count - lo + extra, level):
                 if a >= first + count:
                     break
                 skip_to = max(skip_to, b)

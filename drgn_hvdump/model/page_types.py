@@ -303,6 +303,8 @@ def page_type(
     if level & DL_FREE and sp.knows_buddies and sp.is_buddy(p):
         if sp.free_area_length is not None and p.private >= sp.free_area_length:
             return None, 1
+        if p.private >= 64:  # no order so large: not a free block
+            return None, 1
         return "free", 1 << p.private
     if (
         level & DL_FREE

@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                     "time_back": tb,
                 },
                 indent=1,
-            )  # fmt: skip
+            )
         )
     if not args.dir:
         shutil.rmtree(work, ignore_errors=True)

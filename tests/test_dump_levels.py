@@ -244,8 +244,9 @@ def test_walk_errors_are_one_line() -> None:
     model = MemModel(2 << 30, 65536, True, 3, 2 << 30)
     info = dict(vmcoreinfo_entries(model))
     del info["SYMBOL(vmemmap_list)"]
+    info["NUMBER(RADIX_MMU)"] = "0"
     mm = MemoryModel(info, "big", _reader(model), 65536)
-    with pytest.raises(MemoryModelError, match="vmemmap region and VMCOREINFO has no vmemmap_list"):
+    with pytest.raises(MemoryModelError, match="hash-MMU kernel's VMCOREINFO has no vmemmap_list"):
         exclusions(mm, 31, [(0, 4)])
     info = dict(vmcoreinfo_entries(model))
     info["SYMBOL(mem_section)"] = "1234"
@@ -559,3 +560,40 @@ def test_c_decision_is_the_python_one(order: str, info: dict[str, str]) -> None:
     assert native.decide_pages(sp, raw, 0, 0, 31) == []
     with pytest.raises(ValueError, match="need"):
         native.decide_pages(sp, raw[:100], 0, 4, 31)
+
+
+@pytest.mark.parametrize("ps", [65536, 4096])
+def test_radix_page_tables_translate_the_vmemmap(ps: int) -> None:
+    """A radix kernel maps its vmemmap only in page tables: 1 GiB, 2 MiB and base-page
+    leaves, big-endian entries, directory entries with their size bits."""
+    mem: dict[int, int] = {}
+    present, leaf = 1 << 63, 1 << 62
+
+    def put(table: int, index: int, value: int) -> None:
+        mem[table + 8 * index] = value
+
+    def read(paddr: int, size: int) -> bytes:
+        assert size == 8
+        return mem.get(paddr, 0).to_bytes(8, "big")
+
+    vmemmap = 0xC00C_0000_0000_0000
+    pgd, pud, pmd, pte = 0x10000, 0x20000, 0x30000, 0x40000
+    pte_bits = 21 - (ps.bit_length() - 1)
+    put(pgd, (vmemmap >> 39) & 0x1FFF, present | pud | 9)
+    put(pud, 0, present | pmd | 9)  # the first GiB through PMDs
+    put(pud, 1, present | leaf | 0x8000_0000)  # the second: one 1 GiB leaf at 2 GiB
+    put(pmd, 0, present | leaf | 0x0120_0000)  # 2 MiB leaf at 18 MiB
+    put(pmd, 1, present | pte | pte_bits)  # the next 2 MiB: base pages
+    put(pte, 1, present | leaf | 0x0700_0000)
+    info = {
+        "SYMBOL(swapper_pg_dir)": f"{PAGE_OFFSET + pgd:x}",
+        "NUMBER(RADIX_MMU)": "1",
+        **{k: v for k, v in _INFO_612.items() if k.startswith(("SIZE(page", "OFFSET(page"))},
+    }
+    mm = MemoryModel(info, "little", read, ps)
+    assert mm.vtop(vmemmap + 0x1234) == 0x0120_1234
+    assert mm.vtop(vmemmap + (1 << 30) + 0x5_0000) == 0x8005_0000
+    assert mm.vtop(vmemmap + (2 << 20) + ps + 8) == 0x0700_0008
+    assert mm._piece(vmemmap + 0x1234)[1] == vmemmap + (2 << 20)
+    with pytest.raises(MemoryModelError, match="not mapped in the kernel's page tables"):
+        mm.vtop(vmemmap + (2 << 20) + 2 * ps)

@@ -14,7 +14,10 @@ The arrays live in the *vmemmap* region (``0xf000...`` on 2.6, ``0xc00c...``
 later), which is not part of the linear map. On hash-MMU kernels
 ``vmemmap_list`` (exported with its ``vmemmap_backing`` offsets and the
 vmemmap page size) maps each vmemmap block to its physical address, as
-makedumpfile reads it; addresses inside the linear map translate directly.
+makedumpfile reads it; radix-MMU kernels leave that list empty and map the
+vmemmap only in their page tables, which are walked from ``swapper_pg_dir``
+(as makedumpfile does then); addresses inside the linear map translate
+directly.
 
 :func:`exclusions` drives :func:`drgn_hvdump.model.page_types.decide_pages`
 over the dump's pages and returns what a dump level leaves out.
@@ -52,6 +55,11 @@ _SECTION_HAS_MEM_MAP = 1 << 1
 _SECTION_MAP_MASK = ~((1 << 5) - 1) & ((1 << 64) - 1)
 _MASK64 = (1 << 64) - 1
 _MAX_VMEMMAP_BLOCKS = 1 << 24
+# Book3S-64 page-table entries (Linux 4.7+, radix and hash alike).
+_PTE_PRESENT = 1 << 63
+_PTE_LEAF = 1 << 62  # _PAGE_PTE
+_TABLE_MASK = 0x00FF_FFFF_FFFF_FF00  # a directory entry without its flag and size bits
+_RPN_MASK = 0x01FF_FFFF_FFFF_F000
 
 ReadFn = Callable[[int, int], bytes]
 """Read ``size`` bytes of the crashed kernel's physical memory at an address."""
@@ -151,28 +159,51 @@ class MemoryModel:
 
     def vtop(self, vaddr: int) -> int:
         """The physical address of a ``struct page`` at ``vaddr``."""
+        return self._piece(vaddr)[0]
+
+    def _piece(self, vaddr: int) -> tuple[int, int]:
+        """(physical address of ``vaddr``, where its physically contiguous piece ends
+        virtually): the linear map, a ``vmemmap_list`` block, or a page-table leaf."""
         if PAGE_OFFSET <= vaddr < _LINEAR_END:
-            return vaddr - PAGE_OFFSET
+            return vaddr - PAGE_OFFSET, _LINEAR_END
         i = bisect.bisect_right(self._blocks, (vaddr, _MASK64)) - 1
         if i >= 0:
             virt, phys = self._blocks[i]
             if vaddr < virt + self._block_size:
-                return phys + vaddr - virt
-        if not self._blocks:
+                return phys + vaddr - virt, virt + self._block_size
+        if self._blocks:
+            raise MemoryModelError(f"struct page at {vaddr:#x} is in no vmemmap_list block")
+        if self.info.get("NUMBER(RADIX_MMU)", "1") != "1":
             raise MemoryModelError(
-                f"struct page at {vaddr:#x} is in the vmemmap region and VMCOREINFO has "
-                "no vmemmap_list entries (a radix-MMU kernel maps it only in its page "
-                "tables, which hvdump does not walk yet)"
+                f"struct page at {vaddr:#x} is in the vmemmap region, and this hash-MMU "
+                "kernel's VMCOREINFO has no vmemmap_list entries"
             )
-        raise MemoryModelError(f"struct page at {vaddr:#x} is in no vmemmap_list block")
+        return self._radix_walk(vaddr)
 
-    def _block_end(self, vaddr: int) -> int:
-        """Where the physically contiguous piece holding ``vaddr`` ends (virtually)."""
-        if PAGE_OFFSET <= vaddr < _LINEAR_END:
-            return _LINEAR_END
-        if not self._block_size:
-            self.vtop(vaddr)  # says why it cannot be read
-        return vaddr - (vaddr % self._block_size) + self._block_size
+    def _radix_walk(self, vaddr: int) -> tuple[int, int]:
+        """Translate through the kernel's radix page tables (``swapper_pg_dir``):
+        a radix-MMU kernel (4.7+) maps its vmemmap only there, with no
+        ``vmemmap_list``. Entries are big-endian whatever the kernel's byte order;
+        a directory entry holds the next table's address under its flag bits, a
+        leaf (``_PAGE_PTE``) may be a 1 GiB or 2 MiB page."""
+        pgd = _int(self.info, "SYMBOL(swapper_pg_dir)", 16)
+        table = self._linear(pgd, "swapper_pg_dir")
+        page_shift = self.page_size.bit_length() - 1
+        levels = ((39, 13), (30, 9), (21, 9), (page_shift, 21 - page_shift))
+        for shift, bits in levels:
+            index = (vaddr >> shift) & ((1 << bits) - 1)
+            entry = int.from_bytes(self.read(table + 8 * index, 8), "big")
+            if not entry & _PTE_PRESENT:
+                raise MemoryModelError(
+                    f"struct page at {vaddr:#x} is not mapped in the kernel's page tables "
+                    f"(entry {entry:#x} at {table + 8 * index:#x})"
+                )
+            if entry & _PTE_LEAF or shift == page_shift:
+                size = 1 << shift
+                base = entry & _RPN_MASK & ~(size - 1)
+                return base + (vaddr & (size - 1)), vaddr - (vaddr & (size - 1)) + size
+            table = entry & _TABLE_MASK
+        raise AssertionError("unreachable: the last level is a leaf")
 
     # ---------------------------------------------------------- sections
 
@@ -265,9 +296,10 @@ class MemoryModel:
                     continue
                 while pfn < sec_end:
                     vaddr = (coded + pfn * spsize) & _MASK64
-                    room = (self._block_end(vaddr) - vaddr) // spsize
+                    paddr, piece_end = self._piece(vaddr)
+                    room = (piece_end - vaddr) // spsize
                     count = max(1, min(sec_end - pfn, room))
-                    yield MemMapRun(pfn, count, self.vtop(vaddr))
+                    yield MemMapRun(pfn, count, paddr)
                     pfn += count
 
 

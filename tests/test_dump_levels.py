@@ -358,6 +358,19 @@ def test_collect_level_31_leaves_out_exactly_and_releases_it_first(
         assert "release" in events[: events.index("chunk")]
     truth = _truth(lpar, 31)
     assert _released_unsaved(lpar, out, truth) == []
+    if fmt == "kdump":
+        # drgn with the plugin: kept memory reads, a left-out page is excluded, and
+        # the plugin's region map says why it is not in the dump.
+        from drgn_hvdump.plugin.helpers import hvdump_regions
+        from hvsim.kernel import vmlinux_path
+        from tests.drgn_support import open_core
+
+        prog = open_core(out / "dump.kdump", vmlinux_path(lpar.config.endian))
+        a, _ = next(iter(truth.intersect(512 << 20, lpar.config.memory)))
+        with pytest.raises(Exception, match=r"[Ee]xcluded"):
+            prog.read(a, 8, True)
+        gaps = [r for r in hvdump_regions(prog) if r.state == "not-in-dump"]
+        assert any("left out by dump level 31" in r.detail for r in gaps)
     assert hvdump("verify", str(out)).returncode == 0
     assert lpar.state == "running"
 

@@ -151,10 +151,16 @@ def hvdump_info(prog: drgn.Program) -> DumpInfo:
 def _collected_regions(src: DumpSource) -> list[RegionState]:
     segments: list[tuple[int, int]] = []
     memory = src.memory
+    gap = "not collected (see the manifest)"
     try:
         manifest = read_manifest(src.path.parent)
         segments = manifest.dump.ranges()
         memory = max(memory, manifest.source.memory or 0)
+        level = manifest.dump.dump_level
+        if level is not None and level > 1:
+            gap = (
+                f"left out by dump level {level} (page cache, user or free pages), or not collected"
+            )
     except HvdumpError:
         if src.path.suffix != ".kdump":
             with ElfCore.open(src.path) as core:
@@ -163,7 +169,7 @@ def _collected_regions(src: DumpSource) -> list[RegionState]:
     at = 0
     for a, b in sorted(segments):
         if a > at:
-            out.append(RegionState(at, a, "not-in-dump", "not collected (see the manifest)"))
+            out.append(RegionState(at, a, "not-in-dump", gap))
         out.append(RegionState(a, b, "in-dump"))
         at = b
     if at < memory:

@@ -23,6 +23,26 @@ class IntervalSet:
         for r in ranges:
             self.add(int(r[0]), int(r[1]))
 
+    @classmethod
+    def from_sorted(cls, ranges: Iterable[tuple[int, int]]) -> IntervalSet:
+        """The set of ``ranges`` given in ascending, non-overlapping order (touching ones
+        merge): one pass, no search; a range out of order is a ValueError."""
+        out = cls()
+        starts, ends = out._starts, out._ends
+        for a, b in ranges:
+            if b <= a:
+                continue
+            if ends and a < ends[-1]:
+                raise ValueError(
+                    f"range [{a:#x}, {b:#x}) is not after [{starts[-1]:#x}, {ends[-1]:#x})"
+                )
+            if ends and a == ends[-1]:
+                ends[-1] = b
+            else:
+                starts.append(a)
+                ends.append(b)
+        return out
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(zip(self._starts, self._ends, strict=True))
 

@@ -154,13 +154,25 @@ def released_before_durable(lpar: Lpar, out: Path, page_size: int) -> list[str]:
         needed.add(s.destination_address, s.destination_address + s.length_copied)
     r0 = start["reserved"][0]
     needed.add(r0, h.cpu.destination_address)
+    # A dump level's pages need no saving: those hvsim's own record of the page
+    # types says the journaled level leaves out (not the collector's decision).
+    level = (recs[0].get("exclusions") or {}).get("level", 1)
+    if level > 1:
+        from hvsim.memmodel import expected_exclusions
+
+        image = lpar.crashed_kernel()
+        model = image.memory_model() if image is not None else None
+        if model is not None:
+            everything = IntervalSet([(0, lpar.config.memory)])
+            for a, b, _ in expected_exclusions(model, level, everything):
+                needed.remove(a, b)
     # the chunk table is the plan's: rebuild it from the chunk records
     durable = IntervalSet()
     chunks = {}
     for rec in recs:
         if rec.get("t") == "chunk":
             chunks[rec["i"]] = rec
-    plan_chunks = _plan_chunks(lpar, start)
+    plan_chunks = _plan_chunks(lpar, start, recs[0].get("exclusions"))
     for i in chunks:
         c = plan_chunks[i]
         durable.add(c.src, c.src_end)
@@ -172,8 +184,11 @@ def released_before_durable(lpar: Lpar, out: Path, page_size: int) -> list[str]:
     return problems
 
 
-def _plan_chunks(lpar: Lpar, start: dict[str, Any]) -> list[Any]:
+def _plan_chunks(lpar: Lpar, start: dict[str, Any], excl: dict[str, Any] | None) -> list[Any]:
+    """The plan's chunks, numbered as the collector numbered them (its journaled
+    dump-level decision shapes them)."""
     from drgn_hvdump.capture.phyp_plan import make_plan
+    from drgn_hvdump.collect.levels import exclusions_from_record
     from drgn_hvdump.formats.dump_header import parse_dump_header
     from drgn_hvdump.formats.release_region import Extent, ReleaseMap
 
@@ -185,9 +200,11 @@ def _plan_chunks(lpar: Lpar, start: dict[str, Any]) -> list[Any]:
         Extent(h.rmo.destination_address, h.rmo.length_copied),
         r,
     )
+    ps = start["page_size"]
+    excluded = exclusions_from_record(excl, "journal").byte_ranges(ps) if excl else None
     plan = make_plan(
         "", h, rmap,
-        page_size=start["page_size"], memory=start["memory"], chunk_size=start["chunk_size"],
+        page_size=ps, memory=start["memory"], chunk_size=start["chunk_size"], excluded=excluded,
     )  # fmt: skip
     return plan.chunks
 

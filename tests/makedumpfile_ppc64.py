@@ -20,18 +20,28 @@ from pathlib import Path
 
 from tests.firmware_parts import SUITE, _download_closure, _unpack, cache_dir, fetch_userland
 
-__all__ = ["makedumpfile_command", "run_makedumpfile"]
+__all__ = ["fetch_makedumpfile", "makedumpfile_command", "run_makedumpfile"]
+
+
+def fetch_makedumpfile(cache: Path | None = None) -> Path:
+    """Debian 13's ppc64el ``makedumpfile`` binary (it runs with Debian 12's libraries:
+    the firmware suite's capture kernel runs it too)."""
+    cache = cache or cache_dir()
+    debs = _download_closure(
+        cache / "makedumpfile", "ppc64el", ("makedumpfile",), SUITE, closure=False
+    )
+    _unpack(debs, cache / "makedumpfile" / "root")
+    return cache / "makedumpfile/root/usr/bin/makedumpfile"
 
 
 def makedumpfile_command(cache: Path | None = None) -> list[str]:
     """The command line prefix that runs Debian 13's ppc64el makedumpfile here."""
     cache = cache or cache_dir()
-    qemu_debs = _download_closure(cache / "qemu-user", "amd64", ("qemu-user",), SUITE, closure=False)
-    _unpack(qemu_debs, cache / "qemu-user" / "root")
-    mdf_debs = _download_closure(
-        cache / "makedumpfile", "ppc64el", ("makedumpfile",), SUITE, closure=False
+    qemu_debs = _download_closure(
+        cache / "qemu-user", "amd64", ("qemu-user",), SUITE, closure=False
     )
-    _unpack(mdf_debs, cache / "makedumpfile" / "root")
+    _unpack(qemu_debs, cache / "qemu-user" / "root")
+    binary = fetch_makedumpfile(cache)
     user = fetch_userland(cache)
     loader = user.root / "lib/powerpc64le-linux-gnu/ld64.so.2"
     return [
@@ -39,11 +49,13 @@ def makedumpfile_command(cache: Path | None = None) -> list[str]:
         str(loader),
         "--library-path",
         ":".join(str(d) for d in user.libdirs),
-        str(cache / "makedumpfile/root/usr/bin/makedumpfile"),
+        str(binary),
     ]
 
 
-def run_makedumpfile(args: list[str], cache: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_makedumpfile(
+    args: list[str], cache: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run it with ``args``; its output as text."""
     return subprocess.run(
         [*makedumpfile_command(cache), *args],

@@ -9,9 +9,10 @@ part, told apart by ``/proc/vmcore`` and a step file on the dump disk:
    different ways, prints what the host compares against (``HVTEST-`` lines as
    in :mod:`tests.real_kernel`), and crashes: sysrq first;
 2. **capture** (QEMU's memory-preserving reset): ``hvdump status``, then
-   ``makedumpfile -l -d 31`` and ``-l -d 1`` (first capture only), then
-   ``hvdump collect`` to the dump disk, which releases the memory with
-   ``release_mem`` and re-registers;
+   Debian 13's ``makedumpfile -l -d 31`` and ``-l -d 1`` and ``hvdump collect
+   --compress lzo --release never`` at ``-d 31`` and ``-d 1`` (first capture
+   only), then ``hvdump collect`` to the dump disk, which releases the memory
+   with ``release_mem`` and re-registers;
 3. the capture kernel, now in production again, crashes the second way: an oops
    (lkdtm ``EXCEPTION``, ``panic_on_oops``) on CPU 1; the next capture boot
    collects that dump too and powers off.
@@ -136,6 +137,8 @@ capture() {  # capture DUMP
         # the head-to-head, same codec (LZO), nothing released yet
         timed makedumpfile-d31 makedumpfile -l -d 31 /proc/vmcore /out/makedumpfile-d31.kdump
         timed makedumpfile-d1 makedumpfile -l -d 1 /proc/vmcore /out/makedumpfile-d1.kdump
+        timed hvdump-kdump31 hvdump collect --no-progress --compress lzo --release never \
+            -d 31 -o /out/kdump31-1
         timed hvdump-kdump hvdump collect --no-progress --compress lzo --release never \
             -o /out/kdump-1
         ls -ln /out
@@ -180,11 +183,15 @@ class Parts:
     kernel: Kernel
     user: Userland
     native: Path
+    makedumpfile: Path
+    """Debian 13's makedumpfile (1.7.6): Debian 12's 1.7.2 cannot read 6.12's struct pages."""
 
 
 def fetch_parts() -> Parts:
+    from tests.makedumpfile_ppc64 import fetch_makedumpfile
+
     user = fetch_userland()
-    return Parts(fetch_qemu(), build_kernel(), user, build_native(user))
+    return Parts(fetch_qemu(), build_kernel(), user, build_native(user), fetch_makedumpfile())
 
 
 _STDLIB_SKIP = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "pydoc_data", "turtledemo"}
@@ -220,7 +227,7 @@ def build_initramfs(parts: Parts, out: Path, mmu: str = "radix", bare: bool = Fa
         _copy_libs(root / arch_dir, tree / arch_dir)
     shutil.copytree(root / "lib64", tree / "lib64", symlinks=True)
     shutil.copy2(root / f"usr/bin/{PYTHON}", tree / f"usr/bin/{PYTHON}")
-    shutil.copy2(root / "usr/bin/makedumpfile", tree / "usr/bin/makedumpfile")
+    shutil.copy2(parts.makedumpfile, tree / "usr/bin/makedumpfile")
     shutil.copytree(
         root / f"usr/lib/{PYTHON}",
         tree / f"usr/lib/{PYTHON}",

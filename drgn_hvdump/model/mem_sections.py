@@ -337,6 +337,10 @@ def exclusions(
     ranges = IntervalSet(pfn_ranges)
     out = Exclusions(level)
     sp = model.struct_page
+    pieces: list[tuple[int, int]] = []
+    counts = out.counts
+    # The dump range the last decision fell in: most decisions need no search.
+    lo_range, hi_range = 0, 0
     # The next run must start past a block the previous one excluded.
     skip_to = 0
     for run in model.runs(ranges):
@@ -354,9 +358,17 @@ def exclusions(
                 if a >= first + count:
                     break
                 skip_to = max(skip_to, b)
+                if not lo_range <= a < hi_range:
+                    found = ranges.intersect(a, a + 1)
+                    lo_range, hi_range = found[0] if found else (a, a)
+                if b <= hi_range:
+                    pieces.append((a, b))
+                    counts[kind] += b - a
+                    continue
                 for x, y in ranges.intersect(a, b):
-                    out.pfns.add(x, y)
-                    out.counts[kind] += y - x
+                    pieces.append((x, y))
+                    counts[kind] += y - x
             if progress is not None:
                 progress(count)
+    out.pfns = IntervalSet.from_sorted(pieces)
     return out

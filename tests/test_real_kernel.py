@@ -206,6 +206,23 @@ def test_hvdump_commands_on_the_live_root(run: Run) -> None:
     assert f"CPU: {run.guest.info.panic_cpu}" in bt and "sysrq_handle_crash" in bt, bt
 
 
+def _same_analysis(run: Run, parts: Parts, dump_file: Path) -> None:
+    """drgn's analysis of ``dump_file`` is the pipeline's collected dump's: release,
+    tasks, printk, every backtrace, modules and vmalloc."""
+    from tests.real_analysis import analyse
+    from tests.real_pipeline import _open
+
+    info = run.guest.info
+    got = analyse(_open(dump_file, parts.debug_vmlinux), info.pids, rodata=info.rodata)
+    want = run.collected
+    assert got.release == want.release and got.tasks == want.tasks
+    assert got.printk == want.printk and got.panic_cpu == want.panic_cpu
+    assert got.panic_trace == want.panic_trace, got.panic_trace
+    assert got.process_traces == want.process_traces
+    assert got.cpu_traces == want.cpu_traces
+    assert got.modules == want.modules and got.rodata == want.rodata
+
+
 def test_the_same_kernel_as_a_fadump_lpar(run: Run, parts: Parts, tmp_path: Path) -> None:
     """The real kernel's memory as a fadump LPAR, collected through its capture root
     (notes with pr_pid 0, numbered by the collector), gives the same analysis as the
@@ -216,8 +233,6 @@ def test_the_same_kernel_as_a_fadump_lpar(run: Run, parts: Parts, tmp_path: Path
     the file's numbered notes there, not for crash_notes, which the plugin supplies.)"""
     from hvsim import Lpar
     from tests.collect_support import hvdump, mounted
-    from tests.real_analysis import analyse
-    from tests.real_pipeline import _open
 
     info = run.guest.info
     lpar = Lpar.adopt(
@@ -231,14 +246,7 @@ def test_the_same_kernel_as_a_fadump_lpar(run: Run, parts: Parts, tmp_path: Path
         assert res.returncode == 0, res.stderr
     assert lpar.protected and not lpar.dump_waiting
     dump_file = out / manifest(out)["dump"]["file"]
-    got = analyse(_open(dump_file, parts.debug_vmlinux), info.pids, rodata=info.rodata)
-    want = run.collected
-    assert got.release == want.release and got.tasks == want.tasks
-    assert got.printk == want.printk and got.panic_cpu == want.panic_cpu
-    assert got.panic_trace == want.panic_trace, got.panic_trace
-    assert got.process_traces == want.process_traces
-    assert got.cpu_traces == want.cpu_traces
-    assert got.modules == want.modules and got.rodata == want.rodata
+    _same_analysis(run, parts, dump_file)
 
 
 def test_dump_level_31_is_makedumpfiles_and_keeps_the_analysis(
@@ -258,8 +266,6 @@ def test_dump_level_31_is_makedumpfiles_and_keeps_the_analysis(
     from hvsim import Lpar
     from tests.collect_support import hvdump, mounted
     from tests.makedumpfile_ppc64 import run_makedumpfile
-    from tests.real_analysis import analyse
-    from tests.real_pipeline import _open
 
     info = run.guest.info
     lpar = Lpar.adopt(
@@ -313,11 +319,4 @@ def test_dump_level_31_is_makedumpfiles_and_keeps_the_analysis(
                 assert only_theirs == free, (list(only_theirs)[:8], list(free)[:8])
         assert counts[31]["free"] > 0 and counts[31]["user"] + counts[31]["cache"] > 0
     dump_file = tmp_path / "d31" / manifest(tmp_path / "d31")["dump"]["file"]
-    got = analyse(_open(dump_file, parts.debug_vmlinux), info.pids, rodata=info.rodata)
-    want = run.collected
-    assert got.release == want.release and got.tasks == want.tasks
-    assert got.printk == want.printk and got.panic_cpu == want.panic_cpu
-    assert got.panic_trace == want.panic_trace, got.panic_trace
-    assert got.process_traces == want.process_traces
-    assert got.cpu_traces == want.cpu_traces
-    assert got.modules == want.modules and got.rodata == want.rodata
+    _same_analysis(run, parts, dump_file)

@@ -26,6 +26,7 @@ over the dump's pages and returns what a dump level leaves out.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -56,6 +57,7 @@ _SECTION_MAP_MASK = ~((1 << 5) - 1) & ((1 << 64) - 1)
 _MASK64 = (1 << 64) - 1
 _MAX_VMEMMAP_BLOCKS = 1 << 24
 # Book3S-64 page-table entries (Linux 4.7+, radix and hash alike).
+_HEX = re.compile(r"[0-9a-fA-F]+")
 _PTE_PRESENT = 1 << 63
 _PTE_LEAF = 1 << 62  # _PAGE_PTE
 _TABLE_MASK = 0x00FF_FFFF_FFFF_FF00  # a directory entry without its flag and size bits
@@ -95,6 +97,7 @@ class MemoryModel:
     page_size: int
     struct_page: StructPage = field(init=False)
     _blocks: list[tuple[int, int]] = field(default_factory=list, init=False)
+    _section_map: dict[int, int] | None = field(default=None, init=False)
     _block_size: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -163,14 +166,20 @@ class MemoryModel:
 
     def _piece(self, vaddr: int) -> tuple[int, int]:
         """(physical address of ``vaddr``, where its physically contiguous piece ends
-        virtually): the linear map, a ``vmemmap_list`` block, or a page-table leaf."""
-        if PAGE_OFFSET <= vaddr < _LINEAR_END:
-            return vaddr - PAGE_OFFSET, _LINEAR_END
+        virtually): a ``vmemmap_list`` block, a page-table leaf, or the linear map.
+
+        The vmemmap is looked up first: on a 4 KiB-page hash kernel it starts
+        inside what is the linear map elsewhere (6.12: ``0xc0003f...``), and
+        ``SYMBOL(vmemmap)`` (5.x+) says where it starts."""
         i = bisect.bisect_right(self._blocks, (vaddr, _MASK64)) - 1
         if i >= 0:
             virt, phys = self._blocks[i]
             if vaddr < virt + self._block_size:
                 return phys + vaddr - virt, virt + self._block_size
+        vmemmap = self.info.get("SYMBOL(vmemmap)")
+        start = int(vmemmap, 16) if vmemmap and _HEX.fullmatch(vmemmap) else _LINEAR_END
+        if PAGE_OFFSET <= vaddr < min(start, _LINEAR_END):
+            return vaddr - PAGE_OFFSET, min(start, _LINEAR_END)
         if self._blocks:
             raise MemoryModelError(f"struct page at {vaddr:#x} is in no vmemmap_list block")
         if self.info.get("NUMBER(RADIX_MMU)", "1") != "1":
@@ -276,14 +285,30 @@ class MemoryModel:
             if value & _SECTION_MARKED_PRESENT and value & _SECTION_HAS_MEM_MAP:
                 yield first + i, value & _SECTION_MAP_MASK
 
+    def _section_shift(self) -> int:
+        """log2 of the pages in a section."""
+        shift = _int(self.info, "NUMBER(SECTION_SIZE_BITS)") - (self.page_size.bit_length() - 1)
+        if shift < 0:
+            raise MemoryModelError("VMCOREINFO: SECTION_SIZE_BITS is smaller than a page")
+        return shift
+
+    def _sections(self) -> dict[int, int]:
+        if self._section_map is None:
+            self._section_map = dict(self.sections())
+        return self._section_map
+
+    def end_pfn(self) -> int:
+        """The end of the last section with a ``struct page`` array: the kernel used no
+        memory above it (``mem=``, or RAM it was never given). makedumpfile's
+        ``max_mapnr`` stops there."""
+        sections = self._sections()
+        return (max(sections) + 1) << self._section_shift() if sections else 0
+
     def runs(self, pfn_ranges: Iterable[tuple[int, int]]) -> Iterator[MemMapRun]:
         """The ``struct page`` runs covering ``pfn_ranges`` (ascending), in PFN order;
         pages of no present section are left out (makedumpfile keeps them)."""
-        page_shift = self.page_size.bit_length() - 1
-        shift = _int(self.info, "NUMBER(SECTION_SIZE_BITS)") - page_shift
-        if shift < 0:
-            raise MemoryModelError("VMCOREINFO: SECTION_SIZE_BITS is smaller than a page")
-        sections = dict(self.sections())
+        shift = self._section_shift()
+        sections = self._sections()
         spsize = self.struct_page.size
         for start, end in pfn_ranges:
             pfn = start
@@ -337,6 +362,12 @@ def exclusions(
     ranges = IntervalSet(pfn_ranges)
     out = Exclusions(level)
     sp = model.struct_page
+    # Above the last section with struct pages the kernel had no memory: left out
+    # whole, as makedumpfile's max_mapnr leaves it out.
+    end = model.end_pfn()
+    unused = ranges.intersect(end, max((b for _, b in ranges), default=end))
+    for a, b in unused:
+        ranges.remove(a, b)
     pieces: list[tuple[int, int]] = []
     counts = out.counts
     # The dump range the last decision fell in: most decisions need no search.
@@ -370,5 +401,7 @@ def exclusions(
                     counts[kind] += y - x
             if progress is not None:
                 progress(count)
+    pieces.extend(unused)
+    out.counts["unused"] += sum(b - a for a, b in unused)
     out.pfns = IntervalSet.from_sorted(pieces)
     return out

@@ -51,8 +51,9 @@ DL_USER = 0x08
 DL_FREE = 0x10
 MAX_DUMP_LEVEL = 31
 
-EXCLUDED_TYPES = ("cache", "cache_private", "user", "free", "hwpoison", "offline")
-"""The kinds of page a level can leave out, as the manifest counts them."""
+EXCLUDED_TYPES = ("cache", "cache_private", "user", "free", "hwpoison", "offline", "unused")
+"""The kinds of page a level can leave out, as the manifest counts them (``unused``:
+above the last memory section the kernel had ``struct page`` for)."""
 
 _LEVEL_NAMES = {
     DL_ZERO: "zero",

@@ -408,13 +408,17 @@ def test_killed_collection_resumes_with_the_journaled_decision(tmp_path: Path) -
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             journal = out / "journal.jsonl"
-            if journal.exists() and journal.read_text().count('"t": "chunk"') >= 20:
+            if journal.exists() and journal.read_text().count('"t":"chunk"') >= 20:
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        assert '"t":"done"' not in (out / "journal.jsonl").read_text(), "killed too late"
         assert lpar.released_ranges(), "the excluded runs were released before the kill"
-        again = hvdump("collect", "--root", str(root), "-o", str(out), "-d", "31", "--no-progress")
+        again = hvdump(
+            "collect", "--root", str(root), "-o", str(out), "-d", "31", "--chunk-size", "4M",
+            "--no-progress",
+        )  # fmt: skip
         assert again.returncode == 0, again.stderr
         other = hvdump("collect", "--root", str(root), "-o", str(tmp_path / "o2"), "-d", "1")
         assert other.returncode != 0

@@ -833,7 +833,7 @@ def _start_journal(
     if resumed and journal.start.get("fingerprint") != fingerprint:
         raise HvdumpError(
             f"{out}: holds a journal of this dump collected with other options (format, "
-            "compression, chunk size or scrub filter); use the same options or another "
+            "compression, chunk size, scrub filter or dump level); use the same options or another "
             "--output directory"
         )
     uts = (

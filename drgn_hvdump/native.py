@@ -32,6 +32,7 @@ from drgn_hvdump.native_ref import (
     byte_view,
     check_batch,
     check_codec,
+    check_decide_args,
     check_page_size,
     check_pages,
     check_zero_flags,
@@ -365,14 +366,8 @@ def decide_pages(
     sp: StructPage, raw: Buffer, first_pfn: int, count: int, level: int
 ) -> list[tuple[int, int, str]]:
     """:func:`drgn_hvdump.model.page_types.decide_pages` in C (the same results, as a list)."""
-    check_u64("first_pfn", first_pfn)
-    if not 0 <= level <= 31:
-        raise ValueError(f"dump level {level} is not 0 to 31")
     with byte_view(raw) as view:
-        if count < 0 or view.nbytes < count * sp.size:
-            raise ValueError(
-                f"{count} struct pages need {count * sp.size} bytes, got {view.nbytes}"
-            )
+        check_decide_args(sp, view.nbytes, first_pfn, count, level)
         if count == 0:
             return []
         starts = ffi.new("uint64_t[]", count)

@@ -49,6 +49,8 @@ from drgn_hvdump.formats.hpte import (
 )
 from drgn_hvdump.formats.kdump import PAGE_DESC, PageDesc
 from drgn_hvdump.formats.layout import ByteOrder, check_u64
+from drgn_hvdump.model import page_types
+from drgn_hvdump.model.page_types import StructPage
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -64,6 +66,7 @@ __all__ = [
     "PageBatch",
     "PageCodec",
     "buffer_address",
+    "decide_pages",
     "dup_pages",
     "hash64",
     "hpte_hash",
@@ -389,7 +392,9 @@ class PageCodec:
             except Exception:  # the library's own error: a corrupt block
                 page = None
         if page is None or len(page) != self.page_size:
-            raise ValueError(f"a page stored with codec {flag:#x} does not decode (codec {self.codec})")
+            raise ValueError(
+                f"a page stored with codec {flag:#x} does not decode (codec {self.codec})"
+            )
         return bytes(page)
 
     def check(self, buf: Buffer, zero: bytes, batch: PageBatch) -> int:
@@ -478,3 +483,22 @@ def kdump_descs(
 def _signed64(value: int) -> int:
     # page_desc.offset is an off_t (signed); the C twin stores the same 64 bits.
     return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def decide_pages(
+    sp: StructPage, raw: bytes | bytearray | memoryview, first_pfn: int, count: int, level: int
+) -> list[tuple[int, int, str]]:
+    """``(first pfn, end pfn, type)`` of the pages ``level`` leaves out among ``count``
+    struct pages from ``first_pfn``: the rule itself is
+    :func:`drgn_hvdump.model.page_types.decide_pages`, with the C twin's checks."""
+    check_decide_args(sp, len(raw), first_pfn, count, level)
+    return list(page_types.decide_pages(sp, memoryview(raw), first_pfn, count, level))
+
+
+def check_decide_args(sp: StructPage, nbytes: int, first_pfn: int, count: int, level: int) -> None:
+    """What both twins of :func:`decide_pages` refuse."""
+    check_u64("first_pfn", first_pfn)
+    if not 0 <= level <= 31:
+        raise ValueError(f"dump level {level} is not 0 to 31")
+    if count < 0 or nbytes < count * sp.size:
+        raise ValueError(f"{count} struct pages need {count * sp.size} bytes, got {nbytes}")

@@ -206,11 +206,6 @@ class MemModel:
         """Whether the model fits in the crashed kernel's memory above its low 256 MiB."""
         return self.meta >= self.low and self.base + self.memmap_size <= self.top
 
-    @property
-    def kernel_ranges(self) -> IntervalSet:
-        """Memory that holds only kernel pages: below ``low``, the model and above it."""
-        return IntervalSet([(0, self.low), (self.meta, self.memory)])
-
     def struct_page(self) -> StructPage:
         from drgn_hvdump.model.page_types import struct_page_from_vmcoreinfo
 

@@ -48,6 +48,7 @@ from hvsim.memmodel import (
     MemModel,
     expected_exclusions,
     memmap_into,
+    page_type_of,
     vmcoreinfo_entries,
 )
 from hvsim.verify import verify_dump
@@ -240,6 +241,8 @@ def test_walk_finds_exactly_what_the_model_says(big: bool, ps: int, memory: int)
         counts[kind] = counts.get(kind, 0) + (b - a) // ps
     assert got.pfns == want
     assert {k: v for k, v in got.counts.items() if v} == counts
+    a, _ = next(iter(want))
+    assert page_type_of(model, a) in counts and page_type_of(model, 0) == "kernel"
     # Level 2 alone: only page cache without private data.
     assert set(k for k, v in exclusions(mm, 2, ranges).counts.items() if v) == {"cache"}
 

@@ -55,28 +55,11 @@ from timing import machine_line
 from vs_makedumpfile import bench_lock, timed
 
 from drgn_hvdump.clitools import parse_size
-from drgn_hvdump.codecs import decompress_page
-from drgn_hvdump.formats.kdump import KdumpFile
-from drgn_hvdump.intervals import IntervalSet
 from hvsim import Lpar
+from tests.collect_support import kdump_pages
 
 _HVDUMP = [sys.executable, "-m", "drgn_hvdump.cli"]
 _GIB = 1 << 30
-
-
-def _kept(path: Path) -> IntervalSet:
-    kd = KdumpFile.open(path, decompress_page)
-    try:
-        return IntervalSet(kd.present_runs())
-    finally:
-        kd.close()
-
-
-def _difference(a: IntervalSet, b: IntervalSet) -> int:
-    rest = a.copy()
-    for x, y in b:
-        rest.remove(x, y)
-    return rest.total()
 
 
 def _makedumpfile(given: str | None) -> tuple[list[str], str, bool]:
@@ -146,16 +129,16 @@ def throughput(
                 work / "log",
             )  # fmt: skip
             best["hvdump collect"] = (wall, cpu, (coll / "dump.kdump").stat().st_size)
-            ours = _kept(work / f"hv-{codec}-{level}" / "dump.kdump")
-            theirs = _kept(work / f"mdf-{codec}-{level}.kdump")
+            ours, _ = kdump_pages(work / f"hv-{codec}-{level}" / "dump.kdump")
+            theirs, _ = kdump_pages(work / f"mdf-{codec}-{level}.kdump")
             key = f"{codec} -d {level}"
             results[key] = {
                 "runs": {
                     n: {"wall_s": w, "cpu_s": c, "out_bytes": b, "gb_s": size / w / 1e9}
                     for n, (w, c, b) in best.items()
                 },
-                "pages_only_makedumpfile_kept": _difference(theirs, ours),
-                "pages_only_hvdump_kept": _difference(ours, theirs),
+                "pages_only_makedumpfile_kept": theirs.without(ours).total(),
+                "pages_only_hvdump_kept": ours.without(theirs).total(),
             }
             shutil.rmtree(coll, ignore_errors=True)
     lpar_path = lpar.path

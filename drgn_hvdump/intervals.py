@@ -106,6 +106,13 @@ class IntervalSet:
         self._starts[i:j] = new_s
         self._ends[i:j] = new_e
 
+    def without(self, other: Iterable[tuple[int, int]]) -> IntervalSet:
+        """A copy of the set without the ranges of ``other``."""
+        out = self.copy()
+        for a, b in other:
+            out.remove(a, b)
+        return out
+
     def intersect(self, start: int, end: int) -> list[tuple[int, int]]:
         """The parts of ``[start, end)`` in the set, in order (none for an empty range)."""
         out: list[tuple[int, int]] = []

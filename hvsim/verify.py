@@ -371,16 +371,17 @@ def _open_dump(path: str | os.PathLike[str]) -> _FileMemory:
 
 
 def _manifest_level(path: str | os.PathLike[str]) -> int:
-    """An ELF dump's level, from the manifest beside it (1 without one)."""
-    import json
+    """An ELF dump's level, from the manifest beside it (1 without a readable one)."""
+    from pathlib import Path
 
-    manifest = os.path.join(os.path.dirname(os.fspath(path)) or ".", "manifest.json")
+    from drgn_hvdump.dumpdir.manifest import read_manifest
+    from drgn_hvdump.errors import HvdumpError
+
     try:
-        with open(manifest, encoding="utf-8") as f:
-            level = json.load(f).get("dump", {}).get("dump_level")
-    except (OSError, ValueError, AttributeError):
+        level = read_manifest(Path(os.fspath(path)).parent).dump.dump_level
+    except HvdumpError:
         return 1
-    return level if isinstance(level, int) else 1
+    return 1 if level is None else level
 
 
 def _level_exclusions(lpar: Lpar, level: int, report: VerifyReport) -> list[tuple[int, int, str]]:

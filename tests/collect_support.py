@@ -98,6 +98,12 @@ def hvdump(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]
     )
 
 
+def kdump_pages(path: Path) -> tuple[IntervalSet, int]:
+    """The PFN runs a kdump file holds (its 2nd bitmap), and its dump level."""
+    with KdumpFile.open(path, decompress_page) as kd:
+        return IntervalSet(kd.present_runs()), kd.sub_header.dump_level
+
+
 def manifest(out: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((out / "manifest.json").read_text())
     return data

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from drgn_hvdump.codecs import decompress_page
 from drgn_hvdump.collect.collector import CollectOptions, collect
 from drgn_hvdump.collect.levels import (
     decide_exclusions,
@@ -28,7 +27,7 @@ from drgn_hvdump.collect.levels import (
 )
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import ElfCore
-from drgn_hvdump.formats.kdump import KdumpFile, plan_kdump
+from drgn_hvdump.formats.kdump import plan_kdump
 from drgn_hvdump.intervals import IntervalSet
 from drgn_hvdump.model.mem_sections import MemoryModel, MemoryModelError, exclusions
 from drgn_hvdump.model.page_types import (
@@ -55,6 +54,7 @@ from hvsim.verify import verify_dump
 from tests.collect_support import (
     FUSE_MISSING,
     hvdump,
+    kdump_pages,
     make_lpar,
     manifest,
     mounted,
@@ -323,18 +323,14 @@ def _released_unsaved(lpar: Lpar, out: Path, excluded: IntervalSet) -> list[str]
     held = IntervalSet((a, a + n) for a, n in m["dump"]["segments"])
     scratch = lpar.last_dump()
     assert scratch is not None
-    bad = []
-    for a, b in lpar.released_ranges():
-        rest = IntervalSet([(a, b)])
-        s0, s1 = scratch.scratch
-        ps = m["source"]["page_size"]
-        # The rest of the page a lost range ends in is not whole in the vmcore:
-        # hvdump warns that it is not saved (a known limit, not the level's).
-        lost = [(a, -(-b // ps) * ps) for a, b, _ in lpar.lost_ranges()]
-        for p, q in [*held, *excluded, *lost, (s0 // ps * ps, -(-s1 // ps) * ps)]:
-            rest.remove(p, q)
-        bad += [f"{p:#x}-{q:#x}" for p, q in rest]
-    return bad
+    s0, s1 = scratch.scratch
+    ps = m["source"]["page_size"]
+    # The rest of the page a lost range ends in is not whole in the vmcore:
+    # hvdump warns that it is not saved (a known limit, not the level's).
+    lost = [(a, -(-b // ps) * ps) for a, b, _ in lpar.lost_ranges()]
+    accounted = [*held, *excluded, *lost, (s0 // ps * ps, -(-s1 // ps) * ps)]
+    rest = IntervalSet(lpar.released_ranges()).without(accounted)
+    return [f"{p:#x}-{q:#x}" for p, q in rest]
 
 
 @needs_fuse
@@ -389,7 +385,7 @@ def test_collect_level_31_leaves_out_exactly_and_releases_it_first(
         gaps = [r for r in hvdump_regions(prog) if r.state == "not-in-dump"]
         assert any("left out by dump level 31" in r.detail for r in gaps)
         # libkdumpfile (Debian's python3-libkdumpfile) says the same, and reads a kept page.
-        kept_page = next(iter(IntervalSet(_kept_pfns(out / "dump.kdump")[0])))[0] * 65536
+        kept_page = next(iter(IntervalSet(kdump_pages(out / "dump.kdump")[0])))[0] * 65536
         res = subprocess.run(
             ["/usr/bin/python3", "-c", _KDUMPFILE_EXCLUDED, str(out / "dump.kdump"), str(a),
              str(kept_page)],
@@ -457,15 +453,6 @@ def test_cli_refuses_a_bad_level_in_one_line(tmp_path: Path) -> None:
 # ----------------------------------------------------- against makedumpfile
 
 
-def _kept_pfns(path: Path) -> tuple[IntervalSet, int]:
-    """The PFN runs a kdump file holds (its 2nd bitmap), and its dump level."""
-    kd = KdumpFile.open(path, decompress_page)
-    try:
-        return IntervalSet(kd.present_runs()), kd.sub_header.dump_level
-    finally:
-        kd.close()
-
-
 @needs_fuse
 @pytest.mark.real
 @pytest.mark.parametrize("page_size", [65536, 4096])
@@ -496,7 +483,7 @@ def test_debian_makedumpfile_leaves_out_the_same_pages(tmp_path: Path, page_size
             m = manifest(out)
             ours = IntervalSet((a // ps, (a + n) // ps) for a, n in m["dump"]["segments"])
             assert m["dump"]["dump_level"] == level
-            theirs, their_level = _kept_pfns(ref)
+            theirs, their_level = kdump_pages(ref)
             assert their_level == level
             # hvdump leaves out the page the reserved area's end shares (not
             # whole in the vmcore): compare the whole pages of the vmcore's RAM.
@@ -505,12 +492,7 @@ def test_debian_makedumpfile_leaves_out_the_same_pages(tmp_path: Path, page_size
                     (-(-ph.p_paddr // ps), (ph.p_paddr + ph.p_filesz) // ps) for ph in core.segments
                 )
             theirs_in = IntervalSet(x for a, b in ram for x in theirs.intersect(a, b))
-            extra = theirs_in.copy()
-            for a, b in ours:
-                extra.remove(a, b)
-            missing = ours.copy()
-            for a, b in theirs_in:
-                missing.remove(a, b)
+            extra, missing = theirs_in.without(ours), ours.without(theirs_in)
             assert missing.total() == 0, f"pages makedumpfile left out and hvdump kept: {missing}"
             if level == 15:
                 assert extra.total() == 0, f"pages hvdump left out and makedumpfile kept: {extra}"
@@ -521,12 +503,7 @@ def test_debian_makedumpfile_leaves_out_the_same_pages(tmp_path: Path, page_size
                 free = IntervalSet(
                     (a // ps, b // ps) for a, b, _ in expected_exclusions(model, 16, in_dump)
                 )
-                only_extra, only_free = extra.copy(), free.copy()
-                for a, b in free:
-                    only_extra.remove(a, b)
-                for a, b in extra:
-                    only_free.remove(a, b)
-                assert (list(only_extra), list(only_free)) == ([], [])
+                assert (list(extra.without(free)), list(free.without(extra))) == ([], [])
 
 
 @pytest.mark.parametrize(("endian", "fmt"), [("big", "kdump"), ("little", "elf")])

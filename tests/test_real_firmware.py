@@ -265,21 +265,11 @@ def test_makedumpfile_in_the_same_capture_kernel(run: FirmwareRun) -> None:
     reads none) and at -d 31, where 1.7.6 also keeps 6.12's free pages (it reads
     page_type values as flag bits; fixed upstream after 1.7.6): hvdump's -d 31 dump is
     makedumpfile's without exactly its own free pages."""
-    from drgn_hvdump.codecs import decompress_page
-    from drgn_hvdump.formats.kdump import KdumpFile
-    from drgn_hvdump.intervals import IntervalSet
+    from tests.collect_support import kdump_pages
 
     cap = run.captures[1]
     for name in ("makedumpfile-d31", "makedumpfile-d1", "hvdump-kdump31", "hvdump-kdump"):
         assert cap.rcs.get(name) == 0, (name, cap.text[-3000:])
-
-    def pages(path: Path) -> IntervalSet:
-        kd = KdumpFile.open(path, decompress_page)
-        try:
-            return IntervalSet(kd.present_runs())
-        finally:
-            kd.close()
-
     for d in ("kdump31-1", "kdump-1"):
         proc = subprocess.run(
             [sys.executable, "-m", "drgn_hvdump.cli", "verify", str(run.files / d)],
@@ -288,17 +278,13 @@ def test_makedumpfile_in_the_same_capture_kernel(run: FirmwareRun) -> None:
             check=False,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    ours = pages(run.files / "kdump31-1" / "dump.kdump")
-    theirs = pages(run.files / "makedumpfile-d31.kdump")
-    only_ours = ours.copy()
-    for a, b in theirs:
-        only_ours.remove(a, b)
+    ours, _ = kdump_pages(run.files / "kdump31-1" / "dump.kdump")
+    theirs, _ = kdump_pages(run.files / "makedumpfile-d31.kdump")
+    only_ours = ours.without(theirs)
     assert only_ours.total() == 0, list(only_ours)[:8]
     m = json.loads((run.files / "kdump31-1" / "manifest.json").read_text())
     assert m["dump"]["dump_level"] == 31
-    only_theirs = theirs.copy()
-    for a, b in ours:
-        only_theirs.remove(a, b)
+    only_theirs = theirs.without(ours)
     # The partial page after the reserved area (kept by makedumpfile, not whole in
     # the vmcore for hvdump) aside, the rest is the free pages hvdump left out.
     assert 0 <= only_theirs.total() - m["dump"]["excluded"]["free"] <= 1

@@ -250,13 +250,6 @@ def test_the_same_kernel_as_a_fadump_lpar(run: Run, parts: Parts, tmp_path: Path
     _same_analysis(run, parts, dump_file)
 
 
-def _minus(a: Any, b: Any) -> Any:
-    out = a.copy()
-    for x, y in b:
-        out.remove(x, y)
-    return out
-
-
 def _as_makedumpfile_reads_radix_4k(vmcore: Path, pfns: Any, level: int) -> Any:
     """The pages makedumpfile keeps on a 4 KiB-page radix kernel: its page-table walk
     reads only the first page of the 64 KiB top-level table (``readmem(PAGEBASE(pgd),
@@ -279,8 +272,7 @@ def _as_makedumpfile_reads_radix_4k(vmcore: Path, pfns: Any, level: int) -> Any:
                 gone = IntervalSet(
                     (x, y) for x, y, _ in native.decide_pages(sp, raw, first, n, level)
                 )
-                kept_here = _minus(IntervalSet([(first, first + n)]), gone)
-                for x, y in kept_here:
+                for x, y in IntervalSet([(first, first + n)]).without(gone):
                     kept.add(x, y)
     return kept
 
@@ -301,13 +293,11 @@ def test_dump_level_31_is_makedumpfiles_and_keeps_the_analysis(
     6.12 radix (4 KiB pages): makedumpfile reads its struct pages from the wrong
     addresses, and keeps exactly what that misreading says
     (:func:`_as_makedumpfile_reads_radix_4k`)."""
-    from drgn_hvdump.codecs import decompress_page
     from drgn_hvdump.formats.elfcore import ElfCore
-    from drgn_hvdump.formats.kdump import KdumpFile
     from drgn_hvdump.intervals import IntervalSet
     from drgn_hvdump.model.mem_sections import MemoryModel
     from hvsim import Lpar
-    from tests.collect_support import hvdump, mounted
+    from tests.collect_support import hvdump, kdump_pages, mounted
     from tests.makedumpfile_ppc64 import run_makedumpfile
 
     info = run.guest.info
@@ -340,11 +330,7 @@ def test_dump_level_31_is_makedumpfiles_and_keeps_the_analysis(
             ref = tmp_path / f"mdf{level}.kdump"
             mdf = run_makedumpfile(["-d", str(level), "-l", str(vmcore), str(ref)])
             assert mdf.returncode == 0, mdf.stdout[-1500:] + mdf.stderr[-1500:]
-            kd = KdumpFile.open(ref, decompress_page)
-            try:
-                present = IntervalSet(kd.present_runs())
-            finally:
-                kd.close()
+            present, _ = kdump_pages(ref)
             theirs = IntervalSet(x for a, b in ram for x in present.intersect(a, b))
             if radix_4k:
                 # Up to the last section with struct pages (makedumpfile's max_mapnr).
@@ -356,16 +342,16 @@ def test_dump_level_31_is_makedumpfiles_and_keeps_the_analysis(
                 )
                 wrong = _as_makedumpfile_reads_radix_4k(vmcore, scope, level)
                 assert IntervalSet(x for a, b in scope for x in theirs.intersect(a, b)) == wrong
-                assert _minus(kept[level], theirs).total() > 0  # what the misreading excluded
+                assert kept[level].without(theirs).total() > 0  # what the misreading excluded
                 continue
-            only_ours, only_theirs = _minus(kept[level], theirs), _minus(theirs, kept[level])
+            only_ours, only_theirs = kept[level].without(theirs), theirs.without(kept[level])
             assert only_ours.total() == 0, f"-d {level}: kept by hvdump only: {list(only_ours)[:8]}"
             if level == 15 or run.kernel == "6.1":
                 assert only_theirs.total() == 0, f"-d {level}: {list(only_theirs)[:8]}"
             else:
                 # Exactly the free pages: what -d 16 alone leaves out, of what 1.7.6 keeps.
                 free = IntervalSet(
-                    x for a, b in _minus(ram, kept[16]) for x in theirs.intersect(a, b)
+                    x for a, b in ram.without(kept[16]) for x in theirs.intersect(a, b)
                 )
                 assert only_theirs == free, (list(only_theirs)[:8], list(free)[:8])
         assert counts[31]["free"] > 0 and counts[31]["user"] + counts[31]["cache"] > 0

@@ -590,6 +590,8 @@ def _collect(
 ) -> CollectResult:
     core = vm.core
     info = core.vmcoreinfo or {}
+    # Planned once to learn where the crashed memory is, then, with a dump level,
+    # again without the pages it leaves out.
     plan = capture.plan(state, vm, opts.chunk_size)
     excl = _exclusions(c, opts, vm, plan, journal, warnings)
     if excl is not None:

@@ -370,8 +370,6 @@ def exclusions(
         ranges.remove(a, b)
     pieces: list[tuple[int, int]] = []
     counts = out.counts
-    # The dump range the last decision fell in: most decisions need no search.
-    lo_range, hi_range = 0, 0
     # The next run must start past a block the previous one excluded.
     skip_to = 0
     for run in model.runs(ranges):
@@ -389,10 +387,7 @@ def exclusions(
                 if a >= first + count:
                     break
                 skip_to = max(skip_to, b)
-                if not lo_range <= a < hi_range:
-                    found = ranges.intersect(a, a + 1)
-                    lo_range, hi_range = found[0] if found else (a, a)
-                if b <= hi_range:
+                if ranges.contains(a, b):  # most decisions: no clipping
                     pieces.append((a, b))
                     counts[kind] += b - a
                     continue

@@ -241,12 +241,11 @@ class StructPage:
             (self.mapcount, 4, fields.mapcount & 0xFFFFFFFF),
         ]
         for off, size, value in put:
-            if off is None:
+            if off is None or not value:
                 continue
-            if value and any(out[off : off + size]):
+            if any(out[off : off + size]):
                 raise ValueError(f"struct page fields overlap at offset {off}")
-            if value or not any(out[off : off + size]):
-                out[off : off + size] = value.to_bytes(size, self.byteorder)
+            out[off : off + size] = value.to_bytes(size, self.byteorder)
         return bytes(out)
 
     # ----------------------------------------------------------- deciding
@@ -374,23 +373,25 @@ def struct_page_from_vmcoreinfo(
             buddy = _BUDDY_MAPCOUNT_2_6_38
         elif version >= (2, 6, 39):
             buddy = _BUDDY_MAPCOUNT_2_6_39
-    page_size_struct = size
     order: tuple[int, int] | None = None
     dtor: tuple[int, int] | None = None
     folio_order = _offset(info, "folio._folio_order")
     folio_dtor = _offset(info, "folio._folio_dtor")
+    page_order = _offset(info, "page.compound_order")
+    page_dtor = _offset(info, "page.compound_dtor")
     lru = _offset(info, "page.lru")
     width = 1 if version >= (4, 16, 0) else 2
+    # The folio's fields are in the first tail page: offsets past struct page.
     if folio_order is not None:
-        order = (folio_order - page_size_struct, 1)
-    elif _offset(info, "page.compound_order") is not None:
-        order = (_offset(info, "page.compound_order") or 0, width)
+        order = (folio_order - size, 1)
+    elif page_order is not None:
+        order = (page_order, width)
     elif version < (4, 4, 0) and lru is not None:
         order = (lru + (_offset(info, "list_head.prev") or 8), 8)
     if folio_dtor is not None:
-        dtor = (folio_dtor - page_size_struct, 1)
-    elif _offset(info, "page.compound_dtor") is not None:
-        dtor = (_offset(info, "page.compound_dtor") or 0, width if version >= (4, 4, 0) else 8)
+        dtor = (folio_dtor - size, 1)
+    elif page_dtor is not None:
+        dtor = (page_dtor, width if version >= (4, 4, 0) else 8)
     elif version < (4, 4, 0) and lru is not None:
         dtor = (lru + (_offset(info, "list_head.next") or 0), 8)
     dtors = tuple(

@@ -201,7 +201,7 @@ def test_kdump_output_with_and_without_o_direct(
     """Both write paths of the page data (O_DIRECT on the I/O thread, the page cache on
     the reading thread) give dumps that verify and hold the LPAR's memory."""
     from bench.export_root import export_root
-    from drgn_hvdump.collect import filewrite
+    from drgn_hvdump.dumpdir import filewrite
 
     if not direct:
         real_open = os.open

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from drgn_hvdump.collect import filewrite
-from drgn_hvdump.collect.filewrite import DIRECT_ALIGN, DataWriter, write_runs
+from drgn_hvdump.dumpdir import filewrite
+from drgn_hvdump.dumpdir.filewrite import DIRECT_ALIGN, DataWriter, LocalFile, write_runs
 
 
 def _open(path: Path) -> int:
@@ -40,7 +40,7 @@ def _pieces(rng: random.Random, n: int) -> list[Any]:
 def _direct_supported(tmp_path: Path) -> bool:
     fd = _open(tmp_path / "probe")
     try:
-        w = DataWriter(str(tmp_path / "probe"), fd)
+        w = DataWriter(LocalFile(fd, str(tmp_path / "probe")))
         ok = w.direct
         w.close()
         return ok
@@ -56,7 +56,7 @@ def test_appends_of_any_length_read_back(tmp_path: Path, seed: int, direct: bool
     fd = _open(path)
     head = rng.choice([0, DIRECT_ALIGN, 3 * DIRECT_ALIGN])
     os.pwrite(fd, b"H" * head, 0)
-    w = DataWriter(str(path), fd, direct=direct)
+    w = DataWriter(LocalFile(fd, str(path)), direct=direct)
     w.seek(head)
     want = bytearray(b"H" * head)
     for _ in range(rng.randint(1, 12)):
@@ -80,14 +80,14 @@ def test_resume_at_an_unaligned_end(tmp_path: Path) -> None:
     rng = random.Random(7)
     path = tmp_path / "out"
     fd = _open(path)
-    w = DataWriter(str(path), fd)
+    w = DataWriter(LocalFile(fd, str(path)))
     first = rng.randbytes(3 * DIRECT_ALIGN + 100)
     w.append([first])
     w.close()
     # a crash: the file holds a padded last block; the journal says where data ends
     end = 2 * DIRECT_ALIGN + 50
     os.ftruncate(fd, end)
-    w = DataWriter(str(path), fd)
+    w = DataWriter(LocalFile(fd, str(path)))
     w.seek(end)
     more = rng.randbytes(5000)
     assert w.append([more]) == end
@@ -118,7 +118,7 @@ def test_pages_go_out_without_a_copy_when_aligned(
     monkeypatch.setattr(filewrite.native, "write_pages", spy)
     path = tmp_path / "out"
     fd = _open(path)
-    w = DataWriter(str(path), fd)
+    w = DataWriter(LocalFile(fd, str(path)))
     w.seek(0)
     view = memoryview(src)
     assert w.append_pages(view, zero, DIRECT_ALIGN) == 0
@@ -179,7 +179,7 @@ def test_einval_falls_back_to_the_page_cache(
     rng = random.Random(11)
     path = tmp_path / "out"
     fd = _open(path)
-    w = DataWriter(str(path), fd)
+    w = DataWriter(LocalFile(fd, str(path)))
     w.seek(0)
     before = rng.randbytes(DIRECT_ALIGN + 10)
     w.append([before])
@@ -205,7 +205,7 @@ def test_no_o_direct_at_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(os, "open", no_direct)
     path = tmp_path / "out"
     fd = _open(path)
-    w = DataWriter(str(path), fd)
+    w = DataWriter(LocalFile(fd, str(path)))
     assert not w.direct
     w.seek(0)
     w.append([b"a" * 5000, b"b" * 3])
@@ -220,7 +220,7 @@ def test_other_errors_are_not_swallowed(tmp_path: Path, monkeypatch: pytest.Monk
         pytest.skip("no O_DIRECT on this file system")
     path = tmp_path / "out"
     fd = _open(path)
-    w = DataWriter(str(path), fd)
+    w = DataWriter(LocalFile(fd, str(path)))
     w.seek(0)
     monkeypatch.setattr(os, "pwritev", _refuse(lambda: w.dfd, errno.ENOSPC))
     with pytest.raises(OSError) as info:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drgn_hvdump.codecs import decompress_page, get_codec
-from drgn_hvdump.collect.output import KdumpOutput
+from drgn_hvdump.collect.output import KdumpOutput, create_file
 from drgn_hvdump.formats.kdump import KdumpFile, plan_kdump
 
 
@@ -28,7 +28,7 @@ def _runs(ranges: list[tuple[int, int]], max_mapnr: int) -> list[tuple[int, int]
             timestamp=0,
             codec_flag=get_codec("zlib").flag,
         )
-        KdumpOutput(str(path), layout, get_codec("zlib"), False).close()
+        KdumpOutput(create_file(str(path)), layout, get_codec("zlib"), False).close()
         with KdumpFile.open(path, decompress_page) as kd:
             got = list(kd.present_runs(piece=7))  # pieces that split bytes' runs
             bits = [kd.has_page(p) for p in range(max_mapnr)]

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from drgn_hvdump.codecs import check_batch, compress_batch, get_codec
-from drgn_hvdump.collect.output import KdumpOutput
+from drgn_hvdump.collect.output import KdumpOutput, create_file
 from drgn_hvdump.formats.elfcore import (
     NT_PRSTATUS,
     ElfCore,
@@ -256,7 +256,7 @@ def kdump_without_our_notes(truth: Path, path: Path) -> None:
         timestamp=0,
         codec_flag=codec.flag,
     )
-    out = KdumpOutput(str(path), layout, codec, False)
+    out = KdumpOutput(create_file(str(path)), layout, codec, False)
     try:
         view = memoryview(memory)
         step = 64 * ps

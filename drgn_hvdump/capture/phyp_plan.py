@@ -38,7 +38,6 @@ from drgn_hvdump.model.release import (
 __all__ = ["make_plan"]
 
 
-
 def _split(start: int, end: int, step: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, end)) for a in range(start, end, step)]
 

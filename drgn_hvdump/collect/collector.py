@@ -47,6 +47,7 @@ from drgn_hvdump.collect.ownership import DumpBusyError, DumpLock, Owner
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.collect.releases import ReleaseLog, Releases, RunRecord
 from drgn_hvdump.collect.scrub import ScrubRange, apply_scrub, load_filter
+from drgn_hvdump.dumpdir.filewrite import DumpFile
 from drgn_hvdump.dumpdir.identity import dump_identity
 from drgn_hvdump.dumpdir.journal import Journal
 from drgn_hvdump.dumpdir.manifest import (
@@ -615,16 +616,16 @@ def _collect(
     if cpu_chunk is None and "cpu" in plan.copied:
         raise HvdumpError(f"{opts.root}: the hypervisor saved no CPU state")
     known = journal.file_ids()
-    fds: dict[str, int] = {}
+    files: dict[str, DumpFile] = {}
 
-    def open_file(name: str) -> int:
+    def open_file(name: str) -> DumpFile:
         # Files this collection created are opened, never created again: a
         # missing one was caught by _check_files_kept.
-        fd = out_dir.open_file(name, create=not known, exclusive=not resumed)
-        fds[name] = fd
-        return fd
+        file = out_dir.open_file(name, create=not known, exclusive=not resumed)
+        files[name] = file
+        return file
 
-    sidecars = _sidecars(out, plan, open_file, fds)
+    sidecars = _sidecars(out, plan, open_file, files)
     output: ElfOutput | KdumpOutput | None = None
     try:
         cpu_raw = None
@@ -641,7 +642,7 @@ def _collect(
                 excl.level if excl is not None else opts.dump_level & DL_ZERO,
             )  # fmt: skip
             if not known:
-                ids = {name: list(fid) for name, fid in out_dir.file_ids(list(fds)) if fid}
+                ids = {name: list(fid) for name, fid in out_dir.file_ids(list(files)) if fid}
                 journal.append({"t": "files", "ids": ids})
         except OSError as exc:
             raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
@@ -659,7 +660,7 @@ def _collect(
         runner.done_chunks = done_chunks
         runner.rel = Releases(
             c, root=opts.root, policy=opts.release, plan=plan, capture=capture,
-            journal=journal, out_dir=out_dir, files={**fds, JOURNAL: journal.fd},
+            journal=journal, out_dir=out_dir, files={**files, JOURNAL: journal.file},
             durable=durable, done=rel_log.done, warnings=warnings, timings=runner.timings,
         )  # fmt: skip
 
@@ -703,7 +704,7 @@ _META_FILES = {"cpu": REGSAVE_FILE, "hpte": HPTE_FILE}
 
 
 def _sidecars(
-    out: Path, plan: Plan, open_file: Callable[[str], int], fds: dict[str, int]
+    out: Path, plan: Plan, open_file: Callable[[str], DumpFile], files: dict[str, DumpFile]
 ) -> dict[str, SidecarOutput]:
     """The metadata files the plan copies into (phyp: the register save area and the
     HPTEs, as the hypervisor saved them; fadump: none), by chunk kind."""
@@ -712,11 +713,11 @@ def _sidecars(
         for kind, name in _META_FILES.items():
             if kind in plan.copied:
                 sidecars[kind] = SidecarOutput(
-                    str(out / name), plan.copied[kind].size, plan.page_size, fd=open_file(name)
+                    open_file(name), plan.copied[kind].size, plan.page_size
                 )
     except OSError as exc:
-        for fd in fds.values():
-            os.close(fd)
+        for file in files.values():
+            file.close()
         raise disk_error(str(out), exc, "cannot create the metadata files") from None
     return sidecars
 
@@ -747,7 +748,7 @@ def _dump_output(
     done_chunks: dict[int, dict[str, Any]],
     resumed: bool,
     dump_file: Path,
-    fd: int,
+    file: DumpFile,
     dump_level: int,
 ) -> ElfOutput | KdumpOutput:
     """The dump file's writer, its headers in place (resumed: where the journal says)."""
@@ -757,7 +758,7 @@ def _dump_output(
         layout = build_core_header(
             notes, [LoadSegment(a, s) for a, s in kept], byteorder, page_size=ps
         )
-        return ElfOutput(str(dump_file), layout, ps, resumed, fd=fd)
+        return ElfOutput(file, layout, ps, resumed)
     assert codec is not None
     machine = "ppc64" if byteorder == "big" else "ppc64le"
     klayout = plan_kdump(
@@ -775,7 +776,7 @@ def _dump_output(
         kept=[(a // ps, (a + s) // ps) for a, s in kept],
         dump_level=dump_level,
     )
-    output = KdumpOutput(str(dump_file), klayout, codec, resumed, fd=fd)
+    output = KdumpOutput(file, klayout, codec, resumed)
     ends = [r["off"] + r["len"] for r in done_chunks.values() if r["kind"] in ("rmo", "mem")]
     output.set_data_end(max(ends, default=klayout.data_start))
     return output
@@ -802,7 +803,7 @@ def _write_plan(
             memory=plan.memory,
             chunks=[(ch.index, ch.kind, ch.src, ch.dst, ch.size) for ch in plan.chunks],
             writes=[(w.addr, w.size, *w.span) for w in plan.writes],
-            dir_fd=out_dir.fd,
+            write=out_dir.write_atomic,
         )
     except OSError as exc:
         raise disk_error(str(out_dir.path / PLAN_FILE), exc, "cannot write the plan") from None

@@ -34,7 +34,7 @@ from drgn_hvdump.capture.plan import kept_pieces
 from drgn_hvdump.codecs import Codec, get_codec
 from drgn_hvdump.collect.engine import Job, PageEngine
 from drgn_hvdump.collect.levels import decide_exclusions
-from drgn_hvdump.collect.output import ElfOutput, KdumpOutput
+from drgn_hvdump.collect.output import ElfOutput, KdumpOutput, create_file
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.dumpdir.manifest import (
     MAX_CHUNK,
@@ -544,7 +544,7 @@ def _convert(
                 flags=None if k.guest else core.flags,
                 page_size=ps,
             )
-            output = ElfOutput(str(dump_file), layout, ps, False)
+            output = ElfOutput(create_file(str(dump_file)), layout, ps, False)
         else:
             assert codec is not None
             vmci = note_desc_offset(notes, VMCOREINFO_NOTE_NAME, k.byteorder)
@@ -562,7 +562,7 @@ def _convert(
                 kept=[(a // ps, (a + s) // ps) for a, s in kept],
                 dump_level=excl.level if excl is not None else opts.dump_level & DL_ZERO,
             )
-            output = KdumpOutput(str(dump_file), klayout, codec, False)
+            output = KdumpOutput(create_file(str(dump_file)), klayout, codec, False)
     except OSError as exc:
         raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
 

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 from drgn_hvdump import native
 from drgn_hvdump.codecs import Codec, PageBatch, check_batch, compress_batch
-from drgn_hvdump.collect.filewrite import WriteGate
 from drgn_hvdump.collect.output import ChunkWrite, ElfOutput, KdumpOutput, SidecarOutput
+from drgn_hvdump.dumpdir.filewrite import WriteGate
 from drgn_hvdump.dumpdir.manifest import MEMORY_KINDS
 
 __all__ = ["BATCH_BYTES", "EngineChunk", "Job", "PageEngine"]
@@ -121,12 +121,13 @@ class PageEngine:
         free = self._free.get(size)
         return free.pop() if free else mmap.mmap(-1, size)
 
-    def read_back(self, ch: EngineChunk) -> bytes:
-        """The chunk as stored, read from its file with the page cache dropped."""
+    def hash_back(self, ch: EngineChunk) -> int:
+        """The XXH64 of the chunk as stored, read from its file with the page cache dropped."""
         side = self.sidecars.get(ch.kind)
         if side is not None:
-            return side.read_back(ch.dst, ch.size)
-        return self.output.read_back(ch.dst, ch.size)
+            return side.hash_back(ch.dst, ch.size)
+        assert isinstance(self.output, ElfOutput)
+        return self.output.hash_back(ch.dst, ch.size)
 
     def run(self, chunks: Iterable[Any]) -> None:
         # With checks on more than one thread, a quarter of them (at least one)
@@ -242,7 +243,7 @@ class PageEngine:
             return self.output.check_back(ch.dst, job.written)
         if ch.kind not in self.sidecars:
             self.output.sync()
-        got = native.hash64(self.read_back(ch))
+        got = self.hash_back(ch)
         if got != job.xxh64:
             return f"reads back with checksum {got:#018x}, expected {job.xxh64:#018x}"
         return ""

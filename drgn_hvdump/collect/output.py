@@ -8,8 +8,6 @@ the checksum comparison.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from drgn_hvdump import native
 from drgn_hvdump.codecs import Codec, decompress_page
-from drgn_hvdump.collect.filewrite import DataWriter, page_runs, pwrite_all, write_runs
+from drgn_hvdump.dumpdir.filewrite import DataWriter, DumpFile, LocalFile, page_runs
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import CoreLayout, file_offset
 from drgn_hvdump.formats.kdump import (
@@ -36,27 +34,19 @@ __all__ = ["ChunkWrite", "ElfOutput", "KdumpOutput", "SidecarOutput", "create_fi
 _PIECE = 1 << 20
 
 
-def create_file(path: str, size: int | None = None, *, fd: int | None = None) -> int:
-    """Open (creating 0600, never through a link) ``path`` for reading and writing, or
-    take ``fd`` already opened so; extend it to ``size``; never truncates."""
-    if fd is None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+def create_file(path: str) -> LocalFile:
+    """Open (creating 0600, never through a link) ``path`` for reading and writing;
+    never truncates."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     os.fchmod(fd, 0o600)
-    if size is not None and os.fstat(fd).st_size < size:
-        os.ftruncate(fd, size)
-    return fd
+    return LocalFile(fd, path)
 
 
-def _pread_exact(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    if len(data) != size:
-        raise OSError(errno.EIO, f"short read at {offset:#x}")
-    return data
-
-
-def _drop_cache(fd: int, offset: int, size: int) -> None:
-    with contextlib.suppress(OSError):
-        os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
+def _at_least(file: DumpFile, size: int | None) -> DumpFile:
+    """``file``, extended to ``size`` (sparse) if shorter."""
+    if size is not None and file.size() < size:
+        file.truncate(size)
+    return file
 
 
 @dataclass(frozen=True)
@@ -87,44 +77,45 @@ class ChunkWrite:
 class SidecarOutput:
     """A metadata file (the HPTE section, the register save area) stored as read, sparse."""
 
-    def __init__(self, path: str, size: int, page_size: int, fd: int | None = None) -> None:
-        self.path = path
+    def __init__(self, file: DumpFile, size: int, page_size: int) -> None:
+        self.path = file.path
         self.size = size
         self.page_size = page_size
-        self.fd = create_file(path, size, fd=fd)
+        self.file = _at_least(file, size)
 
     def write(self, offset: int, buf: memoryview, zero: bytes) -> ChunkWrite:
         ps = self.page_size
         whole = len(zero) * ps
-        write_runs(self.fd, buf[:whole], zero, ps, offset)
+        self.file.write_runs(buf[:whole], zero, ps, offset)
         if whole < buf.nbytes:
-            pwrite_all(self.fd, buf[whole:], offset + whole)
+            self.file.pwrite(buf[whole:], offset + whole)
         return ChunkWrite(offset, buf.nbytes)
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        self.file.sync()
 
     def read_back(self, offset: int, size: int) -> bytes:
-        _drop_cache(self.fd, offset, size)
-        return _pread_exact(self.fd, size, offset)
+        return self.file.read(size, offset)
+
+    def hash_back(self, offset: int, size: int) -> int:
+        """The XXH64 of ``[offset, offset + size)`` as the disk holds it."""
+        return self.file.hash(offset, size)
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.file.close()
 
 
 class ElfOutput:
     """A sparse ELF core: headers first, each segment at its final offset, zero pages as holes."""
 
-    def __init__(
-        self, path: str, layout: CoreLayout, page_size: int, resume: bool, fd: int | None = None
-    ) -> None:
-        self.path = path
+    def __init__(self, file: DumpFile, layout: CoreLayout, page_size: int, resume: bool) -> None:
+        self.path = file.path
         self.layout = layout
         self.page_size = page_size
-        self.fd = create_file(path, layout.file_size, fd=fd)
-        if not resume or _pread_exact(self.fd, len(layout.header), 0) != layout.header:
-            pwrite_all(self.fd, layout.header, 0)
-            os.fdatasync(self.fd)
+        self.file = _at_least(file, layout.file_size)
+        if not resume or not self.file.same(0, [layout.header]):
+            self.file.pwrite(layout.header, 0)
+            self.file.sync()
 
     def file_offset(self, paddr: int, size: int) -> int:
         offset = file_offset(self.layout.segments, paddr, size)
@@ -134,23 +125,25 @@ class ElfOutput:
 
     def write(self, paddr: int, buf: memoryview, zero: bytes) -> ChunkWrite:
         offset = self.file_offset(paddr, buf.nbytes)
-        stored = write_runs(self.fd, buf, zero, self.page_size, offset)
+        stored = self.file.write_runs(buf, zero, self.page_size, offset)
         return ChunkWrite(offset, stored)
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        self.file.sync()
 
     def read_back(self, paddr: int, size: int) -> bytes:
-        offset = self.file_offset(paddr, size)
-        _drop_cache(self.fd, offset, size)
-        return _pread_exact(self.fd, size, offset)
+        return self.file.read(size, self.file_offset(paddr, size))
+
+    def hash_back(self, paddr: int, size: int) -> int:
+        """The XXH64 of the memory ``[paddr, paddr + size)`` as the disk holds it."""
+        return self.file.hash(self.file_offset(paddr, size), size)
 
     def finish(self, *, sync: bool = True) -> None:
         if sync:
-            os.fsync(self.fd)
+            self.file.sync(metadata=True)
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.file.close()
 
 
 class KdumpOutput:
@@ -161,32 +154,30 @@ class KdumpOutput:
     simply written again after the last journaled one.
     """
 
-    def __init__(
-        self, path: str, layout: KdumpLayout, codec: Codec, resume: bool, fd: int | None = None
-    ) -> None:
-        self.path = path
+    def __init__(self, file: DumpFile, layout: KdumpLayout, codec: Codec, resume: bool) -> None:
+        self.path = file.path
         self.layout = layout
         self.codec = codec
         self.page_size = layout.page_size
-        self.fd = create_file(path, fd=fd)
-        self.data = DataWriter(path, self.fd)
+        self.file = file
+        self.data = DataWriter(file)
         self.data.seek(layout.data_start)
         first = layout.first_blocks(layout.header.status | DUMP_DH_COMPRESSED_INCOMPLETE)
-        if resume and os.fstat(self.fd).st_size >= layout.data_start:
-            have = _pread_exact(self.fd, len(first), 0)
+        if resume and file.size() >= layout.data_start:
+            have = file.read(len(first), 0)
             if have in (first, layout.first_blocks()):
                 return
         # Header blocks last: a file whose header is there has its bitmaps and table.
         for offset, data in layout.bitmap_pieces():
-            pwrite_all(self.fd, data, offset)
+            file.pwrite(data, offset)
         table = PAGE_DESC.size * layout.npages
         zero = bytes(min(table, _PIECE))
         for off in range(0, table, len(zero) or 1):
-            pwrite_all(self.fd, zero[: min(len(zero), table - off)], layout.desc_offset + off)
-        pwrite_all(self.fd, bytes(self.page_size), layout.zero_page_offset)
-        os.fdatasync(self.fd)
-        pwrite_all(self.fd, first, 0)
-        os.fdatasync(self.fd)
+            file.pwrite(zero[: min(len(zero), table - off)], layout.desc_offset + off)
+        file.pwrite(bytes(self.page_size), layout.zero_page_offset)
+        file.sync()
+        file.pwrite(first, 0)
+        file.sync()
 
     @property
     def data_end(self) -> int:
@@ -195,7 +186,7 @@ class KdumpOutput:
 
     def set_data_end(self, end: int) -> None:
         end = max(end, self.layout.data_start)
-        os.ftruncate(self.fd, end)
+        self.file.truncate(end)
         self.data.seek(end)
 
     def write(self, paddr: int, batches: Sequence[PageBatch]) -> ChunkWrite:
@@ -224,20 +215,19 @@ class KdumpOutput:
 
     def _descs(self, paddr: int, parts: Iterable[Buffer], descs: bytes, start: int) -> ChunkWrite:
         """Write the descriptors of a chunk whose stored bytes were appended from ``start``."""
-        pwrite_all(self.fd, descs, self.layout.desc_file_offset(paddr // self.page_size))
+        self.file.pwrite(descs, self.layout.desc_file_offset(paddr // self.page_size))
         return ChunkWrite(start, self.data.end - start, parts, descs)
 
     def check_back(self, paddr: int, w: ChunkWrite) -> str:
         """Read a written chunk back from the disk (page cache dropped first) and compare
         its stored bytes and its descriptors byte for byte with what was written; "" if equal."""
         doff = self.layout.desc_file_offset(paddr // self.page_size)
-        _drop_cache(self.fd, doff, len(w.descs))
-        if _pread_exact(self.fd, len(w.descs), doff) != w.descs:
+        if not self.file.same(doff, [w.descs]):
             return f"page descriptors at offset {doff:#x} read back differently"
-        _drop_cache(self.fd, w.offset, w.length)
-        if sum(memoryview(p).nbytes for p in w.stored) != w.length or _pread_exact(
-            self.fd, w.length, w.offset
-        ) != b"".join(w.stored):
+        stored = list(w.stored)
+        if sum(memoryview(p).nbytes for p in stored) != w.length or not self.file.same(
+            w.offset, stored
+        ):
             return (
                 f"stored bytes at offset {w.offset:#x}+{w.length:#x} read back differently "
                 "from what was written"
@@ -245,7 +235,7 @@ class KdumpOutput:
         return ""
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        self.file.sync()
 
     def read_back(self, paddr: int, size: int) -> bytes:
         """The raw bytes of ``[paddr, paddr + size)`` (page aligned) rebuilt from the disk."""
@@ -253,17 +243,13 @@ class KdumpOutput:
         lay = self.layout
         n = size // ps
         doff = lay.desc_file_offset(paddr // ps)
-        _drop_cache(self.fd, doff, n * PAGE_DESC.size)
-        descs = list(
-            PAGE_DESC.iter_unpack(_pread_exact(self.fd, n * PAGE_DESC.size, doff), lay.byteorder)
-        )
+        descs = list(PAGE_DESC.iter_unpack(self.file.read(n * PAGE_DESC.size, doff), lay.byteorder))
         stored = [d for d in descs if d.offset != lay.zero_page_offset]
         lo = min((d.offset for d in stored), default=0)
         hi = max((d.offset + d.size for d in stored), default=0)
         blob = b""
         if stored:
-            _drop_cache(self.fd, lo, hi - lo)
-            blob = _pread_exact(self.fd, hi - lo, lo)
+            blob = self.file.read(hi - lo, lo)
         out = bytearray(size)
         zero_page = bytes(ps)
         for i, d in enumerate(descs):
@@ -287,12 +273,12 @@ class KdumpOutput:
         """Mark the file complete (clear INCOMPLETE) and sync it (unless ``sync`` is false)."""
         lay = self.layout
         if eraseinfo:
-            pwrite_all(self.fd, eraseinfo, lay.sub_header.offset_eraseinfo)
+            self.file.pwrite(eraseinfo, lay.sub_header.offset_eraseinfo)
         self.data.truncate()
-        pwrite_all(self.fd, lay.first_blocks()[: self.page_size], 0)
+        self.file.pwrite(lay.first_blocks()[: self.page_size], 0)
         if sync:
-            os.fsync(self.fd)
+            self.file.sync(metadata=True)
 
     def close(self) -> None:
         self.data.close()
-        os.close(self.fd)
+        self.file.close()

@@ -22,6 +22,7 @@ from drgn_hvdump.capture import CaptureInterface
 from drgn_hvdump.capture.base import NotProtectedError, memtotal_after
 from drgn_hvdump.capture.plan import Plan, ReleaseWrite
 from drgn_hvdump.collect.progress import Progress
+from drgn_hvdump.dumpdir.filewrite import DumpFile
 from drgn_hvdump.dumpdir.journal import Journal
 from drgn_hvdump.dumpdir.outdir import OutputDir
 from drgn_hvdump.errors import HvdumpError
@@ -112,7 +113,7 @@ class Releases:
     capture: CaptureInterface
     journal: Journal
     out_dir: OutputDir | None
-    files: dict[str, int]
+    files: dict[str, DumpFile]
     durable: IntervalSet
     done: InitVar[list[int]]
     warnings: list[str]

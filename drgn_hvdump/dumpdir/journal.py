@@ -11,9 +11,9 @@ torn last line (killed mid-write) is ignored and cut before the next append.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+from drgn_hvdump.dumpdir.filewrite import DumpFile
 from drgn_hvdump.dumpdir.names import JOURNAL
 from drgn_hvdump.dumpdir.outdir import OutputDir
 from drgn_hvdump.errors import FormatError, HvdumpError
@@ -28,7 +28,8 @@ class Journal:
         self.out = out
         self.path = out.path / JOURNAL
         self.records: list[dict[str, Any]] = records or []
-        self._fd = -1
+        self._file: DumpFile | None = None
+        self._end = 0
 
     @classmethod
     def load(cls, out: OutputDir) -> Journal | None:
@@ -83,27 +84,27 @@ class Journal:
         return {}
 
     def open(self, *, new: bool) -> None:
-        self._fd = self.out.open_file(JOURNAL, create=True, exclusive=new)
-        size = os.fstat(self._fd).st_size
-        if size:
-            data = os.pread(self._fd, 1, size - 1)
-            if data != b"\n":
-                # A torn line: cut it so the next record starts on its own line.
-                text = os.pread(self._fd, size, 0)
-                os.ftruncate(self._fd, text.rfind(b"\n") + 1)
-        os.lseek(self._fd, 0, os.SEEK_END)
+        file = self._file = self.out.open_file(JOURNAL, create=True, exclusive=new)
+        size = file.size()
+        if size and file.read(1, size - 1) != b"\n":
+            # A torn line: cut it so the next record starts on its own line.
+            size = file.read(size, 0).rfind(b"\n") + 1
+            file.truncate(size)
+        self._end = size
 
     @property
-    def fd(self) -> int:
-        return self._fd
+    def file(self) -> DumpFile:
+        assert self._file is not None, "journal not open"
+        return self._file
 
     def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        os.write(self._fd, line)
-        os.fdatasync(self._fd)
+        self.file.pwrite(line, self._end)
+        self.file.sync()
+        self._end += len(line)
         self.records.append(record)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if self._file is not None:
+            self._file.close()
+            self._file = None

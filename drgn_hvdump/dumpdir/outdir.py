@@ -14,9 +14,10 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from drgn_hvdump.dumpdir.filewrite import DumpFile, LocalFile
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.fsutil import write_atomic
 
@@ -107,7 +108,7 @@ class OutputDir:
     def exists(self, name: str) -> bool:
         return self.lstat(name) is not None
 
-    def open_file(self, name: str, *, create: bool, exclusive: bool = False) -> int:
+    def open_file(self, name: str, *, create: bool, exclusive: bool = False) -> LocalFile:
         """Open ``name`` for reading and writing, never through a link.
 
         ``create`` makes it (0600) if missing; ``exclusive`` refuses one that
@@ -130,7 +131,7 @@ class OutputDir:
         os.set_blocking(fd, True)
         if st.st_mode & 0o777 != 0o600:
             os.fchmod(fd, 0o600)
-        return fd
+        return LocalFile(fd, str(self.path / name))
 
     def _open_error(self, name: str, exc: OSError) -> HvdumpError:
         path = self.path / name
@@ -166,8 +167,8 @@ class OutputDir:
 
     # -- still there? ---------------------------------------------------------------
 
-    def changed(self, files: dict[str, int]) -> str:
-        """Why the directory or one of ``files`` (name -> open descriptor) is no longer
+    def changed(self, files: Mapping[str, DumpFile]) -> str:
+        """Why the directory or one of ``files`` (name -> open file) is no longer
         what was written, as one phrase; empty when all are still in place."""
         dst = os.fstat(self.fd)
         if dst.st_nlink == 0:
@@ -178,8 +179,9 @@ class OutputDir:
             return f"the output directory {self.path} was removed or moved"
         if (now.st_dev, now.st_ino) != self.id:
             return f"the output directory {self.path} was replaced"
-        for name, fd in files.items():
-            fst = os.fstat(fd)
+        for name, file in files.items():
+            assert isinstance(file, LocalFile)
+            fst = os.fstat(file.fd)
             on_disk = self.lstat(name)
             if on_disk is not None and (on_disk.st_dev, on_disk.st_ino) != (fst.st_dev, fst.st_ino):
                 return f"{self.path / name} was replaced by another file"

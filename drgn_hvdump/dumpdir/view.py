@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,11 @@ def write_plan_file(
     memory: int,
     chunks: list[tuple[int, str, int, int, int]],
     writes: list[tuple[int, int, int, int]],
-    dir_fd: int | None = None,
+    write: Callable[[str, bytes], None] | None = None,
 ) -> None:
     """Write ``DIR/plan.json``: chunks as ``[index, kind, src, dst, size]``, writes as
-    ``[addr, size, span_start, span_end]`` in plan index order."""
+    ``[addr, size, span_start, span_end]`` in plan index order; through ``write`` (an
+    opened output directory's ``write_atomic``) when given."""
     plan = {
         "version": PLAN_VERSION,
         "root": os.path.realpath(root),
@@ -82,8 +84,8 @@ def write_plan_file(
         "writes": [list(w) for w in writes],
     }
     data = json.dumps(plan, separators=(",", ":")).encode()
-    if dir_fd is not None:
-        write_atomic(PLAN_FILE, data, dir_fd=dir_fd)
+    if write is not None:
+        write(PLAN_FILE, data)
     else:
         write_atomic(out / PLAN_FILE, data)
 

@@ -266,7 +266,7 @@ def plan_kdump(
     desc_offset = bitmap_offset + bitmap_blocks * ps
     npages = sum(b - a for a, b in ks)
     # Page data starts on a page boundary, so that whole pages can be written
-    # with O_DIRECT (collect/filewrite.py); readers follow the descriptors.
+    # with O_DIRECT (dumpdir/filewrite.py); readers follow the descriptors.
     zero_page_offset = _ceil(desc_offset + PAGE_DESC.size * npages, ps) * ps
     vm_off, vm_size = (offset_note + vmcoreinfo[0], vmcoreinfo[1]) if vmcoreinfo else (0, 0)
     header = DiskDumpHeader(

@@ -20,12 +20,13 @@ cores, the metadata files) are written through the page cache
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from drgn_hvdump import native
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DIRECT_ALIGN",
     "DataWriter",
+    "DumpFile",
+    "LocalFile",
     "WriteGate",
     "nonzero_runs",
     "page_runs",
@@ -194,14 +197,16 @@ class DataWriter:
     :attr:`end` by less than a block until :meth:`truncate`.
     """
 
-    def __init__(self, path: str, fd: int, *, direct: bool = True) -> None:
-        self.fd = fd
+    def __init__(self, file: DumpFile, *, direct: bool = True) -> None:
+        self.file = file
         self.dfd: int | None = None
-        if direct:
+        if direct and isinstance(file, LocalFile):
             try:
                 # Reopened through the descriptor, not the name: the same inode
                 # even if the name was replaced meanwhile.
-                self.dfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+                self.dfd = os.open(
+                    f"/proc/self/fd/{file.fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC
+                )
             except OSError:
                 self.dfd = None
         self._stage: mmap.mmap | None = None
@@ -244,7 +249,8 @@ class DataWriter:
         keep = end % DIRECT_ALIGN
         self._tail = b""
         if self.dfd is not None and keep:
-            data = os.pread(self.fd, keep, end - keep)
+            assert isinstance(self.file, LocalFile)
+            data = os.pread(self.file.fd, keep, end - keep)
             self._tail = data + bytes(keep - len(data))
 
     def append(self, parts: Sequence[Buffer]) -> int:
@@ -259,9 +265,9 @@ class DataWriter:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._no_direct()
-                pwritev_all(self.fd, [self._tail, *views], start - len(self._tail))
+                self.file.pwritev([self._tail, *views], start - len(self._tail))
         else:
-            pwritev_all(self.fd, views, start)
+            self.file.pwritev(views, start)
         self.end = start + length
         return start
 
@@ -295,10 +301,89 @@ class DataWriter:
 
     def truncate(self) -> None:
         """Cut the file at :attr:`end` (drops the padding of the last block)."""
-        os.ftruncate(self.fd, self.end)
+        self.file.truncate(self.end)
 
     def close(self) -> None:
         self._no_direct()
         if self._stage is not None:
             self._stage.close()
             self._stage = None
+
+
+def _drop_cache(fd: int, offset: int, size: int) -> None:
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
+
+
+class DumpFile(Protocol):
+    """A file of a dump directory, as the writers use it: on this machine
+    (:class:`LocalFile`) or on an archive host (``remote.RemoteFile``).
+
+    ``read``, ``hash`` and ``same`` read what the disk holds (page cache
+    dropped first), so they prove what a sync made durable.
+    """
+
+    path: str
+
+    def pwrite(self, data: Buffer, offset: int) -> None: ...
+    def pwritev(self, parts: Sequence[Buffer], offset: int) -> None: ...
+    def write_runs(self, view: memoryview, zero: bytes, page_size: int, offset: int) -> int: ...
+    def read(self, size: int, offset: int) -> bytes: ...
+    def hash(self, offset: int, size: int) -> int: ...
+    def same(self, offset: int, parts: Sequence[Buffer]) -> bool: ...
+    def sync(self, *, metadata: bool = False) -> None: ...
+    def truncate(self, size: int) -> None: ...
+    def size(self) -> int: ...
+    def file_id(self) -> tuple[int, int]: ...
+    def close(self) -> None: ...
+
+
+class LocalFile:
+    """A :class:`DumpFile` on this machine: an open descriptor."""
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+
+    def pwrite(self, data: Buffer, offset: int) -> None:
+        pwrite_all(self.fd, data, offset)
+
+    def pwritev(self, parts: Sequence[Buffer], offset: int) -> None:
+        pwritev_all(self.fd, parts, offset)
+
+    def write_runs(self, view: memoryview, zero: bytes, page_size: int, offset: int) -> int:
+        return write_runs(self.fd, view, zero, page_size, offset)
+
+    def read(self, size: int, offset: int) -> bytes:
+        """``size`` bytes at ``offset`` as the disk holds them; ``OSError`` if fewer."""
+        _drop_cache(self.fd, offset, size)
+        data = os.pread(self.fd, size, offset)
+        if len(data) != size:
+            raise OSError(errno.EIO, f"short read at {offset:#x}", self.path)
+        return data
+
+    def hash(self, offset: int, size: int) -> int:
+        return native.hash64(self.read(size, offset))
+
+    def same(self, offset: int, parts: Sequence[Buffer]) -> bool:
+        """Whether the disk holds ``parts``, one after another, at ``offset``: byte for byte."""
+        size = sum(memoryview(p).nbytes for p in parts)
+        return self.read(size, offset) == b"".join(parts)
+
+    def sync(self, *, metadata: bool = False) -> None:
+        (os.fsync if metadata else os.fdatasync)(self.fd)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def file_id(self) -> tuple[int, int]:
+        st = os.fstat(self.fd)
+        return st.st_dev, st.st_ino
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

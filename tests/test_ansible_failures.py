@@ -21,13 +21,12 @@ import pytest
 import yaml
 
 from hvsim import Lpar
+from tests.sshd_support import Sshd, free_port
 from tests.test_ansible_helpers import (
     ANSIBLE_PLAYBOOK,
     REPO,
-    Sshd,
     ansible_env,
     fleet,
-    free_port,
     needs_ansible,
     needs_sshd,
     recap,

@@ -29,14 +29,13 @@ import yaml
 
 from hvsim import Lpar
 from tests.collect_support import compare_with_truth
+from tests.sshd_support import Sshd, free_port
 from tests.test_ansible_helpers import (
     ANSIBLE_PLAYBOOK,
     BIN,
     REPO,
-    Sshd,
     ansible_env,
     fleet,
-    free_port,
     needs_ansible,
     needs_sshd,
     recap,

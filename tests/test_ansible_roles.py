@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from hvsim import Lpar
+from tests.sshd_support import Sshd
 from tests.test_ansible_helpers import (
     BIN,
     REPO,
-    Sshd,
     ansible_env,
     fleet,
     needs_ansible,

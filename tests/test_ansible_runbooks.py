@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.sshd_support import free_port
 from tests.test_ansible_helpers import (
     fleet,
-    free_port,
     needs_ansible,
     recap,
     run_playbook,

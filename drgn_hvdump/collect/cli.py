@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drgn_hvdump.clitools import fix_mmap_threshold, parse_size
+from drgn_hvdump.errors import HvdumpError
+
+if TYPE_CHECKING:
+    from drgn_hvdump.dumpdir.remote import SshTarget
 
 __all__ = ["add_subcommands"]
 
@@ -49,7 +56,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     fix_mmap_threshold()
     opts = CollectOptions(
         root=args.root,
-        output=args.output,
+        output=output_target(args),
         format=args.format,
         compress=args.compress,
         level=args.level,
@@ -213,6 +220,52 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
 
 
+def _add_ssh_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "output on an archive host (DIR as ssh://[user@]host[:port]/path)",
+        "hvdump receive runs there through OpenSSH's ssh (your keys, known_hosts and "
+        "ssh_config; never a password prompt): it writes DIR as a local collection would, "
+        "syncs and checks each chunk; memory is released only once it has acknowledged every "
+        "page. The journal is in DIR there, so the same command resumes.",
+    )
+    g.add_argument(
+        "--ssh-option",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="an ssh -o option, e.g. UserKnownHostsFile=/etc/hvdump/known_hosts (repeatable)",
+    )
+    g.add_argument("--ssh-identity", metavar="KEY", help="the private key to log in with (ssh -i)")
+    g.add_argument(
+        "--remote-hvdump",
+        default="hvdump",
+        metavar="CMD",
+        help="the hvdump command on the archive host (default: hvdump on its PATH)",
+    )
+
+
+def output_target(args: argparse.Namespace) -> Path | SshTarget:
+    """``--output`` as a local directory or an archive host's, with the ssh options."""
+    from drgn_hvdump.dumpdir.remote import SshTarget, is_ssh_url
+
+    text = str(args.output)
+    if not is_ssh_url(text):
+        if args.ssh_option or args.ssh_identity or args.remote_hvdump != "hvdump":
+            raise HvdumpError(
+                f"{text}: --ssh-option, --ssh-identity and --remote-hvdump apply to an "
+                "ssh://host/path output only"
+            )
+        return Path(text)
+    ssh = tuple(shlex.split(os.environ.get("HVDUMP_SSH", "ssh")))
+    return SshTarget.parse(
+        text,
+        ssh=ssh,
+        options=tuple(args.ssh_option),
+        identity=args.ssh_identity,
+        remote_hvdump=args.remote_hvdump,
+    )
+
+
 def _dump_level(text: str) -> int:
     from drgn_hvdump.model.page_types import DumpLevelError, parse_dump_level
 
@@ -235,10 +288,11 @@ def _add_dump_level(p: argparse.ArgumentParser) -> None:
 
 
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``collect``, ``convert`` and ``verify``."""
+    """``collect``, ``convert``, ``verify`` and ``receive``."""
     _add_collect(sub)
     _add_convert(sub)
     _add_verify(sub)
+    _add_receive(sub)
 
 
 def _add_collect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -257,12 +311,13 @@ def _add_collect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--output",
         "-o",
-        type=Path,
         required=True,
         metavar="DIR",
-        help="output directory (created 0700)",
+        help="output directory (created 0700), here or on an archive host as "
+        "ssh://[user@]host[:port]/path",
     )
     _add_output_args(p)
+    _add_ssh_args(p)
     _add_dump_level(p)
     p.add_argument(
         "--release",
@@ -359,3 +414,38 @@ def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     v.add_argument("dir", type=Path)
     v.set_defaults(func=_cmd_verify)
+
+
+_RECEIVE = """\
+The archive host's end of `hvdump collect --output ssh://host/path`: the
+collector starts it through ssh and speaks to it on stdin and stdout; it is
+not run by hand. It writes the dump directory as a local collection would
+(created 0700, or owned by this user and writable by nobody else; files 0600,
+links never followed), syncs each chunk, reads it back from its disk and
+answers with its checksum. It holds the directory's lock while the session
+lasts and exits when the session ends.
+
+To let a key do nothing else, prefix it in ~/.ssh/authorized_keys with
+  restrict,command="hvdump receive"
+"""
+
+
+def _cmd_receive(args: argparse.Namespace) -> int:
+    from drgn_hvdump.collect.receive import serve
+
+    if sys.stdin.isatty():
+        raise HvdumpError(
+            "hvdump receive speaks to a collector on stdin and stdout, not to a terminal: "
+            "run hvdump collect --output ssh://THIS_HOST/path on the capture side"
+        )
+    return serve()
+
+
+def _add_receive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = sub.add_parser(
+        "receive",
+        help="the archive host's end of collect --output ssh://... (started by ssh)",
+        description=_RECEIVE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.set_defaults(func=_cmd_receive)

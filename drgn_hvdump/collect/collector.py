@@ -83,6 +83,7 @@ from drgn_hvdump.dumpdir.registry import (
     register_collection,
     unregister_collection,
 )
+from drgn_hvdump.dumpdir.remote import DumpDir, RemoteDir, SshTarget
 from drgn_hvdump.dumpdir.view import write_plan_file
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import (
@@ -116,7 +117,8 @@ class CollectOptions:
     """Everything ``hvdump collect`` takes."""
 
     root: Path
-    output: Path
+    # A directory here, or on an archive host (hvdump receive writes it there).
+    output: Path | SshTarget
     format: str = "kdump"
     compress: str = "zstd"
     level: int | None = None
@@ -141,7 +143,8 @@ class CollectOptions:
 
 @dataclass
 class CollectResult:
-    output: Path
+    output: Path | str
+    """The output directory (``ssh://host/path`` on an archive host)."""
     dump_file: Path
     manifest: Manifest | None
     """None for a dry run."""
@@ -253,10 +256,11 @@ def collect(opts: CollectOptions) -> CollectResult:
         return _dry_run(opts, capture)
     first = capture.state()
     waiting = first.dump_waiting
-    if not (waiting and first.readable) and not os.path.lexists(opts.output):
+    local = opts.output if not isinstance(opts.output, SshTarget) else None
+    if not (waiting and first.readable) and local is not None and not os.path.lexists(local):
         _dump_state(capture, opts.accept_partial)  # says why; nothing is created
     lock = DumpLock(opts.root, capture.lock_path)
-    out: OutputDir | None = None
+    out: DumpDir | None = None
     try:
         if waiting:
             # Before the output directory exists: a refused collector leaves nothing.
@@ -265,7 +269,7 @@ def collect(opts: CollectOptions) -> CollectResult:
                 timeout=opts.wait_timeout,
                 on_wait=lambda o: c.progress.message(f"waiting for {o.describe()} to finish"),
             )
-        out = OutputDir.open(opts.output)
+        out = _open_output(opts, capture, waiting)
         _lock_output(out, opts, c)
         _say_release_policy(c, opts, capture)
         return _collect_owned(c, opts, codec, threads, capture, out)
@@ -284,8 +288,31 @@ def _say_release_policy(c: RunRecord, opts: CollectOptions, capture: CaptureInte
         )
 
 
-def _lock_output(out: OutputDir, opts: CollectOptions, c: RunRecord) -> None:
+def _open_output(opts: CollectOptions, capture: CaptureInterface, waiting: bool) -> DumpDir:
+    """The output directory, opened (created 0700 when a dump waits to fill it)."""
+    if not isinstance(opts.output, SshTarget):
+        return OutputDir.open(opts.output)
+    try:
+        return RemoteDir.open(opts.output, create=waiting)
+    except HvdumpError as exc:
+        if not waiting and str(exc).endswith("no such directory"):
+            _dump_state(capture, opts.accept_partial)  # says why; nothing was created
+        raise
+
+
+def _lock_output(out: DumpDir, opts: CollectOptions, c: RunRecord) -> None:
     """The output directory's own ``flock``: one collection writes it at a time."""
+    if isinstance(out, RemoteDir):
+        if opts.wait:
+            c.progress.message(f"taking {out.location} (waiting for its other user, if any)")
+        pid = out.lock(wait=opts.wait, timeout=opts.wait_timeout)
+        if pid is not None:
+            raise DumpBusyError(
+                opts.root,
+                Owner(pid or None, out.location),
+                what=f"{out.location}: the output directory is in use by",
+            )
+        return
 
     def holder() -> Owner | None:
         pids = flock_holders(out.path)
@@ -310,9 +337,14 @@ def _dry_run(opts: CollectOptions, capture: CaptureInterface) -> CollectResult:
         plan = capture.plan(state, vm, opts.chunk_size)
     finally:
         vm.close()
-    dump_file = Path(os.path.abspath(opts.output)) / DUMP_NAMES[opts.format]
+    if isinstance(opts.output, SshTarget):
+        where: Path | str = opts.output.url
+        dump_file = Path(opts.output.path) / DUMP_NAMES[opts.format]
+    else:
+        where = opts.output
+        dump_file = Path(os.path.abspath(opts.output)) / DUMP_NAMES[opts.format]
     return CollectResult(
-        opts.output, dump_file, None, False, plan_text=_plan_lines(plan, opts, dump_file)
+        where, dump_file, None, False, plan_text=_plan_lines(plan, opts, dump_file)
     )
 
 
@@ -340,7 +372,7 @@ def _collect_owned(
     codec: Codec | None,
     threads: int,
     capture: CaptureInterface,
-    out: OutputDir,
+    out: DumpDir,
 ) -> CollectResult:
     journal = Journal.load(out)
     if journal is not None and journal.records and journal.identity is None:
@@ -378,7 +410,7 @@ def _collect_owned(
         else:
             facts = {k: journal.start.get(k) for k in ("mt", "boot", "time")}
         # At once, so a collector refused meanwhile can say where this one writes.
-        why = _register(opts, out.path, identity, facts)
+        why = _register(opts, out.location, identity, facts)
         if why:
             warnings.append(f"{why}: drgn on the live /proc/vmcore will not find this collection")
         return _collect(
@@ -409,7 +441,7 @@ def _differs_from_saved(
     return native.hash64(buf) != want
 
 
-def _register(opts: CollectOptions, out: Path, identity: str, facts: dict[str, Any]) -> str:
+def _register(opts: CollectOptions, out: str, identity: str, facts: dict[str, Any]) -> str:
     """The runtime registry entry of this collection (why not, when it cannot be made)."""
     since = float(facts["time"] or time.time())
     return register_collection(
@@ -418,17 +450,17 @@ def _register(opts: CollectOptions, out: Path, identity: str, facts: dict[str, A
 
 
 def _check_no_other_collection(
-    opts: CollectOptions, capture: CaptureInterface, out: OutputDir, identity: str
+    opts: CollectOptions, capture: CaptureInterface, out: DumpDir, identity: str
 ) -> None:
     """A new collection of a dump that another collection already released part of
     would read reused memory as the dump: refuse, naming the other collection."""
     entry, _ = read_registration(opts.root)
     if entry is None or entry.get("identity") != identity:
         return
-    other = Path(str(entry.get("output", "")))
-    if other == out.path:
+    other = str(entry.get("output", ""))
+    if other == out.location:
         msg = (
-            f"{out.path}: an earlier collection of this dump wrote here and its journal is "
+            f"{out.location}: an earlier collection of this dump wrote here and its journal is "
             "gone (removed, or the directory replaced)"
         )
     else:
@@ -443,7 +475,7 @@ def _check_no_other_collection(
         msg + f"; memory was released since it started (MemTotal {mt0} -> {now} kB): "
         "released memory now holds other data, so a new collection would save it as the "
         f"dump; resume that collection (hvdump collect -o {other})"
-        + (" if its directory survives" if other == out.path else "")
+        + (" if its directory survives" if other == out.location else "")
     )
 
 
@@ -473,7 +505,7 @@ def _check_saved_memory(
 
 
 def _already_done(
-    opts: CollectOptions, out: OutputDir, journal: Journal, capture: CaptureInterface
+    opts: CollectOptions, out: DumpDir, journal: Journal, capture: CaptureInterface
 ) -> CollectResult | None:
     """A finished collection in ``out``: the dump it holds, if it is still all there.
 
@@ -518,11 +550,11 @@ def _already_done(
     dump = out.path / manifest.dump.file
     if waiting is not None and opts.release != "never":
         return None
-    return CollectResult(out.path, dump, manifest, True, already_done=True)
+    return CollectResult(out.location, dump, manifest, True, already_done=True)
 
 
 def _finish_after_last_release(
-    opts: CollectOptions, out: OutputDir, journal: Journal, capture: CaptureInterface
+    opts: CollectOptions, out: DumpDir, journal: Journal, capture: CaptureInterface
 ) -> CollectResult | None:
     """A run killed during or after the last release: the dump is gone, the data is saved.
 
@@ -572,7 +604,7 @@ def _finish_after_last_release(
     finally:
         journal.close()
     unregister_collection(opts.root, journal.identity or "")
-    return CollectResult(out.path, out.path / manifest.dump.file, manifest, True)
+    return CollectResult(out.location, out.path / manifest.dump.file, manifest, True)
 
 
 def _collect(
@@ -584,7 +616,7 @@ def _collect(
     state: DumpState,
     warnings: list[str],
     vm: Vmcore,
-    out_dir: OutputDir,
+    out_dir: DumpDir,
     journal: Journal | None,
     identity: str,
     facts: dict[str, Any],
@@ -650,7 +682,7 @@ def _collect(
         _write_plan(opts, out_dir, plan, identity, header_raw, bool(scrub))
         # Registered again now that the plan is there: the drgn plugin, which
         # looked when the entry first appeared, looks again and finds it.
-        _register(opts, out, identity, facts)
+        _register(opts, out_dir.location, identity, facts)
 
         runner = _Runner(
             c, opts, plan, vm, capture, journal, output, sidecars, codec, threads, scrub
@@ -678,7 +710,7 @@ def _collect(
         journal.close()
     if opts.release != "never":
         unregister_collection(opts.root, identity)
-    return CollectResult(out, dump_file, manifest, resumed)
+    return CollectResult(out_dir.location, dump_file, manifest, resumed)
 
 
 def _fingerprint(
@@ -784,7 +816,7 @@ def _dump_output(
 
 def _write_plan(
     opts: CollectOptions,
-    out_dir: OutputDir,
+    out_dir: DumpDir,
     plan: Plan,
     identity: str,
     header_raw: bytes,
@@ -813,7 +845,7 @@ def _start_journal(
     opts: CollectOptions,
     vm: Vmcore,
     plan: Plan,
-    out_dir: OutputDir,
+    out_dir: DumpDir,
     journal: Journal | None,
     identity: str,
     facts: dict[str, Any],
@@ -867,7 +899,7 @@ def _replay_journal(
     c: RunRecord,
     vm: Vmcore,
     plan: Plan,
-    out_dir: OutputDir,
+    out_dir: DumpDir,
     journal: Journal,
     scrub: list[ScrubRange],
 ) -> tuple[IntervalSet, dict[int, dict[str, Any]], ReleaseLog]:
@@ -954,7 +986,7 @@ def _run_and_release(
 
 
 def _check_files_kept(
-    out: OutputDir,
+    out: DumpDir,
     journal: Journal,
     plan: Plan,
     done: dict[int, dict[str, Any]],
@@ -1197,7 +1229,7 @@ class _Runner:
         rel = self.rel
         assert rel is not None
         writes_done = rel.writes_done
-        st = os.stat(dump_file)
+        size, allocated = self.output.file.size(), self.output.file.allocated()
         info = self.vm.core.vmcoreinfo or {}
         return Manifest(
             tool="hvdump collect",
@@ -1220,11 +1252,11 @@ class _Runner:
             dump=DumpFileInfo(
                 file=dump_file.name,
                 format=self.opts.format,
-                size=st.st_size,
+                size=size,
                 segments=tuple(plan.kept_segments()),
                 compression=self.codec.name if self.codec else None,
                 level=self.opts.level,
-                allocated=st.st_blocks * 512,
+                allocated=allocated,
                 dump_level=self.exclusions.level if self.exclusions else None,
                 excluded=dict(self.exclusions.counts) if self.exclusions else None,
             ),

@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ChunkWrite", "ElfOutput", "KdumpOutput", "SidecarOutput", "create_file"]
 
-_PIECE = 1 << 20
-
 
 def create_file(path: str) -> LocalFile:
     """Open (creating 0600, never through a link) ``path`` for reading and writing;
@@ -170,10 +168,7 @@ class KdumpOutput:
         # Header blocks last: a file whose header is there has its bitmaps and table.
         for offset, data in layout.bitmap_pieces():
             file.pwrite(data, offset)
-        table = PAGE_DESC.size * layout.npages
-        zero = bytes(min(table, _PIECE))
-        for off in range(0, table, len(zero) or 1):
-            file.pwrite(zero[: min(len(zero), table - off)], layout.desc_offset + off)
+        file.write_zeros(layout.desc_offset, PAGE_DESC.size * layout.npages)
         file.pwrite(bytes(self.page_size), layout.zero_page_offset)
         file.sync()
         file.pwrite(first, 0)

@@ -24,7 +24,7 @@ from drgn_hvdump.capture.plan import Plan, ReleaseWrite
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.dumpdir.filewrite import DumpFile
 from drgn_hvdump.dumpdir.journal import Journal
-from drgn_hvdump.dumpdir.outdir import OutputDir
+from drgn_hvdump.dumpdir.remote import DumpDir, RemoteDir
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.intervals import IntervalSet
 
@@ -112,7 +112,7 @@ class Releases:
     plan: Plan
     capture: CaptureInterface
     journal: Journal
-    out_dir: OutputDir | None
+    out_dir: DumpDir | None
     files: dict[str, DumpFile]
     durable: IntervalSet
     done: InitVar[list[int]]
@@ -227,7 +227,10 @@ class Releases:
         t = time.monotonic()
         self._check_kept(f"before the last release {w.extent}")
         assert self.out_dir is not None
-        ok, lines = verify_dir(self.out_dir.path)
+        if isinstance(self.out_dir, RemoteDir):
+            ok, lines = self.out_dir.verify()  # by the receiver, on the archive host's disk
+        else:
+            ok, lines = verify_dir(self.out_dir.path)
         self.timings["final_check"] = time.monotonic() - t
         if not ok:
             bad = next((ln for ln in lines if "OK" not in ln), "")

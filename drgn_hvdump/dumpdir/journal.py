@@ -15,7 +15,7 @@ from typing import Any
 
 from drgn_hvdump.dumpdir.filewrite import DumpFile
 from drgn_hvdump.dumpdir.names import JOURNAL
-from drgn_hvdump.dumpdir.outdir import OutputDir
+from drgn_hvdump.dumpdir.remote import DumpDir
 from drgn_hvdump.errors import FormatError, HvdumpError
 
 __all__ = ["Journal"]
@@ -24,7 +24,7 @@ __all__ = ["Journal"]
 class Journal:
     """Append-only, fsynced JSON lines; a torn last line (killed mid-write) is ignored."""
 
-    def __init__(self, out: OutputDir, records: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, out: DumpDir, records: list[dict[str, Any]] | None = None) -> None:
         self.out = out
         self.path = out.path / JOURNAL
         self.records: list[dict[str, Any]] = records or []
@@ -32,7 +32,7 @@ class Journal:
         self._end = 0
 
     @classmethod
-    def load(cls, out: OutputDir) -> Journal | None:
+    def load(cls, out: DumpDir) -> Journal | None:
         """The journal in ``out``, or None when there is none."""
         if not out.exists(JOURNAL):
             return None

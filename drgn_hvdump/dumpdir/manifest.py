@@ -335,7 +335,8 @@ class Manifest:
 
 
 class _Writer(Protocol):
-    path: Path
+    @property
+    def path(self) -> Path: ...
 
     def write_atomic(self, name: str, data: bytes) -> None: ...
 

@@ -92,6 +92,11 @@ class OutputDir:
             os.fchmod(fd, 0o700)  # a collector's directory; a reader changes nothing
         return cls(path, fd, created)
 
+    @property
+    def location(self) -> str:
+        """Where the dump is, for people and for the runtime registry."""
+        return str(self.path)
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

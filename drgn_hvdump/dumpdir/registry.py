@@ -102,7 +102,7 @@ def register_collection(
         return why
     entry = {
         "root": os.path.realpath(root),
-        "output": os.path.realpath(output),
+        "output": output if str(output).startswith("ssh://") else os.path.realpath(output),
         "identity": identity,
         "pid": os.getpid(),
         "uid": os.geteuid(),

@@ -62,7 +62,7 @@ def mounted(lpar: Lpar, root: Path) -> Iterator[Path]:
 
 
 def start_collect(
-    root: Path, out: Path, *extra: str, chunk_size: str = "4M"
+    root: Path, out: Path | str, *extra: str, chunk_size: str = "4M"
 ) -> subprocess.Popen[bytes]:
     """``hvdump collect`` in the background (progress off, errors on a pipe)."""
     env = dict(os.environ, PYTHONPATH=str(PROJECT))
@@ -188,6 +188,27 @@ def released_before_durable(lpar: Lpar, out: Path, page_size: int) -> list[str]:
             if not durable.contains(x, y):
                 problems.append(f"{x:#x}-{y:#x} released but not journaled as saved")
     return problems
+
+
+def fadump_released_early(lpar: Lpar, out: Path) -> list[str]:
+    """fadump releases once: memory freed before every chunk was journaled is a loss."""
+    if not lpar.released_ranges():
+        return []
+    if not (out / "plan.json").exists():
+        return ["released before the collection wrote its plan"]
+    chunks = json.loads((out / "plan.json").read_text())["chunks"]
+    journal = (out / "journal.jsonl").read_text().splitlines()
+    done = {r["i"] for r in map(json.loads, journal) if r.get("t") == "chunk"}
+    missing = len(chunks) - len(done)
+    return [f"released with {missing} chunks not durable"] if missing else []
+
+
+def released_unsaved(lpar: Lpar, out: Path) -> list[str]:
+    """Releases of memory whose data ``out``'s journal did not hold as durable then,
+    for either capture interface (empty when none)."""
+    if lpar.config.dump == "fadump":
+        return fadump_released_early(lpar, out)
+    return released_before_durable(lpar, out, lpar.config.page_size)
 
 
 def _plan_chunks(lpar: Lpar, start: dict[str, Any], excl: dict[str, Any] | None) -> list[Any]:

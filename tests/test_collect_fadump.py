@@ -31,6 +31,7 @@ from hvsim.verify import verify_dump
 from tests.collect_support import (
     FUSE_MISSING,
     compare_with_truth,
+    fadump_released_early,
     hvdump,
     make_lpar,
     manifest,
@@ -49,18 +50,6 @@ def _fadump_lpar(path: Path, **kw: Any) -> Lpar:
 def _journal(out: Path) -> list[dict[str, Any]]:
     lines = (out / "journal.jsonl").read_text().splitlines()
     return [json.loads(x) for x in lines if x.strip().endswith("}")]
-
-
-def _released_early(lpar: Lpar, out: Path) -> list[str]:
-    """fadump releases once: memory freed before every chunk was journaled is a loss."""
-    if not lpar.released_ranges():
-        return []
-    if not (out / "plan.json").exists():
-        return ["released before the collection wrote its plan"]
-    chunks = json.loads((out / "plan.json").read_text())["chunks"]
-    done = {r["i"] for r in _journal(out) if r.get("t") == "chunk"}
-    missing = len(chunks) - len(done)
-    return [f"released with {missing} chunks not durable"] if missing else []
 
 
 @pytest.mark.parametrize(("endian", "fmt"), [("big", "kdump"), ("little", "elf")])
@@ -257,7 +246,7 @@ def test_kill_9_at_30_random_points_loses_nothing(tmp_path: Path) -> None:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
                     kills += 1
-                    assert _released_early(lpar, out) == [], kills
+                    assert fadump_released_early(lpar, out) == [], kills
                     continue
                 assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
                 break

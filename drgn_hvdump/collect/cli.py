@@ -249,6 +249,8 @@ def output_target(args: argparse.Namespace) -> Path | SshTarget:
     from drgn_hvdump.dumpdir.remote import SshTarget, is_ssh_url
 
     text = str(args.output)
+    if text.startswith("ssh:") and not is_ssh_url(text):
+        raise HvdumpError(f"{text}: an archive host is written ssh://[user@]host[:port]/path")
     if not is_ssh_url(text):
         if args.ssh_option or args.ssh_identity or args.remote_hvdump != "hvdump":
             raise HvdumpError(

@@ -303,14 +303,12 @@ def _open_output(opts: CollectOptions, capture: CaptureInterface, waiting: bool)
 def _lock_output(out: DumpDir, opts: CollectOptions, c: RunRecord) -> None:
     """The output directory's own ``flock``: one collection writes it at a time."""
     if isinstance(out, RemoteDir):
-        if opts.wait:
-            c.progress.message(f"taking {out.location} (waiting for its other user, if any)")
         pid = out.lock(wait=opts.wait, timeout=opts.wait_timeout)
         if pid is not None:
             raise DumpBusyError(
                 opts.root,
                 Owner(pid or None, out.location),
-                what=f"{out.location}: the output directory is in use by",
+                what=f"{out.location}: the output directory is in use on {out.target.host} by",
             )
         return
 

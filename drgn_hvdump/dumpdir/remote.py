@@ -105,6 +105,12 @@ class SshTarget:
         return f"{self.user}@{host}" if self.user else host
 
     @property
+    def known_hosts_name(self) -> str:
+        """The host as known_hosts names it (``[host]:port`` off port 22)."""
+        bare = self.host.strip("[]")
+        return f"[{bare}]:{self.port}" if self.port and self.port != 22 else bare
+
+    @property
     def url(self) -> str:
         user = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port else ""
@@ -136,7 +142,7 @@ def _ssh_problem(target: SshTarget, stderr: str, rc: int | None) -> str:
         return (
             f"{host}: its host key is not the one known_hosts holds (changed, or unknown): "
             "ssh refused to connect; check the host, then update known_hosts "
-            f"(ssh-keygen -R {target.host})"
+            f"(ssh-keygen -R '{target.known_hosts_name}')"
         )
     if "Permission denied" in text:
         return f"{host}: cannot log in ({last}); check the user, the key (--ssh-identity) and authorized_keys"
@@ -151,9 +157,17 @@ def _ssh_problem(target: SshTarget, stderr: str, rc: int | None) -> str:
             f"({target.remote_hvdump!r}: {last or 'not found'}); install hvdump {__version__} "
             "there or give its path with --remote-hvdump"
         )
+    if rc is not None and rc < 0:
+        return (
+            f"{host}: ssh was killed (signal {-rc}) before the receiver answered; nothing was "
+            "written or released: run the same command again"
+        )
     if rc == 255 or last.startswith("ssh:"):
         return f"{host}: ssh cannot connect ({last or 'exit status 255'})"
-    return f"{host}: the receiver stopped ({last or f'exit status {rc}'})"
+    return (
+        f"{host}: the receiver stopped before it answered ({last or f'exit status {rc}'}); "
+        "nothing was released: run the same command again"
+    )
 
 
 class _Connection:
@@ -164,6 +178,7 @@ class _Connection:
         self.lock = threading.Lock()
         self.stderr: collections.deque[str] = collections.deque(maxlen=40)
         self.lost: str | None = None
+        self.connected = False  # the receiver answered HELLO
         try:
             self.proc = subprocess.Popen(
                 target.argv(),
@@ -198,7 +213,20 @@ class _Connection:
             except subprocess.TimeoutExpired:
                 rc = None
             self._reader.join(2)
-            self.lost = _ssh_problem(self.target, "\n".join(self.stderr), rc)
+            stderr = "\n".join(self.stderr)
+            if self.connected:
+                last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+                if not last:
+                    last = (
+                        f"ssh killed by signal {-rc}" if rc and rc < 0 else f"ssh exit status {rc}"
+                    )
+                self.lost = (
+                    f"{self.target.url}: the connection to the receiver was lost ({last}); "
+                    "nothing it had not acknowledged was released: run the same command again "
+                    "to resume"
+                )
+            else:
+                self.lost = _ssh_problem(self.target, stderr, rc)
         return RemoteError(self.lost)
 
     def _send(self, parts: Sequence[Buffer]) -> None:
@@ -382,6 +410,7 @@ class RemoteDir:
         except BaseException:
             conn.close()
             raise
+        conn.connected = True
         if not isinstance(hello, dict) or hello.get("protocol") != PROTOCOL:
             conn.close()
             theirs = hello.get("version") if isinstance(hello, dict) else None

@@ -338,5 +338,5 @@ def test_remote_directory_in_use(sshd: Sshd, tmp_path: Path, waiting: tuple[Lpar
     finally:
         holder.close()
     assert res.returncode == 75, res.stderr
-    assert "the output directory is in use by pid" in _error_line(res)
+    assert "the output directory is in use on 127.0.0.1 by pid" in _error_line(res)
     _untouched(lpar)

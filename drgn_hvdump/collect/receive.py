@@ -17,14 +17,16 @@ everything and exits.
 from __future__ import annotations
 
 import os
+import queue
 import resource
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from drgn_hvdump import __version__
-from drgn_hvdump.dumpdir.filewrite import LocalFile
+from drgn_hvdump.dumpdir.filewrite import LocalFile, nonzero_runs
 from drgn_hvdump.dumpdir.outdir import OutputDir, unlink_quietly
 from drgn_hvdump.dumpdir.remote import parse_st
 from drgn_hvdump.dumpdir.wire import (
@@ -84,6 +86,7 @@ class Receiver:
             Op.UNLINK: self._unlink,
             Op.CHANGED: self._changed,
             Op.PWRITE: self._pwrite,
+            Op.PWRITE_RUNS: self._pwrite_runs,
             Op.ZERO: lambda h, a, b, _j, _d: self._file(h).write_zeros(a, b),
             Op.READ: lambda h, a, b, _j, _d: (0, None, self._file(h).read(b, a)),
             Op.HASH: lambda h, a, b, _j, _d: (self._file(h).hash(a, b), None, b""),
@@ -190,6 +193,21 @@ class Receiver:
         except OSError as exc:
             self.failed = _os_reason(exc, f.path)
 
+    def _pwrite_runs(self, handle: int, offset: int, ps: int, args: Any, data: memoryview) -> None:
+        if self.failed is not None:
+            return
+        f = self._file(handle)
+        n = int(args["n"])
+        zero, pages = bytes(data[:n]), data[n:]
+        at = 0
+        try:
+            for i, j in nonzero_runs(zero):
+                size = (j - i) * ps
+                f.pwrite(pages[at : at + size], offset + i * ps)
+                at += size
+        except OSError as exc:
+            self.failed = _os_reason(exc, f.path)
+
     def _close(self, handle: int, _a: int, _b: int, _j: Any, _d: memoryview) -> None:
         f = self.files.pop(handle, None)
         if f is not None:
@@ -246,6 +264,77 @@ def _read_exact(inp: IO[bytes], view: memoryview) -> bool:
     return True
 
 
+#: Requests that only read or sync: the pages sent after them may be written
+#: while they run (a chunk's sync and read-back overlaps the next chunk's arrival).
+_READ_ONLY = frozenset(
+    {Op.SYNC, Op.HASH, Op.READ, Op.SIZE, Op.LSTAT, Op.READ_FILE, Op.CHANGED, Op.VERIFY, Op.BYE}
+)
+_WRITES = frozenset({Op.PWRITE, Op.PWRITE_RUNS})
+
+_Item = tuple[int, int, int, int, Any, bytes]
+
+
+class _Answerer(threading.Thread):
+    """Carries out every request but the writes, in order, and writes the replies.
+
+    Writes are made by the reading thread as they arrive; one waits while a
+    request that changes files (open, truncate, close...) is still queued, so
+    every request sees the writes sent before it and none sent after it that
+    could matter to it.
+    """
+
+    def __init__(self, rx: Receiver, out: IO[bytes]) -> None:
+        super().__init__(name="hvdump-receive", daemon=True)
+        self.rx = rx
+        self.out = out
+        self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self.changing = 0
+        self.cond = threading.Condition()
+
+    def put(self, item: _Item) -> None:
+        if item[0] not in _READ_ONLY:
+            with self.cond:
+                self.changing += 1
+        self.queue.put(item)
+
+    def wait_changes(self) -> None:
+        with self.cond:
+            while self.changing:
+                self.cond.wait()
+
+    def run(self) -> None:
+        broken = False
+        while (item := self.queue.get()) is not None:
+            op, h, a, b, args, data = item
+            try:
+                reply = self._answer(op, h, a, b, args, data)
+                if reply and not broken:
+                    self.out.write(reply)
+                    self.out.flush()
+            except (BrokenPipeError, ValueError):
+                broken = True  # the collector is gone: carry on until the end of input
+            finally:
+                if op not in _READ_ONLY:
+                    with self.cond:
+                        self.changing -= 1
+                        self.cond.notify_all()
+
+    def _answer(self, op: int, h: int, a: int, b: int, args: Any, data: bytes) -> bytes:
+        try:
+            result = self.rx.handle(op, h, a, b, args, memoryview(data))
+        except _Reply as exc:
+            if op in NO_REPLY:
+                self.rx.failed = self.rx.failed or exc.reason  # the next reply says it
+                return b""
+            reason = encode_json(exc.reason)
+            return REPLY.pack(1, 0, len(reason), 0) + reason
+        if result is None:
+            return b""
+        value, reply_js, payload = result
+        rj = encode_json(reply_js)
+        return bytes(REPLY.pack(0, value, len(rj), len(payload)) + rj + payload)
+
+
 def serve(inp: IO[bytes] | None = None, out: IO[bytes] | None = None) -> int:
     """Answer requests until the end of input or ``BYE``; the exit status."""
     inp = inp or open(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)  # noqa: SIM115
@@ -253,44 +342,37 @@ def serve(inp: IO[bytes] | None = None, out: IO[bytes] | None = None) -> int:
     for fd in (inp.fileno(), out.fileno()):
         enlarge_pipe(fd)
     rx = Receiver()
+    answerer = _Answerer(rx, out)
+    answerer.start()
     head = memoryview(bytearray(REQUEST.size))
     buf = bytearray(1 << 20)
+    status = 0
     try:
-        while True:
-            if not _read_exact(inp, head):
-                return 0
+        while _read_exact(inp, head):
             op, h, a, b, jlen, dlen = REQUEST.unpack(head)
             if jlen > MAX_JSON:
-                return 2
+                status = 2
+                break
             js = bytearray(jlen)
-            if not _read_exact(inp, memoryview(js)):
-                return 0
             if dlen > len(buf):
                 buf = bytearray(dlen)
             data = memoryview(buf)[:dlen]
-            if not _read_exact(inp, data):
-                return 0
-            try:
-                result = rx.handle(op, h, a, b, decode_json(bytes(js)), data)
-            except _Reply as exc:
-                if op in NO_REPLY:
+            if not (_read_exact(inp, memoryview(js)) and _read_exact(inp, data)):
+                break
+            args = decode_json(bytes(js))
+            if op in _WRITES:
+                answerer.wait_changes()
+                try:
+                    rx.handle(op, h, a, b, args, data)
+                except _Reply as exc:
                     rx.failed = rx.failed or exc.reason  # no reply expected: the next one says it
-                else:
-                    reply = encode_json(exc.reason)
-                    out.write(REPLY.pack(1, 0, len(reply), 0) + reply)
-                    out.flush()
             else:
-                if result is not None:
-                    value, reply_js, payload = result
-                    rj = encode_json(reply_js)
-                    out.write(REPLY.pack(0, value, len(rj), len(payload)) + rj)
-                    out.write(payload)
-                    out.flush()
-            finally:
-                data.release()
+                answerer.put((op, h, a, b, args, bytes(data)))
+            data.release()
             if op == Op.BYE:
-                return 0
-    except BrokenPipeError:
-        return 0
+                break
     finally:
+        answerer.queue.put(None)
+        answerer.join()
         rx.close()
+    return status

@@ -65,9 +65,11 @@ class Op(enum.IntEnum):
     CLOSE = 16  # handle (no reply)
     VERIFY = 17  # -> {ok, lines}: hvdump verify of the directory
     BYE = 18  # -> {cpu: seconds}; the receiver exits
+    PWRITE_RUNS = 19  # handle, a=offset, b=page size, JSON {n}: data = n zero flags, then
+    # the non-zero pages one after another, each run written at its place (no reply)
 
 
-NO_REPLY = frozenset({Op.PWRITE, Op.CLOSE})
+NO_REPLY = frozenset({Op.PWRITE, Op.PWRITE_RUNS, Op.CLOSE})
 
 
 def encode_json(value: Any) -> bytes:

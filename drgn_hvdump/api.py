@@ -235,16 +235,13 @@ def collection(output: Path) -> dict[str, Any]:
     if (output / MANIFEST).exists():
         with contextlib.suppress(HvdumpError):
             man = read_manifest(output)
+    empty = {"dump_size": None, "bytes_read": 0, "elapsed_s": None, "released_bytes": 0}
     return {
         "started": started,
         "complete": complete,
         "chunks_saved": chunks,
         "dump_file": str(output / man.dump.file) if man else None,
-        "dump_size": man.dump.size if man else None,
-        "bytes_read": man.read_bytes() if man else 0,
-        "elapsed_s": man.timings.get("elapsed_s") if man else None,
-        "released_bytes": man.release.released_bytes() if man and man.release else 0,
-        "warnings": list(man.warnings) if man else [],
+        **(man.summary() if man else {**empty, "warnings": []}),
     }
 
 

@@ -199,3 +199,65 @@ def test_archive_host_refusing_writes_then_nas_inventory(
         assert (nas_dir / local.name / "dump.kdump").exists()
         assert not (local / "dump.kdump").exists() and (local / "ARCHIVED.json").exists()
         assert recap(res.stdout)[name]["changed"] >= 1
+
+
+@needs_sshd
+def test_collect_straight_to_archive_host(tmp_path: Path) -> None:
+    """hvdump_collect_target: the collect role collects each host straight to the archive
+    host; nothing of the dump lands in the local dump_dir, the summary and the report name
+    the remote directory, each verifies there against hvsim's truth, the LPARs are back in
+    production; a rerun finds them collected."""
+    from tests.collect_support import compare_with_truth
+
+    sshd = Sshd(tmp_path / "sshd")
+    try:
+        with fleet(tmp_path / "fleet", 2, kinds=["crashed"], memory="1G", seed=21) as hosts:
+            inv = yaml.safe_load((tmp_path / "fleet/inventory.yml").read_text())
+            archive = tmp_path / "archive"
+            archive_vars = sshd.target_vars(archive)
+            inv_path = _inventory(
+                tmp_path / "inventory.yml",
+                inv,
+                [h.name for h in hosts],
+                hvdump_collect_target=archive_vars["hvdump_archive_target"],
+                hvdump_collect_ssh_key=archive_vars["hvdump_archive_ssh_key"],
+                hvdump_collect_ssh_options=archive_vars["hvdump_archive_ssh_options"],
+                hvdump_collect_remote_hvdump=archive_vars["hvdump_archive_remote_hvdump"],
+            )
+            report_file = tmp_path / "report.json"
+            res = run_playbook(
+                "collect-dumps.yml", inv_path, tmp_path / "ansible",
+                "-e", f"hvdump_report_file={report_file}",
+            )  # fmt: skip
+            assert res.returncode == 0, res.stdout[-4000:]
+            report = json.loads(report_file.read_text())["hosts"]
+            lines = summary_lines(res.stdout)
+            for h in hosts:
+                rep = report[h.name]
+                assert rep["status"] == "collected", rep
+                url = f"ssh://root@127.0.0.1:{sshd.port}{archive}/{rep['dump_id']}"
+                assert rep["output"] == url, rep
+                assert any(ln.startswith(h.name + " ") and url in ln for ln in lines), lines
+                assert int(rep["released_bytes"]) > 0 and int(rep["dump_size"]) > 0, rep
+                remote = archive / rep["dump_id"]
+                verify = subprocess.run(
+                    [str(BIN / "hvdump"), "verify", str(remote)],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                assert verify.returncode == 0, verify.stdout + verify.stderr
+                local = Path(inv["all"]["children"]["lpars"]["hosts"][h.name]["hvdump_dump_dir"])
+                assert not (local / rep["dump_id"]).exists()
+                with Lpar.open(h.lpar) as lpar:
+                    assert compare_with_truth(lpar, remote) == []
+                    assert lpar.status()["protected"]
+            again = run_playbook(
+                "collect-dumps.yml", inv_path, tmp_path / "ansible",
+                "-e", f"hvdump_report_file={report_file}",
+            )  # fmt: skip
+            assert again.returncode == 0, again.stdout[-4000:]
+            assert all(
+                r["status"] == "no dump"
+                for r in json.loads(report_file.read_text())["hosts"].values()
+            )
+    finally:
+        sshd.stop()

@@ -92,6 +92,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
                     "dump": str(result.dump_file),
                     "already_done": result.already_done,
                     "resumed": result.resumed,
+                    # What the manifest says, for a caller that cannot read it (the
+                    # directory may be on an archive host).
+                    **({} if m is None else {"dump_file": str(result.dump_file), **m.summary()}),
                 }
             )
         )

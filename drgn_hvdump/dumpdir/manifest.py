@@ -307,6 +307,18 @@ class Manifest:
         """Bytes the chunks hold (memory and metadata)."""
         return sum(ch.size for ch in self.chunks)
 
+    def summary(self) -> dict[str, Any]:
+        """What a report shows of a collection: ``dump_size``, ``bytes_read``,
+        ``elapsed_s``, ``released_bytes`` (release writes made) and the collector's
+        ``warnings``, as plain data."""
+        return {
+            "dump_size": self.dump.size,
+            "bytes_read": self.read_bytes(),
+            "elapsed_s": self.timings.get("elapsed_s"),
+            "released_bytes": self.release.released_bytes() if self.release else 0,
+            "warnings": list(self.warnings),
+        }
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "version": self.version,

@@ -77,6 +77,45 @@ options:
         RV(status=in_progress). Unset, wait as long as the collection takes (an C(async) limit
         still applies). V(0) does not wait.
     type: int
+  target:
+    description:
+      - Collect straight to an archive host instead of O(dump_dir) (for a capture kernel without
+        a local disk large enough for the dump). C(hvdump receive) runs there through C(ssh) and
+        writes O(target.path)/DUMP_ID as a local collection would; memory is released only once
+        it has synced and acknowledged every page. O(dump_dir) keeps only the progress file.
+      - Unset, the dump goes to O(dump_dir)/DUMP_ID.
+    type: dict
+    suboptions:
+      type:
+        description: V(ssh), the only kind of collection target.
+        type: str
+        choices: [ssh]
+        required: true
+      location:
+        description: C(user@host) of the archive host.
+        type: str
+        required: true
+      path:
+        description: Directory on the archive host that receives one subdirectory per dump
+          (absolute, or relative to the remote user's home).
+        type: str
+        required: true
+      port:
+        description: SSH port of the archive host.
+        type: int
+        default: 22
+  ssh_key:
+    description: Private key for the archive host (O(target)).
+    type: path
+  ssh_options:
+    description: More C(ssh) options for O(target), e.g. C(-o UserKnownHostsFile=/etc/hvdump/known_hosts).
+    type: list
+    elements: str
+    default: []
+  remote_hvdump:
+    description: The C(hvdump) command on the archive host (O(target)).
+    type: str
+    default: hvdump
   extra_args:
     description: More arguments for C(hvdump collect).
     type: list
@@ -103,6 +142,15 @@ EXAMPLES = r"""
   async: 43200
   poll: 10
 
+- name: Collect straight to an archive host (the capture kernel has no disk large enough)
+  hvdump.power.hvdump_collect:
+    dump_dir: /var/crash/hvdump
+    target:
+      type: ssh
+      location: dumps@archive.example.com
+      path: /srv/dumps
+    ssh_key: /etc/hvdump/id_ed25519
+    ssh_options: [-o, UserKnownHostsFile=/etc/hvdump/known_hosts]
 - name: Collect but keep memory reserved
   hvdump.power.hvdump_collect:
     dump_dir: /var/crash/hvdump
@@ -218,6 +266,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import signal
 import socket
 import subprocess
@@ -258,8 +307,14 @@ def _write_progress(path, value):
             os.unlink(tmp)
 
 
-def _summary(output):
-    """What the collected dump directory holds (from its manifest, through the hvdump API)."""
+def _summary(output, done_ev=None):
+    """What the collected dump directory holds (from its manifest, through the hvdump API; for a
+    directory on an archive host, from the collector's own last line, which says the same)."""
+    if output.startswith("ssh://"):
+        ev = done_ev or {}
+        out = dict((k, ev.get(k)) for k in ("dump_file", "dump_size", "bytes_read", "elapsed_s"))
+        return dict(out, released_bytes=ev.get("released_bytes") or 0,
+                    warnings_collector=ev.get("warnings") or [])
     c = api.collection(Path(output))
     return {
         "dump_file": c["dump_file"],
@@ -290,15 +345,22 @@ def _busy_owner(err):
     return {"pid": int(m.group(1)), "output": m.group(2), "since": None}
 
 
+def _remote_output(target, dump_id):
+    """The collector's --output for a dump going straight to the archive host."""
+    path = target["path"].rstrip("/")
+    path = path if path.startswith("/") else "/~/" + path
+    return "ssh://%s:%d%s/%s" % (target["location"], target["port"], path, dump_id)
+
+
 def _progress_pid(path):
     rec = read_json(path)
     return rec.get("pid") if isinstance(rec, dict) else None
 
 
-def _in_progress(module, p, host, result, owner, waited):
+def _in_progress(module, p, host, result, owner, waited, progress_path):
     """Another collector holds the dump and this task does not wait (longer) for it."""
     output = result["output"]
-    progress = read_json(output + PROGRESS_SUFFIX) or {}
+    progress = read_json(progress_path) or {}
     if owner.get("output") and os.path.realpath(owner["output"]) != os.path.realpath(output):
         progress = {}
     how = ("; gave up waiting after %d s" % waited) if waited else ""
@@ -331,6 +393,15 @@ def main():
             scrub=dict(type="path"),
             wait=dict(type="bool", default=True),
             wait_timeout=dict(type="int"),
+            target=dict(type="dict", options=dict(
+                type=dict(type="str", choices=["ssh"], required=True),
+                location=dict(type="str", required=True),
+                path=dict(type="str", required=True),
+                port=dict(type="int", default=22),
+            )),
+            ssh_key=dict(type="path", no_log=False),
+            ssh_options=dict(type="list", elements="str", default=[]),
+            remote_hvdump=dict(type="str", default="hvdump"),
             extra_args=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
@@ -348,17 +419,23 @@ def main():
     if not facts["dump_waiting"]:
         module.exit_json(changed=False, status="no_dump", collected=False, released_bytes=0,
                          msg="no dump to collect: %s" % facts["reason"], ansible_facts=_facts(p, host, facts))
-    output = facts["output"]
+    output = local = facts["output"]
+    if p["target"]:
+        output = _remote_output(p["target"], facts["dump_id"])
     result = dict(dump_id=facts["dump_id"], output=output, released_bytes=0, attached=False)
-    coll = api.collection(Path(output))
-    started, done, chunks = coll["started"], coll["complete"], coll["chunks_saved"]
+    if p["target"]:
+        # On the archive host: the collector itself finds a finished or started collection there.
+        started, done, chunks = False, False, 0
+    else:
+        coll = api.collection(Path(output))
+        started, done, chunks = coll["started"], coll["complete"], coll["chunks_saved"]
     if done:
         result.update(_summary(output))
         module.exit_json(changed=False, status="already_collected", collected=True, resumed=False,
                          msg="already collected in %s" % output, ansible_facts=_facts(p, host, facts), **result)
     owner = facts["owner"]
     if owner is not None and (module.check_mode or not p["wait"]):
-        _in_progress(module, p, host, result, owner, 0)
+        _in_progress(module, p, host, result, owner, 0, local + PROGRESS_SUFFIX)
     if facts["header"] is None or (not facts["dump_valid"] and not p["accept_partial"]):
         module.fail_json(
             msg="%s: the waiting dump cannot be collected: %s; its memory stays reserved"
@@ -381,12 +458,18 @@ def main():
         cmd.append("--wait")
         if p["wait_timeout"] is not None:
             cmd += ["--wait-timeout", str(p["wait_timeout"])]
+    env = None
+    if p["target"]:
+        if p["ssh_key"]:
+            cmd += ["--ssh-identity", p["ssh_key"]]
+        cmd += ["--remote-hvdump", p["remote_hvdump"]]
+        env = dict(os.environ, HVDUMP_SSH=" ".join(shlex.quote(a) for a in ["ssh"] + p["ssh_options"]))
     cmd += p["extra_args"]
-    progress_path = output + PROGRESS_SUFFIX
+    progress_path = local + PROGRESS_SUFFIX
     t0 = time.time()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
+                            stdin=subprocess.DEVNULL, text=True, env=env)
     last = {"event": "start", "pid": proc.pid, "started": t0, "resumed_from_chunks": chunks}
     # The progress file belongs to the collector that holds the dump: while another one does,
     # this task only waits, and writes it once its own collector reports progress.
@@ -429,7 +512,7 @@ def main():
             with contextlib.suppress(OSError):
                 os.unlink(progress_path)
         busy = busy or _busy_owner(err) or owner_of(p["root"]) or owner or {"pid": None}
-        _in_progress(module, p, host, result, busy, waited if p["wait"] else 0)
+        _in_progress(module, p, host, result, busy, waited if p["wait"] else 0, progress_path)
     already = bool(done_ev and done_ev.get("already_done"))
     # Attached: another collector held the dump when the task started, or finished it meanwhile.
     attached = owner is not None or already
@@ -467,7 +550,7 @@ def main():
             collected=False, rc=rc, stderr=err, released_bytes=released, dump_id=facts["dump_id"],
             output=output, attached=attached,
         )
-    result.update(_summary(output))
+    result.update(_summary(output, done_ev))
     result["attached"] = bool(attached)
     if attached:
         result.update(owner=owner, waited_s=waited)

@@ -340,3 +340,19 @@ def test_remote_directory_in_use(sshd: Sshd, tmp_path: Path, waiting: tuple[Lpar
     assert res.returncode == 75, res.stderr
     assert "the output directory is in use on 127.0.0.1 by pid" in _error_line(res)
     _untouched(lpar)
+
+
+def test_registry_names_the_archive_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """drgn on the live root finds the collection registered, sees it is on an archive host,
+    and says where to read released memory instead of looking for a local directory."""
+    from drgn_hvdump.dumpdir.registry import find_collection, register_collection
+
+    monkeypatch.setenv("HVDUMP_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("HVDUMP_OUTPUT", raising=False)
+    root = tmp_path / "root"
+    root.mkdir()
+    where = "ssh://dumps@archive:2222/srv/dumps/lpar01"
+    assert register_collection(root, where, "id1", time.time()) == ""
+    warnings: list[str] = []
+    assert find_collection(root, "id1", warnings) is None
+    assert len(warnings) == 1 and where in warnings[0] and "archive host" in warnings[0]

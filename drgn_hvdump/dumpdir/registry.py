@@ -184,7 +184,16 @@ def find_collection(
         if why and warnings is not None:
             warnings.append(why)
         return None
-    out = Path(str(entry.get("output", "")))
+    where = str(entry.get("output", ""))
+    if where.startswith("ssh://"):
+        if warnings is not None:
+            warnings.append(
+                f"this dump is being collected to the archive host {where}: memory it released "
+                "can be read only from the dump there (open that directory with drgn, or set "
+                "HVDUMP_OUTPUT to a copy of it here)"
+            )
+        return None
+    out = Path(where)
     if identity is not None and entry.get("identity") != identity:
         if warnings is not None:
             warnings.append(

@@ -356,3 +356,34 @@ def test_registry_names_the_archive_host(tmp_path: Path, monkeypatch: pytest.Mon
     warnings: list[str] = []
     assert find_collection(root, "id1", warnings) is None
     assert len(warnings) == 1 and where in warnings[0] and "archive host" in warnings[0]
+
+
+def test_convert_to_archive_host(sshd: Sshd, tmp_path: Path) -> None:
+    """hvdump convert writes its kdump file and manifest on the archive host as here; a second
+    convert into it is refused unless --force; a bad vmcore creates nothing there."""
+    lpar = make_lpar(tmp_path / "lpar", memory="1G")
+    with mounted(lpar, tmp_path / "root") as root:
+        local = tmp_path / "local"
+        res = hvdump("collect", "--root", str(root), "-o", str(local), "--format", "elf",
+                     "--release", "never", "--no-progress")  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    archive = tmp_path / "archive" / "conv"
+    cmd = [
+        "convert",
+        str(local / "dump.elf"),
+        url(sshd, archive),
+        "--no-progress",
+        *ssh_flags(sshd),
+    ]
+    res = hvdump(*cmd)
+    assert res.returncode == 0, res.stderr
+    assert (archive / "dump.kdump").exists() and (archive / "manifest.json").exists()
+    assert hvdump("verify", str(archive)).returncode == 0
+    assert compare_with_truth(lpar, archive) == []
+    again = hvdump(*cmd)
+    assert again.returncode != 0 and "already holds a dump; give --force" in _error_line(again)
+    assert hvdump(*cmd, "--force").returncode == 0
+    bad = tmp_path / "bad.elf"
+    bad.write_bytes(b"not an ELF file at all" * 10)
+    res = hvdump("convert", str(bad), url(sshd, tmp_path / "archive" / "bad"), *ssh_flags(sshd))
+    assert res.returncode != 0 and not (tmp_path / "archive" / "bad").exists()

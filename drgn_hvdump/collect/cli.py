@@ -156,7 +156,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     result = convert(
         ConvertOptions(
             vmcore=args.vmcore,
-            output=args.output,
+            output=output_target(args),
             format=args.format,
             compress=args.compress,
             level=args.level,
@@ -372,8 +372,14 @@ def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("vmcore", type=Path, metavar="VMCORE", help="the ELF vmcore to read")
-    c.add_argument("output", type=Path, metavar="DIR", help="output directory (created 0700)")
+    c.add_argument(
+        "output",
+        metavar="DIR",
+        help="output directory (created 0700), here or on an archive host as "
+        "ssh://[user@]host[:port]/path",
+    )
     _add_output_args(c)
+    _add_ssh_args(c)
     _add_dump_level(c)
     c.add_argument(
         "--chunk-size", type=parse_size, default=16 << 20, help="unit of reading (default 16M)"

@@ -77,13 +77,12 @@ from drgn_hvdump.dumpdir.names import (
     PLAN_FILE,
     REGSAVE_FILE,
 )
-from drgn_hvdump.dumpdir.outdir import OutputDir
 from drgn_hvdump.dumpdir.registry import (
     read_registration,
     register_collection,
     unregister_collection,
 )
-from drgn_hvdump.dumpdir.remote import DumpDir, RemoteDir, SshTarget
+from drgn_hvdump.dumpdir.remote import DumpDir, RemoteDir, SshTarget, open_dump_dir
 from drgn_hvdump.dumpdir.view import write_plan_file
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.formats.elfcore import (
@@ -290,10 +289,9 @@ def _say_release_policy(c: RunRecord, opts: CollectOptions, capture: CaptureInte
 
 def _open_output(opts: CollectOptions, capture: CaptureInterface, waiting: bool) -> DumpDir:
     """The output directory, opened (created 0700 when a dump waits to fill it)."""
-    if not isinstance(opts.output, SshTarget):
-        return OutputDir.open(opts.output)
+    remote = isinstance(opts.output, SshTarget)
     try:
-        return RemoteDir.open(opts.output, create=waiting)
+        return open_dump_dir(opts.output, create=waiting or not remote)
     except HvdumpError as exc:
         if not waiting and str(exc).endswith("no such directory"):
             _dump_state(capture, opts.accept_partial)  # says why; nothing was created

@@ -27,6 +27,7 @@ import itertools
 import mmap
 import os
 import time
+from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from drgn_hvdump.capture.plan import kept_pieces
 from drgn_hvdump.codecs import Codec, get_codec
 from drgn_hvdump.collect.engine import Job, PageEngine
 from drgn_hvdump.collect.levels import decide_exclusions
-from drgn_hvdump.collect.output import ElfOutput, KdumpOutput, create_file
+from drgn_hvdump.collect.output import ElfOutput, KdumpOutput
 from drgn_hvdump.collect.progress import Progress
 from drgn_hvdump.dumpdir.manifest import (
     MAX_CHUNK,
@@ -47,6 +48,7 @@ from drgn_hvdump.dumpdir.manifest import (
     save_manifest,
 )
 from drgn_hvdump.dumpdir.names import DUMP_NAMES, HVDUMP_NOTE_NAME, MANIFEST, NOTE_FADUMP_MEM
+from drgn_hvdump.dumpdir.remote import DumpDir, SshTarget, open_dump_dir
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.elfcore import (
     ELF64_PHDR,
@@ -103,7 +105,8 @@ class ConvertOptions:
     """Everything ``hvdump convert`` takes."""
 
     vmcore: Path
-    output: Path
+    # A directory here, or on an archive host (hvdump receive writes it there).
+    output: Path | SshTarget
     format: str = "kdump"
     compress: str = "zstd"
     level: int | None = None
@@ -122,7 +125,8 @@ class ConvertOptions:
 
 @dataclass
 class ConvertResult:
-    output: Path
+    output: Path | str
+    """The output directory (``ssh://host/path`` on an archive host)."""
     dump_file: Path
     manifest: Manifest
 
@@ -479,22 +483,42 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         )
     codec = get_codec(opts.compress, opts.level) if opts.format == "kdump" else None
     out = opts.output
-    dump_file = out / DUMP_NAMES[opts.format]
-    if not opts.force and any((out / n).exists() for n in (*DUMP_NAMES.values(), MANIFEST)):
-        raise HvdumpError(
-            f"{out}: already holds a dump; give --force to replace it, or another directory"
-        )
+    if isinstance(out, Path):
+        _check_no_dump(out, opts, lambda name: (out / name).exists())
     src = _Source(opts.vmcore)
     progress = Progress(json_lines=opts.json, tty=opts.progress)
     try:
-        return _convert(opts, codec, src, dump_file, progress)
+        return _convert(opts, codec, src, DUMP_NAMES[opts.format], progress)
     finally:
         src.close()
         progress.close()
 
 
+def _check_no_dump(out: object, opts: ConvertOptions, exists: Callable[[str], bool]) -> None:
+    if not opts.force and any(exists(n) for n in (*DUMP_NAMES.values(), MANIFEST)):
+        raise HvdumpError(
+            f"{out}: already holds a dump; give --force to replace it, or another directory"
+        )
+
+
+def _open_output(opts: ConvertOptions) -> DumpDir:
+    """The output directory, opened (created 0700); an earlier dump there removed (--force)."""
+    try:
+        out = open_dump_dir(opts.output)
+    except OSError as exc:
+        raise disk_error(str(opts.output), exc, "cannot prepare the output directory") from None
+    try:
+        _check_no_dump(out.location, opts, out.exists)
+        for name in (*DUMP_NAMES.values(), MANIFEST):
+            out.unlink(name)
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
 def _convert(
-    opts: ConvertOptions, codec: Codec | None, src: _Source, dump_file: Path, progress: Progress
+    opts: ConvertOptions, codec: Codec | None, src: _Source, dump_name: str, progress: Progress
 ) -> ConvertResult:
     t0 = time.monotonic()
     core = src.core
@@ -508,7 +532,7 @@ def _convert(
     fmt, why = analysable_format(opts.format, core.machine == EM_PPC64, ps)
     if why:  # a kernel drgn cannot read in kdump files: ELF, and say so
         opts, codec = replace(opts, format=fmt), None
-        dump_file = dump_file.with_name(DUMP_NAMES[fmt])
+        dump_name = DUMP_NAMES[fmt]
         progress.message(why)
     check_bounds(core, k.segments, ps, opts.format)
     ranges, chunks = plan_chunks(k.segments, ps, opts.chunk_size)
@@ -521,65 +545,61 @@ def _convert(
         left_out = excl.byte_ranges(ps)
         chunks = without_excluded(chunks, left_out)
         kept = [(x, y - x) for a, n in ranges for x, y in kept_pieces(a, a + n, left_out)]
-    out = opts.output
-    try:
-        out.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(out, 0o700)
-        for name in (*DUMP_NAMES.values(), MANIFEST):
-            if (out / name).exists():
-                (out / name).unlink()
-    except OSError as exc:
-        raise disk_error(str(out), exc, "cannot prepare the output directory") from None
+    # Opened only now: a vmcore refused above leaves no directory behind.
+    with contextlib.closing(_open_output(opts)) as out:
+        dump_file = out.path / dump_name
+        notes = k.notes
+        ncpus = sum(1 for n in notes if n.name == "CORE" and n.type == NT_PRSTATUS)
+        output: ElfOutput | KdumpOutput
+        try:
+            if opts.format == "elf":
+                layout = build_core_header(
+                    notes,
+                    [LoadSegment(a, s, vaddr=_range_vaddr(a, k.vaddr)) for a, s in kept],
+                    k.byteorder,
+                    machine=core.machine,
+                    flags=None if k.guest else core.flags,
+                    page_size=ps,
+                )
+                output = ElfOutput(out.open_file(dump_name, create=True), layout, ps, False)
+            else:
+                assert codec is not None
+                vmci = note_desc_offset(notes, VMCOREINFO_NOTE_NAME, k.byteorder)
+                klayout = plan_kdump(
+                    byteorder=k.byteorder,
+                    page_size=ps,
+                    max_mapnr=memory // ps,
+                    ranges=[(a // ps, (a + s) // ps) for a, s in ranges],
+                    notes=build_notes(notes, k.byteorder),
+                    vmcoreinfo=vmci,
+                    nr_cpus=ncpus,
+                    utsname=_utsname(src, ranges, info, k.byteorder),
+                    timestamp=int(info.get("CRASHTIME", "0") or 0),
+                    codec_flag=codec.flag,
+                    kept=[(a // ps, (a + s) // ps) for a, s in kept],
+                    dump_level=excl.level if excl is not None else opts.dump_level & DL_ZERO,
+                )
+                output = KdumpOutput(out.open_file(dump_name, create=True), klayout, codec, False)
+        except OSError as exc:
+            raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
 
-    notes = k.notes
-    ncpus = sum(1 for n in notes if n.name == "CORE" and n.type == NT_PRSTATUS)
-    output: ElfOutput | KdumpOutput
-    try:
-        if opts.format == "elf":
-            layout = build_core_header(
-                notes,
-                [LoadSegment(a, s, vaddr=_range_vaddr(a, k.vaddr)) for a, s in kept],
-                k.byteorder,
-                machine=core.machine,
-                flags=None if k.guest else core.flags,
-                page_size=ps,
-            )
-            output = ElfOutput(create_file(str(dump_file)), layout, ps, False)
-        else:
-            assert codec is not None
-            vmci = note_desc_offset(notes, VMCOREINFO_NOTE_NAME, k.byteorder)
-            klayout = plan_kdump(
-                byteorder=k.byteorder,
-                page_size=ps,
-                max_mapnr=memory // ps,
-                ranges=[(a // ps, (a + s) // ps) for a, s in ranges],
-                notes=build_notes(notes, k.byteorder),
-                vmcoreinfo=vmci,
-                nr_cpus=ncpus,
-                utsname=_utsname(src, ranges, info, k.byteorder),
-                timestamp=int(info.get("CRASHTIME", "0") or 0),
-                codec_flag=codec.flag,
-                kept=[(a // ps, (a + s) // ps) for a, s in kept],
-                dump_level=excl.level if excl is not None else opts.dump_level & DL_ZERO,
-            )
-            output = KdumpOutput(create_file(str(dump_file)), klayout, codec, False)
-    except OSError as exc:
-        raise disk_error(str(dump_file), exc, "cannot create the dump file") from None
-
-    run = _Run(opts, codec, src, output, ps, chunks, progress)
-    run.exclusions = excl
-    try:
-        run.run()
-        t = time.monotonic()
-        output.finish(sync=opts.sync)
-        run.timings["sync"] = time.monotonic() - t
-    except OSError as exc:
-        raise disk_error(str(dump_file), exc, "write failed") from None
-    finally:
-        output.close()
-    manifest = run.manifest(dump_file, k, kept, memory, ncpus, time.monotonic() - t0)
-    save_manifest(out, manifest)
-    return ConvertResult(out, dump_file, manifest)
+        run = _Run(opts, codec, src, output, ps, chunks, progress)
+        run.exclusions = excl
+        try:
+            run.run()
+            t = time.monotonic()
+            output.finish(sync=opts.sync)
+            run.timings["sync"] = time.monotonic() - t
+            size, allocated = output.file.size(), output.file.allocated()
+        except OSError as exc:
+            raise disk_error(str(dump_file), exc, "write failed") from None
+        finally:
+            output.close()
+        manifest = run.manifest(
+            dump_name, size, allocated, k, kept, memory, ncpus, time.monotonic() - t0
+        )
+        save_manifest(out, manifest)
+        return ConvertResult(out.location, dump_file, manifest)
 
 
 def _exclusions(
@@ -697,7 +717,9 @@ class _Run:
 
     def manifest(
         self,
-        dump_file: Path,
+        dump_name: str,
+        size: int,
+        allocated: int,
         kernel: _Kernel,
         ranges: list[tuple[int, int]],
         memory: int,
@@ -705,7 +727,6 @@ class _Run:
         elapsed: float,
     ) -> Manifest:
         core = self.src.core
-        st = os.stat(dump_file)
         codec = (
             get_codec(self.opts.compress, self.opts.level) if self.opts.format == "kdump" else None
         )
@@ -725,13 +746,13 @@ class _Run:
                 ),
             ),
             dump=DumpFileInfo(
-                file=dump_file.name,
+                file=dump_name,
                 format=self.opts.format,
-                size=st.st_size,
+                size=size,
                 segments=tuple(ranges),
                 compression=codec.name if codec else None,
                 level=self.opts.level,
-                allocated=st.st_blocks * 512,
+                allocated=allocated,
                 zero_pages=self.zero_pages,
                 dump_level=self.exclusions.level if self.exclusions else None,
                 excluded=dict(self.exclusions.counts) if self.exclusions else None,

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from drgn_hvdump import __version__
 from drgn_hvdump.dumpdir.filewrite import LocalFile, nonzero_runs
-from drgn_hvdump.dumpdir.outdir import OutputDir, unlink_quietly
+from drgn_hvdump.dumpdir.outdir import OutputDir
 from drgn_hvdump.dumpdir.remote import parse_st
 from drgn_hvdump.dumpdir.wire import (
     MAX_JSON,
@@ -178,7 +178,7 @@ class Receiver:
             raise _Reply(_os_reason(exc, str(out.path / name))) from None
 
     def _unlink(self, _h: int, _a: int, _b: int, args: Any, _d: memoryview) -> None:
-        unlink_quietly(self._dir(), str(args["name"]))
+        self._dir().unlink(str(args["name"]))
 
     def _changed(self, _h: int, _a: int, _b: int, args: Any, _d: memoryview) -> Any:
         files = {str(n): self._file(int(h)) for n, h in dict(args["files"]).items()}

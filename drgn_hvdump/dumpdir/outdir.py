@@ -170,6 +170,11 @@ class OutputDir:
     def write_atomic(self, name: str, data: bytes) -> None:
         write_atomic(name, data, dir_fd=self.fd)
 
+    def unlink(self, name: str) -> None:
+        """Remove ``name`` (a link is removed, never followed); nothing if it is not there."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self.fd)
+
     # -- still there? ---------------------------------------------------------------
 
     def changed(self, files: Mapping[str, DumpFile]) -> str:
@@ -198,8 +203,3 @@ class OutputDir:
         for name in names:
             st = self.lstat(name)
             yield name, None if st is None else (st.st_dev, st.st_ino)
-
-
-def unlink_quietly(out: OutputDir, name: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(name, dir_fd=out.fd)

@@ -49,7 +49,15 @@ from drgn_hvdump.errors import HvdumpError
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["DumpDir", "RemoteDir", "RemoteError", "RemoteFile", "SshTarget", "is_ssh_url"]
+__all__ = [
+    "DumpDir",
+    "RemoteDir",
+    "RemoteError",
+    "RemoteFile",
+    "SshTarget",
+    "is_ssh_url",
+    "open_dump_dir",
+]
 
 _SCHEME = "ssh://"
 _CIPHERS = (
@@ -552,3 +560,10 @@ def parse_st(st: os.stat_result) -> list[int]:
 
 DumpDir = OutputDir | RemoteDir
 """An opened output directory, here or on an archive host."""
+
+
+def open_dump_dir(where: Path | SshTarget, *, create: bool = True) -> DumpDir:
+    """An output directory here or on an archive host, opened (created 0700 if asked)."""
+    if isinstance(where, SshTarget):
+        return RemoteDir.open(where, create=create)
+    return OutputDir.open(where, create=create)

@@ -54,9 +54,15 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     from drgn_hvdump.collect.ownership import DumpBusyError
 
     fix_mmap_threshold()
+    output = output_target(args)
+    if output is None:
+        raise HvdumpError(
+            "-o -: a collection cannot go to stdout (a pipe acknowledges nothing, so no memory "
+            "could be released safely); give a directory or ssh://host/path"
+        )
     opts = CollectOptions(
         root=args.root,
-        output=output_target(args),
+        output=output,
         format=args.format,
         compress=args.compress,
         level=args.level,
@@ -171,9 +177,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             vmcoreinfo_at=args.vmcoreinfo,
             find_vmcoreinfo=args.find_vmcoreinfo,
             dump_level=args.dump_level,
+            flattened=args.flattened,
         )
     )
     m = result.manifest
+    # A flattened dump is stdout: the report goes to stderr.
+    report = sys.stderr if args.flattened else sys.stdout
     read = m.read_bytes()
     t = m.timings["elapsed_s"]
     if args.json:
@@ -183,14 +192,16 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    into = "stdout (flattened)" if args.flattened else result.dump_file
     print(
-        f"converted {read / (1 << 30):.2f} GiB into {result.dump_file} "
+        f"converted {read / (1 << 30):.2f} GiB into {into} "
         f"({m.dump.size / (1 << 30):.2f} GiB, {m.dump.zero_pages} zero pages left out) "
-        f"in {t:.1f} s ({read / max(t, 1e-9) / 1e9:.2f} GB/s)"
+        f"in {t:.1f} s ({read / max(t, 1e-9) / 1e9:.2f} GB/s)",
+        file=report,
     )
     if m.dump.excluded is not None:
         left = ", ".join(f"{n} {kind}" for kind, n in m.dump.excluded.items() if n)
-        print(f"dump level {m.dump.dump_level}: left out {left or 'nothing'} (pages)")
+        print(f"dump level {m.dump.dump_level}: left out {left or 'nothing'} (pages)", file=report)
     return 0
 
 
@@ -247,11 +258,14 @@ def _add_ssh_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def output_target(args: argparse.Namespace) -> Path | SshTarget:
-    """``--output`` as a local directory or an archive host's, with the ssh options."""
+def output_target(args: argparse.Namespace) -> Path | SshTarget | None:
+    """``--output`` as a local directory or an archive host's, with the ssh options
+    (None: ``-``, stdout)."""
     from drgn_hvdump.dumpdir.remote import SshTarget, is_ssh_url
 
     text = str(args.output)
+    if text == "-":
+        return None
     if text.startswith("ssh:") and not is_ssh_url(text):
         raise HvdumpError(f"{text}: an archive host is written ssh://[user@]host[:port]/path")
     if not is_ssh_url(text):
@@ -390,6 +404,13 @@ def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="the crashed kernel's page size when the vmcore has no VMCOREINFO PAGESIZE",
     )
     c.add_argument(
+        "-F",
+        "--flattened",
+        action="store_true",
+        help="write makedumpfile's flattened format (makedumpfile -F) to stdout, DIR being -: "
+        "no manifest; rebuild the file with hvdump receive --flattened FILE or makedumpfile -R",
+    )
+    c.add_argument(
         "--check",
         action="store_true",
         help="decompress every stored page and compare it with the page read (as collect does)",
@@ -438,12 +459,25 @@ lasts and exits when the session ends.
 
 To let a key do nothing else, prefix it in ~/.ssh/authorized_keys with
   restrict,command="hvdump receive"
+
+With --flattened FILE it is instead the receiving end of a kdump pipeline:
+it rebuilds FILE from makedumpfile's flattened format on stdin, as
+`makedumpfile -R FILE` does (created 0600, never through a link, synced;
+a stream cut short is an error, not a dump):
+  makedumpfile -F -l -d 31 /proc/vmcore | ssh HOST hvdump receive --flattened /srv/vmcore
+  hvdump convert -F -d 31 /proc/vmcore - | ssh HOST hvdump receive --flattened /srv/vmcore
 """
 
 
 def _cmd_receive(args: argparse.Namespace) -> int:
-    from drgn_hvdump.collect.receive import serve
+    from drgn_hvdump.collect.receive import serve, unflatten
 
+    if args.flattened is not None:
+        if sys.stdin.isatty():
+            raise HvdumpError("hvdump receive --flattened FILE reads the flattened dump on stdin")
+        size = unflatten(sys.stdin.buffer, args.flattened, force=args.force)
+        print(f"{args.flattened}: {size} bytes rebuilt from the flattened stream", file=sys.stderr)
+        return 0
     if sys.stdin.isatty():
         raise HvdumpError(
             "hvdump receive speaks to a collector on stdin and stdout, not to a terminal: "
@@ -459,4 +493,12 @@ def _add_receive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description=_RECEIVE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    r.add_argument(
+        "--flattened",
+        metavar="FILE",
+        type=Path,
+        help="instead: rebuild FILE from makedumpfile's flattened format on stdin (as "
+        "makedumpfile -R FILE), e.g. the end of makedumpfile -F ... | ssh HOST",
+    )
+    r.add_argument("--force", action="store_true", help="with --flattened: replace FILE")
     r.set_defaults(func=_cmd_receive)

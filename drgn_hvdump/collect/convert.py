@@ -37,6 +37,7 @@ from drgn_hvdump.collect.engine import Job, PageEngine
 from drgn_hvdump.collect.levels import decide_exclusions
 from drgn_hvdump.collect.output import ElfOutput, KdumpOutput
 from drgn_hvdump.collect.progress import Progress
+from drgn_hvdump.dumpdir.filewrite import FlatFile
 from drgn_hvdump.dumpdir.manifest import (
     MAX_CHUNK,
     VMCOREINFO_KEPT,
@@ -105,8 +106,9 @@ class ConvertOptions:
     """Everything ``hvdump convert`` takes."""
 
     vmcore: Path
-    # A directory here, or on an archive host (hvdump receive writes it there).
-    output: Path | SshTarget
+    # A directory here, or on an archive host (hvdump receive writes it there); None
+    # with ``flattened``: makedumpfile's flattened stream on stdout, no manifest.
+    output: Path | SshTarget | None
     format: str = "kdump"
     compress: str = "zstd"
     level: int | None = None
@@ -121,6 +123,7 @@ class ConvertOptions:
     vmcoreinfo_at: int | None = None
     find_vmcoreinfo: bool = False
     dump_level: int = 1
+    flattened: bool = False
 
 
 @dataclass
@@ -483,6 +486,21 @@ def convert(opts: ConvertOptions) -> ConvertResult:
         )
     codec = get_codec(opts.compress, opts.level) if opts.format == "kdump" else None
     out = opts.output
+    if (out is None) != opts.flattened:
+        raise HvdumpError(
+            "--flattened writes the dump to stdout: give - as DIR"
+            if opts.flattened
+            else "DIR - (stdout) takes --flattened (makedumpfile's -F format)"
+        )
+    if opts.flattened and (opts.json or os.isatty(1)):
+        raise HvdumpError(
+            "--flattened writes the dump to stdout: "
+            + (
+                "--json cannot share it"
+                if opts.json
+                else "pipe it (| ssh HOST hvdump receive --flattened FILE)"
+            )
+        )
     if isinstance(out, Path):
         _check_no_dump(out, opts, lambda name: (out / name).exists())
     src = _Source(opts.vmcore)
@@ -501,8 +519,23 @@ def _check_no_dump(out: object, opts: ConvertOptions, exists: Callable[[str], bo
         )
 
 
-def _open_output(opts: ConvertOptions) -> DumpDir:
+class _Stdout:
+    """Where a flattened dump goes: stdout, one file, no manifest."""
+
+    path = Path("-")
+    location = "-"
+
+    def open_file(self, name: str, *, create: bool) -> FlatFile:
+        return FlatFile(1)
+
+    def close(self) -> None:
+        pass
+
+
+def _open_output(opts: ConvertOptions) -> DumpDir | _Stdout:
     """The output directory, opened (created 0700); an earlier dump there removed (--force)."""
+    if opts.output is None:
+        return _Stdout()
     try:
         out = open_dump_dir(opts.output)
     except OSError as exc:
@@ -591,6 +624,8 @@ def _convert(
             output.finish(sync=opts.sync)
             run.timings["sync"] = time.monotonic() - t
             size, allocated = output.file.size(), output.file.allocated()
+            if isinstance(output.file, FlatFile):
+                output.file.end()
         except OSError as exc:
             raise disk_error(str(dump_file), exc, "write failed") from None
         finally:
@@ -598,7 +633,8 @@ def _convert(
         manifest = run.manifest(
             dump_name, size, allocated, k, kept, memory, ncpus, time.monotonic() - t0
         )
-        save_manifest(out, manifest)
+        if not isinstance(out, _Stdout):
+            save_manifest(out, manifest)
         return ConvertResult(out.location, dump_file, manifest)
 
 

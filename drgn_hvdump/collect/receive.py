@@ -41,9 +41,10 @@ from drgn_hvdump.dumpdir.wire import (
     enlarge_pipe,
 )
 from drgn_hvdump.errors import HvdumpError
-from drgn_hvdump.fsutil import flock_holders, take_flock
+from drgn_hvdump.formats.flattened import records
+from drgn_hvdump.fsutil import disk_error, flock_holders, take_flock
 
-__all__ = ["Receiver", "serve"]
+__all__ = ["Receiver", "serve", "unflatten"]
 
 #: How long a new receiver waits for the directory's lock even without
 #: ``--wait``: the receiver of a collector that was killed exits as soon as
@@ -376,3 +377,31 @@ def serve(inp: IO[bytes] | None = None, out: IO[bytes] | None = None) -> int:
         answerer.join()
         rx.close()
     return status
+
+
+def unflatten(inp: IO[bytes], path: Path, *, force: bool = False) -> int:
+    """Rebuild ``path`` from makedumpfile's flattened stream on ``inp`` (as
+    ``makedumpfile -R``): created 0600 without following links (an existing file
+    only with ``force``), written record by record, synced; its size. A stream
+    cut short raises one line and leaves what was written (named ``.partial``)."""
+    partial = path.with_name(path.name + ".partial")
+    if path.exists() and not force:
+        raise HvdumpError(f"{path}: exists; give --force to replace it")
+    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(partial, flags, 0o600)
+    except OSError as exc:
+        raise HvdumpError(f"{partial}: cannot create: {exc.strerror}") from None
+    f = LocalFile(fd, str(partial))
+    size = 0
+    try:
+        for offset, data in records(inp.read, "stdin"):
+            f.pwrite(data, offset)
+            size = max(size, offset + len(data))
+        f.sync(metadata=True)
+        os.replace(partial, path)
+    except OSError as exc:
+        raise disk_error(str(partial), exc, "write failed") from None
+    finally:
+        f.close()
+    return size

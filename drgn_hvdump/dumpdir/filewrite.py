@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from drgn_hvdump import native
+from drgn_hvdump.formats.flattened import END, FLAT_RECORD, flat_header
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -37,6 +38,7 @@ __all__ = [
     "DIRECT_ALIGN",
     "DataWriter",
     "DumpFile",
+    "FlatFile",
     "LocalFile",
     "WriteGate",
     "nonzero_runs",
@@ -44,6 +46,7 @@ __all__ = [
     "pwrite_all",
     "pwritev_all",
     "write_runs",
+    "writev_all",
 ]
 
 T = TypeVar("T")
@@ -399,3 +402,100 @@ class LocalFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class FlatFile:
+    """A :class:`DumpFile` written as makedumpfile's flattened stream (``-F``) to a pipe.
+
+    Every write becomes a record (:mod:`drgn_hvdump.formats.flattened`) in the
+    order made; :meth:`end` writes the end record once the dump is complete, so a
+    stream cut short (an error, a kill) is never taken for a whole dump. Nothing
+    can be read back, synced or cut: the reader rebuilds the file.
+    """
+
+    def __init__(self, fd: int, path: str = "<stdout>") -> None:
+        self.fd = fd
+        self.path = path
+        self._size = 0
+        self._started = False
+
+    def _record(self, parts: Sequence[Buffer], offset: int) -> None:
+        views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
+        size = sum(v.nbytes for v in views)
+        if not size:
+            return  # makedumpfile -R stops at an empty record
+        head = FLAT_RECORD.pack(offset, size)
+        if not self._started:
+            head = flat_header() + head
+            self._started = True
+        writev_all(self.fd, [memoryview(head), *views])
+        self._size = max(self._size, offset + size)
+
+    def pwrite(self, data: Buffer, offset: int) -> None:
+        self._record([data], offset)
+
+    def pwritev(self, parts: Sequence[Buffer], offset: int) -> None:
+        self._record(parts, offset)
+
+    def write_runs(self, view: memoryview, zero: bytes, page_size: int, offset: int) -> int:
+        written = 0
+        for i, run in page_runs(view, zero, page_size):
+            self._record([run], offset + i * page_size)
+            written += run.nbytes
+        return written
+
+    def write_zeros(self, offset: int, size: int) -> None:
+        zero = bytes(min(size, 1 << 20))
+        for off in range(0, size, len(zero) or 1):
+            self._record([zero[: min(len(zero), size - off)]], offset + off)
+
+    def read(self, size: int, offset: int) -> bytes:
+        raise OSError(errno.ESPIPE, "a flattened stream cannot be read back", self.path)
+
+    def hash(self, offset: int, size: int) -> int:
+        raise OSError(errno.ESPIPE, "a flattened stream cannot be read back", self.path)
+
+    def same(self, offset: int, parts: Sequence[Buffer]) -> bool:
+        raise OSError(errno.ESPIPE, "a flattened stream cannot be read back", self.path)
+
+    def sync(self, *, metadata: bool = False) -> None:
+        pass  # the reader makes the file durable
+
+    def truncate(self, size: int) -> None:
+        # Only ever to extend (a sparse ELF core's size is set first; nothing is
+        # written past a kdump file's end on a stream): its last byte, the rest a hole.
+        if size > self._size:
+            self._record([b"\0"], size - 1)
+
+    def size(self) -> int:
+        return self._size
+
+    def allocated(self) -> int:
+        return self._size
+
+    def file_id(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def end(self) -> None:
+        """The dump is complete: the end record."""
+        if not self._started:
+            writev_all(self.fd, [memoryview(flat_header())])
+            self._started = True
+        writev_all(self.fd, [memoryview(END)])
+
+    def close(self) -> None:
+        pass  # the pipe is the caller's
+
+
+def writev_all(fd: int, views: list[memoryview]) -> None:
+    """Write ``views`` one after another to a pipe or socket (``writev`` may write less)."""
+    views = [v for v in views if v.nbytes]
+    while views:
+        n = os.writev(fd, views[:512])
+        while n and views:
+            if n >= views[0].nbytes:
+                n -= views[0].nbytes
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from drgn_hvdump import __version__, native
-from drgn_hvdump.dumpdir.filewrite import DumpFile, page_runs
+from drgn_hvdump.dumpdir.filewrite import DumpFile, page_runs, writev_all
 from drgn_hvdump.dumpdir.outdir import OutputDir
 from drgn_hvdump.dumpdir.wire import (
     MAX_JSON,
@@ -257,18 +257,8 @@ class _Connection:
         return RemoteError(self.lost)
 
     def _send(self, parts: Sequence[Buffer]) -> None:
-        views = [memoryview(p).cast("B") for p in parts]
-        views = [v for v in views if v.nbytes]
         try:
-            while views:
-                n = os.writev(self._in, views[:512])
-                while n and views:
-                    if n >= views[0].nbytes:
-                        n -= views[0].nbytes
-                        views.pop(0)
-                    else:
-                        views[0] = views[0][n:]
-                        n = 0
+            writev_all(self._in, [memoryview(p).cast("B") for p in parts])
         except OSError as exc:
             if exc.errno in (errno.EPIPE, errno.EBADF):
                 raise self._gone() from None

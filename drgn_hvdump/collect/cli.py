@@ -37,6 +37,11 @@ by another tool (MemTotal no longer what its own releases leave), or its
 output directory or files removed or replaced. DIR must be new, or owned by
 you and writable by nobody else; links in it are never followed.
 
+DIR may be on an archive host, ssh://[user@]host[:port]/path, for a capture
+kernel without a local disk as large as the dump: hvdump receive writes it
+there (started by ssh; hvdump must be installed there), and memory is released
+only once that host has synced, read back and acknowledged every page.
+
 --dump-level (-d) takes makedumpfile's bits: 1 zero pages, 2 page cache, 4
 page cache with private data, 8 user data, 16 free pages; 31 (what kdump
 services use, `makedumpfile -d 31`) leaves all of them out, deciding each

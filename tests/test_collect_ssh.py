@@ -387,3 +387,46 @@ def test_convert_to_archive_host(sshd: Sshd, tmp_path: Path) -> None:
     bad.write_bytes(b"not an ELF file at all" * 10)
     res = hvdump("convert", str(bad), url(sshd, tmp_path / "archive" / "bad"), *ssh_flags(sshd))
     assert res.returncode != 0 and not (tmp_path / "archive" / "bad").exists()
+
+
+# -- the protocol, without sshd: "ssh" runs the receiver here ------------------------------
+
+
+@pytest.fixture()
+def local_receiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SshTarget:
+    """An SshTarget whose "ssh" starts hvdump receive on this machine (no sshd needed)."""
+    fake = tmp_path / "fake-ssh"
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} -m drgn_hvdump.cli receive\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    return SshTarget.parse(f"ssh://archive{tmp_path}/d", ssh=(str(fake),))
+
+
+def test_protocol_durable_only_after_the_reply(local_receiver: SshTarget, tmp_path: Path) -> None:
+    """Files are made with the local rules (0600, in a 0700 directory); a hash is of what
+    the disk holds; a write the archive host refused answers the next request (the sync
+    that would have counted it) with its error, naming host:path."""
+    from drgn_hvdump.dumpdir.remote import RemoteDir
+
+    d = RemoteDir.open(local_receiver)
+    try:
+        assert str(d.path) == f"archive:{tmp_path}/d" and d.lock(wait=False, timeout=None) is None
+        f = d.open_file("dump.elf", create=True, exclusive=True)
+        f.pwrite(b"x" * 8192, 4096)
+        f.sync()
+        from drgn_hvdump import native
+
+        assert f.hash(4096, 8192) == native.hash64(b"x" * 8192)
+        assert f.same(4096, [b"x" * 4096, b"x" * 4096]) and not f.same(0, [b"x" * 10])
+        assert f.size() == 12288 and f.read(4, 0) == bytes(4)
+        assert (tmp_path / "d/dump.elf").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "d").stat().st_mode & 0o777 == 0o700
+        f.pwrite(b"y", 1 << 62)  # past any file system's largest file: refused there
+        with pytest.raises(OSError) as err:
+            f.sync()
+        assert f"archive:{tmp_path}/d/dump.elf" in str(err.value)
+        with pytest.raises(OSError):
+            f.hash(0, 10)  # and every request after it: nothing more counts
+    finally:
+        d.close()
+    assert d.receiver_cpu is not None or d.conn.lost is not None

@@ -13,9 +13,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
+from drgn_hvdump import __version__
 from drgn_hvdump.capture import open_capture
-from drgn_hvdump.clitools import print_json, run_main
+from drgn_hvdump.clitools import ArgumentParser, print_json, run_main
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import HEADER_SIZE, describe_dump_header, parse_dump_header
 from drgn_hvdump.formats.elfcore import ElfCore
@@ -42,6 +44,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from drgn_hvdump.collect.ownership import dump_owner
     from drgn_hvdump.dumpdir.registry import read_registration
 
+    if not os.path.isdir(args.root):
+        raise HvdumpError(
+            f"{args.root}: no such directory: --root is the capture kernel's root (/ on the "
+            "LPAR itself, or where its root is mounted)"
+        )
     capture = open_capture(args.root)
     state = capture.state()
     owner = dump_owner(args.root, capture.lock_path) if state.dump_waiting else None
@@ -276,12 +283,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="hvdump",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"hvdump {__version__}")
+    # Subparsers are ArgumentParser too (argparse uses the parent's class), typed as the base.
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+    )
     status = sub.add_parser(
         "status",
         help="is a dump waiting? its sections, flags and release map",

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from drgn_hvdump.errors import HvdumpError
 __all__ = [
     "EXIT_ERROR",
     "EXIT_USAGE",
+    "ArgumentParser",
     "fix_mmap_threshold",
     "parse_size",
     "print_json",
@@ -47,6 +49,16 @@ def fix_mmap_threshold(size: int = 1 << 20) -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(size)))
     except (OSError, AttributeError):
         return False
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that takes ``-4G`` as an option's value (argparse alone reads it as an
+    unknown option and says "expected one argument"), so the value's own check can
+    say what is wrong with it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\d")
 
 
 def parse_size(text: str) -> int:

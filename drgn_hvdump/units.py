@@ -21,6 +21,8 @@ def parse_size(text: str | int) -> int:
         return text
     if not isinstance(text, str):
         raise ValueError(f"size must be a number like 4G or 512M, got {text!r}")
+    if text.strip().startswith("-"):
+        raise ValueError(f"size must not be negative, got {text}")
     m = _SIZE_RE.fullmatch(text)
     if m is None:
         raise ValueError(f"size {text!r} is not a number with an optional K/M/G/T suffix (e.g. 4G)")

@@ -17,8 +17,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn, cast
 
+from drgn_hvdump import __version__
 from drgn_hvdump.capture import RootTable
-from drgn_hvdump.clitools import run_main
+from drgn_hvdump.clitools import ArgumentParser, run_main
 from drgn_hvdump.formats.dump_header import section_error_names, status_names
 
 from .config import QUIRKS, auto_reserve_size, format_size, parse_size
@@ -201,7 +202,7 @@ big- or little-endian image hvsim ships. Give it to drgn -s or crash.
 """
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(ArgumentParser):
     """argparse with one-line errors: ``hvsim: error: ...`` and exit 2."""
 
     def error(self, message: str) -> NoReturn:
@@ -247,6 +248,7 @@ _RAW = argparse.RawDescriptionHelpFormatter
 def build_parser() -> argparse.ArgumentParser:
     """The ``hvsim`` argument parser (subcommands set ``func``)."""
     parser = _Parser(prog="hvsim", description=_TOP_HELP, formatter_class=_RAW)
+    parser.add_argument("--version", action="version", version=f"hvsim {__version__}")
     # Subparsers are _Parser too (argparse uses the parent's class), typed as the base.
     sub = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",

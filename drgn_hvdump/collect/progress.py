@@ -22,6 +22,7 @@ class Progress:
         self.t0 = time.monotonic()
         self._last = 0.0
         self._drawn = False
+        self._first: tuple[float, int] | None = None
 
     def event(self, kind: str, **fields: Any) -> None:
         if self.json:
@@ -39,9 +40,16 @@ class Progress:
         self, done: int, total: int, released: int | None, reserved: int | None, stored: int
     ) -> None:
         """Report ``done`` of ``total`` bytes read; ``released`` None: no memory to give back."""
-        elapsed = max(time.monotonic() - self.t0, 1e-6)
+        now = time.monotonic()
+        elapsed = max(now - self.t0, 1e-6)
         rate = done / elapsed
-        eta = (total - done) / rate if rate > 0 else None
+        # The ETA from the pace since the first report, once there is one: the start
+        # (planning, a resumed run's replay) says nothing about the pace of reading.
+        if self._first is None:
+            self._first = (now, done)
+        t1, d1 = self._first
+        pace = (done - d1) / (now - t1) if now - t1 >= 0.5 and done > d1 else 0.0
+        eta = (total - done) / pace if pace > 0 else (0.0 if done >= total else None)
         if self.json:
             self.event(
                 "progress",
@@ -59,7 +67,6 @@ class Progress:
             )
         if not self.tty:
             return
-        now = time.monotonic()
         if now - self._last < 0.1 and done < total:
             return
         self._last = now

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from drgn_hvdump.dumpdir.names import MANIFEST
+from drgn_hvdump.dumpdir.names import JOURNAL, MANIFEST
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.fsutil import disk_error, write_atomic
 from drgn_hvdump.model.pages import MAX_PAGE_SIZE, MIN_PAGE_SIZE, kernel_page_size
@@ -372,8 +372,19 @@ def read_manifest(directory: Path) -> Manifest:
     try:
         raw = where.read_bytes()
     except FileNotFoundError:
+        if not directory.is_dir():
+            raise HvdumpError(
+                f"{directory}: no such directory (give the directory hvdump collect or "
+                "convert wrote)"
+            ) from None
+        if not (directory / JOURNAL).exists():
+            raise HvdumpError(
+                f"{directory}: not a dump directory (no {MANIFEST}, no {JOURNAL}): give the "
+                "directory hvdump collect or convert wrote"
+            ) from None
         raise HvdumpError(
-            f"{where}: missing (is the collection finished? rerun hvdump collect)"
+            f"{where}: missing: the collection in {directory} has not finished (its "
+            f"{JOURNAL} is there); run the same hvdump collect again to finish it"
         ) from None
     except OSError as exc:
         raise HvdumpError(f"{where}: cannot read: {exc.strerror}") from None

@@ -679,11 +679,12 @@ class ElfCore:
 
     def _load_header(self, machine: int | None) -> Elf64Ehdr:
         """The ELF header, checked: 64-bit, a known byte order, a core of ``machine``."""
+        # The magic first: a text file is "not an ELF file", not a truncated one.
+        if self._pread(0, min(4, self.file_size)) != ELFMAG:
+            raise FormatError("not an ELF file (bad magic)", path=self.path, offset=0)
         self._need(0, ELF64_EHDR.size, "the ELF header")
         head = self._pread(0, ELF64_EHDR.size)
         ident = head[:16]
-        if ident[:4] != ELFMAG:
-            raise FormatError("not an ELF file (bad magic)", path=self.path, offset=0)
         if ident[_EI_CLASS] != ELFCLASS64:
             raise FormatError(
                 f"ELF class {ident[_EI_CLASS]}: only 64-bit (class 2) cores are supported",

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,11 +36,19 @@ from tests.collect_support import (
 )
 from tests.sshd_support import BIN, SSHD, Sshd
 
-pytestmark = [
-    pytest.mark.skipif(not SSHD.exists(), reason="needs openssh-server"),
+# The tests that collect need both; the URL, registry and protocol tests neither.
+needs_sshd = pytest.mark.skipif(not SSHD.exists(), reason="needs openssh-server")
+needs_fuse = [
     pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING or "FUSE"),
     pytest.mark.fuse,
 ]
+
+
+def lpar_over_ssh(fn: Any) -> Any:
+    """A test that collects an hvsim LPAR (FUSE) over the loopback sshd."""
+    for mark in (needs_sshd, *needs_fuse):
+        fn = mark(fn)
+    return fn
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +129,7 @@ def test_ssh_flags_need_an_ssh_output(tmp_path: Path) -> None:
 # -- a collection straight to the archive host -------------------------------------------
 
 
+@lpar_over_ssh
 @pytest.mark.parametrize(("kind", "fmt"), [("phyp", "kdump"), ("fadump", "elf")])
 def test_collect_to_archive_host(sshd: Sshd, tmp_path: Path, kind: str, fmt: str) -> None:
     """The remote directory is a normal dump directory: it verifies there, it equals
@@ -178,6 +188,7 @@ def _journal_done(archive: Path) -> bool:
     )
 
 
+@lpar_over_ssh
 def test_kills_at_random_points(sshd: Sshd, tmp_path: Path) -> None:
     """kill -9 of the collector, of the receiver on the archive host, and of the ssh
     connection, at random points (at least 20 of each landing mid-run): after every
@@ -234,6 +245,7 @@ def waiting(tmp_path: Path) -> Iterator[tuple[Lpar, Path]]:
         yield lpar, root
 
 
+@lpar_over_ssh
 def test_host_key_changed(sshd: Sshd, tmp_path: Path, waiting: tuple[Lpar, Path]) -> None:
     lpar, root = waiting
     other = tmp_path / "known_hosts"
@@ -251,6 +263,7 @@ def test_host_key_changed(sshd: Sshd, tmp_path: Path, waiting: tuple[Lpar, Path]
     _untouched(lpar)
 
 
+@lpar_over_ssh
 def test_remote_hvdump_missing(sshd: Sshd, tmp_path: Path, waiting: tuple[Lpar, Path]) -> None:
     lpar, root = waiting
     flags = ssh_flags(sshd)
@@ -262,6 +275,7 @@ def test_remote_hvdump_missing(sshd: Sshd, tmp_path: Path, waiting: tuple[Lpar, 
     _untouched(lpar)
 
 
+@lpar_over_ssh
 def test_remote_hvdump_of_another_protocol(
     sshd: Sshd, tmp_path: Path, waiting: tuple[Lpar, Path]
 ) -> None:
@@ -288,6 +302,7 @@ def test_remote_hvdump_of_another_protocol(
     _untouched(lpar)
 
 
+@lpar_over_ssh
 def test_remote_disk_full_then_resume(
     sshd: Sshd, tmp_path: Path, waiting: tuple[Lpar, Path]
 ) -> None:
@@ -318,6 +333,7 @@ def test_remote_disk_full_then_resume(
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
+@lpar_over_ssh
 def test_remote_directory_in_use(sshd: Sshd, tmp_path: Path, waiting: tuple[Lpar, Path]) -> None:
     """Another session holds the remote directory: refused with exit 75 (after the grace
     a dying receiver gets), nothing released."""
@@ -358,6 +374,7 @@ def test_registry_names_the_archive_host(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(warnings) == 1 and where in warnings[0] and "archive host" in warnings[0]
 
 
+@lpar_over_ssh
 def test_convert_to_archive_host(sshd: Sshd, tmp_path: Path) -> None:
     """hvdump convert writes its kdump file and manifest on the archive host as here; a second
     convert into it is refused unless --force; a bad vmcore creates nothing there."""

@@ -114,7 +114,7 @@ def run_main(
             signal.signal(signal.SIGTERM, signal.SIG_IGN if process else previous)
 
     try:
-        return _run(prog, func, argv, errors, interrupted, stopped_by, finished)
+        return _run(prog, func, argv, errors, interrupted, stopped_by, finished, exit_now=process)
     finally:
         finished()
 
@@ -127,6 +127,8 @@ def _run(
     interrupted: str,
     stopped_by: list[signal.Signals],
     finished: Callable[[], None],
+    *,
+    exit_now: bool = False,
 ) -> int:
     try:
         code = func(argv)
@@ -140,7 +142,16 @@ def _run(
         finished()
         hint = f"; {interrupted}" if interrupted else ""
         print(f"{prog}: interrupted by {stopped_by[0].name}{hint}", file=sys.stderr)
-        return 128 + int(stopped_by[0])
+        code = 128 + int(stopped_by[0])
+        if exit_now:
+            # The whole process, its work stopped and its files closed: exit with the
+            # status just said. Finishing the interpreter (joining worker threads an
+            # interrupt left behind, with SIGINT back at its default) once ended a
+            # SIGTERMed collector with SIGINT's status instead (1 run in 3 of a CI).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except BrokenPipeError:
         # Output piped into `head` or similar: not an error of ours. Point stdout at
         # /dev/null so the interpreter's final flush does not complain.

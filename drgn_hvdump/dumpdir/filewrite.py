@@ -343,6 +343,13 @@ class DumpFile(Protocol):
     def close(self) -> None: ...
 
 
+def _zero_pieces(offset: int, size: int) -> Iterator[tuple[int, memoryview]]:
+    """``[offset, offset + size)`` as (offset, zeros) pieces of at most 1 MiB."""
+    zero = memoryview(bytes(min(size, 1 << 20)))
+    for off in range(0, size, len(zero) or 1):
+        yield offset + off, zero[: min(len(zero), size - off)]
+
+
 class LocalFile:
     """A :class:`DumpFile` on this machine: an open descriptor."""
 
@@ -361,9 +368,8 @@ class LocalFile:
 
     def write_zeros(self, offset: int, size: int) -> None:
         """Zeros over ``[offset, offset + size)`` (written, not a hole: old bytes go)."""
-        zero = bytes(min(size, 1 << 20))
-        for off in range(0, size, len(zero) or 1):
-            pwrite_all(self.fd, zero[: min(len(zero), size - off)], offset + off)
+        for at, zero in _zero_pieces(offset, size):
+            pwrite_all(self.fd, zero, at)
 
     def read(self, size: int, offset: int) -> bytes:
         """``size`` bytes at ``offset`` as the disk holds them; ``OSError`` if fewer."""
@@ -445,18 +451,20 @@ class FlatFile:
         return written
 
     def write_zeros(self, offset: int, size: int) -> None:
-        zero = bytes(min(size, 1 << 20))
-        for off in range(0, size, len(zero) or 1):
-            self._record([zero[: min(len(zero), size - off)]], offset + off)
+        for at, zero in _zero_pieces(offset, size):
+            self._record([zero], at)
+
+    def _unreadable(self) -> OSError:
+        return OSError(errno.ESPIPE, "a flattened stream cannot be read back", self.path)
 
     def read(self, size: int, offset: int) -> bytes:
-        raise OSError(errno.ESPIPE, "a flattened stream cannot be read back", self.path)
+        raise self._unreadable()
 
     def hash(self, offset: int, size: int) -> int:
-        raise OSError(errno.ESPIPE, "a flattened stream cannot be read back", self.path)
+        raise self._unreadable()
 
     def same(self, offset: int, parts: Sequence[Buffer]) -> bool:
-        raise OSError(errno.ESPIPE, "a flattened stream cannot be read back", self.path)
+        raise self._unreadable()
 
     def sync(self, *, metadata: bool = False) -> None:
         pass  # the reader makes the file durable

@@ -171,9 +171,24 @@ def test_collect_to_archive_host(sshd: Sshd, tmp_path: Path, kind: str, fmt: str
 # -- faults: kill the collector, the receiver, the connection -----------------------------
 
 
-def _receivers() -> list[int]:
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _receivers(sshd_pid: int) -> list[int]:
+    """The receivers this test's sshd started (not another test run's on the same machine)."""
     out = subprocess.run(["pgrep", "-f", "hvdump receive"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    found = []
+    for pid in (int(p) for p in out.stdout.split()):
+        up = pid
+        while up > 1 and up != sshd_pid:
+            up = _parent(up)
+        if up == sshd_pid:
+            found.append(pid)
+    return found
 
 
 def _ssh_child(pid: int) -> list[int]:
@@ -214,7 +229,7 @@ def test_kills_at_random_points(sshd: Sshd, tmp_path: Path) -> None:
                         for pid in _ssh_child(proc.pid):
                             os.kill(pid, signal.SIGKILL)
                     else:
-                        for pid in _receivers():
+                        for pid in _receivers(sshd.proc.pid):
                             os.kill(pid, signal.SIGKILL)
                 _, err = proc.communicate(timeout=120)
                 if proc.returncode == 0:

@@ -27,9 +27,8 @@ try:
     from drgn_hvdump.errors import HvdumpError
 
     if not hasattr(api, "facts"):
-        raise ImportError(
-            "drgn_hvdump.api has no facts(): the hvdump on the host is older than this collection"
-        )
+        raise ImportError("drgn_hvdump.api has no facts(): the hvdump on the host is older "
+                          "than this collection")
     HAS_HVDUMP = True
     HVDUMP_IMPORT_ERROR = None
 except ImportError:  # pragma: no cover - exercised by the missing-library test
@@ -100,9 +99,8 @@ def dump_id(hostname, facts):
     if facts.get("crash_time") is not None:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(facts["crash_time"]))
         return "%s-%s" % (hostname, stamp)
-    blob = json.dumps(
-        facts["header"] if facts["header"] else facts["reason"], sort_keys=True, default=str
-    )
+    blob = json.dumps(facts["header"] if facts["header"] else facts["reason"],
+                      sort_keys=True, default=str)
     return "%s-%s" % (hostname, hashlib.sha256(blob.encode()).hexdigest()[:12])
 
 

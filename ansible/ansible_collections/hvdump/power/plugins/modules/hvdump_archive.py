@@ -178,13 +178,9 @@ def _sha256(path):
 
 
 def _data_files(src):
-    return sorted(
-        f
-        for f in os.listdir(src)
-        if os.path.isfile(os.path.join(src, f))
-        and f not in (ARCHIVED_FILE, SUMS_FILE)
-        and not f.endswith(".tmp")
-    )
+    return sorted(f for f in os.listdir(src)
+                  if os.path.isfile(os.path.join(src, f)) and f not in (ARCHIVED_FILE, SUMS_FILE)
+                  and not f.endswith(".tmp"))
 
 
 class Archive:
@@ -213,15 +209,9 @@ class Archive:
         except OSError as exc:
             raise RuntimeError("%s failed: %s" % (what, exc)) from None
         if rc != 0:
-            text = [
-                ln
-                for ln in (err or "").strip().splitlines() + (out or "").strip().splitlines()
-                if ln.strip()
-            ]
-            raise RuntimeError(
-                "%s failed (exit %d): %s"
-                % (what, rc, "; ".join(text[-3:]) if text else "no output")
-            )
+            text = [ln for ln in (err or "").strip().splitlines() + (out or "").strip().splitlines()
+                    if ln.strip()]
+            raise RuntimeError("%s failed (exit %d): %s" % (what, rc, "; ".join(text[-3:]) if text else "no output"))
         return out
 
     def remote(self, script, what, data=None):
@@ -232,13 +222,7 @@ class Archive:
     def copy(self, src):
         q = shlex.quote
         self.remote("umask 077 && mkdir -p %s" % q(self.dest), "creating %s" % self.url)
-        argv = [
-            self.m.get_bin_path("rsync", required=True),
-            "-a",
-            "--partial",
-            "--inplace",
-            "--chmod=D700,F600",
-        ]
+        argv = [self.m.get_bin_path("rsync", required=True), "-a", "--partial", "--inplace", "--chmod=D700,F600"]
         if self.t["type"] == "ssh":
             argv += ["-e", " ".join(q(a) for a in self.ssh_cmd())]
             argv += [src.rstrip("/") + "/", "%s:%s/" % (self.t["location"], self.dest)]
@@ -249,20 +233,15 @@ class Archive:
     def check_sums(self, sums):
         """The archive copy against the local checksums (the copy's own SHA256SUMS could be damaged too)."""
         # Read all of stdin first: a missing copy must fail with its reason, not a broken pipe.
-        self.remote(
-            's=$(cat) && cd %s && printf "%%s\\n" "$s" | sha256sum --quiet -c -'
-            % shlex.quote(self.dest),
-            "checking %s against the local SHA256SUMS" % self.url,
-            data=sums,
-        )
+        self.remote('s=$(cat) && cd %s && printf "%%s\\n" "$s" | sha256sum --quiet -c -'
+                    % shlex.quote(self.dest),
+                    "checking %s against the local SHA256SUMS" % self.url, data=sums)
 
     def verify(self, sums):
         self.check_sums(sums)
         if self.m.params["deep_verify"]:
-            self.remote(
-                "%s verify %s" % (self.m.params["remote_hvdump"], shlex.quote(self.dest)),
-                "hvdump verify on %s" % self.url,
-            )
+            self.remote("%s verify %s" % (self.m.params["remote_hvdump"], shlex.quote(self.dest)),
+                        "hvdump verify on %s" % self.url)
 
     def probe(self):
         """The target is usable: reachable, its path (or nearest parent) writable, tools present."""
@@ -278,26 +257,16 @@ class Archive:
         if not self.m.check_mode:
             # A real write where the dumps go (the directory exists): a read-only or full
             # file system, or an export mapped to nobody, shows here.
-            script.append(
-                'if [ "$t" = "$d" ]; then f=$(mktemp "$d/.hvdump-probe.XXXXXX") '
-                '|| { echo "$d: cannot create a file" >&2; exit 3; }; rm -f "$f"; fi'
-            )
-        script.append(
-            'command -v sha256sum >/dev/null || { echo "sha256sum: not found" >&2; exit 4; }'
-        )
+            script.append('if [ "$t" = "$d" ]; then f=$(mktemp "$d/.hvdump-probe.XXXXXX") '
+                          '|| { echo "$d: cannot create a file" >&2; exit 3; }; rm -f "$f"; fi')
+        script.append('command -v sha256sum >/dev/null || { echo "sha256sum: not found" >&2; exit 4; }')
         if self.t["type"] == "ssh":
             script.append('command -v rsync >/dev/null || { echo "rsync: not found" >&2; exit 4; }')
         if self.m.params["deep_verify"]:
-            script.append(
-                "%s verify --help >/dev/null 2>&1 || { echo %s >&2; exit 4; }"
-                % (
-                    self.m.params["remote_hvdump"],
-                    q(
-                        "%s: does not run (deep_verify needs hvdump there; set remote_hvdump)"
-                        % self.m.params["remote_hvdump"]
-                    ),
-                )
-            )
+            script.append("%s verify --help >/dev/null 2>&1 || { echo %s >&2; exit 4; }" % (
+                self.m.params["remote_hvdump"],
+                q("%s: does not run (deep_verify needs hvdump there; set remote_hvdump)"
+                  % self.m.params["remote_hvdump"])))
         self.remote("\n".join(script), "checking the archive target %s" % self.url)
 
 
@@ -328,17 +297,12 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             src=dict(type="path"),
-            target=dict(
-                type="dict",
-                required=True,
-                options=dict(
-                    type=dict(type="str", choices=["ssh", "dir"], required=True),
-                    location=dict(type="str"),
-                    path=dict(type="str", required=True),
-                    port=dict(type="int", default=22),
-                ),
-                required_if=[("type", "ssh", ["location"])],
-            ),
+            target=dict(type="dict", required=True, options=dict(
+                type=dict(type="str", choices=["ssh", "dir"], required=True),
+                location=dict(type="str"),
+                path=dict(type="str", required=True),
+                port=dict(type="int", default=22),
+            ), required_if=[("type", "ssh", ["location"])]),
             ssh_key=dict(type="path", no_log=False),
             ssh_options=dict(type="list", elements="str", default=[]),
             deep_verify=dict(type="bool", default=True),
@@ -352,21 +316,13 @@ def main():
     p = module.params
     src = p["src"]
     a = Archive(module)
-    result = dict(
-        archive_path=a.url,
-        verified=False,
-        copied=False,
-        removed_local=False,
-        reverified=False,
-        bytes=0,
-    )
+    result = dict(archive_path=a.url, verified=False, copied=False, removed_local=False,
+                  reverified=False, bytes=0)
     if p["check_only"]:
         try:
             a.probe()
         except (RuntimeError, OSError) as exc:
-            module.fail_json(
-                msg="the archive target cannot be used, nothing was done: %s" % exc, **result
-            )
+            module.fail_json(msg="the archive target cannot be used, nothing was done: %s" % exc, **result)
         module.exit_json(changed=False, msg="the archive target %s can be used" % a.url, **result)
     record = read_json(os.path.join(src, ARCHIVED_FILE))
     same = record is not None and record.get("archive_path") == a.url and record.get("verified")
@@ -375,11 +331,8 @@ def main():
     _started, done, _chunks = journal_state(src)
     manifest = read_json(os.path.join(src, "manifest.json"))
     if not done or manifest is None:
-        module.fail_json(
-            msg="%s: the collection is not complete (rerun the collection first); "
-            "nothing archived" % src,
-            **result,
-        )
+        module.fail_json(msg="%s: the collection is not complete (rerun the collection first); "
+                         "nothing archived" % src, **result)
     data_file = os.path.join(src, manifest["dump"]["file"])
     local_present = os.path.exists(data_file)
     result["bytes"] = sum(os.path.getsize(os.path.join(src, f)) for f in _data_files(src))
@@ -397,9 +350,7 @@ def main():
                 module.fail_json(
                     msg="the archive copy no longer verifies, the local copy is kept: %s; "
                     "restore the archive copy, or remove %s to archive the dump again"
-                    % (exc, os.path.join(src, ARCHIVED_FILE)),
-                    **result,
-                )
+                    % (exc, os.path.join(src, ARCHIVED_FILE)), **result)
             result["reverified"] = True
             if not module.check_mode:
                 _remove_local(src)
@@ -407,9 +358,16 @@ def main():
             module.exit_json(changed=True, **result)
         module.exit_json(changed=False, msg="already archived and verified at %s" % a.url, **result)
     if not local_present:
-        module.fail_json(
-            msg="%s: the dump data is gone and no verified archive copy is recorded" % src, **result
-        )
+        elsewhere = record.get("archive_path") if record and record.get("verified") else None
+        if elsewhere:
+            # Archived (and the local data removed) by a run to another store (`-e` with another
+            # target): that copy is the dump's home; nothing is left here to copy to this one.
+            result.update(archive_path=elsewhere, verified=True)
+            module.exit_json(changed=False, msg="already archived and verified at %s (recorded in "
+                             "%s); the local data is gone, so it is not copied to %s"
+                             % (elsewhere, os.path.join(src, ARCHIVED_FILE), a.url), **result)
+        module.fail_json(msg="%s: the dump data is gone and no verified archive copy is recorded"
+                         % src, **result)
     if module.check_mode:
         module.exit_json(changed=True, msg="would archive %s to %s" % (src, a.url), **result)
     try:
@@ -427,19 +385,9 @@ def main():
         a.verify(sums)
         result["verified"] = True
     except (RuntimeError, OSError) as exc:
-        module.fail_json(
-            msg="archive failed, the local copy is kept: %s (to %s)" % (exc, a.url), **result
-        )
-    _write_record(
-        src,
-        {
-            "archive_path": a.url,
-            "verified": True,
-            "time": time.time(),
-            "target": dict(p["target"]),
-            "files": len(files),
-        },
-    )
+        module.fail_json(msg="archive failed, the local copy is kept: %s (to %s)" % (exc, a.url), **result)
+    _write_record(src, {"archive_path": a.url, "verified": True, "time": time.time(),
+                        "target": dict(p["target"]), "files": len(files)})
     if p["remove_local"]:
         # Verified against the local checksums just now (a.verify above).
         result["reverified"] = True

@@ -313,11 +313,8 @@ def _summary(output, done_ev=None):
     if output.startswith("ssh://"):
         ev = done_ev or {}
         out = dict((k, ev.get(k)) for k in ("dump_file", "dump_size", "bytes_read", "elapsed_s"))
-        return dict(
-            out,
-            released_bytes=ev.get("released_bytes") or 0,
-            warnings_collector=ev.get("warnings") or [],
-        )
+        return dict(out, released_bytes=ev.get("released_bytes") or 0,
+                    warnings_collector=ev.get("warnings") or [])
     c = api.collection(Path(output))
     return {
         "dump_file": c["dump_file"],
@@ -378,7 +375,7 @@ def _in_progress(module, p, host, result, owner, waited, progress_path):
         msg="collection in progress (%s)%s; no second collector was started: rerun to attach "
         "to it" % (owner_text(owner), how),
         ansible_facts=_facts(p, host),
-        **result,
+        **result
     )
 
 
@@ -388,9 +385,7 @@ def main():
             root=True,
             dump_dir="required",
             host_name=True,
-            release=dict(
-                type="str", choices=["progressive", "at-end", "never"], default="progressive"
-            ),
+            release=dict(type="str", choices=["progressive", "at-end", "never"], default="progressive"),
             format=dict(type="str", choices=["kdump", "elf"], default="kdump"),
             compress=dict(type="str", choices=["zstd", "zlib", "lzo", "snappy"], default="zstd"),
             threads=dict(type="int", default=1),
@@ -398,15 +393,12 @@ def main():
             scrub=dict(type="path"),
             wait=dict(type="bool", default=True),
             wait_timeout=dict(type="int"),
-            target=dict(
-                type="dict",
-                options=dict(
-                    type=dict(type="str", choices=["ssh"], required=True),
-                    location=dict(type="str", required=True),
-                    path=dict(type="str", required=True),
-                    port=dict(type="int", default=22),
-                ),
-            ),
+            target=dict(type="dict", options=dict(
+                type=dict(type="str", choices=["ssh"], required=True),
+                location=dict(type="str", required=True),
+                path=dict(type="str", required=True),
+                port=dict(type="int", default=22),
+            )),
             ssh_key=dict(type="path", no_log=False),
             ssh_options=dict(type="list", elements="str", default=[]),
             remote_hvdump=dict(type="str", default="hvdump"),
@@ -423,18 +415,10 @@ def main():
     try:
         facts = dump_facts(p["root"], host, p["dump_dir"])
     except (HvdumpError, OSError) as exc:
-        module.fail_json(
-            msg="%s: cannot read the dump state: %s" % (p["root"], exc), released_bytes=0
-        )
+        module.fail_json(msg="%s: cannot read the dump state: %s" % (p["root"], exc), released_bytes=0)
     if not facts["dump_waiting"]:
-        module.exit_json(
-            changed=False,
-            status="no_dump",
-            collected=False,
-            released_bytes=0,
-            msg="no dump to collect: %s" % facts["reason"],
-            ansible_facts=_facts(p, host, facts),
-        )
+        module.exit_json(changed=False, status="no_dump", collected=False, released_bytes=0,
+                         msg="no dump to collect: %s" % facts["reason"], ansible_facts=_facts(p, host, facts))
     output = local = facts["output"]
     if p["target"]:
         output = _remote_output(p["target"], facts["dump_id"])
@@ -447,15 +431,8 @@ def main():
         started, done, chunks = coll["started"], coll["complete"], coll["chunks_saved"]
     if done:
         result.update(_summary(output))
-        module.exit_json(
-            changed=False,
-            status="already_collected",
-            collected=True,
-            resumed=False,
-            msg="already collected in %s" % output,
-            ansible_facts=_facts(p, host, facts),
-            **result,
-        )
+        module.exit_json(changed=False, status="already_collected", collected=True, resumed=False,
+                         msg="already collected in %s" % output, ansible_facts=_facts(p, host, facts), **result)
     owner = facts["owner"]
     if owner is not None and (module.check_mode or not p["wait"]):
         _in_progress(module, p, host, result, owner, 0, local + PROGRESS_SUFFIX)
@@ -463,40 +440,16 @@ def main():
         module.fail_json(
             msg="%s: the waiting dump cannot be collected: %s; its memory stays reserved"
             % (p["root"], facts["reason"]),
-            collected=False,
-            **result,
-        )
+            collected=False, **result)
     if module.check_mode:
-        module.exit_json(
-            changed=True,
-            status="would_collect",
-            collected=False,
-            msg="would %s the dump into %s" % ("resume" if started else "collect", output),
-            ansible_facts=_facts(p, host, facts),
-            **result,
-        )
+        module.exit_json(changed=True, status="would_collect", collected=False,
+                         msg="would %s the dump into %s" % ("resume" if started else "collect", output),
+                         ansible_facts=_facts(p, host, facts), **result)
     if not os.path.isdir(p["dump_dir"]):
         os.makedirs(p["dump_dir"], 0o700)
-    cmd = [
-        sys.executable,
-        "-m",
-        "drgn_hvdump.cli",
-        "collect",
-        "--root",
-        p["root"],
-        "--output",
-        output,
-        "--json",
-        "--no-progress",
-        "--release",
-        p["release"],
-        "--format",
-        p["format"],
-        "--compress",
-        p["compress"],
-        "--threads",
-        str(p["threads"]),
-    ]
+    cmd = [sys.executable, "-m", "drgn_hvdump.cli", "collect", "--root", p["root"],
+           "--output", output, "--json", "--no-progress", "--release", p["release"],
+           "--format", p["format"], "--compress", p["compress"], "--threads", str(p["threads"])]
     if p["accept_partial"]:
         cmd.append("--accept-partial")
     if p["scrub"]:
@@ -510,21 +463,13 @@ def main():
         if p["ssh_key"]:
             cmd += ["--ssh-identity", p["ssh_key"]]
         cmd += ["--remote-hvdump", p["remote_hvdump"]]
-        env = dict(
-            os.environ, HVDUMP_SSH=" ".join(shlex.quote(a) for a in ["ssh"] + p["ssh_options"])
-        )
+        env = dict(os.environ, HVDUMP_SSH=" ".join(shlex.quote(a) for a in ["ssh"] + p["ssh_options"]))
     cmd += p["extra_args"]
     progress_path = local + PROGRESS_SUFFIX
     t0 = time.time()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env=env)
     last = {"event": "start", "pid": proc.pid, "started": t0, "resumed_from_chunks": chunks}
     # The progress file belongs to the collector that holds the dump: while another one does,
     # this task only waits, and writes it once its own collector reports progress.
@@ -594,25 +539,16 @@ def main():
             if after is not None and not after["dump_waiting"]:
                 result.update(owner=owner, waited_s=waited)
                 module.exit_json(
-                    changed=False,
-                    status="no_dump",
-                    collected=False,
+                    changed=False, status="no_dump", collected=False,
                     msg="no dump to collect any more: %s had it while this task waited"
                     % owner_text(owner or {"pid": None}),
-                    ansible_facts=_facts(p, host, after),
-                    **result,
-                )
+                    ansible_facts=_facts(p, host, after), **result)
         module.fail_json(
             msg="%s (after %d of %d bytes); rerun to resume from the journal in %s; "
             "memory not yet saved stays reserved"
             % (why, last.get("bytes_done", 0), last.get("bytes_total", 0), output),
-            collected=False,
-            rc=rc,
-            stderr=err,
-            released_bytes=released,
-            dump_id=facts["dump_id"],
-            output=output,
-            attached=attached,
+            collected=False, rc=rc, stderr=err, released_bytes=released, dump_id=facts["dump_id"],
+            output=output, attached=attached,
         )
     result.update(_summary(output, done_ev))
     result["attached"] = bool(attached)
@@ -625,14 +561,8 @@ def main():
     resumed = ours and (started or bool(done_ev and done_ev.get("resumed")))
     # The dump was not complete when the task started and is now: changed, whether this task's
     # collector or the one it attached to finished it.
-    module.exit_json(
-        changed=True,
-        status="collected",
-        collected=True,
-        resumed=resumed,
-        ansible_facts=_facts(p, host),
-        **result,
-    )
+    module.exit_json(changed=True, status="collected", collected=True, resumed=resumed,
+                     ansible_facts=_facts(p, host), **result)
 
 
 if __name__ == "__main__":

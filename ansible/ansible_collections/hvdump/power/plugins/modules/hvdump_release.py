@@ -100,42 +100,28 @@ def main():
     except (HvdumpError, OSError) as exc:
         module.fail_json(msg="%s: cannot read the dump state: %s" % (p["root"], exc))
     if not state["dump_waiting"]:
-        module.exit_json(
-            changed=False,
-            released=[],
-            released_bytes=0,
-            dump_waiting=False,
-            msg="no dump waiting: nothing to release",
-        )
+        module.exit_json(changed=False, released=[], released_bytes=0, dump_waiting=False,
+                         msg="no dump waiting: nothing to release")
     try:
         if p["output"] and not p["force"]:
             # Through the collector: under the dump's lock, every release confirmed,
             # the last one only after the whole copy verifies against its manifest.
             if module.check_mode:
                 writes = api.pending_releases(Path(p["output"]))
-                module.exit_json(
-                    changed=bool(writes),
-                    released=[list(w) for w in writes],
-                    released_bytes=sum(s for _, s in writes),
-                    dump_waiting=True,
-                )
+                module.exit_json(changed=bool(writes), released=[list(w) for w in writes],
+                                 released_bytes=sum(size for _start, size in writes), dump_waiting=True)
             done = api.release_saved(root, Path(p["output"]))
         elif not p["force"]:
-            module.fail_json(
-                msg="the waiting dump is not saved (give output: the collected "
-                "directory); refusing to release memory whose contents would be lost "
-                "(force: true releases anyway)"
-            )
+            module.fail_json(msg="the waiting dump is not saved (give output: the collected "
+                             "directory); refusing to release memory whose contents would be lost "
+                             "(force: true releases anyway)")
         else:
             done = api.abandon(root, dry_run=module.check_mode)
     except (HvdumpError, OSError) as exc:
         module.fail_json(msg="refusing to release: %s" % exc)
-    module.exit_json(
-        changed=bool(done.released),
-        released=[list(w) for w in done.released],
-        released_bytes=done.released_bytes,
-        dump_waiting=True if module.check_mode else done.dump_waiting,
-    )
+    module.exit_json(changed=bool(done.released), released=[list(w) for w in done.released],
+                     released_bytes=done.released_bytes,
+                     dump_waiting=True if module.check_mode else done.dump_waiting)
 
 
 if __name__ == "__main__":

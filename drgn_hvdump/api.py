@@ -33,11 +33,13 @@ from drgn_hvdump.dumpdir.journal import Journal
 from drgn_hvdump.dumpdir.manifest import Manifest, parse_manifest, read_manifest
 from drgn_hvdump.dumpdir.names import JOURNAL, MANIFEST
 from drgn_hvdump.dumpdir.outdir import OutputDir
+from drgn_hvdump.dumpdir.remote import RemoteDir, SshTarget
 from drgn_hvdump.errors import HvdumpError
 
 __all__ = [
     "Released",
     "abandon",
+    "check_target",
     "collection",
     "facts",
     "owner",
@@ -243,6 +245,22 @@ def collection(output: Path) -> dict[str, Any]:
         "dump_file": str(output / man.dump.file) if man else None,
         **(man.summary() if man else {**empty, "warnings": []}),
     }
+
+
+def check_target(
+    url: str,
+    *,
+    ssh: tuple[str, ...] = ("ssh",),
+    identity: str | None = None,
+    remote_hvdump: str = "hvdump",
+) -> dict[str, Any]:
+    """Whether a collection could go to the archive host of ``ssh://[user@]host[:port]/path``:
+    log in (``ssh`` is the command and its options), start ``hvdump receive`` there (same
+    protocol) and check the directory could be written, creating nothing. Returns
+    ``{version, path, exists, free_bytes}``; raises :class:`HvdumpError` with one line."""
+    return RemoteDir.probe(
+        SshTarget.parse(url, ssh=ssh, identity=identity, remote_hvdump=remote_hvdump)
+    )
 
 
 def verify(output: Path) -> tuple[bool, list[str]]:

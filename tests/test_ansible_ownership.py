@@ -474,8 +474,8 @@ def test_archive_copy_gone_or_damaged_keeps_local(tmp_path: Path) -> None:
 
 
 def test_bad_archive_target_fails_before_any_release(tmp_path: Path) -> None:
-    """Each host has one kind of bad archive target; each fails at the archive check, before
-    collecting, and hvsim's release history shows nothing released. A host with a good target
+    """Each host has one kind of bad archive (or collect) target; each fails at the check
+    before collecting, and hvsim's release history shows nothing released. A host with a good target
     collects and archives in the same run."""
     ro = tmp_path / "archive-ro"
     ro.mkdir()
@@ -513,9 +513,21 @@ def test_bad_archive_target_fails_before_any_release(tmp_path: Path) -> None:
             },
             "does not run",
         ),
+        # Straight to an archive host that does not answer: the collect module's own check.
+        "lpar06": (
+            {
+                "hvdump_collect_target": {
+                    "type": "ssh",
+                    "location": "root@127.0.0.1",
+                    "path": "/srv/hvdump",
+                    "port": free_port(),
+                },
+            },
+            "the collect target cannot be used, nothing was done",
+        ),
     }
     try:
-        with fleet(tmp_path / "fleet", 6, kinds=["crashed"], memory="1G", seed=24) as hosts:
+        with fleet(tmp_path / "fleet", 7, kinds=["crashed"], memory="1G", seed=24) as hosts:
             inv = yaml.safe_load((tmp_path / "fleet/inventory.yml").read_text())
             group = inv["all"]["children"]["lpars"]
             group["vars"].update(
@@ -547,7 +559,8 @@ def test_bad_archive_target_fails_before_any_release(tmp_path: Path) -> None:
                     continue
                 line = _line(res.stdout, h.name)
                 assert rep["status"] == "failed", rep
-                assert "archive" in rep["failed_task"].lower(), rep
+                want_task = "collector" if h.name == "lpar06" else "archive"
+                assert want_task in rep["failed_task"].lower(), rep
                 assert bad[h.name][1] in rep["reason"], rep
                 # Nothing released, nothing collected: the memory is all still reserved.
                 assert rel == before[h.name], (h.name, rel, before[h.name])

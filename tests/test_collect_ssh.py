@@ -462,3 +462,71 @@ def test_protocol_durable_only_after_the_reply(local_receiver: SshTarget, tmp_pa
     finally:
         d.close()
     assert d.receiver_cpu is not None or d.conn.lost is not None
+
+
+# -- the check before collecting (a dry run; the Ansible module's target check) -----------
+
+
+def test_probe_dir_changes_nothing(tmp_path: Path) -> None:
+    from drgn_hvdump.dumpdir.outdir import probe_dir
+    from drgn_hvdump.errors import HvdumpError
+
+    new = tmp_path / "a" / "b"
+    found = probe_dir(new)
+    assert found["exists"] is False and int(str(found["free_bytes"])) > 0
+    assert not (tmp_path / "a").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    assert probe_dir(mine)["exists"] is True and list(mine.iterdir()) == []
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(HvdumpError, match="others may write into it"):
+        probe_dir(shared)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(HvdumpError, match="is not a directory"):
+        probe_dir(tmp_path / "file" / "d")
+
+
+@lpar_over_ssh
+def test_dry_run_checks_the_archive_host(sshd: Sshd, tmp_path: Path) -> None:
+    """``collect --dry-run`` to an archive host logs in, starts the receiver and checks the
+    directory, making nothing there; a directory that cannot be written is one line, before
+    anything is read or released."""
+    lpar = make_lpar(tmp_path / "lpar", memory="1G")
+    archive = tmp_path / "archive" / "lpar01"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the directory should go")
+    with mounted(lpar, tmp_path / "root") as root:
+        res = hvdump(
+            "collect", "--root", str(root), "-o", url(sshd, archive), "--dry-run",
+            *ssh_flags(sshd),
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert "archive host: root@127.0.0.1, hvdump " in res.stdout
+        assert f"{archive} can be created" in res.stdout and "GiB free" in res.stdout
+        assert not (tmp_path / "archive").exists()
+        bad = hvdump(
+            "collect", "--root", str(root), "-o", url(sshd, blocked / "d"), "--dry-run",
+            *ssh_flags(sshd),
+        )  # fmt: skip
+        assert bad.returncode != 0
+        assert f"{blocked} is not a directory" in _error_line(bad)
+        from drgn_hvdump import api
+
+        ssh = ("ssh", "-o", f"UserKnownHostsFile={sshd.known_hosts}")
+        found = api.check_target(
+            url(sshd, archive), ssh=ssh, identity=str(sshd.user_key),
+            remote_hvdump=str(BIN / "hvdump"),
+        )  # fmt: skip
+        assert found["exists"] is False and found["path"] == str(archive)
+        from drgn_hvdump.errors import HvdumpError
+
+        with pytest.raises(HvdumpError, match="install hvdump"):
+            api.check_target(
+                url(sshd, archive), ssh=ssh, identity=str(sshd.user_key),
+                remote_hvdump="/nonexistent/hvdump",
+            )  # fmt: skip
+    _untouched(lpar)

@@ -333,14 +333,22 @@ def _dry_run(opts: CollectOptions, capture: CaptureInterface) -> CollectResult:
         plan = capture.plan(state, vm, opts.chunk_size)
     finally:
         vm.close()
+    target: list[str] = []
     if isinstance(opts.output, SshTarget):
         where: Path | str = opts.output.url
         dump_file = Path(opts.output.path) / DUMP_NAMES[opts.format]
+        # A dry run checks the archive host too: login, receiver, directory (nothing made there).
+        found = RemoteDir.probe(opts.output)
+        target = [
+            f"archive host: {opts.output.destination}, hvdump {found['version']}; "
+            + f"{found['path']} {'exists and takes files' if found['exists'] else 'can be created'}"
+            + f", {found['free_bytes'] / (1 << 30):.1f} GiB free"
+        ]
     else:
         where = opts.output
         dump_file = Path(os.path.abspath(opts.output)) / DUMP_NAMES[opts.format]
     return CollectResult(
-        where, dump_file, None, False, plan_text=_plan_lines(plan, opts, dump_file)
+        where, dump_file, None, False, plan_text=_plan_lines(plan, opts, dump_file) + target
     )
 
 

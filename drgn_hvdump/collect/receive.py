@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from drgn_hvdump import __version__
 from drgn_hvdump.dumpdir.filewrite import LocalFile, nonzero_runs
-from drgn_hvdump.dumpdir.outdir import OutputDir
+from drgn_hvdump.dumpdir.outdir import OutputDir, probe_dir
 from drgn_hvdump.dumpdir.remote import parse_st
 from drgn_hvdump.dumpdir.wire import (
     MAX_JSON,
@@ -123,6 +123,13 @@ class Receiver:
         path = os.path.expanduser(str(args.get("path") or ""))
         if not os.path.isabs(path):
             path = os.path.join(os.path.expanduser("~"), path)
+        if args.get("probe"):
+            # A check before collecting: say whether the directory could be written; open nothing.
+            return (
+                0,
+                {"protocol": PROTOCOL, "version": __version__, "probe": probe_dir(Path(path))},
+                b"",
+            )
         self.out = OutputDir.open(Path(path), create=bool(args.get("create", True)))
         return (
             0,

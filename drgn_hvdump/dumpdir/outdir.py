@@ -21,7 +21,7 @@ from drgn_hvdump.dumpdir.filewrite import DumpFile, LocalFile
 from drgn_hvdump.errors import HvdumpError
 from drgn_hvdump.fsutil import write_atomic
 
-__all__ = ["FileId", "OutputDir", "check_owned_dir"]
+__all__ = ["FileId", "OutputDir", "check_owned_dir", "probe_dir"]
 
 FileId = tuple[int, int]
 """A file's identity: ``(st_dev, st_ino)``."""
@@ -45,6 +45,43 @@ def check_owned_dir(st: os.stat_result, path: Path) -> None:
             f"{path}: others may write into it (mode {st.st_mode & 0o777:o}); "
             "use a directory only its owner can write (chmod 700) or a new one"
         )
+
+
+def probe_dir(path: Path) -> dict[str, object]:
+    """Whether a collection could write ``path``, changing nothing that stays, or raise one
+    line: an existing directory must pass :meth:`OutputDir.open`'s trust rules and take a
+    file (made and removed at once); a missing one needs a writable, searchable parent on a
+    file system that is not read-only. Returns ``{path, exists, free_bytes}``."""
+    path = Path(os.path.abspath(path))
+    st: os.stat_result | None
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except OSError as exc:
+        raise HvdumpError(f"{path}: cannot be read: {exc.strerror}") from None
+    if st is not None:
+        check_owned_dir(st, path)
+        probe = path / f".hvdump-probe.{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise HvdumpError(f"{path}: cannot create a file there: {exc.strerror}") from None
+        os.close(fd)
+        os.unlink(probe)
+        where = path
+    else:
+        where = path.parent
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir():
+            raise HvdumpError(f"{path}: cannot be created: {where} is not a directory")
+        if os.statvfs(where).f_flag & os.ST_RDONLY:
+            raise HvdumpError(f"{path}: cannot be created: {where} is on a read-only file system")
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise HvdumpError(f"{path}: cannot be created: {where} is not writable by this user")
+    vfs = os.statvfs(where)
+    return {"path": str(path), "exists": st is not None, "free_bytes": vfs.f_bavail * vfs.f_frsize}
 
 
 class OutputDir:

@@ -422,6 +422,29 @@ class RemoteFile:
         self.handle = 0
 
 
+def _hello(target: SshTarget, **args: Any) -> tuple[_Connection, dict[str, Any]]:
+    """Connect and greet the receiver (the same protocol on both ends), or raise one line."""
+    conn = _Connection(target)
+    try:
+        _, hello, _ = conn.request(
+            Op.HELLO,
+            args={"protocol": PROTOCOL, "version": __version__, "path": target.path, **args},
+        )
+    except BaseException:
+        conn.close()
+        raise
+    conn.connected = True
+    if not isinstance(hello, dict) or hello.get("protocol") != PROTOCOL:
+        conn.close()
+        theirs = hello.get("version") if isinstance(hello, dict) else None
+        raise RemoteError(
+            f"{target.destination}: hvdump {theirs or '(unknown version)'} there speaks "
+            f"another protocol than hvdump {__version__} here; install hvdump "
+            f"{__version__} on both"
+        )
+    return conn, hello
+
+
 @dataclass
 class RemoteDir:
     """A dump directory on an archive host, as :class:`~drgn_hvdump.dumpdir.outdir.OutputDir`
@@ -439,29 +462,7 @@ class RemoteDir:
     @classmethod
     def open(cls, target: SshTarget, *, create: bool = True) -> RemoteDir:
         """Connect and open (creating 0700 if asked) the directory, or raise one line."""
-        conn = _Connection(target)
-        try:
-            _, hello, _ = conn.request(
-                Op.HELLO,
-                args={
-                    "protocol": PROTOCOL,
-                    "version": __version__,
-                    "path": target.path,
-                    "create": create,
-                },
-            )
-        except BaseException:
-            conn.close()
-            raise
-        conn.connected = True
-        if not isinstance(hello, dict) or hello.get("protocol") != PROTOCOL:
-            conn.close()
-            theirs = hello.get("version") if isinstance(hello, dict) else None
-            raise RemoteError(
-                f"{target.destination}: hvdump {theirs or '(unknown version)'} there speaks "
-                f"another protocol than hvdump {__version__} here; install hvdump "
-                f"{__version__} on both"
-            )
+        conn, hello = _hello(target, create=create)
         return cls(
             target,
             conn,
@@ -469,6 +470,22 @@ class RemoteDir:
             bool(hello.get("created")),
             str(hello.get("version", "")),
         )
+
+    @staticmethod
+    def probe(target: SshTarget) -> dict[str, Any]:
+        """Log in, start the receiver and ask whether it could write the directory, changing
+        nothing there; raise one line if not. Returns ``{version, path, exists, free_bytes}``."""
+        conn, hello = _hello(target, probe=True)
+        try:
+            found = hello.get("probe")
+            if not isinstance(found, dict):
+                raise RemoteError(
+                    f"{target.destination}: hvdump {hello.get('version')} there cannot check a "
+                    f"directory before collecting; install hvdump {__version__} there"
+                )
+            return {"version": hello.get("version"), **found}
+        finally:
+            conn.close()
 
     @property
     def path(self) -> Path:

@@ -83,6 +83,9 @@ options:
         a local disk large enough for the dump). C(hvdump receive) runs there through C(ssh) and
         writes O(target.path)/DUMP_ID as a local collection would; memory is released only once
         it has synced and acknowledged every page. O(dump_dir) keeps only the progress file.
+      - Before anything is read or released (and in check mode) the module logs in there, starts
+        C(hvdump receive) and checks that the directory could be written; a target that cannot be
+        used fails the task with the memory still reserved.
       - Unset, the dump goes to O(dump_dir)/DUMP_ID.
     type: dict
     suboptions:
@@ -169,6 +172,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+target_free_bytes:
+  description: Free bytes on the archive host's file system that receives the dump (with O(target)),
+    as the check before collecting found them.
+  returned: when O(target) is set and the target was checked
+  type: int
 status:
   description:
     - What happened. V(no_dump) nothing to collect; V(would_collect) check mode;
@@ -424,6 +432,15 @@ def main():
         output = _remote_output(p["target"], facts["dump_id"])
     result = dict(dump_id=facts["dump_id"], output=output, released_bytes=0, attached=False)
     if p["target"]:
+        # Before anything irreversible (and in check mode): log in, start the receiver there and
+        # check the directory could be written; nothing is made on the archive host.
+        try:
+            found = api.check_target(output, ssh=tuple(["ssh"] + p["ssh_options"]), identity=p["ssh_key"],
+                                     remote_hvdump=p["remote_hvdump"])
+        except HvdumpError as exc:
+            module.fail_json(msg="the collect target cannot be used, nothing was done and the memory "
+                             "stays reserved: %s" % exc, collected=False, **result)
+        result["target_free_bytes"] = found["free_bytes"]
         # On the archive host: the collector itself finds a finished or started collection there.
         started, done, chunks = False, False, 0
     else:

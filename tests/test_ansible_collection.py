@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -100,9 +101,61 @@ def test_collection_builds_and_installs(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
     )
-    assert (
-        tmp_path / "installed/ansible_collections/hvdump/power/plugins/modules/hvdump_collect.py"
-    ).exists()
+    installed = tmp_path / "installed/ansible_collections/hvdump/power"
+    assert (installed / "plugins/modules/hvdump_collect.py").exists()
+    # Galaxy-grade: the READMEs, the playbooks and the filters ship inside the collection.
+    for rel in (
+        "README.md",
+        "roles/prepare/README.md",
+        "roles/collect/README.md",
+        "roles/archive/README.md",
+        "playbooks/collect_dumps.yml",
+        "playbooks/dump_status.yml",
+        "playbooks/templates/status.txt.j2",
+        "plugins/filter/report.py",
+        "meta/execution-environment.yml",
+    ):
+        assert (installed / rel).is_file(), rel
+    # ansible-builder reads the collection's controller needs from its meta file ...
+    intro = subprocess.run(
+        [str(BIN / "ansible-builder"), "introspect", "--sanitize", str(tmp_path / "installed")],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "openssh-client [platform:dpkg]" in intro.stdout, intro.stdout
+    # ... and accepts the repository's execution environment definition.
+    ee_dir = tmp_path / "ee"
+    (ee_dir / "build/ee").mkdir(parents=True)
+    shutil.copy(REPO / "execution-environment.yml", ee_dir)
+    shutil.copy(tarball, ee_dir / "build/ee" / tarball.name)
+    create = subprocess.run(
+        [str(BIN / "ansible-builder"), "create", "-f", str(ee_dir / "execution-environment.yml"),
+         "-c", str(ee_dir / "context")],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert create.returncode == 0, create.stdout + create.stderr
+    context = ee_dir / "context"
+    assert (context / "_build/collections" / tarball.name).is_file()
+    assert "ansible-galaxy collection install" in next(context.glob("*file")).read_text()
+
+
+def test_role_readmes_are_generated_from_the_argument_specs() -> None:
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts/role_readmes.py"), "--check"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    for role in ("prepare", "collect", "archive"):
+        readme = (
+            REPO / f"ansible/ansible_collections/hvdump/power/roles/{role}/README.md"
+        ).read_text()
+        spec = yaml.safe_load(
+            (
+                REPO
+                / f"ansible/ansible_collections/hvdump/power/roles/{role}/meta/argument_specs.yml"
+            ).read_text()
+        )
+        for name in spec["argument_specs"]["main"]["options"]:
+            assert f"| `{name}` |" in readme, (role, name)
 
 
 def _inventory(tmp_path: Path, hosts: dict[str, dict[str, object]]) -> Path:

@@ -19,40 +19,6 @@ import csv
 import io
 import re
 
-DOCUMENTATION = r"""
-name: report_rows
-short_description: One report row per host of an hvdump collection run
-version_added: 0.1.0
-author:
-  - hvdump developers (@hvdump)
-description:
-  - Builds the rows of C(hvdump.power.collect_dumps)'s report from the facts its roles recorded.
-  - Also provides C(report_lines) (the summary table), C(report_csv) and C(report_totals).
-options:
-  _input:
-    description: C(hostvars).
-    type: dict
-    required: true
-  hosts:
-    description: The hosts of the run (C(ansible_play_hosts_all)).
-    type: list
-    elements: str
-    required: true
-"""
-
-EXAMPLES = r"""
-- name: Show the summary of the hosts of this play
-  ansible.builtin.debug:
-    msg: "{{ hostvars | hvdump.power.report_rows(ansible_play_hosts_all) | hvdump.power.report_lines }}"
-"""
-
-RETURN = r"""
-_value:
-  description: One dict per host, failures first; the columns are listed in C(COLUMNS).
-  type: list
-  elements: dict
-"""
-
 GIB = 1 << 30
 # Statuses that make the run fail (and come first in the table).
 PROBLEMS = ("failed", "unreachable")

@@ -50,6 +50,18 @@ ARCHIVED_FILE = "ARCHIVED.json"
 SUMS_FILE = "SHA256SUMS"
 
 
+def state_diff(module, header, before, after):
+    """Diff mode's view of what a module changes (or would): one ``key: value`` line each."""
+    if not module._diff:
+        return {}
+
+    def text(state):
+        return "".join("%s: %s\n" % (k, state[k]) for k in sorted(state))
+
+    return {"diff": {"before_header": header, "after_header": header,
+                     "before": text(before), "after": text(after)}}
+
+
 def require_hvdump(module):
     """Fail with a clear message when drgn_hvdump cannot be imported on the host."""
     if not HAS_HVDUMP:

@@ -89,6 +89,11 @@ requirements:
   - rsync on the host (and on an SSH archive host), C(sha256sum) on the archive
 extends_documentation_fragment:
   - hvdump.power.hvdump
+attributes:
+  diff_mode:
+    support: full
+    details: Where the dump's archive copy is recorded and which local data files remain, before
+      and after.
 """
 
 EXAMPLES = r"""
@@ -161,6 +166,7 @@ from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import 
     SUMS_FILE,
     journal_state,
     read_json,
+    state_diff,
 )
 
 KEEP = ("manifest.json", "journal.jsonl", ARCHIVED_FILE, SUMS_FILE)
@@ -352,10 +358,11 @@ def main():
                     "restore the archive copy, or remove %s to archive the dump again"
                     % (exc, os.path.join(src, ARCHIVED_FILE)), **result)
             result["reverified"] = True
+            diff = _archive_diff(module, src, record, a.url, True)
             if not module.check_mode:
                 _remove_local(src)
             result["removed_local"] = True
-            module.exit_json(changed=True, **result)
+            module.exit_json(changed=True, **dict(result, **diff))
         module.exit_json(changed=False, msg="already archived and verified at %s" % a.url, **result)
     if not local_present:
         elsewhere = record.get("archive_path") if record and record.get("verified") else None
@@ -369,7 +376,8 @@ def main():
         module.fail_json(msg="%s: the dump data is gone and no verified archive copy is recorded"
                          % src, **result)
     if module.check_mode:
-        module.exit_json(changed=True, msg="would archive %s to %s" % (src, a.url), **result)
+        module.exit_json(changed=True, msg="would archive %s to %s" % (src, a.url),
+                         **dict(result, **_archive_diff(module, src, record, a.url, p["remove_local"])))
     try:
         path = os.path.join(src, SUMS_FILE)
         files = _data_files(src)
@@ -388,12 +396,22 @@ def main():
         module.fail_json(msg="archive failed, the local copy is kept: %s (to %s)" % (exc, a.url), **result)
     _write_record(src, {"archive_path": a.url, "verified": True, "time": time.time(),
                         "target": dict(p["target"]), "files": len(files)})
+    diff = _archive_diff(module, src, record, a.url, p["remove_local"])
     if p["remove_local"]:
         # Verified against the local checksums just now (a.verify above).
         result["reverified"] = True
         _remove_local(src)
         result["removed_local"] = True
-    module.exit_json(changed=True, **result)
+    module.exit_json(changed=True, **dict(result, **diff))
+
+
+def _archive_diff(module, src, record, url, removed):
+    """Diff mode: the recorded archive copy and the local data files, before and after."""
+    files = _data_files(src) if os.path.isdir(src) else []
+    before = {"archived_at": record.get("archive_path") if record else "nowhere",
+              "local_data": ", ".join(files) or "none"}
+    after = {"archived_at": url, "local_data": "none" if removed else before["local_data"]}
+    return state_diff(module, src, before, after)
 
 
 def _remove_local(src):

@@ -136,6 +136,9 @@ attributes:
   async:
     description: Supports being used with the C(async) keyword.
     support: full
+  diff_mode:
+    support: full
+    details: The dump's state, its output directory and the reserved memory before and after.
 """
 
 EXAMPLES = r"""
@@ -295,6 +298,7 @@ from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import 
     read_json,
     require_hvdump,
     require_ownership,
+    state_diff,
 )
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_spec import argument_spec
 
@@ -458,7 +462,12 @@ def main():
             msg="%s: the waiting dump cannot be collected: %s; its memory stays reserved"
             % (p["root"], facts["reason"]),
             collected=False, **result)
+    before = {"dump": "waiting", "reserved_bytes": facts["reserved_bytes"],
+              "output": "%d chunks saved" % chunks if started else "none"}
     if module.check_mode:
+        result.update(state_diff(module, output, before, {
+            "dump": "collected", "output": output,
+            "reserved_bytes": 0 if p["release"] != "never" else facts["reserved_bytes"]}))
         module.exit_json(changed=True, status="would_collect", collected=False,
                          msg="would %s the dump into %s" % ("resume" if started else "collect", output),
                          ansible_facts=_facts(p, host, facts), **result)
@@ -578,8 +587,12 @@ def main():
     resumed = ours and (started or bool(done_ev and done_ev.get("resumed")))
     # The dump was not complete when the task started and is now: changed, whether this task's
     # collector or the one it attached to finished it.
+    after = _facts(p, host)
+    result.update(state_diff(module, output, before, {
+        "dump": "collected", "output": output,
+        "reserved_bytes": after["hvdump"]["reserved_bytes"] if after else "unknown"}))
     module.exit_json(changed=True, status="collected", collected=True, resumed=resumed,
-                     ansible_facts=_facts(p, host), **result)
+                     ansible_facts=after, **result)
 
 
 if __name__ == "__main__":

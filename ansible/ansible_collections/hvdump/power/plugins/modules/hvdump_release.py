@@ -42,6 +42,10 @@ extends_documentation_fragment:
   - hvdump.power.hvdump
   - hvdump.power.hvdump.library
   - hvdump.power.hvdump.root
+attributes:
+  diff_mode:
+    support: full
+    details: The reserved memory and whether a dump still waits, before and after.
 """
 
 EXAMPLES = r"""
@@ -78,6 +82,7 @@ from ansible_collections.hvdump.power.plugins.module_utils.hvdump_common import 
     HvdumpError,
     api,
     require_hvdump,
+    state_diff,
 )
 from ansible_collections.hvdump.power.plugins.module_utils.hvdump_spec import argument_spec
 
@@ -108,8 +113,11 @@ def main():
             # the last one only after the whole copy verifies against its manifest.
             if module.check_mode:
                 writes = api.pending_releases(Path(p["output"]))
+                pending = sum(size for _start, size in writes)
                 module.exit_json(changed=bool(writes), released=[list(w) for w in writes],
-                                 released_bytes=sum(size for _start, size in writes), dump_waiting=True)
+                                 released_bytes=pending, dump_waiting=True,
+                                 **state_diff(module, p["root"], {"reserved_bytes": state["reserved_bytes"]},
+                                              {"reserved_bytes": max(0, state["reserved_bytes"] - pending)}))
             done = api.release_saved(root, Path(p["output"]))
         elif not p["force"]:
             module.fail_json(msg="the waiting dump is not saved (give output: the collected "
@@ -119,9 +127,12 @@ def main():
             done = api.abandon(root, dry_run=module.check_mode)
     except (HvdumpError, OSError) as exc:
         module.fail_json(msg="refusing to release: %s" % exc)
+    diff = state_diff(module, p["root"], {"reserved_bytes": state["reserved_bytes"], "dump_waiting": True},
+                      {"reserved_bytes": max(0, state["reserved_bytes"] - done.released_bytes),
+                       "dump_waiting": True if module.check_mode else done.dump_waiting})
     module.exit_json(changed=bool(done.released), released=[list(w) for w in done.released],
                      released_bytes=done.released_bytes,
-                     dump_waiting=True if module.check_mode else done.dump_waiting)
+                     dump_waiting=True if module.check_mode else done.dump_waiting, **diff)
 
 
 if __name__ == "__main__":

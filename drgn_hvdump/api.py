@@ -130,11 +130,17 @@ def abandon(root: Path, *, dry_run: bool = False) -> Released:
     state = capture.state()
     if not state.dump_waiting:
         return Released([], False)
-    if not state.readable:
-        raise HvdumpError(f"{root}: cannot plan the release: {state.reason}")
     lock = DumpLock(root, capture.lock_path)
     lock.acquire()
     try:
+        if not state.readable:
+            # A damaged header: no plan, but the kernel knows what it holds.
+            if dry_run:
+                return Released([], True)
+            given = capture.give_up(state)
+            if given and not capture.state().dump_waiting:
+                capture.protect()
+            return Released(given, capture.state().dump_waiting)
         vm = Vmcore(capture.vmcore_path)
         try:
             plan = capture.plan(state, vm, CollectOptions(root=root, output=Path("/")).chunk_size)

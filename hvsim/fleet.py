@@ -28,6 +28,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,11 +126,23 @@ def _kinds(count: int, seed: int, kinds: list[str] | None) -> list[tuple[str, st
 
 
 def _corrupt_root(mnt: Path, root: Path, table: RootTable = PHYP_ROOT_FILES) -> None:
-    """A plain-directory capture root: the FUSE root's files, but a damaged dump header."""
+    """A plain-directory capture root: the FUSE root's files, but a damaged dump header.
+
+    The kernel's files under ``sys/`` are bind-mounted, not linked: a collector opens
+    them without following links (the dump's lock is taken on ``release_region``), as on a
+    real capture kernel; the rest are links."""
     dt = table.device_tree
     for file in table.shown(CAPTURE):
         (root / file.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.symlink(mnt / file.path, root / file.path)
+        if file.path.startswith("sys/"):
+            (root / file.path).touch(mode=0o600)
+            subprocess.run(
+                ["mount", "--bind", str(mnt / file.path), str(root / file.path)],
+                check=True,
+                capture_output=True,
+            )
+        else:
+            os.symlink(mnt / file.path, root / file.path)
     for link in dt.links:
         (root / link).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.symlink(dt.link_target(link), root / link)
@@ -143,6 +156,18 @@ def _corrupt_root(mnt: Path, root: Path, table: RootTable = PHYP_ROOT_FILES) -> 
             if rel / f == damaged:
                 data = b"\xde\xad" + data[2:]  # a version the format does not know
             (root / dt.base / rel / f).write_bytes(data)
+
+
+def _mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path`` (the bind mounts of a corrupt-header root)."""
+    prefix = os.path.abspath(path).rstrip("/") + "/"
+    found = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            point = line.split()[1].replace("\\040", " ")
+            if point.startswith(prefix):
+                found.append(point)
+    return sorted(found, reverse=True)
 
 
 def _inventory(directory: Path, hosts: list[FleetHost]) -> dict[str, Any]:
@@ -241,10 +266,11 @@ def fleet_up(
             mount(host.lpar, host.mount)
             if kind == "corrupt-header":
                 root = d / "roots" / name
-                _corrupt_root(Path(host.mount), root, root_table(dump))
+                # Recorded first: fleet down finds the root's bind mounts even if this fails.
                 host.root = str(root)
                 record["hosts"] = [asdict(h) for h in hosts]
                 _write_json(d / FLEET_FILE, record)
+                _corrupt_root(Path(host.mount), root, root_table(dump))
     except BaseException:
         with contextlib.suppress(Exception):
             fleet_down(d, remove=False)
@@ -269,6 +295,8 @@ def fleet_down(directory: str | os.PathLike[str], *, remove: bool = True) -> lis
     _, hosts = load_fleet(d)
     problems: list[str] = []
     for h in hosts:
+        for bind in _mounts_under(h.root) if h.root != h.mount else []:
+            subprocess.run(["umount", "-l", bind], check=False, capture_output=True)
         if is_mounted(h.mount):
             try:
                 umount(h.mount)

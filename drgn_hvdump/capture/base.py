@@ -219,6 +219,11 @@ class CaptureInterface(ABC):
     def release(self, write: ReleaseWrite) -> None:
         """Make one release write of a plan. The old contents of what it frees are gone."""
 
+    def give_up(self, state: DumpState) -> list[tuple[int, int]]:
+        """Free a dump whose description cannot be read (a damaged header), without a plan:
+        what the kernel itself says it holds. Returns the ``(addr, size)`` given back."""
+        raise HvdumpError(f"{self.root}: cannot plan the release: {state.reason}")
+
     #: Whether memory can go back range by range while the dump is collected
     #: (``--release progressive``); otherwise all of it goes in the last write.
     RELEASES_PROGRESSIVELY: ClassVar[bool] = True

@@ -389,6 +389,13 @@ class FadumpDump(CaptureInterface):
         """``release_mem`` <- 1: the whole dump at once (:meth:`protect` registers again)."""
         self._write("release_mem", b"1\n")
 
+    def give_up(self, state: DumpState) -> list[tuple[int, int]]:
+        """``release_mem`` <- 1 needs no description of the dump: the kernel frees what it
+        reserved."""
+        before = state.reserved_bytes or 0
+        self._write("release_mem", b"1\n")
+        return [(0, before)] if before else []
+
     def protect(self, page_size: int | None = None) -> str:
         """Register for the next crash if the kernel is not registered (``registered`` <- 1);
         says what it did.

@@ -215,6 +215,23 @@ class PhypDump(CaptureInterface):
     def release(self, write: ReleaseWrite) -> None:
         self.release_extent(write.extent)
 
+    def give_up(self, state: DumpState) -> list[tuple[int, int]]:
+        """The kernel's own map in ``release_region`` (the header that would say more is
+        damaged): each saved section, then the rest of the reservation."""
+        path = self.release_region_path
+        try:
+            shown = parse_release_map(path.read_text(), path=str(path))
+        except (OSError, FormatError) as error:
+            raise HvdumpError(
+                f"{self.root}: cannot plan the release: {state.reason}; and {error}"
+            ) from None
+        done: list[tuple[int, int]] = []
+        for _name, extent in shown.extents():
+            if extent.size and self.state().dump_waiting:
+                self.release_extent(extent)
+                done.append((extent.addr, extent.size))
+        return done
+
     def release_extent(self, extent: Extent) -> None:
         """Write ``ADDR SIZE`` of ``extent`` to ``release_region``."""
         path = self.release_region_path

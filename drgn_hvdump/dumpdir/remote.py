@@ -180,8 +180,17 @@ def _ssh_problem(target: SshTarget, stderr: str, rc: int | None) -> str:
             f"{host}: ssh was killed (signal {-rc}) before the receiver answered; nothing was "
             "written or released: run the same command again"
         )
-    if rc == 255 or last.startswith("ssh:"):
-        return f"{host}: ssh cannot connect ({last or 'exit status 255'})"
+    if last.startswith("ssh:") or (rc == 255 and text):
+        return (
+            f"{host}: ssh cannot connect ({last or 'exit status 255'}); nothing was written "
+            "or released: run the same command again once the host answers"
+        )
+    if rc == 255:
+        # No word from ssh: the session closed under it (the receiver or sshd killed).
+        return (
+            f"{host}: the connection closed before the receiver answered (ssh exit status "
+            "255); nothing was written or released: run the same command again"
+        )
     return (
         f"{host}: the receiver stopped before it answered ({last or f'exit status {rc}'}); "
         "nothing was released: run the same command again"

@@ -21,20 +21,24 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drgn_hvdump.capture import CaptureInterface, DumpState, open_capture
 from drgn_hvdump.capture.base import DT_DIRS
 from drgn_hvdump.capture.vmcore import Vmcore
-from drgn_hvdump.collect.collector import CollectOptions, CollectResult, collect
 from drgn_hvdump.collect.ownership import DumpLock, dump_owner
-from drgn_hvdump.collect.verify import verify_dir
 from drgn_hvdump.dumpdir.journal import Journal
 from drgn_hvdump.dumpdir.manifest import Manifest, parse_manifest, read_manifest
 from drgn_hvdump.dumpdir.names import JOURNAL, MANIFEST
 from drgn_hvdump.dumpdir.outdir import OutputDir
-from drgn_hvdump.dumpdir.remote import RemoteDir, SshTarget
 from drgn_hvdump.errors import HvdumpError
+
+if TYPE_CHECKING:
+    from drgn_hvdump.collect.collector import CollectOptions, CollectResult
+
+# The collector, the remote transport and the verifier are imported where they are used:
+# hvdump_facts, which runs on every host of every fleet run, needs none of them, and their
+# imports were a third of its module's CPU (bench/bench_ansible.py).
 
 __all__ = [
     "Released",
@@ -66,6 +70,8 @@ class Released:
 def resume_options(root: Path, output: Path, **overrides: object) -> CollectOptions:
     """Options that resume the collection in ``output`` as it was started (format,
     compression, chunk size, scrub filter come from its journal)."""
+    from drgn_hvdump.collect.collector import CollectOptions
+
     out = OutputDir.open(output, create=False)
     try:
         journal = Journal.load(out)
@@ -107,6 +113,8 @@ def release_saved(
 ) -> Released:
     """Give back the memory of the dump saved in ``output`` (collected with
     ``--release never``): every release confirmed, the last after a full verify."""
+    from drgn_hvdump.collect.collector import collect
+
     before = set(pending_releases(output))
     res = collect(
         resume_options(
@@ -143,6 +151,8 @@ def abandon(root: Path, *, dry_run: bool = False) -> Released:
             return Released(given, capture.state().dump_waiting)
         vm = Vmcore(capture.vmcore_path)
         try:
+            from drgn_hvdump.collect.collector import CollectOptions
+
             plan = capture.plan(state, vm, CollectOptions(root=root, output=Path("/")).chunk_size)
         finally:
             vm.close()
@@ -264,6 +274,8 @@ def check_target(
     log in (``ssh`` is the command and its options), start ``hvdump receive`` there (same
     protocol) and check the directory could be written, creating nothing. Returns
     ``{version, path, exists, free_bytes}``; raises :class:`HvdumpError` with one line."""
+    from drgn_hvdump.dumpdir.remote import RemoteDir, SshTarget
+
     return RemoteDir.probe(
         SshTarget.parse(url, ssh=ssh, identity=identity, remote_hvdump=remote_hvdump)
     )
@@ -273,6 +285,8 @@ def verify(output: Path) -> tuple[bool, list[str]]:
     """Check the dump directory ``output`` against its manifest's checksums, as
     ``hvdump verify`` does: (every chunk matched, the report lines). Raises
     :class:`HvdumpError` for a malformed or partial manifest."""
+    from drgn_hvdump.collect.verify import verify_dir
+
     return verify_dir(output)
 
 

@@ -11,12 +11,14 @@ torn last line (killed mid-write) is ignored and cut before the next append.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drgn_hvdump.dumpdir.filewrite import DumpFile
 from drgn_hvdump.dumpdir.names import JOURNAL
-from drgn_hvdump.dumpdir.remote import DumpDir
 from drgn_hvdump.errors import FormatError, HvdumpError
+
+if TYPE_CHECKING:  # the transport's module is not needed to read a journal
+    from drgn_hvdump.dumpdir.remote import DumpDir
 
 __all__ = ["Journal"]
 

@@ -2,7 +2,7 @@
 
 Two identical fleets of simulated LPARs (FUSE roots, same seed, every LPAR crashed): one
 collected by bare ``hvdump collect`` processes 8 at a time, one by
-``playbooks/collect-dumps.yml`` with forks 8 and ``hvdump_collect_concurrency=8`` (no
+``playbooks/collect-dumps.yml`` with forks 8 (which bound the collections at once; no
 archive target). Then the same playbook again over the collected fleet: the do-nothing
 pass an operator runs to check.
 
@@ -173,8 +173,6 @@ def _playbook(
             str(forks),
             "-e",
             f"ansible_python_interpreter={wrapper}",
-            "-e",
-            f"hvdump_collect_concurrency={forks}",
             "-e",
             f"hvdump_report_file={base / (name + '-report.json')}",
             *[a for e in extra for a in ("-e", e)],

@@ -46,7 +46,7 @@ STATUS_REPORT = f"{PB_STATUS} -e hvdump_report_file=/root/status.json"
 COLLECT_LIMIT = f"{PB_COLLECT} --limit LPAR"
 COLLECT_HOSTS = f"{PB_COLLECT} -e hvdump_hosts=LPAR"
 COLLECT_MANY = (
-    f"{PB_COLLECT} -f 16 -e hvdump_collect_concurrency=8 -e hvdump_archive_concurrency=4 "
+    f"{PB_COLLECT} -f 8 -e hvdump_archive_concurrency=4 "
     "-e hvdump_report_csv=/root/collect.csv"
 )
 COLLECT_NAS = (

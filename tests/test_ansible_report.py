@@ -36,7 +36,7 @@ def _hostvars() -> dict[str, dict[str, object]]:
                 "dump_id": "ok1-1",
                 "output": "/var/crash/hvdump/ok1-1",
                 "dump_size": str(GIB),
-                "elapsed_s": "12.5",
+                "elapsed_s": 12.5,
                 "released_bytes": str(3 * GIB),
                 "reserved_bytes": "0",
             },
@@ -93,6 +93,7 @@ def test_rows_failures_first_with_reasons_and_measured_memory() -> None:
     assert by["never"]["status"] == "unreachable" and "rerun" in by["never"]["reason"]
     assert by["ok1"]["freed_bytes"] == 3 * GIB and by["ok1"]["held_bytes"] == 0
     assert by["ok1"]["elapsed_s"] == 12.5 and by["ok1"]["dump_bytes"] == GIB
+    assert report._num("7.25") == 7.25 and report._num("") is None and report._num(True) is None
     assert by["ok1"]["location"] == "dumps@arch:/srv/hvdump/ok1-1"
     # No archive: the local dump directory is where the dump is.
     assert by["local"]["location"] == "/var/crash/hvdump/local-1"

@@ -42,10 +42,13 @@ NO_RESULT = (
 
 def _num(value):
     """A number Ansible may hand over as a string; None when absent or empty."""
-    if value is None or value == "" or value == "None":
+    if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, (int, float)):
+        return value
     try:
-        return float(value) if isinstance(value, str) and "." in value else int(value)
+        text = str(value).strip()
+        return float(text) if "." in text else int(text)
     except (TypeError, ValueError):
         return None
 
@@ -148,7 +151,7 @@ def report_lines(rows, title="hvdump collection summary"):
     """The summary table: a title with the counts, a header, one line per host, a totals line."""
     totals = report_totals(rows)
     width = max([12] + [len(r["host"]) for r in rows])
-    fmt = "%%-%ds %%-18s %%9s %%8s %%10s %%10s  %%s" % width
+    fmt = "%%-%ds %%-20s %%9s %%8s %%10s %%10s  %%s" % width
     counts = ", ".join("%d %s" % (n, s) for s, n in sorted(totals["by_status"].items()))
     lines = [
         "%s (%s%s)" % (title, _hosts(len(rows)), ": " + counts if counts else ""),

@@ -259,6 +259,12 @@ def fleet_up(
             )
             if kind in ("crashed", "corrupt-header"):
                 lpar.crash(scenario)
+                st = lpar.status()
+                if not st["dump_waiting"]:
+                    # A fleet that says "crashed" must hold dumps (512M LPARs cannot register).
+                    lpar.close()
+                    why = st["kernel"].get("not_registered_reason") or f"state {st['state']}"
+                    raise HvdumpError(f"{name}: crashed, but no dump was taken ({why})")
             lpar.close()
             hosts.append(host)
             record["hosts"] = [asdict(h) for h in hosts]

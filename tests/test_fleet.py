@@ -92,3 +92,13 @@ def test_fleet_cli_kinds_and_corrupt_header(tmp_path: Path) -> None:
     finally:
         subprocess.run([*cmd, "down", "--dir", str(d)], check=True)
     assert not d.exists()
+
+
+def test_a_crashed_lpar_too_small_for_a_dump_is_an_error(tmp_path: Path) -> None:
+    """A 512M LPAR cannot register (the 256M capture region and its scratch area do not
+    fit): a fleet that says "crashed" but holds no dump would test nothing."""
+    from drgn_hvdump.errors import HvdumpError
+
+    with pytest.raises(HvdumpError, match=r"lpar01: crashed, but no dump was taken .*768M"):
+        fleet_up(tmp_path / "f", 1, kinds=["crashed"], memory="512M")
+    assert not any(is_mounted(str(m)) for m in (tmp_path / "f/mnt").glob("*"))

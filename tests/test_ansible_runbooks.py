@@ -15,6 +15,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,7 @@ STATUS_REPORT = f"{PB_STATUS} -e hvdump_report_file=/root/status.json"
 COLLECT_LIMIT = f"{PB_COLLECT} --limit LPAR"
 COLLECT_HOSTS = f"{PB_COLLECT} -e hvdump_hosts=LPAR"
 COLLECT_MANY = (
-    f"{PB_COLLECT} -f 8 -e hvdump_archive_concurrency=4 "
-    "-e hvdump_report_csv=/root/collect.csv"
+    f"{PB_COLLECT} -f 8 -e hvdump_archive_concurrency=4 -e hvdump_report_csv=/root/collect.csv"
 )
 COLLECT_NAS = (
     f"{PB_COLLECT} -e "
@@ -133,6 +133,14 @@ def _hosts_listed(output: str) -> list[str]:
 def _status(lpar: str) -> dict[str, Any]:
     with Lpar.open(lpar) as h:
         return h.status()
+
+
+def _waiting_collectors(root: str, other_than: int) -> list[int]:
+    """Collectors of ``root`` started with --wait, other than ``other_than``."""
+    out = subprocess.run(
+        ["pgrep", "-f", f"collect --root {root} .*--wait"], capture_output=True, text=True
+    )
+    return [int(p) for p in out.stdout.split() if int(p) != other_than]
 
 
 def _write_inventory(tmp_path: Path, inv: dict[str, Any]) -> Path:
@@ -323,13 +331,19 @@ def test_resume_in_progress(tmp_path: Path) -> None:
     with fleet(tmp_path / "fleet", 1, kinds=["crashed"], memory="2G", seed=8) as hosts:
         h = hosts[0]
         rb = Runbook(tmp_path, tmp_path / "fleet/inventory.yml")
+        first = rb.run(PB_STATUS, extra=f"-e hvdump_report_file={tmp_path / 'status.json'}")
+        dump_id = json.loads((tmp_path / "status.json").read_text())[h.name]["dump_id"]
+        # The earlier run's collector (as its module started it: into DUMP_DIR/DUMP_ID), still
+        # running after the controller lost it.
+        out_dir = Path(h.dump_dir) / dump_id
+        assert first.returncode == 0, first.stdout[-2000:]
         proc = subprocess.Popen(
-            [str(BIN / "hvdump"), "collect", "--root", h.root, "-o",
-             str(Path(h.dump_dir) / "by-hand"), "--no-progress", "--chunk-size", "8M"],
+            [str(BIN / "hvdump"), "collect", "--root", h.root, "-o", str(out_dir),
+             "--no-progress", "--chunk-size", "8M"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            while not (Path(h.dump_dir) / "by-hand/journal.jsonl").exists():
+            while not (out_dir / "journal.jsonl").exists():
                 assert proc.poll() is None
             os.kill(proc.pid, signal.SIGSTOP)
             status = rb.run(PB_STATUS)
@@ -339,10 +353,20 @@ def test_resume_in_progress(tmp_path: Path) -> None:
             assert look.returncode == 0, look.stdout[-3000:]
             line = " ".join(_line(look.stdout, h.name))
             assert "in progress" in line and f"pid {proc.pid}" in line, line
+            # The plain rerun attaches: its collector waits for the stopped one's lock; only
+            # then does the stopped one go on (else it could finish before the rerun looks).
+            again_proc = subprocess.Popen(
+                ["bash", "-c", f"{PB_COLLECT.replace('INVENTORY', str(rb.inventory))}"],
+                cwd=REPO, env=rb.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            deadline = time.monotonic() + 240
+            while not _waiting_collectors(h.root, proc.pid):
+                assert again_proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
             os.kill(proc.pid, signal.SIGCONT)
-            again = rb.run(PB_COLLECT)
-            assert again.returncode == 0, again.stdout[-3000:]
-            assert _line(again.stdout, h.name)[1] == "collected"
+            out, _ = again_proc.communicate(timeout=600)
+            assert again_proc.returncode == 0, out[-3000:]
+            assert _line(out, h.name)[1] == "collected", out[-3000:]
         finally:
             os.kill(proc.pid, signal.SIGCONT)
             proc.wait(timeout=300)

@@ -158,6 +158,12 @@ def _corrupt_root(mnt: Path, root: Path, table: RootTable = PHYP_ROOT_FILES) -> 
             (root / dt.base / rel / f).write_bytes(data)
 
 
+def unbind_root(root: str | os.PathLike[str]) -> None:
+    """Undo the bind mounts of a corrupt-header root (before its FUSE root is unmounted)."""
+    for bind in _mounts_under(str(root)):
+        subprocess.run(["umount", "-l", bind], check=False, capture_output=True)
+
+
 def _mounts_under(path: str) -> list[str]:
     """Mount points at or below ``path`` (the bind mounts of a corrupt-header root)."""
     prefix = os.path.abspath(path).rstrip("/") + "/"
@@ -301,8 +307,8 @@ def fleet_down(directory: str | os.PathLike[str], *, remove: bool = True) -> lis
     _, hosts = load_fleet(d)
     problems: list[str] = []
     for h in hosts:
-        for bind in _mounts_under(h.root) if h.root != h.mount else []:
-            subprocess.run(["umount", "-l", bind], check=False, capture_output=True)
+        if h.root != h.mount:
+            unbind_root(h.root)
         if is_mounted(h.mount):
             try:
                 umount(h.mount)

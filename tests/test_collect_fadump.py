@@ -351,15 +351,18 @@ def test_two_collectors_at_once_one_owner(tmp_path: Path) -> None:
 
 def test_a_damaged_structure_is_one_line_and_releases_nothing(tmp_path: Path) -> None:
     from drgn_hvdump.capture import FADUMP_ROOT_FILES
-    from hvsim.fleet import _corrupt_root
+    from hvsim.fleet import _corrupt_root, unbind_root
 
     lpar = _fadump_lpar(tmp_path / "lpar")
     with mounted(lpar, tmp_path / "mnt") as mnt:
         root = tmp_path / "root"
-        _corrupt_root(mnt, root, FADUMP_ROOT_FILES)
-        status = hvdump("status", "--root", str(root))
-        assert "fadump memory structure version 0xdead" in status.stdout, status.stdout
-        res = hvdump("collect", "--root", str(root), "-o", str(tmp_path / "out"))
+        try:
+            _corrupt_root(mnt, root, FADUMP_ROOT_FILES)
+            status = hvdump("status", "--root", str(root))
+            assert "fadump memory structure version 0xdead" in status.stdout, status.stdout
+            res = hvdump("collect", "--root", str(root), "-o", str(tmp_path / "out"))
+        finally:
+            unbind_root(root)
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "fadump memory structure version 0xdead" in res.stderr, res.stderr
     assert not (tmp_path / "out").exists()

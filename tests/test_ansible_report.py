@@ -123,6 +123,18 @@ def test_table_totals_and_one_line_per_host() -> None:
     assert report.report_lines(one)[-1].rstrip().endswith("all hosts done")
 
 
+def test_a_long_reason_keeps_its_start_and_its_end() -> None:
+    failure = dict(
+        _hostvars()["bad"]["hvdump_failure"],
+        reason="copying " + "x" * 900 + " No space left on device",
+    )
+    rows = report.report_rows({"bad": {"hvdump_failure": failure}}, ["bad"])
+    line = report.report_lines(rows)[2]
+    assert "Run the collector: copying x" in line and line.endswith("No space left on device")
+    assert " ... " in line and len(line) < 500
+    assert rows[0]["reason"].endswith("No space left on device") and len(rows[0]["reason"]) > 900
+
+
 def test_long_host_names_keep_the_columns() -> None:
     name = "lpar-db01.prod.example.com"
     rows = report.report_rows({name: _hostvars()["quiet"]}, [name])

@@ -57,7 +57,9 @@ def _one_line(text, limit=None):
     """A reason fit for one table cell: whitespace (newlines included) folded to single spaces."""
     text = re.sub(r"\s+", " ", str(text or "")).strip()
     if limit is not None and len(text) > limit:
-        text = text[: limit - 3] + "..."
+        # The middle goes: a reason starts with what failed and ends with why (the errno).
+        half = (limit - 5) // 2
+        text = text[:half] + " ... " + text[-half:]
     return text
 
 

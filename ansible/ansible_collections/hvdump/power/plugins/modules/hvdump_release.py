@@ -112,27 +112,25 @@ def main():
             # Through the collector: under the dump's lock, every release confirmed,
             # the last one only after the whole copy verifies against its manifest.
             if module.check_mode:
-                writes = api.pending_releases(Path(p["output"]))
-                pending = sum(size for _start, size in writes)
-                module.exit_json(changed=bool(writes), released=[list(w) for w in writes],
-                                 released_bytes=pending, dump_waiting=True,
-                                 **state_diff(module, p["root"], {"reserved_bytes": state["reserved_bytes"]},
-                                              {"reserved_bytes": max(0, state["reserved_bytes"] - pending)}))
-            done = api.release_saved(root, Path(p["output"]))
+                released, waiting = api.pending_releases(Path(p["output"])), True
+            else:
+                done = api.release_saved(root, Path(p["output"]))
+                released, waiting = done.released, done.dump_waiting
         elif not p["force"]:
             module.fail_json(msg="the waiting dump is not saved (give output: the collected "
                              "directory); refusing to release memory whose contents would be lost "
                              "(force: true releases anyway)")
         else:
             done = api.abandon(root, dry_run=module.check_mode)
+            released, waiting = done.released, True if module.check_mode else done.dump_waiting
     except (HvdumpError, OSError) as exc:
         module.fail_json(msg="refusing to release: %s" % exc)
+    released_bytes = sum(size for _start, size in released)
     diff = state_diff(module, p["root"], {"reserved_bytes": state["reserved_bytes"], "dump_waiting": True},
-                      {"reserved_bytes": max(0, state["reserved_bytes"] - done.released_bytes),
-                       "dump_waiting": True if module.check_mode else done.dump_waiting})
-    module.exit_json(changed=bool(done.released), released=[list(w) for w in done.released],
-                     released_bytes=done.released_bytes,
-                     dump_waiting=True if module.check_mode else done.dump_waiting, **diff)
+                      {"reserved_bytes": max(0, state["reserved_bytes"] - released_bytes),
+                       "dump_waiting": waiting})
+    module.exit_json(changed=bool(released), released=[list(w) for w in released],
+                     released_bytes=released_bytes, dump_waiting=waiting, **diff)
 
 
 if __name__ == "__main__":

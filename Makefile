@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hvdump-installed
 SRC    := pyproject.toml setup.py $(wildcard native/*.c native/*.h native/*.py)
 
-.PHONY: all setup system-deps demo test test-real test-firmware lint bench bench-makedumpfile clean
+.PHONY: all setup system-deps demo test test-real test-firmware dist lint bench bench-makedumpfile clean
 
 all: setup
 
@@ -43,6 +43,11 @@ test-real: setup
 test-firmware: setup
 	$(BIN)/pytest -q -p no:cacheprovider -m firmware -s
 
+# The sdist and self-contained wheels for x86_64 and ppc64le in dist/ (the codec
+# libraries bundled by auditwheel; ppc64le cross-compiled; reproducible).
+dist: setup
+	$(BIN)/python scripts/build_dist.py --out dist
+
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run_all.py
 
@@ -51,5 +56,5 @@ bench-makedumpfile: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/vs_makedumpfile.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo-work bench/out
+	rm -rf $(VENV) build dist *.egg-info demo-work bench/out
 	find . -name __pycache__ -prune -exec rm -rf {} +

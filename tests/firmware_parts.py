@@ -375,34 +375,23 @@ def build_kernel(cache: Path | None = None, jobs: int | None = None) -> Kernel:
     return Kernel(version, out / "vmlinux", out / "System.map", mods, build_s)
 
 
-def build_native(user: Userland, cache: Path | None = None) -> Path:
-    """``drgn_hvdump/_native.abi3.so`` for ppc64le (cached by the C sources' hash)."""
-    from native.build_native import NATIVE_SOURCES, ffibuilder  # the one description
+def build_native(user: Userland, cache: Path | None = None, module: str = "") -> Path:
+    """``drgn_hvdump/_native.abi3.so`` (or ``module``'s) for ppc64le, cached by the C
+    sources' hash: the host build's description, compiled by the cross compiler."""
+    from native.build_native import EXTENSIONS, NATIVE, cross_compile  # the one description
 
+    ext = next((e for e in EXTENSIONS if e.module == module), NATIVE)
     repo = Path(__file__).resolve().parent.parent
     native = repo / "native"
     h = hashlib.sha256()
     for p in [*sorted(native.glob("*.[ch]")), native / "build_native.py"]:
         h.update(p.name.encode() + p.read_bytes())
-    out = (cache or cache_dir()) / "native" / h.hexdigest()[:12] / "_native.abi3.so"
+    out = (cache or cache_dir()) / "native" / h.hexdigest()[:12] / f"{ext.stem}.abi3.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    gen = out.parent / "_native.c"
-    ffibuilder.emit_c_code(str(gen))
-    libs = [f"-L{d}" for d in user.libdirs] + [f"-l:{name}" for name in NATIVE_LIBS]
-    incs = [f"-I{p}" for p in (native, *user.python_include)]
-    tmp = out.with_suffix(".part")
-    _run(
-        [
-            f"{CROSS}gcc", "-shared", "-fPIC", "-O2", "-Wall",
-            "-DPy_LIMITED_API=0x030B0000", *incs,
-            str(gen), *(str(native / name) for name in NATIVE_SOURCES),
-            *libs, "-o", str(tmp),
-        ]
-    )  # fmt: skip
-    tmp.rename(out)
-    return out
+    sonames = dict(zip(NATIVE.libraries, NATIVE_LIBS, strict=True))
+    link = [f"-L{d}" for d in user.libdirs] + [f"-l:{sonames[n]}" for n in ext.libraries]
+    return cross_compile(ext, out, f"{CROSS}gcc", user.python_include, link)
 
 
 def main() -> int:

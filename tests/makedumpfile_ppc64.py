@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tests.firmware_parts import SUITE, _download_closure, _unpack, cache_dir, fetch_userland
 
-__all__ = ["fetch_makedumpfile", "makedumpfile_command", "run_makedumpfile"]
+__all__ = ["fetch_makedumpfile", "makedumpfile_command", "qemu_user", "run_makedumpfile"]
 
 
 def fetch_makedumpfile(cache: Path | None = None) -> Path:
@@ -34,18 +34,25 @@ def fetch_makedumpfile(cache: Path | None = None) -> Path:
     return cache / "makedumpfile/root/usr/bin/makedumpfile"
 
 
-def makedumpfile_command(cache: Path | None = None) -> list[str]:
-    """The command line prefix that runs Debian 13's ppc64el makedumpfile here."""
+def qemu_user(cache: Path | None = None) -> list[str]:
+    """The command line prefix that runs a ppc64le program here (Debian 13's static
+    ``qemu-ppc64le``)."""
     cache = cache or cache_dir()
     qemu_debs = _download_closure(
         cache / "qemu-user", "amd64", ("qemu-user",), SUITE, closure=False
     )
     _unpack(qemu_debs, cache / "qemu-user" / "root")
+    return [str(cache / "qemu-user/root/usr/bin/qemu-ppc64le")]
+
+
+def makedumpfile_command(cache: Path | None = None) -> list[str]:
+    """The command line prefix that runs Debian 13's ppc64el makedumpfile here."""
+    cache = cache or cache_dir()
     binary = fetch_makedumpfile(cache)
     user = fetch_userland(cache)
     loader = user.root / "lib/powerpc64le-linux-gnu/ld64.so.2"
     return [
-        str(cache / "qemu-user/root/usr/bin/qemu-ppc64le"),
+        *qemu_user(cache),
         str(loader),
         "--library-path",
         ":".join(str(d) for d in user.libdirs),

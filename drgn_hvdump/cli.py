@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     from drgn_hvdump.collect.cli import add_subcommands as add_collect
 
     add_collect(sub)
+    from drgn_hvdump.service import add_subcommand as add_service
+
+    add_service(sub)
     return parser
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +24,11 @@ from drgn_hvdump.formats.vmcoreinfo import VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE
 from drgn_hvdump.intervals import IntervalSet
 from hvsim import Lpar
 from hvsim.kernel import KernelImage
+from hvsim.pytest_plugin import FAST_MIX, fuse_missing
+from hvsim.pytest_plugin import mounted as mounted  # the tests import it from here
 
 PROJECT = Path(__file__).resolve().parent.parent
-FUSE_MISSING = (
-    "/dev/fuse is missing"
-    if not os.path.exists("/dev/fuse")
-    else "fusermount3 is missing (apt-get install fuse3)"
-    if shutil.which("fusermount3") is None
-    else ""
-)
-# Mostly zero pages: fast collections, every codec path still exercised.
-FAST_MIX = "zero=0.7,text=0.1,pointer=0.15,random=0.05"
+FUSE_MISSING = fuse_missing()
 
 
 def make_lpar(path: Path, **kw: Any) -> Lpar:
@@ -47,18 +38,6 @@ def make_lpar(path: Path, **kw: Any) -> Lpar:
     lpar.crash()
     assert lpar.state == "capture"
     return lpar
-
-
-@contextlib.contextmanager
-def mounted(lpar: Lpar, root: Path) -> Iterator[Path]:
-    from hvsim import fuse_root
-
-    root.mkdir(exist_ok=True)
-    fuse_root.mount(lpar.path, str(root))
-    try:
-        yield root
-    finally:
-        fuse_root.umount(str(root))
 
 
 def start_collect(

@@ -14,16 +14,17 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from drgn_hvdump.core_collector import parse_args
 from drgn_hvdump.errors import HvdumpError
-from tests.collect_support import FUSE_MISSING, make_lpar, mounted
+from hvsim import Lpar
+from hvsim.pytest_plugin import mounted
 
 COLLECTOR = str(Path(sys.executable).parent / "hvdump-makedumpfile")
-fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING or "FUSE")
 
 
 @pytest.mark.parametrize(
@@ -64,9 +65,11 @@ def test_what_it_does_not_do_is_one_line(argv: list[str], says: str) -> None:
     assert "\n" not in str(exc.value)
 
 
-@fuse
-def test_writes_the_file_and_refuses_to_overwrite_it(tmp_path: Path) -> None:
-    lpar = make_lpar(tmp_path / "lpar", seed=11)
+@pytest.mark.hvsim_fuse
+def test_writes_the_file_and_refuses_to_overwrite_it(
+    hvsim_lpar_factory: Callable[..., Lpar], tmp_path: Path
+) -> None:
+    lpar = hvsim_lpar_factory(seed=11)
     with mounted(lpar, tmp_path / "root") as root:
         vmcore = str(root / "proc/vmcore")
         out = tmp_path / "crash" / "vmcore"
@@ -105,11 +108,13 @@ def _kdump_config(tmp_path: Path) -> Path:
     return cache / "root/usr/sbin/kdump-config"
 
 
-@fuse
+@pytest.mark.hvsim_fuse
 @pytest.mark.skipif(shutil.which("makedumpfile") is None, reason="makedumpfile missing")
 @pytest.mark.skipif(not Path("/lib/lsb/init-functions").exists(), reason="no lsb init-functions")
-def test_debian_kdump_tools_saves_the_core_through_it(tmp_path: Path) -> None:
-    lpar = make_lpar(tmp_path / "lpar", seed=12)
+def test_debian_kdump_tools_saves_the_core_through_it(
+    hvsim_lpar_factory: Callable[..., Lpar], tmp_path: Path
+) -> None:
+    lpar = hvsim_lpar_factory(seed=12)
     crash = tmp_path / "crash"
     crash.mkdir()
     defaults = tmp_path / "kdump-tools"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,10 @@ from drgn_hvdump.service import (
     parse_config,
     render_unit,
 )
-from tests.collect_support import FUSE_MISSING, make_lpar, mounted
+from hvsim import Lpar
+from hvsim.pytest_plugin import mounted
 
 HVDUMP = str(Path(sys.executable).parent / "hvdump")
-fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=FUSE_MISSING or "FUSE")
 
 
 def test_the_shipped_configuration_is_the_defaults() -> None:
@@ -86,10 +87,12 @@ def _service(root: Path, config: Path, *op: str) -> subprocess.CompletedProcess[
     )
 
 
-@fuse
+@pytest.mark.hvsim_fuse
 @pytest.mark.parametrize("dump", ["phyp", "fadump"])
-def test_run_collects_releases_and_leaves_the_lpar_protected(tmp_path: Path, dump: str) -> None:
-    lpar = make_lpar(tmp_path / "lpar", dump=dump, seed=21)
+def test_run_collects_releases_and_leaves_the_lpar_protected(
+    hvsim_lpar_factory: Callable[..., Lpar], tmp_path: Path, dump: str
+) -> None:
+    lpar = hvsim_lpar_factory(dump=dump, seed=21)
     config = tmp_path / "hvdump.toml"
     crash = tmp_path / "crash"
     config.write_text(
@@ -118,12 +121,12 @@ def test_run_collects_releases_and_leaves_the_lpar_protected(tmp_path: Path, dum
     assert "dump waiting:  no" in status.stdout
 
 
-@fuse
+@pytest.mark.hvsim_fuse
 @pytest.mark.parametrize("on_failure", ["keep", "give-up"])
 def test_an_unusable_archive_host_keeps_the_memory_or_gives_it_up(
-    tmp_path: Path, on_failure: str
+    hvsim_lpar_factory: Callable[..., Lpar], tmp_path: Path, on_failure: str
 ) -> None:
-    lpar = make_lpar(tmp_path / "lpar", seed=22)
+    lpar = hvsim_lpar_factory(seed=22)
     config = tmp_path / "hvdump.toml"
     config.write_text(
         f'[collect]\noutput = "{tmp_path / "crash"}"\n'

@@ -59,7 +59,8 @@ def _print_info(prog: drgn.Program) -> None:
             f"{c['chunks_saved']}/{c['chunks']} chunks; released {_size(c['bytes_released'])}"
         )
     elif info.kind == "live":
-        print("collection:  none registered for this root")
+        print("collection:  none yet (hvdump collect registers one; until then all memory reads")
+        print("             as the dump, so release nothing by other means meanwhile)")
     for w in info.warnings:
         print(f"warning: {w}")
 

@@ -107,7 +107,6 @@ _VIEW_MIN = 4096
 _WINDOW_SHIFT = 21
 _MADV_POPULATE_READ = 22  # not in Python 3.11's mmap module
 Data = bytes | memoryview
-_NO_COLLECTION = "no hvdump collection is registered for this root"
 
 
 class Unreadable(HvdumpError):
@@ -307,7 +306,6 @@ class DumpSource:
             self.warnings.append(f"{out} collects another dump; ignoring it")
             return
         self.collection = cv
-        self.warnings = [w for w in self.warnings if not w.startswith(_NO_COLLECTION)]
 
     def _same_memory(self, cv: CollectionView) -> bool:
         """Whether memory the collection saved, still reserved, reads the same live:
@@ -711,9 +709,9 @@ def _identify_live(v: _Vmcore) -> DumpSource | None:
     src.sections = {
         name: (s.destination_address, s.length_copied) for name, s in state.sections.items()
     }
-    src.warnings.append(
-        f"{_NO_COLLECTION}: ranges released by another tool cannot be told apart from the dump"
-    )
+    # No collection registered yet is the usual first look (triage before
+    # collecting): the `hvdump` command says so on its collection line, not as
+    # a warning.
     src.current_collection()
     cpu = src.sections["cpu"]
     try:

@@ -10,9 +10,10 @@
 # (make test-real, tests/real_kernel.py); libc6-dev-ppc64el-cross, flex, bison,
 # bc, libelf-dev, libssl-dev: building the fadump guest kernel and cross-building
 # hvdump's C extension for it, e2fsprogs: its dump disk (make test-firmware,
-# tests/firmware_parts.py).
+# tests/firmware_parts.py); systemd: systemd-analyze verify checks the
+# capture-boot unit (hvdump service).
 set -eu
-PKGS="fuse3 elfutils binutils gdb-multiarch zstd lz4 xxhash python3-venv python3-libkdumpfile gcc-powerpc64-linux-gnu gcc-powerpc64le-linux-gnu openssh-server openssh-client rsync liblzo2-dev libdeflate-dev libsnappy-dev libzstd-dev makedumpfile crash qemu-system-ppc cpio libc6-dev-ppc64el-cross flex bison bc libelf-dev libssl-dev e2fsprogs"
+PKGS="fuse3 elfutils binutils gdb-multiarch zstd lz4 xxhash python3-venv python3-libkdumpfile gcc-powerpc64-linux-gnu gcc-powerpc64le-linux-gnu openssh-server openssh-client rsync liblzo2-dev libdeflate-dev libsnappy-dev libzstd-dev makedumpfile crash qemu-system-ppc cpio libc6-dev-ppc64el-cross flex bison bc libelf-dev libssl-dev e2fsprogs systemd"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

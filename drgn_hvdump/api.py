@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +49,7 @@ __all__ = [
     "abandon",
     "check_target",
     "collection",
+    "dump_id",
     "facts",
     "owner",
     "pending_releases",
@@ -228,6 +233,23 @@ def facts(root: Path) -> dict[str, Any]:
         "crash_time": int(crash) if str(crash).isdigit() else None,
         "owner": held,
     }
+
+
+def dump_id(hostname: str, facts: dict[str, Any]) -> str:
+    """The name of one dump, stable across reruns: ``HOST-YYYYmmdd-HHMMSS`` of the
+    crash (UTC, from VMCOREINFO's CRASHTIME), else ``HOST-`` and a hash of the dump
+    header (or of why it cannot be read). ``facts`` is :func:`facts`' result. A
+    capture kernel without a hostname (``(none)``) is ``lpar``; characters that do
+    not belong in a directory name are dropped. The service, the Ansible modules
+    and their reruns find a dump's directory by it."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "", hostname.split(".")[0])
+    if not host or hostname.strip() == "(none)":
+        host = "lpar"
+    crash = facts.get("crash_time")
+    if crash is not None:
+        return f"{host}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(crash))}"
+    blob = json.dumps(facts.get("header") or facts.get("reason"), sort_keys=True, default=str)
+    return f"{host}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def _registered(state: DumpState) -> bool:

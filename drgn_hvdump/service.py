@@ -47,6 +47,7 @@ CONFIG_PATH = Path("/etc/hvdump/hvdump.toml")
 UNIT_NAME = "hvdump-capture.service"
 UNIT_DIR = Path("/etc/systemd/system")
 
+_FORMATS = ("kdump", "elf")
 _CODECS = ("zstd", "zlib", "lzo", "snappy", "none")
 _RELEASE = ("progressive", "at-end", "never")
 _ON_FAILURE = ("keep", "give-up")
@@ -59,6 +60,8 @@ DEFAULT_CONFIG = """\
 [collect]
 # Each dump goes to OUTPUT/HOST-YYYYmmdd-HHMMSS (the crash time), created 0700.
 output = "/var/crash/hvdump"
+# kdump (kdump-compressed, as makedumpfile writes) or elf (a sparse ELF core).
+format = "kdump"
 # Page codec of the kdump file: zstd, zlib, lzo, snappy or none.
 compress = "zstd"
 # makedumpfile's -d: 1 zero pages only; 31 also page cache, user and free pages.
@@ -94,6 +97,7 @@ class ServiceConfig:
     """The configuration file, checked."""
 
     output: Path = Path("/var/crash/hvdump")
+    format: str = "kdump"
     compress: str = "zstd"
     dump_level: int = 1
     release: str = "progressive"
@@ -109,6 +113,7 @@ class ServiceConfig:
 _KEYS: dict[str, dict[str, tuple[str, type]]] = {
     "collect": {
         "output": ("output", str),
+        "format": ("format", str),
         "compress": ("compress", str),
         "dump_level": ("dump_level", int),
         "release": ("release", str),
@@ -155,6 +160,7 @@ def parse_config(text: str, path: Path) -> ServiceConfig:
     cfg = ServiceConfig(**values)
     cfg.output = Path(str(values.get("output", cfg.output)))
     checks = [
+        (cfg.format in _FORMATS, f"[collect] format {cfg.format!r}: one of {_FORMATS}"),
         (cfg.compress in _CODECS, f"[collect] compress {cfg.compress!r}: one of {_CODECS}"),
         (0 <= cfg.dump_level <= 31, f"[collect] dump_level {cfg.dump_level}: 0 to 31"),
         (cfg.release in _RELEASE, f"[collect] release {cfg.release!r}: one of {_RELEASE}"),
@@ -191,12 +197,6 @@ def load_config(path: Path) -> ServiceConfig:
 def _log(msg: str) -> None:
     # systemd's journal takes stdout line by line; <N> is the syslog priority.
     print(msg, flush=True)
-
-
-def _dump_id(facts: dict[str, Any]) -> str:
-    crash = facts.get("crash_time")
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(crash if crash else time.time()))
-    return f"{socket.gethostname().split('.')[0]}-{stamp}"
 
 
 class _JournalProgress:
@@ -245,17 +245,17 @@ def run(root: Path, config: Path) -> int:
     if not facts["dump_waiting"]:
         _log(f"no dump waiting ({facts['interface']}: {facts['reason']}); nothing to do")
         return 0
-    dump_id = _dump_id(facts)
+    name = api.dump_id(socket.gethostname(), facts)
     reserved = int(facts.get("reserved_bytes") or 0)
     _log(
         f"{facts['interface']} dump waiting: {reserved / (1 << 30):.2f} GiB reserved, "
-        f"kernel {facts.get('osrelease') or 'unknown'}; collecting as {dump_id}"
+        f"kernel {facts.get('osrelease') or 'unknown'}; collecting as {name}"
     )
     outputs: list[Any] = []
     if cfg.archive:
         from drgn_hvdump.dumpdir.remote import SshTarget
 
-        url = _archive_url(cfg, dump_id)
+        url = _archive_url(cfg, name)
         identity = cfg.identity or None
         try:
             api.check_target(url, ssh=_ssh(cfg), identity=identity)
@@ -266,10 +266,11 @@ def run(root: Path, config: Path) -> int:
                 return _failed(root, cfg, "the archive host cannot be used")
     if not outputs:
         cfg.output.mkdir(mode=0o700, parents=True, exist_ok=True)
-        outputs.append(cfg.output / dump_id)
+        outputs.append(cfg.output / name)
     opts = CollectOptions(
         root=root,
         output=outputs[0],
+        format=cfg.format,
         compress=cfg.compress,
         release=cfg.release,
         threads=cfg.threads,

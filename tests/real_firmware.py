@@ -11,8 +11,10 @@ part, told apart by ``/proc/vmcore`` and a step file on the dump disk:
 2. **capture** (QEMU's memory-preserving reset): ``hvdump status``, then
    Debian 13's ``makedumpfile -l -d 31`` and ``-l -d 1`` and ``hvdump collect
    --compress lzo --release never`` at ``-d 31`` and ``-d 1`` (first capture
-   only), then ``hvdump collect`` to the dump disk, which releases the memory
-   with ``release_mem`` and re-registers;
+   only), then ``hvdump collect`` to the dump disk (the second capture:
+   ``hvdump service run``, the capture-boot service's entry point, with its
+   configuration file), which releases the memory with ``release_mem`` and
+   re-registers;
 3. the capture kernel, now in production again, crashes the second way: an oops
    (lkdtm ``EXCEPTION``, ``panic_on_oops``) on CPU 1; the next capture boot
    collects that dump too and powers off.
@@ -143,9 +145,18 @@ capture() {  # capture DUMP
             -o /out/kdump-1
         ls -ln /out
     fi
-    # the dump drgn reads (ELF: see docs/real-firmware.md), released and re-registered
-    timed hvdump-collect hvdump collect --no-progress --format elf -o /out/dump-$1
-    ls -lnR /out/dump-$1
+    # the dump drgn reads (ELF: see docs/real-firmware.md), released and re-registered;
+    # the second by the capture-boot service's entry point, as its unit would run it
+    if [ "$1" = 1 ]; then
+        timed hvdump-collect hvdump collect --no-progress --format elf -o /out/dump-$1
+    else
+        mkdir -p /etc/hvdump
+        printf '[collect]\noutput = "/out/service-%s"\nformat = "elf"\nthreads = 1\n' "$1" \
+            > /etc/hvdump/hvdump.toml
+        printf '[service]\nprogress_interval = 5\n' >> /etc/hvdump/hvdump.toml
+        timed hvdump-collect hvdump service run
+    fi
+    ls -lnR /out/dump-$1 /out/service-$1 2>/dev/null
     echo "HVFW-MEMTOTAL after $(grep MemTotal /proc/meminfo)"
     echo "HVFW-HWCORRUPTED $(grep HardwareCorrupted /proc/meminfo)"
     echo "HVFW-REGISTERED $(cat /sys/kernel/fadump/registered)"

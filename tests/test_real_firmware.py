@@ -78,6 +78,12 @@ def run(
 
 
 def _dump_dir(run: FirmwareRun, n: int) -> Path:
+    """The collection of capture ``n``: ``dump-N``, or the one the service made under
+    ``service-N`` (named HOST-YYYYmmdd-HHMMSS as the service names dumps)."""
+    service = run.files / f"service-{n}"
+    if service.is_dir():
+        (made,) = service.iterdir()
+        return made
     return run.files / f"dump-{n}"
 
 
@@ -135,6 +141,11 @@ def test_hvdump_runs_inside_the_real_capture_kernel(run: FirmwareRun) -> None:
         assert cap.memtotal_kb["after"] > cap.memtotal_kb["before"], n
         assert cap.registered == "1", n
     assert "makedumpfile-d31" in run.captures[1].times
+    # the second capture by the service's entry point: its journal lines on the console
+    service = run.captures[2].text
+    assert "fadump dump waiting: " in service and "; collecting as lpar-" in service
+    assert "registered for the next crash: yes" in service, service[-3000:]
+    assert _dump_dir(run, 2).parent.name == "service-2"
 
 
 def test_hvdump_verify_on_the_host(run: FirmwareRun) -> None:

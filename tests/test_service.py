@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -111,6 +112,7 @@ def test_run_collects_releases_and_leaves_the_lpar_protected(
     assert "still reserved; registered for the next crash: yes" in out
     assert not after["dump_waiting"] and after["registered"]
     (dump_dir,) = crash.iterdir()
+    assert dump_dir.name == api.dump_id(socket.gethostname(), before)
     assert f"collected into {dump_dir}" in out
     assert api.verify(dump_dir)[0]
     assert (
@@ -146,3 +148,16 @@ def test_an_unusable_archive_host_keeps_the_memory_or_gives_it_up(
         assert "the memory stays reserved (on_failure = keep)" in proc.stdout
     else:
         assert not after["dump_waiting"] and "handed back without the dump" in proc.stdout
+
+
+def test_dump_ids_are_stable_and_safe_directory_names() -> None:
+    crashed = {"crash_time": 1796533333, "header": {"status": 1}, "reason": "ok"}
+    assert api.dump_id("lpar04.example.com", crashed) == "lpar04-20261206-050213"
+    assert api.dump_id("(none)", crashed) == "lpar-20261206-050213"  # initramfs
+    assert api.dump_id("", crashed) == "lpar-20261206-050213"
+    assert api.dump_id("a/b c", crashed) == "abc-20261206-050213"
+    # No CRASHTIME: the header's hash, the same at every rerun.
+    no_time = {"crash_time": None, "header": {"status": 1}, "reason": "ok"}
+    first = api.dump_id("lpar04", no_time)
+    assert first == api.dump_id("lpar04", dict(no_time)) and first.startswith("lpar04-")
+    assert first != api.dump_id("lpar04", {**no_time, "header": {"status": 2}})

@@ -15,7 +15,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import hashlib
 import json
 import os
 import time
@@ -26,8 +25,8 @@ try:
     from drgn_hvdump import api
     from drgn_hvdump.errors import HvdumpError
 
-    if not hasattr(api, "facts"):
-        raise ImportError("drgn_hvdump.api has no facts(): the hvdump on the host is older "
+    if not hasattr(api, "dump_id"):
+        raise ImportError("drgn_hvdump.api has no dump_id(): the hvdump on the host is older "
                           "than this collection")
     HAS_HVDUMP = True
     HVDUMP_IMPORT_ERROR = None
@@ -104,16 +103,6 @@ def owner_text(owner):
     if isinstance(since, (int, float)):
         parts.append("since " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since)))
     return ", ".join(parts)
-
-
-def dump_id(hostname, facts):
-    """A stable name for one dump: HOST-YYYYmmdd-HHMMSS of the crash (or a header hash)."""
-    if facts.get("crash_time") is not None:
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(facts["crash_time"]))
-        return "%s-%s" % (hostname, stamp)
-    blob = json.dumps(facts["header"] if facts["header"] else facts["reason"],
-                      sort_keys=True, default=str)
-    return "%s-%s" % (hostname, hashlib.sha256(blob.encode()).hexdigest()[:12])
 
 
 def read_json(path):
@@ -208,7 +197,7 @@ def dump_facts(root, hostname, dump_dir=None):
         "local_dumps": local_dumps(dump_dir),
     }
     if state["dump_waiting"]:
-        facts["dump_id"] = dump_id(hostname, state)
+        facts["dump_id"] = api.dump_id(hostname, state)
         facts["owner"] = state["owner"] if HAS_OWNERSHIP else None
         if dump_dir:
             out = os.path.join(dump_dir, facts["dump_id"])

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drgn_hvdump.collect.ownership import DumpBusyError
+from drgn_hvdump.dumpdir.names import JOURNAL
 from drgn_hvdump.errors import HvdumpError
 
 __all__ = [
@@ -252,7 +254,13 @@ def run(root: Path, config: Path) -> int:
         f"kernel {facts.get('osrelease') or 'unknown'}; collecting as {name}"
     )
     outputs: list[Any] = []
-    if cfg.archive:
+    local = cfg.output / name
+    if (local / JOURNAL).exists():
+        # An earlier run of this boot stopped there: resume it, wherever the
+        # archive setting points now (released ranges are only in that journal).
+        _log(f"resuming the collection in {local}")
+        outputs.append(local)
+    elif cfg.archive:
         from drgn_hvdump.dumpdir.remote import SshTarget
 
         url = _archive_url(cfg, name)
@@ -266,7 +274,7 @@ def run(root: Path, config: Path) -> int:
                 return _failed(root, cfg, "the archive host cannot be used")
     if not outputs:
         cfg.output.mkdir(mode=0o700, parents=True, exist_ok=True)
-        outputs.append(cfg.output / name)
+        outputs.append(local)
     opts = CollectOptions(
         root=root,
         output=outputs[0],
@@ -281,9 +289,13 @@ def run(root: Path, config: Path) -> int:
     opts.hook = _JournalProgress(total, opts.chunk_size, cfg.progress_interval)
     try:
         result = collect(opts)
+    except DumpBusyError as busy:
+        # Someone is collecting it (an operator, a playbook): theirs to finish.
+        _log(f"another collector holds the dump, leaving it to it: {busy}")
+        return 0
     except (HvdumpError, OSError) as exc:
         _log(f"collection failed: {exc}")
-        return _failed(root, cfg, str(exc))
+        return _failed(root, cfg, str(exc), opts.output)
     m = result.manifest
     size = f", {m.dump.size / (1 << 30):.2f} GiB" if m is not None else ""
     after = api.facts(root)
@@ -295,19 +307,20 @@ def run(root: Path, config: Path) -> int:
     return 0
 
 
-def _failed(root: Path, cfg: ServiceConfig, why: str) -> int:
+def _failed(root: Path, cfg: ServiceConfig, why: str, output: object = None) -> int:
     from drgn_hvdump import api
 
     if cfg.on_failure == "give-up":
-        released = api.abandon(root)
-        _log(
-            f"on_failure = give-up: {released.released_bytes >> 20} MiB handed back without the dump"
-        )
+        try:
+            released = api.abandon(root)
+        except DumpBusyError as busy:
+            _log(f"on_failure = give-up, but another collector holds the dump: {busy}")
+            return 1
+        mib = released.released_bytes >> 20
+        _log(f"on_failure = give-up: {mib} MiB handed back without the dump")
         return 1
-    _log(
-        f"the memory stays reserved (on_failure = keep): {why}; resume with "
-        f"hvdump collect --root {root} --output DIR (see docs/service.md)"
-    )
+    resume = f"hvdump collect --root {root} --output {output}" if output else "hvdump service run"
+    _log(f"the memory stays reserved (on_failure = keep): {why}; resume with: {resume}")
     return 1
 
 

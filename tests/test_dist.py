@@ -139,12 +139,18 @@ v/bin/hvdump collect --root root --output dump --no-progress || {{ v/bin/hvsim u
 v/bin/hvsim umount root
 v/bin/hvdump verify dump
 v/bin/hvsim verify lpar dump/dump.kdump
+v/bin/hvdump-makedumpfile --help >/dev/null
+v/bin/python -c 'import drgn' 2>/dev/null && exit 9  # collecting needs no drgn
+v/bin/pip install -q --disable-pip-version-check "{dist["x86_64"]}[drgn]"
+v/bin/drgn -q -c dump/dump.kdump -s "$(v/bin/hvsim vmlinux lpar)" \
+    -e 'print("release", prog["init_uts_ns"].name.release.string_().decode())'
 """
     )
     proc = _in_namespace(script, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "hvdump 0.1.0" in proc.stdout
     assert "plugin ['drgn_hvdump.plugin']" in proc.stdout
+    assert "release 2.6.32-hvsim" in proc.stdout
     assert f"native {tmp_path}/v/lib/python3.11/site-packages/drgn_hvdump/_native" in proc.stdout
 
 

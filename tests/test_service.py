@@ -161,3 +161,59 @@ def test_dump_ids_are_stable_and_safe_directory_names() -> None:
     first = api.dump_id("lpar04", no_time)
     assert first == api.dump_id("lpar04", dict(no_time)) and first.startswith("lpar04-")
     assert first != api.dump_id("lpar04", {**no_time, "header": {"status": 2}})
+
+
+@pytest.mark.hvsim_fuse
+def test_a_dump_another_collector_holds_is_left_to_it_even_with_give_up(
+    hvsim_lpar_factory: Callable[..., Lpar], tmp_path: Path
+) -> None:
+    from drgn_hvdump.capture import open_capture
+    from drgn_hvdump.collect.ownership import DumpLock
+
+    lpar = hvsim_lpar_factory(seed=23)
+    config = tmp_path / "hvdump.toml"
+    config.write_text(
+        f'[collect]\noutput = "{tmp_path / "crash"}"\n[service]\non_failure = "give-up"\n'
+    )
+    with mounted(lpar, tmp_path / "root") as root:
+        lock = DumpLock(root, open_capture(root).lock_path)
+        lock.acquire()  # an operator's collector, say
+        try:
+            proc = _service(root, config, "run")
+        finally:
+            lock.release()
+        after = api.facts(root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "another collector holds the dump, leaving it to it" in proc.stdout
+    assert after["dump_waiting"] and lpar.released_ranges() == []
+
+
+@pytest.mark.hvsim_fuse
+def test_a_stopped_local_collection_is_resumed_there_not_sent_to_the_archive(
+    hvsim_lpar_factory: Callable[..., Lpar], tmp_path: Path
+) -> None:
+    lpar = hvsim_lpar_factory(seed=24)
+    crash = tmp_path / "crash"
+    config = tmp_path / "hvdump.toml"
+    config.write_text(
+        f'[collect]\noutput = "{crash}"\n'
+        '[archive]\ntarget = "ssh://nobody@127.0.0.1:1/srv"\nfallback_local = false\n'
+    )
+    with mounted(lpar, tmp_path / "root") as root:
+        before = api.facts(root)
+        local = crash / api.dump_id(socket.gethostname(), before)
+        crash.mkdir(mode=0o700)
+        # An earlier run saved everything but released nothing (as if stopped there).
+        first = subprocess.run(
+            [HVDUMP, "collect", "--root", str(root), "-o", str(local), "--release", "never",
+             "--no-progress"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        assert lpar.released_ranges() == []
+        proc = _service(root, config, "run")
+        after = api.facts(root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"resuming the collection in {local}" in proc.stdout
+    assert "archive host" not in proc.stdout
+    assert not after["dump_waiting"] and api.verify(local)[0]

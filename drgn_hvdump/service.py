@@ -416,7 +416,7 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     s = sub.add_parser(
         "service",
         help="the capture-boot service: run, install, status",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        description=__doc__.split("\n\n", 1)[1].replace("``", "") if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  hvdump service install --enable    # unit + /etc/hvdump/hvdump.toml\n"

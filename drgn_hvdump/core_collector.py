@@ -58,7 +58,8 @@ examples:
 
 as a distribution's core collector (docs/kdump.md):
   kdump-utils  /etc/kdump.conf:       core_collector {PROG} -l --message-level 7 -d 31
-  kdump-tools  ln -s "$(command -v {PROG})" /usr/local/lib/hvdump-kdump/makedumpfile
+  kdump-tools  mkdir -p /usr/local/lib/hvdump-kdump
+               ln -s "$(command -v {PROG})" /usr/local/lib/hvdump-kdump/makedumpfile
                /etc/default/kdump-tools:  PATH=/usr/local/lib/hvdump-kdump:$PATH
 """
 

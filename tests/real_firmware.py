@@ -39,6 +39,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,7 @@ from tests.firmware_parts import (
     Qemu,
     Userland,
     build_kernel,
-    build_native,
+    cache_dir,
     fetch_qemu,
     fetch_userland,
 )
@@ -193,16 +194,26 @@ class Parts:
     qemu: Qemu
     kernel: Kernel
     user: Userland
-    native: Path
+    wheel: Path
+    """hvdump's ppc64le wheel from ``make dist`` (codec libraries bundled)."""
     makedumpfile: Path
     """Debian 13's makedumpfile (1.7.6): Debian 12's 1.7.2 cannot read 6.12's struct pages."""
+
+
+def build_wheel() -> Path:
+    """hvdump's ppc64le wheel, built as ``make dist`` builds it (the guest installs it)."""
+    sys.path.insert(0, str(REPO))
+    from scripts.build_dist import build
+
+    (wheel,) = (p for p in build(cache_dir() / "dist", ("ppc64le",)) if p.suffix == ".whl")
+    return wheel
 
 
 def fetch_parts() -> Parts:
     from tests.makedumpfile_ppc64 import fetch_makedumpfile
 
     user = fetch_userland()
-    return Parts(fetch_qemu(), build_kernel(), user, build_native(user), fetch_makedumpfile())
+    return Parts(fetch_qemu(), build_kernel(), user, build_wheel(), fetch_makedumpfile())
 
 
 _STDLIB_SKIP = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "pydoc_data", "turtledemo"}
@@ -224,7 +235,7 @@ in ``rtas_call_unlocked``, the kernel hangs and no dump is taken: docs/real-firm
 
 
 def build_initramfs(parts: Parts, out: Path, mmu: str = "radix", bare: bool = False) -> Path:
-    """A newc cpio: busybox, Python with hvdump (its C extension cross-built), makedumpfile,
+    """A newc cpio: busybox, Python with hvdump (from its ppc64le wheel), makedumpfile,
     the two modules and :data:`INIT`. Python's files are compiled on the host (the same
     3.11 bytecode), so the guest never compiles under emulation."""
     oops = OOPS[mmu]
@@ -249,13 +260,14 @@ def build_initramfs(parts: Parts, out: Path, mmu: str = "radix", bare: bool = Fa
     dist.mkdir(parents=True)
     for p in (root / "usr/lib/python3/dist-packages").glob("_cffi_backend*.so"):
         shutil.copy2(p, dist / p.name)
+    # hvdump as a user installs it: the ppc64le wheel of make dist, its extension
+    # loading the codec libraries it bundles (hvsim, the simulator, left out).
     pkg = tree / "opt/hvdump"
-    shutil.copytree(
-        REPO / "drgn_hvdump",
-        pkg / "drgn_hvdump",
-        ignore=shutil.ignore_patterns("__pycache__", "*.so"),
-    )
-    shutil.copy2(parts.native, pkg / "drgn_hvdump" / "_native.abi3.so")
+    with zipfile.ZipFile(parts.wheel) as z:
+        members = [n for n in z.namelist() if not n.startswith("hvsim/")]
+        z.extractall(pkg, members)
+    for so in pkg.rglob("*.so*"):
+        so.chmod(0o755)
     for lib in (tree / f"usr/lib/{PYTHON}", pkg):
         subprocess.run(
             [
@@ -346,6 +358,8 @@ class FirmwareRun:
     seen: dict[str, float]
     """Host time (seconds since QEMU started) a console marker was first seen."""
     total_s: float
+    hung: bool = False
+    """The console stayed silent after the second panic (``quiet_after_second_crash``)."""
 
 
 def _stages(console: str) -> list[tuple[str, int, str]]:
@@ -449,9 +463,19 @@ _MARKERS = (
 
 
 def run_guest(
-    parts: Parts, initrd: Path, work: Path, mmu: str, timeout: float = 1500.0
+    parts: Parts,
+    initrd: Path,
+    work: Path,
+    mmu: str,
+    timeout: float = 1500.0,
+    quiet_after_second_crash: float | None = None,
 ) -> FirmwareRun:
-    """Boot, crash, capture, crash again, capture again; the whole run's record."""
+    """Boot, crash, capture, crash again, capture again; the whole run's record.
+
+    With ``quiet_after_second_crash``, a console silent that long after the second
+    panic ends the run (``hung`` set) instead of waiting for ``timeout``: the bare
+    script's run, where the second boot may hang on memory Linux's bug let be
+    reused."""
     work.mkdir(parents=True, exist_ok=True)
     console = work / "console.txt"
     console.unlink(missing_ok=True)
@@ -496,6 +520,8 @@ def run_guest(
         old.unlink()
     t0 = time.monotonic()
     seen: dict[str, float] = {}
+    hung = False
+    grew_at, size = t0, -1
     qemu = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     gdb_log = open(work / "gdb.log", "w")  # noqa: SIM115 - closed in finally
     gdb = None
@@ -515,12 +541,22 @@ def run_guest(
                     seen[mark] = time.monotonic() - t0
             if "HVFW-ERROR" in text:
                 raise RuntimeError("the guest failed: " + text[text.index("HVFW-ERROR") :][:300])
+            if len(text) != size:
+                grew_at, size = time.monotonic(), len(text)
+            elif (
+                quiet_after_second_crash is not None
+                and "HVFW-PANIC 2" in seen
+                and time.monotonic() - grew_at > quiet_after_second_crash
+            ):
+                hung = True
+                break
             time.sleep(0.2)
-        if qemu.returncode:
+        if qemu.returncode and not hung:
             raise RuntimeError(
                 f"QEMU failed ({qemu.returncode}): {qemu.stderr.read() if qemu.stderr else ''}"
             )
-        gdb.wait(60)
+        if not hung:
+            gdb.wait(60)
     finally:
         for p in (qemu, gdb):
             if p is not None and p.poll() is None:
@@ -557,6 +593,7 @@ def run_guest(
         files=files,
         seen=seen,
         total_s=total,
+        hung=hung,
     )
 
 

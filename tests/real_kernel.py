@@ -262,7 +262,12 @@ def _extract(deb: Path, members: list[str], dest: Path) -> None:
 
 
 def update_lists(opts: list[str], cache: Path, *, cached: bool) -> None:
-    """Refresh the package lists once a day; unreachable is fatal only with nothing cached."""
+    """Refresh the package lists once a day; unreachable is fatal only with nothing cached.
+
+    One index that fails while others arrive (a mirror mid-sync: "File has unexpected
+    size" for bookworm-security's ppc64el list) is not fatal either: what is needed may
+    well be in the lists that did arrive, and a download that needs the missing one
+    fails on its own with apt's message. The next run tries again."""
     stamp = cache / "apt" / "updated"
     if stamp.exists() and time.time() - stamp.stat().st_mtime < 86400:
         return
@@ -271,11 +276,15 @@ def update_lists(opts: list[str], cache: Path, *, cached: bool) -> None:
     )
     failed = [ln for ln in proc.stderr.splitlines() if ln.startswith(("E:", "W: Failed"))]
     if proc.returncode or failed:
-        if not cached:
+        lists = cache / "apt" / "lists"
+        arrived = any(lists.glob("*_Packages*"))
+        if not cached and not arrived:
             raise RegistryUnreachable(
                 "Debian's archive cannot be reached: "
                 + "; ".join(failed or [proc.stderr.strip()[-300:]])
             )
+        print(f"apt lists incomplete, going on with those that arrived: {'; '.join(failed)[:300]}",
+              file=sys.stderr)  # fmt: skip
     else:
         stamp.touch()
 

@@ -325,7 +325,7 @@ def bare_run(parts: Parts, tmp_path_factory: pytest.TempPathFactory) -> Firmware
     then registered <- 1, nothing else."""
     d = tmp_path_factory.mktemp("firmware-bare")
     initrd = build_initramfs(parts, d / "initrd.cpio", "radix", bare=True)
-    return run_guest(parts, initrd, d, "radix")
+    return run_guest(parts, initrd, d, "radix", quiet_after_second_crash=180)
 
 
 def test_without_the_workaround_linux_writes_the_header_into_freed_memory(
@@ -335,15 +335,22 @@ def test_without_the_workaround_linux_writes_the_header_into_freed_memory(
     frees from the page the reserved area ends in (the crash-info header's, below the
     area's end 0x400102a8), and registering again succeeds, writing the header there.
     Whether the page has another user by the next crash is chance (2 of 4 runs here:
-    "Fadump header is corrupted", the dump freed); when it happens the dump is gone."""
+    "Fadump header is corrupted", the dump freed; once the boot after the second crash
+    hung, silent); when it happens the dump is gone."""
     console = bare_run.console
     freed = [int(m, 16) for m in re.findall(r"freeing reserved memory \((0x[0-9a-f]+) - ", console)]
     assert freed and all(start == 0x40010000 < 0x400102A8 for start in freed)
     assert bare_run.registered == {1: "1", 2: "1"}
     assert bare_run.captures[1].registered == "1"  # registered again after the release
     lost = "Fadump header is corrupted" in console
-    print(f"\nbare script: the second dump was {'LOST' if lost else 'kept (this time)'}")
-    if lost:
+    how = " (the next boot hung)" if bare_run.hung else ""
+    print(
+        f"\nbare script: the second dump was {'LOST' if lost or bare_run.hung else 'kept (this time)'}{how}"
+    )
+    if bare_run.hung:
+        # Seen once in CI: the boot after the second crash printed nothing more.
+        assert "HVFW-PANIC 2" in console and 2 not in bare_run.captures
+    elif lost:
         assert "HVFW-NO-DUMP" in console and 2 not in bare_run.captures
     else:
         assert sorted(bare_run.captures) == [1, 2]

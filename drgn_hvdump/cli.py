@@ -17,7 +17,7 @@ from typing import cast
 
 from drgn_hvdump import __version__
 from drgn_hvdump.capture import open_capture
-from drgn_hvdump.clitools import ArgumentParser, print_json, run_main
+from drgn_hvdump.clitools import ArgumentParser, existing_root, print_json, run_main
 from drgn_hvdump.errors import FormatError, HvdumpError
 from drgn_hvdump.formats.dump_header import HEADER_SIZE, describe_dump_header, parse_dump_header
 from drgn_hvdump.formats.elfcore import ElfCore
@@ -44,12 +44,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from drgn_hvdump.collect.ownership import dump_owner
     from drgn_hvdump.dumpdir.registry import read_registration
 
-    if not os.path.isdir(args.root):
-        raise HvdumpError(
-            f"{args.root}: no such directory: --root is the capture kernel's root (/ on the "
-            "LPAR itself, or where its root is mounted)"
-        )
-    capture = open_capture(args.root)
+    capture = open_capture(existing_root(args.root))
     state = capture.state()
     owner = dump_owner(args.root, capture.lock_path) if state.dump_waiting else None
     entry, _ = read_registration(args.root)

@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from drgn_hvdump import units
@@ -20,6 +21,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_USAGE",
     "ArgumentParser",
+    "existing_root",
     "fix_mmap_threshold",
     "parse_size",
     "print_json",
@@ -59,6 +61,16 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = re.compile(r"^-\d")
+
+
+def existing_root(root: Path) -> Path:
+    """``--root`` checked: a typo must not read as a machine without dump support."""
+    if not root.is_dir():
+        raise HvdumpError(
+            f"{root}: no such directory: --root is the capture kernel's root (/ on the "
+            "LPAR itself, or where its root is mounted)"
+        )
+    return root
 
 
 def parse_size(text: str) -> int:

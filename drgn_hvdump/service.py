@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drgn_hvdump.clitools import existing_root
 from drgn_hvdump.collect.ownership import DumpBusyError
 from drgn_hvdump.dumpdir.names import JOURNAL
 from drgn_hvdump.errors import HvdumpError
@@ -432,7 +433,7 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                         help="the capture kernel's root (default /)")  # fmt: skip
     r = ops.add_parser("run", parents=[common, rooted],
                        help="collect a waiting dump as the configuration says (the unit runs it)")  # fmt: skip
-    r.set_defaults(func=lambda a: run(_existing_root(a.root), a.config))
+    r.set_defaults(func=lambda a: run(existing_root(a.root), a.config))
     unit_dir = argparse.ArgumentParser(add_help=False)
     unit_dir.add_argument("--unit-dir", type=Path, default=UNIT_DIR,
                           help=f"where the unit goes (default {UNIT_DIR})")  # fmt: skip
@@ -442,10 +443,4 @@ def add_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     i.set_defaults(func=lambda a: install(a.unit_dir, a.config, a.enable))
     st = ops.add_parser("status", parents=[common, rooted, unit_dir],
                         help="the configuration, the unit, and whether a dump waits")  # fmt: skip
-    st.set_defaults(func=lambda a: status(_existing_root(a.root), a.unit_dir, a.config))
-
-
-def _existing_root(root: Path) -> Path:
-    if not root.is_dir():
-        raise HvdumpError(f"{root}: no such directory: --root is the capture kernel's root")
-    return root
+    st.set_defaults(func=lambda a: status(existing_root(a.root), a.unit_dir, a.config))
